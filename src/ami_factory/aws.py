@@ -1,0 +1,218 @@
+"""Small adapters over the EC2 and SSM APIs: one method per thing the workflow needs.
+
+They translate AWS error codes into the workflow's named errors, so the state machine can retry the
+transient ones and report the rest by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from .clients import client
+from .errors import (
+    ImageNotVisibleYetError,
+    InstanceNotFoundError,
+    InstanceStateConflictError,
+    ThrottledError,
+)
+from .models import ShareTargets
+
+THROTTLING_CODES = frozenset(
+    {"RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException", "ResourceLimitExceeded"}
+)
+
+
+def error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+@contextmanager
+def translated_errors(operation: str) -> Iterator[None]:
+    """Turn the AWS errors that retrying can fix into the names the ASL retries."""
+    try:
+        yield
+    except ClientError as error:
+        code = error_code(error)
+        if code in THROTTLING_CODES:
+            raise ThrottledError(f"{operation} was throttled ({code}); the state machine retries with backoff") from error
+        if code == "InvalidAMIID.NotFound":
+            raise ImageNotVisibleYetError(
+                f"{operation}: the image is not visible yet (InvalidAMIID.NotFound right after create/copy is normal)"
+            ) from error
+        if code == "IncorrectInstanceState":
+            raise InstanceStateConflictError(f"{operation}: the instance is changing state; retrying") from error
+        raise
+
+
+def tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
+    return [{"Key": key, "Value": value} for key, value in tags.items()]
+
+
+def tags_of(resource: Mapping[str, Any]) -> dict[str, str]:
+    return {tag["Key"]: tag["Value"] for tag in resource.get("Tags", [])}
+
+
+def launch_permissions(share: ShareTargets) -> list[dict[str, str]]:
+    return (
+        [{"UserId": account} for account in share.accounts]
+        + [{"OrganizationArn": arn} for arn in share.organizations]
+        + [{"OrganizationalUnitArn": arn} for arn in share.organizational_units]
+        + ([{"Group": "all"}] if share.public else [])
+    )
+
+
+class Ec2:
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self._ec2 = client("ec2", region)
+
+    # --- instances ---------------------------------------------------------------------------
+
+    def describe_instance(self, instance_id: str) -> dict[str, Any]:
+        try:
+            with translated_errors("DescribeInstances"):
+                reservations = self._ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        except ClientError as error:
+            if error_code(error).startswith("InvalidInstanceID"):
+                raise InstanceNotFoundError(
+                    f"instance {instance_id} does not exist in {self.region}: check the id, and that you "
+                    f"start AMI Factory in the instance's Region"
+                ) from error
+            raise
+        instances = [instance for reservation in reservations for instance in reservation["Instances"]]
+        if not instances:
+            raise InstanceNotFoundError(f"instance {instance_id} does not exist in {self.region}: check the id")
+        return instances[0]
+
+    def instance_state(self, instance_id: str) -> str:
+        return str(self.describe_instance(instance_id)["State"]["Name"])
+
+    def stop_instance(self, instance_id: str) -> None:
+        with translated_errors("StopInstances"):
+            self._ec2.stop_instances(InstanceIds=[instance_id])
+
+    def start_instance(self, instance_id: str) -> None:
+        with translated_errors("StartInstances"):
+            self._ec2.start_instances(InstanceIds=[instance_id])
+
+    def tag_resource(self, resource_id: str, tags: Mapping[str, str]) -> None:
+        with translated_errors("CreateTags"):
+            self._ec2.create_tags(Resources=[resource_id], Tags=tag_list(tags))
+
+    # --- images ------------------------------------------------------------------------------
+
+    def find_image_by_name(self, name: str) -> dict[str, Any] | None:
+        """Image names are unique per account and Region: the lookup that makes create idempotent."""
+        with translated_errors("DescribeImages"):
+            images = self._ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
+        return images[0] if images else None
+
+    def find_images_by_tag(self, key: str, value: str) -> list[dict[str, Any]]:
+        with translated_errors("DescribeImages"):
+            return list(
+                self._ec2.describe_images(Owners=["self"], Filters=[{"Name": f"tag:{key}", "Values": [value]}])["Images"]
+            )
+
+    def describe_image(self, image_id: str) -> dict[str, Any]:
+        with translated_errors("DescribeImages"):
+            images = self._ec2.describe_images(ImageIds=[image_id])["Images"]
+        if not images:
+            raise ImageNotVisibleYetError(f"image {image_id} is not visible in {self.region} yet")
+        return images[0]
+
+    def create_image(
+        self, instance_id: str, name: str, description: str, no_reboot: bool, tags: Mapping[str, str]
+    ) -> str:
+        with translated_errors("CreateImage"):
+            response = self._ec2.create_image(
+                InstanceId=instance_id,
+                Name=name,
+                Description=description,
+                NoReboot=no_reboot,
+                TagSpecifications=[
+                    {"ResourceType": "image", "Tags": tag_list(tags)},
+                    {"ResourceType": "snapshot", "Tags": tag_list(tags)},
+                ],
+            )
+        return str(response["ImageId"])
+
+    def copy_image(
+        self,
+        source_region: str,
+        source_image_id: str,
+        name: str,
+        description: str,
+        client_token: str,
+        tags: Mapping[str, str],
+    ) -> str:
+        with translated_errors("CopyImage"):
+            response = self._ec2.copy_image(
+                SourceRegion=source_region,
+                SourceImageId=source_image_id,
+                Name=name,
+                Description=description,
+                ClientToken=client_token,
+                CopyImageTags=False,
+                TagSpecifications=[
+                    {"ResourceType": "image", "Tags": tag_list(tags)},
+                    {"ResourceType": "snapshot", "Tags": tag_list(tags)},
+                ],
+            )
+        return str(response["ImageId"])
+
+    def add_launch_permissions(self, image_id: str, share: ShareTargets) -> None:
+        permissions = launch_permissions(share)
+        if not permissions:
+            return
+        with translated_errors("ModifyImageAttribute"):
+            self._ec2.modify_image_attribute(
+                ImageId=image_id, Attribute="launchPermission", LaunchPermission={"Add": permissions}
+            )
+
+    def delete_image(self, image: Mapping[str, Any]) -> list[str]:
+        """Deregister the image and delete its snapshots; returns the snapshot ids deleted."""
+        snapshot_ids = [
+            mapping["Ebs"]["SnapshotId"]
+            for mapping in image.get("BlockDeviceMappings", [])
+            if mapping.get("Ebs", {}).get("SnapshotId")
+        ]
+        with translated_errors("DeregisterImage"):
+            try:
+                self._ec2.deregister_image(ImageId=image["ImageId"], DeleteAssociatedSnapshots=True)
+            except ClientError as error:
+                if not error_code(error).startswith("InvalidAMIID"):
+                    raise
+        deleted = []
+        for snapshot_id in snapshot_ids:
+            with translated_errors("DeleteSnapshot"):
+                try:
+                    self._ec2.delete_snapshot(SnapshotId=snapshot_id)
+                except ClientError as error:
+                    # DeleteAssociatedSnapshots may already have removed it.
+                    if error_code(error) != "InvalidSnapshot.NotFound":
+                        raise
+            deleted.append(snapshot_id)
+        return deleted
+
+
+class Ssm:
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self._ssm = client("ssm", region)
+
+    def put_image_parameter(self, name: str, image_id: str, description: str) -> int:
+        """``aws:ec2:image`` makes SSM check the id, and CloudFormation resolve it as an AMI id."""
+        with translated_errors("PutParameter"):
+            response = self._ssm.put_parameter(
+                Name=name,
+                Value=image_id,
+                Type="String",
+                DataType="aws:ec2:image",
+                Description=description[:1024],
+                Overwrite=True,
+            )
+        return int(response["Version"])

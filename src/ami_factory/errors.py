@@ -1,0 +1,87 @@
+"""Every error the workflow can raise.
+
+Lambda reports an exception's class name as ``errorType`` and the state machine matches on it, so
+the names here are part of the contract with ``statemachine/imaging.asl.json``: rename one and the
+ASL lint test fails.
+"""
+
+from __future__ import annotations
+
+
+class AmiFactoryError(Exception):
+    """Base class: the message always says what is wrong and how to fix it."""
+
+
+# --- the request is wrong: fail fast, touch nothing -------------------------------------------
+
+
+class InvalidRequestError(AmiFactoryError):
+    """The ImagingRequest does not parse (missing or malformed field)."""
+
+
+class UnknownRegionError(AmiFactoryError):
+    """A target Region is not an AWS Region, or not in the deploy-time allow-list."""
+
+
+class ShareTargetNotAllowedError(AmiFactoryError):
+    """An account, organization or OU is outside the deploy-time allow-list."""
+
+
+class PublicSharingBlockedError(AmiFactoryError):
+    """Public sharing was asked for while the deployment does not allow it."""
+
+
+class InstanceNotFoundError(AmiFactoryError):
+    """The instance id does not exist in the stack's Region."""
+
+
+class UnsupportedInstanceError(AmiFactoryError):
+    """The instance cannot be imaged (instance-store root, terminated, ...)."""
+
+
+# --- the world said no, for good ----------------------------------------------------------
+
+
+class ImageFailedError(AmiFactoryError):
+    """EC2 reports the image as failed, invalid, error or deregistered."""
+
+
+class WaitTimeoutError(AmiFactoryError):
+    """A bounded wait (instance stopped, image available) ran out of polls."""
+
+
+class AllRegionsFailedError(AmiFactoryError):
+    """No Region ended with a usable image."""
+
+
+# --- transient: the ASL retries these with backoff and jitter ----------------------------------
+
+
+class ThrottledError(AmiFactoryError):
+    """EC2/SSM throttled the call (RequestLimitExceeded and friends)."""
+
+
+class ImageNotVisibleYetError(AmiFactoryError):
+    """InvalidAMIID.NotFound just after CreateImage/CopyImage: eventual consistency."""
+
+
+class InstanceStateConflictError(AmiFactoryError):
+    """The instance is mid-transition (stopping, pending); retry once it settles."""
+
+
+RETRYABLE_ERRORS: tuple[type[AmiFactoryError], ...] = (
+    ThrottledError,
+    ImageNotVisibleYetError,
+    InstanceStateConflictError,
+)
+
+
+def all_error_names() -> set[str]:
+    """Names the ASL may legitimately match on (checked by the static tests)."""
+    found: set[str] = set()
+    pending: list[type[AmiFactoryError]] = [AmiFactoryError]
+    while pending:
+        cls = pending.pop()
+        found.add(cls.__name__)
+        pending.extend(cls.__subclasses__())
+    return found

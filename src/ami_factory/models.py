@@ -1,0 +1,210 @@
+"""Step contracts: what each Lambda takes and returns, and the user's ImagingRequest.
+
+A handler parses its input with one of these and returns ``model_dump(mode="json")``; the same
+models generate ``events/imaging-request.schema.json`` for users.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+INSTANCE_ID = r"^i-[0-9a-f]{8}([0-9a-f]{9})?$"
+ACCOUNT_ID = r"^[0-9]{12}$"
+ORGANIZATION_ARN = r"^arn:aws[a-z-]*:organizations::[0-9]{12}:organization/o-[a-z0-9]{10,32}$"
+OU_ARN = r"^arn:aws[a-z-]*:organizations::[0-9]{12}:ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}$"
+REGION = r"^[a-z]{2}(-[a-z]+)+-[0-9]$"
+RESERVED_TAG_PREFIXES = ("aws:", "ami-factory:")
+
+Mode = Literal["no-reboot", "stop"]
+AccountId = Annotated[str, StringConstraints(pattern=ACCOUNT_ID)]
+OrganizationArn = Annotated[str, StringConstraints(pattern=ORGANIZATION_ARN)]
+OuArn = Annotated[str, StringConstraints(pattern=OU_ARN)]
+RegionName = Annotated[str, StringConstraints(pattern=REGION)]
+
+
+class Contract(BaseModel):
+    """Step inputs ignore fields they do not use: the ASL passes whole state objects."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class ShareTargets(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    accounts: list[AccountId] = Field(default_factory=list, description="12-digit AWS account ids")
+    organizations: list[OrganizationArn] = Field(default_factory=list, description="organization ARNs")
+    organizational_units: list[OuArn] = Field(default_factory=list, description="OU ARNs")
+    public: bool = Field(False, description="make the image public (only if the deployment allows it)")
+
+    def describe(self) -> list[str]:
+        """Human-readable list of everyone the image is shared with."""
+        return [*self.accounts, *self.organizations, *self.organizational_units] + (["public"] if self.public else [])
+
+
+class ImagingRequest(BaseModel):
+    """What a user asks for: the execution input of the state machine."""
+
+    model_config = ConfigDict(extra="forbid", title="ImagingRequest")
+
+    instance_id: Annotated[str, StringConstraints(pattern=INSTANCE_ID)] = Field(
+        description="the EC2 instance to image, in the stack's Region (i-0123456789abcdef0)"
+    )
+    image_name: Annotated[str, StringConstraints(min_length=1, max_length=80)] | None = Field(
+        None, description="image family name; default: the instance's Name tag, else its id"
+    )
+    description: Annotated[str, StringConstraints(max_length=255)] | None = Field(None, description="image description")
+    regions: list[RegionName] | None = Field(
+        None, description="Regions to copy to (the source Region is always included); default: the deploy-time DefaultRegions"
+    )
+    share: ShareTargets = Field(default_factory=ShareTargets, description="who may launch the image")
+    mode: Mode = Field("stop", description="stop: stop, image, start again; no-reboot: image the running instance")
+    tags: dict[str, str] = Field(default_factory=dict, description="extra tags for the images and snapshots")
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_not_reserved(cls, tags: dict[str, str]) -> dict[str, str]:
+        reserved = sorted(key for key in tags if key.lower().startswith(RESERVED_TAG_PREFIXES))
+        if reserved:
+            raise ValueError(f"tag keys {reserved} are reserved; drop the 'aws:' / 'ami-factory:' prefix")
+        return tags
+
+
+class ResolveRequestInput(Contract):
+    request: dict
+    run_id: str
+
+
+class RegionTarget(BaseModel):
+    name: str
+    is_source: bool
+
+
+class Plan(Contract):
+    """The validated request, resolved against the instance and the deploy settings."""
+
+    run_id: str
+    instance_id: str
+    source_region: str
+    family: str
+    image_name: str
+    description: str
+    mode: Mode
+    regions: list[RegionTarget]
+    share: ShareTargets
+    parameter_name: str
+    tags: dict[str, str]
+    poll_seconds: int
+    max_polls: int
+
+
+class InstanceRef(Contract):
+    instance_id: str
+    region: str
+    original_state: str
+    state: str
+    stopped_by_us: bool = False
+    polls: int = 0
+
+
+class CheckInstanceInput(Contract):
+    instance: InstanceRef
+    max_polls: int
+
+
+class ImageRef(Contract):
+    region: str
+    image_id: str
+    state: str = "pending"
+    polls: int = 0
+
+
+class CheckImageInput(Contract):
+    image: ImageRef
+    max_polls: int
+
+
+class CopyImageInput(Contract):
+    """One item of the Distribute Map: the plan's fields that a Region needs, and the source image."""
+
+    run_id: str
+    image_name: str
+    description: str
+    tags: dict[str, str]
+    region: RegionTarget
+    source_image: ImageRef
+
+
+class ShareImageInput(Contract):
+    image: ImageRef
+    share: ShareTargets
+
+
+class ShareImageOutput(BaseModel):
+    shared_with: list[str]
+
+
+class PublishParameterInput(Contract):
+    image: ImageRef
+    parameter_name: str
+
+
+class PublishParameterOutput(BaseModel):
+    parameter_name: str
+    version: int
+
+
+class StepError(BaseModel):
+    """What a Catch puts at ``$.error``: Step Functions' own shape."""
+
+    Error: str
+    Cause: str | None = None
+
+
+class RegionResult(BaseModel):
+    region: str
+    status: Literal["AVAILABLE", "FAILED"]
+    image_id: str | None = None
+    shared_with: list[str] = Field(default_factory=list)
+    parameter_name: str | None = None
+    error: StepError | None = None
+
+
+class RestoreInstanceInput(Contract):
+    instance: InstanceRef
+
+
+class FinalizeInput(Plan):
+    """The whole execution state after Distribute."""
+
+    instance: InstanceRef
+    image: ImageRef
+    distribution: list[RegionResult]
+
+
+class HandleFailureInput(Plan):
+    """The execution state as it was when a step failed, with the error a Catch put at ``$.error``."""
+
+    instance: InstanceRef | None = None
+    error: StepError
+
+
+class Summary(BaseModel):
+    status: Literal["SUCCEEDED", "PARTIAL", "FAILED"]
+    run_id: str
+    instance_id: str
+    image_name: str | None = None
+    instance_state: str | None = None
+    regions: list[RegionResult] = Field(default_factory=list)
+    failed_regions: list[str] = Field(default_factory=list)
+    cleaned_up: list[str] = Field(default_factory=list)
+    error: str | None = None
+    cause: str | None = None
+
+
+def sanitize_image_name(raw: str) -> str:
+    """EC2 image names: 3-128 of letters, digits, ( ) [ ] . / - ' @ _ and space."""
+    cleaned = re.sub(r"[^A-Za-z0-9()\[\]./\-'@_ ]", "-", raw).strip()
+    return cleaned[:128]

@@ -1,0 +1,116 @@
+"""The rules of the tool, in one place: which Regions, which share targets, which names.
+
+Per-request values may only narrow or choose within the deploy-time settings: whoever can start a
+run must not be able to ship an image where the operator did not allow it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from functools import cache
+
+import boto3
+from pydantic import ValidationError
+
+from .errors import (
+    InvalidRequestError,
+    PublicSharingBlockedError,
+    ShareTargetNotAllowedError,
+    UnknownRegionError,
+)
+from .models import ImagingRequest, RegionTarget, ShareTargets, sanitize_image_name
+from .settings import Settings
+
+TAG_PREFIX = "ami-factory:"
+
+
+@cache
+def known_regions() -> frozenset[str]:
+    """Every Region botocore knows for EC2 (read from its bundled endpoint data, no network)."""
+    session = boto3.session.Session()
+    return frozenset(
+        region
+        for partition in session.get_available_partitions()
+        for region in session.get_available_regions("ec2", partition_name=partition)
+    )
+
+
+def parse_request(raw: Mapping[str, object]) -> ImagingRequest:
+    try:
+        return ImagingRequest.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in issue['loc']) or 'request'}: {issue['msg']}"
+            for issue in error.errors(include_url=False)
+        )
+        raise InvalidRequestError(
+            f"the imaging request is invalid: {problems}. See events/imaging-request.schema.json for the fields"
+        ) from None
+
+
+def target_regions(request: ImagingRequest, source_region: str, settings: Settings) -> list[RegionTarget]:
+    """Source Region first (it needs no copy), then the requested or default Regions, once each."""
+    wanted = list(request.regions if request.regions is not None else settings.default_regions)
+    unknown = sorted({region for region in wanted if region not in known_regions()})
+    if unknown:
+        raise UnknownRegionError(f"unknown Region(s) {unknown}: use Region codes such as us-east-1 or eu-west-1")
+    if settings.allowed_regions:
+        outside = sorted({region for region in wanted if region not in settings.allowed_regions} - {source_region})
+        if outside:
+            raise UnknownRegionError(
+                f"Region(s) {outside} are not in the deployment's AllowedRegions {list(settings.allowed_regions)}: "
+                f"pick from those, or redeploy with a wider AllowedRegions"
+            )
+    ordered = [source_region] + [region for region in dict.fromkeys(wanted) if region != source_region]
+    return [RegionTarget(name=region, is_source=(region == source_region)) for region in ordered]
+
+
+def _outside(requested: Iterable[str], allowed: Iterable[str]) -> list[str]:
+    allowed_set = set(allowed)
+    return sorted(item for item in set(requested) if item not in allowed_set)
+
+
+def check_share_targets(share: ShareTargets, settings: Settings) -> None:
+    """Every target must be in its allow-list; public only when the deployment allows it."""
+    if share.public and not settings.allow_public:
+        raise PublicSharingBlockedError(
+            "public sharing is turned off for this deployment: drop share.public, or redeploy with "
+            "AllowPublicSharing=true if making images public is really intended"
+        )
+    for kind, requested, allowed, parameter in (
+        ("account(s)", share.accounts, settings.allowed_accounts, "AllowedShareAccounts"),
+        ("organization(s)", share.organizations, settings.allowed_organizations, "AllowedShareOrganizations"),
+        ("OU(s)", share.organizational_units, settings.allowed_organizational_units, "AllowedShareOUs"),
+    ):
+        outside = _outside(requested, allowed)
+        if outside:
+            raise ShareTargetNotAllowedError(
+                f"{kind} {outside} are not in the deployment's {parameter} {list(allowed)}: remove them from "
+                f"the request, or ask the operator to add them to {parameter}"
+            )
+
+
+def family_name(request: ImagingRequest, instance_tags: Mapping[str, str]) -> str:
+    raw = request.image_name or instance_tags.get("Name") or request.instance_id
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-") or request.instance_id
+
+
+def image_name(prefix: str, family: str, run_id: str) -> str:
+    """Deterministic per run: a retried step finds the image it made instead of making another."""
+    return sanitize_image_name(f"{prefix}-{family}-{run_id}")
+
+
+def parameter_name(prefix: str, family: str) -> str:
+    return f"{prefix}/{family}/latest"
+
+
+def image_tags(run_id: str, family: str, instance_id: str, source_region: str, user_tags: Mapping[str, str]) -> dict[str, str]:
+    return {
+        **user_tags,
+        f"{TAG_PREFIX}managed": "true",
+        f"{TAG_PREFIX}run": run_id,
+        f"{TAG_PREFIX}family": family,
+        f"{TAG_PREFIX}source-instance": instance_id,
+        f"{TAG_PREFIX}source-region": source_region,
+    }

@@ -1,0 +1,62 @@
+"""Deploy-time settings, read from the function environment when asked (never at import time).
+
+Each value comes from a template parameter (see ``template.yaml``); the names of the environment
+variables are the contract between the two.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _csv(name: str) -> tuple[str, ...]:
+    raw = os.environ.get(name, "")
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+def _bool(name: str, default: bool = False) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    return raw in ("true", "1", "yes") if raw else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    region: str  # the stack's Region: where instances are imaged
+    default_regions: tuple[str, ...]
+    allowed_regions: tuple[str, ...]  # empty: any AWS Region
+    allowed_accounts: tuple[str, ...]
+    allowed_organizations: tuple[str, ...]
+    allowed_organizational_units: tuple[str, ...]
+    allow_public: bool
+    image_name_prefix: str
+    parameter_prefix: str
+    poll_seconds: int
+    max_wait_seconds: int
+    sdk_max_attempts: int
+
+    @property
+    def max_polls(self) -> int:
+        return max(1, -(-self.max_wait_seconds // self.poll_seconds))
+
+
+def load_settings() -> Settings:
+    return Settings(
+        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        default_regions=_csv("DEFAULT_REGIONS"),
+        allowed_regions=_csv("ALLOWED_REGIONS"),
+        allowed_accounts=_csv("ALLOWED_SHARE_ACCOUNTS"),
+        allowed_organizations=_csv("ALLOWED_SHARE_ORGANIZATIONS"),
+        allowed_organizational_units=_csv("ALLOWED_SHARE_OUS"),
+        allow_public=_bool("ALLOW_PUBLIC_SHARING"),
+        image_name_prefix=os.environ.get("IMAGE_NAME_PREFIX", "ami-factory"),
+        parameter_prefix=os.environ.get("PARAMETER_PREFIX", "/ami-factory").rstrip("/"),
+        poll_seconds=_int("POLL_SECONDS", 60),
+        max_wait_seconds=_int("MAX_WAIT_SECONDS", 4 * 3600),
+        sdk_max_attempts=_int("SDK_MAX_ATTEMPTS", 5),
+    )

@@ -1,0 +1,247 @@
+"""What each step of the state machine does. Handlers parse input, call one function here, and
+return its model; everything they need to agree on lives in this package."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from .aws import Ec2, Ssm, tags_of
+from .errors import (
+    ImageFailedError,
+    UnsupportedInstanceError,
+    WaitTimeoutError,
+)
+from .models import (
+    CheckImageInput,
+    CheckInstanceInput,
+    CopyImageInput,
+    FinalizeInput,
+    HandleFailureInput,
+    ImageRef,
+    InstanceRef,
+    Plan,
+    PublishParameterInput,
+    PublishParameterOutput,
+    RegionResult,
+    ResolveRequestInput,
+    RestoreInstanceInput,
+    ShareImageInput,
+    ShareImageOutput,
+    Summary,
+)
+from .rules import (
+    TAG_PREFIX,
+    check_share_targets,
+    family_name,
+    image_name,
+    image_tags,
+    parameter_name,
+    parse_request,
+    target_regions,
+)
+from .settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+FAILED_IMAGE_STATES = frozenset({"failed", "invalid", "error", "deregistered"})
+IMAGEABLE_INSTANCE_STATES = frozenset({"running", "stopped", "stopping", "pending"})
+
+
+def resolve_request(event: ResolveRequestInput, settings: Settings | None = None) -> Plan:
+    """Validate everything before anything changes: a bad request fails here, having touched nothing."""
+    settings = settings or load_settings()
+    region = settings.region
+    request = parse_request(event.request)
+    check_share_targets(request.share, settings)
+    regions = target_regions(request, region, settings)
+    instance = Ec2(region).describe_instance(request.instance_id)
+    if instance.get("RootDeviceType") != "ebs":
+        raise UnsupportedInstanceError(
+            f"instance {request.instance_id} has an {instance.get('RootDeviceType')} root device; only EBS-backed "
+            f"instances can be imaged with CreateImage. Move the instance to an EBS root volume first"
+        )
+    state = instance["State"]["Name"]
+    if state not in IMAGEABLE_INSTANCE_STATES:
+        raise UnsupportedInstanceError(
+            f"instance {request.instance_id} is {state}; only running or stopped instances can be imaged"
+        )
+    family = family_name(request, tags_of(instance))
+    name = image_name(settings.image_name_prefix, family, event.run_id)
+    return Plan(
+        run_id=event.run_id,
+        instance_id=request.instance_id,
+        source_region=region,
+        family=family,
+        image_name=name,
+        description=request.description or f"AMI Factory image of {request.instance_id} ({family}), run {event.run_id}",
+        mode=request.mode,
+        regions=regions,
+        share=request.share,
+        parameter_name=parameter_name(settings.parameter_prefix, family),
+        tags=image_tags(event.run_id, family, request.instance_id, region, {"Name": name, **request.tags}),
+        poll_seconds=settings.poll_seconds,
+        max_polls=settings.max_polls,
+    )
+
+
+def prepare_instance(plan: Plan) -> InstanceRef:
+    """Remember how the instance was, and stop it when the mode asks for a consistent image."""
+    ec2 = Ec2(plan.source_region)
+    state = ec2.instance_state(plan.instance_id)
+    instance = InstanceRef(instance_id=plan.instance_id, region=plan.source_region, original_state=state, state=state)
+    if plan.mode == "stop" and state in ("running", "pending"):
+        ec2.stop_instance(plan.instance_id)
+        instance.stopped_by_us = True
+        instance.state = ec2.instance_state(plan.instance_id)
+    return instance
+
+
+def check_instance(event: CheckInstanceInput) -> InstanceRef:
+    instance = event.instance.model_copy()
+    instance.state = Ec2(instance.region).instance_state(instance.instance_id)
+    instance.polls += 1
+    if instance.state != "stopped" and instance.polls >= event.max_polls:
+        raise WaitTimeoutError(
+            f"instance {instance.instance_id} is still {instance.state} after {instance.polls} checks; raise "
+            f"MaxWaitSeconds or find out why it does not stop"
+        )
+    return instance
+
+
+def create_image(plan: Plan) -> ImageRef:
+    ec2 = Ec2(plan.source_region)
+    existing = ec2.find_image_by_name(plan.image_name)
+    if existing:
+        log.info("image %s already exists for this run; not creating another", existing["ImageId"])
+        return ImageRef(region=plan.source_region, image_id=existing["ImageId"], state=existing["State"])
+    image_id = ec2.create_image(
+        plan.instance_id, plan.image_name, plan.description, no_reboot=(plan.mode == "no-reboot"), tags=plan.tags
+    )
+    return ImageRef(region=plan.source_region, image_id=image_id)
+
+
+def check_image(event: CheckImageInput) -> ImageRef:
+    image = event.image.model_copy()
+    described = Ec2(image.region).describe_image(image.image_id)
+    image.state = described["State"]
+    image.polls += 1
+    if image.state in FAILED_IMAGE_STATES:
+        reason = described.get("StateReason", {}).get("Message") or "no reason given"
+        raise ImageFailedError(f"image {image.image_id} in {image.region} is {image.state}: {reason}")
+    if image.state != "available" and image.polls >= event.max_polls:
+        raise WaitTimeoutError(
+            f"image {image.image_id} in {image.region} is still {image.state} after {image.polls} checks; "
+            f"raise MaxWaitSeconds for large images"
+        )
+    return image
+
+
+def copy_client_token(run_id: str, region: str) -> str:
+    """CopyImage's idempotency token: the same run copying to the same Region gets the same token."""
+    return hashlib.sha256(f"{run_id}/{region}".encode()).hexdigest()[:64]
+
+
+def copy_image(event: CopyImageInput) -> ImageRef:
+    """Copy into the item's Region; the source Region's item never gets here (the ASL skips it)."""
+    region = event.region.name
+    ec2 = Ec2(region)
+    existing = ec2.find_image_by_name(event.image_name)
+    if existing:
+        return ImageRef(region=region, image_id=existing["ImageId"], state=existing["State"])
+    image_id = ec2.copy_image(
+        source_region=event.source_image.region,
+        source_image_id=event.source_image.image_id,
+        name=event.image_name,
+        description=event.description,
+        client_token=copy_client_token(event.run_id, region),
+        tags={**event.tags, f"{TAG_PREFIX}source-image": event.source_image.image_id},
+    )
+    return ImageRef(region=region, image_id=image_id)
+
+
+def share_image(event: ShareImageInput, settings: Settings | None = None) -> ShareImageOutput:
+    # Checked again here, not only in ResolveRequest: the state is data anyone with
+    # StartExecution can shape, and sharing is the step that must never overreach.
+    check_share_targets(event.share, settings or load_settings())
+    Ec2(event.image.region).add_launch_permissions(event.image.image_id, event.share)
+    return ShareImageOutput(shared_with=event.share.describe())
+
+
+def publish_parameter(event: PublishParameterInput) -> PublishParameterOutput:
+    version = Ssm(event.image.region).put_image_parameter(
+        event.parameter_name, event.image.image_id, f"Latest AMI Factory image ({event.image.image_id})"
+    )
+    return PublishParameterOutput(parameter_name=event.parameter_name, version=version)
+
+
+def restore_instance(event: RestoreInstanceInput) -> InstanceRef:
+    """Start the instance again if this run stopped it. Safe to repeat: a started instance is left alone."""
+    instance = event.instance.model_copy()
+    ec2 = Ec2(instance.region)
+    instance.state = ec2.instance_state(instance.instance_id)
+    if instance.stopped_by_us and instance.original_state in ("running", "pending") and instance.state == "stopped":
+        ec2.start_instance(instance.instance_id)
+        instance.state = ec2.instance_state(instance.instance_id)
+    return instance
+
+
+def remove_run_images(run_id: str, regions: list[str]) -> list[str]:
+    """Deregister every image this run made in ``regions`` (found by tag, never by name) and its snapshots."""
+    removed: list[str] = []
+    for region in regions:
+        ec2 = Ec2(region)
+        for image in ec2.find_images_by_tag(f"{TAG_PREFIX}run", run_id):
+            if tags_of(image).get(f"{TAG_PREFIX}managed") != "true":
+                continue
+            ec2.delete_image(image)
+            removed.append(f"{region}:{image['ImageId']}")
+    return removed
+
+
+def _tag_instance_with_result(plan: Plan, status: str, image_id: str | None, error: str | None) -> None:
+    tags = {f"{TAG_PREFIX}last-run": plan.run_id, f"{TAG_PREFIX}last-status": status}
+    if image_id:
+        tags[f"{TAG_PREFIX}last-image-id"] = image_id
+    if error:
+        tags[f"{TAG_PREFIX}last-error"] = error[:256]
+    Ec2(plan.source_region).tag_resource(plan.instance_id, tags)
+
+
+def finalize(plan: FinalizeInput) -> Summary:
+    failed = [result for result in plan.distribution if result.status == "FAILED"]
+    cleaned = remove_run_images(plan.run_id, [result.region for result in failed])
+    status = "SUCCEEDED" if not failed else ("FAILED" if len(failed) == len(plan.distribution) else "PARTIAL")
+    instance = restore_instance(RestoreInstanceInput(instance=plan.instance))
+    source_image = plan.image.image_id if status != "FAILED" else None
+    errors = "; ".join(f"{result.region}: {result.error.Error if result.error else 'failed'}" for result in failed) or None
+    _tag_instance_with_result(plan, status, source_image, errors)
+    return Summary(
+        status=status,
+        run_id=plan.run_id,
+        instance_id=plan.instance_id,
+        image_name=plan.image_name,
+        instance_state=instance.state,
+        regions=plan.distribution,
+        failed_regions=[result.region for result in failed],
+        cleaned_up=cleaned,
+        error="AllRegionsFailedError" if status == "FAILED" else None,
+        cause=errors,
+    )
+
+
+def handle_failure(plan: HandleFailureInput) -> Summary:
+    """Undo what this run made and put the instance back; the state machine then fails with the error."""
+    cleaned = remove_run_images(plan.run_id, [region.name for region in plan.regions])
+    instance = restore_instance(RestoreInstanceInput(instance=plan.instance)) if plan.instance else None
+    _tag_instance_with_result(plan, "FAILED", None, plan.error.Error)
+    return Summary(
+        status="FAILED",
+        run_id=plan.run_id,
+        instance_id=plan.instance_id,
+        image_name=plan.image_name,
+        instance_state=instance.state if instance else None,
+        cleaned_up=cleaned,
+        error=plan.error.Error,
+        cause=plan.error.Cause,
+    )

@@ -1,0 +1,193 @@
+"""The command line for people. Only boto3: it runs anywhere the AWS CLI would."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+import boto3
+
+TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
+QUIET_STATES = {"Wait", "Choice", "Pass", "Map", "Succeed", "Fail"}  # followed through the tasks they lead to
+
+
+def build_request(args: argparse.Namespace) -> dict[str, Any]:
+    request: dict[str, Any] = {"instance_id": args.instance_id, "mode": args.mode}
+    if args.regions is not None:
+        request["regions"] = [region for region in args.regions.split(",") if region]
+    share = {
+        "accounts": _csv(args.share_accounts),
+        "organizations": _csv(args.share_organizations),
+        "organizational_units": _csv(args.share_ous),
+        "public": args.public,
+    }
+    request["share"] = {key: value for key, value in share.items() if value}
+    for field in ("image_name", "description"):
+        if getattr(args, field):
+            request[field] = getattr(args, field)
+    if args.tag:
+        request["tags"] = dict(tag.split("=", 1) for tag in args.tag)
+    return request
+
+
+def _csv(value: str | None) -> list[str]:
+    return [item for item in (value or "").split(",") if item]
+
+
+def find_state_machine(sfn: Any, stack_name: str | None, cloudformation: Any | None) -> str:
+    """The stack's output when there is a stack; else the one state machine named *ImagingStateMachine*."""
+    if stack_name and cloudformation is not None:
+        outputs = cloudformation.describe_stacks(StackName=stack_name)["Stacks"][0].get("Outputs", [])
+        for output in outputs:
+            if output["OutputKey"] == "StateMachineArn":
+                return str(output["OutputValue"])
+    machines = [
+        machine["stateMachineArn"]
+        for page in sfn.get_paginator("list_state_machines").paginate()
+        for machine in page["stateMachines"]
+        if "ImagingStateMachine" in machine["name"]
+    ]
+    if len(machines) != 1:
+        raise SystemExit(f"found {len(machines)} AMI Factory state machines; pass --state-machine-arn")
+    return str(machines[0])
+
+
+def execution_name(instance_id: str) -> str:
+    return f"{instance_id}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
+
+
+def history(sfn: Any, execution_arn: str) -> Iterator[dict[str, Any]]:
+    kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 1000}
+    while True:
+        page = sfn.get_execution_history(**kwargs)
+        yield from page["events"]
+        if not page.get("nextToken"):
+            return
+        kwargs["nextToken"] = page["nextToken"]
+
+
+def describe_event(event: dict[str, Any]) -> str | None:
+    """One line for a state the user cares about, with the Region when it runs inside Distribute."""
+    details = event.get("stateEnteredEventDetails")
+    if not details or not event["type"].endswith("StateEntered") or event["type"].startswith(tuple(QUIET_STATES)):
+        return _region_outcome(event)
+    name = details["name"]
+    try:
+        state_input = json.loads(details.get("input") or "{}")
+    except ValueError:
+        state_input = {}
+    region = state_input.get("region", {}).get("name") if isinstance(state_input.get("region"), dict) else None
+    if name in ("CheckImage", "CheckCopy", "CheckInstance"):
+        return None  # the polls: summarised by the waits, not one line each
+    return f"  [{region}] {name}" if region else f"  {name}"
+
+
+def _region_outcome(event: dict[str, Any]) -> str | None:
+    details = event.get("stateEnteredEventDetails")
+    if event["type"] != "PassStateEntered" or not details or details["name"] not in ("RegionSucceeded", "RegionFailed"):
+        return None
+    state_input = json.loads(details.get("input") or "{}")
+    region = state_input.get("region", {}).get("name", "?")
+    if details["name"] == "RegionSucceeded":
+        return f"  [{region}] done: {state_input.get('image', {}).get('image_id')}"
+    return f"  [{region}] FAILED: {state_input.get('error', {}).get('Error')}"
+
+
+def follow(
+    sfn: Any, execution_arn: str, out: TextIO, poll_seconds: float, sleep: Callable[[float], None] = time.sleep
+) -> dict[str, Any]:
+    seen = 0
+    while True:
+        described = sfn.describe_execution(executionArn=execution_arn)
+        events = list(history(sfn, execution_arn))
+        for event in events[seen:]:
+            line = describe_event(event)
+            if line:
+                print(line, file=out, flush=True)
+        seen = len(events)
+        if described["status"] in TERMINAL:
+            return dict(described)
+        sleep(poll_seconds)
+
+
+def result_table(summary: dict[str, Any]) -> str:
+    rows = [("Region", "AMI id", "State", "Shared with", "Parameter")]
+    for region in summary.get("regions", []):
+        rows.append(
+            (
+                region["region"],
+                region.get("image_id") or "-",
+                region["status"].lower() if region["status"] != "FAILED" else f"FAILED ({(region.get('error') or {}).get('Error')})",
+                ", ".join(region.get("shared_with") or []) or "-",
+                region.get("parameter_name") or "-",
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def report(described: dict[str, Any], out: TextIO) -> int:
+    status = described["status"]
+    print(f"\nexecution {described['name']}: {status}", file=out)
+    if status != "SUCCEEDED":
+        cause = described.get("cause") or ""
+        try:
+            cause = json.loads(cause).get("errorMessage", cause)
+        except (ValueError, AttributeError):
+            pass
+        print(f"error: {described.get('error')}: {cause}", file=out)
+        return 1
+    summary = json.loads(described.get("output") or "{}")
+    print(result_table(summary), file=out)
+    print(f"\nrun status: {summary.get('status')}; instance {summary.get('instance_id')} is {summary.get('instance_state')}", file=out)
+    return 0 if summary.get("status") == "SUCCEEDED" else 2
+
+
+def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    session = boto3.session.Session(region_name=args.region)
+    sfn = session.client("stepfunctions", endpoint_url=args.endpoint_url)
+    cloudformation = session.client("cloudformation", endpoint_url=args.endpoint_url) if args.stack_name else None
+    arn = args.state_machine_arn or find_state_machine(sfn, args.stack_name, cloudformation)
+    request = build_request(args)
+    name = args.name or execution_name(args.instance_id)
+    execution_arn = sfn.start_execution(stateMachineArn=arn, name=name, input=json.dumps(request))["executionArn"]
+    print(f"started {name}\n  {execution_arn}", file=out, flush=True)
+    if not args.follow:
+        return 0
+    return report(follow(sfn, execution_arn, out, args.poll_seconds), out)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="ami-factory", description=__doc__)
+    commands = top.add_subparsers(dest="command", required=True)
+    start = commands.add_parser("run", help="image an instance and distribute the image")
+    start.add_argument("--instance-id", required=True)
+    start.add_argument("--regions", help="comma-separated target Regions (default: the stack's DefaultRegions)")
+    start.add_argument("--mode", choices=["stop", "no-reboot"], default="stop")
+    start.add_argument("--image-name", help="image family name (default: the instance's Name tag)")
+    start.add_argument("--description")
+    start.add_argument("--share-accounts", help="comma-separated account ids (must be in AllowedShareAccounts)")
+    start.add_argument("--share-organizations", help="comma-separated organization ARNs")
+    start.add_argument("--share-ous", help="comma-separated OU ARNs")
+    start.add_argument("--public", action="store_true", help="make the image public (only if the stack allows it)")
+    start.add_argument("--tag", action="append", metavar="KEY=VALUE", help="extra image tag (repeatable)")
+    start.add_argument("--name", help="execution name (default: INSTANCE-UTCTIMESTAMP)")
+    start.add_argument("--state-machine-arn")
+    start.add_argument("--stack-name", help="find the state machine from this stack's outputs")
+    start.add_argument("--region", help="the stack's Region")
+    start.add_argument("--endpoint-url", help="e.g. http://127.0.0.1:5005 for the local emulator")
+    start.add_argument("--no-follow", dest="follow", action="store_false", help="start and return")
+    start.add_argument("--poll-seconds", type=float, default=5.0)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return run(args)

@@ -1,0 +1,74 @@
+"""``make bench``: what one run costs, per scenario. A report, not a test: it asserts nothing.
+
+Per run: EC2 API calls by operation, Step Functions state transitions (what Standard workflows
+bill), Lambda invocations, and virtual elapsed time against the images' own time (how long EC2
+itself took to make and copy them): the gap is what polling adds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+from .emulator import Emulator
+
+ACCOUNT = "111122223333"
+REGIONS = ["eu-west-1", "ap-southeast-2"]
+
+
+@dataclass
+class Scenario:
+    name: str
+    arrange: Callable[[Emulator], None]
+    regions: list[str]
+
+
+def _typical(emu: Emulator) -> None:
+    emu.world.instances_take_to_stop(90)
+    emu.world.images_take(20 * 60)
+    for region in REGIONS:
+        emu.world.images_take(45 * 60, region=region)
+
+
+def _throttled(emu: Emulator) -> None:
+    _typical(emu)
+    emu.world.throttle("CopyImage", times=3)
+    emu.world.hide_new_images(describes=2)
+
+
+def _one_region_fails(emu: Emulator) -> None:
+    _typical(emu)
+    emu.world.images_fail("ap-southeast-2")
+
+
+SCENARIOS = [
+    Scenario("typical: 3 Regions, 20 min image, 45 min copies", _typical, REGIONS),
+    Scenario("throttled CopyImage x3, image invisible x2", _throttled, REGIONS),
+    Scenario("one Region's copy fails", _one_region_fails, REGIONS),
+    Scenario("9 Regions", _typical, REGIONS + ["us-west-2", "eu-central-1", "ap-northeast-1", "sa-east-1", "ca-central-1", "eu-north-1"]),
+]
+
+
+def main(out: TextIO) -> int:
+    for scenario in SCENARIOS:
+        with Emulator(parameters={"AllowedShareAccounts": ACCOUNT}) as emu:
+            scenario.arrange(emu)
+            instance_id = emu.launch_instance(name="bench")
+            before = emu.world.calls("ec2")
+            invocations = len(emu.runtime.invocations)
+            start = emu.clock.elapsed()
+            result = emu.run({"instance_id": instance_id, "regions": scenario.regions, "share": {"accounts": [ACCOUNT]}})
+            calls = emu.world.calls("ec2") - before
+            print(f"\n== {scenario.name}: {result.status} ({(result.output or {}).get('status', result.error)})", file=out)
+            print(f"   state transitions: {result.transitions}", file=out)
+            print(f"   Lambda invocations: {len(emu.runtime.invocations) - invocations}", file=out)
+            print(
+                f"   virtual elapsed: {(emu.clock.elapsed() - start) / 60:.1f} min; images' own time: "
+                f"{emu.world.images_own_time() / 60:.1f} min",
+                file=out,
+            )
+            print(f"   EC2 calls: {sum(calls.values())}", file=out)
+            for operation, count in sorted(calls.items(), key=lambda item: (-item[1], item[0])):
+                print(f"     {operation:<24}{count:>5}", file=out)
+    return 0

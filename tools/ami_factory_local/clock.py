@@ -1,0 +1,55 @@
+"""Virtual time for the emulator: Wait states and Retry back-offs advance a clock instead of sleeping.
+
+moto's Step Functions interpreter waits in real time (``WaitFunction._wait_interval`` and the
+``time.sleep`` in ``retrier_decl``); both are patched to advance this clock and return at once, so a
+run that would take hours on AWS takes milliseconds, and the world model (images pending, instances
+stopping) moves on by the same virtual seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+import types
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+from unittest import mock
+
+from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import WaitFunction
+
+START_EPOCH = 1_790_000_000.0  # a fixed instant, so runs are reproducible
+
+
+class VirtualClock:
+    def __init__(self, start: float = START_EPOCH) -> None:
+        self._start = start
+        self._now = start
+        self._lock = threading.Lock()
+        self.waits = 0
+
+    def now(self) -> float:
+        with self._lock:
+            return self._now
+
+    def elapsed(self) -> float:
+        return self.now() - self._start
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += max(0.0, float(seconds))
+            self.waits += 1
+
+    @contextmanager
+    def installed(self) -> Iterator[VirtualClock]:
+        """Make moto's interpreter wait on this clock while the context is open."""
+        clock = self
+
+        def wait_interval(_self: WaitFunction, env: Any, wait_seconds: int) -> None:
+            clock.advance(wait_seconds)
+
+        virtual_time = types.SimpleNamespace(sleep=self.advance)
+        with ExitStack() as stack:
+            stack.enter_context(mock.patch.object(WaitFunction, "_wait_interval", wait_interval))
+            stack.enter_context(mock.patch.object(retrier_decl, "time", virtual_time))
+            yield self

@@ -1,0 +1,259 @@
+"""The emulator, in process: moto + the virtual clock + the world model + the in-process Lambda
+runtime, with ``template.yaml`` deployed into it.
+
+    with Emulator(parameters={"AllowedShareAccounts": "111122223333"}) as emu:
+        instance_id = emu.launch_instance(name="web")
+        result = emu.run({"instance_id": instance_id, "regions": ["eu-west-1"]})
+        assert result.status == "SUCCEEDED"
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import zipfile
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import boto3
+from moto import mock_aws
+
+from ami_factory.clients import use_client_factory
+
+from .clock import VirtualClock
+from .runtime import FunctionCode, InProcessRuntime
+from .template import Resolver, functions, load_template, parameter_values, resources_of_type
+from .world import World
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+ACCOUNT_ID = "123456789012"
+STACK_NAME = "ami-factory-local"
+TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
+
+# What the emulator changes in the functions' environment, and why:
+EMULATOR_ENVIRONMENT = {
+    "SDK_MAX_ATTEMPTS": "1",  # throttling reaches the state machine's Retry (virtual time), not boto3's sleeps
+    "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon here
+}
+
+
+@dataclass
+class RunResult:
+    execution_arn: str
+    name: str
+    status: str
+    output: dict[str, Any] | None
+    error: str | None
+    cause: str | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def transitions(self) -> int:
+        """State transitions, as Step Functions bills them (one per state entered)."""
+        return sum(1 for event in self.history if event["type"].endswith("StateEntered"))
+
+    @property
+    def cause_message(self) -> str:
+        """The error message a failing Lambda reported (the cause is its JSON error body)."""
+        try:
+            return str(json.loads(self.cause or "")["errorMessage"])
+        except (ValueError, KeyError, TypeError):
+            return self.cause or ""
+
+
+@dataclass
+class Deployment:
+    state_machine_arn: str
+    functions: dict[str, FunctionCode]
+    parameters: dict[str, str]
+
+
+class Emulator:
+    def __init__(
+        self,
+        parameters: dict[str, str] | None = None,
+        region: str = "us-east-1",
+        project_root: Path = PROJECT_ROOT,
+        log_level: str = "WARNING",
+    ) -> None:
+        self.region = region
+        self.project_root = project_root
+        self.parameter_overrides = dict(parameters or {})
+        self.log_level = log_level
+        self.clock = VirtualClock()
+        self.world = World(self.clock, account_id=ACCOUNT_ID)
+        self.runtime = InProcessRuntime()
+        self.deployment: Deployment | None = None
+        self._stack: ExitStack | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def __enter__(self) -> Emulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        stack = ExitStack()
+        stack.enter_context(
+            mock.patch.dict(
+                os.environ,
+                # moto's thousands of default AMIs make every Region's first call take seconds; the
+                # emulator registers the one base image it needs instead.
+                {"AWS_DEFAULT_REGION": self.region, "MOTO_ACCOUNT_ID": ACCOUNT_ID, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"},
+            )
+        )
+        stack.enter_context(
+            mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}})
+        )
+        use_client_factory(None)  # clients cached before this emulator started belong to another world
+        stack.enter_context(self.clock.installed())
+        stack.enter_context(self.world.installed())
+        stack.enter_context(self.runtime.installed())
+        self._stack = stack
+        self.deployment = self._deploy()
+
+    def stop(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+        use_client_factory(None)
+
+    # --- clients and fixtures -----------------------------------------------------------------
+
+    def client(self, service: str, region: str | None = None) -> Any:
+        return boto3.client(service, region_name=region or self.region)
+
+    def launch_instance(
+        self, name: str | None = None, state: str = "running", tags: dict[str, str] | None = None, region: str | None = None
+    ) -> str:
+        """A small EBS-backed instance to image, launched from a base image the emulator registers."""
+        ec2 = self.client("ec2", region)
+        base_image = ec2.register_image(Name=f"base-{time.monotonic_ns()}", RootDeviceName="/dev/xvda")["ImageId"]
+        all_tags = {**({"Name": name} if name else {}), **(tags or {})}
+        spec = [{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in all_tags.items()]}] if all_tags else []
+        instance_id = ec2.run_instances(
+            ImageId=base_image, MinCount=1, MaxCount=1, InstanceType="t3.micro", TagSpecifications=spec
+        )["Instances"][0]["InstanceId"]
+        if state == "stopped":
+            ec2.stop_instances(InstanceIds=[instance_id])
+        return str(instance_id)
+
+    @property
+    def state_machine_arn(self) -> str:
+        assert self.deployment, "the emulator is not started"
+        return self.deployment.state_machine_arn
+
+    # --- runs ---------------------------------------------------------------------------------
+
+    def start_run(self, request: dict[str, Any], name: str | None = None) -> str:
+        name = name or f"run-{len(self.runtime.invocations)}-{int(time.time() * 1000) % 10**8}"
+        response = self.client("stepfunctions").start_execution(
+            stateMachineArn=self.state_machine_arn, name=name, input=json.dumps(request)
+        )
+        return str(response["executionArn"])
+
+    def wait(self, execution_arn: str, timeout: float = 60.0) -> RunResult:
+        """Wait (real time, bounded) for the run to end; virtual time makes this quick."""
+        sfn = self.client("stepfunctions")
+        deadline = time.monotonic() + timeout
+        while True:
+            described = sfn.describe_execution(executionArn=execution_arn)
+            if described["status"] in TERMINAL:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{execution_arn} still {described['status']} after {timeout}s of real time")
+            time.sleep(0.005)
+        history = sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
+        output = described.get("output")
+        return RunResult(
+            execution_arn=execution_arn,
+            name=described["name"],
+            status=described["status"],
+            output=json.loads(output) if output else None,
+            error=described.get("error"),
+            cause=described.get("cause"),
+            history=history,
+        )
+
+    def run(self, request: dict[str, Any], name: str | None = None, timeout: float = 60.0) -> RunResult:
+        return self.wait(self.start_run(request, name), timeout)
+
+    # --- deploying template.yaml --------------------------------------------------------------
+
+    def _deploy(self) -> Deployment:
+        template = load_template(self.project_root / "template.yaml")
+        parameters = parameter_values(template, self.parameter_overrides)
+        pseudo = {"AWS::Region": self.region, "AWS::AccountId": ACCOUNT_ID, "AWS::Partition": "aws", "AWS::StackName": STACK_NAME}
+        role_arn = self.client("iam").create_role(
+            RoleName=f"{STACK_NAME}-role",
+            AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
+        )["Role"]["Arn"]
+        attributes: dict[tuple[str, str], str] = {}
+        resolver = Resolver(parameters, pseudo, attributes)
+        lambda_client = self.client("lambda")
+        layer_dirs = [
+            self.project_root / layer["Properties"]["ContentUri"]
+            for layer in resources_of_type(template, "AWS::Serverless::LayerVersion").values()
+        ]
+        deployed: dict[str, FunctionCode] = {}
+        for logical_id, properties in functions(template).items():
+            name = f"{STACK_NAME}-{logical_id}"
+            environment = {
+                **resolver.resolve(properties["Environment"]["Variables"]),
+                **EMULATOR_ENVIRONMENT,
+                "POWERTOOLS_LOG_LEVEL": self.log_level,
+                "AWS_REGION": self.region,
+                "AWS_DEFAULT_REGION": self.region,
+            }
+            arn = lambda_client.create_function(
+                FunctionName=name,
+                Runtime=properties["Runtime"],
+                Role=role_arn,
+                Handler=properties["Handler"],
+                Code={"ZipFile": _placeholder_zip()},
+                Timeout=int(properties.get("Timeout", 3)),
+            )["FunctionArn"]
+            attributes[(logical_id, "Arn")] = arn
+            attributes[(logical_id, "Ref")] = name
+            deployed[logical_id] = FunctionCode(
+                name=name,
+                arn=arn,
+                code_dir=self.project_root / properties["CodeUri"],
+                handler=properties["Handler"],
+                environment={key: str(value) for key, value in environment.items()},
+                layer_dirs=layer_dirs,
+                timeout=int(properties.get("Timeout", 3)),
+                memory=int(properties.get("MemorySize", 128)),
+            )
+            self.runtime.register(deployed[logical_id])
+        (machine_id, machine), = resources_of_type(template, "AWS::Serverless::StateMachine").items()
+        definition = render_definition(self.project_root, machine["Properties"], resolver)
+        arn = self.client("stepfunctions").create_state_machine(
+            name=f"{STACK_NAME}-{machine_id}", definition=definition, roleArn=role_arn, type="STANDARD"
+        )["stateMachineArn"]
+        return Deployment(state_machine_arn=arn, functions=deployed, parameters=parameters)
+
+
+def render_definition(project_root: Path, properties: dict[str, Any], resolver: Resolver) -> str:
+    """The ASL file with its ``${...}`` DefinitionSubstitutions applied, as SAM does at deploy time."""
+    text = (project_root / properties["DefinitionUri"]).read_text()
+    substitutions = resolver.resolve(properties.get("DefinitionSubstitutions", {}))
+    for key, value in substitutions.items():
+        text = text.replace("${" + key + "}", str(value))
+    return text
+
+
+def _placeholder_zip() -> bytes:
+    """moto wants a code package; the real code runs from the CodeUri in process."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("app.py", "# runs in process from the project's CodeUri\n")
+    return buffer.getvalue()

@@ -1,0 +1,140 @@
+"""An in-process Lambda runtime: moto's Lambda invoke runs the real handler from its CodeUri.
+
+moto without Docker only echoes payloads; this replaces its ``invoke`` for the functions the
+emulator deployed. Errors come back the way Lambda reports them (``x-amz-function-error`` and a body
+with ``errorType`` = the exception's class name), so the state machine's Retry/Catch on our error
+names behave as on AWS. Invocations are serialized: each one gets its function's environment.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import threading
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from moto.awslambda.models import LambdaBackend
+from moto.awslambda_simple.models import LambdaSimpleBackend
+from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+
+@dataclass
+class FunctionCode:
+    name: str
+    arn: str
+    code_dir: Path
+    handler: str  # module.function, as in the template
+    environment: dict[str, str]
+    layer_dirs: list[Path]
+    timeout: int = 60
+    memory: int = 256
+
+
+@dataclass
+class LambdaContext:
+    function_name: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    function_version: str = "$LATEST"
+    log_group_name: str = ""
+    log_stream_name: str = "local"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+@dataclass
+class InProcessRuntime:
+    functions: dict[str, FunctionCode] = field(default_factory=dict)
+    invocations: list[str] = field(default_factory=list)
+    _handlers: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def register(self, code: FunctionCode) -> None:
+        self.functions[code.name] = code
+
+    def _load(self, code: FunctionCode) -> Callable[..., Any]:
+        if code.name not in self._handlers:
+            module_name, function_name = code.handler.rsplit(".", 1)
+            for path in code.layer_dirs:
+                if str(path) not in sys.path:
+                    sys.path.insert(0, str(path))
+            spec = importlib.util.spec_from_file_location(
+                f"_ami_factory_function_{code.name.replace('-', '_')}", code.code_dir / f"{module_name}.py"
+            )
+            assert spec and spec.loader, f"cannot load {code.code_dir}/{module_name}.py"
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            self._handlers[code.name] = getattr(module, function_name)
+        return self._handlers[code.name]
+
+    def invoke(self, name: str, payload: Any) -> tuple[bool, Any]:
+        """Run the function; returns (errored, result or Lambda error body)."""
+        code = self.functions[name]
+        with self._lock, _environment(code):
+            self.invocations.append(name)
+            try:
+                handler = self._load(code)
+                context = LambdaContext(code.name, code.arn, code.memory)
+                return False, handler(payload, context)
+            except Exception as error:  # Lambda reports any exception this way
+                return True, {
+                    "errorType": type(error).__name__,
+                    "errorMessage": str(error),
+                    "stackTrace": traceback.format_exception(error)[-5:],
+                }
+
+    @contextmanager
+    def installed(self) -> Iterator[InProcessRuntime]:
+        runtime = self
+        originals = {LambdaBackend: LambdaBackend.invoke, LambdaSimpleBackend: LambdaSimpleBackend.invoke}
+
+        def make_invoke(backend_class: type) -> Callable[..., Any]:
+            def invoke(backend: Any, function_name: str, qualifier: str | None, body: Any, headers: Any, response_headers: Any) -> Any:
+                name = function_name.split(":function:")[-1].split(":")[0]
+                if name not in runtime.functions:
+                    return originals[backend_class](backend, function_name, qualifier, body, headers, response_headers)
+                payload = json.loads(body) if body else {}
+                errored, result = runtime.invoke(name, payload)
+                if errored:
+                    response_headers["x-amz-function-error"] = "Unhandled"
+                return json.dumps(result).encode()
+
+            return invoke
+
+        clients: dict[tuple[str, str], Any] = {}
+        make_client = lambda_eval_utils.boto_client_for
+
+        def cached_client(region: str, service: str, state_credentials: Any = None) -> Any:
+            # moto's interpreter builds a new boto3 client for every Lambda task (tens of ms each).
+            key = (region, service)
+            if key not in clients:
+                clients[key] = make_client(region=region, service=service, state_credentials=state_credentials)
+            return clients[key]
+
+        with ExitStack() as stack:
+            stack.enter_context(mock.patch.object(lambda_eval_utils, "boto_client_for", cached_client))
+            for backend_class in originals:
+                stack.enter_context(mock.patch.object(backend_class, "invoke", make_invoke(backend_class)))
+            yield self
+
+
+@contextmanager
+def _environment(code: FunctionCode) -> Iterator[None]:
+    lambda_env = {
+        "AWS_LAMBDA_FUNCTION_NAME": code.name,
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(code.memory),
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+    }
+    with mock.patch.dict(os.environ, {**lambda_env, **code.environment}):
+        yield

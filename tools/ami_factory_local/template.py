@@ -1,0 +1,105 @@
+"""Reads ``template.yaml`` the way CloudFormation would, for what the emulator deploys.
+
+Only what the emulator needs is resolved: parameters, the function properties merged with
+``Globals``, and ``Ref``/``Fn::Sub``/``Fn::GetAtt`` in environment variables and the state machine's
+``DefinitionSubstitutions``. Anything else raises, so a template change the emulator does not
+understand is loud, not silently wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class _CfnLoader(yaml.SafeLoader):
+    pass
+
+
+def _short_form(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> dict[str, Any]:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+        if tag_suffix == "GetAtt":
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    return {"Ref": value} if tag_suffix == "Ref" else {f"Fn::{tag_suffix}": value}
+
+
+_CfnLoader.add_multi_constructor("!", _short_form)
+
+
+def load_template(path: Path) -> dict[str, Any]:
+    return yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+@dataclass
+class Resolver:
+    parameters: dict[str, str]
+    pseudo: dict[str, str]
+    attributes: dict[tuple[str, str], str]  # (logical id, attribute) -> value
+
+    def resolve(self, value: Any) -> Any:
+        if isinstance(value, dict) and len(value) == 1:
+            (key, arg), = value.items()
+            if key == "Ref":
+                return self._ref(arg)
+            if key == "Fn::GetAtt":
+                return self.attributes[(arg[0], arg[1])]
+            if key == "Fn::Sub":
+                return re.sub(r"\$\{([^}]+)\}", lambda match: self._sub(match.group(1)), arg)
+            if key.startswith("Fn::"):
+                raise NotImplementedError(f"the emulator does not resolve {key}")
+        if isinstance(value, dict):
+            return {key: self.resolve(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.resolve(item) for item in value]
+        return value
+
+    def _ref(self, name: str) -> str:
+        if name in self.parameters:
+            return self.parameters[name]
+        if name in self.pseudo:
+            return self.pseudo[name]
+        return self.attributes[(name, "Ref")]
+
+    def _sub(self, expression: str) -> str:
+        if "." in expression:
+            logical_id, attribute = expression.split(".", 1)
+            return self.attributes[(logical_id, attribute)]
+        return self._ref(expression)
+
+
+def parameter_values(template: dict[str, Any], overrides: dict[str, str]) -> dict[str, str]:
+    declared = template.get("Parameters", {})
+    unknown = sorted(set(overrides) - set(declared))
+    if unknown:
+        raise KeyError(f"template.yaml has no parameter(s) {unknown}")
+    return {name: str(overrides.get(name, spec.get("Default", ""))) for name, spec in declared.items()}
+
+
+def functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each AWS::Serverless::Function's properties, with Globals.Function merged in (as SAM does)."""
+    defaults = template.get("Globals", {}).get("Function", {})
+    merged = {}
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        properties = {**defaults, **resource["Properties"]}
+        variables = {
+            **defaults.get("Environment", {}).get("Variables", {}),
+            **resource["Properties"].get("Environment", {}).get("Variables", {}),
+        }
+        properties["Environment"] = {"Variables": variables}
+        merged[logical_id] = properties
+    return merged
+
+
+def resources_of_type(template: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
+    return {key: value for key, value in template["Resources"].items() if value["Type"] == resource_type}

@@ -1,0 +1,256 @@
+"""A small world model on top of moto, so the workflow meets what AWS really does.
+
+moto makes images ``available`` at once, stops instances at once, never throttles, ignores
+CopyImage's ClientToken and TagSpecifications, and has no snapshot TagSpecification on CreateImage.
+The world fixes exactly that, driven by the virtual clock, and lets a test ask for trouble:
+
+- images stay ``pending`` for a while, end ``failed``, or never become available;
+- a stopped instance is ``stopping`` for a while first;
+- an operation is throttled (``RequestLimitExceeded``) for its next N calls;
+- a new image is invisible (``InvalidAMIID.NotFound``) for its first N DescribeImages.
+
+Every AWS request that reaches moto is recorded (service, operation, Region, parameters), so tests
+assert on what was *sent* where moto ignores a parameter.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from unittest import mock
+
+from moto.core.responses import ActionResult, BaseResponse
+from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.models import ec2_backends
+from moto.ec2.responses.amis import AmisResponse
+
+from .clock import VirtualClock
+
+
+@dataclass
+class Request:
+    service: str
+    operation: str
+    region: str
+    params: dict[str, Any]
+    at: float
+
+
+@dataclass
+class _Throttle:
+    operation: str
+    region: str | None
+    remaining: int
+
+
+@dataclass
+class _Pending:
+    region: str
+    ready_at: float
+    final_state: str
+
+
+@dataclass
+class World:
+    clock: VirtualClock
+    account_id: str = "123456789012"
+    image_seconds: float = 0.0
+    instance_stop_seconds: float = 0.0
+    requests: list[Request] = field(default_factory=list)
+    _image_outcome: dict[str, str] = field(default_factory=dict)  # region or "*" -> failed / never
+    _region_image_seconds: dict[str, float] = field(default_factory=dict)
+    _images: dict[str, _Pending] = field(default_factory=dict)
+    _stopping: dict[str, _Pending] = field(default_factory=dict)
+    _throttles: list[_Throttle] = field(default_factory=list)
+    _hidden_describes: int = 0
+    _hidden: dict[str, int] = field(default_factory=dict)
+    _copy_tokens: dict[tuple[str, str], str] = field(default_factory=dict)
+    image_lifetimes: dict[str, tuple[float, float]] = field(default_factory=dict)  # image -> (created, settled)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    # --- what a test asks of the world ---------------------------------------------------------
+
+    def images_take(self, seconds: float, region: str | None = None) -> None:
+        """New images (in ``region``, or everywhere) stay pending for ``seconds`` of virtual time."""
+        if region:
+            self._region_image_seconds[region] = seconds
+        else:
+            self.image_seconds = seconds
+
+    def images_fail(self, region: str = "*") -> None:
+        """New images in ``region`` (``*``: everywhere) end ``failed`` instead of ``available``."""
+        self._image_outcome[region] = "failed"
+
+    def images_never_ready(self, region: str = "*") -> None:
+        self._image_outcome[region] = "never"
+
+    def instances_take_to_stop(self, seconds: float) -> None:
+        self.instance_stop_seconds = seconds
+
+    def throttle(self, operation: str, times: int, region: str | None = None) -> None:
+        """The next ``times`` calls of ``operation`` fail with RequestLimitExceeded."""
+        with self._lock:
+            self._throttles.append(_Throttle(operation, region, times))
+
+    def hide_new_images(self, describes: int) -> None:
+        """Each new image answers InvalidAMIID.NotFound to its first ``describes`` DescribeImages."""
+        self._hidden_describes = describes
+
+    def set_root_device_type(self, region: str, instance_id: str, root_device_type: str) -> None:
+        ec2_backends[self.account_id][region].get_instance(instance_id).root_device_type = root_device_type
+
+    # --- what a test reads back ----------------------------------------------------------------
+
+    def calls(self, service: str | None = None) -> Counter[str]:
+        with self._lock:
+            return Counter(r.operation for r in self.requests if service is None or r.service == service)
+
+    def images_own_time(self) -> float:
+        """Virtual seconds from the first image's creation to the last one settling: AWS's share of a run."""
+        with self._lock:
+            spans = [span for span in self.image_lifetimes.values() if span[1] != math.inf]
+        return max(end for _, end in spans) - min(start for start, _ in spans) if spans else 0.0
+
+    def sent(self, operation: str, region: str | None = None) -> list[Request]:
+        with self._lock:
+            return [r for r in self.requests if r.operation == operation and (region is None or r.region == region)]
+
+    # --- the hooks -----------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        """Let virtual time act: pending images settle, stopping instances stop."""
+        now = self.clock.now()
+        for image_id, pending in list(self._images.items()):
+            if now >= pending.ready_at:
+                ami = ec2_backends[self.account_id][pending.region].amis.get(image_id)
+                if ami is not None:
+                    ami.state = pending.final_state
+                del self._images[image_id]
+        for instance_id, pending in list(self._stopping.items()):
+            if now >= pending.ready_at:
+                instance = ec2_backends[self.account_id][pending.region].get_instance(instance_id)
+                if instance._state.name == "stopping":
+                    instance._state.name, instance._state.code = "stopped", 80
+                del self._stopping[instance_id]
+
+    def _new_image(self, region: str, ami: Any) -> None:
+        outcome = self._image_outcome.get(region) or self._image_outcome.get("*") or "available"
+        seconds = self._region_image_seconds.get(region, self.image_seconds)
+        ready_at = math.inf if outcome == "never" else self.clock.now() + seconds
+        self.image_lifetimes[ami.id] = (self.clock.now(), ready_at)
+        final_state = "failed" if outcome == "failed" else "available"
+        if ready_at > self.clock.now() or final_state != "available":
+            ami.state = "pending"
+            self._images[ami.id] = _Pending(region, ready_at, final_state)
+        if self._hidden_describes:
+            self._hidden[ami.id] = self._hidden_describes
+
+    def _intercept(self, response: BaseResponse, operation: str, params: dict[str, Any]) -> EC2ClientError | None:
+        """Runs before moto handles an EC2 call; returns an error to answer with instead."""
+        self._tick()
+        for rule in self._throttles:
+            if rule.remaining > 0 and rule.operation == operation and rule.region in (None, response.region):
+                rule.remaining -= 1
+                return EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
+        if operation == "DescribeImages":
+            for image_id in params.get("ImageIds", []):
+                if self._hidden.get(image_id, 0) > 0:
+                    self._hidden[image_id] -= 1
+                    return EC2ClientError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
+        return None
+
+    @contextmanager
+    def installed(self) -> Iterator[World]:
+        world = self
+        original_call_action = BaseResponse.call_action
+
+        def call_action(response: BaseResponse) -> Any:
+            service = getattr(response, "service_name", "") or ""
+            operation = response._get_action()
+            try:
+                params = response._get_params()
+            except Exception:  # some protocols cannot be parsed generically; the name is enough
+                params = {}
+            with world._lock:
+                world.requests.append(Request(service, operation, response.region, params, world.clock.now()))
+                error = world._intercept(response, operation, params) if service == "ec2" else None
+            if error is not None:
+                headers = {"status": error.code}
+                return error.code, headers, error.description
+            result = original_call_action(response)
+            if service == "ec2" and operation == "StopInstances":
+                world._after_stop(response.region, params)
+            return result
+
+        def create_image(response: AmisResponse) -> ActionResult:
+            specs = response._get_param("TagSpecifications", [])
+            name = response._get_param("Name")
+            response.error_on_dryrun()
+            world._refuse_duplicate_name(response, name)
+            image = response.ec2_backend.create_image(
+                response._get_param("InstanceId"),
+                name,
+                response._get_param("Description", ""),
+                tag_specifications=[spec for spec in specs if spec["ResourceType"] == "image"],
+            )
+            world._tag_snapshot(image, specs)
+            with world._lock:
+                world._new_image(response.region, image)
+            return ActionResult({"ImageId": image.id})
+
+        def copy_image(response: AmisResponse) -> ActionResult:
+            token = response._get_param("ClientToken")
+            with world._lock:
+                if token and (response.region, token) in world._copy_tokens:
+                    return ActionResult({"ImageId": world._copy_tokens[(response.region, token)]})
+            name = response._get_param("Name")
+            response.error_on_dryrun()
+            world._refuse_duplicate_name(response, name)
+            image = response.ec2_backend.copy_image(
+                response._get_param("SourceImageId"), response._get_param("SourceRegion"), name,
+                response._get_param("Description"),
+            )
+            specs = response._get_param("TagSpecifications", [])
+            for spec in specs:
+                if spec["ResourceType"] == "image":
+                    for tag in spec["Tags"]:
+                        image.add_tag(tag["Key"], tag["Value"])
+            world._tag_snapshot(image, specs)
+            with world._lock:
+                if token:
+                    world._copy_tokens[(response.region, token)] = image.id
+                world._new_image(response.region, image)
+            return ActionResult({"ImageId": image.id})
+
+        with ExitStack() as stack:
+            stack.enter_context(mock.patch.object(BaseResponse, "call_action", call_action))
+            stack.enter_context(mock.patch.object(AmisResponse, "create_image", create_image))
+            stack.enter_context(mock.patch.object(AmisResponse, "copy_image", copy_image))
+            yield self
+
+    def _refuse_duplicate_name(self, response: AmisResponse, name: str) -> None:
+        owned = response.ec2_backend.describe_images(owners=["self"], filters={"name": [name]})
+        if owned:
+            raise EC2ClientError("InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI {owned[0].id}")
+
+    @staticmethod
+    def _tag_snapshot(image: Any, specs: list[dict[str, Any]]) -> None:
+        for spec in specs:
+            if spec["ResourceType"] == "snapshot":
+                for tag in spec["Tags"]:
+                    image.ebs_snapshot.add_tag(tag["Key"], tag["Value"])
+
+    def _after_stop(self, region: str, params: dict[str, Any]) -> None:
+        if self.instance_stop_seconds <= 0:
+            return
+        with self._lock:
+            for instance_id in params.get("InstanceIds", []):
+                instance = ec2_backends[self.account_id][region].get_instance(instance_id)
+                if instance._state.name == "stopped":
+                    instance._state.name, instance._state.code = "stopping", 64
+                    self._stopping[instance_id] = _Pending(region, self.clock.now() + self.instance_stop_seconds, "stopped")
