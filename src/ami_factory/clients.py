@@ -25,7 +25,7 @@ _factory: ClientFactory | None = None
 
 def _default_factory(service: str, region: str) -> Any:
     config = Config(
-        retries={"mode": "adaptive", "max_attempts": load_settings().sdk_max_attempts},
+        retries={"mode": "adaptive", "total_max_attempts": load_settings().sdk_max_attempts},
         user_agent_extra="ami-factory",
     )
     return boto3.client(service, region_name=region, config=config)

@@ -15,14 +15,14 @@ INSTANCE_ID = r"^i-[0-9a-f]{8}([0-9a-f]{9})?$"
 ACCOUNT_ID = r"^[0-9]{12}$"
 ORGANIZATION_ARN = r"^arn:aws[a-z-]*:organizations::[0-9]{12}:organization/o-[a-z0-9]{10,32}$"
 OU_ARN = r"^arn:aws[a-z-]*:organizations::[0-9]{12}:ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}$"
-REGION = r"^[a-z]{2}(-[a-z]+)+-[0-9]$"
 RESERVED_TAG_PREFIXES = ("aws:", "ami-factory:")
 
 Mode = Literal["no-reboot", "stop"]
 AccountId = Annotated[str, StringConstraints(pattern=ACCOUNT_ID)]
 OrganizationArn = Annotated[str, StringConstraints(pattern=ORGANIZATION_ARN)]
 OuArn = Annotated[str, StringConstraints(pattern=OU_ARN)]
-RegionName = Annotated[str, StringConstraints(pattern=REGION)]
+# Region codes are checked against botocore's Region list by the rules (UnknownRegionError), not here.
+RegionName = Annotated[str, StringConstraints(min_length=1, max_length=32)]
 
 
 class Contract(BaseModel):

@@ -180,8 +180,7 @@ class World:
                 world.requests.append(Request(service, operation, response.region, params, world.clock.now()))
                 error = world._intercept(response, operation, params) if service == "ec2" else None
             if error is not None:
-                headers = {"status": error.code}
-                return error.code, headers, error.description
+                return response.serialized(ActionResult(error))
             result = original_call_action(response)
             if service == "ec2" and operation == "StopInstances":
                 world._after_stop(response.region, params)

@@ -1,0 +1,132 @@
+"""The rules, with no AWS: request parsing, allow-lists, Regions, names."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ami_factory.errors import (
+    InvalidRequestError,
+    PublicSharingBlockedError,
+    ShareTargetNotAllowedError,
+    UnknownRegionError,
+)
+from ami_factory.models import ImagingRequest, ShareTargets, sanitize_image_name
+from ami_factory.rules import (
+    check_share_targets,
+    family_name,
+    image_name,
+    parameter_name,
+    parse_request,
+    target_regions,
+)
+from ami_factory.settings import Settings, load_settings
+from ami_factory.workflow import copy_client_token
+from write_schema import schema_text
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = Settings(
+    region="us-east-1",
+    default_regions=("eu-west-1",),
+    allowed_regions=(),
+    allowed_accounts=("111122223333",),
+    allowed_organizations=(),
+    allowed_organizational_units=("arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-ab12-cdef3456",),
+    allow_public=False,
+    image_name_prefix="ami-factory",
+    parameter_prefix="/ami-factory",
+    poll_seconds=60,
+    max_wait_seconds=3600,
+    sdk_max_attempts=5,
+)
+
+
+def request(**fields: object) -> ImagingRequest:
+    return parse_request({"instance_id": "i-0123456789abcdef0", **fields})
+
+
+@pytest.mark.parametrize(
+    "fields, mentions",
+    [
+        ({"instance_id": "web-1"}, "instance_id"),
+        ({"share": {"accounts": ["12345"]}}, "share.accounts.0"),
+        ({"mode": "reboot"}, "mode"),
+        ({"regoins": ["eu-west-1"]}, "regoins"),
+        ({"tags": {"ami-factory:run": "x"}}, "reserved"),
+        ({"share": {"organizational_units": ["ou-1234"]}}, "organizational_units"),
+    ],
+)
+def test_malformed_requests_name_the_field_to_fix(fields: dict, mentions: str) -> None:
+    with pytest.raises(InvalidRequestError) as raised:
+        parse_request({"instance_id": "i-0123456789abcdef0", **fields})
+    assert mentions in str(raised.value)
+    assert "schema" in str(raised.value)
+
+
+def test_share_targets_must_be_in_the_allow_lists() -> None:
+    check_share_targets(ShareTargets(accounts=["111122223333"]), SETTINGS)
+    with pytest.raises(ShareTargetNotAllowedError, match=r"444455556666.*AllowedShareAccounts"):
+        check_share_targets(ShareTargets(accounts=["111122223333", "444455556666"]), SETTINGS)
+    other_ou = "arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-zz99-zzzzzzzz"
+    with pytest.raises(ShareTargetNotAllowedError, match="AllowedShareOUs"):
+        check_share_targets(ShareTargets(organizational_units=[other_ou]), SETTINGS)
+
+
+def test_public_is_refused_unless_the_deployment_allows_it() -> None:
+    with pytest.raises(PublicSharingBlockedError, match="AllowPublicSharing"):
+        check_share_targets(ShareTargets(public=True), SETTINGS)
+    check_share_targets(ShareTargets(public=True), replace(SETTINGS, allow_public=True))
+
+
+def test_regions_source_first_deduplicated_defaults_applied() -> None:
+    regions = target_regions(request(regions=["eu-west-1", "us-east-1", "eu-west-1"]), "us-east-1", SETTINGS)
+    assert [(r.name, r.is_source) for r in regions] == [("us-east-1", True), ("eu-west-1", False)]
+    assert [r.name for r in target_regions(request(), "us-east-1", SETTINGS)] == ["us-east-1", "eu-west-1"]
+
+
+def test_unknown_and_disallowed_regions_are_refused() -> None:
+    with pytest.raises(UnknownRegionError, match="mars-north-1"):
+        target_regions(request(regions=["mars-north-1"]), "us-east-1", SETTINGS)
+    narrow = replace(SETTINGS, allowed_regions=("eu-west-1",))
+    with pytest.raises(UnknownRegionError, match="AllowedRegions"):
+        target_regions(request(regions=["ap-southeast-2"]), "us-east-1", narrow)
+
+
+def test_names_are_deterministic_and_valid() -> None:
+    family = family_name(request(), {"Name": "web server #1"})
+    assert family == "web-server-1"
+    name = image_name("ami-factory", family, "run-1")
+    assert name == image_name("ami-factory", family, "run-1") == "ami-factory-web-server-1-run-1"
+    assert parameter_name("/ami-factory", family) == "/ami-factory/web-server-1/latest"
+    assert family_name(request(image_name="base"), {"Name": "x"}) == "base"
+    assert family_name(request(), {}) == "i-0123456789abcdef0"
+    assert len(sanitize_image_name("x" * 300)) == 128
+    assert sanitize_image_name("a:b*c") == "a-b-c"
+
+
+def test_copy_tokens_are_stable_per_run_and_region() -> None:
+    assert copy_client_token("run-1", "eu-west-1") == copy_client_token("run-1", "eu-west-1")
+    assert copy_client_token("run-1", "eu-west-1") != copy_client_token("run-1", "ap-southeast-2")
+    assert copy_client_token("run-1", "eu-west-1") != copy_client_token("run-2", "eu-west-1")
+    assert len(copy_client_token("run-1", "eu-west-1")) <= 64
+
+
+def test_settings_are_read_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALLOWED_SHARE_ACCOUNTS", " 111122223333, 444455556666 ,")
+    monkeypatch.setenv("MAX_WAIT_SECONDS", "3601")
+    monkeypatch.setenv("POLL_SECONDS", "60")
+    settings = load_settings()
+    assert settings.allowed_accounts == ("111122223333", "444455556666")
+    assert settings.max_polls == 61
+    assert settings.allow_public is False
+
+
+def test_every_sample_request_is_valid_and_the_schema_is_current() -> None:
+    samples = sorted((ROOT / "events").glob("request-*.json"))
+    assert len(samples) >= 3
+    for path in samples:
+        ImagingRequest.model_validate(json.loads(path.read_text()))
+    assert (ROOT / "events" / "imaging-request.schema.json").read_text() == schema_text(), "run `make schema`"

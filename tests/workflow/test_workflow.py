@@ -1,0 +1,224 @@
+"""The real ASL from template.yaml, run by moto's interpreter, calling the real handlers; the
+assertions read moto's end state (images, launch permissions, parameters, instance state, tags)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ami_factory_local import Emulator
+from tests.conftest import ALLOWED_ACCOUNT, ALLOWED_OU, OTHER_ACCOUNT, sample
+
+REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
+
+
+def run_images(emu: Emulator, region: str, run_id: str) -> list[dict[str, Any]]:
+    return emu.client("ec2", region).describe_images(
+        Owners=["self"], Filters=[{"Name": "tag:ami-factory:run", "Values": [run_id]}]
+    )["Images"]
+
+
+def instance(emu: Emulator, instance_id: str) -> dict[str, Any]:
+    return emu.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+
+
+def tags(resource: dict[str, Any]) -> dict[str, str]:
+    return {tag["Key"]: tag["Value"] for tag in resource.get("Tags", [])}
+
+
+def assert_nothing_left(emu: Emulator, run_id: str) -> None:
+    for region in REGIONS:
+        assert run_images(emu, region, run_id) == [], f"images of {run_id} left in {region}"
+        snapshots = emu.client("ec2", region).describe_snapshots(
+            OwnerIds=["self"], Filters=[{"Name": "tag:ami-factory:run", "Values": [run_id]}]
+        )["Snapshots"]
+        assert snapshots == [], f"snapshots of {run_id} left in {region}"
+
+
+def test_happy_path_three_regions_shared_published_and_instance_running(emu: Emulator) -> None:
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="happy")
+
+    assert result.status == "SUCCEEDED", result.cause
+    assert result.output["status"] == "SUCCEEDED"
+    assert [r["region"] for r in result.output["regions"]] == REGIONS
+    for region in REGIONS:
+        (image,) = run_images(emu, region, "happy")
+        assert image["State"] == "available"
+        assert image["Name"] == "ami-factory-web-happy"
+        assert tags(image)["ami-factory:source-instance"] == instance_id
+        permissions = emu.client("ec2", region).describe_image_attribute(
+            ImageId=image["ImageId"], Attribute="launchPermission"
+        )["LaunchPermissions"]
+        assert permissions == [{"UserId": ALLOWED_ACCOUNT}]
+        parameter = emu.client("ssm", region).get_parameter(Name="/ami-factory/web/latest")["Parameter"]
+        assert parameter["Value"] == image["ImageId"]
+        assert parameter["DataType"] == "aws:ec2:image"
+        (snapshot_id,) = [m["Ebs"]["SnapshotId"] for m in image["BlockDeviceMappings"]]
+        (snapshot,) = emu.client("ec2", region).describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+        assert tags(snapshot)["ami-factory:run"] == "happy", "snapshots carry the tool's tags too"
+    source = instance(emu, instance_id)
+    assert source["State"]["Name"] == "running"
+    assert tags(source)["ami-factory:last-status"] == "SUCCEEDED"
+    assert tags(source)["ami-factory:last-image-id"] == run_images(emu, "us-east-1", "happy")[0]["ImageId"]
+    assert emu.world.sent("StopInstances") and emu.world.sent("StartInstances")
+
+
+def test_image_pending_for_several_polls_then_available(emu: Emulator) -> None:
+    emu.world.images_take(10 * 60)  # 10 polls of 60 s
+    instance_id = emu.launch_instance()
+    result = emu.run({"instance_id": instance_id, "regions": []}, name="slow")
+    assert result.status == "SUCCEEDED", result.cause
+    checks = [event for event in result.history if event["type"] == "TaskStateEntered"
+              and event["stateEnteredEventDetails"]["name"] == "CheckImage"]
+    assert len(checks) == 10
+    assert emu.clock.elapsed() >= 10 * 60
+    assert run_images(emu, "us-east-1", "slow")[0]["State"] == "available"
+
+
+def test_instance_that_takes_time_to_stop_is_waited_for(emu: Emulator) -> None:
+    emu.world.instances_take_to_stop(150)
+    instance_id = emu.launch_instance()
+    result = emu.run({"instance_id": instance_id, "regions": []}, name="stopping")
+    assert result.status == "SUCCEEDED", result.cause
+    names = [e["stateEnteredEventDetails"]["name"] for e in result.history if e["type"] == "TaskStateEntered"]
+    assert names.count("CheckInstance") == 3
+    assert names.index("CreateImage") > names.index("CheckInstance")
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+
+
+def test_no_reboot_mode_never_stops_the_instance(emu: Emulator) -> None:
+    instance_id = emu.launch_instance()
+    result = emu.run(sample("request-no-reboot.json", instance_id=instance_id, regions=[]), name="noreboot")
+    assert result.status == "SUCCEEDED", result.cause
+    assert emu.world.sent("StopInstances") == []
+    (create,) = emu.world.sent("CreateImage")
+    assert create.params["NoReboot"] is True
+    (image,) = run_images(emu, "us-east-1", "noreboot")
+    assert image["Name"] == "ami-factory-web-server-noreboot"
+    assert tags(image)["team"] == "platform"
+
+
+def test_stopped_instance_stays_stopped(emu: Emulator) -> None:
+    instance_id = emu.launch_instance(state="stopped")
+    result = emu.run({"instance_id": instance_id, "regions": []}, name="stays-stopped")
+    assert result.status == "SUCCEEDED", result.cause
+    assert instance(emu, instance_id)["State"]["Name"] == "stopped"
+    assert emu.world.sent("StartInstances") == []
+
+
+def test_failed_image_cleans_up_and_restores_the_instance(emu: Emulator) -> None:
+    emu.world.images_take(120)
+    emu.world.images_fail("us-east-1")
+    instance_id = emu.launch_instance()
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="broken")
+    assert result.status == "FAILED"
+    assert result.error == "ImageFailedError"
+    assert "failed" in result.cause
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+    assert tags(instance(emu, instance_id))["ami-factory:last-error"] == "ImageFailedError"
+    assert len(emu.world.sent("DeregisterImage")) == 1
+    assert_nothing_left(emu, "broken")
+    assert emu.world.sent("CopyImage") == []
+
+
+def test_wait_beyond_the_maximum_is_a_timeout_and_restores_the_instance(make_emulator) -> None:
+    emu = make_emulator(MaxWaitSeconds="600")
+    emu.world.images_never_ready()
+    instance_id = emu.launch_instance()
+    result = emu.run({"instance_id": instance_id, "regions": ["eu-west-1"]}, name="forever")
+    assert result.status == "FAILED"
+    assert result.error == "WaitTimeoutError"
+    assert "MaxWaitSeconds" in result.cause
+    assert emu.clock.elapsed() == pytest.approx(600, abs=120)
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+    assert_nothing_left(emu, "forever")
+
+
+def test_one_region_failing_does_not_sink_the_others(emu: Emulator) -> None:
+    emu.world.images_take(300)
+    emu.world.images_fail("ap-southeast-2")
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="partial")
+    assert result.status == "SUCCEEDED", result.cause
+    summary = result.output
+    assert summary["status"] == "PARTIAL"
+    assert summary["failed_regions"] == ["ap-southeast-2"]
+    failed = next(r for r in summary["regions"] if r["region"] == "ap-southeast-2")
+    assert failed["error"]["Error"] == "ImageFailedError"
+    assert run_images(emu, "ap-southeast-2", "partial") == [], "the failed copy is cleaned up"
+    for region in ("us-east-1", "eu-west-1"):
+        assert run_images(emu, region, "partial")[0]["State"] == "available"
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+    assert tags(instance(emu, instance_id))["ami-factory:last-status"] == "PARTIAL"
+
+
+def test_every_region_failing_fails_the_run_and_removes_its_images(emu: Emulator) -> None:
+    emu.world.throttle("ModifyImageAttribute", times=1000)  # sharing never gets through, in any Region
+    instance_id = emu.launch_instance()
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="all-fail")
+    assert result.status == "FAILED"
+    assert result.error == "AllRegionsFailedError"
+    assert "ThrottledError" in result.cause
+    assert_nothing_left(emu, "all-fail")
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+    assert tags(instance(emu, instance_id))["ami-factory:last-status"] == "FAILED"
+
+
+def test_throttling_and_eventual_consistency_are_retried_with_one_image_per_region(emu: Emulator) -> None:
+    emu.world.throttle("CopyImage", times=2)
+    emu.world.hide_new_images(describes=2)
+    instance_id = emu.launch_instance()
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="bumpy")
+    assert result.status == "SUCCEEDED", result.cause
+    assert result.output["status"] == "SUCCEEDED"
+    for region in REGIONS:
+        assert len(run_images(emu, region, "bumpy")) == 1, f"one image in {region}"
+    errors = [json.loads(e["taskFailedEventDetails"]["cause"])["errorType"] for e in result.history
+              if e["type"] == "TaskFailed"]
+    assert errors.count("ThrottledError") == 2
+    assert errors.count("ImageNotVisibleYetError") >= 2
+    assert len(emu.world.sent("CreateImage")) == 1
+    for region in ("eu-west-1", "ap-southeast-2"):
+        copies = emu.world.sent("CopyImage", region)
+        tokens = {copy.params["ClientToken"] for copy in copies}
+        assert len(tokens) == 1, "retries reuse the same ClientToken"
+
+
+BAD_REQUESTS = [
+    ("unknown instance", {"instance_id": "i-0000000000000dead"}, "InstanceNotFoundError", "does not exist"),
+    ("malformed account", {"share": {"accounts": ["1234"]}}, "InvalidRequestError", "share.accounts.0"),
+    ("account not allowed", {"share": {"accounts": [OTHER_ACCOUNT]}}, "ShareTargetNotAllowedError", OTHER_ACCOUNT),
+    ("OU not allowed", {"share": {"organizational_units": [ALLOWED_OU.replace("ou-ab12", "ou-zz99")]}},
+     "ShareTargetNotAllowedError", "AllowedShareOUs"),
+    ("public not allowed", {"share": {"public": True}}, "PublicSharingBlockedError", "AllowPublicSharing"),
+    ("unknown region", {"regions": ["eu-west-9"]}, "UnknownRegionError", "eu-west-9"),
+    ("unknown field", {"regoins": ["eu-west-1"]}, "InvalidRequestError", "regoins"),
+]
+
+
+@pytest.mark.parametrize("label, change, error, message", BAD_REQUESTS, ids=[case[0] for case in BAD_REQUESTS])
+def test_bad_requests_fail_fast_and_touch_nothing(emu: Emulator, label: str, change: dict, error: str, message: str) -> None:
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", **{"instance_id": instance_id, **change}), name="bad")
+    assert result.status == "FAILED"
+    assert result.error == error
+    assert message in result.cause_message
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+    assert tags(instance(emu, instance_id)) == {"Name": "web"}, "the instance is untouched"
+    mutating = {op for op in emu.world.calls("ec2") if not op.startswith("Describe")} - {"RunInstances", "RegisterImage"}
+    assert mutating == set(), f"a bad request must change nothing, sent {mutating}"
+    entered = [e["stateEnteredEventDetails"]["name"] for e in result.history if e["type"] == "TaskStateEntered"]
+    assert entered == ["ResolveRequest"]
+
+
+def test_instance_store_root_is_refused(emu: Emulator) -> None:
+    instance_id = emu.launch_instance()
+    emu.world.set_root_device_type("us-east-1", instance_id, "instance-store")
+    result = emu.run({"instance_id": instance_id}, name="ephemeral")
+    assert result.status == "FAILED"
+    assert result.error == "UnsupportedInstanceError"
+    assert "EBS" in result.cause_message
+    assert emu.world.sent("StopInstances") == [] and emu.world.sent("CreateImage") == []
