@@ -24,8 +24,9 @@ _factory: ClientFactory | None = None
 
 
 def _default_factory(service: str, region: str) -> Any:
+    settings = load_settings()
     config = Config(
-        retries={"mode": "adaptive", "total_max_attempts": load_settings().sdk_max_attempts},
+        retries={"mode": settings.sdk_retry_mode, "total_max_attempts": settings.sdk_max_attempts},
         user_agent_extra="ami-factory",
     )
     return boto3.client(service, region_name=region, config=config)

@@ -39,6 +39,7 @@ class Settings:
     poll_seconds: int
     max_wait_seconds: int
     sdk_max_attempts: int
+    sdk_retry_mode: str
 
     @property
     def max_polls(self) -> int:
@@ -59,4 +60,5 @@ def load_settings() -> Settings:
         poll_seconds=_int("POLL_SECONDS", 60),
         max_wait_seconds=_int("MAX_WAIT_SECONDS", 4 * 3600),
         sdk_max_attempts=_int("SDK_MAX_ATTEMPTS", 5),
+        sdk_retry_mode=os.environ.get("SDK_RETRY_MODE", "adaptive"),
     )

@@ -41,6 +41,7 @@ SETTINGS = Settings(
     poll_seconds=60,
     max_wait_seconds=3600,
     sdk_max_attempts=5,
+    sdk_retry_mode="adaptive",
 )
 
 

@@ -37,7 +37,10 @@ TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 
 # What the emulator changes in the functions' environment, and why:
 EMULATOR_ENVIRONMENT = {
-    "SDK_MAX_ATTEMPTS": "1",  # throttling reaches the state machine's Retry (virtual time), not boto3's sleeps
+    # Throttling reaches the state machine's Retry (virtual time), not boto3's retries and adaptive
+    # rate limiter, which sleep in real time.
+    "SDK_MAX_ATTEMPTS": "1",
+    "SDK_RETRY_MODE": "standard",
     "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon here
 }
 

@@ -1,0 +1,95 @@
+"""The real handlers, invoked the way Lambda invokes them, on moto (inputs from events/)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ami_factory_local import Emulator
+from tests.conftest import ALLOWED_ACCOUNT, OTHER_ACCOUNT, sample
+
+
+def invoke(emu: Emulator, function: str, payload: dict[str, Any]) -> dict[str, Any]:
+    errored, result = emu.runtime.invoke(f"ami-factory-local-{function}Function", payload)
+    assert not errored, result
+    return result
+
+
+def invoke_error(emu: Emulator, function: str, payload: dict[str, Any]) -> dict[str, Any]:
+    errored, result = emu.runtime.invoke(f"ami-factory-local-{function}Function", payload)
+    assert errored, f"{function} should have failed, returned {result}"
+    return result
+
+
+@pytest.fixture
+def plan(emu: Emulator) -> dict[str, Any]:
+    instance_id = emu.launch_instance(name="web")
+    request = sample("request-basic.json", instance_id=instance_id)
+    return invoke(emu, "ResolveRequest", {"request": request, "run_id": "run-7"})
+
+
+def test_resolve_request_turns_a_sample_request_into_a_plan(plan: dict[str, Any]) -> None:
+    assert plan["image_name"] == "ami-factory-web-run-7"
+    assert [r["name"] for r in plan["regions"]] == ["us-east-1", "eu-west-1", "ap-southeast-2"]
+    assert plan["regions"][0]["is_source"] is True
+    assert plan["parameter_name"] == "/ami-factory/web/latest"
+    assert plan["tags"]["ami-factory:managed"] == "true"
+    assert plan["max_polls"] == 7200 // 60
+
+
+def test_create_image_retried_makes_one_image(emu: Emulator, plan: dict[str, Any]) -> None:
+    first = invoke(emu, "CreateImage", plan)
+    second = invoke(emu, "CreateImage", plan)
+    assert first["image_id"] == second["image_id"]
+    assert len(emu.world.sent("CreateImage")) == 1
+    (request,) = emu.world.sent("CreateImage")
+    kinds = [spec["ResourceType"] for spec in request.params["TagSpecifications"]]
+    assert kinds == ["image", "snapshot"]
+
+
+def test_copy_image_retried_makes_one_copy_with_token_and_tags(emu: Emulator, plan: dict[str, Any]) -> None:
+    source = invoke(emu, "CreateImage", plan)
+    item = {**plan, "region": {"name": "eu-west-1", "is_source": False}, "source_image": source}
+    first = invoke(emu, "CopyImage", item)
+    second = invoke(emu, "CopyImage", item)
+    assert first["image_id"] == second["image_id"] and first["region"] == "eu-west-1"
+    (copy,) = emu.world.sent("CopyImage", "eu-west-1")
+    assert copy.params["SourceImageId"] == source["image_id"] and copy.params["SourceRegion"] == "us-east-1"
+    assert len(copy.params["ClientToken"]) == 64
+    (image,) = emu.client("ec2", "eu-west-1").describe_images(ImageIds=[first["image_id"]])["Images"]
+    tags = {tag["Key"]: tag["Value"] for tag in image["Tags"]}
+    assert tags["ami-factory:source-image"] == source["image_id"]
+    assert tags["ami-factory:run"] == "run-7"
+
+
+def test_share_refuses_a_target_outside_the_allow_list_even_from_tampered_state(emu: Emulator, plan: dict[str, Any]) -> None:
+    image = invoke(emu, "CreateImage", plan)
+    error = invoke_error(emu, "ShareImage", {"image": image, "share": {"accounts": [ALLOWED_ACCOUNT, OTHER_ACCOUNT]}})
+    assert error["errorType"] == "ShareTargetNotAllowedError"
+    assert OTHER_ACCOUNT in error["errorMessage"]
+    assert emu.world.sent("ModifyImageAttribute") == []
+    shared = invoke(emu, "ShareImage", {"image": image, "share": {"accounts": [ALLOWED_ACCOUNT]}})
+    assert shared == {"shared_with": [ALLOWED_ACCOUNT]}
+
+
+def test_check_image_names_each_outcome(emu: Emulator, plan: dict[str, Any]) -> None:
+    emu.world.images_take(600)
+    image = invoke(emu, "CreateImage", plan)
+    assert invoke(emu, "CheckImage", {"image": image, "max_polls": 5}) | {"polls": 0} == image | {"polls": 0}
+    timeout = invoke_error(emu, "CheckImage", {"image": {**image, "polls": 4}, "max_polls": 5})
+    assert timeout["errorType"] == "WaitTimeoutError"
+    missing = invoke_error(emu, "CheckImage", {"image": {**image, "image_id": "ami-0000000000000dead"}, "max_polls": 5})
+    assert missing["errorType"] == "ImageNotVisibleYetError"
+
+
+def test_handle_failure_removes_only_what_the_run_made(emu: Emulator, plan: dict[str, Any]) -> None:
+    ec2 = emu.client("ec2")
+    image = invoke(emu, "CreateImage", plan)
+    bystander_instance = emu.launch_instance(name="other")
+    bystander = ec2.create_image(InstanceId=bystander_instance, Name="not-ours")["ImageId"]
+    ec2.create_tags(Resources=[bystander], Tags=[{"Key": "ami-factory:run", "Value": "run-7"}])  # tag alone is not enough
+    summary = invoke(emu, "HandleFailure", {**plan, "error": {"Error": "ImageFailedError", "Cause": "test"}})
+    assert summary["cleaned_up"] == [f"us-east-1:{image['image_id']}"]
+    remaining = {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]}
+    assert bystander in remaining and image["image_id"] not in remaining
