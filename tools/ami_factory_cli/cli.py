@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
@@ -61,13 +61,16 @@ def execution_name(instance_id: str) -> str:
     return f"{instance_id}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
 
 
-def history(sfn: Any, execution_arn: str) -> Iterator[dict[str, Any]]:
-    kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 1000}
+def new_events(sfn: Any, execution_arn: str, after_id: int) -> list[dict[str, Any]]:
+    """Events with an id above ``after_id``, oldest first: read newest-first and stop at the seen ones,
+    so following a long run costs one small page per poll, not the whole history."""
+    kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 100, "reverseOrder": True}
+    fresh: list[dict[str, Any]] = []
     while True:
         page = sfn.get_execution_history(**kwargs)
-        yield from page["events"]
-        if not page.get("nextToken"):
-            return
+        fresh.extend(event for event in page["events"] if event["id"] > after_id)
+        if not page.get("nextToken") or any(event["id"] <= after_id for event in page["events"]):
+            return sorted(fresh, key=lambda event: event["id"])
         kwargs["nextToken"] = page["nextToken"]
 
 
@@ -101,15 +104,14 @@ def _region_outcome(event: dict[str, Any]) -> str | None:
 def follow(
     sfn: Any, execution_arn: str, out: TextIO, poll_seconds: float, sleep: Callable[[float], None] = time.sleep
 ) -> dict[str, Any]:
-    seen = 0
+    last_id = 0
     while True:
         described = sfn.describe_execution(executionArn=execution_arn)
-        events = list(history(sfn, execution_arn))
-        for event in events[seen:]:
+        for event in new_events(sfn, execution_arn, last_id):
+            last_id = event["id"]
             line = describe_event(event)
             if line:
                 print(line, file=out, flush=True)
-        seen = len(events)
         if described["status"] in TERMINAL:
             return dict(described)
         sleep(poll_seconds)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from . import bench, demo
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands.add_parser("bench", help="report per-run counts for a few scenarios")
     args = top.parse_args(argv)
+    # moto's interpreter logs every failed task with a stack trace; the CLI output says it better.
+    logging.getLogger("moto").setLevel(logging.CRITICAL)
     if args.command == "demo":
         return demo.main(sys.stdout)
     if args.command == "bench":

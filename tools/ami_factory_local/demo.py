@@ -30,7 +30,7 @@ def main(out: TextIO) -> int:
                 "--share-accounts", DEMO_ACCOUNT,
                 "--state-machine-arn", emu.state_machine_arn,
                 "--region", emu.region,
-                "--poll-seconds", "0.02",
+                "--poll-seconds", "0.5",
             ]
         )
         state = emu.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]

@@ -9,6 +9,7 @@ runtime, with ``template.yaml`` deployed into it.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -22,6 +23,7 @@ from unittest import mock
 
 import boto3
 from moto import mock_aws
+from moto.stepfunctions.parser.asl.utils import json_path
 
 from ami_factory.clients import use_client_factory
 
@@ -117,6 +119,9 @@ class Emulator:
             mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}})
         )
         use_client_factory(None)  # clients cached before this emulator started belong to another world
+        # moto's interpreter builds a new JSONPath parser (ply tables) for every path it reads; a
+        # parsed path is immutable, so the emulator parses each one once.
+        stack.enter_context(mock.patch.object(json_path, "parse", functools.lru_cache(maxsize=4096)(json_path.parse)))
         stack.enter_context(self.clock.installed())
         stack.enter_context(self.world.installed())
         stack.enter_context(self.runtime.installed())
@@ -173,7 +178,7 @@ class Emulator:
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{execution_arn} still {described['status']} after {timeout}s of real time")
-            time.sleep(0.005)
+            time.sleep(0.02)
         history = sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
         output = described.get("output")
         return RunResult(

@@ -1,0 +1,131 @@
+"""The demo, the emulator server and the CLI, driven the way a user drives them."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ami_factory_cli import cli
+from ami_factory_local import Emulator, bench
+from tests.conftest import OTHER_ACCOUNT, ROOT
+
+BIN = Path(sys.executable).parent
+
+
+def user_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'tools'}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
+def test_demo_ends_succeeded_with_an_ami_in_each_of_three_regions_and_the_instance_running() -> None:
+    result = subprocess.run([sys.executable, "-m", "ami_factory_local", "demo"], cwd=ROOT, env=user_env(),
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert re.search(r"execution \S+: SUCCEEDED", out)
+    rows = re.findall(r"^(us-east-1|eu-west-1|ap-southeast-2)\s+(ami-[0-9a-f]+)\s+available\s+111122223333\s+/ami-factory/demo-web/latest$",
+                      out, re.MULTILINE)
+    assert sorted(region for region, _ in rows) == ["ap-southeast-2", "eu-west-1", "us-east-1"]
+    assert len({image for _, image in rows}) == 3
+    assert re.search(r"instance i-[0-9a-f]+ is running", out)
+    assert "[eu-west-1] CopyImage" in out, "the run is followed live, Region by Region"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def aws(*args: str, endpoint: str) -> dict:
+    result = subprocess.run([str(BIN / "aws"), "--endpoint-url", endpoint, "--output", "json", *args],
+                            env=user_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout) if result.stdout.strip() else {}
+
+
+def test_aws_cli_starts_a_sample_request_on_the_emulator_server(tmp_path: Path) -> None:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "ami_factory_local", "serve", "--port", str(port)], cwd=ROOT,
+                              env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        banner = ""
+        deadline = time.monotonic() + 60
+        while "Ctrl-C" not in banner and time.monotonic() < deadline:
+            line = server.stdout.readline()
+            assert line, f"the server exited: {banner}"
+            banner += line
+        arn = re.search(r"state machine: (\S+)", banner).group(1)
+        instance_id = re.search(r"demo instance: (\S+)", banner).group(1)
+        endpoint = f"http://127.0.0.1:{port}"
+        assert f"--endpoint-url {endpoint}" in banner, "the banner shows the copy-paste command"
+
+        request = json.loads((ROOT / "events" / "request-basic.json").read_text()) | {"instance_id": instance_id}
+        (tmp_path / "request.json").write_text(json.dumps(request))
+        started = aws("stepfunctions", "start-execution", "--state-machine-arn", arn, "--name", "cli-1",
+                      "--input", f"file://{tmp_path / 'request.json'}", endpoint=endpoint)
+        deadline = time.monotonic() + 90
+        while True:
+            described = aws("stepfunctions", "describe-execution", "--execution-arn", started["executionArn"], endpoint=endpoint)
+            if described["status"] != "RUNNING" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert described["status"] == "SUCCEEDED", described
+        output = json.loads(described["output"])
+        assert [r["status"] for r in output["regions"]] == ["AVAILABLE"] * 3
+        copies = aws("ec2", "describe-images", "--region", "ap-southeast-2", "--owners", "self", endpoint=endpoint)["Images"]
+        assert [image["ImageId"] for image in copies] == [output["regions"][2]["image_id"]]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_cli_says_what_is_wrong_with_a_bad_request(make_emulator) -> None:
+    emu: Emulator = make_emulator()
+    instance_id = emu.launch_instance()
+    out = io.StringIO()
+    args = cli.parser().parse_args(["run", "--instance-id", instance_id, "--share-accounts", OTHER_ACCOUNT,
+                                    "--state-machine-arn", emu.state_machine_arn, "--poll-seconds", "0.01"])
+    assert cli.run(args, out) == 1
+    text = out.getvalue()
+    assert "FAILED" in text
+    assert f"ShareTargetNotAllowedError: account(s) ['{OTHER_ACCOUNT}'] are not in the deployment's AllowedShareAccounts" in text
+
+
+def test_cli_finds_the_state_machine_and_builds_the_request(make_emulator) -> None:
+    emu: Emulator = make_emulator()
+    args = cli.parser().parse_args(["run", "--instance-id", "i-0123456789abcdef0", "--regions", "eu-west-1",
+                                    "--mode", "no-reboot", "--tag", "team=platform", "--share-ous", "ou-arn"])
+    assert cli.build_request(args) == {
+        "instance_id": "i-0123456789abcdef0", "mode": "no-reboot", "regions": ["eu-west-1"],
+        "share": {"organizational_units": ["ou-arn"]}, "tags": {"team": "platform"},
+    }
+    assert cli.find_state_machine(emu.client("stepfunctions"), None, None) == emu.state_machine_arn
+
+
+def test_bench_reports_counts_for_every_scenario() -> None:
+    out = io.StringIO()
+    assert bench.main(out) == 0
+    report = out.getvalue()
+    sections = report.split("\n== ")[1:]
+    assert len(sections) == len(bench.SCENARIOS)
+    for section in sections:
+        transitions = int(re.search(r"state transitions: (\d+)", section).group(1))
+        invocations = int(re.search(r"Lambda invocations: (\d+)", section).group(1))
+        assert transitions > invocations > 0
+        assert re.search(r"CreateImage\s+1$", section, re.MULTILINE)
+        assert re.search(r"virtual elapsed: [\d.]+ min; images' own time: [\d.]+ min", section)
