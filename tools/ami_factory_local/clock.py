@@ -4,6 +4,10 @@ moto's Step Functions interpreter waits in real time (``WaitFunction._wait_inter
 ``time.sleep`` in ``retrier_decl``); both are patched to advance this clock and return at once, so a
 run that would take hours on AWS takes milliseconds, and the world model (images pending, instances
 stopping) moves on by the same virtual seconds.
+
+Parallel branches wait side by side, not one after the other: each thread keeps its own time
+(starting from the world's time when it first waits) and the world's time is the furthest any thread
+has got. Three Map branches that each wait 60 s move the world on by 60 s, as on AWS.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class VirtualClock:
         self._start = start
         self._now = start
         self._lock = threading.Lock()
+        self._thread = threading.local()
         self.waits = 0
 
     def now(self) -> float:
@@ -36,8 +41,12 @@ class VirtualClock:
         return self.now() - self._start
 
     def advance(self, seconds: float) -> None:
+        """The calling thread waits ``seconds``; the world catches up if that is the furthest so far."""
         with self._lock:
-            self._now += max(0.0, float(seconds))
+            local = max(getattr(self._thread, "now", self._now), self._start)
+            local += max(0.0, float(seconds))
+            self._thread.now = local
+            self._now = max(self._now, local)
             self.waits += 1
 
     @contextmanager

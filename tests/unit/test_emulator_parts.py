@@ -1,0 +1,49 @@
+"""The emulator's own parts, where a bug would make every workflow test lie."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from ami_factory_local.clock import VirtualClock
+from ami_factory_local.template import Resolver
+
+
+def test_sequential_waits_add_up() -> None:
+    clock = VirtualClock()
+    clock.advance(60)
+    clock.advance(30)
+    assert clock.elapsed() == 90
+
+
+def test_parallel_waits_overlap_like_map_branches() -> None:
+    clock = VirtualClock()
+    clock.advance(100)  # the execution waited for its image first
+    barrier = threading.Barrier(3)
+
+    def branch() -> None:
+        barrier.wait()
+        for _ in range(5):
+            clock.advance(60)
+
+    threads = [threading.Thread(target=branch) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert clock.elapsed() == 100 + 5 * 60, "three branches polling 5 times take 5 polls of time, not 15"
+    assert clock.waits == 16
+
+
+def test_resolver_substitutes_what_sam_would_and_refuses_the_rest() -> None:
+    resolver = Resolver(
+        parameters={"ParameterPrefix": "/ami-factory"},
+        pseudo={"AWS::Region": "us-east-1"},
+        attributes={("CreateImageFunction", "Arn"): "arn:fn"},
+    )
+    assert resolver.resolve({"Fn::Sub": "${AWS::Region}:${ParameterPrefix}"}) == "us-east-1:/ami-factory"
+    assert resolver.resolve({"Fn::GetAtt": ["CreateImageFunction", "Arn"]}) == "arn:fn"
+    assert resolver.resolve({"a": [{"Ref": "ParameterPrefix"}]}) == {"a": ["/ami-factory"]}
+    with pytest.raises(NotImplementedError, match="Fn::If"):
+        resolver.resolve({"Fn::If": ["c", 1, 2]})
