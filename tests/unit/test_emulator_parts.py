@@ -19,19 +19,21 @@ def test_sequential_waits_add_up() -> None:
 
 def test_parallel_waits_overlap_like_map_branches() -> None:
     clock = VirtualClock()
-    clock.advance(100)  # the execution waited for its image first
-    barrier = threading.Barrier(3)
+    with clock.installed():
+        clock.advance(100)  # the execution waited for its image first
 
-    def branch() -> None:
-        barrier.wait()
-        for _ in range(5):
-            clock.advance(60)
+        all_started = threading.Barrier(3)
 
-    threads = [threading.Thread(target=branch) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+        def branch() -> None:
+            all_started.wait()
+            for _ in range(5):
+                clock.advance(60)
+
+        threads = [threading.Thread(target=branch) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     assert clock.elapsed() == 100 + 5 * 60, "three branches polling 5 times take 5 polls of time, not 15"
     assert clock.waits == 16
 

@@ -6,8 +6,8 @@ run that would take hours on AWS takes milliseconds, and the world model (images
 stopping) moves on by the same virtual seconds.
 
 Parallel branches wait side by side, not one after the other: each thread keeps its own time
-(starting from the world's time when it first waits) and the world's time is the furthest any thread
-has got. Three Map branches that each wait 60 s move the world on by 60 s, as on AWS.
+(starting from the world's time when the thread was started) and the world's time is the furthest
+any thread has got. Three Map branches that each wait 60 s move the world on by 60 s, as on AWS.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
 from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import WaitFunction
 
 START_EPOCH = 1_790_000_000.0  # a fixed instant, so runs are reproducible
+_STARTED_AT = "_ami_factory_virtual_start"
 
 
 class VirtualClock:
@@ -43,7 +44,8 @@ class VirtualClock:
     def advance(self, seconds: float) -> None:
         """The calling thread waits ``seconds``; the world catches up if that is the furthest so far."""
         with self._lock:
-            local = max(getattr(self._thread, "now", self._now), self._start)
+            started = getattr(threading.current_thread(), _STARTED_AT, self._now)
+            local = getattr(self._thread, "now", started)
             local += max(0.0, float(seconds))
             self._thread.now = local
             self._now = max(self._now, local)
@@ -58,7 +60,14 @@ class VirtualClock:
             clock.advance(wait_seconds)
 
         virtual_time = types.SimpleNamespace(sleep=self.advance)
+        start_thread = threading.Thread.start
+
+        def start_at_virtual_now(thread: threading.Thread) -> None:
+            setattr(thread, _STARTED_AT, clock.now())  # a branch starts when its parent is
+            start_thread(thread)
+
         with ExitStack() as stack:
+            stack.enter_context(mock.patch.object(threading.Thread, "start", start_at_virtual_now))
             stack.enter_context(mock.patch.object(WaitFunction, "_wait_interval", wait_interval))
             stack.enter_context(mock.patch.object(retrier_decl, "time", virtual_time))
             yield self
