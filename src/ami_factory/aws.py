@@ -56,6 +56,11 @@ def tags_of(resource: Mapping[str, Any]) -> dict[str, str]:
     return {tag["Key"]: tag["Value"] for tag in resource.get("Tags", [])}
 
 
+def tag_specifications(tags: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The image and its snapshots get the same tags (copies do not inherit snapshot tags)."""
+    return [{"ResourceType": kind, "Tags": tag_list(tags)} for kind in ("image", "snapshot")]
+
+
 def launch_permissions(share: ShareTargets) -> list[dict[str, str]]:
     return (
         [{"UserId": account} for account in share.accounts]
@@ -133,10 +138,7 @@ class Ec2:
                 Name=name,
                 Description=description,
                 NoReboot=no_reboot,
-                TagSpecifications=[
-                    {"ResourceType": "image", "Tags": tag_list(tags)},
-                    {"ResourceType": "snapshot", "Tags": tag_list(tags)},
-                ],
+                TagSpecifications=tag_specifications(tags),
             )
         return str(response["ImageId"])
 
@@ -157,10 +159,7 @@ class Ec2:
                 Description=description,
                 ClientToken=client_token,
                 CopyImageTags=False,
-                TagSpecifications=[
-                    {"ResourceType": "image", "Tags": tag_list(tags)},
-                    {"ResourceType": "snapshot", "Tags": tag_list(tags)},
-                ],
+                TagSpecifications=tag_specifications(tags),
             )
         return str(response["ImageId"])
 

@@ -101,12 +101,17 @@ def check_instance(event: CheckInstanceInput) -> InstanceRef:
     instance = event.instance.model_copy()
     instance.state = Ec2(instance.region).instance_state(instance.instance_id)
     instance.polls += 1
-    if instance.state != "stopped" and instance.polls >= event.max_polls:
-        raise WaitTimeoutError(
-            f"instance {instance.instance_id} is still {instance.state} after {instance.polls} checks; raise "
-            f"MaxWaitSeconds or find out why it does not stop"
-        )
+    if instance.state in ("shutting-down", "terminated"):
+        raise UnsupportedInstanceError(f"instance {instance.instance_id} is {instance.state}: there is nothing left to image")
+    _give_up_after(event.max_polls, instance.polls, instance.state, "stopped",
+                   f"instance {instance.instance_id}", "find out why it does not stop")
     return instance
+
+
+def _give_up_after(max_polls: int, polls: int, state: str, wanted: str, what: str, advice: str) -> None:
+    """The bound on every wait loop: the state machine only loops while this does not raise."""
+    if state != wanted and polls >= max_polls:
+        raise WaitTimeoutError(f"{what} is still {state} after {polls} checks; raise MaxWaitSeconds or {advice}")
 
 
 def create_image(plan: Plan) -> ImageRef:
@@ -129,11 +134,8 @@ def check_image(event: CheckImageInput) -> ImageRef:
     if image.state in FAILED_IMAGE_STATES:
         reason = described.get("StateReason", {}).get("Message") or "no reason given"
         raise ImageFailedError(f"image {image.image_id} in {image.region} is {image.state}: {reason}")
-    if image.state != "available" and image.polls >= event.max_polls:
-        raise WaitTimeoutError(
-            f"image {image.image_id} in {image.region} is still {image.state} after {image.polls} checks; "
-            f"raise MaxWaitSeconds for large images"
-        )
+    _give_up_after(event.max_polls, image.polls, image.state, "available",
+                   f"image {image.image_id} in {image.region}", "check the image in the EC2 console")
     return image
 
 
@@ -203,8 +205,8 @@ def _tag_instance_with_result(plan: Plan, status: str, image_id: str | None, err
     tags = {f"{TAG_PREFIX}last-run": plan.run_id, f"{TAG_PREFIX}last-status": status}
     if image_id:
         tags[f"{TAG_PREFIX}last-image-id"] = image_id
-    if error:
-        tags[f"{TAG_PREFIX}last-error"] = error[:256]
+    # Always written, so a success clears the error a previous run left behind.
+    tags[f"{TAG_PREFIX}last-error"] = (error or "")[:256]
     Ec2(plan.source_region).tag_resource(plan.instance_id, tags)
 
 
@@ -213,7 +215,10 @@ def finalize(plan: FinalizeInput) -> Summary:
     cleaned = remove_run_images(plan.run_id, [result.region for result in failed])
     status = "SUCCEEDED" if not failed else ("FAILED" if len(failed) == len(plan.distribution) else "PARTIAL")
     instance = restore_instance(RestoreInstanceInput(instance=plan.instance))
-    source_image = plan.image.image_id if status != "FAILED" else None
+    # The source Region's image, unless that Region failed and its image was just removed.
+    source_image = next(
+        (r.image_id for r in plan.distribution if r.region == plan.source_region and r.status == "AVAILABLE"), None
+    )
     errors = "; ".join(f"{result.region}: {result.error.Error if result.error else 'failed'}" for result in failed) or None
     _tag_instance_with_result(plan, status, source_image, errors)
     return Summary(

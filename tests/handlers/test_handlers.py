@@ -93,3 +93,12 @@ def test_handle_failure_removes_only_what_the_run_made(emu: Emulator, plan: dict
     assert summary["cleaned_up"] == [f"us-east-1:{image['image_id']}"]
     remaining = {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]}
     assert bystander in remaining and image["image_id"] not in remaining
+
+
+def test_check_instance_stops_waiting_for_a_terminated_instance(emu: Emulator, plan: dict[str, Any]) -> None:
+    prepared = invoke(emu, "PrepareInstance", plan)
+    assert prepared["stopped_by_us"] is True and prepared["original_state"] == "running"
+    emu.client("ec2").terminate_instances(InstanceIds=[plan["instance_id"]])
+    error = invoke_error(emu, "CheckInstance", {"instance": prepared, "max_polls": 10})
+    assert error["errorType"] == "UnsupportedInstanceError"
+    assert "terminated" in error["errorMessage"]

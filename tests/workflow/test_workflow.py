@@ -62,6 +62,7 @@ def test_happy_path_three_regions_shared_published_and_instance_running(emu: Emu
     source = instance(emu, instance_id)
     assert source["State"]["Name"] == "running"
     assert tags(source)["ami-factory:last-status"] == "SUCCEEDED"
+    assert tags(source)["ami-factory:last-error"] == ""
     assert tags(source)["ami-factory:last-image-id"] == run_images(emu, "us-east-1", "happy")[0]["ImageId"]
     assert emu.world.sent("StopInstances") and emu.world.sent("StartInstances")
 
@@ -153,6 +154,7 @@ def test_one_region_failing_does_not_sink_the_others(emu: Emulator) -> None:
         assert run_images(emu, region, "partial")[0]["State"] == "available"
     assert instance(emu, instance_id)["State"]["Name"] == "running"
     assert tags(instance(emu, instance_id))["ami-factory:last-status"] == "PARTIAL"
+    assert tags(instance(emu, instance_id))["ami-factory:last-image-id"] == run_images(emu, "us-east-1", "partial")[0]["ImageId"]
 
 
 def test_every_region_failing_fails_the_run_and_removes_its_images(emu: Emulator) -> None:
