@@ -189,6 +189,20 @@ def test_throttling_and_eventual_consistency_are_retried_with_one_image_per_regi
         assert len(tokens) == 1, "retries reuse the same ClientToken"
 
 
+def test_steps_retried_after_their_work_was_done_make_no_second_image(emu: Emulator) -> None:
+    """The call reaches EC2 but its answer is lost: the retried step must find what it made."""
+    emu.world.lose_responses("CreateImage", times=1)
+    emu.world.lose_responses("CopyImage", times=1, region="eu-west-1")
+    instance_id = emu.launch_instance()
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="lost")
+    assert result.status == "SUCCEEDED", result.cause
+    assert len(emu.world.sent("CreateImage")) == 1, "the retry found the image by its name"
+    for region in REGIONS:
+        assert len(run_images(emu, region, "lost")) == 1, f"one image in {region}"
+    failures = [e for e in result.history if e["type"] == "TaskFailed"]
+    assert len(failures) == 2
+
+
 BAD_REQUESTS = [
     ("unknown instance", {"instance_id": "i-0000000000000dead"}, "InstanceNotFoundError", "does not exist"),
     ("malformed account", {"share": {"accounts": ["1234"]}}, "InvalidRequestError", "share.accounts.0"),

@@ -7,7 +7,8 @@ The world fixes exactly that, driven by the virtual clock, and lets a test ask f
 - images stay ``pending`` for a while, end ``failed``, or never become available;
 - a stopped instance is ``stopping`` for a while first;
 - an operation is throttled (``RequestLimitExceeded``) for its next N calls;
-- a new image is invisible (``InvalidAMIID.NotFound``) for its first N DescribeImages.
+- a new image is invisible (``InvalidAMIID.NotFound``) for its first N DescribeImages;
+- an operation's response is lost: the call takes effect, the caller sees a throttling error.
 
 Every AWS request that reaches moto is recorded (service, operation, Region, parameters), so tests
 assert on what was *sent* where moto ignores a parameter.
@@ -67,6 +68,7 @@ class World:
     _images: dict[str, _Pending] = field(default_factory=dict)
     _stopping: dict[str, _Pending] = field(default_factory=dict)
     _throttles: list[_Throttle] = field(default_factory=list)
+    _lost: list[_Throttle] = field(default_factory=list)
     _hidden_describes: int = 0
     _hidden: dict[str, int] = field(default_factory=dict)
     _copy_tokens: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -97,6 +99,12 @@ class World:
         with self._lock:
             self._throttles.append(_Throttle(operation, region, times))
 
+    def lose_responses(self, operation: str, times: int, region: str | None = None) -> None:
+        """The next ``times`` calls of ``operation`` take effect, but the caller gets RequestLimitExceeded:
+        the step is retried after doing its work, which is what idempotency is for."""
+        with self._lock:
+            self._lost.append(_Throttle(operation, region, times))
+
     def hide_new_images(self, describes: int) -> None:
         """Each new image answers InvalidAMIID.NotFound to its first ``describes`` DescribeImages."""
         self._hidden_describes = describes
@@ -121,6 +129,15 @@ class World:
             return [r for r in self.requests if r.operation == operation and (region is None or r.region == region)]
 
     # --- the hooks -----------------------------------------------------------------------------
+
+    def _take(self, rules: list[_Throttle], operation: str, region: str) -> bool:
+        """Use up one call of the first matching rule."""
+        with self._lock:
+            for rule in rules:
+                if rule.remaining > 0 and rule.operation == operation and rule.region in (None, region):
+                    rule.remaining -= 1
+                    return True
+        return False
 
     def _tick(self) -> None:
         """Let virtual time act: pending images settle, stopping instances stop."""
@@ -153,10 +170,8 @@ class World:
     def _intercept(self, response: BaseResponse, operation: str, params: dict[str, Any]) -> EC2ClientError | None:
         """Runs before moto handles an EC2 call; returns an error to answer with instead."""
         self._tick()
-        for rule in self._throttles:
-            if rule.remaining > 0 and rule.operation == operation and rule.region in (None, response.region):
-                rule.remaining -= 1
-                return EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
+        if self._take(self._throttles, operation, response.region):
+            return EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
         if operation == "DescribeImages":
             for image_id in params.get("ImageIds", []):
                 if self._hidden.get(image_id, 0) > 0:
@@ -184,6 +199,8 @@ class World:
             result = original_call_action(response)
             if service == "ec2" and operation == "StopInstances":
                 world._after_stop(response.region, params)
+            if service == "ec2" and world._take(world._lost, operation, response.region):
+                return response.serialized(ActionResult(EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")))
             return result
 
         def create_image(response: AmisResponse) -> ActionResult:
