@@ -13,7 +13,6 @@ from typing import Any, TextIO
 import boto3
 
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
-QUIET_STATES = {"Wait", "Choice", "Pass", "Map", "Succeed", "Fail"}  # followed through the tasks they lead to
 
 
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
@@ -74,31 +73,34 @@ def new_events(sfn: Any, execution_arn: str, after_id: int) -> list[dict[str, An
         kwargs["nextToken"] = page["nextToken"]
 
 
+WAITS = {"WaitForInstanceStop": "instance", "WaitForImage": "image", "WaitForCopy": "image"}
+
+
 def describe_event(event: dict[str, Any]) -> str | None:
-    """One line for a state the user cares about, with the Region when it runs inside Distribute."""
+    """One line for each step a user cares about, with the Region when it runs inside Distribute."""
     details = event.get("stateEnteredEventDetails")
-    if not details or not event["type"].endswith("StateEntered") or event["type"].startswith(tuple(QUIET_STATES)):
-        return _region_outcome(event)
-    name = details["name"]
+    if not details:
+        return None
+    name, kind = details["name"], event["type"].removesuffix("StateEntered")
     try:
         state_input = json.loads(details.get("input") or "{}")
     except ValueError:
         state_input = {}
-    region = state_input.get("region", {}).get("name") if isinstance(state_input.get("region"), dict) else None
-    if name in ("CheckImage", "CheckCopy", "CheckInstance"):
-        return None  # the polls: summarised by the waits, not one line each
-    return f"  [{region}] {name}" if region else f"  {name}"
-
-
-def _region_outcome(event: dict[str, Any]) -> str | None:
-    details = event.get("stateEnteredEventDetails")
-    if event["type"] != "PassStateEntered" or not details or details["name"] not in ("RegionSucceeded", "RegionFailed"):
+    region = state_input.get("region")
+    prefix = f"  [{region['name']}] " if isinstance(region, dict) else "  "
+    if name == "RegionSucceeded":
+        return f"{prefix}done: {state_input.get('image', {}).get('image_id')}"
+    if name == "RegionFailed":
+        return f"{prefix}FAILED: {state_input.get('error', {}).get('Error')}"
+    if name in WAITS:
+        subject = state_input.get(WAITS[name], {})
+        if subject.get("polls", 0) == 0:  # announce a wait once, not every poll
+            what = subject.get("image_id") or subject.get("instance_id")
+            return f"{prefix}waiting for {what} ({subject.get('state')}), checking every {state_input.get('poll_seconds')} s"
         return None
-    state_input = json.loads(details.get("input") or "{}")
-    region = state_input.get("region", {}).get("name", "?")
-    if details["name"] == "RegionSucceeded":
-        return f"  [{region}] done: {state_input.get('image', {}).get('image_id')}"
-    return f"  [{region}] FAILED: {state_input.get('error', {}).get('Error')}"
+    if kind != "Task" or name.startswith("Check"):
+        return None
+    return f"{prefix}{name}"
 
 
 def follow(
