@@ -6,6 +6,7 @@ transient ones and report the rest by name.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -107,6 +108,20 @@ class Ec2:
     def tag_resource(self, resource_id: str, tags: Mapping[str, str]) -> None:
         with translated_errors("CreateTags"):
             self._ec2.create_tags(Resources=[resource_id], Tags=tag_list(tags))
+
+    def untag_resource(self, resource_id: str, keys: list[str]) -> None:
+        with translated_errors("DeleteTags"):
+            self._ec2.delete_tags(Resources=[resource_id], Tags=[{"Key": key} for key in keys])
+
+    def instances_tagged(self, key: str, values: list[str]) -> list[dict[str, Any]]:
+        """Running or stopped instances carrying ``key`` with one of ``values`` (filtered server-side, paginated)."""
+        filters = [
+            {"Name": f"tag:{key}", "Values": values},
+            {"Name": "instance-state-name", "Values": ["running", "stopped"]},
+        ]
+        with translated_errors("DescribeInstances"):
+            pages = self._ec2.get_paginator("describe_instances").paginate(Filters=filters)
+            return [instance for page in pages for reservation in page["Reservations"] for instance in reservation["Instances"]]
 
     # --- images ------------------------------------------------------------------------------
 
@@ -215,3 +230,26 @@ class Ssm:
                 Overwrite=True,
             )
         return int(response["Version"])
+
+
+class StepFunctions:
+    def __init__(self, region: str) -> None:
+        self._sfn = client("stepfunctions", region)
+
+    def running_execution_names(self, state_machine_arn: str) -> list[str]:
+        with translated_errors("ListExecutions"):
+            pages = self._sfn.get_paginator("list_executions").paginate(
+                stateMachineArn=state_machine_arn, statusFilter="RUNNING"
+            )
+            return [execution["name"] for page in pages for execution in page["executions"]]
+
+    def start_execution(self, state_machine_arn: str, name: str, payload: Mapping[str, Any]) -> bool:
+        """Start a run; False when an execution of that name exists already (a redelivered trigger)."""
+        try:
+            with translated_errors("StartExecution"):
+                self._sfn.start_execution(stateMachineArn=state_machine_arn, name=name, input=json.dumps(payload))
+        except ClientError as error:
+            if error_code(error) == "ExecutionAlreadyExists":
+                return False
+            raise
+        return True

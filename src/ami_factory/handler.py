@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
-logger = Logger(service="ami-factory")
-tracer = Tracer(service="ami-factory")
+from .observability import logger, tracer
 
 In = TypeVar("In", bound=BaseModel)
 Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
@@ -32,14 +30,25 @@ def correlation_keys(model: BaseModel) -> dict[str, str]:
     return keys
 
 
-def lambda_step(model: type[In], step: Callable[[In], BaseModel]) -> Handler:
+def lambda_handler(run: Callable[[dict[str, Any]], BaseModel]) -> Handler:
+    """A Lambda handler around ``run``: Powertools logging and tracing, JSON in, JSON out."""
+
     @logger.inject_lambda_context(clear_state=True)
     @tracer.capture_lambda_handler
     def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-        parsed = parse(event=event, model=model)
-        logger.append_keys(**correlation_keys(parsed))
-        result = step(parsed)
-        logger.info("step done", extra={"result": result.model_dump(mode="json")})
-        return result.model_dump(mode="json")
+        result = run(event).model_dump(mode="json")
+        logger.info("done", extra={"result": result})
+        return result
 
     return handler
+
+
+def lambda_step(model: type[In], step: Callable[[In], BaseModel]) -> Handler:
+    """A workflow step: the input parsed into the step's contract, with correlation keys in every log line."""
+
+    def run(event: dict[str, Any]) -> BaseModel:
+        parsed = parse(event=event, model=model)
+        logger.append_keys(**correlation_keys(parsed))
+        return step(parsed)
+
+    return lambda_handler(run)

@@ -7,7 +7,7 @@ run must not be able to ship an image where the operator did not allow it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 
 import boto3
@@ -36,17 +36,25 @@ def known_regions() -> frozenset[str]:
     )
 
 
-def parse_request(raw: Mapping[str, object]) -> ImagingRequest:
+def request_field(location: tuple[object, ...]) -> str:
+    return ".".join(str(part) for part in location) or "request"
+
+
+def describe_validation(error: ValidationError, name_field: Callable[[tuple[object, ...]], str] = request_field) -> str:
+    """Every problem pydantic found, one ``field: what is wrong`` each."""
+    return "; ".join(f"{name_field(issue['loc'])}: {issue['msg']}" for issue in error.errors(include_url=False))
+
+
+def parse_request(
+    raw: Mapping[str, object],
+    name_field: Callable[[tuple[object, ...]], str] = request_field,
+    fix: str = "See events/imaging-request.schema.json for the fields",
+) -> ImagingRequest:
+    """The request, or an InvalidRequestError naming each field (as the user wrote it) and what is wrong."""
     try:
         return ImagingRequest.model_validate(raw)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in issue['loc']) or 'request'}: {issue['msg']}"
-            for issue in error.errors(include_url=False)
-        )
-        raise InvalidRequestError(
-            f"the imaging request is invalid: {problems}. See events/imaging-request.schema.json for the fields"
-        ) from None
+        raise InvalidRequestError(f"the imaging request is invalid: {describe_validation(error, name_field)}. {fix}") from None
 
 
 def target_regions(request: ImagingRequest, source_region: str, settings: Settings) -> list[RegionTarget]:

@@ -40,6 +40,9 @@ class Settings:
     max_wait_seconds: int
     sdk_max_attempts: int
     sdk_retry_mode: str
+    trigger_tag_key: str
+    schedule_tag_key: str
+    state_machine_arn: str  # only the start function has it
 
     @property
     def max_polls(self) -> int:
@@ -61,4 +64,7 @@ def load_settings() -> Settings:
         max_wait_seconds=_int("MAX_WAIT_SECONDS", 4 * 3600),
         sdk_max_attempts=_int("SDK_MAX_ATTEMPTS", 5),
         sdk_retry_mode=os.environ.get("SDK_RETRY_MODE", "adaptive"),
+        trigger_tag_key=os.environ.get("TRIGGER_TAG_KEY", "ami-factory:create"),
+        schedule_tag_key=os.environ.get("SCHEDULE_TAG_KEY", "ami-factory:schedule"),
+        state_machine_arn=os.environ.get("STATE_MACHINE_ARN", ""),
     )

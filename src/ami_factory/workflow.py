@@ -4,7 +4,6 @@ return its model; everything they need to agree on lives in this package."""
 from __future__ import annotations
 
 import hashlib
-import logging
 
 from .aws import Ec2, Ssm, tags_of
 from .errors import (
@@ -40,9 +39,9 @@ from .rules import (
     parse_request,
     target_regions,
 )
+from .observability import logger
 from .settings import Settings, load_settings
 
-log = logging.getLogger(__name__)
 
 FAILED_IMAGE_STATES = frozenset({"failed", "invalid", "error", "deregistered"})
 IMAGEABLE_INSTANCE_STATES = frozenset({"running", "stopped", "stopping", "pending"})
@@ -118,7 +117,7 @@ def create_image(plan: Plan) -> ImageRef:
     ec2 = Ec2(plan.source_region)
     existing = ec2.find_image_by_name(plan.image_name)
     if existing:
-        log.info("image %s already exists for this run; not creating another", existing["ImageId"])
+        logger.info("image %s already exists for this run; not creating another", existing["ImageId"])
         return ImageRef(region=plan.source_region, image_id=existing["ImageId"], state=existing["State"])
     image_id = ec2.create_image(
         plan.instance_id, plan.image_name, plan.description, no_reboot=(plan.mode == "no-reboot"), tags=plan.tags
@@ -201,13 +200,16 @@ def remove_run_images(run_id: str, regions: list[str]) -> list[str]:
     return removed
 
 
-def _tag_instance_with_result(plan: Plan, status: str, image_id: str | None, error: str | None) -> None:
+def _record_result_on_instance(plan: Plan, status: str, image_id: str | None, error: str | None) -> None:
     tags = {f"{TAG_PREFIX}last-run": plan.run_id, f"{TAG_PREFIX}last-status": status}
     if image_id:
         tags[f"{TAG_PREFIX}last-image-id"] = image_id
     # Always written, so a success clears the error a previous run left behind.
     tags[f"{TAG_PREFIX}last-error"] = (error or "")[:256]
-    Ec2(plan.source_region).tag_resource(plan.instance_id, tags)
+    ec2 = Ec2(plan.source_region)
+    ec2.tag_resource(plan.instance_id, tags)
+    # Cleared after every run, so setting the trigger tag again starts the next one.
+    ec2.untag_resource(plan.instance_id, [load_settings().trigger_tag_key])
 
 
 def finalize(plan: FinalizeInput) -> Summary:
@@ -220,7 +222,7 @@ def finalize(plan: FinalizeInput) -> Summary:
         (r.image_id for r in plan.distribution if r.region == plan.source_region and r.status == "AVAILABLE"), None
     )
     errors = "; ".join(f"{result.region}: {result.error.Error if result.error else 'failed'}" for result in failed) or None
-    _tag_instance_with_result(plan, status, source_image, errors)
+    _record_result_on_instance(plan, status, source_image, errors)
     return Summary(
         status=status,
         run_id=plan.run_id,
@@ -239,7 +241,7 @@ def handle_failure(plan: HandleFailureInput) -> Summary:
     """Undo what this run made and put the instance back; the state machine then fails with the error."""
     cleaned = remove_run_images(plan.run_id, [region.name for region in plan.regions])
     instance = restore_instance(RestoreInstanceInput(instance=plan.instance)) if plan.instance else None
-    _tag_instance_with_result(plan, "FAILED", None, plan.error.Error)
+    _record_result_on_instance(plan, "FAILED", None, plan.error.Error)
     return Summary(
         status="FAILED",
         run_id=plan.run_id,

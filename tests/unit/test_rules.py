@@ -42,6 +42,9 @@ SETTINGS = Settings(
     max_wait_seconds=3600,
     sdk_max_attempts=5,
     sdk_retry_mode="adaptive",
+    trigger_tag_key="ami-factory:create",
+    schedule_tag_key="ami-factory:schedule",
+    state_machine_arn="",
 )
 
 

@@ -50,8 +50,8 @@ SCENARIOS = [
 ]
 
 
-def main(out: TextIO) -> int:
-    for scenario in SCENARIOS:
+def main(out: TextIO, scenarios: list[Scenario] = SCENARIOS) -> int:
+    for scenario in scenarios:
         with Emulator(parameters={"AllowedShareAccounts": ACCOUNT}) as emu:
             scenario.arrange(emu)
             instance_id = emu.launch_instance(name="bench")

@@ -9,6 +9,7 @@ runtime, with ``template.yaml`` deployed into it.
 
 from __future__ import annotations
 
+import copy
 import functools
 import io
 import json
@@ -23,6 +24,8 @@ from unittest import mock
 
 import boto3
 from moto import mock_aws
+from moto.events.models import events_backends
+from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
 from moto.stepfunctions.parser.asl.utils import json_path
 
 from ami_factory.clients import use_client_factory
@@ -94,6 +97,7 @@ class Emulator:
         self.world = World(self.clock, account_id=ACCOUNT_ID)
         self.runtime = InProcessRuntime()
         self.deployment: Deployment | None = None
+        self._schedules: dict[str, dict[str, Any]] = {}
         self._stack: ExitStack | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -122,6 +126,9 @@ class Emulator:
         # moto's interpreter builds a new JSONPath parser (ply tables) for every path it reads; a
         # parsed path is immutable, so the emulator parses each one once.
         stack.enter_context(mock.patch.object(json_path, "parse", functools.lru_cache(maxsize=4096)(json_path.parse)))
+        # ...and parses the whole ASL with ANTLR for every execution (about a second each); executions
+        # get a fresh copy of the one parse instead, so none shares state with another.
+        stack.enter_context(mock.patch.object(AmazonStateLanguageParser, "parse", _parse_once(AmazonStateLanguageParser.parse)))
         stack.enter_context(self.clock.installed())
         stack.enter_context(self.world.installed())
         stack.enter_context(self.runtime.installed())
@@ -197,6 +204,7 @@ class Emulator:
     # --- deploying template.yaml --------------------------------------------------------------
 
     def _deploy(self) -> Deployment:
+        """Deploy template.yaml: functions, then the state machine they make up, then the triggers."""
         template = load_template(self.project_root / "template.yaml")
         parameters = parameter_values(template, self.parameter_overrides)
         pseudo = {"AWS::Region": self.region, "AWS::AccountId": ACCOUNT_ID, "AWS::Partition": "aws", "AWS::StackName": STACK_NAME}
@@ -204,24 +212,16 @@ class Emulator:
             RoleName=f"{STACK_NAME}-role",
             AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
         )["Role"]["Arn"]
-        attributes: dict[tuple[str, str], str] = {}
-        resolver = Resolver(parameters, pseudo, attributes)
+        attributes: dict[tuple[str, str], str] = {
+            (logical_id, "Arn"): f"arn:aws:iam::{ACCOUNT_ID}:role/{STACK_NAME}-{logical_id}"
+            for logical_id in resources_of_type(template, "AWS::IAM::Role")
+        }
+        resolver = Resolver(parameters, pseudo, attributes, template.get("Conditions", {}))
         lambda_client = self.client("lambda")
-        layer_dirs = [
-            self.project_root / layer["Properties"]["ContentUri"]
-            for layer in resources_of_type(template, "AWS::Serverless::LayerVersion").values()
-        ]
-        deployed: dict[str, FunctionCode] = {}
-        for logical_id, properties in functions(template).items():
+        merged = functions(template)
+        for logical_id, properties in merged.items():
             name = f"{STACK_NAME}-{logical_id}"
-            environment = {
-                **resolver.resolve(properties["Environment"]["Variables"]),
-                **EMULATOR_ENVIRONMENT,
-                "POWERTOOLS_LOG_LEVEL": self.log_level,
-                "AWS_REGION": self.region,
-                "AWS_DEFAULT_REGION": self.region,
-            }
-            arn = lambda_client.create_function(
+            attributes[(logical_id, "Arn")] = lambda_client.create_function(
                 FunctionName=name,
                 Runtime=properties["Runtime"],
                 Role=role_arn,
@@ -229,25 +229,88 @@ class Emulator:
                 Code={"ZipFile": _placeholder_zip()},
                 Timeout=int(properties.get("Timeout", 3)),
             )["FunctionArn"]
-            attributes[(logical_id, "Arn")] = arn
             attributes[(logical_id, "Ref")] = name
-            deployed[logical_id] = FunctionCode(
-                name=name,
-                arn=arn,
-                code_dir=self.project_root / properties["CodeUri"],
-                handler=properties["Handler"],
-                environment={key: str(value) for key, value in environment.items()},
-                layer_dirs=layer_dirs,
-                timeout=int(properties.get("Timeout", 3)),
-                memory=int(properties.get("MemorySize", 128)),
-            )
-            self.runtime.register(deployed[logical_id])
         (machine_id, machine), = resources_of_type(template, "AWS::Serverless::StateMachine").items()
         definition = render_definition(self.project_root, machine["Properties"], resolver)
-        arn = self.client("stepfunctions").create_state_machine(
+        state_machine_arn = self.client("stepfunctions").create_state_machine(
             name=f"{STACK_NAME}-{machine_id}", definition=definition, roleArn=role_arn, type="STANDARD"
         )["stateMachineArn"]
-        return Deployment(state_machine_arn=arn, functions=deployed, parameters=parameters)
+        attributes[(machine_id, "Ref")] = state_machine_arn
+        layer_dirs = [
+            self.project_root / layer["Properties"]["ContentUri"]
+            for layer in resources_of_type(template, "AWS::Serverless::LayerVersion").values()
+        ]
+        deployed = {
+            logical_id: self._register_function(logical_id, properties, resolver, layer_dirs)
+            for logical_id, properties in merged.items()
+        }
+        self._deploy_rules(template, resolver)
+        self._schedules = {
+            logical_id: resolver.resolve(schedule["Properties"])
+            for logical_id, schedule in resources_of_type(template, "AWS::Scheduler::Schedule").items()
+            if resolver.condition_holds(schedule.get("Condition"))
+        }
+        return Deployment(state_machine_arn=state_machine_arn, functions=deployed, parameters=parameters)
+
+    def _register_function(
+        self, logical_id: str, properties: dict[str, Any], resolver: Resolver, layer_dirs: list[Path]
+    ) -> FunctionCode:
+        environment = {
+            **resolver.resolve(properties["Environment"]["Variables"]),
+            **EMULATOR_ENVIRONMENT,
+            "POWERTOOLS_LOG_LEVEL": self.log_level,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+        }
+        code = FunctionCode(
+            name=resolver.resolve({"Ref": logical_id}),
+            arn=resolver.resolve({"Fn::GetAtt": [logical_id, "Arn"]}),
+            code_dir=self.project_root / properties["CodeUri"],
+            handler=properties["Handler"],
+            environment={key: str(value) for key, value in environment.items()},
+            layer_dirs=layer_dirs,
+            timeout=int(properties.get("Timeout", 3)),
+            memory=int(properties.get("MemorySize", 128)),
+        )
+        self.runtime.register(code)
+        return code
+
+    def _deploy_rules(self, template: dict[str, Any], resolver: Resolver) -> None:
+        """EventBridge rules into moto's EventBridge: their patterns are matched by moto's matcher."""
+        events = self.client("events")
+        for logical_id, rule in resources_of_type(template, "AWS::Events::Rule").items():
+            properties = resolver.resolve(rule["Properties"])
+            pattern = properties["EventPattern"]
+            name = f"{STACK_NAME}-{logical_id}"
+            events.put_rule(Name=name, EventPattern=pattern if isinstance(pattern, str) else json.dumps(pattern))
+            events.put_targets(Rule=name, Targets=[{"Id": t["Id"], "Arn": t["Arn"]} for t in properties["Targets"]])
+
+    # --- triggers -----------------------------------------------------------------------------
+
+    def deliver_event(self, event: dict[str, Any]) -> list[Any]:
+        """EventBridge delivering ``event`` as it is (same id on a redelivery): every deployed rule
+        whose pattern matches it invokes its Lambda targets. Returns their results (empty: no match)."""
+        return self.runtime.deliver(event, events_backends[ACCOUNT_ID][self.region])
+
+    def run_started_by(self, outcome: dict[str, Any]) -> str:
+        """The one execution a start-function outcome started."""
+        (name,) = outcome["started"]
+        return str(name)
+
+    def fire_schedule(self, scheduled_time: str, attempt: int = 1) -> list[Any]:
+        """EventBridge Scheduler firing every deployed schedule at ``scheduled_time`` (ISO 8601, UTC)."""
+        results = []
+        for schedule in self._schedules.values():
+            target = schedule["Target"]
+            payload = (
+                target["Input"]
+                .replace("<aws.scheduler.scheduled-time>", scheduled_time)
+                .replace("<aws.scheduler.execution-id>", f"local-{scheduled_time}-{attempt}")
+                .replace("<aws.scheduler.attempt-number>", str(attempt))
+            )
+            name = target["Arn"].split(":function:")[-1]
+            results.append(self.runtime.invoke_checked(name, json.loads(payload)))
+        return results
 
 
 def render_definition(project_root: Path, properties: dict[str, Any], resolver: Resolver) -> str:
@@ -257,6 +320,20 @@ def render_definition(project_root: Path, properties: dict[str, Any], resolver: 
     for key, value in substitutions.items():
         text = text.replace("${" + key + "}", str(value))
     return text
+
+
+def _parse_once(parse: Any) -> Any:
+    parsed: dict[str, Any] = {}
+
+    def parse_copy(definition: str, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs:
+            return parse(definition, *args, **kwargs)
+        if definition not in parsed:
+            parsed[definition] = parse(definition)
+        program, tree = parsed[definition]
+        return copy.deepcopy(program), tree
+
+    return staticmethod(parse_copy)
 
 
 def _placeholder_zip() -> bytes:

@@ -24,6 +24,7 @@ from unittest import mock
 
 from moto.awslambda.models import LambdaBackend
 from moto.awslambda_simple.models import LambdaSimpleBackend
+from moto.events.models import Rule
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 
 
@@ -94,6 +95,25 @@ class InProcessRuntime:
                     "stackTrace": traceback.format_exception(error)[-5:],
                 }
 
+    def invoke_checked(self, name: str, payload: Any) -> Any:
+        errored, result = self.invoke(name, payload)
+        if errored:
+            raise RuntimeError(f"{name} failed: {result['errorType']}: {result['errorMessage']}")
+        return result
+
+    def deliver(self, event: dict[str, Any], events_backend: Any) -> list[Any]:
+        """Offer ``event`` to every rule on the default bus; returns what the matched targets returned."""
+        results: list[Any] = []
+        for rule in events_backend.event_buses["default"].rules.values():
+            results.extend(rule.send_to_targets(event, transform_input=False) or [])
+        return results
+
+    def _send_to_lambda_targets(self, rule: Any, event: dict[str, Any]) -> list[Any]:
+        if not rule.event_pattern.matches_event(event):
+            return []
+        names = [target["Arn"].split(":function:")[-1] for target in rule.targets if ":function:" in target["Arn"]]
+        return [self.invoke_checked(name, event) for name in names if name in self.functions]
+
     @contextmanager
     def installed(self) -> Iterator[InProcessRuntime]:
         runtime = self
@@ -122,7 +142,12 @@ class InProcessRuntime:
                 clients[key] = make_client(region=region, service=service, state_credentials=state_credentials)
             return clients[key]
 
+        def send_to_targets(rule: Rule, event: dict[str, Any], transform_input: bool = True) -> list[Any]:
+            # moto's EventBridge has no Lambda targets; ours run in process, as the real ones run on AWS.
+            return runtime._send_to_lambda_targets(rule, event)
+
         with ExitStack() as stack:
+            stack.enter_context(mock.patch.object(Rule, "send_to_targets", send_to_targets))
             stack.enter_context(mock.patch.object(lambda_eval_utils, "boto_client_for", cached_client))
             for backend_class in originals:
                 stack.enter_context(mock.patch.object(backend_class, "invoke", make_invoke(backend_class)))

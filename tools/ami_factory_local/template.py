@@ -9,7 +9,7 @@ understand is loud, not silently wrong.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,10 @@ class Resolver:
     parameters: dict[str, str]
     pseudo: dict[str, str]
     attributes: dict[tuple[str, str], str]  # (logical id, attribute) -> value
+    conditions: dict[str, Any] = field(default_factory=dict)
+
+    def condition_holds(self, name: str | None) -> bool:
+        return True if name is None else bool(self.resolve(self.conditions[name]))
 
     def resolve(self, value: Any) -> Any:
         if isinstance(value, dict) and len(value) == 1:
@@ -54,6 +58,11 @@ class Resolver:
                 return self.attributes[(arg[0], arg[1])]
             if key == "Fn::Sub":
                 return re.sub(r"\$\{([^}]+)\}", lambda match: self._sub(match.group(1)), arg)
+            if key == "Fn::Equals":
+                left, right = self.resolve(arg)
+                return left == right
+            if key == "Fn::Not":
+                return not self.resolve(arg[0])
             if key.startswith("Fn::"):
                 raise NotImplementedError(f"the emulator does not resolve {key}")
         if isinstance(value, dict):

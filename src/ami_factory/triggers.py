@@ -1,0 +1,188 @@
+"""How runs start without a person: a tag on an instance, or a scheduled firing.
+
+Both end in the same place as a console request: an ImagingRequest validated by the same rules,
+and a StartExecution. Each trigger gets a deterministic execution name, so a redelivered event or a
+retried firing finds its run instead of starting another; and an instance with a run in flight is
+skipped, with the name of the run that holds it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal
+
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .aws import Ec2, StepFunctions, tags_of
+from .errors import AmiFactoryError
+from .models import ImagingRequest
+from .rules import TAG_PREFIX, check_share_targets, describe_validation, parse_request, target_regions
+from .observability import logger
+from .settings import Settings, load_settings
+
+
+SCHEDULE_SOURCE = "ami-factory.schedule"
+ERROR_TAG = f"{TAG_PREFIX}error"
+INSTANCE_ARN = re.compile(r"^arn:aws[a-z-]*:ec2:[a-z0-9-]+:[0-9]{12}:instance/(i-[0-9a-f]{8,17})$")
+
+# Per-instance settings: tag suffix -> request field. Several values are separated by spaces or commas.
+SETTING_TAGS: dict[str, tuple[str, ...]] = {
+    "regions": ("regions",),
+    "share-accounts": ("share", "accounts"),
+    "share-organizations": ("share", "organizations"),
+    "share-ous": ("share", "organizational_units"),
+    "share-public": ("share", "public"),
+    "mode": ("mode",),
+    "image-name": ("image_name",),
+    "description": ("description",),
+}
+LIST_FIELDS = {"regions", "accounts", "organizations", "organizational_units"}
+
+
+class TagChangeDetail(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    changed_tag_keys: list[str] = Field(alias="changed-tag-keys")
+    tags: dict[str, str]
+    service: str
+    resource_type: str = Field(alias="resource-type")
+
+
+class TagChangeEvent(EventBridgeModel):
+    detail: TagChangeDetail
+
+
+class ScheduledFiring(BaseModel):
+    """The input the EventBridge Scheduler schedule in template.yaml sends."""
+
+    source: Literal["ami-factory.schedule"]
+    scheduled_time: datetime
+    execution_id: str | None = None
+
+
+class Skipped(BaseModel):
+    instance_id: str
+    reason: str
+    held_by: str | None = None
+
+
+class Rejected(BaseModel):
+    instance_id: str | None
+    error: str
+    message: str
+
+
+class StartOutcome(BaseModel):
+    started: list[str] = Field(default_factory=list)
+    skipped: list[Skipped] = Field(default_factory=list)
+    rejected: list[Rejected] = Field(default_factory=list)
+
+
+class _Candidate(BaseModel):
+    instance_id: str
+    tags: dict[str, str]
+    execution_name: str
+
+
+def _tag_field(location: tuple[object, ...]) -> str:
+    """Name the tag a user must fix, not the request field it became."""
+    path = tuple(str(part) for part in location if not isinstance(part, int))
+    for suffix, field in SETTING_TAGS.items():
+        if path[: len(field)] == field:
+            return f"tag {TAG_PREFIX}{suffix}"
+    return ".".join(path)
+
+
+def request_from_tags(instance_id: str, tags: Mapping[str, str], settings: Settings) -> ImagingRequest:
+    """The instance's ``ami-factory:*`` tags as an ImagingRequest, held to the same rules as any request."""
+    raw: dict[str, Any] = {"instance_id": instance_id}
+    for suffix, field in SETTING_TAGS.items():
+        value = tags.get(f"{TAG_PREFIX}{suffix}")
+        if value is None:
+            continue
+        parsed: Any = [item for item in re.split(r"[\s,]+", value) if item] if field[-1] in LIST_FIELDS else value
+        if field[-1] == "public":
+            parsed = value.strip().lower() == "true"
+        target = raw
+        for part in field[:-1]:
+            target = target.setdefault(part, {})
+        target[field[-1]] = parsed
+    request = parse_request(raw, name_field=_tag_field, fix="Fix the tag on the instance and set the trigger tag again")
+    check_share_targets(request.share, settings)
+    target_regions(request, settings.region, settings)
+    return request
+
+
+def start_runs(event: Mapping[str, Any], settings: Settings | None = None) -> StartOutcome:
+    """Start one run per triggered instance; never raise for a bad event (EventBridge would only retry it)."""
+    settings = settings or load_settings()
+    try:
+        if event.get("source") == "aws.tag":
+            candidates = _tag_candidates(TagChangeEvent.model_validate(event), settings)
+        elif event.get("source") == SCHEDULE_SOURCE:
+            candidates = _scheduled_candidates(ScheduledFiring.model_validate(event), settings)
+        else:
+            raise ValueError(f"source {event.get('source')!r} is neither aws.tag nor {SCHEDULE_SOURCE}")
+    except ValidationError as error:
+        return _malformed(describe_validation(error))
+    except ValueError as error:
+        return _malformed(str(error))
+    return _start(candidates, settings)
+
+
+def _malformed(problem: str) -> StartOutcome:
+    message = f"malformed trigger event, no run started: {problem}"
+    logger.error(message)
+    return StartOutcome(rejected=[Rejected(instance_id=None, error="MalformedEventError", message=message)])
+
+
+def _tag_candidates(event: TagChangeEvent, settings: Settings) -> list[_Candidate]:
+    detail, key = event.detail, settings.trigger_tag_key
+    matched = INSTANCE_ARN.match(event.resources[0]) if event.resources else None
+    if not matched:
+        raise ValueError(f"resources {event.resources} hold no EC2 instance ARN")
+    if key not in detail.changed_tag_keys or detail.tags.get(key, "").lower() != "true":
+        logger.info("tag change on %s does not set %s=true; nothing to do", matched.group(1), key)
+        return []
+    return [_Candidate(instance_id=matched.group(1), tags=detail.tags, execution_name=f"{matched.group(1)}-tag-{event.id}")]
+
+
+def _scheduled_candidates(firing: ScheduledFiring, settings: Settings) -> list[_Candidate]:
+    stamp = firing.scheduled_time.strftime("%Y%m%dT%H%M%SZ")
+    instances = Ec2(settings.region).instances_tagged(settings.schedule_tag_key, ["true", "True", "TRUE"])
+    return [
+        _Candidate(instance_id=instance["InstanceId"], tags=tags_of(instance), execution_name=f"{instance['InstanceId']}-schedule-{stamp}")
+        for instance in instances
+    ]
+
+
+def _start(candidates: list[_Candidate], settings: Settings) -> StartOutcome:
+    outcome = StartOutcome()
+    if not candidates:
+        return outcome
+    ec2, sfn = Ec2(settings.region), StepFunctions(settings.region)
+    running = sfn.running_execution_names(settings.state_machine_arn)
+    for candidate in candidates:
+        holder = next((name for name in running if name.startswith(f"{candidate.instance_id}-")), None)
+        if holder:
+            logger.warning("%s already has a run in flight (%s); this trigger is skipped", candidate.instance_id, holder)
+            outcome.skipped.append(Skipped(instance_id=candidate.instance_id, reason="run in flight", held_by=holder))
+            continue
+        try:
+            request = request_from_tags(candidate.instance_id, candidate.tags, settings)
+        except AmiFactoryError as error:
+            logger.warning("not starting a run for %s: %s", candidate.instance_id, error)
+            ec2.tag_resource(candidate.instance_id, {ERROR_TAG: str(error)[:256]})
+            outcome.rejected.append(Rejected(instance_id=candidate.instance_id, error=type(error).__name__, message=str(error)))
+            continue
+        payload = request.model_dump(mode="json", exclude_none=True)
+        if not sfn.start_execution(settings.state_machine_arn, candidate.execution_name, payload):
+            outcome.skipped.append(Skipped(instance_id=candidate.instance_id, reason="already started", held_by=candidate.execution_name))
+            continue
+        if ERROR_TAG in candidate.tags:
+            ec2.untag_resource(candidate.instance_id, [ERROR_TAG])
+        outcome.started.append(candidate.execution_name)
+    return outcome

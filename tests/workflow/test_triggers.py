@@ -1,0 +1,234 @@
+"""Tag, schedule and console triggers: each sample event through the rule's real pattern (from
+template.yaml, matched by moto's EventBridge matcher) and, when it matches, through the real start
+function to finished runs in the emulator."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from moto.events.models import EventPattern
+
+from ami_factory_local import Emulator
+from ami_factory_local.template import Resolver, load_template, parameter_values, resources_of_type
+from tests.conftest import EVENTS, OTHER_ACCOUNT, ROOT
+
+TRIGGER = "ami-factory:create"
+
+
+def event(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS / name).read_text())
+
+
+def tag_event(emu: Emulator, instance_id: str, name: str = "tag-set-true.json", event_id: str | None = None) -> dict[str, Any]:
+    """A sample tag event as EventBridge would send it for a real instance of the emulator: its ARN,
+    and the instance's tags after the change (the sample's trigger-tag value applied to them)."""
+    body = event(name)
+    body["resources"] = [f"arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}"]
+    tags = instance_tags(emu, instance_id)
+    for key in body["detail"]["changed-tag-keys"]:
+        tags.pop(key, None)
+        if key in body["detail"]["tags"]:
+            tags[key] = body["detail"]["tags"][key]
+    body["detail"]["tags"] = tags
+    if event_id:
+        body["id"] = event_id
+    return body
+
+
+def tag_rule_pattern(**parameters: str) -> EventPattern:
+    template = load_template(ROOT / "template.yaml")
+    resolver = Resolver(parameter_values(template, parameters), {}, {})
+    rule = resources_of_type(template, "AWS::Events::Rule")["TagTriggerRule"]
+    return EventPattern.load(resolver.resolve(rule["Properties"]["EventPattern"]))
+
+
+@pytest.mark.parametrize(
+    "sample, matches",
+    [
+        ("tag-set-true.json", True),
+        ("tag-removed.json", False),
+        ("tag-other-value.json", False),
+        ("other-tag-changed.json", False),
+        ("schedule-firing.json", False),
+        ("malformed-event.json", True),  # the pattern cannot see what is missing: the function rejects it
+    ],
+)
+def test_the_rule_pattern_from_the_template_matches_only_the_trigger(sample: str, matches: bool) -> None:
+    assert tag_rule_pattern().matches_event(event(sample)) is matches
+
+
+def test_the_trigger_tag_key_is_a_deploy_parameter() -> None:
+    custom = event("tag-set-true.json")
+    custom["detail"]["changed-tag-keys"] = ["image-me"]
+    custom["detail"]["tags"] = {"image-me": "TRUE"}
+    assert tag_rule_pattern(TriggerTagKey="image-me").matches_event(custom)
+    assert not tag_rule_pattern().matches_event(custom)
+
+
+def instance_tags(emu: Emulator, instance_id: str) -> dict[str, str]:
+    described = emu.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return {tag["Key"]: tag["Value"] for tag in described.get("Tags", [])}
+
+
+def executions(emu: Emulator) -> list[dict[str, Any]]:
+    return emu.client("stepfunctions").list_executions(stateMachineArn=emu.state_machine_arn)["executions"]
+
+
+def wait_all(emu: Emulator) -> list[Any]:
+    return [emu.wait(execution["executionArn"]) for execution in executions(emu)]
+
+
+def images(emu: Emulator, region: str = "us-east-1") -> list[dict[str, Any]]:
+    return emu.client("ec2", region).describe_images(Owners=["self"], Filters=[
+        {"Name": "tag:ami-factory:managed", "Values": ["true"]}])["Images"]
+
+
+def launch_tagged(emu: Emulator, **extra: str) -> str:
+    tags = json.loads((EVENTS / "tag-set-true.json").read_text())["detail"]["tags"]
+    return emu.launch_instance(tags={**{k: v for k, v in tags.items() if k != "Name"}, **extra}, name="web")
+
+
+def test_tag_set_to_true_images_the_instance_and_records_the_result(emu: Emulator) -> None:
+    instance_id = launch_tagged(emu)
+    (outcome,) = emu.deliver_event(tag_event(emu, instance_id))
+    assert outcome["started"] == [f"{instance_id}-tag-0b1d5f8e-3c2a-4a7e-9f61-2d7c1e9a4b10"]
+    (run,) = wait_all(emu)
+    assert run.status == "SUCCEEDED", run.cause
+    assert [r["region"] for r in run.output["regions"]] == ["us-east-1", "eu-west-1", "ap-southeast-2"]
+    assert run.output["regions"][1]["shared_with"] == ["111122223333"]
+    tags = instance_tags(emu, instance_id)
+    assert tags["ami-factory:last-image-id"] == run.output["regions"][0]["image_id"]
+    assert tags["ami-factory:last-status"] == "SUCCEEDED"
+    assert tags["ami-factory:last-run"] == run.name
+    assert TRIGGER not in tags, "the trigger tag is cleared, so setting it again triggers again"
+
+
+@pytest.mark.parametrize("sample", ["tag-removed.json", "tag-other-value.json", "other-tag-changed.json"])
+def test_other_tag_changes_start_nothing(emu: Emulator, sample: str) -> None:
+    instance_id = launch_tagged(emu)
+    assert emu.deliver_event(tag_event(emu, instance_id, sample)) == [], "no rule matches"
+    assert executions(emu) == []
+
+
+def test_the_same_tag_event_delivered_three_times_makes_one_run_and_one_image(make_emulator) -> None:
+    emu: Emulator = make_emulator()
+    instance_id = launch_tagged(emu, **{"ami-factory:regions": ""})
+    delivered = tag_event(emu, instance_id)
+    first, second = emu.deliver_event(delivered)[0], emu.deliver_event(delivered)[0]
+    wait_all(emu)
+    third = emu.deliver_event(delivered)[0]  # redelivered after the run ended
+    assert len(first["started"]) == 1
+    assert second["skipped"][0]["reason"] == "run in flight"
+    assert second["skipped"][0]["held_by"] == first["started"][0]
+    assert third["skipped"][0]["reason"] == "already started"
+    assert len(executions(emu)) == 1
+    assert len(images(emu)) == 1
+    assert len(emu.world.sent("CreateImage")) == 1
+
+
+@pytest.fixture
+def function_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """What the functions log through Powertools (its logger does not propagate to the root)."""
+    powertools = logging.getLogger("ami-factory")
+    powertools.addHandler(caplog.handler)
+    yield caplog
+    powertools.removeHandler(caplog.handler)
+
+
+def test_a_trigger_while_a_run_is_in_flight_is_skipped_and_the_log_names_the_holder(emu: Emulator, function_logs) -> None:
+    instance_id = launch_tagged(emu)
+    held_by = emu.run_started_by(emu.deliver_event(tag_event(emu, instance_id))[0])
+    second = tag_event(emu, instance_id, event_id="99999999-0000-0000-0000-000000000000")
+    (outcome,) = emu.deliver_event(second)
+    wait_all(emu)
+    assert outcome["started"] == [] and outcome["skipped"][0]["held_by"] == held_by
+    assert f"already has a run in flight ({held_by})" in function_logs.text
+    assert len(executions(emu)) == 1
+
+
+def test_a_bad_tag_starts_nothing_and_says_what_to_fix_on_the_instance(emu: Emulator) -> None:
+    instance_id = launch_tagged(emu, **{"ami-factory:regions": "eu-west-1 mars-east-1"})
+    (outcome,) = emu.deliver_event(tag_event(emu, instance_id))
+    assert outcome["rejected"][0]["error"] == "UnknownRegionError"
+    assert executions(emu) == []
+    assert "mars-east-1" in instance_tags(emu, instance_id)["ami-factory:error"]
+
+    emu.client("ec2").create_tags(Resources=[instance_id], Tags=[{"Key": "ami-factory:share-accounts", "Value": OTHER_ACCOUNT}])
+    emu.client("ec2").create_tags(Resources=[instance_id], Tags=[{"Key": "ami-factory:regions", "Value": "eu-west-1"}])
+    retry = tag_event(emu, instance_id, event_id="22222222-0000-0000-0000-000000000000")
+    (outcome,) = emu.deliver_event(retry)
+    assert outcome["rejected"][0]["error"] == "ShareTargetNotAllowedError"
+    error_tag = instance_tags(emu, instance_id)["ami-factory:error"]
+    assert OTHER_ACCOUNT in error_tag and "AllowedShareAccounts" in error_tag
+    assert executions(emu) == []
+    assert emu.world.sent("StopInstances") == [] and emu.world.sent("CreateImage") == []
+
+
+def test_a_malformed_tag_value_names_the_tag(emu: Emulator) -> None:
+    instance_id = launch_tagged(emu, **{"ami-factory:share-accounts": "1234"})
+    (outcome,) = emu.deliver_event(tag_event(emu, instance_id))
+    assert outcome["rejected"][0]["error"] == "InvalidRequestError"
+    assert "tag ami-factory:share-accounts" in instance_tags(emu, instance_id)["ami-factory:error"]
+
+
+def test_fixing_the_tags_and_triggering_again_runs_and_clears_the_error(emu: Emulator) -> None:
+    instance_id = launch_tagged(emu, **{"ami-factory:mode": "sideways"})
+    emu.deliver_event(tag_event(emu, instance_id))
+    assert "ami-factory:error" in instance_tags(emu, instance_id)
+    emu.client("ec2").create_tags(Resources=[instance_id], Tags=[{"Key": "ami-factory:mode", "Value": "no-reboot"}])
+    fixed = tag_event(emu, instance_id, event_id="33333333-0000-0000-0000-000000000000")
+    (outcome,) = emu.deliver_event(fixed)
+    (run,) = wait_all(emu)
+    assert outcome["started"] and run.status == "SUCCEEDED", run.cause
+    assert "ami-factory:error" not in instance_tags(emu, instance_id)
+    assert emu.world.sent("StopInstances") == [], "the mode tag was honoured"
+
+
+def test_a_malformed_event_starts_nothing_and_says_why(emu: Emulator, function_logs) -> None:
+    launch_tagged(emu)
+    (outcome,) = emu.deliver_event(event("malformed-event.json"))
+    assert outcome["started"] == []
+    assert outcome["rejected"][0]["error"] == "MalformedEventError"
+    assert "resources: Field required" in outcome["rejected"][0]["message"]
+    assert "malformed trigger event, no run started: resources: Field required" in function_logs.text
+    assert executions(emu) == []
+
+
+def test_a_schedule_firing_over_twenty_instances_runs_each_once_and_a_second_firing_adds_nothing(make_emulator) -> None:
+    emu: Emulator = make_emulator(ScheduleExpression="cron(0 3 ? * SUN *)", ScheduleTimezone="Europe/Paris")
+    emu.world.images_take(120)
+    opted_in = [emu.launch_instance(name=f"web-{n}", tags={"ami-factory:schedule": "true"}) for n in range(20)]
+    emu.launch_instance(name="not-opted-in")
+    emu.launch_instance(name="opted-out", tags={"ami-factory:schedule": "false"})
+    firing = event("schedule-firing.json")
+    (first,) = emu.fire_schedule(firing["scheduled_time"])
+    (second,) = emu.fire_schedule("2026-11-29T04:00:00Z")  # the next firing, while the runs are in flight
+    runs = wait_all(emu)
+    assert sorted(name.split("-schedule-")[0] for name in first["started"]) == sorted(opted_in)
+    assert second["started"] == [] and len(second["skipped"]) == 20
+    assert len(runs) == 20 and {run.status for run in runs} == {"SUCCEEDED"}
+    assert len(images(emu)) == 20
+    for instance_id in opted_in:
+        (image,) = [i for i in images(emu) if {"Key": "ami-factory:source-instance", "Value": instance_id} in i["Tags"]]
+        assert instance_tags(emu, instance_id)["ami-factory:last-image-id"] == image["ImageId"]
+
+
+def test_a_retried_schedule_firing_starts_nothing_new(make_emulator) -> None:
+    emu: Emulator = make_emulator(ScheduleExpression="rate(7 days)")
+    emu.launch_instance(tags={"ami-factory:schedule": "true"})
+    (first,) = emu.fire_schedule("2026-11-29T03:00:00Z", attempt=1)
+    wait_all(emu)
+    (retry,) = emu.fire_schedule("2026-11-29T03:00:00Z", attempt=2)
+    assert len(first["started"]) == 1 and retry["started"] == []
+    assert retry["skipped"][0]["reason"] == "already started"
+    assert len(executions(emu)) == 1
+
+
+def test_no_schedule_parameter_means_no_schedule(emu: Emulator) -> None:
+    emu.launch_instance(tags={"ami-factory:schedule": "true"})
+    assert emu.fire_schedule("2026-11-29T03:00:00Z") == []
+    assert executions(emu) == []
