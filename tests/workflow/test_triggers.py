@@ -232,3 +232,16 @@ def test_no_schedule_parameter_means_no_schedule(emu: Emulator) -> None:
     emu.launch_instance(tags={"ami-factory:schedule": "true"})
     assert emu.fire_schedule("2026-11-29T03:00:00Z") == []
     assert executions(emu) == []
+
+
+def test_tagging_an_instance_in_the_emulator_triggers_a_run_as_on_aws(emu: Emulator) -> None:
+    """The emulator emits Tag Change on Resource for CreateTags, so `aws ec2 create-tags` alone starts a run."""
+    instance_id = emu.launch_instance(name="web")
+    emu.client("ec2").create_tags(Resources=[instance_id], Tags=[{"Key": "ami-factory:regions", "Value": "eu-west-1"}])
+    assert executions(emu) == [], "another tag starts nothing"
+    emu.client("ec2").create_tags(Resources=[instance_id], Tags=[{"Key": TRIGGER, "Value": "true"}])
+    (run,) = wait_all(emu)
+    assert run.status == "SUCCEEDED", run.cause
+    assert [r["region"] for r in run.output["regions"]] == ["us-east-1", "eu-west-1"]
+    assert TRIGGER not in instance_tags(emu, instance_id)
+    assert len(executions(emu)) == 1, "the tool's own tagging (results, clearing the trigger) starts nothing"

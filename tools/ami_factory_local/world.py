@@ -10,6 +10,9 @@ The world fixes exactly that, driven by the virtual clock, and lets a test ask f
 - a new image is invisible (``InvalidAMIID.NotFound``) for its first N DescribeImages;
 - an operation's response is lost: the call takes effect, the caller sees a throttling error.
 
+Like AWS, tagging an instance (CreateTags, DeleteTags) emits a ``Tag Change on Resource`` event to
+the default bus, where the deployed rules (and so the tag trigger) see it.
+
 Every AWS request that reaches moto is recorded (service, operation, Region, parameters), so tests
 assert on what was *sent* where moto ignores a parameter.
 """
@@ -18,10 +21,12 @@ from __future__ import annotations
 
 import math
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 from unittest import mock
 
@@ -29,6 +34,7 @@ from moto.core.responses import ActionResult, BaseResponse
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import ec2_backends
 from moto.ec2.responses.amis import AmisResponse
+from moto.events.models import events_backends
 
 from .clock import VirtualClock
 
@@ -199,6 +205,8 @@ class World:
             result = original_call_action(response)
             if service == "ec2" and operation == "StopInstances":
                 world._after_stop(response.region, params)
+            if service == "ec2" and operation in ("CreateTags", "DeleteTags"):
+                world._emit_tag_changes(response.region, params)
             if service == "ec2" and world._take(world._lost, operation, response.region):
                 return response.serialized(ActionResult(EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")))
             return result
@@ -260,6 +268,27 @@ class World:
             if spec["ResourceType"] == "snapshot":
                 for tag in spec["Tags"]:
                     image.ebs_snapshot.add_tag(tag["Key"], tag["Value"])
+
+    def _emit_tag_changes(self, region: str, params: dict[str, Any]) -> None:
+        backend = ec2_backends[self.account_id][region]
+        changed = sorted({tag["Key"] for tag in params.get("Tags", [])})
+        for resource_id in params.get("Resources", []):
+            if not resource_id.startswith("i-"):
+                continue
+            tags = {tag["key"]: tag["value"] for tag in backend.describe_tags(filters={"resource-id": [resource_id]})}
+            event = {
+                "version": "0",
+                "id": str(uuid.uuid4()),
+                "detail-type": "Tag Change on Resource",
+                "source": "aws.tag",
+                "account": self.account_id,
+                "time": datetime.fromtimestamp(self.clock.now(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "region": region,
+                "resources": [f"arn:aws:ec2:{region}:{self.account_id}:instance/{resource_id}"],
+                "detail": {"changed-tag-keys": changed, "service": "ec2", "resource-type": "instance", "version": 1, "tags": tags},
+            }
+            for rule in list(events_backends[self.account_id][region].event_buses["default"].rules.values()):
+                rule.send_to_targets(event, transform_input=False)
 
     def _after_stop(self, region: str, params: dict[str, Any]) -> None:
         if self.instance_stop_seconds <= 0:
