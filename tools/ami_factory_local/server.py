@@ -54,6 +54,9 @@ class EmulatorServer:
                 f"    --name demo-1 --input '{json.dumps(request)}'",
                 f"  (or --input file://{Path(sample).relative_to(PROJECT_ROOT)} after putting {self.instance_id} in it)",
                 f"  aws --endpoint-url {self.endpoint_url} stepfunctions describe-execution --execution-arn <arn from above>",
+                "or tag the instance, as on AWS:",
+                f"  aws --endpoint-url {self.endpoint_url} ec2 create-tags --resources {self.instance_id} \\",
+                "    --tags Key=ami-factory:regions,Value=eu-west-1 Key=ami-factory:create,Value=true",
                 "",
                 "Ctrl-C stops the emulator.",
             ]
