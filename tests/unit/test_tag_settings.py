@@ -1,0 +1,53 @@
+"""Instance tags as an ImagingRequest: parsed and held to the same rules, errors naming the tag."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from ami_factory.errors import InvalidRequestError, PublicSharingBlockedError, ShareTargetNotAllowedError
+from ami_factory.triggers import request_from_tags
+from tests.unit.test_rules import SETTINGS
+
+INSTANCE = "i-0123456789abcdef0"
+
+
+def test_tags_become_a_request() -> None:
+    request = request_from_tags(INSTANCE, {
+        "Name": "web",
+        "ami-factory:regions": "eu-west-1, ap-southeast-2  us-west-2",
+        "ami-factory:share-accounts": "111122223333",
+        "ami-factory:mode": "no-reboot",
+        "ami-factory:image-name": "web-server",
+        "ami-factory:description": "patched",
+    }, SETTINGS)
+    assert request.regions == ["eu-west-1", "ap-southeast-2", "us-west-2"]
+    assert request.share.accounts == ["111122223333"]
+    assert (request.mode, request.image_name, request.description) == ("no-reboot", "web-server", "patched")
+
+
+def test_no_setting_tags_mean_the_defaults() -> None:
+    request = request_from_tags(INSTANCE, {"ami-factory:create": "true"}, SETTINGS)
+    assert request.regions is None and request.mode == "stop" and request.share.describe() == []
+
+
+@pytest.mark.parametrize(
+    "tags, error, mentions",
+    [
+        ({"ami-factory:share-accounts": "12345"}, InvalidRequestError, "tag ami-factory:share-accounts"),
+        ({"ami-factory:mode": "reboot"}, InvalidRequestError, "tag ami-factory:mode"),
+        ({"ami-factory:share-ous": "ou-1"}, InvalidRequestError, "tag ami-factory:share-ous"),
+        ({"ami-factory:share-accounts": "444455556666"}, ShareTargetNotAllowedError, "AllowedShareAccounts"),
+        ({"ami-factory:share-public": "TRUE"}, PublicSharingBlockedError, "AllowPublicSharing"),
+    ],
+)
+def test_bad_tags_name_what_to_fix(tags: dict[str, str], error: type[Exception], mentions: str) -> None:
+    with pytest.raises(error) as raised:
+        request_from_tags(INSTANCE, tags, SETTINGS)
+    assert mentions in str(raised.value)
+
+
+def test_public_by_tag_only_where_the_deployment_allows_it() -> None:
+    request = request_from_tags(INSTANCE, {"ami-factory:share-public": "true"}, replace(SETTINGS, allow_public=True))
+    assert request.share.public is True
