@@ -4,6 +4,7 @@ return its model; everything they need to agree on lives in this package."""
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timezone
 
 from .aws import Ec2, Ssm, tags_of
 from .errors import (
@@ -201,7 +202,11 @@ def remove_run_images(run_id: str, regions: list[str]) -> list[str]:
 
 
 def _record_result_on_instance(plan: Plan, status: str, image_id: str | None, error: str | None) -> None:
-    tags = {f"{TAG_PREFIX}last-run": plan.run_id, f"{TAG_PREFIX}last-status": status}
+    tags = {
+        f"{TAG_PREFIX}last-run": plan.run_id,
+        f"{TAG_PREFIX}last-run-at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        f"{TAG_PREFIX}last-status": status,
+    }
     if image_id:
         tags[f"{TAG_PREFIX}last-image-id"] = image_id
     # Always written, so a success clears the error a previous run left behind.

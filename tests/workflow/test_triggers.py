@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,6 +105,7 @@ def test_tag_set_to_true_images_the_instance_and_records_the_result(emu: Emulato
     assert tags["ami-factory:last-image-id"] == run.output["regions"][0]["image_id"]
     assert tags["ami-factory:last-status"] == "SUCCEEDED"
     assert tags["ami-factory:last-run"] == run.name
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", tags["ami-factory:last-run-at"])
     assert TRIGGER not in tags, "the trigger tag is cleared, so setting it again triggers again"
 
 
