@@ -236,12 +236,14 @@ class StepFunctions:
     def __init__(self, region: str) -> None:
         self._sfn = client("stepfunctions", region)
 
-    def running_execution_names(self, state_machine_arn: str) -> list[str]:
+    def running_executions(self, state_machine_arn: str) -> list[dict[str, Any]]:
+        """Name and startDate of every running execution, oldest first."""
         with translated_errors("ListExecutions"):
             pages = self._sfn.get_paginator("list_executions").paginate(
                 stateMachineArn=state_machine_arn, statusFilter="RUNNING"
             )
-            return [execution["name"] for page in pages for execution in page["executions"]]
+            executions = [execution for page in pages for execution in page["executions"]]
+        return sorted(executions, key=lambda execution: (execution["startDate"], execution["name"]))
 
     def start_execution(self, state_machine_arn: str, name: str, payload: Mapping[str, Any]) -> bool:
         """Start a run; False when an execution of that name exists already (a redelivered trigger)."""

@@ -39,6 +39,10 @@ class UnsupportedInstanceError(AmiFactoryError):
     """The instance cannot be imaged (instance-store root, terminated, ...)."""
 
 
+class RunInProgressError(AmiFactoryError):
+    """Another run already holds the instance; this one stops before touching anything."""
+
+
 # --- the world said no, for good ----------------------------------------------------------
 
 

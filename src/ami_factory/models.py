@@ -75,6 +75,7 @@ class ImagingRequest(BaseModel):
 class ResolveRequestInput(Contract):
     request: dict
     run_id: str
+    state_machine_arn: str
 
 
 class RegionTarget(BaseModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from functools import cache
+from typing import Any
 
 import boto3
 from pydantic import ValidationError
@@ -97,6 +98,12 @@ def check_share_targets(share: ShareTargets, settings: Settings) -> None:
                 f"{kind} {outside} are not in the deployment's {parameter} {list(allowed)}: remove them from "
                 f"the request, or ask the operator to add them to {parameter}"
             )
+
+
+def holder_of(instance_id: str, running: list[Mapping[str, Any]]) -> str | None:
+    """One run per instance: the oldest running execution named after it holds it (every name the
+    tool gives an execution starts with the instance id)."""
+    return next((str(e["name"]) for e in running if str(e["name"]).startswith(f"{instance_id}-")), None)
 
 
 def family_name(request: ImagingRequest, instance_tags: Mapping[str, str]) -> str:

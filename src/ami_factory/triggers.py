@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .aws import Ec2, StepFunctions, tags_of
 from .errors import AmiFactoryError
 from .models import ImagingRequest
-from .rules import TAG_PREFIX, check_share_targets, describe_validation, parse_request, target_regions
+from .rules import TAG_PREFIX, check_share_targets, describe_validation, holder_of, parse_request, target_regions
 from .observability import logger
 from .settings import Settings, load_settings
 
@@ -164,9 +164,9 @@ def _start(candidates: list[_Candidate], settings: Settings) -> StartOutcome:
     if not candidates:
         return outcome
     ec2, sfn = Ec2(settings.region), StepFunctions(settings.region)
-    running = sfn.running_execution_names(settings.state_machine_arn)
+    running = sfn.running_executions(settings.state_machine_arn)
     for candidate in candidates:
-        holder = next((name for name in running if name.startswith(f"{candidate.instance_id}-")), None)
+        holder = holder_of(candidate.instance_id, running)
         if holder:
             logger.warning("%s already has a run in flight (%s); this trigger is skipped", candidate.instance_id, holder)
             outcome.skipped.append(Skipped(instance_id=candidate.instance_id, reason="run in flight", held_by=holder))

@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timezone
 
-from .aws import Ec2, Ssm, tags_of
+from .aws import Ec2, Ssm, StepFunctions, tags_of
 from .errors import (
     ImageFailedError,
+    RunInProgressError,
     UnsupportedInstanceError,
     WaitTimeoutError,
 )
@@ -34,6 +35,7 @@ from .rules import (
     TAG_PREFIX,
     check_share_targets,
     family_name,
+    holder_of,
     image_name,
     image_tags,
     parameter_name,
@@ -55,6 +57,13 @@ def resolve_request(event: ResolveRequestInput, settings: Settings | None = None
     request = parse_request(event.request)
     check_share_targets(request.share, settings)
     regions = target_regions(request, region, settings)
+    holder = holder_of(request.instance_id, StepFunctions(region).running_executions(event.state_machine_arn))
+    if holder and holder != event.run_id:
+        # Two triggers can pass the start function's check at the same moment; the older run wins here.
+        raise RunInProgressError(
+            f"instance {request.instance_id} is being imaged by run {holder}; this run stops before touching "
+            f"anything. Start again when that run has finished"
+        )
     instance = Ec2(region).describe_instance(request.instance_id)
     if instance.get("RootDeviceType") != "ebs":
         raise UnsupportedInstanceError(

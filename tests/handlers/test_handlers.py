@@ -26,7 +26,7 @@ def invoke_error(emu: Emulator, function: str, payload: dict[str, Any]) -> dict[
 def plan(emu: Emulator) -> dict[str, Any]:
     instance_id = emu.launch_instance(name="web")
     request = sample("request-basic.json", instance_id=instance_id)
-    return invoke(emu, "ResolveRequest", {"request": request, "run_id": "run-7"})
+    return invoke(emu, "ResolveRequest", {"request": request, "run_id": "run-7", "state_machine_arn": emu.state_machine_arn})
 
 
 def test_resolve_request_turns_a_sample_request_into_a_plan(plan: dict[str, Any]) -> None:
