@@ -24,6 +24,7 @@ from .models import ImagingRequest, RegionTarget, ShareTargets, sanitize_image_n
 from .settings import Settings
 
 TAG_PREFIX = "ami-factory:"
+MAX_IMAGE_NAME = 128
 
 
 @cache
@@ -112,8 +113,10 @@ def family_name(request: ImagingRequest, instance_tags: Mapping[str, str]) -> st
 
 
 def image_name(prefix: str, family: str, run_id: str) -> str:
-    """Deterministic per run: a retried step finds the image it made instead of making another."""
-    return sanitize_image_name(f"{prefix}-{family}-{run_id}")
+    """Deterministic per run: a retried step finds the image it made instead of making another.
+    Only the family is shortened to fit EC2's 128 characters: the run id is what keeps runs apart."""
+    room = max(1, MAX_IMAGE_NAME - len(prefix) - len(run_id) - 2)
+    return sanitize_image_name(f"{prefix}-{family[:room]}-{run_id}")
 
 
 def parameter_name(prefix: str, family: str) -> str:

@@ -108,6 +108,9 @@ def test_names_are_deterministic_and_valid() -> None:
     assert family_name(request(image_name="base"), {"Name": "x"}) == "base"
     assert family_name(request(), {}) == "i-0123456789abcdef0"
     assert len(sanitize_image_name("x" * 300)) == 128
+    run = "i-0123456789abcdef0-tag-0b1d5f8e-3c2a-4a7e-9f61-2d7c1e9a4b10"
+    long_name = image_name("ami-factory", "f" * 80, run)
+    assert len(long_name) == 128 and long_name.endswith(run), "a long family never cuts the run id off"
     assert sanitize_image_name("a:b*c") == "a-b-c"
 
 
