@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from .aws import Ec2, Ssm, StepFunctions, tags_of
 from .errors import (
     ImageFailedError,
+    InstanceStateConflictError,
     RunInProgressError,
     UnsupportedInstanceError,
     WaitTimeoutError,
@@ -191,7 +192,11 @@ def restore_instance(event: RestoreInstanceInput) -> InstanceRef:
     instance = event.instance.model_copy()
     ec2 = Ec2(instance.region)
     instance.state = ec2.instance_state(instance.instance_id)
-    if instance.stopped_by_us and instance.original_state in ("running", "pending") and instance.state == "stopped":
+    should_run = instance.stopped_by_us and instance.original_state in ("running", "pending")
+    if should_run and instance.state == "stopping":
+        # A stopping instance cannot be started yet; the state machine retries this with backoff.
+        raise InstanceStateConflictError(f"instance {instance.instance_id} is still stopping; starting it once it has stopped")
+    if should_run and instance.state == "stopped":
         ec2.start_instance(instance.instance_id)
         instance.state = ec2.instance_state(instance.instance_id)
     return instance

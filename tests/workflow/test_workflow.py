@@ -90,6 +90,17 @@ def test_instance_that_takes_time_to_stop_is_waited_for(emu: Emulator) -> None:
     assert instance(emu, instance_id)["State"]["Name"] == "running"
 
 
+def test_an_instance_that_never_finishes_stopping_times_out_and_is_started_once_it_has_stopped(make_emulator) -> None:
+    emu = make_emulator(MaxWaitSeconds="300")
+    emu.world.instances_take_to_stop(400)  # longer than the wait allows, shorter than the restore retries
+    instance_id = emu.launch_instance()
+    result = emu.run({"instance_id": instance_id, "regions": []}, name="slow-stop")
+    assert result.status == "FAILED" and result.error == "WaitTimeoutError"
+    assert "still stopping" in result.cause_message
+    assert instance(emu, instance_id)["State"]["Name"] == "running", "no instance is left stopped"
+    assert emu.world.sent("CreateImage") == []
+
+
 def test_no_reboot_mode_never_stops_the_instance(emu: Emulator) -> None:
     instance_id = emu.launch_instance()
     result = emu.run(sample("request-no-reboot.json", instance_id=instance_id, regions=[]), name="noreboot")
