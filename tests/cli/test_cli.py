@@ -91,6 +91,18 @@ def test_aws_cli_starts_a_sample_request_on_the_emulator_server(tmp_path: Path) 
         assert [r["status"] for r in output["regions"]] == ["AVAILABLE"] * 3
         copies = aws("ec2", "describe-images", "--region", "ap-southeast-2", "--owners", "self", endpoint=endpoint)["Images"]
         assert [image["ImageId"] for image in copies] == [output["regions"][2]["image_id"]]
+
+        # The tag trigger, as on AWS: tagging the instance is all it takes.
+        aws("ec2", "create-tags", "--resources", instance_id, "--tags", "Key=ami-factory:regions,Value=eu-west-1",
+            "Key=ami-factory:create,Value=true", endpoint=endpoint)
+        listed = aws("stepfunctions", "list-executions", "--state-machine-arn", arn, endpoint=endpoint)["executions"]
+        (tagged,) = [e for e in listed if e["name"].startswith(f"{instance_id}-tag-")]
+        deadline = time.monotonic() + 90
+        while aws("stepfunctions", "describe-execution", "--execution-arn", tagged["executionArn"],
+                  endpoint=endpoint)["status"] == "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        tags = aws("ec2", "describe-tags", "--filters", f"Name=resource-id,Values={instance_id}", endpoint=endpoint)["Tags"]
+        assert {t["Key"]: t["Value"] for t in tags}["ami-factory:last-status"] == "SUCCEEDED"
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -188,3 +188,18 @@ def test_public_sharing_is_off_by_default(template: dict[str, Any]) -> None:
     assert template["Parameters"]["AllowPublicSharing"]["Default"] == "false"
     for name in ("AllowedShareAccounts", "AllowedShareOrganizations", "AllowedShareOUs"):
         assert template["Parameters"][name]["Default"] == "", f"{name} must allow nobody by default"
+
+
+def test_triggers_are_wired_to_the_start_function(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    rule = resources["TagTriggerRule"]["Properties"]
+    assert rule["Targets"][0]["Arn"] == {"Fn::GetAtt": ["StartRunFunction", "Arn"]}
+    assert rule["Targets"][0]["RetryPolicy"]["MaximumRetryAttempts"] > 0
+    permission = resources["TagTriggerPermission"]["Properties"]
+    assert permission["Principal"] == "events.amazonaws.com"
+    assert permission["SourceArn"] == {"Fn::GetAtt": ["TagTriggerRule", "Arn"]}
+    schedule = resources["RebuildSchedule"]
+    assert schedule["Condition"] == "HasSchedule" and resources["SchedulerRole"]["Condition"] == "HasSchedule"
+    assert "<aws.scheduler.scheduled-time>" in schedule["Properties"]["Target"]["Input"]
+    start = functions(template)["StartRunFunction"]
+    assert start["Environment"]["Variables"]["STATE_MACHINE_ARN"] == {"Ref": "ImagingStateMachine"}
