@@ -185,6 +185,16 @@ class World:
                     return EC2ClientError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
         return None
 
+    def _after(self, region: str, operation: str, params: dict[str, Any]) -> EC2ClientError | None:
+        """Runs after moto handled an EC2 call: the world's consequences, and a lost answer if asked for."""
+        if operation == "StopInstances":
+            self._after_stop(region, params)
+        if operation in ("CreateTags", "DeleteTags"):
+            self._emit_tag_changes(region, params)
+        if self._take(self._lost, operation, region):
+            return EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
+        return None
+
     @contextmanager
     def installed(self) -> Iterator[World]:
         world = self
@@ -203,13 +213,8 @@ class World:
             if error is not None:
                 return response.serialized(ActionResult(error))
             result = original_call_action(response)
-            if service == "ec2" and operation == "StopInstances":
-                world._after_stop(response.region, params)
-            if service == "ec2" and operation in ("CreateTags", "DeleteTags"):
-                world._emit_tag_changes(response.region, params)
-            if service == "ec2" and world._take(world._lost, operation, response.region):
-                return response.serialized(ActionResult(EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")))
-            return result
+            lost = world._after(response.region, operation, params) if service == "ec2" else None
+            return response.serialized(ActionResult(lost)) if lost is not None else result
 
         def create_image(response: AmisResponse) -> ActionResult:
             specs = response._get_param("TagSpecifications", [])
@@ -222,7 +227,7 @@ class World:
                 response._get_param("Description", ""),
                 tag_specifications=[spec for spec in specs if spec["ResourceType"] == "image"],
             )
-            world._tag_snapshot(image, specs)
+            world._apply_tags(image.ebs_snapshot, specs, "snapshot")
             with world._lock:
                 world._new_image(response.region, image)
             return ActionResult({"ImageId": image.id})
@@ -240,11 +245,8 @@ class World:
                 response._get_param("Description"),
             )
             specs = response._get_param("TagSpecifications", [])
-            for spec in specs:
-                if spec["ResourceType"] == "image":
-                    for tag in spec["Tags"]:
-                        image.add_tag(tag["Key"], tag["Value"])
-            world._tag_snapshot(image, specs)
+            world._apply_tags(image, specs, "image")
+            world._apply_tags(image.ebs_snapshot, specs, "snapshot")
             with world._lock:
                 if token:
                     world._copy_tokens[(response.region, token)] = image.id
@@ -263,11 +265,12 @@ class World:
             raise EC2ClientError("InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI {owned[0].id}")
 
     @staticmethod
-    def _tag_snapshot(image: Any, specs: list[dict[str, Any]]) -> None:
+    def _apply_tags(resource: Any, specs: list[dict[str, Any]], resource_type: str) -> None:
+        """What moto leaves out of a TagSpecification: snapshots on CreateImage, everything on CopyImage."""
         for spec in specs:
-            if spec["ResourceType"] == "snapshot":
+            if spec["ResourceType"] == resource_type:
                 for tag in spec["Tags"]:
-                    image.ebs_snapshot.add_tag(tag["Key"], tag["Value"])
+                    resource.add_tag(tag["Key"], tag["Value"])
 
     def _emit_tag_changes(self, region: str, params: dict[str, Any]) -> None:
         backend = ec2_backends[self.account_id][region]
