@@ -143,7 +143,7 @@ def function_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptur
 
 def test_a_trigger_while_a_run_is_in_flight_is_skipped_and_the_log_names_the_holder(emu: Emulator, function_logs) -> None:
     instance_id = launch_tagged(emu)
-    held_by = emu.run_started_by(emu.deliver_event(tag_event(emu, instance_id))[0])
+    (held_by,) = emu.deliver_event(tag_event(emu, instance_id))[0]["started"]
     second = tag_event(emu, instance_id, event_id="99999999-0000-0000-0000-000000000000")
     (outcome,) = emu.deliver_event(second)
     wait_all(emu)

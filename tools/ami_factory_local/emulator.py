@@ -292,11 +292,6 @@ class Emulator:
         whose pattern matches it invokes its Lambda targets. Returns their results (empty: no match)."""
         return self.runtime.deliver(event, events_backends[ACCOUNT_ID][self.region])
 
-    def run_started_by(self, outcome: dict[str, Any]) -> str:
-        """The one execution a start-function outcome started."""
-        (name,) = outcome["started"]
-        return str(name)
-
     def fire_schedule(self, scheduled_time: str, attempt: int = 1) -> list[Any]:
         """EventBridge Scheduler firing every deployed schedule at ``scheduled_time`` (ISO 8601, UTC)."""
         results = []
