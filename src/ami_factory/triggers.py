@@ -17,7 +17,7 @@ from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .aws import Ec2, StepFunctions, tags_of
-from .errors import AmiFactoryError
+from .errors import AmiFactoryError, InvalidRequestError
 from .models import ImagingRequest
 from .rules import TAG_PREFIX, check_share_targets, describe_validation, holder_of, parse_request, target_regions
 from .observability import logger
@@ -40,6 +40,8 @@ SETTING_TAGS: dict[str, tuple[str, ...]] = {
     "description": ("description",),
 }
 LIST_FIELDS = {"regions", "accounts", "organizations", "organizational_units"}
+# The tool's own bookkeeping on the instance; any other ami-factory:* key is a typo to report.
+RESULT_TAGS = {"error", "last-run", "last-run-at", "last-status", "last-image-id", "last-error"}
 
 
 class TagChangeDetail(BaseModel):
@@ -98,6 +100,14 @@ def _tag_field(location: tuple[object, ...]) -> str:
 
 def request_from_tags(instance_id: str, tags: Mapping[str, str], settings: Settings) -> ImagingRequest:
     """The instance's ``ami-factory:*`` tags as an ImagingRequest, held to the same rules as any request."""
+    known = {f"{TAG_PREFIX}{suffix}" for suffix in [*SETTING_TAGS, *RESULT_TAGS]}
+    known |= {settings.trigger_tag_key, settings.schedule_tag_key}
+    unknown = sorted(key for key in tags if key.startswith(TAG_PREFIX) and key not in known)
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown tag(s) {unknown} on instance {instance_id}: the settings tags are "
+            f"{sorted(TAG_PREFIX + suffix for suffix in SETTING_TAGS)}. Fix the tag and set the trigger tag again"
+        )
     raw: dict[str, Any] = {"instance_id": instance_id}
     for suffix, field in SETTING_TAGS.items():
         value = tags.get(f"{TAG_PREFIX}{suffix}")

@@ -28,7 +28,8 @@ def test_tags_become_a_request() -> None:
 
 
 def test_no_setting_tags_mean_the_defaults() -> None:
-    request = request_from_tags(INSTANCE, {"ami-factory:create": "true"}, SETTINGS)
+    bookkeeping = {"ami-factory:last-status": "SUCCEEDED", "ami-factory:error": "", "ami-factory:schedule": "true"}
+    request = request_from_tags(INSTANCE, {"ami-factory:create": "true", **bookkeeping}, SETTINGS)
     assert request.regions is None and request.mode == "stop" and request.share.describe() == []
 
 
@@ -40,6 +41,7 @@ def test_no_setting_tags_mean_the_defaults() -> None:
         ({"ami-factory:share-ous": "ou-1"}, InvalidRequestError, "tag ami-factory:share-ous"),
         ({"ami-factory:share-accounts": "444455556666"}, ShareTargetNotAllowedError, "AllowedShareAccounts"),
         ({"ami-factory:share-public": "TRUE"}, PublicSharingBlockedError, "AllowPublicSharing"),
+        ({"ami-factory:region": "eu-west-1"}, InvalidRequestError, "unknown tag(s) ['ami-factory:region']"),
     ],
 )
 def test_bad_tags_name_what_to_fix(tags: dict[str, str], error: type[Exception], mentions: str) -> None:
