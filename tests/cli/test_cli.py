@@ -146,3 +146,16 @@ def test_bench_reports_counts_per_run() -> None:
         assert transitions > invocations > 0
         assert re.search(r"CreateImage\s+1$", section, re.MULTILINE)
         assert re.search(r"virtual elapsed: [\d.]+ min; images' own time: [\d.]+ min", section)
+
+
+def test_cli_finds_the_state_machine_from_the_stack_outputs() -> None:
+    import boto3
+    from botocore.stub import Stubber
+
+    cloudformation = boto3.client("cloudformation", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    arn = "arn:aws:states:us-east-1:123456789012:stateMachine:ImagingStateMachine-AbC123"
+    with Stubber(cloudformation) as stub:
+        stub.add_response("describe_stacks", {"Stacks": [{
+            "StackName": "ami-factory", "CreationTime": "2026-11-27T00:00:00Z", "StackStatus": "CREATE_COMPLETE",
+            "Outputs": [{"OutputKey": "StateMachineArn", "OutputValue": arn}]}]}, {"StackName": "ami-factory"})
+        assert cli.find_state_machine(sfn=None, stack_name="ami-factory", cloudformation=cloudformation) == arn

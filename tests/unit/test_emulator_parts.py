@@ -49,3 +49,23 @@ def test_resolver_substitutes_what_sam_would_and_refuses_the_rest() -> None:
     assert resolver.resolve({"a": [{"Ref": "ParameterPrefix"}]}) == {"a": ["/ami-factory"]}
     with pytest.raises(NotImplementedError, match="Fn::If"):
         resolver.resolve({"Fn::If": ["c", 1, 2]})
+
+
+def test_the_world_honours_copy_client_tokens_and_refuses_duplicate_names() -> None:
+    """What moto ignores and the workflow's idempotency leans on."""
+    from botocore.exceptions import ClientError
+
+    from ami_factory_local import Emulator
+
+    with Emulator() as emu:
+        instance_id = emu.launch_instance()
+        source = emu.client("ec2").create_image(InstanceId=instance_id, Name="source-image")["ImageId"]
+        with pytest.raises(ClientError, match="InvalidAMIName.Duplicate"):
+            emu.client("ec2").create_image(InstanceId=instance_id, Name="source-image")
+        ec2 = emu.client("ec2", "eu-west-1")
+        copy = dict(SourceImageId=source, SourceRegion="us-east-1", Name="copy", ClientToken="token-1",
+                    TagSpecifications=[{"ResourceType": "image", "Tags": [{"Key": "k", "Value": "v"}]}])
+        first, again = ec2.copy_image(**copy)["ImageId"], ec2.copy_image(**copy)["ImageId"]
+        assert first == again
+        (image,) = ec2.describe_images(Owners=["self"])["Images"]
+        assert image["Tags"] == [{"Key": "k", "Value": "v"}]
