@@ -218,6 +218,29 @@ class Ssm:
         self.region = region
         self._ssm = client("ssm", region)
 
+    def instance_information(self, instance_id: str) -> dict[str, Any] | None:
+        """The SSM agent's registration for the instance (PingStatus, PlatformType), if it has one."""
+        with translated_errors("DescribeInstanceInformation"):
+            found = self._ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": [instance_id]}])
+        return found["InstanceInformationList"][0] if found["InstanceInformationList"] else None
+
+    def send_command(self, instance_id: str, document: str, parameters: Mapping[str, list[str]], comment: str) -> str:
+        with translated_errors("SendCommand"):
+            response = self._ssm.send_command(
+                InstanceIds=[instance_id], DocumentName=document, Parameters=dict(parameters), Comment=comment[:100]
+            )
+        return str(response["Command"]["CommandId"])
+
+    def command_status(self, command_id: str, instance_id: str) -> str:
+        """Pending, InProgress, Success, Failed, Cancelled, TimedOut, ... (Pending until SSM knows the invocation)."""
+        try:
+            with translated_errors("GetCommandInvocation"):
+                return str(self._ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)["Status"])
+        except ClientError as error:
+            if error_code(error) == "InvocationDoesNotExist":  # right after SendCommand: eventual consistency
+                return "Pending"
+            raise
+
     def put_image_parameter(self, name: str, image_id: str, description: str) -> int:
         """``aws:ec2:image`` makes SSM check the id, and CloudFormation resolve it as an AMI id."""
         with translated_errors("PutParameter"):

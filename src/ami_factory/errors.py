@@ -39,6 +39,10 @@ class UnsupportedInstanceError(AmiFactoryError):
     """The instance cannot be imaged (instance-store root, terminated, ...)."""
 
 
+class InstanceNotManagedError(AmiFactoryError):
+    """A step needs SSM Run Command on the instance, and SSM does not manage it (with its platform)."""
+
+
 class RunInProgressError(AmiFactoryError):
     """Another run already holds the instance; this one stops before touching anything."""
 
@@ -48,6 +52,10 @@ class RunInProgressError(AmiFactoryError):
 
 class ImageFailedError(AmiFactoryError):
     """EC2 reports the image as failed, invalid, error or deregistered."""
+
+
+class CommandFailedError(AmiFactoryError):
+    """An SSM Run Command invocation on the instance failed, was cancelled or timed out."""
 
 
 class WaitTimeoutError(AmiFactoryError):

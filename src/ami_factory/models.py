@@ -62,6 +62,11 @@ class ImagingRequest(BaseModel):
     share: ShareTargets = Field(default_factory=ShareTargets, description="who may launch the image")
     mode: Mode = Field("stop", description="stop: stop, image, start again; no-reboot: image the running instance")
     tags: dict[str, str] = Field(default_factory=dict, description="extra tags for the images and snapshots")
+    cleanup: bool = Field(
+        False,
+        description="before imaging, clean up through SSM Run Command: temp files and the recycle bin on Windows, "
+        "temp files and package caches on Linux (the instance must be running and managed by SSM)",
+    )
 
     @field_validator("tags")
     @classmethod
@@ -83,11 +88,16 @@ class RegionTarget(BaseModel):
     is_source: bool
 
 
+Platform = Literal["windows", "linux"]
+
+
 class Plan(Contract):
     """The validated request, resolved against the instance and the deploy settings."""
 
     run_id: str
     instance_id: str
+    platform: Platform
+    cleanup: bool
     source_region: str
     family: str
     image_name: str
@@ -112,6 +122,21 @@ class InstanceRef(Contract):
 
 class CheckInstanceInput(Contract):
     instance: InstanceRef
+    max_polls: int
+
+
+class CommandRef(Contract):
+    """An SSM Run Command invocation on one instance, and how far it got."""
+
+    command_id: str
+    instance_id: str
+    region: str
+    status: str = "Pending"
+    polls: int = 0
+
+
+class CheckCommandInput(Contract):
+    command: CommandRef
     max_polls: int
 
 

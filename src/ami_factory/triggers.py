@@ -38,6 +38,7 @@ SETTING_TAGS: dict[str, tuple[str, ...]] = {
     "mode": ("mode",),
     "image-name": ("image_name",),
     "description": ("description",),
+    "cleanup": ("cleanup",),
 }
 LIST_FIELDS = {"regions", "accounts", "organizations", "organizational_units"}
 # The tool's own bookkeeping on the instance; any other ami-factory:* key is a typo to report.
@@ -114,7 +115,7 @@ def request_from_tags(instance_id: str, tags: Mapping[str, str], settings: Setti
         if value is None:
             continue
         parsed: Any = [item for item in re.split(r"[\s,]+", value) if item] if field[-1] in LIST_FIELDS else value
-        if field[-1] == "public":
+        if field[-1] in ("public", "cleanup"):
             parsed = value.strip().lower() == "true"
         target = raw
         for part in field[:-1]:

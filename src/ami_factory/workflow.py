@@ -7,22 +7,28 @@ import hashlib
 from datetime import datetime, timezone
 
 from .aws import Ec2, Ssm, StepFunctions, tags_of
+from .commands import cleanup_command
 from .errors import (
+    CommandFailedError,
     ImageFailedError,
+    InstanceNotManagedError,
     InstanceStateConflictError,
     RunInProgressError,
     UnsupportedInstanceError,
     WaitTimeoutError,
 )
 from .models import (
+    CheckCommandInput,
     CheckImageInput,
     CheckInstanceInput,
+    CommandRef,
     CopyImageInput,
     FinalizeInput,
     HandleFailureInput,
     ImageRef,
     InstanceRef,
     Plan,
+    Platform,
     PublishParameterInput,
     PublishParameterOutput,
     RegionResult,
@@ -48,6 +54,7 @@ from .settings import Settings, load_settings
 
 
 FAILED_IMAGE_STATES = frozenset({"failed", "invalid", "error", "deregistered"})
+FAILED_COMMAND_STATES = frozenset({"Failed", "Cancelled", "TimedOut", "Cancelling", "DeliveryTimedOut", "ExecutionTimedOut"})
 IMAGEABLE_INSTANCE_STATES = frozenset({"running", "stopped", "stopping", "pending"})
 
 
@@ -76,11 +83,16 @@ def resolve_request(event: ResolveRequestInput, settings: Settings | None = None
         raise UnsupportedInstanceError(
             f"instance {request.instance_id} is {state}; only running or stopped instances can be imaged"
         )
+    platform: Platform = "windows" if str(instance.get("Platform", "")).lower() == "windows" else "linux"
+    if request.cleanup:
+        _require_ssm(request.instance_id, platform, region, "clean-up")
     family = family_name(request, tags_of(instance))
     name = image_name(settings.image_name_prefix, family, event.run_id)
     return Plan(
         run_id=event.run_id,
         instance_id=request.instance_id,
+        platform=platform,
+        cleanup=request.cleanup,
         source_region=region,
         family=family,
         image_name=name,
@@ -93,6 +105,46 @@ def resolve_request(event: ResolveRequestInput, settings: Settings | None = None
         poll_seconds=settings.poll_seconds,
         max_polls=settings.max_polls,
     )
+
+
+def _require_ssm(instance_id: str, platform: Platform, region: str, purpose: str) -> None:
+    """Steps that run commands on the instance fail here, before anything is touched, if SSM cannot reach it."""
+    info = Ssm(region).instance_information(instance_id)
+    fix = (
+        "make sure the instance is running, its SSM agent is installed and started, and its instance profile "
+        "allows SSM (the AmazonSSMManagedInstanceCore policy)"
+    )
+    if info is None or info.get("PingStatus") != "Online":
+        status = "not registered with SSM" if info is None else f"SSM ping status {info.get('PingStatus')}"
+        raise InstanceNotManagedError(f"{purpose} needs SSM Run Command, and instance {instance_id} is {status}: {fix}")
+    if str(info.get("PlatformType", "")).lower() != platform:
+        raise InstanceNotManagedError(
+            f"{purpose}: EC2 says instance {instance_id} runs {platform}, SSM says {info.get('PlatformType')}; "
+            f"check that the instance id is right"
+        )
+
+
+def run_cleanup(plan: Plan) -> CommandRef:
+    """Temp files and caches go before the image is taken, for specialized images too."""
+    command = cleanup_command(plan.platform)
+    command_id = Ssm(plan.source_region).send_command(
+        plan.instance_id, command.document, command.parameters, f"ami-factory clean-up, run {plan.run_id}"
+    )
+    return CommandRef(command_id=command_id, instance_id=plan.instance_id, region=plan.source_region)
+
+
+def check_command(event: CheckCommandInput) -> CommandRef:
+    command = event.command.model_copy()
+    command.status = Ssm(command.region).command_status(command.command_id, command.instance_id)
+    command.polls += 1
+    if command.status in FAILED_COMMAND_STATES:
+        raise CommandFailedError(
+            f"command {command.command_id} on instance {command.instance_id} ended {command.status}; its output is "
+            f"in SSM Run Command history. Nothing was imaged"
+        )
+    _give_up_after(event.max_polls, command.polls, command.status, "Success",
+                   f"command {command.command_id} on instance {command.instance_id}", "check the command in SSM")
+    return command
 
 
 def prepare_instance(plan: Plan) -> InstanceRef:

@@ -21,10 +21,12 @@ def test_tags_become_a_request() -> None:
         "ami-factory:mode": "no-reboot",
         "ami-factory:image-name": "web-server",
         "ami-factory:description": "patched",
+        "ami-factory:cleanup": "True",
     }, SETTINGS)
     assert request.regions == ["eu-west-1", "ap-southeast-2", "us-west-2"]
     assert request.share.accounts == ["111122223333"]
     assert (request.mode, request.image_name, request.description) == ("no-reboot", "web-server", "patched")
+    assert request.cleanup is True
 
 
 def test_no_setting_tags_mean_the_defaults() -> None:

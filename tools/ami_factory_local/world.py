@@ -10,6 +10,10 @@ The world fixes exactly that, driven by the virtual clock, and lets a test ask f
 - a new image is invisible (``InvalidAMIID.NotFound``) for its first N DescribeImages;
 - an operation's response is lost: the call takes effect, the caller sees a throttling error.
 
+SSM has a small model too: which instances are managed (DescribeInstanceInformation, missing in
+moto) and how Run Command invocations end (moto reports Success at once; the world can make them
+take time or fail).
+
 Like AWS, tagging an instance (CreateTags, DeleteTags) emits a ``Tag Change on Resource`` event to
 the default bus, where the deployed rules (and so the tag trigger) see it.
 
@@ -19,6 +23,7 @@ assert on what was *sent* where moto ignores a parameter.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import uuid
@@ -37,6 +42,20 @@ from moto.ec2.responses.amis import AmisResponse
 from moto.events.models import events_backends
 
 from .clock import VirtualClock
+
+
+def _request_params(response: BaseResponse) -> dict[str, Any]:
+    """The call's parameters: query-protocol services (EC2) through moto's parser, JSON ones from the body."""
+    try:
+        if service_protocol(response) == "json":
+            return dict(json.loads(response.body or "{}"))
+        return dict(response._get_params())
+    except (ValueError, TypeError, AttributeError):  # the operation's name is still recorded
+        return {}
+
+
+def service_protocol(response: BaseResponse) -> str:
+    return "json" if getattr(response, "service_name", "") in ("ssm", "stepfunctions", "lambda", "events") else "query"
 
 
 @dataclass
@@ -79,6 +98,10 @@ class World:
     _hidden: dict[str, int] = field(default_factory=dict)
     _copy_tokens: dict[tuple[str, str], str] = field(default_factory=dict)
     image_lifetimes: dict[str, tuple[float, float]] = field(default_factory=dict)  # image -> (created, settled)
+    _managed: dict[str, dict[str, str]] = field(default_factory=dict)  # instance -> SSM InstanceInformation
+    _command_seconds: float = 0.0
+    _command_outcome: str = "Success"
+    _commands: dict[tuple[str, str], _Pending] = field(default_factory=dict)  # (command, instance) -> outcome
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # --- what a test asks of the world ---------------------------------------------------------
@@ -114,6 +137,24 @@ class World:
     def hide_new_images(self, describes: int) -> None:
         """Each new image answers InvalidAMIID.NotFound to its first ``describes`` DescribeImages."""
         self._hidden_describes = describes
+
+    def ssm_manage(self, instance_id: str, platform: str = "Linux", ping_status: str = "Online") -> None:
+        """The SSM agent on ``instance_id`` is registered (``Windows`` or ``Linux``) and answers as ``ping_status``."""
+        self._managed[instance_id] = {
+            "InstanceId": instance_id, "PingStatus": ping_status, "PlatformType": platform, "AgentVersion": "3.3.0.0"
+        }
+
+    def commands_take(self, seconds: float) -> None:
+        """Run Command invocations sent from now on stay InProgress for ``seconds`` of virtual time."""
+        self._command_seconds = seconds
+
+    def commands_fail(self) -> None:
+        """Run Command invocations sent from now on end Failed (the script exited non-zero)."""
+        self._command_outcome = "Failed"
+
+    def set_platform(self, region: str, instance_id: str, platform: str | None) -> None:
+        """``windows`` makes EC2 describe the instance as Windows (moto's default is Linux)."""
+        ec2_backends[self.account_id][region].get_instance(instance_id).platform = platform
 
     def set_root_device_type(self, region: str, instance_id: str, root_device_type: str) -> None:
         ec2_backends[self.account_id][region].get_instance(instance_id).root_device_type = root_device_type
@@ -173,6 +214,22 @@ class World:
         if self._hidden_describes:
             self._hidden[ami.id] = self._hidden_describes
 
+    def _intercept_ssm(self, operation: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        """Answers moto cannot give: managed instances, and invocations that take time or fail."""
+        if operation == "DescribeInstanceInformation":
+            wanted = [value for f in params.get("Filters", []) if f["Key"] == "InstanceIds" for value in f["Values"]]
+            return {"InstanceInformationList": [info for iid, info in self._managed.items() if not wanted or iid in wanted]}
+        if operation == "GetCommandInvocation":
+            pending = self._commands.get((params["CommandId"], params["InstanceId"]))
+            if pending is None:
+                return None
+            status = pending.final_state if self.clock.now() >= pending.ready_at else "InProgress"
+            return {
+                "CommandId": params["CommandId"], "InstanceId": params["InstanceId"], "Status": status,
+                "StatusDetails": status, "ResponseCode": {"Success": 0, "Failed": 1}.get(status, -1),
+            }
+        return None
+
     def _intercept(self, response: BaseResponse, operation: str, params: dict[str, Any]) -> EC2ClientError | None:
         """Runs before moto handles an EC2 call; returns an error to answer with instead."""
         self._tick()
@@ -203,16 +260,19 @@ class World:
         def call_action(response: BaseResponse) -> Any:
             service = getattr(response, "service_name", "") or ""
             operation = response._get_action()
-            try:
-                params = response._get_params()
-            except Exception:  # some protocols cannot be parsed generically; the name is enough
-                params = {}
+            params = _request_params(response)
             with world._lock:
                 world.requests.append(Request(service, operation, response.region, params, world.clock.now()))
-                error = world._intercept(response, operation, params) if service == "ec2" else None
-            if error is not None:
-                return response.serialized(ActionResult(error))
+                answer: Any = None
+                if service == "ec2":
+                    answer = world._intercept(response, operation, params)
+                elif service == "ssm":
+                    answer = world._intercept_ssm(operation, params)
+            if answer is not None:
+                return response.serialized(ActionResult(answer))
             result = original_call_action(response)
+            if service == "ssm" and operation == "SendCommand":
+                world._after_send_command(result)
             lost = world._after(response.region, operation, params) if service == "ec2" else None
             return response.serialized(ActionResult(lost)) if lost is not None else result
 
@@ -292,6 +352,13 @@ class World:
             }
             for rule in list(events_backends[self.account_id][region].event_buses["default"].rules.values()):
                 rule.send_to_targets(event, transform_input=False)
+
+    def _after_send_command(self, result: Any) -> None:
+        command = json.loads(result[2])["Command"]
+        with self._lock:
+            for instance_id in command["InstanceIds"]:
+                ready_at = self.clock.now() + self._command_seconds
+                self._commands[(command["CommandId"], instance_id)] = _Pending("", ready_at, self._command_outcome)
 
     def _after_stop(self, region: str, params: dict[str, Any]) -> None:
         if self.instance_stop_seconds <= 0:
