@@ -14,11 +14,14 @@ from typing import Any
 import pytest
 
 from ami_factory import models
-from ami_factory.errors import all_error_names
+from ami_factory.errors import RETRYABLE_ERRORS, all_error_names
 from ami_factory_local.emulator import render_definition
 from ami_factory_local.template import Resolver, functions, load_template, resources_of_type
 
 ROOT = Path(__file__).resolve().parents[2]
+LAMBDA_SERVICE_ERRORS = {
+    "Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException", "Lambda.TooManyRequestsException",
+}
 SAM = shutil.which("sam") or str(Path(sys.executable).parent / "sam")
 
 
@@ -132,6 +135,10 @@ def test_every_lambda_task_has_timeout_retry_and_catch(asl: dict[str, Any]) -> N
         assert task.get("Catch"), f"{name} needs Catch"
         for retrier in task["Retry"]:
             assert "States.ALL" not in retrier["ErrorEquals"], f"{name} retries States.ALL"
+        retried = {error for retrier in task["Retry"] for error in retrier["ErrorEquals"]}
+        transient = {error.__name__ for error in RETRYABLE_ERRORS}
+        assert transient <= retried, f"{name} does not retry {sorted(transient - retried)}"
+        assert retried - transient <= LAMBDA_SERVICE_ERRORS, f"{name} retries {sorted(retried - transient - LAMBDA_SERVICE_ERRORS)}"
 
 
 def test_every_error_name_is_ours_or_the_services(asl: dict[str, Any]) -> None:

@@ -77,8 +77,6 @@ class RunResult:
 @dataclass
 class Deployment:
     state_machine_arn: str
-    functions: dict[str, FunctionCode]
-    parameters: dict[str, str]
 
 
 class Emulator:
@@ -240,21 +238,19 @@ class Emulator:
             self.project_root / layer["Properties"]["ContentUri"]
             for layer in resources_of_type(template, "AWS::Serverless::LayerVersion").values()
         ]
-        deployed = {
-            logical_id: self._register_function(logical_id, properties, resolver, layer_dirs)
-            for logical_id, properties in merged.items()
-        }
+        for logical_id, properties in merged.items():
+            self._register_function(logical_id, properties, resolver, layer_dirs)
         self._deploy_rules(template, resolver)
         self._schedules = {
             logical_id: resolver.resolve(schedule["Properties"])
             for logical_id, schedule in resources_of_type(template, "AWS::Scheduler::Schedule").items()
             if resolver.condition_holds(schedule.get("Condition"))
         }
-        return Deployment(state_machine_arn=state_machine_arn, functions=deployed, parameters=parameters)
+        return Deployment(state_machine_arn=state_machine_arn)
 
     def _register_function(
         self, logical_id: str, properties: dict[str, Any], resolver: Resolver, layer_dirs: list[Path]
-    ) -> FunctionCode:
+    ) -> None:
         environment = {
             **resolver.resolve(properties["Environment"]["Variables"]),
             **EMULATOR_ENVIRONMENT,
@@ -273,7 +269,6 @@ class Emulator:
             memory=int(properties.get("MemorySize", 128)),
         )
         self.runtime.register(code)
-        return code
 
     def _deploy_rules(self, template: dict[str, Any], resolver: Resolver) -> None:
         """EventBridge rules into moto's EventBridge: their patterns are matched by moto's matcher."""
