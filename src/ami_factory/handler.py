@@ -21,7 +21,7 @@ def correlation_keys(model: BaseModel) -> dict[str, str]:
     for field, key in (("run_id", "execution"), ("instance_id", "instance"), ("source_region", "region")):
         if isinstance(value := getattr(model, field, None), str):
             keys[key] = value
-    for ref in ("image", "instance", "source_image"):
+    for ref in ("image", "instance", "source_image", "command"):
         if (nested := getattr(model, ref, None)) is not None:
             keys.update({"image": nested.image_id} if hasattr(nested, "image_id") else {"instance": nested.instance_id})
             keys["region"] = nested.region
