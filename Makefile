@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN := env PYTHONPATH=src:tools AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH=$(CURDIR)/$(BIN):$$PATH
 
-.PHONY: demo test bench serve lint build schema clean
+.PHONY: demo demo-generalize test bench serve lint build schema clean
 
 $(BIN)/.installed: requirements-dev.txt src/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,11 @@ $(BIN)/.installed: requirements-dev.txt src/requirements.txt
 	touch $@
 
 demo: $(BIN)/.installed
-	$(RUN) $(BIN)/python -m ami_factory_local demo
+	$(RUN) $(BIN)/python -m ami_factory_local demo $(if $(GENERALIZE),--generalize)
+
+# The same demo, with a Windows instance sysprepped on a temporary clone.
+demo-generalize: $(BIN)/.installed
+	$(RUN) $(BIN)/python -m ami_factory_local demo --generalize
 
 test: $(BIN)/.installed
 	$(RUN) $(BIN)/python -m pytest

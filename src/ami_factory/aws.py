@@ -114,14 +114,49 @@ class Ec2:
             self._ec2.delete_tags(Resources=[resource_id], Tags=[{"Key": key} for key in keys])
 
     def instances_tagged(self, key: str, values: list[str]) -> list[dict[str, Any]]:
-        """Running or stopped instances carrying ``key`` with one of ``values`` (filtered server-side, paginated)."""
-        filters = [
-            {"Name": f"tag:{key}", "Values": values},
-            {"Name": "instance-state-name", "Values": ["running", "stopped"]},
-        ]
+        """Running or stopped instances carrying ``key`` with one of ``values``."""
+        return self.instances_with_tags({key: values}, ["running", "stopped"])
+
+    def instances_with_tags(self, tags: Mapping[str, list[str]], states: list[str]) -> list[dict[str, Any]]:
+        """Instances in ``states`` whose tags match every key (filtered server-side, paginated)."""
+        filters = [{"Name": f"tag:{key}", "Values": list(values)} for key, values in tags.items()]
+        filters.append({"Name": "instance-state-name", "Values": states})
         with translated_errors("DescribeInstances"):
             pages = self._ec2.get_paginator("describe_instances").paginate(Filters=filters)
             return [instance for page in pages for reservation in page["Reservations"] for instance in reservation["Instances"]]
+
+    def launch_instance(
+        self,
+        image_id: str,
+        instance_type: str,
+        subnet_id: str | None,
+        security_group_ids: list[str],
+        instance_profile: str | None,
+        client_token: str,
+        tags: Mapping[str, str],
+    ) -> str:
+        request: dict[str, Any] = {
+            "ImageId": image_id,
+            "InstanceType": instance_type,
+            "MinCount": 1,
+            "MaxCount": 1,
+            "ClientToken": client_token,
+            "TagSpecifications": [{"ResourceType": kind, "Tags": tag_list(tags)} for kind in ("instance", "volume")],
+        }
+        if subnet_id:
+            request["SubnetId"] = subnet_id
+        if security_group_ids:
+            request["SecurityGroupIds"] = security_group_ids
+        if instance_profile:
+            key = "Arn" if instance_profile.startswith("arn:") else "Name"
+            request["IamInstanceProfile"] = {key: instance_profile}
+        with translated_errors("RunInstances"):
+            response = self._ec2.run_instances(**request)
+        return str(response["Instances"][0]["InstanceId"])
+
+    def terminate_instance(self, instance_id: str) -> None:
+        with translated_errors("TerminateInstances"):
+            self._ec2.terminate_instances(InstanceIds=[instance_id])
 
     # --- images ------------------------------------------------------------------------------
 

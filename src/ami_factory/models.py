@@ -9,15 +9,22 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 INSTANCE_ID = r"^i-[0-9a-f]{8}([0-9a-f]{9})?$"
 ACCOUNT_ID = r"^[0-9]{12}$"
 ORGANIZATION_ARN = r"^arn:aws[a-z-]*:organizations::[0-9]{12}:organization/o-[a-z0-9]{10,32}$"
 OU_ARN = r"^arn:aws[a-z-]*:organizations::[0-9]{12}:ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}$"
+SUBNET_ID = r"^subnet-[0-9a-f]{8}([0-9a-f]{9})?$"
+SECURITY_GROUP_ID = r"^sg-[0-9a-f]{8}([0-9a-f]{9})?$"
+INSTANCE_TYPE = r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$"
+INSTANCE_PROFILE = r"^(arn:aws[a-z-]*:iam::[0-9]{12}:instance-profile/)?[A-Za-z0-9+=,.@_/-]+$"
+SSM_PARAMETER_NAME = r"^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
 RESERVED_TAG_PREFIXES = ("aws:", "ami-factory:")
 
-Mode = Literal["no-reboot", "stop"]
+Mode = Literal["no-reboot", "stop", "generalize", "generalize-in-place"]
+GENERALIZING_MODES = ("generalize", "generalize-in-place")
+AdminPassword = Literal["random", "specify", "do-nothing"]
 AccountId = Annotated[str, StringConstraints(pattern=ACCOUNT_ID)]
 OrganizationArn = Annotated[str, StringConstraints(pattern=ORGANIZATION_ARN)]
 OuArn = Annotated[str, StringConstraints(pattern=OU_ARN)]
@@ -44,6 +51,50 @@ class ShareTargets(BaseModel):
         return [*self.accounts, *self.organizations, *self.organizational_units] + (["public"] if self.public else [])
 
 
+class WindowsOptions(BaseModel):
+    """How sysprep leaves the Administrator account (EC2Launch's setting, applied before sysprep)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    admin_password: AdminPassword = Field(
+        "random",
+        description="random: the launch agent sets a random password, retrieved with the key pair; specify: the "
+        "password in admin_password_parameter; do-nothing: the password from unattend.xml, else the account is disabled",
+    )
+    admin_password_parameter: Annotated[str, StringConstraints(pattern=SSM_PARAMETER_NAME, max_length=1011)] | None = Field(
+        None,
+        description="with admin_password specify: the SSM SecureString parameter holding the password. The instance "
+        "reads it itself (its profile needs ssm:GetParameter on it), so the password never appears in the run",
+    )
+
+    @model_validator(mode="after")
+    def _parameter_only_with_specify(self) -> WindowsOptions:
+        if self.admin_password == "specify" and not self.admin_password_parameter:
+            raise ValueError("admin_password specify needs admin_password_parameter, the SSM SecureString with the password")
+        if self.admin_password != "specify" and self.admin_password_parameter:
+            raise ValueError("admin_password_parameter is only read with admin_password specify")
+        return self
+
+
+class CloneOptions(BaseModel):
+    """What the temporary clone of mode generalize changes from the source instance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instance_type: Annotated[str, StringConstraints(pattern=INSTANCE_TYPE)] | None = Field(
+        None, description="default: the source's instance type"
+    )
+    subnet_id: Annotated[str, StringConstraints(pattern=SUBNET_ID)] | None = Field(
+        None, description="default: the source's subnet. Use an isolated subnet for domain-joined Windows sources"
+    )
+    security_group_ids: list[Annotated[str, StringConstraints(pattern=SECURITY_GROUP_ID)]] | None = Field(
+        None, description="default: the source's security groups"
+    )
+    instance_profile: Annotated[str, StringConstraints(pattern=INSTANCE_PROFILE, max_length=400)] | None = Field(
+        None, description="instance profile name or ARN; default: the source's (the clone needs SSM, like the source)"
+    )
+
+
 class ImagingRequest(BaseModel):
     """What a user asks for: the execution input of the state machine."""
 
@@ -60,7 +111,19 @@ class ImagingRequest(BaseModel):
         None, description="Regions to copy to (the source Region is always included); default: the deploy-time DefaultRegions"
     )
     share: ShareTargets = Field(default_factory=ShareTargets, description="who may launch the image")
-    mode: Mode = Field("stop", description="stop: stop, image, start again; no-reboot: image the running instance")
+    mode: Mode = Field(
+        "stop",
+        description="stop: stop, image, start again; no-reboot: image the running instance; generalize: sysprep "
+        "(Windows) or sanitize (Linux) a temporary clone and image that, the instance itself is never touched; "
+        "generalize-in-place: sysprep/sanitize the instance itself (needs confirm_generalize_in_place)",
+    )
+    confirm_generalize_in_place: bool = Field(
+        False,
+        description="mode generalize-in-place only: I accept that the instance loses its identity (computer name, "
+        "SID, host keys, machine-id) and boots as a new machine afterwards",
+    )
+    windows: WindowsOptions = Field(default_factory=WindowsOptions, description="generalize modes, Windows only")
+    clone: CloneOptions = Field(default_factory=CloneOptions, description="mode generalize only: overrides for the clone")
     tags: dict[str, str] = Field(default_factory=dict, description="extra tags for the images and snapshots")
     cleanup: bool = Field(
         False,
@@ -75,6 +138,22 @@ class ImagingRequest(BaseModel):
         if reserved:
             raise ValueError(f"tag keys {reserved} are reserved; drop the 'aws:' / 'ami-factory:' prefix")
         return tags
+
+    @model_validator(mode="after")
+    def _generalize_options_fit_the_mode(self) -> ImagingRequest:
+        if self.mode == "generalize-in-place" and not self.confirm_generalize_in_place:
+            raise ValueError(
+                "mode generalize-in-place runs sysprep/sanitize on the instance itself, which loses its computer name, "
+                "SID, host keys and machine-id. Set confirm_generalize_in_place to true to accept that, or use mode "
+                "generalize, which works on a temporary clone and leaves the instance as it is"
+            )
+        if self.confirm_generalize_in_place and self.mode != "generalize-in-place":
+            raise ValueError("confirm_generalize_in_place only applies to mode generalize-in-place")
+        if self.clone != CloneOptions() and self.mode != "generalize":
+            raise ValueError("clone options only apply to mode generalize")
+        if self.windows != WindowsOptions() and self.mode not in GENERALIZING_MODES:
+            raise ValueError("windows options only apply to the generalize modes")
+        return self
 
 
 class ResolveRequestInput(Contract):
@@ -101,6 +180,7 @@ class Plan(Contract):
     source_region: str
     family: str
     image_name: str
+    seed_image_name: str
     description: str
     mode: Mode
     regions: list[RegionTarget]
@@ -109,6 +189,9 @@ class Plan(Contract):
     tags: dict[str, str]
     poll_seconds: int
     max_polls: int
+    generalize_max_polls: int
+    windows: WindowsOptions
+    clone_overrides: CloneOptions
 
 
 class InstanceRef(Contract):
@@ -138,6 +221,46 @@ class CommandRef(Contract):
 class CheckCommandInput(Contract):
     command: CommandRef
     max_polls: int
+
+
+class CloneRef(Contract):
+    """The temporary clone of mode generalize: ready once it runs and SSM reaches it."""
+
+    instance_id: str
+    region: str
+    state: str = "pending"
+    managed: bool = False
+    polls: int = 0
+
+
+class CheckCloneInput(Contract):
+    clone: CloneRef
+    max_polls: int
+
+
+class GeneralizeRef(CommandRef):
+    """The sysprep/sanitize command, and the state of the instance it shuts down."""
+
+    instance_state: str = "running"
+
+
+class CheckGeneralizeInput(Contract):
+    command: GeneralizeRef
+    max_polls: int
+
+
+class GeneralizeInput(Plan):
+    """The plan, with the clone when there is one (mode generalize)."""
+
+    clone: CloneRef | None = None
+
+
+class CreateImageInput(GeneralizeInput):
+    """The final image is made from the clone in mode generalize, from the instance otherwise."""
+
+
+class LaunchCloneInput(Plan):
+    seed: ImageRef
 
 
 class ImageRef(Contract):
@@ -200,6 +323,7 @@ class RegionResult(BaseModel):
 
 class RestoreInstanceInput(Contract):
     instance: InstanceRef
+    run_id: str | None = None  # given: the run's scaffolding (clone, seed image) goes too
 
 
 class FinalizeInput(Plan):

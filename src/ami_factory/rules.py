@@ -24,6 +24,8 @@ from .models import ImagingRequest, RegionTarget, ShareTargets, sanitize_image_n
 from .settings import Settings
 
 TAG_PREFIX = "ami-factory:"
+RUN_TAG = f"{TAG_PREFIX}run"
+ROLE_TAG = f"{TAG_PREFIX}role"  # scaffolding a run removes: "clone" instances, "intermediate" images
 MAX_IMAGE_NAME = 128
 
 
@@ -44,7 +46,9 @@ def request_field(location: tuple[object, ...]) -> str:
 
 def describe_validation(error: ValidationError, name_field: Callable[[tuple[object, ...]], str] = request_field) -> str:
     """Every problem pydantic found, one ``field: what is wrong`` each."""
-    return "; ".join(f"{name_field(issue['loc'])}: {issue['msg']}" for issue in error.errors(include_url=False))
+    return "; ".join(
+        f"{name_field(issue['loc'])}: {issue['msg'].removeprefix('Value error, ')}" for issue in error.errors(include_url=False)
+    )
 
 
 def parse_request(
@@ -127,7 +131,7 @@ def image_tags(run_id: str, family: str, instance_id: str, source_region: str, u
     return {
         **user_tags,
         f"{TAG_PREFIX}managed": "true",
-        f"{TAG_PREFIX}run": run_id,
+        RUN_TAG: run_id,
         f"{TAG_PREFIX}family": family,
         f"{TAG_PREFIX}source-instance": instance_id,
         f"{TAG_PREFIX}source-region": source_region,

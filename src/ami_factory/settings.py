@@ -38,6 +38,7 @@ class Settings:
     parameter_prefix: str
     poll_seconds: int
     max_wait_seconds: int
+    generalize_max_wait_seconds: int  # sysprep's shutdown: minutes, not the hours images may take
     sdk_max_attempts: int
     sdk_retry_mode: str
     trigger_tag_key: str
@@ -46,7 +47,14 @@ class Settings:
 
     @property
     def max_polls(self) -> int:
-        return max(1, -(-self.max_wait_seconds // self.poll_seconds))
+        return self.polls_within(self.max_wait_seconds)
+
+    @property
+    def generalize_max_polls(self) -> int:
+        return self.polls_within(self.generalize_max_wait_seconds)
+
+    def polls_within(self, seconds: int) -> int:
+        return max(1, -(-seconds // self.poll_seconds))
 
 
 def load_settings() -> Settings:
@@ -62,6 +70,7 @@ def load_settings() -> Settings:
         parameter_prefix=os.environ.get("PARAMETER_PREFIX", "/ami-factory").rstrip("/"),
         poll_seconds=_int("POLL_SECONDS", 60),
         max_wait_seconds=_int("MAX_WAIT_SECONDS", 4 * 3600),
+        generalize_max_wait_seconds=_int("GENERALIZE_MAX_WAIT_SECONDS", 30 * 60),
         sdk_max_attempts=_int("SDK_MAX_ATTEMPTS", 5),
         sdk_retry_mode=os.environ.get("SDK_RETRY_MODE", "adaptive"),
         trigger_tag_key=os.environ.get("TRIGGER_TAG_KEY", "ami-factory:create"),

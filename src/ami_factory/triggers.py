@@ -39,8 +39,16 @@ SETTING_TAGS: dict[str, tuple[str, ...]] = {
     "image-name": ("image_name",),
     "description": ("description",),
     "cleanup": ("cleanup",),
+    "confirm-generalize-in-place": ("confirm_generalize_in_place",),
+    "admin-password": ("windows", "admin_password"),
+    "admin-password-parameter": ("windows", "admin_password_parameter"),
+    "clone-instance-type": ("clone", "instance_type"),
+    "clone-subnet": ("clone", "subnet_id"),
+    "clone-security-groups": ("clone", "security_group_ids"),
+    "clone-instance-profile": ("clone", "instance_profile"),
 }
-LIST_FIELDS = {"regions", "accounts", "organizations", "organizational_units"}
+LIST_FIELDS = {"regions", "accounts", "organizations", "organizational_units", "security_group_ids"}
+BOOL_FIELDS = {"public", "cleanup", "confirm_generalize_in_place"}
 # The tool's own bookkeeping on the instance; any other ami-factory:* key is a typo to report.
 RESULT_TAGS = {"error", "last-run", "last-run-at", "last-status", "last-image-id", "last-error"}
 
@@ -115,7 +123,7 @@ def request_from_tags(instance_id: str, tags: Mapping[str, str], settings: Setti
         if value is None:
             continue
         parsed: Any = [item for item in re.split(r"[\s,]+", value) if item] if field[-1] in LIST_FIELDS else value
-        if field[-1] in ("public", "cleanup"):
+        if field[-1] in BOOL_FIELDS:
             parsed = value.strip().lower() == "true"
         target = raw
         for part in field[:-1]:

@@ -7,26 +7,34 @@ import hashlib
 from datetime import datetime, timezone
 
 from .aws import Ec2, Ssm, StepFunctions, tags_of
-from .commands import cleanup_command
+from .commands import GENERALIZE_COMMENT, cleanup_command, generalize_command
 from .errors import (
     CommandFailedError,
     ImageFailedError,
     InstanceNotManagedError,
+    InvalidRequestError,
     InstanceStateConflictError,
     RunInProgressError,
     UnsupportedInstanceError,
     WaitTimeoutError,
 )
 from .models import (
+    CheckCloneInput,
     CheckCommandInput,
+    CheckGeneralizeInput,
     CheckImageInput,
     CheckInstanceInput,
+    CloneRef,
     CommandRef,
     CopyImageInput,
+    CreateImageInput,
     FinalizeInput,
+    GeneralizeInput,
+    GeneralizeRef,
     HandleFailureInput,
     ImageRef,
     InstanceRef,
+    LaunchCloneInput,
     Plan,
     Platform,
     PublishParameterInput,
@@ -36,9 +44,12 @@ from .models import (
     RestoreInstanceInput,
     ShareImageInput,
     ShareImageOutput,
+    WindowsOptions,
     Summary,
 )
 from .rules import (
+    ROLE_TAG,
+    RUN_TAG,
     TAG_PREFIX,
     check_share_targets,
     family_name,
@@ -55,7 +66,10 @@ from .settings import Settings, load_settings
 
 FAILED_IMAGE_STATES = frozenset({"failed", "invalid", "error", "deregistered"})
 FAILED_COMMAND_STATES = frozenset({"Failed", "Cancelled", "TimedOut", "Cancelling", "DeliveryTimedOut", "ExecutionTimedOut"})
+# Script failures; a command that timed out once its instance shut down is what sysprep looks like.
+SCRIPT_FAILED_STATES = frozenset({"Failed", "Cancelled", "Cancelling"})
 IMAGEABLE_INSTANCE_STATES = frozenset({"running", "stopped", "stopping", "pending"})
+LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
 
 
 def resolve_request(event: ResolveRequestInput, settings: Settings | None = None) -> Plan:
@@ -86,6 +100,16 @@ def resolve_request(event: ResolveRequestInput, settings: Settings | None = None
     platform: Platform = "windows" if str(instance.get("Platform", "")).lower() == "windows" else "linux"
     if request.cleanup:
         _require_ssm(request.instance_id, platform, region, "clean-up")
+    if request.mode == "generalize-in-place":
+        _require_ssm(request.instance_id, platform, region, "generalize-in-place")
+    if request.mode == "generalize":
+        # The clone boots from the instance's disk with its agent; a stopped instance cannot be online.
+        _require_ssm(request.instance_id, platform, region, "generalize (on a clone)", online=(state == "running"))
+    if platform == "linux" and request.windows != WindowsOptions():
+        raise InvalidRequestError(
+            f"instance {request.instance_id} runs Linux: the windows options (administrator password) do not apply; "
+            f"drop them from the request"
+        )
     family = family_name(request, tags_of(instance))
     name = image_name(settings.image_name_prefix, family, event.run_id)
     return Plan(
@@ -96,6 +120,7 @@ def resolve_request(event: ResolveRequestInput, settings: Settings | None = None
         source_region=region,
         family=family,
         image_name=name,
+        seed_image_name=image_name(settings.image_name_prefix, family, f"{event.run_id}-seed"),
         description=request.description or f"AMI Factory image of {request.instance_id} ({family}), run {event.run_id}",
         mode=request.mode,
         regions=regions,
@@ -104,17 +129,20 @@ def resolve_request(event: ResolveRequestInput, settings: Settings | None = None
         tags=image_tags(event.run_id, family, request.instance_id, region, {"Name": name, **request.tags}),
         poll_seconds=settings.poll_seconds,
         max_polls=settings.max_polls,
+        generalize_max_polls=settings.generalize_max_polls,
+        windows=request.windows,
+        clone_overrides=request.clone,
     )
 
 
-def _require_ssm(instance_id: str, platform: Platform, region: str, purpose: str) -> None:
+def _require_ssm(instance_id: str, platform: Platform, region: str, purpose: str, online: bool = True) -> None:
     """Steps that run commands on the instance fail here, before anything is touched, if SSM cannot reach it."""
     info = Ssm(region).instance_information(instance_id)
     fix = (
         "make sure the instance is running, its SSM agent is installed and started, and its instance profile "
         "allows SSM (the AmazonSSMManagedInstanceCore policy)"
     )
-    if info is None or info.get("PingStatus") != "Online":
+    if info is None or (online and info.get("PingStatus") != "Online"):
         status = "not registered with SSM" if info is None else f"SSM ping status {info.get('PingStatus')}"
         raise InstanceNotManagedError(f"{purpose} needs SSM Run Command, and instance {instance_id} is {status}: {fix}")
     if str(info.get("PlatformType", "")).lower() != platform:
@@ -147,6 +175,86 @@ def check_command(event: CheckCommandInput) -> CommandRef:
     return command
 
 
+def create_seed_image(plan: Plan) -> ImageRef:
+    """Mode generalize: a no-reboot image of the instance, only to launch the clone from; removed when the run ends."""
+    tags = {**plan.tags, "Name": plan.seed_image_name, ROLE_TAG: "intermediate"}
+    description = f"AMI Factory seed for the clone of run {plan.run_id}; removed when the run ends"
+    return _create_image_once(plan.source_region, plan.instance_id, plan.seed_image_name, description, True, tags)
+
+
+def launch_clone(event: LaunchCloneInput) -> CloneRef:
+    """The clone the generalize command runs on: the instance's type, subnet, groups and profile unless overridden."""
+    ec2 = Ec2(event.source_region)
+    existing = ec2.instances_with_tags({RUN_TAG: [event.run_id], ROLE_TAG: ["clone"]}, LIVE_INSTANCE_STATES)
+    if existing:  # a retried step finds the clone it launched
+        return CloneRef(instance_id=existing[0]["InstanceId"], region=event.source_region, state=existing[0]["State"]["Name"])
+    source = ec2.describe_instance(event.instance_id)
+    overrides = event.clone_overrides
+    instance_id = ec2.launch_instance(
+        image_id=event.seed.image_id,
+        instance_type=overrides.instance_type or source["InstanceType"],
+        subnet_id=overrides.subnet_id or source.get("SubnetId"),
+        security_group_ids=overrides.security_group_ids or [group["GroupId"] for group in source.get("SecurityGroups", [])],
+        instance_profile=overrides.instance_profile or source.get("IamInstanceProfile", {}).get("Arn"),
+        client_token=client_token(event.run_id, "clone"),
+        tags={**event.tags, "Name": f"{event.family} clone (AMI Factory run {event.run_id})", ROLE_TAG: "clone"},
+    )
+    return CloneRef(instance_id=instance_id, region=event.source_region, state=ec2.instance_state(instance_id))
+
+
+def check_clone(event: CheckCloneInput) -> CloneRef:
+    clone = event.clone.model_copy()
+    clone.state = Ec2(clone.region).instance_state(clone.instance_id)
+    clone.polls += 1
+    if clone.state in ("stopping", "stopped", "shutting-down", "terminated"):
+        raise UnsupportedInstanceError(
+            f"the clone {clone.instance_id} is {clone.state} before it was generalized: see its system log in the EC2 "
+            f"console. It is terminated and nothing is imaged"
+        )
+    if clone.state == "running":
+        info = Ssm(clone.region).instance_information(clone.instance_id)
+        clone.managed = info is not None and info.get("PingStatus") == "Online"
+    progress = "ready" if clone.managed else f"{clone.state} and not yet reachable through SSM"
+    _give_up_after(event.max_polls, clone.polls, progress, "ready", f"clone {clone.instance_id}",
+                   "check that its instance profile allows SSM and its subnet reaches the SSM endpoints (NAT or VPC "
+                   "endpoints); the clone.instance_profile and clone.subnet_id request fields override the source's",
+                   limit="GeneralizeMaxWaitSeconds")
+    return clone
+
+
+def generalize(event: GeneralizeInput) -> GeneralizeRef:
+    """Send sysprep (Windows) or sanitize (Linux) to the clone, or to the instance itself in place."""
+    target = event.clone.instance_id if event.clone else event.instance_id
+    command = generalize_command(event.platform, event.windows)
+    command_id = Ssm(event.source_region).send_command(
+        target, command.document, command.parameters, f"{GENERALIZE_COMMENT}, run {event.run_id}"
+    )
+    return GeneralizeRef(command_id=command_id, instance_id=target, region=event.source_region)
+
+
+def check_generalize(event: CheckGeneralizeInput) -> GeneralizeRef:
+    """Done when the instance has shut itself down, and the command did not fail on the way: the
+    command's own status may never say Success, because the shutdown stops the agent reporting it."""
+    command = event.command.model_copy()
+    command.instance_state = Ec2(command.region).instance_state(command.instance_id)
+    command.status = Ssm(command.region).command_status(command.command_id, command.instance_id)
+    command.polls += 1
+    stopped = command.instance_state == "stopped"
+    if command.status in SCRIPT_FAILED_STATES or (command.status in FAILED_COMMAND_STATES and not stopped):
+        raise CommandFailedError(
+            f"the generalize command {command.command_id} on instance {command.instance_id} ended {command.status}"
+            f"{' and the instance shut down anyway' if stopped else ''}: it did not complete, so nothing is imaged. "
+            f"Its output is in SSM Run Command history"
+        )
+    if command.instance_state in ("shutting-down", "terminated"):
+        raise UnsupportedInstanceError(f"instance {command.instance_id} is {command.instance_state} while generalizing")
+    _give_up_after(event.max_polls, command.polls, command.instance_state, "stopped",
+                   f"instance {command.instance_id} (generalizing)",
+                   "read the command's output in SSM Run Command history: sysprep/sanitize did not shut it down",
+                   limit="GeneralizeMaxWaitSeconds")
+    return command
+
+
 def prepare_instance(plan: Plan) -> InstanceRef:
     """Remember how the instance was, and stop it when the mode asks for a consistent image."""
     ec2 = Ec2(plan.source_region)
@@ -156,6 +264,8 @@ def prepare_instance(plan: Plan) -> InstanceRef:
         ec2.stop_instance(plan.instance_id)
         instance.stopped_by_us = True
         instance.state = ec2.instance_state(plan.instance_id)
+    if plan.mode == "generalize-in-place" and state in ("running", "pending"):
+        instance.stopped_by_us = True  # the generalize command shuts it down; it is started again afterwards
     return instance
 
 
@@ -170,22 +280,32 @@ def check_instance(event: CheckInstanceInput) -> InstanceRef:
     return instance
 
 
-def _give_up_after(max_polls: int, polls: int, state: str, wanted: str, what: str, advice: str) -> None:
+def _give_up_after(
+    max_polls: int, polls: int, state: str, wanted: str, what: str, advice: str, limit: str = "MaxWaitSeconds"
+) -> None:
     """The bound on every wait loop: the state machine only loops while this does not raise."""
     if state != wanted and polls >= max_polls:
-        raise WaitTimeoutError(f"{what} is still {state} after {polls} checks; raise MaxWaitSeconds or {advice}")
+        raise WaitTimeoutError(f"{what} is still {state} after {polls} checks; raise {limit} or {advice}")
 
 
-def create_image(plan: Plan) -> ImageRef:
-    ec2 = Ec2(plan.source_region)
-    existing = ec2.find_image_by_name(plan.image_name)
+def create_image(event: CreateImageInput) -> ImageRef:
+    """The final image: of the clone in mode generalize, of the instance otherwise."""
+    instance_id = event.clone.instance_id if event.clone else event.instance_id
+    # Only stop mode lets EC2 reboot: a generalized machine must not boot before it is imaged.
+    no_reboot = event.mode != "stop"
+    return _create_image_once(event.source_region, instance_id, event.image_name, event.description, no_reboot, event.tags)
+
+
+def _create_image_once(
+    region: str, instance_id: str, name: str, description: str, no_reboot: bool, tags: dict[str, str]
+) -> ImageRef:
+    ec2 = Ec2(region)
+    existing = ec2.find_image_by_name(name)
     if existing:
         logger.info("image %s already exists for this run; not creating another", existing["ImageId"])
-        return ImageRef(region=plan.source_region, image_id=existing["ImageId"], state=existing["State"])
-    image_id = ec2.create_image(
-        plan.instance_id, plan.image_name, plan.description, no_reboot=(plan.mode == "no-reboot"), tags=plan.tags
-    )
-    return ImageRef(region=plan.source_region, image_id=image_id)
+        return ImageRef(region=region, image_id=existing["ImageId"], state=existing["State"])
+    image_id = ec2.create_image(instance_id, name, description, no_reboot=no_reboot, tags=tags)
+    return ImageRef(region=region, image_id=image_id)
 
 
 def check_image(event: CheckImageInput) -> ImageRef:
@@ -201,9 +321,9 @@ def check_image(event: CheckImageInput) -> ImageRef:
     return image
 
 
-def copy_client_token(run_id: str, region: str) -> str:
-    """CopyImage's idempotency token: the same run copying to the same Region gets the same token."""
-    return hashlib.sha256(f"{run_id}/{region}".encode()).hexdigest()[:64]
+def client_token(run_id: str, scope: str) -> str:
+    """An idempotency token (CopyImage per Region, RunInstances for the clone): a retry sends the same one."""
+    return hashlib.sha256(f"{run_id}/{scope}".encode()).hexdigest()[:64]
 
 
 def copy_image(event: CopyImageInput) -> ImageRef:
@@ -218,7 +338,7 @@ def copy_image(event: CopyImageInput) -> ImageRef:
         source_image_id=event.source_image.image_id,
         name=event.image_name,
         description=event.description,
-        client_token=copy_client_token(event.run_id, region),
+        client_token=client_token(event.run_id, region),
         tags={**event.tags, f"{TAG_PREFIX}source-image": event.source_image.image_id},
     )
     return ImageRef(region=region, image_id=image_id)
@@ -240,9 +360,12 @@ def publish_parameter(event: PublishParameterInput) -> PublishParameterOutput:
 
 
 def restore_instance(event: RestoreInstanceInput) -> InstanceRef:
-    """Start the instance again if this run stopped it. Safe to repeat: a started instance is left alone."""
+    """Start the instance again if this run stopped it, and remove the run's scaffolding (the clone and
+    its seed image) once the image no longer needs it. Safe to repeat: a started instance is left alone."""
     instance = event.instance.model_copy()
     ec2 = Ec2(instance.region)
+    if event.run_id:
+        remove_scaffolding(event.run_id, instance.region)
     instance.state = ec2.instance_state(instance.instance_id)
     should_run = instance.stopped_by_us and instance.original_state in ("running", "pending")
     if should_run and instance.state == "stopping":
@@ -259,11 +382,31 @@ def remove_run_images(run_id: str, regions: list[str]) -> list[str]:
     removed: list[str] = []
     for region in regions:
         ec2 = Ec2(region)
-        for image in ec2.find_images_by_tag(f"{TAG_PREFIX}run", run_id):
+        for image in ec2.find_images_by_tag(RUN_TAG, run_id):
             if tags_of(image).get(f"{TAG_PREFIX}managed") != "true":
                 continue
             ec2.delete_image(image)
             removed.append(f"{region}:{image['ImageId']}")
+    return removed
+
+
+def remove_scaffolding(run_id: str, region: str) -> list[str]:
+    """Terminate the run's clone and remove its seed image and snapshots (found by tag, never by name)."""
+    ec2 = Ec2(region)
+    removed: list[str] = []
+    clones = ec2.instances_with_tags(
+        {RUN_TAG: [run_id], ROLE_TAG: ["clone"], f"{TAG_PREFIX}managed": ["true"]}, LIVE_INSTANCE_STATES
+    )
+    for clone in clones:
+        ec2.terminate_instance(clone["InstanceId"])
+        removed.append(f"{region}:{clone['InstanceId']}")
+    for image in ec2.find_images_by_tag(RUN_TAG, run_id):
+        tags = tags_of(image)
+        if tags.get(f"{TAG_PREFIX}managed") == "true" and tags.get(ROLE_TAG) == "intermediate":
+            ec2.delete_image(image)
+            removed.append(f"{region}:{image['ImageId']}")
+    if removed:
+        logger.info("removed the run's scaffolding: %s", removed)
     return removed
 
 
@@ -285,7 +428,8 @@ def _record_result_on_instance(plan: Plan, status: str, image_id: str | None, er
 
 def finalize(plan: FinalizeInput) -> Summary:
     failed = [result for result in plan.distribution if result.status == "FAILED"]
-    cleaned = remove_run_images(plan.run_id, [result.region for result in failed])
+    cleaned = remove_scaffolding(plan.run_id, plan.source_region)
+    cleaned += remove_run_images(plan.run_id, [result.region for result in failed])
     status = "SUCCEEDED" if not failed else ("FAILED" if len(failed) == len(plan.distribution) else "PARTIAL")
     instance = restore_instance(RestoreInstanceInput(instance=plan.instance))
     # The source Region's image, unless that Region failed and its image was just removed.
@@ -310,7 +454,8 @@ def finalize(plan: FinalizeInput) -> Summary:
 
 def handle_failure(plan: HandleFailureInput) -> Summary:
     """Undo what this run made and put the instance back; the state machine then fails with the error."""
-    cleaned = remove_run_images(plan.run_id, [region.name for region in plan.regions])
+    cleaned = remove_scaffolding(plan.run_id, plan.source_region)
+    cleaned += remove_run_images(plan.run_id, [region.name for region in plan.regions])
     instance = restore_instance(RestoreInstanceInput(instance=plan.instance)) if plan.instance else None
     _record_result_on_instance(plan, "FAILED", None, plan.error.Error)
     return Summary(

@@ -47,6 +47,21 @@ def test_demo_ends_succeeded_with_an_ami_in_each_of_three_regions_and_the_instan
     assert re.search(r"^  \[ap-southeast-2\] done: ami-[0-9a-f]+$", out, re.MULTILINE)
 
 
+def test_the_generalize_demo_sysprepps_a_clone_and_keeps_the_instance_running() -> None:
+    result = subprocess.run([sys.executable, "-m", "ami_factory_local", "demo", "--generalize"], cwd=ROOT, env=user_env(),
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert re.search(r"execution \S+: SUCCEEDED", out)
+    steps = [line.strip() for line in out.splitlines() if line.strip() in ("CreateSeedImage", "LaunchClone", "Generalize", "CreateImage")]
+    assert steps == ["CreateSeedImage", "LaunchClone", "Generalize", "CreateImage"]
+    assert re.search(r"waiting for i-[0-9a-f]+ to generalize and shut itself down", out)
+    clone = re.search(r"sysprep ran on the clone only \((i-[0-9a-f]+)\); clone terminated: True; seed image removed: True", out)
+    source = re.search(r"instance (i-[0-9a-f]+) is running", out)
+    assert clone and source and clone.group(1) != source.group(1)
+    assert len(re.findall(r"available\s+111122223333\s+/ami-factory/demo-win/latest$", out, re.MULTILINE)) == 3
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -102,3 +102,23 @@ def test_check_instance_stops_waiting_for_a_terminated_instance(emu: Emulator, p
     error = invoke_error(emu, "CheckInstance", {"instance": prepared, "max_polls": 10})
     assert error["errorType"] == "UnsupportedInstanceError"
     assert "terminated" in error["errorMessage"]
+
+
+def test_launch_clone_retried_finds_its_clone_and_scaffolding_removal_touches_only_the_scaffolding(emu: Emulator) -> None:
+    source = emu.launch_instance(name="golden")
+    emu.world.ssm_manage(source, "Linux")
+    request = {"instance_id": source, "mode": "generalize", "regions": []}
+    plan = invoke(emu, "ResolveRequest", {"request": request, "run_id": "run-8", "state_machine_arn": emu.state_machine_arn})
+    seed = invoke(emu, "CreateSeedImage", plan)
+    assert invoke(emu, "CreateSeedImage", plan)["image_id"] == seed["image_id"], "one seed per run"
+    clone = invoke(emu, "LaunchClone", {**plan, "seed": seed})
+    assert invoke(emu, "LaunchClone", {**plan, "seed": seed})["instance_id"] == clone["instance_id"]
+    assert len(emu.world.sent("RunInstances")) == 2, "the test's launch and one clone"
+    # Something else of the same run that is not scaffolding: never terminated, never deregistered.
+    bystander = emu.launch_instance(tags={"ami-factory:run": "run-8", "ami-factory:managed": "true"})
+    instance = invoke(emu, "PrepareInstance", plan)
+    invoke(emu, "RestoreInstance", {"instance": instance, "run_id": "run-8"})
+    assert [r.params["InstanceIds"] for r in emu.world.sent("TerminateInstances")] == [[clone["instance_id"]]]
+    assert [r.params["ImageId"] for r in emu.world.sent("DeregisterImage")] == [seed["image_id"]]
+    states = {i["InstanceId"]: i["State"]["Name"] for r in emu.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]}
+    assert states[bystander] == "running" and states[source] == "running"

@@ -51,7 +51,8 @@ ALL_FUNCTIONS = [
     "ResolveRequestFunction", "PrepareInstanceFunction", "CheckInstanceFunction", "CreateImageFunction",
     "CheckImageFunction", "RestoreInstanceFunction", "CopyImageFunction", "ShareImageFunction",
     "PublishParameterFunction", "FinalizeFunction", "HandleFailureFunction", "RunCleanupFunction",
-    "CheckCommandFunction",
+    "CheckCommandFunction", "CreateSeedImageFunction", "LaunchCloneFunction", "CheckCloneFunction",
+    "GeneralizeFunction", "CheckGeneralizeFunction",
 ]
 
 
@@ -159,6 +160,8 @@ def test_result_selectors_name_exactly_the_fields_of_the_step_outputs(asl: dict[
         "ShareImageOutput": set(models.ShareImageOutput.model_fields),
         "PublishParameterOutput": set(models.PublishParameterOutput.model_fields),
         "CommandRef": set(models.CommandRef.model_fields),
+        "CloneRef": set(models.CloneRef.model_fields),
+        "GeneralizeRef": set(models.GeneralizeRef.model_fields),
     }
     checked = 0
     for name, state in _states(asl).items():
@@ -176,7 +179,7 @@ def test_waits_are_bounded_loops(asl: dict[str, Any]) -> None:
     """Every Wait leads to a check whose input carries max_polls: no unbounded loop."""
     states = _states(asl)
     waits = {name: state for name, state in states.items() if state["Type"] == "Wait"}
-    assert len(waits) == 4
+    assert len(waits) == 7
     for name, wait in waits.items():
         check = states[wait["Next"]]
         assert check["Type"] == "Task" and "max_polls.$" in check["Parameters"]["Payload"], name

@@ -69,3 +69,16 @@ def test_the_world_honours_copy_client_tokens_and_refuses_duplicate_names() -> N
         assert first == again
         (image,) = ec2.describe_images(Owners=["self"])["Images"]
         assert image["Tags"] == [{"Key": "k", "Value": "v"}]
+
+
+def test_execution_history_pages_like_step_functions() -> None:
+    from ami_factory_local.world import history_page
+
+    events = [{"id": n} for n in range(1, 251)]
+    first = history_page(events, {"maxResults": 100})
+    assert [e["id"] for e in first["events"]] == list(range(1, 101)) and first["nextToken"] == "100"
+    last = history_page(events, {"maxResults": 100, "nextToken": "200"})
+    assert [e["id"] for e in last["events"]] == list(range(201, 251)) and "nextToken" not in last
+    newest = history_page(events, {"reverseOrder": True, "maxResults": 2})
+    assert [e["id"] for e in newest["events"]] == [250, 249]
+    assert len(history_page(events, {})["events"]) == 100, "the default page size"

@@ -24,7 +24,7 @@ from ami_factory.rules import (
     target_regions,
 )
 from ami_factory.settings import Settings, load_settings
-from ami_factory.workflow import copy_client_token
+from ami_factory.workflow import client_token
 from write_schema import schema_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +40,7 @@ SETTINGS = Settings(
     parameter_prefix="/ami-factory",
     poll_seconds=60,
     max_wait_seconds=3600,
+    generalize_max_wait_seconds=1800,
     sdk_max_attempts=5,
     sdk_retry_mode="adaptive",
     trigger_tag_key="ami-factory:create",
@@ -61,6 +62,15 @@ def request(**fields: object) -> ImagingRequest:
         ({"regoins": ["eu-west-1"]}, "regoins"),
         ({"tags": {"ami-factory:run": "x"}}, "reserved"),
         ({"share": {"organizational_units": ["ou-1234"]}}, "organizational_units"),
+        ({"mode": "generalize-in-place"}, "confirm_generalize_in_place to true"),
+        ({"mode": "stop", "confirm_generalize_in_place": True}, "only applies to mode generalize-in-place"),
+        ({"mode": "generalize", "windows": {"admin_password": "specify"}}, "needs admin_password_parameter"),
+        ({"mode": "generalize", "windows": {"admin_password_parameter": "/p"}}, "only read with admin_password specify"),
+        ({"mode": "generalize", "windows": {"admin_password": "specify", "admin_password_parameter": "x'; rm"}},
+         "windows.admin_password_parameter"),
+        ({"mode": "stop", "clone": {"instance_type": "m6i.large"}}, "clone options only apply to mode generalize"),
+        ({"mode": "no-reboot", "windows": {"admin_password": "do-nothing"}}, "only apply to the generalize modes"),
+        ({"mode": "generalize", "clone": {"subnet_id": "subnet-1"}}, "clone.subnet_id"),
     ],
 )
 def test_malformed_requests_name_the_field_to_fix(fields: dict, mentions: str) -> None:
@@ -115,10 +125,10 @@ def test_names_are_deterministic_and_valid() -> None:
 
 
 def test_copy_tokens_are_stable_per_run_and_region() -> None:
-    assert copy_client_token("run-1", "eu-west-1") == copy_client_token("run-1", "eu-west-1")
-    assert copy_client_token("run-1", "eu-west-1") != copy_client_token("run-1", "ap-southeast-2")
-    assert copy_client_token("run-1", "eu-west-1") != copy_client_token("run-2", "eu-west-1")
-    assert len(copy_client_token("run-1", "eu-west-1")) <= 64
+    assert client_token("run-1", "eu-west-1") == client_token("run-1", "eu-west-1")
+    assert client_token("run-1", "eu-west-1") != client_token("run-1", "ap-southeast-2")
+    assert client_token("run-1", "eu-west-1") != client_token("run-2", "eu-west-1")
+    assert len(client_token("run-1", "eu-west-1")) <= 64
 
 
 def test_settings_are_read_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,6 +29,25 @@ def test_tags_become_a_request() -> None:
     assert request.cleanup is True
 
 
+def test_generalize_settings_come_from_tags_too() -> None:
+    request = request_from_tags(INSTANCE, {
+        "ami-factory:mode": "generalize",
+        "ami-factory:admin-password": "specify",
+        "ami-factory:admin-password-parameter": "/images/admin",
+        "ami-factory:clone-instance-type": "m6i.large",
+        "ami-factory:clone-subnet": "subnet-0123456789abcdef0",
+        "ami-factory:clone-security-groups": "sg-0123456789abcdef0, sg-0fedcba9876543210",
+        "ami-factory:clone-instance-profile": "ImageBuilderProfile",
+    }, SETTINGS)
+    assert (request.windows.admin_password, request.windows.admin_password_parameter) == ("specify", "/images/admin")
+    assert request.clone.security_group_ids == ["sg-0123456789abcdef0", "sg-0fedcba9876543210"]
+    assert (request.clone.instance_type, request.clone.subnet_id) == ("m6i.large", "subnet-0123456789abcdef0")
+    in_place = {"ami-factory:mode": "generalize-in-place", "ami-factory:confirm-generalize-in-place": "true"}
+    assert request_from_tags(INSTANCE, in_place, SETTINGS).confirm_generalize_in_place is True
+    with pytest.raises(InvalidRequestError, match="confirm_generalize_in_place"):
+        request_from_tags(INSTANCE, {"ami-factory:mode": "generalize-in-place"}, SETTINGS)
+
+
 def test_no_setting_tags_mean_the_defaults() -> None:
     bookkeeping = {"ami-factory:last-status": "SUCCEEDED", "ami-factory:error": "", "ami-factory:schedule": "true"}
     request = request_from_tags(INSTANCE, {"ami-factory:create": "true", **bookkeeping}, SETTINGS)

@@ -31,6 +31,20 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
             request[field] = getattr(args, field)
     if args.tag:
         request["tags"] = dict(tag.split("=", 1) for tag in args.tag)
+    if args.cleanup:
+        request["cleanup"] = True
+    if args.confirm_generalize_in_place:
+        request["confirm_generalize_in_place"] = True
+    windows = {"admin_password": args.admin_password, "admin_password_parameter": args.admin_password_parameter}
+    clone = {
+        "instance_type": args.clone_instance_type,
+        "subnet_id": args.clone_subnet,
+        "security_group_ids": _csv(args.clone_security_groups),
+        "instance_profile": args.clone_instance_profile,
+    }
+    for field, options in (("windows", windows), ("clone", clone)):
+        if any(options.values()):
+            request[field] = {key: value for key, value in options.items() if value}
     return request
 
 
@@ -73,7 +87,15 @@ def new_events(sfn: Any, execution_arn: str, after_id: int) -> list[dict[str, An
         kwargs["nextToken"] = page["nextToken"]
 
 
-WAITS = {"WaitForInstanceStop": "instance", "WaitForImage": "image", "WaitForCopy": "image"}
+WAITS = {
+    "WaitForInstanceStop": "instance", "WaitForImage": "image", "WaitForCopy": "image",
+    "WaitForSeed": "seed", "WaitForClone": "clone", "WaitForGeneralize": "generalize",
+}
+UNTIL = {
+    "WaitForSeed": "(the seed image for the clone)",
+    "WaitForClone": "(the clone) to come online in SSM",
+    "WaitForGeneralize": "to generalize and shut itself down",
+}
 
 
 def describe_event(event: dict[str, Any]) -> str | None:
@@ -96,7 +118,8 @@ def describe_event(event: dict[str, Any]) -> str | None:
         subject = state_input.get(WAITS[name], {})
         if subject.get("polls", 0) == 0:  # announce a wait once, not every poll
             what = subject.get("image_id") or subject.get("instance_id")
-            return f"{prefix}waiting for {what} ({subject.get('state')}), checking every {state_input.get('poll_seconds')} s"
+            until = UNTIL.get(name, f"({subject.get('state')})")
+            return f"{prefix}waiting for {what} {until}, checking every {state_input.get('poll_seconds')} s"
         return None
     if kind != "Task" or name.startswith("Check"):
         return None
@@ -174,7 +197,15 @@ def parser() -> argparse.ArgumentParser:
     start = commands.add_parser("run", help="image an instance and distribute the image")
     start.add_argument("--instance-id", required=True)
     start.add_argument("--regions", help="comma-separated target Regions (default: the stack's DefaultRegions)")
-    start.add_argument("--mode", choices=["stop", "no-reboot"], default="stop")
+    start.add_argument("--mode", choices=["stop", "no-reboot", "generalize", "generalize-in-place"], default="stop")
+    start.add_argument("--cleanup", action="store_true", help="clean temp files and caches through SSM first")
+    start.add_argument("--confirm-generalize-in-place", action="store_true", help="accept that the instance loses its identity")
+    start.add_argument("--admin-password", choices=["random", "specify", "do-nothing"], help="Windows, generalize modes")
+    start.add_argument("--admin-password-parameter", help="SSM SecureString holding the password (with specify)")
+    start.add_argument("--clone-instance-type")
+    start.add_argument("--clone-subnet")
+    start.add_argument("--clone-security-groups", help="comma-separated security group ids")
+    start.add_argument("--clone-instance-profile", help="instance profile name or ARN")
     start.add_argument("--image-name", help="image family name (default: the instance's Name tag)")
     start.add_argument("--description")
     start.add_argument("--share-accounts", help="comma-separated account ids (must be in AllowedShareAccounts)")

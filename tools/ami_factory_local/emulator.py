@@ -184,7 +184,8 @@ class Emulator:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{execution_arn} still {described['status']} after {timeout}s of real time")
             time.sleep(0.02)
-        history = sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
+        pages = sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn, maxResults=1000)
+        history = [event for page in pages for event in page["events"]]
         output = described.get("output")
         return RunResult(
             execution_arn=execution_arn,

@@ -12,10 +12,17 @@ The world fixes exactly that, driven by the virtual clock, and lets a test ask f
 
 SSM has a small model too: which instances are managed (DescribeInstanceInformation, missing in
 moto) and how Run Command invocations end (moto reports Success at once; the world can make them
-take time or fail).
+take time or fail). An instance launched from an image of a managed instance (the generalize
+clone) registers with SSM too, after a boot time. The generalize command (sysprep / sanitize) is
+what the world cannot run, so it plays its outcome: the instance shuts itself down some virtual
+minutes later while the command never reports success, or never shuts down, or the command fails.
 
 Like AWS, tagging an instance (CreateTags, DeleteTags) emits a ``Tag Change on Resource`` event to
 the default bus, where the deployed rules (and so the tag trigger) see it.
+
+GetExecutionHistory pages like Step Functions (``maxResults``, ``reverseOrder``, ``nextToken``):
+moto returns and serializes the whole history on every call, which makes following a long run
+slow.
 
 Every AWS request that reaches moto is recorded (service, operation, Region, parameters), so tests
 assert on what was *sent* where moto ignores a parameter.
@@ -23,6 +30,7 @@ assert on what was *sent* where moto ignores a parameter.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import threading
@@ -41,6 +49,8 @@ from moto.ec2.models import ec2_backends
 from moto.ec2.responses.amis import AmisResponse
 from moto.events.models import events_backends
 
+from ami_factory.commands import GENERALIZE_COMMENT
+
 from .clock import VirtualClock
 
 
@@ -56,6 +66,28 @@ def _request_params(response: BaseResponse) -> dict[str, Any]:
 
 def service_protocol(response: BaseResponse) -> str:
     return "json" if getattr(response, "service_name", "") in ("ssm", "stepfunctions", "lambda", "events") else "query"
+
+
+def execution_events(backend: Any, execution_arn: str) -> list[Any]:
+    """The execution's events, not copied: moto deep-copies the whole history on every read."""
+    worker = backend.describe_execution(execution_arn=execution_arn).exec_worker
+    if worker is None or worker.env is None:  # not started yet
+        return []
+    manager = worker.env.event_manager
+    with manager._mutex:
+        return list(manager._history_event_list)
+
+
+def history_page(events: list[Any], params: dict[str, Any]) -> dict[str, Any]:
+    """One page of an execution history, as Step Functions pages it (default 100 events, at most 1000)."""
+    if params.get("reverseOrder"):
+        events = events[::-1]
+    start = int(params.get("nextToken") or 0)
+    end = start + min(int(params.get("maxResults") or 100), 1000)
+    page: dict[str, Any] = {"events": copy.deepcopy(events[start:end])}
+    if end < len(events):
+        page["nextToken"] = str(end)
+    return page
 
 
 @dataclass
@@ -102,6 +134,12 @@ class World:
     _command_seconds: float = 0.0
     _command_outcome: str = "Success"
     _commands: dict[tuple[str, str], _Pending] = field(default_factory=dict)  # (command, instance) -> outcome
+    _registration_seconds: float = 0.0
+    _registrations: dict[str, tuple[float, dict[str, str]]] = field(default_factory=dict)  # instance -> (at, info)
+    _generalize_seconds: float | None = 0.0  # None: the instance never shuts down
+    _generalize_outcome: str = "InProgress"  # what the command reports; sysprep's shutdown stops the agent reporting
+    _generalize_stops_when_failing: bool = False
+    _shutdowns: dict[str, _Pending] = field(default_factory=dict)  # instance -> when its generalize shuts it down
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # --- what a test asks of the world ---------------------------------------------------------
@@ -152,6 +190,22 @@ class World:
         """Run Command invocations sent from now on end Failed (the script exited non-zero)."""
         self._command_outcome = "Failed"
 
+    def clones_take_to_register(self, seconds: float) -> None:
+        """Instances launched from an image of a managed instance come online in SSM ``seconds`` after launch."""
+        self._registration_seconds = seconds
+
+    def generalize_takes(self, seconds: float) -> None:
+        """The generalize command shuts its instance down ``seconds`` after it is sent (and never reports success)."""
+        self._generalize_seconds, self._generalize_outcome = seconds, "InProgress"
+
+    def generalize_never_stops(self) -> None:
+        self._generalize_seconds, self._generalize_outcome = None, "InProgress"
+
+    def generalize_fails(self, seconds: float = 60, then_stops: bool = False) -> None:
+        """The generalize command ends Failed after ``seconds``; with ``then_stops`` the instance shuts down anyway."""
+        self._generalize_seconds, self._generalize_outcome = seconds, "Failed"
+        self._generalize_stops_when_failing = then_stops
+
     def set_platform(self, region: str, instance_id: str, platform: str | None) -> None:
         """``windows`` makes EC2 describe the instance as Windows (moto's default is Linux)."""
         ec2_backends[self.account_id][region].get_instance(instance_id).platform = platform
@@ -201,6 +255,16 @@ class World:
                 if instance._state.name == "stopping":
                     instance._state.name, instance._state.code = "stopped", 80
                 del self._stopping[instance_id]
+        for instance_id, (at, info) in list(self._registrations.items()):
+            if now >= at:
+                self._managed[instance_id] = info
+                del self._registrations[instance_id]
+        for instance_id, pending in list(self._shutdowns.items()):
+            if now >= pending.ready_at:
+                backend = ec2_backends[self.account_id][pending.region]
+                if backend.get_instance(instance_id)._state.name == "running":
+                    backend.stop_instances([instance_id])
+                del self._shutdowns[instance_id]
 
     def _new_image(self, region: str, ami: Any) -> None:
         outcome = self._image_outcome.get(region) or self._image_outcome.get("*") or "available"
@@ -216,6 +280,7 @@ class World:
 
     def _intercept_ssm(self, operation: str, params: dict[str, Any]) -> dict[str, Any] | None:
         """Answers moto cannot give: managed instances, and invocations that take time or fail."""
+        self._tick()
         if operation == "DescribeInstanceInformation":
             wanted = [value for f in params.get("Filters", []) if f["Key"] == "InstanceIds" for value in f["Values"]]
             return {"InstanceInformationList": [info for iid, info in self._managed.items() if not wanted or iid in wanted]}
@@ -268,11 +333,15 @@ class World:
                     answer = world._intercept(response, operation, params)
                 elif service == "ssm":
                     answer = world._intercept_ssm(operation, params)
+                elif service == "stepfunctions" and operation == "GetExecutionHistory":
+                    answer = history_page(execution_events(response.stepfunction_backend, params["executionArn"]), params)
             if answer is not None:
                 return response.serialized(ActionResult(answer))
             result = original_call_action(response)
             if service == "ssm" and operation == "SendCommand":
-                world._after_send_command(result)
+                world._after_send_command(result, response.region, params)
+            if service == "ec2" and operation == "RunInstances":
+                world._register_clones(response.region, params.get("ImageId", ""))
             lost = world._after(response.region, operation, params) if service == "ec2" else None
             return response.serialized(ActionResult(lost)) if lost is not None else result
 
@@ -353,12 +422,35 @@ class World:
             for rule in list(events_backends[self.account_id][region].event_buses["default"].rules.values()):
                 rule.send_to_targets(event, transform_input=False)
 
-    def _after_send_command(self, result: Any) -> None:
+    def _after_send_command(self, result: Any, region: str, params: dict[str, Any]) -> None:
         command = json.loads(result[2])["Command"]
+        now = self.clock.now()
+        generalizing = str(command.get("Comment", "")).startswith(GENERALIZE_COMMENT)
         with self._lock:
-            for instance_id in command["InstanceIds"]:
-                ready_at = self.clock.now() + self._command_seconds
-                self._commands[(command["CommandId"], instance_id)] = _Pending("", ready_at, self._command_outcome)
+            # The request's targets: moto answers a SendCommand without Targets with every instance of the Region.
+            for instance_id in params.get("InstanceIds", []):
+                key = (command["CommandId"], instance_id)
+                if not generalizing:
+                    self._commands[key] = _Pending(region, now + self._command_seconds, self._command_outcome)
+                    continue
+                failing = self._generalize_outcome == "Failed"
+                ends_at = now + (self._generalize_seconds if self._generalize_seconds is not None else math.inf)
+                self._commands[key] = _Pending(region, ends_at if failing else math.inf, self._generalize_outcome)
+                if ends_at != math.inf and (not failing or self._generalize_stops_when_failing):
+                    self._shutdowns[instance_id] = _Pending(region, ends_at, "stopped")
+
+    def _register_clones(self, region: str, image_id: str) -> None:
+        """A new instance from an image of a managed instance carries its agent: it registers after booting."""
+        backend = ec2_backends[self.account_id][region]
+        image = backend.amis.get(image_id)
+        source_info = self._managed.get(getattr(image, "instance_id", None) or "")
+        if source_info is None:
+            return
+        with self._lock:
+            for instance in backend.all_instances():
+                if instance.image_id == image_id and instance.id not in self._managed and instance.id not in self._registrations:
+                    info = {**source_info, "InstanceId": instance.id, "PingStatus": "Online"}
+                    self._registrations[instance.id] = (self.clock.now() + self._registration_seconds, info)
 
     def _after_stop(self, region: str, params: dict[str, Any]) -> None:
         if self.instance_stop_seconds <= 0:

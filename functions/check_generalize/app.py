@@ -1,0 +1,5 @@
+from ami_factory.handler import lambda_step
+from ami_factory.models import CheckGeneralizeInput
+from ami_factory.workflow import check_generalize
+
+handler = lambda_step(CheckGeneralizeInput, check_generalize)
