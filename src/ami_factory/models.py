@@ -323,7 +323,8 @@ class RegionResult(BaseModel):
 
 class RestoreInstanceInput(Contract):
     instance: InstanceRef
-    run_id: str | None = None  # given: the run's scaffolding (clone, seed image) goes too
+    run_id: str | None = None  # with the mode: the run's scaffolding (clone, seed image) goes too
+    mode: Mode | None = None
 
 
 class FinalizeInput(Plan):

@@ -35,6 +35,7 @@ from .models import (
     ImageRef,
     InstanceRef,
     LaunchCloneInput,
+    Mode,
     Plan,
     Platform,
     PublishParameterInput,
@@ -364,8 +365,8 @@ def restore_instance(event: RestoreInstanceInput) -> InstanceRef:
     its seed image) once the image no longer needs it. Safe to repeat: a started instance is left alone."""
     instance = event.instance.model_copy()
     ec2 = Ec2(instance.region)
-    if event.run_id:
-        remove_scaffolding(event.run_id, instance.region)
+    if event.run_id and event.mode:
+        remove_scaffolding(event.run_id, instance.region, event.mode)
     instance.state = ec2.instance_state(instance.instance_id)
     should_run = instance.stopped_by_us and instance.original_state in ("running", "pending")
     if should_run and instance.state == "stopping":
@@ -390,8 +391,11 @@ def remove_run_images(run_id: str, regions: list[str]) -> list[str]:
     return removed
 
 
-def remove_scaffolding(run_id: str, region: str) -> list[str]:
-    """Terminate the run's clone and remove its seed image and snapshots (found by tag, never by name)."""
+def remove_scaffolding(run_id: str, region: str, mode: Mode) -> list[str]:
+    """Terminate the run's clone and remove its seed image and snapshots (found by tag, never by name).
+    Only mode generalize makes any; the others skip the lookups."""
+    if mode != "generalize":
+        return []
     ec2 = Ec2(region)
     removed: list[str] = []
     clones = ec2.instances_with_tags(
@@ -428,7 +432,7 @@ def _record_result_on_instance(plan: Plan, status: str, image_id: str | None, er
 
 def finalize(plan: FinalizeInput) -> Summary:
     failed = [result for result in plan.distribution if result.status == "FAILED"]
-    cleaned = remove_scaffolding(plan.run_id, plan.source_region)
+    cleaned = remove_scaffolding(plan.run_id, plan.source_region, plan.mode)
     cleaned += remove_run_images(plan.run_id, [result.region for result in failed])
     status = "SUCCEEDED" if not failed else ("FAILED" if len(failed) == len(plan.distribution) else "PARTIAL")
     instance = restore_instance(RestoreInstanceInput(instance=plan.instance))
@@ -454,7 +458,7 @@ def finalize(plan: FinalizeInput) -> Summary:
 
 def handle_failure(plan: HandleFailureInput) -> Summary:
     """Undo what this run made and put the instance back; the state machine then fails with the error."""
-    cleaned = remove_scaffolding(plan.run_id, plan.source_region)
+    cleaned = remove_scaffolding(plan.run_id, plan.source_region, plan.mode)
     cleaned += remove_run_images(plan.run_id, [region.name for region in plan.regions])
     instance = restore_instance(RestoreInstanceInput(instance=plan.instance)) if plan.instance else None
     _record_result_on_instance(plan, "FAILED", None, plan.error.Error)

@@ -153,14 +153,17 @@ def test_bench_reports_counts_per_run() -> None:
     assert bench.main(out, chosen) == 0
     report = out.getvalue()
     sections = report.split("\n== ")[1:]
-    assert len(sections) == len(chosen) == 3
+    assert len(sections) == len(chosen) == 4
     assert "(PARTIAL)" in sections[2]
     for section in sections:
         transitions = int(re.search(r"state transitions: (\d+)", section).group(1))
         invocations = int(re.search(r"Lambda invocations: (\d+)", section).group(1))
         assert transitions > invocations > 0
-        assert re.search(r"CreateImage\s+1$", section, re.MULTILINE)
+        images = 2 if section.startswith("generalize") else 1  # the clone's seed, then the image
+        assert re.search(rf"CreateImage\s+{images}$", section, re.MULTILINE)
         assert re.search(r"virtual elapsed: [\d.]+ min; images' own time: [\d.]+ min", section)
+    assert re.search(r"RunInstances\s+1$", sections[3], re.MULTILINE)
+    assert re.search(r"TerminateInstances\s+1$", sections[3], re.MULTILINE)
 
 
 def test_cli_finds_the_state_machine_from_the_stack_outputs() -> None:

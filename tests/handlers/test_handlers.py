@@ -117,7 +117,9 @@ def test_launch_clone_retried_finds_its_clone_and_scaffolding_removal_touches_on
     # Something else of the same run that is not scaffolding: never terminated, never deregistered.
     bystander = emu.launch_instance(tags={"ami-factory:run": "run-8", "ami-factory:managed": "true"})
     instance = invoke(emu, "PrepareInstance", plan)
-    invoke(emu, "RestoreInstance", {"instance": instance, "run_id": "run-8"})
+    invoke(emu, "RestoreInstance", {"instance": instance, "run_id": "run-8", "mode": "stop"})
+    assert emu.world.sent("TerminateInstances") == [], "only mode generalize has scaffolding to remove"
+    invoke(emu, "RestoreInstance", {"instance": instance, "run_id": "run-8", "mode": "generalize"})
     assert [r.params["InstanceIds"] for r in emu.world.sent("TerminateInstances")] == [[clone["instance_id"]]]
     assert [r.params["ImageId"] for r in emu.world.sent("DeregisterImage")] == [seed["image_id"]]
     states = {i["InstanceId"]: i["State"]["Name"] for r in emu.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]}

@@ -8,8 +8,8 @@ itself took to make and copy them): the gap is what polling adds.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TextIO
+from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 from .emulator import Emulator
 
@@ -20,32 +20,43 @@ REGIONS = ["eu-west-1", "ap-southeast-2"]
 @dataclass
 class Scenario:
     name: str
-    arrange: Callable[[Emulator], None]
+    arrange: Callable[[Emulator, str], None]  # the emulator, and the instance to image
     regions: list[str]
+    request: dict[str, Any] = field(default_factory=dict)
 
 
-def _typical(emu: Emulator) -> None:
+def _typical(emu: Emulator, instance_id: str) -> None:
     emu.world.instances_take_to_stop(90)
     emu.world.images_take(20 * 60)
     for region in REGIONS:
         emu.world.images_take(45 * 60, region=region)
 
 
-def _throttled(emu: Emulator) -> None:
-    _typical(emu)
+def _throttled(emu: Emulator, instance_id: str) -> None:
+    _typical(emu, instance_id)
     emu.world.throttle("CopyImage", times=3)
     emu.world.hide_new_images(describes=2)
 
 
-def _one_region_fails(emu: Emulator) -> None:
-    _typical(emu)
+def _one_region_fails(emu: Emulator, instance_id: str) -> None:
+    _typical(emu, instance_id)
     emu.world.images_fail("ap-southeast-2")
+
+
+def _windows_clone(emu: Emulator, instance_id: str) -> None:
+    """Seed and final image 20 min each, the clone online in SSM after 3 min, sysprep 12 min."""
+    _typical(emu, instance_id)
+    emu.world.set_platform(emu.region, instance_id, "windows")
+    emu.world.ssm_manage(instance_id, "Windows")
+    emu.world.clones_take_to_register(3 * 60)
+    emu.world.generalize_takes(12 * 60)
 
 
 SCENARIOS = [
     Scenario("typical: 3 Regions, 20 min image, 45 min copies", _typical, REGIONS),
     Scenario("throttled CopyImage x3, image invisible x2", _throttled, REGIONS),
     Scenario("one Region's copy fails", _one_region_fails, REGIONS),
+    Scenario("generalize (Windows) on a clone", _windows_clone, REGIONS, {"mode": "generalize"}),
     Scenario("9 Regions", _typical, REGIONS + ["us-west-2", "eu-central-1", "ap-northeast-1", "sa-east-1", "ca-central-1", "eu-north-1"]),
 ]
 
@@ -53,12 +64,13 @@ SCENARIOS = [
 def main(out: TextIO, scenarios: list[Scenario] = SCENARIOS) -> int:
     for scenario in scenarios:
         with Emulator(parameters={"AllowedShareAccounts": ACCOUNT}) as emu:
-            scenario.arrange(emu)
             instance_id = emu.launch_instance(name="bench")
+            scenario.arrange(emu, instance_id)
             before = emu.world.calls("ec2")
             invocations = len(emu.runtime.invocations)
             start = emu.clock.elapsed()
-            result = emu.run({"instance_id": instance_id, "regions": scenario.regions, "share": {"accounts": [ACCOUNT]}})
+            request = {"instance_id": instance_id, "regions": scenario.regions, "share": {"accounts": [ACCOUNT]}}
+            result = emu.run({**request, **scenario.request})
             calls = emu.world.calls("ec2") - before
             print(f"\n== {scenario.name}: {result.status} ({(result.output or {}).get('status', result.error)})", file=out)
             print(f"   state transitions: {result.transitions}", file=out)

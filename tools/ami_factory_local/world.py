@@ -79,14 +79,18 @@ def execution_events(backend: Any, execution_arn: str) -> list[Any]:
 
 
 def history_page(events: list[Any], params: dict[str, Any]) -> dict[str, Any]:
-    """One page of an execution history, as Step Functions pages it (default 100 events, at most 1000)."""
+    """One page of an execution history, as Step Functions pages it (default 100 events, at most 1000).
+    The token names the last event returned, so pages stay put while a running execution grows."""
     if params.get("reverseOrder"):
         events = events[::-1]
-    start = int(params.get("nextToken") or 0)
+    start = 0
+    if params.get("nextToken"):
+        last_id = int(params["nextToken"])
+        start = next(index + 1 for index, event in enumerate(events) if event["id"] == last_id)
     end = start + min(int(params.get("maxResults") or 100), 1000)
     page: dict[str, Any] = {"events": copy.deepcopy(events[start:end])}
     if end < len(events):
-        page["nextToken"] = str(end)
+        page["nextToken"] = str(events[end - 1]["id"])
     return page
 
 
