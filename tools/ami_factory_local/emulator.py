@@ -313,8 +313,13 @@ def render_definition(project_root: Path, properties: dict[str, Any], resolver: 
     return text
 
 
+# Parsed definitions, kept for the process: every emulator deploys the same ASL text, and the parse
+# (ANTLR, about a second) is the largest part of starting one.
+_PARSED: dict[str, Any] = {}
+
+
 def _parse_once(parse: Any) -> Any:
-    parsed: dict[str, Any] = {}
+    parsed = _PARSED
 
     def parse_copy(definition: str, *args: Any, **kwargs: Any) -> Any:
         if args or kwargs:

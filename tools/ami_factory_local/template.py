@@ -8,6 +8,8 @@ understand is loud, not silently wrong.
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,13 @@ _CfnLoader.add_multi_constructor("!", _short_form)
 
 
 def load_template(path: Path) -> dict[str, Any]:
-    return yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 - a SafeLoader subclass
+    """The template as data; a fresh copy each time, parsed once per file content (YAML is slow)."""
+    return copy.deepcopy(_parsed_template(path.read_text()))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_template(text: str) -> dict[str, Any]:
+    return yaml.load(text, Loader=_CfnLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclass
