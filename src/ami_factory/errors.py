@@ -54,6 +54,10 @@ class ImageFailedError(AmiFactoryError):
     """EC2 reports the image as failed, invalid, error or deregistered."""
 
 
+class CloneLaunchError(AmiFactoryError):
+    """EC2 refused to launch the generalize clone (instance type, subnet, security groups, profile)."""
+
+
 class CommandFailedError(AmiFactoryError):
     """An SSM Run Command invocation on the instance failed, was cancelled or timed out."""
 

@@ -16,14 +16,17 @@ Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
 
 
 def correlation_keys(model: BaseModel) -> dict[str, str]:
-    """Execution, instance, image and Region, wherever the step's input carries them."""
+    """Execution, instance, clone, image and Region, wherever the step's input carries them."""
     keys: dict[str, str] = {}
     for field, key in (("run_id", "execution"), ("instance_id", "instance"), ("source_region", "region")):
         if isinstance(value := getattr(model, field, None), str):
             keys[key] = value
-    for ref in ("image", "instance", "source_image", "command"):
+    for ref in ("image", "seed", "instance", "source_image", "command", "clone"):
         if (nested := getattr(model, ref, None)) is not None:
-            keys.update({"image": nested.image_id} if hasattr(nested, "image_id") else {"instance": nested.instance_id})
+            if hasattr(nested, "image_id"):
+                keys["image"] = nested.image_id
+            else:  # the clone is named apart from the instance it was made from
+                keys["clone" if ref == "clone" else "instance"] = nested.instance_id
             keys["region"] = nested.region
     if (target := getattr(model, "region", None)) is not None and hasattr(target, "name"):
         keys["region"] = target.name

@@ -6,9 +6,12 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timezone
 
-from .aws import Ec2, Ssm, StepFunctions, tags_of
+from botocore.exceptions import ClientError
+
+from .aws import Ec2, Ssm, StepFunctions, error_code, tags_of
 from .commands import GENERALIZE_COMMENT, cleanup_command, generalize_command
 from .errors import (
+    CloneLaunchError,
     CommandFailedError,
     ImageFailedError,
     InstanceNotManagedError,
@@ -191,15 +194,23 @@ def launch_clone(event: LaunchCloneInput) -> CloneRef:
         return CloneRef(instance_id=existing[0]["InstanceId"], region=event.source_region, state=existing[0]["State"]["Name"])
     source = ec2.describe_instance(event.instance_id)
     overrides = event.clone_overrides
-    instance_id = ec2.launch_instance(
-        image_id=event.seed.image_id,
-        instance_type=overrides.instance_type or source["InstanceType"],
-        subnet_id=overrides.subnet_id or source.get("SubnetId"),
-        security_group_ids=overrides.security_group_ids or [group["GroupId"] for group in source.get("SecurityGroups", [])],
-        instance_profile=overrides.instance_profile or source.get("IamInstanceProfile", {}).get("Arn"),
-        client_token=client_token(event.run_id, "clone"),
-        tags={**event.tags, "Name": f"{event.family} clone (AMI Factory run {event.run_id})", ROLE_TAG: "clone"},
-    )
+    try:
+        instance_id = ec2.launch_instance(
+            image_id=event.seed.image_id,
+            instance_type=overrides.instance_type or source["InstanceType"],
+            subnet_id=overrides.subnet_id or source.get("SubnetId"),
+            security_group_ids=overrides.security_group_ids or [group["GroupId"] for group in source.get("SecurityGroups", [])],
+            instance_profile=overrides.instance_profile or source.get("IamInstanceProfile", {}).get("Arn"),
+            client_token=client_token(event.run_id, "clone"),
+            tags={**event.tags, "Name": f"{event.family} clone (AMI Factory run {event.run_id})", ROLE_TAG: "clone"},
+        )
+    except ClientError as error:
+        raise CloneLaunchError(
+            f"EC2 refused to launch the clone of {event.instance_id} ({error_code(error)}: "
+            f"{error.response.get('Error', {}).get('Message', '')}). The clone takes the instance's type, subnet, "
+            f"security groups and instance profile unless clone.instance_type, clone.subnet_id, "
+            f"clone.security_group_ids or clone.instance_profile say otherwise (groups must be in the subnet's VPC)"
+        ) from error
     return CloneRef(instance_id=instance_id, region=event.source_region, state=ec2.instance_state(instance_id))
 
 

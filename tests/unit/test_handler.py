@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ami_factory.handler import correlation_keys
-from ami_factory.models import CheckCommandInput, CheckImageInput, CopyImageInput
+from ami_factory.models import CheckCloneInput, CheckCommandInput, CheckImageInput, CopyImageInput
 
 
 def test_correlation_keys_follow_the_steps_inputs() -> None:
@@ -19,3 +19,5 @@ def test_correlation_keys_follow_the_steps_inputs() -> None:
         "source_image": {"region": "us-east-1", "image_id": "ami-1"},
     })
     assert correlation_keys(copy) == {"execution": "run-1", "image": "ami-1", "region": "ap-southeast-2"}
+    clone = CheckCloneInput.model_validate({"clone": {"instance_id": "i-0fedcba9876543210", "region": "us-east-1"}, "max_polls": 3})
+    assert correlation_keys(clone) == {"clone": "i-0fedcba9876543210", "region": "us-east-1"}

@@ -120,6 +120,16 @@ def test_clone_overrides_reach_run_instances(emu: Emulator) -> None:
     assert launch.params["ClientToken"], "a retried launch must not start a second clone"
 
 
+def test_a_clone_ec2_refuses_to_launch_is_a_clear_error_and_the_seed_is_removed(emu: Emulator) -> None:
+    source = launch_managed(emu, "Linux")
+    request = {"instance_id": source, "mode": "generalize", "regions": [], "clone": {"subnet_id": "subnet-0123456789abcdef0"}}
+    result = emu.run(request, name="no-subnet")
+    assert result.status == "FAILED" and result.error == "CloneLaunchError"
+    assert "InvalidSubnetID.NotFound" in result.cause and "clone.subnet_id" in result.cause
+    assert run_images(emu, "no-subnet") == [] and emu.world.sent("SendCommand") == []
+    assert instances(emu)[source]["State"]["Name"] == "running"
+
+
 def test_generalize_with_a_specified_password_sends_only_the_parameter_name(emu: Emulator) -> None:
     source = launch_managed(emu, "Windows")
     windows = {"admin_password": "specify", "admin_password_parameter": "/images/win/admin"}
