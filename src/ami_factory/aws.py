@@ -62,6 +62,10 @@ def tag_specifications(tags: Mapping[str, str]) -> list[dict[str, Any]]:
     return [{"ResourceType": kind, "Tags": tag_list(tags)} for kind in ("image", "snapshot")]
 
 
+def snapshots_of(image: Mapping[str, Any]) -> list[str]:
+    return [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if m.get("Ebs", {}).get("SnapshotId")]
+
+
 def launch_permissions(share: ShareTargets) -> list[dict[str, str]]:
     return (
         [{"UserId": account} for account in share.accounts]
@@ -200,17 +204,23 @@ class Ec2:
         description: str,
         client_token: str,
         tags: Mapping[str, str],
+        completion_minutes: int | None = None,
     ) -> str:
+        request: dict[str, Any] = {
+            "SourceRegion": source_region,
+            "SourceImageId": source_image_id,
+            "Name": name,
+            "Description": description,
+            "ClientToken": client_token,
+            # The tool's own tags and the user's, on the image and its snapshots (CopyImageTags would
+            # copy the image's tags only, never the snapshots').
+            "CopyImageTags": False,
+            "TagSpecifications": tag_specifications(tags),
+        }
+        if completion_minutes:
+            request["SnapshotCopyCompletionDurationMinutes"] = completion_minutes
         with translated_errors("CopyImage"):
-            response = self._ec2.copy_image(
-                SourceRegion=source_region,
-                SourceImageId=source_image_id,
-                Name=name,
-                Description=description,
-                ClientToken=client_token,
-                CopyImageTags=False,
-                TagSpecifications=tag_specifications(tags),
-            )
+            response = self._ec2.copy_image(**request)
         return str(response["ImageId"])
 
     def add_launch_permissions(self, image_id: str, share: ShareTargets) -> None:
@@ -222,13 +232,47 @@ class Ec2:
                 ImageId=image_id, Attribute="launchPermission", LaunchPermission={"Add": permissions}
             )
 
+    def add_snapshot_permissions(self, snapshot_ids: list[str], accounts: list[str], public: bool) -> None:
+        """createVolumePermission: what recipients need to copy the image, not to launch it."""
+        for snapshot_id in snapshot_ids:
+            with translated_errors("ModifySnapshotAttribute"):
+                self._ec2.modify_snapshot_attribute(
+                    SnapshotId=snapshot_id,
+                    Attribute="createVolumePermission",
+                    OperationType="add",
+                    UserIds=accounts,
+                    GroupNames=["all"] if public else [],
+                )
+
+    def image_block_public_access(self) -> str:
+        """``unblocked``, or ``block-new-sharing`` (the default for new accounts)."""
+        with translated_errors("GetImageBlockPublicAccessState"):
+            return str(self._ec2.get_image_block_public_access_state()["ImageBlockPublicAccessState"])
+
+    def public_image_count(self) -> int:
+        with translated_errors("DescribeImages"):
+            filters = [{"Name": "is-public", "Values": ["true"]}]
+            return len(self._ec2.describe_images(Owners=["self"], Filters=filters)["Images"])
+
+    def encrypted_volumes(self, instance: Mapping[str, Any]) -> list[str]:
+        """The instance's EBS volumes that are encrypted (their snapshots, and so the image's, will be too)."""
+        volume_ids = [m["Ebs"]["VolumeId"] for m in instance.get("BlockDeviceMappings", []) if "Ebs" in m]
+        if not volume_ids:
+            return []
+        with translated_errors("DescribeVolumes"):
+            volumes = self._ec2.describe_volumes(VolumeIds=volume_ids)["Volumes"]
+        return [volume["VolumeId"] for volume in volumes if volume.get("Encrypted")]
+
+    def enable_deprecation(self, image_id: str, deprecate_at: str) -> None:
+        with translated_errors("EnableImageDeprecation"):
+            self._ec2.enable_image_deprecation(ImageId=image_id, DeprecateAt=deprecate_at)
+
+    def enable_deregistration_protection(self, image_id: str, cooldown: bool) -> None:
+        with translated_errors("EnableImageDeregistrationProtection"):
+            self._ec2.enable_image_deregistration_protection(ImageId=image_id, WithCooldown=cooldown)
+
     def delete_image(self, image: Mapping[str, Any]) -> list[str]:
         """Deregister the image and delete its snapshots; returns the snapshot ids deleted."""
-        snapshot_ids = [
-            mapping["Ebs"]["SnapshotId"]
-            for mapping in image.get("BlockDeviceMappings", [])
-            if mapping.get("Ebs", {}).get("SnapshotId")
-        ]
         with translated_errors("DeregisterImage"):
             try:
                 self._ec2.deregister_image(ImageId=image["ImageId"], DeleteAssociatedSnapshots=True)
@@ -236,7 +280,7 @@ class Ec2:
                 if not error_code(error).startswith("InvalidAMIID"):
                     raise
         deleted = []
-        for snapshot_id in snapshot_ids:
+        for snapshot_id in snapshots_of(image):
             with translated_errors("DeleteSnapshot"):
                 try:
                     self._ec2.delete_snapshot(SnapshotId=snapshot_id)

@@ -31,6 +31,10 @@ class PublicSharingBlockedError(AmiFactoryError):
     """Public sharing was asked for while the deployment does not allow it."""
 
 
+class PublicImageLimitError(AmiFactoryError):
+    """A Region already holds as many public images as EC2 allows."""
+
+
 class InstanceNotFoundError(AmiFactoryError):
     """The instance id does not exist in the stack's Region."""
 

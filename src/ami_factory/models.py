@@ -45,10 +45,46 @@ class ShareTargets(BaseModel):
     organizations: list[OrganizationArn] = Field(default_factory=list, description="organization ARNs")
     organizational_units: list[OuArn] = Field(default_factory=list, description="OU ARNs")
     public: bool = Field(False, description="make the image public (only if the deployment allows it)")
+    snapshot_permissions: bool = Field(
+        False,
+        description="also let the accounts (and, for a public image, everyone) create volumes from the image's "
+        "snapshots, which they need to copy the image; never for a public image with encrypted snapshots",
+    )
+
+    @model_validator(mode="after")
+    def _snapshot_permissions_need_accounts(self) -> ShareTargets:
+        if self.snapshot_permissions and not (self.accounts or self.public):
+            raise ValueError(
+                "snapshot_permissions go to accounts (EBS snapshots have no organization or OU principals): list the "
+                "accounts that must copy the image in share.accounts"
+            )
+        return self
 
     def describe(self) -> list[str]:
         """Human-readable list of everyone the image is shared with."""
         return [*self.accounts, *self.organizations, *self.organizational_units] + (["public"] if self.public else [])
+
+
+MAX_DEPRECATION_DAYS = 3650  # EC2: 10 years
+MAX_PUBLIC_DEPRECATION_DAYS = 730  # EC2: public images at most 2 years
+
+
+class ProtectionOptions(BaseModel):
+    """What keeps the image from being used too long or deleted too soon (each Region's image)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deprecate_after_days: Annotated[int, Field(ge=1, le=MAX_DEPRECATION_DAYS)] | None = Field(
+        None, description="deprecate the image this many days after it is made (public images: at most 730)"
+    )
+    deregistration_protection: bool = Field(False, description="refuse DeregisterImage until protection is disabled")
+    cooldown: bool = Field(False, description="with deregistration_protection: it lasts 24 h after being disabled")
+
+    @model_validator(mode="after")
+    def _cooldown_needs_protection(self) -> ProtectionOptions:
+        if self.cooldown and not self.deregistration_protection:
+            raise ValueError("cooldown only applies with deregistration_protection")
+        return self
 
 
 class WindowsOptions(BaseModel):
@@ -125,6 +161,12 @@ class ImagingRequest(BaseModel):
     windows: WindowsOptions = Field(default_factory=WindowsOptions, description="generalize modes, Windows only")
     clone: CloneOptions = Field(default_factory=CloneOptions, description="mode generalize only: overrides for the clone")
     tags: dict[str, str] = Field(default_factory=dict, description="extra tags for the images and snapshots")
+    protection: ProtectionOptions = Field(default_factory=ProtectionOptions, description="deprecation and deregistration protection")
+    copy_completion_minutes: Annotated[int, Field(ge=15, le=2880, multiple_of=15)] | None = Field(
+        None,
+        description="time-based copy: every copy completes within this many minutes (15-minute steps, 15 min to "
+        "48 h; EBS charges extra for it)",
+    )
     cleanup: bool = Field(
         False,
         description="before imaging, clean up through SSM Run Command: temp files and the recycle bin on Windows, "
@@ -153,6 +195,12 @@ class ImagingRequest(BaseModel):
             raise ValueError("clone options only apply to mode generalize")
         if self.windows != WindowsOptions() and self.mode not in GENERALIZING_MODES:
             raise ValueError("windows options only apply to the generalize modes")
+        days = self.protection.deprecate_after_days
+        if self.share.public and days is not None and days > MAX_PUBLIC_DEPRECATION_DAYS:
+            raise ValueError(
+                f"public images can be deprecated at most {MAX_PUBLIC_DEPRECATION_DAYS} days ahead: lower "
+                f"protection.deprecate_after_days"
+            )
         return self
 
 
@@ -192,6 +240,8 @@ class Plan(Contract):
     generalize_max_polls: int
     windows: WindowsOptions
     clone_overrides: CloneOptions
+    protection: ProtectionOptions
+    copy_completion_minutes: int | None
 
 
 class InstanceRef(Contract):
@@ -284,6 +334,7 @@ class CopyImageInput(Contract):
     tags: dict[str, str]
     region: RegionTarget
     source_image: ImageRef
+    copy_completion_minutes: int | None = None
 
 
 class ShareImageInput(Contract):
@@ -293,6 +344,16 @@ class ShareImageInput(Contract):
 
 class ShareImageOutput(BaseModel):
     shared_with: list[str]
+
+
+class ProtectImageInput(Contract):
+    image: ImageRef
+    protection: ProtectionOptions
+
+
+class ProtectImageOutput(BaseModel):
+    deprecate_at: str | None = None
+    deregistration_protection: bool = False
 
 
 class PublishParameterInput(Contract):
@@ -318,6 +379,8 @@ class RegionResult(BaseModel):
     image_id: str | None = None
     shared_with: list[str] = Field(default_factory=list)
     parameter_name: str | None = None
+    deprecate_at: str | None = None
+    deregistration_protection: bool = False
     error: StepError | None = None
 
 

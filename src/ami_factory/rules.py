@@ -27,6 +27,7 @@ TAG_PREFIX = "ami-factory:"
 RUN_TAG = f"{TAG_PREFIX}run"
 ROLE_TAG = f"{TAG_PREFIX}role"  # scaffolding a run removes: "clone" instances, "intermediate" images
 MAX_IMAGE_NAME = 128
+MAX_PUBLIC_IMAGES_PER_REGION = 5  # EC2 quota: public AMIs per Region
 
 
 @cache

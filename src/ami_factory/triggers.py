@@ -46,9 +46,14 @@ SETTING_TAGS: dict[str, tuple[str, ...]] = {
     "clone-subnet": ("clone", "subnet_id"),
     "clone-security-groups": ("clone", "security_group_ids"),
     "clone-instance-profile": ("clone", "instance_profile"),
+    "share-snapshot-permissions": ("share", "snapshot_permissions"),
+    "deprecate-after-days": ("protection", "deprecate_after_days"),
+    "deregistration-protection": ("protection", "deregistration_protection"),
+    "protection-cooldown": ("protection", "cooldown"),
+    "copy-completion-minutes": ("copy_completion_minutes",),
 }
 LIST_FIELDS = {"regions", "accounts", "organizations", "organizational_units", "security_group_ids"}
-BOOL_FIELDS = {"public", "cleanup", "confirm_generalize_in_place"}
+BOOL_FIELDS = {"public", "cleanup", "confirm_generalize_in_place", "snapshot_permissions", "deregistration_protection", "cooldown"}
 # The tool's own bookkeeping on the instance; any other ami-factory:* key is a typo to report.
 RESULT_TAGS = {"error", "last-run", "last-run-at", "last-status", "last-image-id", "last-error"}
 

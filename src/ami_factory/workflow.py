@@ -4,19 +4,21 @@ return its model; everything they need to agree on lives in this package."""
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from botocore.exceptions import ClientError
 
-from .aws import Ec2, Ssm, StepFunctions, error_code, tags_of
+from .aws import Ec2, Ssm, StepFunctions, error_code, snapshots_of, tags_of
 from .commands import GENERALIZE_COMMENT, cleanup_command, generalize_command
 from .errors import (
     CloneLaunchError,
     CommandFailedError,
     ImageFailedError,
     InstanceNotManagedError,
-    InvalidRequestError,
     InstanceStateConflictError,
+    InvalidRequestError,
+    PublicImageLimitError,
+    PublicSharingBlockedError,
     RunInProgressError,
     UnsupportedInstanceError,
     WaitTimeoutError,
@@ -41,9 +43,12 @@ from .models import (
     Mode,
     Plan,
     Platform,
+    ProtectImageInput,
+    ProtectImageOutput,
     PublishParameterInput,
     PublishParameterOutput,
     RegionResult,
+    RegionTarget,
     ResolveRequestInput,
     RestoreInstanceInput,
     ShareImageInput,
@@ -52,6 +57,7 @@ from .models import (
     Summary,
 )
 from .rules import (
+    MAX_PUBLIC_IMAGES_PER_REGION,
     ROLE_TAG,
     RUN_TAG,
     TAG_PREFIX,
@@ -102,6 +108,8 @@ def resolve_request(event: ResolveRequestInput, settings: Settings | None = None
             f"instance {request.instance_id} is {state}; only running or stopped instances can be imaged"
         )
     platform: Platform = "windows" if str(instance.get("Platform", "")).lower() == "windows" else "linux"
+    if request.share.public:
+        _require_public_sharing_possible(regions, instance, request.share.snapshot_permissions)
     if request.cleanup:
         _require_ssm(request.instance_id, platform, region, "clean-up")
     if request.mode == "generalize-in-place":
@@ -131,12 +139,38 @@ def resolve_request(event: ResolveRequestInput, settings: Settings | None = None
         share=request.share,
         parameter_name=parameter_name(settings.parameter_prefix, family),
         tags=image_tags(event.run_id, family, request.instance_id, region, {"Name": name, **request.tags}),
+        protection=request.protection,
+        copy_completion_minutes=request.copy_completion_minutes,
         poll_seconds=settings.poll_seconds,
         max_polls=settings.max_polls,
         generalize_max_polls=settings.generalize_max_polls,
         windows=request.windows,
         clone_overrides=request.clone,
     )
+
+
+def _require_public_sharing_possible(regions: list[RegionTarget], instance: dict, snapshot_permissions: bool) -> None:
+    """Public sharing fails late and half-done on AWS; here it fails before anything is changed."""
+    source = Ec2(regions[0].name)
+    if snapshot_permissions and (encrypted := source.encrypted_volumes(instance)):
+        raise InvalidRequestError(
+            f"share.snapshot_permissions with share.public would make snapshots public, and the instance's volumes "
+            f"{encrypted} are encrypted (encrypted snapshots cannot be public): drop share.snapshot_permissions"
+        )
+    blocked = [region.name for region in regions if Ec2(region.name).image_block_public_access() != "unblocked"]
+    if blocked:
+        raise PublicSharingBlockedError(
+            f"image block public access is on in {blocked}, so the image cannot be made public there: turn it off "
+            f"(aws ec2 disable-image-block-public-access --region REGION) if public images are intended, or drop "
+            f"share.public"
+        )
+    for region in regions:
+        count = Ec2(region.name).public_image_count()
+        if count >= MAX_PUBLIC_IMAGES_PER_REGION:
+            raise PublicImageLimitError(
+                f"{region.name} already has {count} public images, the limit is {MAX_PUBLIC_IMAGES_PER_REGION}: make "
+                f"one private, request a quota increase, or drop share.public"
+            )
 
 
 def _require_ssm(instance_id: str, platform: Platform, region: str, purpose: str, online: bool = True) -> None:
@@ -352,6 +386,7 @@ def copy_image(event: CopyImageInput) -> ImageRef:
         description=event.description,
         client_token=client_token(event.run_id, region),
         tags={**event.tags, f"{TAG_PREFIX}source-image": event.source_image.image_id},
+        completion_minutes=event.copy_completion_minutes,
     )
     return ImageRef(region=region, image_id=image_id)
 
@@ -360,8 +395,29 @@ def share_image(event: ShareImageInput, settings: Settings | None = None) -> Sha
     # Checked again here, not only in ResolveRequest: the state is data anyone with
     # StartExecution can shape, and sharing is the step that must never overreach.
     check_share_targets(event.share, settings or load_settings())
-    Ec2(event.image.region).add_launch_permissions(event.image.image_id, event.share)
+    ec2 = Ec2(event.image.region)
+    ec2.add_launch_permissions(event.image.image_id, event.share)
+    if event.share.snapshot_permissions:
+        image = ec2.describe_image(event.image.image_id)
+        encrypted = any(m.get("Ebs", {}).get("Encrypted") for m in image.get("BlockDeviceMappings", []))
+        if event.share.public and encrypted:
+            raise InvalidRequestError(f"image {event.image.image_id} has encrypted snapshots: they are never made public")
+        ec2.add_snapshot_permissions(snapshots_of(image), event.share.accounts, event.share.public)
     return ShareImageOutput(shared_with=event.share.describe())
+
+
+def protect_image(event: ProtectImageInput) -> ProtectImageOutput:
+    """Deprecation, then deregistration protection: the last calls of a Region, so nothing after them
+    can fail and leave a protected image that the clean-up cannot remove."""
+    ec2 = Ec2(event.image.region)
+    deprecate_at = None
+    if event.protection.deprecate_after_days:
+        when = datetime.now(timezone.utc) + timedelta(days=event.protection.deprecate_after_days)
+        deprecate_at = when.strftime("%Y-%m-%dT%H:%M:00Z")
+        ec2.enable_deprecation(event.image.image_id, deprecate_at)
+    if event.protection.deregistration_protection:
+        ec2.enable_deregistration_protection(event.image.image_id, event.protection.cooldown)
+    return ProtectImageOutput(deprecate_at=deprecate_at, deregistration_protection=event.protection.deregistration_protection)
 
 
 def publish_parameter(event: PublishParameterInput) -> PublishParameterOutput:

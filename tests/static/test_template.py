@@ -52,7 +52,7 @@ ALL_FUNCTIONS = [
     "CheckImageFunction", "RestoreInstanceFunction", "CopyImageFunction", "ShareImageFunction",
     "PublishParameterFunction", "FinalizeFunction", "HandleFailureFunction", "RunCleanupFunction",
     "CheckCommandFunction", "CreateSeedImageFunction", "LaunchCloneFunction", "CheckCloneFunction",
-    "GeneralizeFunction", "CheckGeneralizeFunction",
+    "GeneralizeFunction", "CheckGeneralizeFunction", "ProtectImageFunction",
 ]
 
 
@@ -162,6 +162,7 @@ def test_result_selectors_name_exactly_the_fields_of_the_step_outputs(asl: dict[
         "CommandRef": set(models.CommandRef.model_fields),
         "CloneRef": set(models.CloneRef.model_fields),
         "GeneralizeRef": set(models.GeneralizeRef.model_fields),
+        "ProtectImageOutput": set(models.ProtectImageOutput.model_fields),
     }
     checked = 0
     for name, state in _states(asl).items():

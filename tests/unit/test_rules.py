@@ -71,6 +71,12 @@ def request(**fields: object) -> ImagingRequest:
         ({"mode": "stop", "clone": {"instance_type": "m6i.large"}}, "clone options only apply to mode generalize"),
         ({"mode": "no-reboot", "windows": {"admin_password": "do-nothing"}}, "only apply to the generalize modes"),
         ({"mode": "generalize", "clone": {"subnet_id": "subnet-1"}}, "clone.subnet_id"),
+        ({"share": {"public": True}, "protection": {"deprecate_after_days": 731}}, "at most 730 days"),
+        ({"protection": {"cooldown": True}}, "cooldown only applies with deregistration_protection"),
+        ({"share": {"organizational_units": ["arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-ab12-cdef3456"],
+                    "snapshot_permissions": True}}, "EBS snapshots have no organization or OU principals"),
+        ({"copy_completion_minutes": 20}, "copy_completion_minutes"),
+        ({"copy_completion_minutes": 2895}, "copy_completion_minutes"),
     ],
 )
 def test_malformed_requests_name_the_field_to_fix(fields: dict, mentions: str) -> None:

@@ -48,6 +48,22 @@ def test_generalize_settings_come_from_tags_too() -> None:
         request_from_tags(INSTANCE, {"ami-factory:mode": "generalize-in-place"}, SETTINGS)
 
 
+def test_distribution_settings_come_from_tags_too() -> None:
+    request = request_from_tags(INSTANCE, {
+        "ami-factory:share-accounts": "111122223333",
+        "ami-factory:share-snapshot-permissions": "true",
+        "ami-factory:deprecate-after-days": "90",
+        "ami-factory:deregistration-protection": "TRUE",
+        "ami-factory:protection-cooldown": "true",
+        "ami-factory:copy-completion-minutes": "45",
+    }, SETTINGS)
+    assert request.share.snapshot_permissions is True and request.copy_completion_minutes == 45
+    assert (request.protection.deprecate_after_days, request.protection.deregistration_protection) == (90, True)
+    assert request.protection.cooldown is True
+    with pytest.raises(InvalidRequestError, match="tag ami-factory:copy-completion-minutes"):
+        request_from_tags(INSTANCE, {"ami-factory:copy-completion-minutes": "20"}, SETTINGS)
+
+
 def test_no_setting_tags_mean_the_defaults() -> None:
     bookkeeping = {"ami-factory:last-status": "SUCCEEDED", "ami-factory:error": "", "ami-factory:schedule": "true"}
     request = request_from_tags(INSTANCE, {"ami-factory:create": "true", **bookkeeping}, SETTINGS)

@@ -145,15 +145,22 @@ class Emulator:
         return boto3.client(service, region_name=region or self.region)
 
     def launch_instance(
-        self, name: str | None = None, state: str = "running", tags: dict[str, str] | None = None, region: str | None = None
+        self,
+        name: str | None = None,
+        state: str = "running",
+        tags: dict[str, str] | None = None,
+        region: str | None = None,
+        encrypted: bool = False,
     ) -> str:
         """A small EBS-backed instance to image, launched from a base image the emulator registers."""
         ec2 = self.client("ec2", region)
         base_image = ec2.register_image(Name=f"base-{time.monotonic_ns()}", RootDeviceName="/dev/xvda")["ImageId"]
         all_tags = {**({"Name": name} if name else {}), **(tags or {})}
         spec = [{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in all_tags.items()]}] if all_tags else []
+        volumes = [{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8, "Encrypted": True}}] if encrypted else []
         instance_id = ec2.run_instances(
-            ImageId=base_image, MinCount=1, MaxCount=1, InstanceType="t3.micro", TagSpecifications=spec
+            ImageId=base_image, MinCount=1, MaxCount=1, InstanceType="t3.micro", TagSpecifications=spec,
+            BlockDeviceMappings=volumes,
         )["Instances"][0]["InstanceId"]
         if state == "stopped":
             ec2.stop_instances(InstanceIds=[instance_id])

@@ -144,6 +144,9 @@ class World:
     _generalize_outcome: str = "InProgress"  # what the command reports; sysprep's shutdown stops the agent reporting
     _generalize_stops_when_failing: bool = False
     _shutdowns: dict[str, _Pending] = field(default_factory=dict)  # instance -> when its generalize shuts it down
+    _public_access: dict[str, str] = field(default_factory=dict)  # region -> image block public access state
+    deprecations: dict[str, str] = field(default_factory=dict)  # image -> DeprecateAt (moto lacks the call)
+    protected: dict[str, bool] = field(default_factory=dict)  # image -> WithCooldown (moto lacks the call)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # --- what a test asks of the world ---------------------------------------------------------
@@ -209,6 +212,10 @@ class World:
         """The generalize command ends Failed after ``seconds``; with ``then_stops`` the instance shuts down anyway."""
         self._generalize_seconds, self._generalize_outcome = seconds, "Failed"
         self._generalize_stops_when_failing = then_stops
+
+    def image_block_public_access(self, region: str, state: str) -> None:
+        """``unblocked`` or ``block-new-sharing``; like a new AWS account, every Region starts blocked."""
+        self._public_access[region] = state
 
     def set_platform(self, region: str, instance_id: str, platform: str | None) -> None:
         """``windows`` makes EC2 describe the instance as Windows (moto's default is Linux)."""
@@ -299,11 +306,19 @@ class World:
             }
         return None
 
-    def _intercept(self, response: BaseResponse, operation: str, params: dict[str, Any]) -> EC2ClientError | None:
-        """Runs before moto handles an EC2 call; returns an error to answer with instead."""
+    def _intercept(self, response: BaseResponse, operation: str, params: dict[str, Any]) -> Any:
+        """Runs before moto handles an EC2 call; returns an error or an answer to give instead."""
         self._tick()
         if self._take(self._throttles, operation, response.region):
             return EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
+        if operation == "GetImageBlockPublicAccessState":
+            return {"ImageBlockPublicAccessState": self._public_access.get(response.region, "block-new-sharing")}
+        if operation == "EnableImageDeprecation":
+            self.deprecations[params["ImageId"]] = params["DeprecateAt"]
+            return {"Return": True}
+        if operation == "EnableImageDeregistrationProtection":
+            self.protected[params["ImageId"]] = str(params.get("WithCooldown", "false")).lower() == "true"
+            return {"Return": "enabled-with-cooldown" if self.protected[params["ImageId"]] else "enabled-without-cooldown"}
         if operation == "DescribeImages":
             for image_id in params.get("ImageIds", []):
                 if self._hidden.get(image_id, 0) > 0:
