@@ -205,6 +205,7 @@ class Ec2:
         client_token: str,
         tags: Mapping[str, str],
         completion_minutes: int | None = None,
+        kms_key_id: str | None = None,
     ) -> str:
         request: dict[str, Any] = {
             "SourceRegion": source_region,
@@ -219,6 +220,8 @@ class Ec2:
         }
         if completion_minutes:
             request["SnapshotCopyCompletionDurationMinutes"] = completion_minutes
+        if kms_key_id:
+            request.update(Encrypted=True, KmsKeyId=kms_key_id)
         with translated_errors("CopyImage"):
             response = self._ec2.copy_image(**request)
         return str(response["ImageId"])
@@ -254,14 +257,14 @@ class Ec2:
             filters = [{"Name": "is-public", "Values": ["true"]}]
             return len(self._ec2.describe_images(Owners=["self"], Filters=filters)["Images"])
 
-    def encrypted_volumes(self, instance: Mapping[str, Any]) -> list[str]:
-        """The instance's EBS volumes that are encrypted (their snapshots, and so the image's, will be too)."""
+    def encrypted_volumes(self, instance: Mapping[str, Any]) -> dict[str, str]:
+        """The instance's encrypted EBS volumes and their keys: its image's snapshots will use the same keys."""
         volume_ids = [m["Ebs"]["VolumeId"] for m in instance.get("BlockDeviceMappings", []) if "Ebs" in m]
         if not volume_ids:
-            return []
+            return {}
         with translated_errors("DescribeVolumes"):
             volumes = self._ec2.describe_volumes(VolumeIds=volume_ids)["Volumes"]
-        return [volume["VolumeId"] for volume in volumes if volume.get("Encrypted")]
+        return {volume["VolumeId"]: str(volume.get("KmsKeyId", "")) for volume in volumes if volume.get("Encrypted")}
 
     def enable_deprecation(self, image_id: str, deprecate_at: str) -> None:
         with translated_errors("EnableImageDeprecation"):
@@ -332,6 +335,32 @@ class Ssm:
                 Overwrite=True,
             )
         return int(response["Version"])
+
+
+class Kms:
+    def __init__(self, region: str) -> None:
+        self._kms = client("kms", region)
+
+    def is_aws_managed(self, key_id: str) -> bool:
+        """``aws/ebs`` and its kind: keys AWS manages, which no other account can ever be allowed to use.
+        An encrypted volume without a key id uses the Region's default, ``aws/ebs``."""
+        with translated_errors("DescribeKey"):
+            metadata = self._kms.describe_key(KeyId=key_id or "alias/aws/ebs")["KeyMetadata"]
+        return metadata.get("KeyManager") == "AWS"
+
+    def key_arn(self, key: str) -> str:
+        """The key's ARN from any of its names: GetKeyPolicy and ListGrants take no alias."""
+        with translated_errors("DescribeKey"):
+            return str(self._kms.describe_key(KeyId=key)["KeyMetadata"]["Arn"])
+
+    def policy(self, key: str) -> dict[str, Any]:
+        with translated_errors("GetKeyPolicy"):
+            return dict(json.loads(self._kms.get_key_policy(KeyId=self.key_arn(key), PolicyName="default")["Policy"]))
+
+    def grantees(self, key: str) -> list[str]:
+        with translated_errors("ListGrants"):
+            pages = self._kms.get_paginator("list_grants").paginate(KeyId=self.key_arn(key))
+            return [str(grant.get("GranteePrincipal", "")) for page in pages for grant in page["Grants"]]
 
 
 class StepFunctions:

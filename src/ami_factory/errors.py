@@ -35,6 +35,14 @@ class PublicImageLimitError(AmiFactoryError):
     """A Region already holds as many public images as EC2 allows."""
 
 
+class EncryptionKeyError(AmiFactoryError):
+    """The image's encryption keeps it from being used where it is shared (aws/ebs, no key for a Region)."""
+
+
+class KeyAccessError(AmiFactoryError):
+    """A customer managed key does not let a share target use it (key policy or grant)."""
+
+
 class InstanceNotFoundError(AmiFactoryError):
     """The instance id does not exist in the stack's Region."""
 

@@ -162,6 +162,11 @@ class ImagingRequest(BaseModel):
     clone: CloneOptions = Field(default_factory=CloneOptions, description="mode generalize only: overrides for the clone")
     tags: dict[str, str] = Field(default_factory=dict, description="extra tags for the images and snapshots")
     protection: ProtectionOptions = Field(default_factory=ProtectionOptions, description="deprecation and deregistration protection")
+    encrypt: bool = Field(
+        False,
+        description="encrypt every Region's image with that Region's customer managed key from the deployment's "
+        "KmsKeyIds (the source Region's through a same-Region copy); needed to share an image of encrypted volumes",
+    )
     copy_completion_minutes: Annotated[int, Field(ge=15, le=2880, multiple_of=15)] | None = Field(
         None,
         description="time-based copy: every copy completes within this many minutes (15-minute steps, 15 min to "
@@ -229,6 +234,8 @@ class Plan(Contract):
     family: str
     image_name: str
     seed_image_name: str
+    capture_image_name: str  # what CreateImage makes: the image itself, or (encrypt) the source of its copies
+    encrypt: bool
     description: str
     mode: Mode
     regions: list[RegionTarget]
@@ -335,6 +342,7 @@ class CopyImageInput(Contract):
     region: RegionTarget
     source_image: ImageRef
     copy_completion_minutes: int | None = None
+    encrypt: bool = False
 
 
 class ShareImageInput(Contract):

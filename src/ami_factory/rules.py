@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from fnmatch import fnmatchcase
 from functools import cache
 from typing import Any
 
@@ -21,11 +22,14 @@ from .errors import (
     UnknownRegionError,
 )
 from .models import ImagingRequest, RegionTarget, ShareTargets, sanitize_image_name
+
+# What a recipient's account must be allowed on a customer managed key to launch an image encrypted with it.
+KEY_USE_ACTIONS = ("kms:Decrypt", "kms:DescribeKey", "kms:CreateGrant", "kms:ReEncryptFrom", "kms:GenerateDataKeyWithoutPlaintext")
 from .settings import Settings
 
 TAG_PREFIX = "ami-factory:"
 RUN_TAG = f"{TAG_PREFIX}run"
-ROLE_TAG = f"{TAG_PREFIX}role"  # scaffolding a run removes: "clone" instances, "intermediate" images
+ROLE_TAG = f"{TAG_PREFIX}role"  # what a run removes: its "clone" instance, its "seed" and "capture" images
 MAX_IMAGE_NAME = 128
 MAX_PUBLIC_IMAGES_PER_REGION = 5  # EC2 quota: public AMIs per Region
 
@@ -137,3 +141,50 @@ def image_tags(run_id: str, family: str, instance_id: str, source_region: str, u
         f"{TAG_PREFIX}source-instance": instance_id,
         f"{TAG_PREFIX}source-region": source_region,
     }
+
+
+def _as_list(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def _account_of(principal: str) -> str | None:
+    """An account as a whole: its id or its root ARN (a role or user is not the account)."""
+    match = re.fullmatch(r"(?:arn:aws[a-z-]*:iam::)?([0-9]{12})(?::root)?", principal)
+    return match.group(1) if match else None
+
+
+def _condition_values(conditions: Mapping[str, Any], key: str) -> list[str]:
+    return [value for block in conditions.values() for name, values in block.items()
+            if name.lower() == key.lower() for value in _as_list(values)]
+
+
+def principals_without_key_access(policy: Mapping[str, Any], grantees: list[str], share: ShareTargets) -> list[str]:
+    """The share targets that neither the key policy nor a grant lets use the key for a launch."""
+    everyone = False
+    accounts = {account for grantee in grantees if (account := _account_of(grantee))}
+    org_ids: set[str] = set()
+    org_paths: list[str] = []
+    statements = policy.get("Statement", [])
+    for statement in [statements] if isinstance(statements, dict) else statements:
+        actions = [action.lower() for action in _as_list(statement.get("Action"))]
+        if statement.get("Effect") != "Allow" or not all(
+            any(fnmatchcase(needed.lower(), pattern) for pattern in actions) for needed in KEY_USE_ACTIONS
+        ):
+            continue
+        principal = statement.get("Principal", {})
+        named = ["*"] if principal == "*" else _as_list(principal.get("AWS"))
+        conditions = statement.get("Condition", {})
+        accounts |= {account for name in named if (account := _account_of(name))}
+        if "*" in named:
+            org_ids |= set(_condition_values(conditions, "aws:PrincipalOrgID"))
+            org_paths += _condition_values(conditions, "aws:PrincipalOrgPaths")
+            everyone |= not conditions
+    if everyone:
+        return []
+    missing = [account for account in share.accounts if account not in accounts]
+    missing += [arn for arn in share.organizations if arn.rsplit("/", 1)[-1] not in org_ids]
+    for arn in share.organizational_units:
+        org_id, ou_id = arn.split("/")[1], arn.rsplit("/", 1)[-1]
+        if org_id not in org_ids and not any(ou_id in path for path in org_paths):
+            missing.append(arn)
+    return missing

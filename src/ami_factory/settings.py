@@ -7,7 +7,7 @@ variables are the contract between the two.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def _csv(name: str) -> tuple[str, ...]:
@@ -44,6 +44,7 @@ class Settings:
     trigger_tag_key: str
     schedule_tag_key: str
     state_machine_arn: str  # only the start function has it
+    kms_keys: dict[str, str] = field(default_factory=dict)  # Region -> customer managed key for encrypted images
 
     @property
     def max_polls(self) -> int:
@@ -76,4 +77,5 @@ def load_settings() -> Settings:
         trigger_tag_key=os.environ.get("TRIGGER_TAG_KEY", "ami-factory:create"),
         schedule_tag_key=os.environ.get("SCHEDULE_TAG_KEY", "ami-factory:schedule"),
         state_machine_arn=os.environ.get("STATE_MACHINE_ARN", ""),
+        kms_keys=dict(pair.split("=", 1) for pair in _csv("KMS_KEY_IDS") if "=" in pair),
     )

@@ -8,15 +8,17 @@ from datetime import datetime, timedelta, timezone
 
 from botocore.exceptions import ClientError
 
-from .aws import Ec2, Ssm, StepFunctions, error_code, snapshots_of, tags_of
+from .aws import Ec2, Kms, Ssm, StepFunctions, error_code, snapshots_of, tags_of
 from .commands import GENERALIZE_COMMENT, cleanup_command, generalize_command
 from .errors import (
     CloneLaunchError,
     CommandFailedError,
+    EncryptionKeyError,
     ImageFailedError,
     InstanceNotManagedError,
     InstanceStateConflictError,
     InvalidRequestError,
+    KeyAccessError,
     PublicImageLimitError,
     PublicSharingBlockedError,
     RunInProgressError,
@@ -38,9 +40,9 @@ from .models import (
     GeneralizeRef,
     HandleFailureInput,
     ImageRef,
+    ImagingRequest,
     InstanceRef,
     LaunchCloneInput,
-    Mode,
     Plan,
     Platform,
     ProtectImageInput,
@@ -63,6 +65,7 @@ from .rules import (
     TAG_PREFIX,
     check_share_targets,
     family_name,
+    principals_without_key_access,
     holder_of,
     image_name,
     image_tags,
@@ -109,7 +112,8 @@ def resolve_request(event: ResolveRequestInput, settings: Settings | None = None
         )
     platform: Platform = "windows" if str(instance.get("Platform", "")).lower() == "windows" else "linux"
     if request.share.public:
-        _require_public_sharing_possible(regions, instance, request.share.snapshot_permissions)
+        _require_public_sharing_possible(regions, instance, request.encrypt)
+    _require_usable_encryption(request, instance, regions, settings)
     if request.cleanup:
         _require_ssm(request.instance_id, platform, region, "clean-up")
     if request.mode == "generalize-in-place":
@@ -133,6 +137,8 @@ def resolve_request(event: ResolveRequestInput, settings: Settings | None = None
         family=family,
         image_name=name,
         seed_image_name=image_name(settings.image_name_prefix, family, f"{event.run_id}-seed"),
+        capture_image_name=image_name(settings.image_name_prefix, family, f"{event.run_id}-capture") if request.encrypt else name,
+        encrypt=request.encrypt,
         description=request.description or f"AMI Factory image of {request.instance_id} ({family}), run {event.run_id}",
         mode=request.mode,
         regions=regions,
@@ -149,13 +155,14 @@ def resolve_request(event: ResolveRequestInput, settings: Settings | None = None
     )
 
 
-def _require_public_sharing_possible(regions: list[RegionTarget], instance: dict, snapshot_permissions: bool) -> None:
+def _require_public_sharing_possible(regions: list[RegionTarget], instance: dict, encrypt: bool) -> None:
     """Public sharing fails late and half-done on AWS; here it fails before anything is changed."""
-    source = Ec2(regions[0].name)
-    if snapshot_permissions and (encrypted := source.encrypted_volumes(instance)):
+    encrypted = sorted(Ec2(regions[0].name).encrypted_volumes(instance))
+    if encrypt or encrypted:
+        why = "encrypt is set" if encrypt else f"the instance's volumes {encrypted} are encrypted"
         raise InvalidRequestError(
-            f"share.snapshot_permissions with share.public would make snapshots public, and the instance's volumes "
-            f"{encrypted} are encrypted (encrypted snapshots cannot be public): drop share.snapshot_permissions"
+            f"an image with encrypted snapshots cannot be public, and {why}: drop share.public, or share with "
+            f"accounts, organizations or OUs instead"
         )
     blocked = [region.name for region in regions if Ec2(region.name).image_block_public_access() != "unblocked"]
     if blocked:
@@ -170,6 +177,52 @@ def _require_public_sharing_possible(regions: list[RegionTarget], instance: dict
             raise PublicImageLimitError(
                 f"{region.name} already has {count} public images, the limit is {MAX_PUBLIC_IMAGES_PER_REGION}: make "
                 f"one private, request a quota increase, or drop share.public"
+            )
+
+
+def _require_usable_encryption(
+    request: ImagingRequest, instance: dict, regions: list[RegionTarget], settings: Settings
+) -> None:
+    """Every Region's image must be encrypted with a key its recipients can use, or they see an image
+    they cannot launch. Checked before any copy: which keys, and whether each target may use them."""
+    source = regions[0].name
+    if request.encrypt:
+        without_key = [region.name for region in regions if region.name not in settings.kms_keys]
+        if without_key:
+            raise EncryptionKeyError(
+                f"encrypt needs a customer managed key in every Region, and the deployment's KmsKeyIds has none for "
+                f"{without_key}: add REGION=KEY_ARN pairs to KmsKeyIds, or leave those Regions out"
+            )
+        keys = [(region.name, settings.kms_keys[region.name]) for region in regions]
+    else:
+        volumes = Ec2(source).encrypted_volumes(instance)
+        if not volumes or not request.share.describe():
+            return
+        aws_managed = sorted(volume for volume, key in volumes.items() if Kms(source).is_aws_managed(key))
+        if aws_managed:
+            raise EncryptionKeyError(
+                f"volumes {aws_managed} of instance {request.instance_id} are encrypted with the AWS managed key "
+                f"aws/ebs, which no other account can use: set encrypt to true to re-encrypt every Region's image "
+                f"with the deployment's KmsKeyIds keys (in {source} through a same-Region copy), or share it with nobody"
+            )
+        if len(regions) > 1:
+            raise EncryptionKeyError(
+                f"volumes {sorted(volumes)} of instance {request.instance_id} are encrypted, and a copy to another "
+                f"Region without a key uses that Region's aws/ebs key, which recipients cannot use: set encrypt to "
+                f"true to use the deployment's KmsKeyIds keys"
+            )
+        keys = [(source, key) for key in sorted(set(volumes.values()))]
+    if not request.share.describe():
+        return
+    for region, key in keys:
+        kms = Kms(region)
+        missing = principals_without_key_access(kms.policy(key), kms.grantees(key), request.share)
+        if missing:
+            raise KeyAccessError(
+                f"key {key} ({region}) does not let {missing} use it, so they would see the image but could not "
+                f"launch it: allow kms:Decrypt, kms:DescribeKey, kms:CreateGrant, kms:ReEncrypt* and "
+                f"kms:GenerateDataKey* to them in the key policy (an organization or OU: Principal * with "
+                f"aws:PrincipalOrgID or aws:PrincipalOrgPaths), or create grants"
             )
 
 
@@ -215,7 +268,7 @@ def check_command(event: CheckCommandInput) -> CommandRef:
 
 def create_seed_image(plan: Plan) -> ImageRef:
     """Mode generalize: a no-reboot image of the instance, only to launch the clone from; removed when the run ends."""
-    tags = {**plan.tags, "Name": plan.seed_image_name, ROLE_TAG: "intermediate"}
+    tags = {**plan.tags, "Name": plan.seed_image_name, ROLE_TAG: "seed"}
     description = f"AMI Factory seed for the clone of run {plan.run_id}; removed when the run ends"
     return _create_image_once(plan.source_region, plan.instance_id, plan.seed_image_name, description, True, tags)
 
@@ -339,7 +392,9 @@ def create_image(event: CreateImageInput) -> ImageRef:
     instance_id = event.clone.instance_id if event.clone else event.instance_id
     # Only stop mode lets EC2 reboot: a generalized machine must not boot before it is imaged.
     no_reboot = event.mode != "stop"
-    return _create_image_once(event.source_region, instance_id, event.image_name, event.description, no_reboot, event.tags)
+    # With encrypt, this is the capture every Region copies from (re-encrypting), removed by Finalize.
+    tags = {**event.tags, "Name": event.capture_image_name, ROLE_TAG: "capture"} if event.encrypt else event.tags
+    return _create_image_once(event.source_region, instance_id, event.capture_image_name, event.description, no_reboot, tags)
 
 
 def _create_image_once(
@@ -387,8 +442,16 @@ def copy_image(event: CopyImageInput) -> ImageRef:
         client_token=client_token(event.run_id, region),
         tags={**event.tags, f"{TAG_PREFIX}source-image": event.source_image.image_id},
         completion_minutes=event.copy_completion_minutes,
+        kms_key_id=_region_key(region) if event.encrypt else None,
     )
     return ImageRef(region=region, image_id=image_id)
+
+
+def _region_key(region: str) -> str:
+    key = load_settings().kms_keys.get(region)
+    if not key:  # ResolveRequest checked this; the deployment may have changed since
+        raise EncryptionKeyError(f"the deployment's KmsKeyIds has no key for {region}: add {region}=KEY_ARN to KmsKeyIds")
+    return key
 
 
 def share_image(event: ShareImageInput, settings: Settings | None = None) -> ShareImageOutput:
@@ -432,8 +495,8 @@ def restore_instance(event: RestoreInstanceInput) -> InstanceRef:
     its seed image) once the image no longer needs it. Safe to repeat: a started instance is left alone."""
     instance = event.instance.model_copy()
     ec2 = Ec2(instance.region)
-    if event.run_id and event.mode:
-        remove_scaffolding(event.run_id, instance.region, event.mode)
+    if event.run_id and event.mode == "generalize":
+        remove_scaffolding(event.run_id, instance.region, images={"seed"}, clone=True)
     instance.state = ec2.instance_state(instance.instance_id)
     should_run = instance.stopped_by_us and instance.original_state in ("running", "pending")
     if should_run and instance.state == "stopping":
@@ -458,22 +521,20 @@ def remove_run_images(run_id: str, regions: list[str]) -> list[str]:
     return removed
 
 
-def remove_scaffolding(run_id: str, region: str, mode: Mode) -> list[str]:
-    """Terminate the run's clone and remove its seed image and snapshots (found by tag, never by name).
-    Only mode generalize makes any; the others skip the lookups."""
-    if mode != "generalize":
-        return []
+def remove_scaffolding(run_id: str, region: str, images: set[str], clone: bool) -> list[str]:
+    """Terminate the run's clone, and remove its images whose role is in ``images`` (the generalize
+    seed, the capture an encrypted run copied from) with their snapshots; found by tag, never by name."""
     ec2 = Ec2(region)
     removed: list[str] = []
     clones = ec2.instances_with_tags(
         {RUN_TAG: [run_id], ROLE_TAG: ["clone"], f"{TAG_PREFIX}managed": ["true"]}, LIVE_INSTANCE_STATES
-    )
-    for clone in clones:
-        ec2.terminate_instance(clone["InstanceId"])
-        removed.append(f"{region}:{clone['InstanceId']}")
-    for image in ec2.find_images_by_tag(RUN_TAG, run_id):
+    ) if clone else []
+    for clone_instance in clones:
+        ec2.terminate_instance(clone_instance["InstanceId"])
+        removed.append(f"{region}:{clone_instance['InstanceId']}")
+    for image in ec2.find_images_by_tag(RUN_TAG, run_id) if images else []:
         tags = tags_of(image)
-        if tags.get(f"{TAG_PREFIX}managed") == "true" and tags.get(ROLE_TAG) == "intermediate":
+        if tags.get(f"{TAG_PREFIX}managed") == "true" and tags.get(ROLE_TAG) in images:
             ec2.delete_image(image)
             removed.append(f"{region}:{image['ImageId']}")
     if removed:
@@ -499,7 +560,10 @@ def _record_result_on_instance(plan: Plan, status: str, image_id: str | None, er
 
 def finalize(plan: FinalizeInput) -> Summary:
     failed = [result for result in plan.distribution if result.status == "FAILED"]
-    cleaned = remove_scaffolding(plan.run_id, plan.source_region, plan.mode)
+    generalized = plan.mode == "generalize"
+    cleaned = remove_scaffolding(
+        plan.run_id, plan.source_region, images={"seed", "capture"}, clone=generalized
+    ) if generalized or plan.encrypt else []
     cleaned += remove_run_images(plan.run_id, [result.region for result in failed])
     status = "SUCCEEDED" if not failed else ("FAILED" if len(failed) == len(plan.distribution) else "PARTIAL")
     instance = restore_instance(RestoreInstanceInput(instance=plan.instance))
@@ -525,7 +589,8 @@ def finalize(plan: FinalizeInput) -> Summary:
 
 def handle_failure(plan: HandleFailureInput) -> Summary:
     """Undo what this run made and put the instance back; the state machine then fails with the error."""
-    cleaned = remove_scaffolding(plan.run_id, plan.source_region, plan.mode)
+    # Every image of the run goes below; only the clone is left to find here.
+    cleaned = remove_scaffolding(plan.run_id, plan.source_region, images=set(), clone=True) if plan.mode == "generalize" else []
     cleaned += remove_run_images(plan.run_id, [region.name for region in plan.regions])
     instance = restore_instance(RestoreInstanceInput(instance=plan.instance)) if plan.instance else None
     _record_result_on_instance(plan, "FAILED", None, plan.error.Error)

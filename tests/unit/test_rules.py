@@ -153,3 +153,28 @@ def test_every_sample_request_is_valid_and_the_schema_is_current() -> None:
     for path in samples:
         ImagingRequest.model_validate(json.loads(path.read_text()))
     assert (ROOT / "events" / "imaging-request.schema.json").read_text() == schema_text(), "run `make schema`"
+
+
+def test_who_may_use_a_key_policy_statements_conditions_and_grants() -> None:
+    from ami_factory.rules import principals_without_key_access
+
+    org = "arn:aws:organizations::111122223333:organization/o-exampleorgid"
+    ou = "arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-ab12-cdef3456"
+    share = ShareTargets(accounts=["111122223333", "444455556666"], organizations=[org], organizational_units=[ou])
+    use = ["kms:Decrypt", "kms:DescribeKey", "kms:CreateGrant", "kms:ReEncrypt*", "kms:GenerateDataKey*"]
+    owner_only = {"Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "kms:*"}]}
+    assert principals_without_key_access(owner_only, [], share) == ["111122223333", "444455556666", org, ou]
+    one_account = {"Statement": [{"Effect": "Allow", "Principal": {"AWS": "111122223333"}, "Action": use}]}
+    assert principals_without_key_access(one_account, ["arn:aws:iam::444455556666:root"], share) == [org, ou]
+    decrypt_only = {"Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"}, "Action": "kms:Decrypt"}]}
+    assert "111122223333" in principals_without_key_access(decrypt_only, [], share), "launching needs more than Decrypt"
+    a_role = {"Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:role/x"}, "Action": "kms:*"}]}
+    assert "111122223333" in principals_without_key_access(a_role, [], share), "a role is not the account"
+    by_org = {"Statement": {"Effect": "Allow", "Principal": "*", "Action": use,
+                            "Condition": {"StringEquals": {"aws:PrincipalOrgID": "o-exampleorgid"}}}}
+    assert principals_without_key_access(by_org, [], share) == ["111122223333", "444455556666"]
+    by_path = {"Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:*",
+                              "Condition": {"ForAnyValue:StringLike": {"aws:PrincipalOrgPaths": ["o-exampleorgid/r-ab12/ou-ab12-cdef3456/*"]}}}]}
+    assert ou not in principals_without_key_access(by_path, [], share) and org in principals_without_key_access(by_path, [], share)
+    denied = {"Statement": [{"Effect": "Deny", "Principal": "*", "Action": "kms:*"}]}
+    assert len(principals_without_key_access(denied, [], share)) == 4

@@ -4,6 +4,7 @@ moto lacks or ignores several of these calls; the tests assert what was sent, an
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ami_factory_local import Emulator
@@ -150,3 +151,110 @@ def test_no_protection_asked_no_protection_calls(emu: Emulator) -> None:
     assert emu.world.sent("EnableImageDeprecation") == [] and emu.world.sent("EnableImageDeregistrationProtection") == []
     assert all(r["deprecate_at"] is None and r["deregistration_protection"] is False for r in result.output["regions"])
     assert all("SnapshotCopyCompletionDurationMinutes" not in r.params for r in emu.world.sent("CopyImage"))
+
+
+# --- encryption -------------------------------------------------------------------------------
+
+KEY_ALIAS = "alias/ami-factory-images"
+KEY_USERS = ["kms:Decrypt", "kms:DescribeKey", "kms:CreateGrant", "kms:ReEncrypt*", "kms:GenerateDataKey*"]
+
+
+def key_arn(region: str) -> str:
+    return f"arn:aws:kms:{region}:123456789012:{KEY_ALIAS}"
+
+
+def encrypting_emulator(make_emulator, regions: list[str] = REGIONS) -> Emulator:
+    return make_emulator(KmsKeyIds=",".join(f"{region}={key_arn(region)}" for region in regions))
+
+
+def create_keys(emu: Emulator, users: list[str], regions: list[str] = REGIONS) -> dict[str, str]:
+    """A customer managed key per Region behind the alias the deployment names, usable by ``users``."""
+    created = {}
+    for region in regions:
+        statements = [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "kms:*", "Resource": "*"}]
+        if users:
+            statements.append({"Effect": "Allow", "Principal": {"AWS": users}, "Action": KEY_USERS, "Resource": "*"})
+        kms = emu.client("kms", region)
+        key = kms.create_key(Description="AMI Factory images", Policy=json.dumps({"Version": "2012-10-17", "Statement": statements}))
+        kms.create_alias(AliasName=KEY_ALIAS, TargetKeyId=key["KeyMetadata"]["KeyId"])
+        created[region] = key["KeyMetadata"]["Arn"]
+    return created
+
+
+def snapshot_of(emu: Emulator, region: str, image: dict[str, Any]) -> dict[str, Any]:
+    (snapshot_id,) = [m["Ebs"]["SnapshotId"] for m in image["BlockDeviceMappings"]]
+    return emu.client("ec2", region).describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
+
+
+def test_encrypted_copies_in_three_regions_each_with_its_own_key(make_emulator) -> None:
+    emu = encrypting_emulator(make_emulator)
+    create_keys(emu, [f"arn:aws:iam::{ALLOWED_ACCOUNT}:root"])
+    instance_id = emu.launch_instance(name="web", encrypted=True)  # aws/ebs: re-encrypted by the copies
+    result = emu.run(sample("request-basic.json", instance_id=instance_id, encrypt=True), name="sealed")
+    assert result.status == "SUCCEEDED", result.cause
+    for region in REGIONS:
+        (image,) = run_images(emu, region, "sealed")
+        assert image["Name"] == "ami-factory-web-sealed" and image["ImageId"] == next(
+            r["image_id"] for r in result.output["regions"] if r["region"] == region)
+        snapshot = snapshot_of(emu, region, image)
+        assert snapshot["Encrypted"] is True and snapshot["KmsKeyId"] == key_arn(region)
+        assert launch_permissions(emu, region, image["ImageId"]) == [{"UserId": ALLOWED_ACCOUNT}]
+    copies = {r.region: r.params for r in emu.world.sent("CopyImage")}
+    assert set(copies) == set(REGIONS), "the source Region's image is re-encrypted by a same-Region copy"
+    assert all(p["Encrypted"] in (True, "true") and p["KmsKeyId"] == key_arn(region) for region, p in copies.items())
+    (capture_create,) = emu.world.sent("CreateImage")
+    assert capture_create.params["Name"] == "ami-factory-web-sealed-capture"
+    assert result.output["cleaned_up"] == [f"us-east-1:{copies['us-east-1']['SourceImageId']}"], "the capture is removed"
+
+
+def test_an_aws_managed_key_shared_cross_account_without_encrypt_is_refused_before_anything(make_emulator) -> None:
+    emu = encrypting_emulator(make_emulator)
+    instance_id = emu.launch_instance(name="web", encrypted=True)
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="aws-ebs")
+    assert result.status == "FAILED" and result.error == "EncryptionKeyError"
+    assert "AWS managed key aws/ebs, which no other account can use: set encrypt to true" in result.cause_message
+    nothing_was_changed(emu)
+
+
+def test_a_key_a_share_target_cannot_use_is_refused_naming_the_account(make_emulator) -> None:
+    emu = encrypting_emulator(make_emulator)
+    create_keys(emu, users=[])
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id, encrypt=True), name="no-grant")
+    assert result.status == "FAILED" and result.error == "KeyAccessError"
+    assert f"does not let ['{ALLOWED_ACCOUNT}'] use it" in result.cause_message and key_arn("us-east-1") in result.cause_message
+    nothing_was_changed(emu)
+
+
+def test_encrypt_without_a_key_for_a_region_is_refused_naming_the_region(make_emulator) -> None:
+    emu = encrypting_emulator(make_emulator, regions=["us-east-1", "eu-west-1"])
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id, encrypt=True), name="keyless")
+    assert result.status == "FAILED" and result.error == "EncryptionKeyError"
+    assert "KmsKeyIds has none for ['ap-southeast-2']" in result.cause_message
+    nothing_was_changed(emu)
+
+
+def test_organization_and_ou_may_use_a_key_through_its_policy_conditions(make_emulator) -> None:
+    emu = encrypting_emulator(make_emulator, regions=["us-east-1", "eu-west-1"])
+    for region in ("us-east-1", "eu-west-1"):
+        kms = emu.client("kms", region)
+        org_statement = {"Effect": "Allow", "Principal": "*", "Action": KEY_USERS, "Resource": "*",
+                         "Condition": {"StringEquals": {"aws:PrincipalOrgID": "o-exampleorgid"}}}
+        key = kms.create_key(Policy=json.dumps({"Version": "2012-10-17", "Statement": [org_statement]}))
+        kms.create_alias(AliasName=KEY_ALIAS, TargetKeyId=key["KeyMetadata"]["KeyId"])
+    instance_id = emu.launch_instance(name="base")
+    result = emu.run(sample("request-org-share.json", instance_id=instance_id, encrypt=True), name="org-key")
+    assert result.status == "SUCCEEDED", result.cause
+
+
+def test_an_instance_on_a_customer_managed_key_is_shared_in_its_region_and_needs_encrypt_beyond(make_emulator) -> None:
+    emu = encrypting_emulator(make_emulator)
+    keys = create_keys(emu, [ALLOWED_ACCOUNT], regions=["us-east-1"])
+    instance_id = emu.launch_instance(name="web", encrypted=True, kms_key_id=keys["us-east-1"])
+    here = emu.run(sample("request-basic.json", instance_id=instance_id, regions=[]), name="cmk-here")
+    assert here.status == "SUCCEEDED", here.cause
+    assert emu.world.sent("CopyImage") == [], "no re-encryption needed: the instance's own key is shareable"
+    beyond = emu.run(sample("request-basic.json", instance_id=instance_id), name="cmk-beyond")
+    assert beyond.status == "FAILED" and beyond.error == "EncryptionKeyError"
+    assert "uses that Region's aws/ebs key" in beyond.cause_message and "set encrypt to true" in beyond.cause_message

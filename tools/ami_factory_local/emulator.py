@@ -151,13 +151,16 @@ class Emulator:
         tags: dict[str, str] | None = None,
         region: str | None = None,
         encrypted: bool = False,
+        kms_key_id: str | None = None,
     ) -> str:
-        """A small EBS-backed instance to image, launched from a base image the emulator registers."""
+        """A small EBS-backed instance to image, launched from a base image the emulator registers
+        (``encrypted``: its volume uses ``kms_key_id``, else the Region's aws/ebs key)."""
         ec2 = self.client("ec2", region)
         base_image = ec2.register_image(Name=f"base-{time.monotonic_ns()}", RootDeviceName="/dev/xvda")["ImageId"]
         all_tags = {**({"Name": name} if name else {}), **(tags or {})}
         spec = [{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in all_tags.items()]}] if all_tags else []
-        volumes = [{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8, "Encrypted": True}}] if encrypted else []
+        key = {"KmsKeyId": kms_key_id} if kms_key_id else {}
+        volumes = [{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8, "Encrypted": True, **key}}] if encrypted else []
         instance_id = ec2.run_instances(
             ImageId=base_image, MinCount=1, MaxCount=1, InstanceType="t3.micro", TagSpecifications=spec,
             BlockDeviceMappings=volumes,

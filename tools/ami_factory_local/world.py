@@ -1,7 +1,8 @@
 """A small world model on top of moto, so the workflow meets what AWS really does.
 
 moto makes images ``available`` at once, stops instances at once, never throttles, ignores
-CopyImage's ClientToken and TagSpecifications, and has no snapshot TagSpecification on CreateImage.
+CopyImage's ClientToken, TagSpecifications and Encrypted/KmsKeyId, has no snapshot TagSpecification
+on CreateImage, and reports its ``alias/aws/ebs`` key as customer managed.
 The world fixes exactly that, driven by the virtual clock, and lets a test ask for trouble:
 
 - images stay ``pending`` for a while, end ``failed``, or never become available;
@@ -48,6 +49,7 @@ from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import ec2_backends
 from moto.ec2.responses.amis import AmisResponse
 from moto.events.models import events_backends
+from moto.kms.models import kms_backends
 
 from ami_factory.commands import GENERALIZE_COMMENT
 
@@ -352,6 +354,8 @@ class World:
                     answer = world._intercept(response, operation, params)
                 elif service == "ssm":
                     answer = world._intercept_ssm(operation, params)
+                elif service == "kms":
+                    world._mark_aws_managed_keys(response.region)
                 elif service == "stepfunctions" and operation == "GetExecutionHistory":
                     answer = history_page(execution_events(response.stepfunction_backend, params["executionArn"]), params)
             if answer is not None:
@@ -395,6 +399,9 @@ class World:
             specs = response._get_param("TagSpecifications", [])
             world._apply_tags(image, specs, "image")
             world._apply_tags(image.ebs_snapshot, specs, "snapshot")
+            if str(response._get_param("Encrypted", "")).lower() == "true":  # moto copies unencrypted
+                image.ebs_snapshot.encrypted = True
+                image.ebs_snapshot.kms_key_id = response._get_param("KmsKeyId")
             with world._lock:
                 if token:
                     world._copy_tokens[(response.region, token)] = image.id
@@ -457,6 +464,12 @@ class World:
                 self._commands[key] = _Pending(region, ends_at if failing else math.inf, self._generalize_outcome)
                 if ends_at != math.inf and (not failing or self._generalize_stops_when_failing):
                     self._shutdowns[instance_id] = _Pending(region, ends_at, "stopped")
+
+    def _mark_aws_managed_keys(self, region: str) -> None:
+        """moto creates ``alias/aws/ebs`` (for an encrypted volume without a key) as a customer managed key."""
+        for key in kms_backends[self.account_id][region].keys.values():
+            if any(alias.startswith("alias/aws/") for alias in key.aliases):
+                key.key_manager = "AWS"
 
     def _register_clones(self, region: str, image_id: str) -> None:
         """A new instance from an image of a managed instance carries its agent: it registers after booting."""
