@@ -158,6 +158,14 @@ class Ec2:
             response = self._ec2.run_instances(**request)
         return str(response["Instances"][0]["InstanceId"])
 
+    def status_checks(self, instance_id: str) -> tuple[str, str]:
+        """(system, instance) status: ``ok``, ``impaired``, ``initializing``, ... (``initializing`` until known)."""
+        with translated_errors("DescribeInstanceStatus"):
+            statuses = self._ec2.describe_instance_status(InstanceIds=[instance_id])["InstanceStatuses"]
+        if not statuses:
+            return ("initializing", "initializing")
+        return (str(statuses[0]["SystemStatus"]["Status"]), str(statuses[0]["InstanceStatus"]["Status"]))
+
     def terminate_instance(self, instance_id: str) -> None:
         with translated_errors("TerminateInstances"):
             self._ec2.terminate_instances(InstanceIds=[instance_id])

@@ -74,6 +74,10 @@ class CommandFailedError(AmiFactoryError):
     """An SSM Run Command invocation on the instance failed, was cancelled or timed out."""
 
 
+class LaunchCheckFailedError(AmiFactoryError):
+    """An instance launched from the new image did not run and pass its status checks."""
+
+
 class WaitTimeoutError(AmiFactoryError):
     """A bounded wait (instance stopped, image available) ran out of polls."""
 

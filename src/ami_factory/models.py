@@ -162,6 +162,11 @@ class ImagingRequest(BaseModel):
     clone: CloneOptions = Field(default_factory=CloneOptions, description="mode generalize only: overrides for the clone")
     tags: dict[str, str] = Field(default_factory=dict, description="extra tags for the images and snapshots")
     protection: ProtectionOptions = Field(default_factory=ProtectionOptions, description="deprecation and deregistration protection")
+    launch_check: bool = Field(
+        False,
+        description="in every Region, launch an instance from the new image, wait until it runs and passes its "
+        "status checks, terminate it; a Region whose check fails is reported failed and its image removed",
+    )
     encrypt: bool = Field(
         False,
         description="encrypt every Region's image with that Region's customer managed key from the deployment's "
@@ -236,6 +241,8 @@ class Plan(Contract):
     seed_image_name: str
     capture_image_name: str  # what CreateImage makes: the image itself, or (encrypt) the source of its copies
     encrypt: bool
+    launch_check: bool
+    launch_check_max_polls: int
     description: str
     mode: Mode
     regions: list[RegionTarget]
@@ -354,6 +361,26 @@ class ShareImageOutput(BaseModel):
     shared_with: list[str]
 
 
+class LaunchCheckInput(Contract):
+    run_id: str
+    image: ImageRef
+
+
+class LaunchCheckRef(Contract):
+    """The instance a launch check started from the new image: healthy once running with both status checks ok."""
+
+    instance_id: str
+    region: str
+    state: str = "pending"
+    healthy: bool = False
+    polls: int = 0
+
+
+class CheckLaunchInput(Contract):
+    launched: LaunchCheckRef
+    max_polls: int
+
+
 class ProtectImageInput(Contract):
     image: ImageRef
     protection: ProtectionOptions
@@ -389,6 +416,7 @@ class RegionResult(BaseModel):
     parameter_name: str | None = None
     deprecate_at: str | None = None
     deregistration_protection: bool = False
+    launch_checked: bool = False
     error: StepError | None = None
 
 

@@ -45,10 +45,17 @@ class Settings:
     schedule_tag_key: str
     state_machine_arn: str  # only the start function has it
     kms_keys: dict[str, str] = field(default_factory=dict)  # Region -> customer managed key for encrypted images
+    launch_check_subnets: dict[str, str] = field(default_factory=dict)  # Region -> subnet; none: the default VPC
+    launch_check_instance_type: str = "t3.micro"
+    launch_check_max_wait_seconds: int = 900
 
     @property
     def max_polls(self) -> int:
         return self.polls_within(self.max_wait_seconds)
+
+    @property
+    def launch_check_max_polls(self) -> int:
+        return self.polls_within(self.launch_check_max_wait_seconds)
 
     @property
     def generalize_max_polls(self) -> int:
@@ -78,4 +85,7 @@ def load_settings() -> Settings:
         schedule_tag_key=os.environ.get("SCHEDULE_TAG_KEY", "ami-factory:schedule"),
         state_machine_arn=os.environ.get("STATE_MACHINE_ARN", ""),
         kms_keys=dict(pair.split("=", 1) for pair in _csv("KMS_KEY_IDS") if "=" in pair),
+        launch_check_subnets=dict(pair.split("=", 1) for pair in _csv("LAUNCH_CHECK_SUBNETS") if "=" in pair),
+        launch_check_instance_type=os.environ.get("LAUNCH_CHECK_INSTANCE_TYPE") or "t3.micro",
+        launch_check_max_wait_seconds=_int("LAUNCH_CHECK_MAX_WAIT_SECONDS", 900),
     )

@@ -52,9 +52,10 @@ SETTING_TAGS: dict[str, tuple[str, ...]] = {
     "protection-cooldown": ("protection", "cooldown"),
     "copy-completion-minutes": ("copy_completion_minutes",),
     "encrypt": ("encrypt",),
+    "launch-check": ("launch_check",),
 }
 LIST_FIELDS = {"regions", "accounts", "organizations", "organizational_units", "security_group_ids"}
-BOOL_FIELDS = {"public", "cleanup", "confirm_generalize_in_place", "snapshot_permissions", "deregistration_protection", "cooldown", "encrypt"}
+BOOL_FIELDS = {"public", "cleanup", "confirm_generalize_in_place", "snapshot_permissions", "deregistration_protection", "cooldown", "encrypt", "launch_check"}
 # The tool's own bookkeeping on the instance; any other ami-factory:* key is a typo to report.
 RESULT_TAGS = {"error", "last-run", "last-run-at", "last-status", "last-image-id", "last-error"}
 

@@ -19,6 +19,7 @@ from .errors import (
     InstanceStateConflictError,
     InvalidRequestError,
     KeyAccessError,
+    LaunchCheckFailedError,
     PublicImageLimitError,
     PublicSharingBlockedError,
     RunInProgressError,
@@ -42,6 +43,9 @@ from .models import (
     ImageRef,
     ImagingRequest,
     InstanceRef,
+    CheckLaunchInput,
+    LaunchCheckInput,
+    LaunchCheckRef,
     LaunchCloneInput,
     Plan,
     Platform,
@@ -139,6 +143,8 @@ def resolve_request(event: ResolveRequestInput, settings: Settings | None = None
         seed_image_name=image_name(settings.image_name_prefix, family, f"{event.run_id}-seed"),
         capture_image_name=image_name(settings.image_name_prefix, family, f"{event.run_id}-capture") if request.encrypt else name,
         encrypt=request.encrypt,
+        launch_check=request.launch_check,
+        launch_check_max_polls=settings.launch_check_max_polls,
         description=request.description or f"AMI Factory image of {request.instance_id} ({family}), run {event.run_id}",
         mode=request.mode,
         regions=regions,
@@ -195,8 +201,10 @@ def _require_usable_encryption(
             )
         keys = [(region.name, settings.kms_keys[region.name]) for region in regions]
     else:
+        if not request.share.describe():
+            return
         volumes = Ec2(source).encrypted_volumes(instance)
-        if not volumes or not request.share.describe():
+        if not volumes:
             return
         aws_managed = sorted(volume for volume, key in volumes.items() if Kms(source).is_aws_managed(key))
         if aws_managed:
@@ -447,6 +455,64 @@ def copy_image(event: CopyImageInput) -> ImageRef:
     return ImageRef(region=region, image_id=image_id)
 
 
+def start_launch_check(event: LaunchCheckInput) -> LaunchCheckRef:
+    """A small instance from the new image (tagged role=launch-check), in the Region's configured subnet
+    or its default VPC. Found again, not launched twice, when the step is retried."""
+    region = event.image.region
+    ec2 = Ec2(region)
+    existing = ec2.instances_with_tags({RUN_TAG: [event.run_id], ROLE_TAG: ["launch-check"]}, LIVE_INSTANCE_STATES)
+    if existing:
+        return LaunchCheckRef(instance_id=existing[0]["InstanceId"], region=region, state=existing[0]["State"]["Name"])
+    settings = load_settings()
+    try:
+        instance_id = ec2.launch_instance(
+            image_id=event.image.image_id,
+            instance_type=settings.launch_check_instance_type,
+            subnet_id=settings.launch_check_subnets.get(region),
+            security_group_ids=[],
+            instance_profile=None,
+            client_token=client_token(event.run_id, f"launch-check/{region}"),
+            tags={"Name": f"AMI Factory launch check, run {event.run_id}", f"{TAG_PREFIX}managed": "true",
+                  RUN_TAG: event.run_id, ROLE_TAG: "launch-check"},
+        )
+    except ClientError as error:
+        raise LaunchCheckFailedError(
+            f"could not launch an instance from {event.image.image_id} in {region} ({error_code(error)}: "
+            f"{error.response.get('Error', {}).get('Message', '')}); set LaunchCheckSubnets for Regions without a "
+            f"default VPC"
+        ) from error
+    return LaunchCheckRef(instance_id=instance_id, region=region)
+
+
+def check_launch(event: CheckLaunchInput) -> LaunchCheckRef:
+    launched = event.launched.model_copy()
+    ec2 = Ec2(launched.region)
+    launched.state = ec2.instance_state(launched.instance_id)
+    launched.polls += 1
+    if launched.state in ("stopping", "stopped", "shutting-down", "terminated"):
+        raise LaunchCheckFailedError(
+            f"the instance launched from the new image in {launched.region} ({launched.instance_id}) is "
+            f"{launched.state}: the image does not boot. See the instance's system log"
+        )
+    system, instance = ec2.status_checks(launched.instance_id) if launched.state == "running" else ("", "")
+    if "impaired" in (system, instance):
+        raise LaunchCheckFailedError(
+            f"the instance launched from the new image in {launched.region} ({launched.instance_id}) fails its "
+            f"status checks (system {system}, instance {instance}): see its system log and screenshot"
+        )
+    launched.healthy = (system, instance) == ("ok", "ok")
+    _give_up_after(event.max_polls, launched.polls, "healthy" if launched.healthy else f"{launched.state}, checks {system or 'pending'}/{instance or 'pending'}",
+                   "healthy", f"the launch check instance {launched.instance_id} in {launched.region}",
+                   "look at its system log", limit="LaunchCheckMaxWaitSeconds")
+    return launched
+
+
+def end_launch_check(event: CheckLaunchInput) -> LaunchCheckRef:
+    launched = event.launched.model_copy()
+    Ec2(launched.region).terminate_instance(launched.instance_id)
+    return launched
+
+
 def _region_key(region: str) -> str:
     key = load_settings().kms_keys.get(region)
     if not key:  # ResolveRequest checked this; the deployment may have changed since
@@ -496,7 +562,7 @@ def restore_instance(event: RestoreInstanceInput) -> InstanceRef:
     instance = event.instance.model_copy()
     ec2 = Ec2(instance.region)
     if event.run_id and event.mode == "generalize":
-        remove_scaffolding(event.run_id, instance.region, images={"seed"}, clone=True)
+        remove_scaffolding(event.run_id, instance.region, images={"seed"}, instances={"clone"})
     instance.state = ec2.instance_state(instance.instance_id)
     should_run = instance.stopped_by_us and instance.original_state in ("running", "pending")
     if should_run and instance.state == "stopping":
@@ -521,17 +587,18 @@ def remove_run_images(run_id: str, regions: list[str]) -> list[str]:
     return removed
 
 
-def remove_scaffolding(run_id: str, region: str, images: set[str], clone: bool) -> list[str]:
-    """Terminate the run's clone, and remove its images whose role is in ``images`` (the generalize
-    seed, the capture an encrypted run copied from) with their snapshots; found by tag, never by name."""
+def remove_scaffolding(run_id: str, region: str, images: set[str], instances: set[str]) -> list[str]:
+    """Terminate the run's instances whose role is in ``instances`` (the generalize clone, launch checks)
+    and remove its images whose role is in ``images`` (the generalize seed, the capture an encrypted run
+    copied from) with their snapshots; all found by tag, never by name."""
     ec2 = Ec2(region)
     removed: list[str] = []
-    clones = ec2.instances_with_tags(
-        {RUN_TAG: [run_id], ROLE_TAG: ["clone"], f"{TAG_PREFIX}managed": ["true"]}, LIVE_INSTANCE_STATES
-    ) if clone else []
-    for clone_instance in clones:
-        ec2.terminate_instance(clone_instance["InstanceId"])
-        removed.append(f"{region}:{clone_instance['InstanceId']}")
+    found = ec2.instances_with_tags(
+        {RUN_TAG: [run_id], ROLE_TAG: sorted(instances), f"{TAG_PREFIX}managed": ["true"]}, LIVE_INSTANCE_STATES
+    ) if instances else []
+    for instance in found:
+        ec2.terminate_instance(instance["InstanceId"])
+        removed.append(f"{region}:{instance['InstanceId']}")
     for image in ec2.find_images_by_tag(RUN_TAG, run_id) if images else []:
         tags = tags_of(image)
         if tags.get(f"{TAG_PREFIX}managed") == "true" and tags.get(ROLE_TAG) in images:
@@ -562,8 +629,10 @@ def finalize(plan: FinalizeInput) -> Summary:
     failed = [result for result in plan.distribution if result.status == "FAILED"]
     generalized = plan.mode == "generalize"
     cleaned = remove_scaffolding(
-        plan.run_id, plan.source_region, images={"seed", "capture"}, clone=generalized
+        plan.run_id, plan.source_region, images={"seed", "capture"}, instances={"clone"} if generalized else set()
     ) if generalized or plan.encrypt else []
+    for result in failed if plan.launch_check else []:  # a failed check may have left its instance
+        cleaned += remove_scaffolding(plan.run_id, result.region, images=set(), instances={"launch-check"})
     cleaned += remove_run_images(plan.run_id, [result.region for result in failed])
     status = "SUCCEEDED" if not failed else ("FAILED" if len(failed) == len(plan.distribution) else "PARTIAL")
     instance = restore_instance(RestoreInstanceInput(instance=plan.instance))
@@ -589,8 +658,12 @@ def finalize(plan: FinalizeInput) -> Summary:
 
 def handle_failure(plan: HandleFailureInput) -> Summary:
     """Undo what this run made and put the instance back; the state machine then fails with the error."""
-    # Every image of the run goes below; only the clone is left to find here.
-    cleaned = remove_scaffolding(plan.run_id, plan.source_region, images=set(), clone=True) if plan.mode == "generalize" else []
+    # Every image of the run goes below; only its instances are left to find here.
+    cleaned = []
+    for region in plan.regions:
+        roles = ({"clone"} if plan.mode == "generalize" and region.is_source else set()) | (
+            {"launch-check"} if plan.launch_check else set())
+        cleaned += remove_scaffolding(plan.run_id, region.name, images=set(), instances=roles) if roles else []
     cleaned += remove_run_images(plan.run_id, [region.name for region in plan.regions])
     instance = restore_instance(RestoreInstanceInput(instance=plan.instance)) if plan.instance else None
     _record_result_on_instance(plan, "FAILED", None, plan.error.Error)

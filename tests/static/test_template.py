@@ -52,7 +52,8 @@ ALL_FUNCTIONS = [
     "CheckImageFunction", "RestoreInstanceFunction", "CopyImageFunction", "ShareImageFunction",
     "PublishParameterFunction", "FinalizeFunction", "HandleFailureFunction", "RunCleanupFunction",
     "CheckCommandFunction", "CreateSeedImageFunction", "LaunchCloneFunction", "CheckCloneFunction",
-    "GeneralizeFunction", "CheckGeneralizeFunction", "ProtectImageFunction",
+    "GeneralizeFunction", "CheckGeneralizeFunction", "ProtectImageFunction", "StartLaunchCheckFunction",
+    "CheckLaunchFunction", "EndLaunchCheckFunction",
 ]
 
 
@@ -163,6 +164,7 @@ def test_result_selectors_name_exactly_the_fields_of_the_step_outputs(asl: dict[
         "CloneRef": set(models.CloneRef.model_fields),
         "GeneralizeRef": set(models.GeneralizeRef.model_fields),
         "ProtectImageOutput": set(models.ProtectImageOutput.model_fields),
+        "LaunchCheckRef": set(models.LaunchCheckRef.model_fields),
     }
     checked = 0
     for name, state in _states(asl).items():
@@ -180,7 +182,7 @@ def test_waits_are_bounded_loops(asl: dict[str, Any]) -> None:
     """Every Wait leads to a check whose input carries max_polls: no unbounded loop."""
     states = _states(asl)
     waits = {name: state for name, state in states.items() if state["Type"] == "Wait"}
-    assert len(waits) == 7
+    assert len(waits) == 8
     for name, wait in waits.items():
         check = states[wait["Next"]]
         assert check["Type"] == "Task" and "max_polls.$" in check["Parameters"]["Payload"], name

@@ -258,3 +258,46 @@ def test_an_instance_on_a_customer_managed_key_is_shared_in_its_region_and_needs
     beyond = emu.run(sample("request-basic.json", instance_id=instance_id), name="cmk-beyond")
     assert beyond.status == "FAILED" and beyond.error == "EncryptionKeyError"
     assert "uses that Region's aws/ebs key" in beyond.cause_message and "set encrypt to true" in beyond.cause_message
+
+
+# --- launch check ----------------------------------------------------------------------------
+
+
+def launch_checks(emu: Emulator) -> list[Any]:
+    return [r for r in emu.world.sent("RunInstances") if "ami-factory:launch-check" not in str(r.params) and
+            any(tag.get("Value") == "launch-check" for spec in r.params.get("TagSpecifications", []) for tag in spec["Tags"])]
+
+
+def test_launch_check_passing_in_every_region(emu: Emulator) -> None:
+    instance_id = emu.launch_instance(name="web")
+    emu.world.status_checks_take(150)
+    result = emu.run(sample("request-basic.json", instance_id=instance_id, launch_check=True), name="boots")
+    assert result.status == "SUCCEEDED", result.cause
+    launched = launch_checks(emu)
+    assert {r.region for r in launched} == set(REGIONS)
+    for region in result.output["regions"]:
+        assert region["launch_checked"] is True
+        (check,) = [r for r in launched if r.region == region["region"]]
+        assert check.params["ImageId"] == region["image_id"], "the check boots the Region's own image"
+    assert len(emu.world.sent("TerminateInstances")) == 3
+    checked = [json.loads(e["stateEnteredEventDetails"]["input"])["launched"]["region"] for e in result.history
+               if e["type"] == "TaskStateEntered" and e["stateEnteredEventDetails"]["name"] == "CheckLaunch"]
+    assert all(checked.count(region) >= 3 for region in REGIONS), "status checks initialize for 150 s: 3+ checks a minute apart"
+    shared = {r.region: r.at for r in emu.world.sent("ModifyImageAttribute")}
+    ended = {r.region: r.at for r in emu.world.sent("TerminateInstances")}
+    assert all(ended[region] <= shared[region] for region in REGIONS), "nobody gets an image before it booted"
+
+
+def test_a_region_whose_image_fails_its_launch_check_is_failed_and_cleaned_up(emu: Emulator) -> None:
+    instance_id = emu.launch_instance(name="web")
+    emu.world.status_checks_fail("ap-southeast-2")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id, launch_check=True), name="no-boot")
+    assert result.status == "SUCCEEDED" and result.output["status"] == "PARTIAL"
+    (failed,) = [r for r in result.output["regions"] if r["status"] == "FAILED"]
+    assert failed["region"] == "ap-southeast-2" and failed["error"]["Error"] == "LaunchCheckFailedError"
+    assert "instance impaired" in failed["error"]["Cause"]
+    assert run_images(emu, "ap-southeast-2", "no-boot") == [], "the image that does not boot is removed"
+    assert not [r for r in emu.world.sent("ModifyImageAttribute") if r.region == "ap-southeast-2"], "never shared"
+    checks = emu.client("ec2", "ap-southeast-2").describe_instances(
+        Filters=[{"Name": "tag:ami-factory:role", "Values": ["launch-check"]}])["Reservations"]
+    assert [i["State"]["Name"] for r in checks for i in r["Instances"]] == ["terminated"]

@@ -147,6 +147,9 @@ class World:
     _generalize_stops_when_failing: bool = False
     _shutdowns: dict[str, _Pending] = field(default_factory=dict)  # instance -> when its generalize shuts it down
     _public_access: dict[str, str] = field(default_factory=dict)  # region -> image block public access state
+    _status_check_seconds: float = 0.0
+    _impaired_regions: set[str] = field(default_factory=set)
+    _launched_at: dict[str, float] = field(default_factory=dict)  # instance -> virtual launch time
     deprecations: dict[str, str] = field(default_factory=dict)  # image -> DeprecateAt (moto lacks the call)
     protected: dict[str, bool] = field(default_factory=dict)  # image -> WithCooldown (moto lacks the call)
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -214,6 +217,14 @@ class World:
         """The generalize command ends Failed after ``seconds``; with ``then_stops`` the instance shuts down anyway."""
         self._generalize_seconds, self._generalize_outcome = seconds, "Failed"
         self._generalize_stops_when_failing = then_stops
+
+    def status_checks_take(self, seconds: float) -> None:
+        """New instances report ``initializing`` status checks for ``seconds`` after launch (moto: ok at once)."""
+        self._status_check_seconds = seconds
+
+    def status_checks_fail(self, region: str) -> None:
+        """Instances in ``region`` fail their instance status check (``impaired``): an image that does not boot."""
+        self._impaired_regions.add(region)
 
     def image_block_public_access(self, region: str, state: str) -> None:
         """``unblocked`` or ``block-new-sharing``; like a new AWS account, every Region starts blocked."""
@@ -313,6 +324,8 @@ class World:
         self._tick()
         if self._take(self._throttles, operation, response.region):
             return EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
+        if operation == "DescribeInstanceStatus" and (self._impaired_regions or self._status_check_seconds):
+            return self._instance_statuses(response.region, params.get("InstanceIds", []))
         if operation == "GetImageBlockPublicAccessState":
             return {"ImageBlockPublicAccessState": self._public_access.get(response.region, "block-new-sharing")}
         if operation == "EnableImageDeprecation":
@@ -365,6 +378,7 @@ class World:
                 world._after_send_command(result, response.region, params)
             if service == "ec2" and operation == "RunInstances":
                 world._register_clones(response.region, params.get("ImageId", ""))
+                world._record_launches(response.region)
             lost = world._after(response.region, operation, params) if service == "ec2" else None
             return response.serialized(ActionResult(lost)) if lost is not None else result
 
@@ -465,11 +479,32 @@ class World:
                 if ends_at != math.inf and (not failing or self._generalize_stops_when_failing):
                     self._shutdowns[instance_id] = _Pending(region, ends_at, "stopped")
 
+    def _instance_statuses(self, region: str, instance_ids: list[str]) -> dict[str, Any]:
+        backend = ec2_backends[self.account_id][region]
+        statuses = []
+        for instance_id in instance_ids:
+            instance = backend.get_instance(instance_id)
+            if instance._state.name != "running":
+                continue
+            booting = self.clock.now() < self._launched_at.get(instance_id, 0.0) + self._status_check_seconds
+            status = "initializing" if booting else "impaired" if region in self._impaired_regions else "ok"
+            statuses.append({
+                "InstanceId": instance_id, "AvailabilityZone": instance.placement,
+                "InstanceState": {"Code": 16, "Name": "running"},
+                "SystemStatus": {"Status": "initializing" if booting else "ok"}, "InstanceStatus": {"Status": status},
+            })
+        return {"InstanceStatuses": statuses}
+
     def _mark_aws_managed_keys(self, region: str) -> None:
         """moto creates ``alias/aws/ebs`` (for an encrypted volume without a key) as a customer managed key."""
         for key in kms_backends[self.account_id][region].keys.values():
             if any(alias.startswith("alias/aws/") for alias in key.aliases):
                 key.key_manager = "AWS"
+
+    def _record_launches(self, region: str) -> None:
+        with self._lock:
+            for instance in ec2_backends[self.account_id][region].all_instances():
+                self._launched_at.setdefault(instance.id, self.clock.now())
 
     def _register_clones(self, region: str, image_id: str) -> None:
         """A new instance from an image of a managed instance carries its agent: it registers after booting."""
