@@ -287,18 +287,19 @@ class CheckCommandInput(Contract):
     max_polls: int
 
 
-class CloneRef(Contract):
-    """The temporary clone of mode generalize: ready once it runs and SSM reaches it."""
+class LaunchedInstance(Contract):
+    """An instance a run launched and waits for: the generalize clone (ready once it runs and SSM
+    reaches it) or a launch check (ready once it runs with both status checks ok)."""
 
     instance_id: str
     region: str
     state: str = "pending"
-    managed: bool = False
+    ready: bool = False
     polls: int = 0
 
 
 class CheckCloneInput(Contract):
-    clone: CloneRef
+    clone: LaunchedInstance
     max_polls: int
 
 
@@ -316,7 +317,7 @@ class CheckGeneralizeInput(Contract):
 class GeneralizeInput(Plan):
     """The plan, with the clone when there is one (mode generalize)."""
 
-    clone: CloneRef | None = None
+    clone: LaunchedInstance | None = None
 
 
 class CreateImageInput(GeneralizeInput):
@@ -366,18 +367,8 @@ class LaunchCheckInput(Contract):
     image: ImageRef
 
 
-class LaunchCheckRef(Contract):
-    """The instance a launch check started from the new image: healthy once running with both status checks ok."""
-
-    instance_id: str
-    region: str
-    state: str = "pending"
-    healthy: bool = False
-    polls: int = 0
-
-
 class CheckLaunchInput(Contract):
-    launched: LaunchCheckRef
+    launched: LaunchedInstance
     max_polls: int
 
 

@@ -32,7 +32,6 @@ from .models import (
     CheckGeneralizeInput,
     CheckImageInput,
     CheckInstanceInput,
-    CloneRef,
     CommandRef,
     CopyImageInput,
     CreateImageInput,
@@ -45,7 +44,7 @@ from .models import (
     InstanceRef,
     CheckLaunchInput,
     LaunchCheckInput,
-    LaunchCheckRef,
+    LaunchedInstance,
     LaunchCloneInput,
     Plan,
     Platform,
@@ -281,12 +280,12 @@ def create_seed_image(plan: Plan) -> ImageRef:
     return _create_image_once(plan.source_region, plan.instance_id, plan.seed_image_name, description, True, tags)
 
 
-def launch_clone(event: LaunchCloneInput) -> CloneRef:
+def launch_clone(event: LaunchCloneInput) -> LaunchedInstance:
     """The clone the generalize command runs on: the instance's type, subnet, groups and profile unless overridden."""
     ec2 = Ec2(event.source_region)
     existing = ec2.instances_with_tags({RUN_TAG: [event.run_id], ROLE_TAG: ["clone"]}, LIVE_INSTANCE_STATES)
     if existing:  # a retried step finds the clone it launched
-        return CloneRef(instance_id=existing[0]["InstanceId"], region=event.source_region, state=existing[0]["State"]["Name"])
+        return LaunchedInstance(instance_id=existing[0]["InstanceId"], region=event.source_region, state=existing[0]["State"]["Name"])
     source = ec2.describe_instance(event.instance_id)
     overrides = event.clone_overrides
     try:
@@ -306,10 +305,10 @@ def launch_clone(event: LaunchCloneInput) -> CloneRef:
             f"security groups and instance profile unless clone.instance_type, clone.subnet_id, "
             f"clone.security_group_ids or clone.instance_profile say otherwise (groups must be in the subnet's VPC)"
         ) from error
-    return CloneRef(instance_id=instance_id, region=event.source_region, state=ec2.instance_state(instance_id))
+    return LaunchedInstance(instance_id=instance_id, region=event.source_region, state=ec2.instance_state(instance_id))
 
 
-def check_clone(event: CheckCloneInput) -> CloneRef:
+def check_clone(event: CheckCloneInput) -> LaunchedInstance:
     clone = event.clone.model_copy()
     clone.state = Ec2(clone.region).instance_state(clone.instance_id)
     clone.polls += 1
@@ -320,8 +319,8 @@ def check_clone(event: CheckCloneInput) -> CloneRef:
         )
     if clone.state == "running":
         info = Ssm(clone.region).instance_information(clone.instance_id)
-        clone.managed = info is not None and info.get("PingStatus") == "Online"
-    progress = "ready" if clone.managed else f"{clone.state} and not yet reachable through SSM"
+        clone.ready = info is not None and info.get("PingStatus") == "Online"
+    progress = "ready" if clone.ready else f"{clone.state} and not yet reachable through SSM"
     _give_up_after(event.max_polls, clone.polls, progress, "ready", f"clone {clone.instance_id}",
                    "check that its instance profile allows SSM and its subnet reaches the SSM endpoints (NAT or VPC "
                    "endpoints); the clone.instance_profile and clone.subnet_id request fields override the source's",
@@ -455,14 +454,14 @@ def copy_image(event: CopyImageInput) -> ImageRef:
     return ImageRef(region=region, image_id=image_id)
 
 
-def start_launch_check(event: LaunchCheckInput) -> LaunchCheckRef:
+def start_launch_check(event: LaunchCheckInput) -> LaunchedInstance:
     """A small instance from the new image (tagged role=launch-check), in the Region's configured subnet
     or its default VPC. Found again, not launched twice, when the step is retried."""
     region = event.image.region
     ec2 = Ec2(region)
     existing = ec2.instances_with_tags({RUN_TAG: [event.run_id], ROLE_TAG: ["launch-check"]}, LIVE_INSTANCE_STATES)
     if existing:
-        return LaunchCheckRef(instance_id=existing[0]["InstanceId"], region=region, state=existing[0]["State"]["Name"])
+        return LaunchedInstance(instance_id=existing[0]["InstanceId"], region=region, state=existing[0]["State"]["Name"])
     settings = load_settings()
     try:
         instance_id = ec2.launch_instance(
@@ -481,10 +480,10 @@ def start_launch_check(event: LaunchCheckInput) -> LaunchCheckRef:
             f"{error.response.get('Error', {}).get('Message', '')}); set LaunchCheckSubnets for Regions without a "
             f"default VPC"
         ) from error
-    return LaunchCheckRef(instance_id=instance_id, region=region)
+    return LaunchedInstance(instance_id=instance_id, region=region)
 
 
-def check_launch(event: CheckLaunchInput) -> LaunchCheckRef:
+def check_launch(event: CheckLaunchInput) -> LaunchedInstance:
     launched = event.launched.model_copy()
     ec2 = Ec2(launched.region)
     launched.state = ec2.instance_state(launched.instance_id)
@@ -500,14 +499,14 @@ def check_launch(event: CheckLaunchInput) -> LaunchCheckRef:
             f"the instance launched from the new image in {launched.region} ({launched.instance_id}) fails its "
             f"status checks (system {system}, instance {instance}): see its system log and screenshot"
         )
-    launched.healthy = (system, instance) == ("ok", "ok")
-    _give_up_after(event.max_polls, launched.polls, "healthy" if launched.healthy else f"{launched.state}, checks {system or 'pending'}/{instance or 'pending'}",
+    launched.ready = (system, instance) == ("ok", "ok")
+    _give_up_after(event.max_polls, launched.polls, "healthy" if launched.ready else f"{launched.state}, checks {system or 'pending'}/{instance or 'pending'}",
                    "healthy", f"the launch check instance {launched.instance_id} in {launched.region}",
                    "look at its system log", limit="LaunchCheckMaxWaitSeconds")
     return launched
 
 
-def end_launch_check(event: CheckLaunchInput) -> LaunchCheckRef:
+def end_launch_check(event: CheckLaunchInput) -> LaunchedInstance:
     launched = event.launched.model_copy()
     Ec2(launched.region).terminate_instance(launched.instance_id)
     return launched

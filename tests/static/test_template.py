@@ -161,10 +161,9 @@ def test_result_selectors_name_exactly_the_fields_of_the_step_outputs(asl: dict[
         "ShareImageOutput": set(models.ShareImageOutput.model_fields),
         "PublishParameterOutput": set(models.PublishParameterOutput.model_fields),
         "CommandRef": set(models.CommandRef.model_fields),
-        "CloneRef": set(models.CloneRef.model_fields),
+        "LaunchedInstance": set(models.LaunchedInstance.model_fields),
         "GeneralizeRef": set(models.GeneralizeRef.model_fields),
         "ProtectImageOutput": set(models.ProtectImageOutput.model_fields),
-        "LaunchCheckRef": set(models.LaunchCheckRef.model_fields),
     }
     checked = 0
     for name, state in _states(asl).items():

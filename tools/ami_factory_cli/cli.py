@@ -89,12 +89,13 @@ def new_events(sfn: Any, execution_arn: str, after_id: int) -> list[dict[str, An
 
 WAITS = {
     "WaitForInstanceStop": "instance", "WaitForImage": "image", "WaitForCopy": "image",
-    "WaitForSeed": "seed", "WaitForClone": "clone", "WaitForGeneralize": "generalize",
+    "WaitForSeed": "seed", "WaitForClone": "clone", "WaitForGeneralize": "generalize", "WaitForLaunch": "launched",
 }
 UNTIL = {
     "WaitForSeed": "(the seed image for the clone)",
     "WaitForClone": "(the clone) to come online in SSM",
     "WaitForGeneralize": "to generalize and shut itself down",
+    "WaitForLaunch": "(launch check) to boot and pass its status checks",
 }
 
 
