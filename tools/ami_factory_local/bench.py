@@ -43,6 +43,11 @@ def _one_region_fails(emu: Emulator, instance_id: str) -> None:
     emu.world.images_fail("ap-southeast-2")
 
 
+def _booting(emu: Emulator, instance_id: str) -> None:
+    _typical(emu, instance_id)
+    emu.world.status_checks_take(3 * 60)
+
+
 def _windows_clone(emu: Emulator, instance_id: str) -> None:
     """Seed and final image 20 min each, the clone online in SSM after 3 min, sysprep 12 min."""
     _typical(emu, instance_id)
@@ -57,6 +62,7 @@ SCENARIOS = [
     Scenario("throttled CopyImage x3, image invisible x2", _throttled, REGIONS),
     Scenario("one Region's copy fails", _one_region_fails, REGIONS),
     Scenario("generalize (Windows) on a clone", _windows_clone, REGIONS, {"mode": "generalize"}),
+    Scenario("launch check in 3 Regions (status checks ok after 3 min)", _booting, REGIONS, {"launch_check": True}),
     Scenario("9 Regions", _typical, REGIONS + ["us-west-2", "eu-central-1", "ap-northeast-1", "sa-east-1", "ca-central-1", "eu-north-1"]),
 ]
 
