@@ -43,6 +43,7 @@ def test_public_sharing_while_blocked_fails_before_anything_changes(make_emulato
     result = emu.run(public_request(instance_id), name="blocked")
     assert result.status == "FAILED" and result.error == "PublicSharingBlockedError"
     assert "block public access is on in ['eu-west-1']" in result.cause_message
+    assert {r.region for r in emu.world.sent("GetImageBlockPublicAccessState")} == {"us-east-1", "eu-west-1"}
     assert "disable-image-block-public-access" in result.cause_message
     nothing_was_changed(emu)
 
@@ -224,6 +225,10 @@ def test_a_key_a_share_target_cannot_use_is_refused_naming_the_account(make_emul
     assert result.status == "FAILED" and result.error == "KeyAccessError"
     assert f"does not let ['{ALLOWED_ACCOUNT}'] use it" in result.cause_message and key_arn("us-east-1") in result.cause_message
     nothing_was_changed(emu)
+    (read,) = emu.world.sent("GetKeyPolicy")
+    assert read.params["PolicyName"] == "default" and read.params["KeyId"].startswith("arn:aws:kms:us-east-1:"), \
+        "the policy is read by key ARN (GetKeyPolicy takes no alias)"
+    assert emu.world.sent("ListGrants"), "grants count too"
 
 
 def test_encrypt_without_a_key_for_a_region_is_refused_naming_the_region(make_emulator) -> None:

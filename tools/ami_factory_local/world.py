@@ -67,7 +67,7 @@ def _request_params(response: BaseResponse) -> dict[str, Any]:
 
 
 def service_protocol(response: BaseResponse) -> str:
-    return "json" if getattr(response, "service_name", "") in ("ssm", "stepfunctions", "lambda", "events") else "query"
+    return "json" if getattr(response, "service_name", "") in ("ssm", "stepfunctions", "lambda", "events", "kms") else "query"
 
 
 def execution_events(backend: Any, execution_arn: str) -> list[Any]:
