@@ -1,0 +1,148 @@
+"""One Region's item of the Distribute map: copy (encrypted when asked), launch check, share,
+publish, protect."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from botocore.exceptions import ClientError
+
+from .aws import Ec2, error_code, snapshots_of, Ssm
+from .errors import EncryptionKeyError, InvalidRequestError, LaunchCheckFailedError
+from .models import (
+    CheckLaunchInput,
+    CopyImageInput,
+    ImageRef,
+    LaunchCheckInput,
+    LaunchedInstance,
+    ProtectImageInput,
+    ProtectImageOutput,
+    PublishParameterInput,
+    PublishParameterOutput,
+    ShareImageInput,
+    ShareImageOutput,
+)
+from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX, check_share_targets
+from .settings import load_settings, Settings
+from .workflow import LIVE_INSTANCE_STATES, client_token, give_up_after
+
+
+def copy_image(event: CopyImageInput) -> ImageRef:
+    """Copy into the item's Region; the source Region's item never gets here (the ASL skips it)."""
+    region = event.region.name
+    ec2 = Ec2(region)
+    existing = ec2.find_image_by_name(event.image_name)
+    if existing:
+        return ImageRef(region=region, image_id=existing["ImageId"], state=existing["State"])
+    image_id = ec2.copy_image(
+        source_region=event.source_image.region,
+        source_image_id=event.source_image.image_id,
+        name=event.image_name,
+        description=event.description,
+        client_token=client_token(event.run_id, region),
+        tags={**event.tags, f"{TAG_PREFIX}source-image": event.source_image.image_id},
+        completion_minutes=event.copy_completion_minutes,
+        kms_key_id=_region_key(region) if event.encrypt else None,
+    )
+    return ImageRef(region=region, image_id=image_id)
+
+
+def start_launch_check(event: LaunchCheckInput) -> LaunchedInstance:
+    """A small instance from the new image (tagged role=launch-check), in the Region's configured subnet
+    or its default VPC. Found again, not launched twice, when the step is retried."""
+    region = event.image.region
+    ec2 = Ec2(region)
+    existing = ec2.instances_with_tags({RUN_TAG: [event.run_id], ROLE_TAG: ["launch-check"]}, LIVE_INSTANCE_STATES)
+    if existing:
+        return LaunchedInstance(instance_id=existing[0]["InstanceId"], region=region, state=existing[0]["State"]["Name"])
+    settings = load_settings()
+    try:
+        instance_id = ec2.launch_instance(
+            image_id=event.image.image_id,
+            instance_type=settings.launch_check_instance_type,
+            subnet_id=settings.launch_check_subnets.get(region),
+            security_group_ids=[],
+            instance_profile=None,
+            client_token=client_token(event.run_id, f"launch-check/{region}"),
+            tags={"Name": f"AMI Factory launch check, run {event.run_id}", f"{TAG_PREFIX}managed": "true",
+                  RUN_TAG: event.run_id, ROLE_TAG: "launch-check"},
+        )
+    except ClientError as error:
+        raise LaunchCheckFailedError(
+            f"could not launch an instance from {event.image.image_id} in {region} ({error_code(error)}: "
+            f"{error.response.get('Error', {}).get('Message', '')}); set LaunchCheckSubnets for Regions without a "
+            f"default VPC"
+        ) from error
+    return LaunchedInstance(instance_id=instance_id, region=region)
+
+
+def check_launch(event: CheckLaunchInput) -> LaunchedInstance:
+    launched = event.launched.model_copy()
+    ec2 = Ec2(launched.region)
+    launched.state = ec2.instance_state(launched.instance_id)
+    launched.polls += 1
+    if launched.state in ("stopping", "stopped", "shutting-down", "terminated"):
+        raise LaunchCheckFailedError(
+            f"the instance launched from the new image in {launched.region} ({launched.instance_id}) is "
+            f"{launched.state}: the image does not boot. See the instance's system log"
+        )
+    system, instance = ec2.status_checks(launched.instance_id) if launched.state == "running" else ("", "")
+    if "impaired" in (system, instance):
+        raise LaunchCheckFailedError(
+            f"the instance launched from the new image in {launched.region} ({launched.instance_id}) fails its "
+            f"status checks (system {system}, instance {instance}): see its system log and screenshot"
+        )
+    launched.ready = (system, instance) == ("ok", "ok")
+    give_up_after(event.max_polls, launched.polls, "healthy" if launched.ready else f"{launched.state}, checks {system or 'pending'}/{instance or 'pending'}",
+                   "healthy", f"the launch check instance {launched.instance_id} in {launched.region}",
+                   "look at its system log", limit="LaunchCheckMaxWaitSeconds")
+    return launched
+
+
+def end_launch_check(event: CheckLaunchInput) -> LaunchedInstance:
+    launched = event.launched.model_copy()
+    Ec2(launched.region).terminate_instance(launched.instance_id)
+    return launched
+
+
+def _region_key(region: str) -> str:
+    key = load_settings().kms_keys.get(region)
+    if not key:  # ResolveRequest checked this; the deployment may have changed since
+        raise EncryptionKeyError(f"the deployment's KmsKeyIds has no key for {region}: add {region}=KEY_ARN to KmsKeyIds")
+    return key
+
+
+def share_image(event: ShareImageInput, settings: Settings | None = None) -> ShareImageOutput:
+    # Checked again here, not only in ResolveRequest: the state is data anyone with
+    # StartExecution can shape, and sharing is the step that must never overreach.
+    check_share_targets(event.share, settings or load_settings())
+    ec2 = Ec2(event.image.region)
+    ec2.add_launch_permissions(event.image.image_id, event.share)
+    if event.share.snapshot_permissions:
+        image = ec2.describe_image(event.image.image_id)
+        encrypted = any(m.get("Ebs", {}).get("Encrypted") for m in image.get("BlockDeviceMappings", []))
+        if event.share.public and encrypted:
+            raise InvalidRequestError(f"image {event.image.image_id} has encrypted snapshots: they are never made public")
+        ec2.add_snapshot_permissions(snapshots_of(image), event.share.accounts, event.share.public)
+    return ShareImageOutput(shared_with=event.share.describe())
+
+
+def protect_image(event: ProtectImageInput) -> ProtectImageOutput:
+    """Deprecation, then deregistration protection: the last calls of a Region, so nothing after them
+    can fail and leave a protected image that the clean-up cannot remove."""
+    ec2 = Ec2(event.image.region)
+    deprecate_at = None
+    if event.protection.deprecate_after_days:
+        when = datetime.now(timezone.utc) + timedelta(days=event.protection.deprecate_after_days)
+        deprecate_at = when.strftime("%Y-%m-%dT%H:%M:00Z")
+        ec2.enable_deprecation(event.image.image_id, deprecate_at)
+    if event.protection.deregistration_protection:
+        ec2.enable_deregistration_protection(event.image.image_id, event.protection.cooldown)
+    return ProtectImageOutput(deprecate_at=deprecate_at, deregistration_protection=event.protection.deregistration_protection)
+
+
+def publish_parameter(event: PublishParameterInput) -> PublishParameterOutput:
+    version = Ssm(event.image.region).put_image_parameter(
+        event.parameter_name, event.image.image_id, f"Latest AMI Factory image ({event.image.image_id})"
+    )
+    return PublishParameterOutput(parameter_name=event.parameter_name, version=version)

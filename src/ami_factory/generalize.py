@@ -1,0 +1,140 @@
+"""Preparing the instance through SSM: the optional clean-up, and generalizing (sysprep on Windows,
+sanitize on Linux) on a temporary clone or in place."""
+
+from __future__ import annotations
+
+from botocore.exceptions import ClientError
+
+from .aws import Ec2, error_code, Ssm
+from .commands import GENERALIZE_COMMENT, cleanup_command, generalize_command
+from .errors import CloneLaunchError, CommandFailedError, UnsupportedInstanceError
+from .models import (
+    CheckCloneInput,
+    CheckCommandInput,
+    CheckGeneralizeInput,
+    CommandRef,
+    GeneralizeInput,
+    GeneralizeRef,
+    ImageRef,
+    LaunchCloneInput,
+    LaunchedInstance,
+    Plan,
+)
+from .rules import ROLE_TAG, RUN_TAG
+from .workflow import LIVE_INSTANCE_STATES, client_token, create_image_once, give_up_after
+
+
+FAILED_COMMAND_STATES = frozenset({"Failed", "Cancelled", "TimedOut", "Cancelling", "DeliveryTimedOut", "ExecutionTimedOut"})
+# Script failures; a command that timed out once its instance shut down is what sysprep looks like.
+SCRIPT_FAILED_STATES = frozenset({"Failed", "Cancelled", "Cancelling"})
+
+
+def run_cleanup(plan: Plan) -> CommandRef:
+    """Temp files and caches go before the image is taken, for specialized images too."""
+    command = cleanup_command(plan.platform)
+    command_id = Ssm(plan.source_region).send_command(
+        plan.instance_id, command.document, command.parameters, f"ami-factory clean-up, run {plan.run_id}"
+    )
+    return CommandRef(command_id=command_id, instance_id=plan.instance_id, region=plan.source_region)
+
+
+def check_command(event: CheckCommandInput) -> CommandRef:
+    command = event.command.model_copy()
+    command.status = Ssm(command.region).command_status(command.command_id, command.instance_id)
+    command.polls += 1
+    if command.status in FAILED_COMMAND_STATES:
+        raise CommandFailedError(
+            f"command {command.command_id} on instance {command.instance_id} ended {command.status}; its output is "
+            f"in SSM Run Command history. Nothing was imaged"
+        )
+    give_up_after(event.max_polls, command.polls, command.status, "Success",
+                   f"command {command.command_id} on instance {command.instance_id}", "check the command in SSM")
+    return command
+
+
+def create_seed_image(plan: Plan) -> ImageRef:
+    """Mode generalize: a no-reboot image of the instance, only to launch the clone from; removed when the run ends."""
+    tags = {**plan.tags, "Name": plan.seed_image_name, ROLE_TAG: "seed"}
+    description = f"AMI Factory seed for the clone of run {plan.run_id}; removed when the run ends"
+    return create_image_once(plan.source_region, plan.instance_id, plan.seed_image_name, description, True, tags)
+
+
+def launch_clone(event: LaunchCloneInput) -> LaunchedInstance:
+    """The clone the generalize command runs on: the instance's type, subnet, groups and profile unless overridden."""
+    ec2 = Ec2(event.source_region)
+    existing = ec2.instances_with_tags({RUN_TAG: [event.run_id], ROLE_TAG: ["clone"]}, LIVE_INSTANCE_STATES)
+    if existing:  # a retried step finds the clone it launched
+        return LaunchedInstance(instance_id=existing[0]["InstanceId"], region=event.source_region, state=existing[0]["State"]["Name"])
+    source = ec2.describe_instance(event.instance_id)
+    overrides = event.clone_overrides
+    try:
+        instance_id = ec2.launch_instance(
+            image_id=event.seed.image_id,
+            instance_type=overrides.instance_type or source["InstanceType"],
+            subnet_id=overrides.subnet_id or source.get("SubnetId"),
+            security_group_ids=overrides.security_group_ids or [group["GroupId"] for group in source.get("SecurityGroups", [])],
+            instance_profile=overrides.instance_profile or source.get("IamInstanceProfile", {}).get("Arn"),
+            client_token=client_token(event.run_id, "clone"),
+            tags={**event.tags, "Name": f"{event.family} clone (AMI Factory run {event.run_id})", ROLE_TAG: "clone"},
+        )
+    except ClientError as error:
+        raise CloneLaunchError(
+            f"EC2 refused to launch the clone of {event.instance_id} ({error_code(error)}: "
+            f"{error.response.get('Error', {}).get('Message', '')}). The clone takes the instance's type, subnet, "
+            f"security groups and instance profile unless clone.instance_type, clone.subnet_id, "
+            f"clone.security_group_ids or clone.instance_profile say otherwise (groups must be in the subnet's VPC)"
+        ) from error
+    return LaunchedInstance(instance_id=instance_id, region=event.source_region, state=ec2.instance_state(instance_id))
+
+
+def check_clone(event: CheckCloneInput) -> LaunchedInstance:
+    clone = event.clone.model_copy()
+    clone.state = Ec2(clone.region).instance_state(clone.instance_id)
+    clone.polls += 1
+    if clone.state in ("stopping", "stopped", "shutting-down", "terminated"):
+        raise UnsupportedInstanceError(
+            f"the clone {clone.instance_id} is {clone.state} before it was generalized: see its system log in the EC2 "
+            f"console. It is terminated and nothing is imaged"
+        )
+    if clone.state == "running":
+        info = Ssm(clone.region).instance_information(clone.instance_id)
+        clone.ready = info is not None and info.get("PingStatus") == "Online"
+    progress = "ready" if clone.ready else f"{clone.state} and not yet reachable through SSM"
+    give_up_after(event.max_polls, clone.polls, progress, "ready", f"clone {clone.instance_id}",
+                   "check that its instance profile allows SSM and its subnet reaches the SSM endpoints (NAT or VPC "
+                   "endpoints); the clone.instance_profile and clone.subnet_id request fields override the source's",
+                   limit="GeneralizeMaxWaitSeconds")
+    return clone
+
+
+def generalize(event: GeneralizeInput) -> GeneralizeRef:
+    """Send sysprep (Windows) or sanitize (Linux) to the clone, or to the instance itself in place."""
+    target = event.clone.instance_id if event.clone else event.instance_id
+    command = generalize_command(event.platform, event.windows)
+    command_id = Ssm(event.source_region).send_command(
+        target, command.document, command.parameters, f"{GENERALIZE_COMMENT}, run {event.run_id}"
+    )
+    return GeneralizeRef(command_id=command_id, instance_id=target, region=event.source_region)
+
+
+def check_generalize(event: CheckGeneralizeInput) -> GeneralizeRef:
+    """Done when the instance has shut itself down, and the command did not fail on the way: the
+    command's own status may never say Success, because the shutdown stops the agent reporting it."""
+    command = event.command.model_copy()
+    command.instance_state = Ec2(command.region).instance_state(command.instance_id)
+    command.status = Ssm(command.region).command_status(command.command_id, command.instance_id)
+    command.polls += 1
+    stopped = command.instance_state == "stopped"
+    if command.status in SCRIPT_FAILED_STATES or (command.status in FAILED_COMMAND_STATES and not stopped):
+        raise CommandFailedError(
+            f"the generalize command {command.command_id} on instance {command.instance_id} ended {command.status}"
+            f"{' and the instance shut down anyway' if stopped else ''}: it did not complete, so nothing is imaged. "
+            f"Its output is in SSM Run Command history"
+        )
+    if command.instance_state in ("shutting-down", "terminated"):
+        raise UnsupportedInstanceError(f"instance {command.instance_id} is {command.instance_state} while generalizing")
+    give_up_after(event.max_polls, command.polls, command.instance_state, "stopped",
+                   f"instance {command.instance_id} (generalizing)",
+                   "read the command's output in SSM Run Command history: sysprep/sanitize did not shut it down",
+                   limit="GeneralizeMaxWaitSeconds")
+    return command

@@ -1,0 +1,196 @@
+"""ResolveRequest: everything checked before anything changes. A request that cannot succeed
+(bad fields, allow-lists, the instance, public sharing, encryption keys, SSM) fails here, having
+touched nothing."""
+
+from __future__ import annotations
+
+from .aws import Ec2, Kms, Ssm, StepFunctions, tags_of
+from .errors import (
+    EncryptionKeyError,
+    InstanceNotManagedError,
+    InvalidRequestError,
+    KeyAccessError,
+    PublicImageLimitError,
+    PublicSharingBlockedError,
+    RunInProgressError,
+    UnsupportedInstanceError,
+)
+from .models import ImagingRequest, Plan, Platform, RegionTarget, ResolveRequestInput, WindowsOptions
+from .rules import (
+    MAX_PUBLIC_IMAGES_PER_REGION,
+    check_share_targets,
+    family_name,
+    holder_of,
+    image_name,
+    image_tags,
+    parameter_name,
+    parse_request,
+    principals_without_key_access,
+    target_regions,
+)
+from .settings import load_settings, Settings
+
+
+IMAGEABLE_INSTANCE_STATES = frozenset({"running", "stopped", "stopping", "pending"})
+
+
+def resolve_request(event: ResolveRequestInput, settings: Settings | None = None) -> Plan:
+    """Validate everything before anything changes: a bad request fails here, having touched nothing."""
+    settings = settings or load_settings()
+    region = settings.region
+    request = parse_request(event.request)
+    check_share_targets(request.share, settings)
+    regions = target_regions(request, region, settings)
+    holder = holder_of(request.instance_id, StepFunctions(region).running_executions(event.state_machine_arn))
+    if holder and holder != event.run_id:
+        # Two triggers can pass the start function's check at the same moment; the older run wins here.
+        raise RunInProgressError(
+            f"instance {request.instance_id} is being imaged by run {holder}; this run stops before touching "
+            f"anything. Start again when that run has finished"
+        )
+    instance = Ec2(region).describe_instance(request.instance_id)
+    if instance.get("RootDeviceType") != "ebs":
+        raise UnsupportedInstanceError(
+            f"instance {request.instance_id} has an {instance.get('RootDeviceType')} root device; only EBS-backed "
+            f"instances can be imaged with CreateImage. Move the instance to an EBS root volume first"
+        )
+    state = instance["State"]["Name"]
+    if state not in IMAGEABLE_INSTANCE_STATES:
+        raise UnsupportedInstanceError(
+            f"instance {request.instance_id} is {state}; only running or stopped instances can be imaged"
+        )
+    platform: Platform = "windows" if str(instance.get("Platform", "")).lower() == "windows" else "linux"
+    if request.share.public:
+        _require_public_sharing_possible(regions, instance, request.encrypt)
+    _require_usable_encryption(request, instance, regions, settings)
+    if request.cleanup:
+        _require_ssm(request.instance_id, platform, region, "clean-up")
+    if request.mode == "generalize-in-place":
+        _require_ssm(request.instance_id, platform, region, "generalize-in-place")
+    if request.mode == "generalize":
+        # The clone boots from the instance's disk with its agent; a stopped instance cannot be online.
+        _require_ssm(request.instance_id, platform, region, "generalize (on a clone)", online=(state == "running"))
+    if platform == "linux" and request.windows != WindowsOptions():
+        raise InvalidRequestError(
+            f"instance {request.instance_id} runs Linux: the windows options (administrator password) do not apply; "
+            f"drop them from the request"
+        )
+    family = family_name(request, tags_of(instance))
+    name = image_name(settings.image_name_prefix, family, event.run_id)
+    return Plan(
+        run_id=event.run_id,
+        instance_id=request.instance_id,
+        platform=platform,
+        cleanup=request.cleanup,
+        source_region=region,
+        family=family,
+        image_name=name,
+        seed_image_name=image_name(settings.image_name_prefix, family, f"{event.run_id}-seed"),
+        capture_image_name=image_name(settings.image_name_prefix, family, f"{event.run_id}-capture") if request.encrypt else name,
+        encrypt=request.encrypt,
+        launch_check=request.launch_check,
+        launch_check_max_polls=settings.launch_check_max_polls,
+        description=request.description or f"AMI Factory image of {request.instance_id} ({family}), run {event.run_id}",
+        mode=request.mode,
+        regions=regions,
+        share=request.share,
+        parameter_name=parameter_name(settings.parameter_prefix, family),
+        tags=image_tags(event.run_id, family, request.instance_id, region, {"Name": name, **request.tags}),
+        protection=request.protection,
+        copy_completion_minutes=request.copy_completion_minutes,
+        poll_seconds=settings.poll_seconds,
+        max_polls=settings.max_polls,
+        generalize_max_polls=settings.generalize_max_polls,
+        windows=request.windows,
+        clone_overrides=request.clone,
+    )
+
+
+def _require_public_sharing_possible(regions: list[RegionTarget], instance: dict, encrypt: bool) -> None:
+    """Public sharing fails late and half-done on AWS; here it fails before anything is changed."""
+    encrypted = sorted(Ec2(regions[0].name).encrypted_volumes(instance))
+    if encrypt or encrypted:
+        why = "encrypt is set" if encrypt else f"the instance's volumes {encrypted} are encrypted"
+        raise InvalidRequestError(
+            f"an image with encrypted snapshots cannot be public, and {why}: drop share.public, or share with "
+            f"accounts, organizations or OUs instead"
+        )
+    blocked = [region.name for region in regions if Ec2(region.name).image_block_public_access() != "unblocked"]
+    if blocked:
+        raise PublicSharingBlockedError(
+            f"image block public access is on in {blocked}, so the image cannot be made public there: turn it off "
+            f"(aws ec2 disable-image-block-public-access --region REGION) if public images are intended, or drop "
+            f"share.public"
+        )
+    for region in regions:
+        count = Ec2(region.name).public_image_count()
+        if count >= MAX_PUBLIC_IMAGES_PER_REGION:
+            raise PublicImageLimitError(
+                f"{region.name} already has {count} public images, the limit is {MAX_PUBLIC_IMAGES_PER_REGION}: make "
+                f"one private, request a quota increase, or drop share.public"
+            )
+
+
+def _require_usable_encryption(
+    request: ImagingRequest, instance: dict, regions: list[RegionTarget], settings: Settings
+) -> None:
+    """Every Region's image must be encrypted with a key its recipients can use, or they see an image
+    they cannot launch. Checked before any copy: which keys, and whether each target may use them."""
+    source = regions[0].name
+    if request.encrypt:
+        without_key = [region.name for region in regions if region.name not in settings.kms_keys]
+        if without_key:
+            raise EncryptionKeyError(
+                f"encrypt needs a customer managed key in every Region, and the deployment's KmsKeyIds has none for "
+                f"{without_key}: add REGION=KEY_ARN pairs to KmsKeyIds, or leave those Regions out"
+            )
+        keys = [(region.name, settings.kms_keys[region.name]) for region in regions]
+    else:
+        if not request.share.describe():
+            return
+        volumes = Ec2(source).encrypted_volumes(instance)
+        if not volumes:
+            return
+        aws_managed = sorted(volume for volume, key in volumes.items() if Kms(source).is_aws_managed(key))
+        if aws_managed:
+            raise EncryptionKeyError(
+                f"volumes {aws_managed} of instance {request.instance_id} are encrypted with the AWS managed key "
+                f"aws/ebs, which no other account can use: set encrypt to true to re-encrypt every Region's image "
+                f"with the deployment's KmsKeyIds keys (in {source} through a same-Region copy), or share it with nobody"
+            )
+        if len(regions) > 1:
+            raise EncryptionKeyError(
+                f"volumes {sorted(volumes)} of instance {request.instance_id} are encrypted, and a copy to another "
+                f"Region without a key uses that Region's aws/ebs key, which recipients cannot use: set encrypt to "
+                f"true to use the deployment's KmsKeyIds keys"
+            )
+        keys = [(source, key) for key in sorted(set(volumes.values()))]
+    if not request.share.describe():
+        return
+    for region, key in keys:
+        kms = Kms(region)
+        missing = principals_without_key_access(kms.policy(key), kms.grantees(key), request.share)
+        if missing:
+            raise KeyAccessError(
+                f"key {key} ({region}) does not let {missing} use it, so they would see the image but could not "
+                f"launch it: allow kms:Decrypt, kms:DescribeKey, kms:CreateGrant, kms:ReEncrypt* and "
+                f"kms:GenerateDataKey* to them in the key policy (an organization or OU: Principal * with "
+                f"aws:PrincipalOrgID or aws:PrincipalOrgPaths), or create grants"
+            )
+
+
+def _require_ssm(instance_id: str, platform: Platform, region: str, purpose: str, online: bool = True) -> None:
+    """Steps that run commands on the instance fail here, before anything is touched, if SSM cannot reach it."""
+    info = Ssm(region).instance_information(instance_id)
+    fix = (
+        "make sure the instance is running, its SSM agent is installed and started, and its instance profile "
+        "allows SSM (the AmazonSSMManagedInstanceCore policy)"
+    )
+    if info is None or (online and info.get("PingStatus") != "Online"):
+        status = "not registered with SSM" if info is None else f"SSM ping status {info.get('PingStatus')}"
+        raise InstanceNotManagedError(f"{purpose} needs SSM Run Command, and instance {instance_id} is {status}: {fix}")
+    if str(info.get("PlatformType", "")).lower() != platform:
+        raise InstanceNotManagedError(
+            f"{purpose}: EC2 says instance {instance_id} runs {platform}, SSM says {info.get('PlatformType')}; "
+            f"check that the instance id is right"
+        )
