@@ -184,6 +184,11 @@ class Ec2:
                 self._ec2.describe_images(Owners=["self"], Filters=[{"Name": f"tag:{key}", "Values": [value]}])["Images"]
             )
 
+    def image_gib(self, image_id: str) -> int:
+        """The image's size: its volumes' provisioned GiB (what its snapshots can grow to)."""
+        image = self.describe_image(image_id)
+        return sum(int(m["Ebs"].get("VolumeSize", 0)) for m in image.get("BlockDeviceMappings", []) if "Ebs" in m)
+
     def describe_image(self, image_id: str) -> dict[str, Any]:
         with translated_errors("DescribeImages"):
             images = self._ec2.describe_images(ImageIds=[image_id])["Images"]

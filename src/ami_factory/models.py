@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from .pricing import CostEstimate
+
 INSTANCE_ID = r"^i-[0-9a-f]{8}([0-9a-f]{9})?$"
 ACCOUNT_ID = r"^[0-9]{12}$"
 ORGANIZATION_ARN = r"^arn:aws[a-z-]*:organizations::[0-9]{12}:organization/o-[a-z0-9]{10,32}$"
@@ -441,6 +443,7 @@ class Summary(BaseModel):
     regions: list[RegionResult] = Field(default_factory=list)
     failed_regions: list[str] = Field(default_factory=list)
     cleaned_up: list[str] = Field(default_factory=list)
+    cost: CostEstimate | None = None
     error: str | None = None
     cause: str | None = None
 

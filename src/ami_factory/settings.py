@@ -48,6 +48,7 @@ class Settings:
     launch_check_subnets: dict[str, str] = field(default_factory=dict)  # Region -> subnet; none: the default VPC
     launch_check_instance_type: str = "t3.micro"
     launch_check_max_wait_seconds: int = 900
+    price_overrides: str = ""  # JSON: see pricing.Prices
 
     @property
     def max_polls(self) -> int:
@@ -88,4 +89,5 @@ def load_settings() -> Settings:
         launch_check_subnets=dict(pair.split("=", 1) for pair in _csv("LAUNCH_CHECK_SUBNETS") if "=" in pair),
         launch_check_instance_type=os.environ.get("LAUNCH_CHECK_INSTANCE_TYPE") or "t3.micro",
         launch_check_max_wait_seconds=_int("LAUNCH_CHECK_MAX_WAIT_SECONDS", 900),
+        price_overrides=os.environ.get("PRICE_OVERRIDES", ""),
     )

@@ -24,6 +24,7 @@ from .models import (
 )
 from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX
 from .observability import logger
+from .pricing import CostEstimate, Prices, estimate_images, load_prices
 from .settings import load_settings
 
 
@@ -190,6 +191,7 @@ def finalize(plan: FinalizeInput) -> Summary:
     )
     errors = "; ".join(f"{result.region}: {result.error.Error if result.error else 'failed'}" for result in failed) or None
     _record_result_on_instance(plan, status, source_image, errors)
+    kept = {result.region: result.image_id for result in plan.distribution if result.status == "AVAILABLE" and result.image_id}
     return Summary(
         status=status,
         run_id=plan.run_id,
@@ -199,9 +201,16 @@ def finalize(plan: FinalizeInput) -> Summary:
         regions=plan.distribution,
         failed_regions=[result.region for result in failed],
         cleaned_up=cleaned,
+        cost=image_cost(kept, plan.source_region, load_prices(load_settings().price_overrides)),
         error="AllRegionsFailedError" if status == "FAILED" else None,
         cause=errors,
     )
+
+
+def image_cost(images: dict[str, str], source_region: str, prices: Prices) -> CostEstimate:
+    """What the images (one per Region) cost to keep, and what copying them cost once."""
+    sizes = {region: float(Ec2(region).image_gib(image_id)) for region, image_id in images.items()}
+    return estimate_images(sizes, source_region, prices)
 
 
 def handle_failure(plan: HandleFailureInput) -> Summary:

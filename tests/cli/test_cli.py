@@ -45,6 +45,8 @@ def test_demo_ends_succeeded_with_an_ami_in_each_of_three_regions_and_the_instan
     assert "[eu-west-1] CopyImage" in out, "the run is followed live, Region by Region"
     assert re.search(r"^  waiting for ami-[0-9a-f]+ \(pending\), checking every 60 s$", out, re.MULTILINE)
     assert re.search(r"^  \[ap-southeast-2\] done: ami-[0-9a-f]+$", out, re.MULTILINE)
+    assert re.search(r"^keeping these images: \$\d+\.\d\d/month \(\d+ GiB of snapshots at most, in 3 Regions", out, re.MULTILINE)
+    assert re.search(r"^this run: \$0\.\d{4} \(\d+ state transitions, \d+ Lambda invocations\)$", out, re.MULTILINE)
 
 
 def test_the_generalize_demo_sysprepps_a_clone_and_keeps_the_instance_running() -> None:

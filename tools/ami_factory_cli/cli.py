@@ -1,4 +1,4 @@
-"""The command line for people. Only boto3: it runs anywhere the AWS CLI would."""
+"""The command line for people: boto3, and AMI Factory's own prices (``ami_factory.pricing``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 import boto3
+
+from ami_factory.pricing import Prices, estimate_images, load_prices, orchestration_cost
 
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 
@@ -161,7 +163,36 @@ def result_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def report(described: dict[str, Any], out: TextIO) -> int:
+LAMBDA_GB = 0.25  # the template's MemorySize (256 MB), for the run's Lambda GB-seconds
+
+
+def run_cost(sfn: Any, execution_arn: str, prices: Prices) -> tuple[float, int, int]:
+    """What the run itself cost: (dollars, state transitions, Lambda invocations), from its history."""
+    pages = sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn, maxResults=1000)
+    events = [event for page in pages for event in page["events"]]
+    transitions = sum(1 for event in events if event["type"].endswith("StateEntered"))
+    started = {event["id"]: event["timestamp"] for event in events if event["type"] == "TaskStarted"}
+    invocations, seconds = 0, 0.0
+    for event in events:
+        if event["type"] in ("TaskSucceeded", "TaskFailed") and event.get("previousEventId") in started:
+            invocations += 1
+            seconds += max((event["timestamp"] - started[event["previousEventId"]]).total_seconds(), 0.001)
+    return orchestration_cost(transitions, invocations, seconds * LAMBDA_GB, prices), transitions, invocations
+
+
+def cost_lines(cost: dict[str, Any], run: tuple[float, int, int] | None) -> str:
+    gib = sum(region["snapshot_gib"] for region in cost["regions"])
+    lines = [
+        f"keeping these images: ${cost['monthly_standard']:.2f}/month ({gib:g} GiB of snapshots at most, in "
+        f"{len(cost['regions'])} Regions; archive tier ${cost['monthly_archive']:.2f}/month)",
+        f"copying them: ${cost['copy_transfer_once']:.2f} once (inter-Region transfer)",
+    ]
+    if run:
+        lines.append(f"this run: ${run[0]:.4f} ({run[1]} state transitions, {run[2]} Lambda invocations)")
+    return "\n".join(lines)
+
+
+def report(described: dict[str, Any], out: TextIO, sfn: Any = None, prices: Prices | None = None) -> int:
     status = described["status"]
     print(f"\nexecution {described['name']}: {status}", file=out)
     if status != "SUCCEEDED":
@@ -174,6 +205,9 @@ def report(described: dict[str, Any], out: TextIO) -> int:
         return 1
     summary = json.loads(described.get("output") or "{}")
     print(result_table(summary), file=out)
+    if summary.get("cost"):
+        run = run_cost(sfn, described["executionArn"], prices or Prices()) if sfn is not None else None
+        print("\n" + cost_lines(summary["cost"], run), file=out)
     print(f"\nrun status: {summary.get('status')}; instance {summary.get('instance_id')} is {summary.get('instance_state')}", file=out)
     return 0 if summary.get("status") == "SUCCEEDED" else 2
 
@@ -189,7 +223,39 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     print(f"started {name}\n  {execution_arn}", file=out, flush=True)
     if not args.follow:
         return 0
-    return report(follow(sfn, execution_arn, out, args.poll_seconds), out)
+    return report(follow(sfn, execution_arn, out, args.poll_seconds), out, sfn, load_prices(args.prices))
+
+
+def estimate(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """What existing images cost to keep: the ids given, or every image AMI Factory made of an instance."""
+    session = boto3.session.Session(region_name=args.region)
+    source = session.region_name
+    found: list[tuple[str, dict[str, Any]]] = []
+    for region in [source, *_csv(args.regions)]:
+        ec2 = session.client("ec2", region_name=region, endpoint_url=args.endpoint_url)
+        if args.image_id:
+            images = ec2.describe_images(ImageIds=args.image_id)["Images"] if region == source else []
+        else:
+            filters = [{"Name": "tag:ami-factory:source-instance", "Values": [args.instance_id]},
+                       {"Name": "tag:ami-factory:managed", "Values": ["true"]}]
+            images = ec2.describe_images(Owners=["self"], Filters=filters)["Images"]
+        found += [(region, image) for image in images]
+    if not found:
+        print("no images found", file=out)
+        return 1
+    prices = load_prices(args.prices)
+    rows = [("Region", "AMI id", "Name", "GiB", "$/month", "archive $/month")]
+    total = 0.0
+    for region, image in sorted(found, key=lambda item: (item[0], item[1].get("CreationDate", ""))):
+        gib = sum(int(m["Ebs"].get("VolumeSize", 0)) for m in image.get("BlockDeviceMappings", []) if "Ebs" in m)
+        cost = estimate_images({region: gib}, region, prices).regions[0]
+        total += cost.monthly_standard
+        rows.append((region, image["ImageId"], image.get("Name", ""), f"{gib}", f"{cost.monthly_standard:.2f}", f"{cost.monthly_archive:.2f}"))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    print("\n".join(lines) + f"\n\n{len(found)} images: ${total:.2f}/month at most (standard tier)", file=out)
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -221,9 +287,18 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--endpoint-url", help="e.g. http://127.0.0.1:5005 for the local emulator")
     start.add_argument("--no-follow", dest="follow", action="store_false", help="start and return")
     start.add_argument("--poll-seconds", type=float, default=5.0)
+    start.add_argument("--prices", help="JSON price overrides (see src/ami_factory/pricing.py)")
+    cost = commands.add_parser("estimate", help="what existing images cost to keep")
+    which = cost.add_mutually_exclusive_group(required=True)
+    which.add_argument("--instance-id", help="every image AMI Factory made of this instance")
+    which.add_argument("--image-id", action="append", help="an image in --region (repeatable)")
+    cost.add_argument("--regions", help="comma-separated other Regions to look in")
+    cost.add_argument("--region", help="the source Region")
+    cost.add_argument("--endpoint-url")
+    cost.add_argument("--prices", help="JSON price overrides")
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return run(args)
+    return estimate(args) if args.command == "estimate" else run(args)
