@@ -376,6 +376,26 @@ class Kms:
             return [str(grant.get("GranteePrincipal", "")) for page in pages for grant in page["Grants"]]
 
 
+class Notifications:
+    """Where a finished run is announced: the SNS topic (people) and EventBridge (automation)."""
+
+    def __init__(self, region: str) -> None:
+        self._sns = client("sns", region)
+        self._events = client("events", region)
+
+    def publish(self, topic_arn: str, subject: str, message: str) -> None:
+        with translated_errors("Publish"):
+            self._sns.publish(TopicArn=topic_arn, Subject=subject[:100], Message=message)
+
+    def put_event(self, bus: str, source: str, detail_type: str, detail: str, resources: list[str]) -> None:
+        with translated_errors("PutEvents"):
+            response = self._events.put_events(
+                Entries=[{"EventBusName": bus, "Source": source, "DetailType": detail_type, "Detail": detail, "Resources": resources}]
+            )
+        if response.get("FailedEntryCount"):
+            raise RuntimeError(f"EventBridge refused the event: {response['Entries']}")
+
+
 class StepFunctions:
     def __init__(self, region: str) -> None:
         self._sfn = client("stepfunctions", region)

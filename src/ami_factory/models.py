@@ -446,6 +446,7 @@ class Summary(BaseModel):
     cost: CostEstimate | None = None
     error: str | None = None
     cause: str | None = None
+    notification_error: str | None = None  # the run's result stands; only telling about it failed
 
 
 def sanitize_image_name(raw: str) -> str:

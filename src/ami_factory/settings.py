@@ -49,6 +49,8 @@ class Settings:
     launch_check_instance_type: str = "t3.micro"
     launch_check_max_wait_seconds: int = 900
     price_overrides: str = ""  # JSON: see pricing.Prices
+    notification_topic_arn: str = ""
+    event_bus_name: str = "default"
 
     @property
     def max_polls(self) -> int:
@@ -90,4 +92,6 @@ def load_settings() -> Settings:
         launch_check_instance_type=os.environ.get("LAUNCH_CHECK_INSTANCE_TYPE") or "t3.micro",
         launch_check_max_wait_seconds=_int("LAUNCH_CHECK_MAX_WAIT_SECONDS", 900),
         price_overrides=os.environ.get("PRICE_OVERRIDES", ""),
+        notification_topic_arn=os.environ.get("NOTIFICATION_TOPIC_ARN", ""),
+        event_bus_name=os.environ.get("EVENT_BUS_NAME") or "default",
     )

@@ -6,10 +6,20 @@ input, call one step, and return its model; the steps before imaging are in ``pr
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import datetime, timezone
 
-from .aws import Ec2, tags_of
-from .errors import ImageFailedError, InstanceStateConflictError, UnsupportedInstanceError, WaitTimeoutError
+from botocore.exceptions import ClientError
+
+from .aws import Ec2, Notifications, tags_of
+from .errors import (
+    AmiFactoryError,
+    ImageFailedError,
+    InstanceStateConflictError,
+    ThrottledError,
+    UnsupportedInstanceError,
+    WaitTimeoutError,
+)
 from .models import (
     CheckImageInput,
     CheckInstanceInput,
@@ -192,7 +202,7 @@ def finalize(plan: FinalizeInput) -> Summary:
     errors = "; ".join(f"{result.region}: {result.error.Error if result.error else 'failed'}" for result in failed) or None
     _record_result_on_instance(plan, status, source_image, errors)
     kept = {result.region: result.image_id for result in plan.distribution if result.status == "AVAILABLE" and result.image_id}
-    return Summary(
+    return announced(Summary(
         status=status,
         run_id=plan.run_id,
         instance_id=plan.instance_id,
@@ -204,7 +214,7 @@ def finalize(plan: FinalizeInput) -> Summary:
         cost=image_cost(kept, plan.source_region, load_prices(load_settings().price_overrides)),
         error="AllRegionsFailedError" if status == "FAILED" else None,
         cause=errors,
-    )
+    ), plan.source_region)
 
 
 def image_cost(images: dict[str, str], source_region: str, prices: Prices) -> CostEstimate:
@@ -224,7 +234,7 @@ def handle_failure(plan: HandleFailureInput) -> Summary:
     cleaned += remove_run_images(plan.run_id, [region.name for region in plan.regions])
     instance = restore_instance(RestoreInstanceInput(instance=plan.instance)) if plan.instance else None
     _record_result_on_instance(plan, "FAILED", None, plan.error.Error)
-    return Summary(
+    return announced(Summary(
         status="FAILED",
         run_id=plan.run_id,
         instance_id=plan.instance_id,
@@ -232,5 +242,60 @@ def handle_failure(plan: HandleFailureInput) -> Summary:
         instance_state=instance.state if instance else None,
         cleaned_up=cleaned,
         error=plan.error.Error,
-        cause=plan.error.Cause,
-    )
+        cause=error_message(plan.error.Cause),
+    ), plan.source_region)
+
+
+def error_message(cause: str | None) -> str | None:
+    """A failed Lambda's cause is its error body (type, message, stack trace): people need the message."""
+    try:
+        return str(json.loads(cause or "")["errorMessage"])
+    except (ValueError, KeyError, TypeError):
+        return cause
+
+
+EVENT_SOURCE = "ami-factory"
+DETAIL_TYPES = {
+    "SUCCEEDED": "AMI Factory Image Ready",
+    "PARTIAL": "AMI Factory Image Partially Ready",
+    "FAILED": "AMI Factory Run Failed",
+}
+
+
+def announced(summary: Summary, region: str) -> Summary:
+    """Tell people (SNS) and automation (EventBridge, source ``ami-factory``) how the run ended, with
+    the summary. Best effort: the images and the clean-up stand even if telling about them fails."""
+    settings = load_settings()
+    detail = summary.model_dump_json(exclude={"notification_error"})
+    images = [f"arn:aws:ec2:{r.region}::image/{r.image_id}" for r in summary.regions if r.image_id]
+    try:
+        notifications = Notifications(region)
+        if settings.notification_topic_arn:
+            notifications.publish(settings.notification_topic_arn, _subject(summary), _message(summary))
+        notifications.put_event(settings.event_bus_name, EVENT_SOURCE, DETAIL_TYPES[summary.status], detail, images)
+    except ThrottledError:
+        raise  # the state machine retries the step with backoff
+    except (ClientError, AmiFactoryError, RuntimeError) as error:
+        logger.error("could not announce the run's end: %s", error)
+        summary.notification_error = str(error)[:500]
+    return summary
+
+
+def _subject(summary: Summary) -> str:
+    what = {"SUCCEEDED": "image ready", "PARTIAL": "image ready in some Regions", "FAILED": "run failed"}[summary.status]
+    return f"AMI Factory: {summary.image_name or summary.instance_id} {what}"
+
+
+def _message(summary: Summary) -> str:
+    lines = [f"Run {summary.run_id} for instance {summary.instance_id}: {summary.status}."]
+    lines += [
+        f"  {r.region}: {r.image_id} ({r.parameter_name})" if r.status == "AVAILABLE" else f"  {r.region}: FAILED ({r.error.Error if r.error else ''})"
+        for r in summary.regions
+    ]
+    if summary.cost:
+        lines.append(f"Keeping the images: ${summary.cost.monthly_standard:.2f}/month at most; copying them: ${summary.cost.copy_transfer_once:.2f} once.")
+    if summary.error:
+        lines.append(f"Error: {summary.error}: {summary.cause or ''}")
+    lines.append("")
+    lines.append(summary.model_dump_json(indent=2, exclude={"notification_error"}))
+    return "\n".join(lines)

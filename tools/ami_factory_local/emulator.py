@@ -77,6 +77,7 @@ class RunResult:
 @dataclass
 class Deployment:
     state_machine_arn: str
+    topic_arns: dict[str, str] = field(default_factory=dict)  # logical id -> topic ARN
 
 
 class Emulator:
@@ -226,6 +227,13 @@ class Emulator:
             for logical_id in resources_of_type(template, "AWS::IAM::Role")
         }
         resolver = Resolver(parameters, pseudo, attributes, template.get("Conditions", {}))
+        sns = self.client("sns")
+        for logical_id in resources_of_type(template, "AWS::SNS::Topic"):
+            attributes[(logical_id, "Ref")] = sns.create_topic(Name=f"{STACK_NAME}-{logical_id}")["TopicArn"]
+        for subscription in resources_of_type(template, "AWS::SNS::Subscription").values():
+            if resolver.condition_holds(subscription.get("Condition")):
+                properties = resolver.resolve(subscription["Properties"])
+                sns.subscribe(TopicArn=properties["TopicArn"], Protocol=properties["Protocol"], Endpoint=properties["Endpoint"])
         lambda_client = self.client("lambda")
         merged = functions(template)
         for logical_id, properties in merged.items():
@@ -257,7 +265,10 @@ class Emulator:
             for logical_id, schedule in resources_of_type(template, "AWS::Scheduler::Schedule").items()
             if resolver.condition_holds(schedule.get("Condition"))
         }
-        return Deployment(state_machine_arn=state_machine_arn)
+        return Deployment(
+            state_machine_arn=state_machine_arn,
+            topic_arns={key[0]: value for key, value in attributes.items() if key[1] == "Ref" and ":sns:" in value},
+        )
 
     def _register_function(
         self, logical_id: str, properties: dict[str, Any], resolver: Resolver, layer_dirs: list[Path]
