@@ -184,6 +184,29 @@ class Ec2:
                 self._ec2.describe_images(Owners=["self"], Filters=[{"Name": f"tag:{key}", "Values": [value]}])["Images"]
             )
 
+    def managed_images(self) -> list[dict[str, Any]]:
+        """Every image AMI Factory made in this Region (tags decide, never names)."""
+        with translated_errors("DescribeImages"):
+            filters = [{"Name": "tag:ami-factory:managed", "Values": ["true"]}]
+            return list(self._ec2.describe_images(Owners=["self"], Filters=filters)["Images"])
+
+    def image_references(self, image_ids: list[str]) -> dict[str, list[str]]:
+        """Launch templates, SSM parameters and instances that use each image (DescribeImageReferences)."""
+        found: dict[str, list[str]] = {}
+        for start in range(0, len(image_ids), 10):
+            with translated_errors("DescribeImageReferences"):
+                pages = self._ec2.get_paginator("describe_image_references").paginate(
+                    ImageIds=image_ids[start:start + 10], IncludeAllResourceTypes=True
+                )
+                for page in pages:
+                    for reference in page.get("ImageReferences", []):
+                        found.setdefault(reference["ImageId"], []).append(f"{reference['ResourceType']} {reference['Arn']}")
+        return found
+
+    def disable_image(self, image_id: str) -> None:
+        with translated_errors("DisableImage"):
+            self._ec2.disable_image(ImageId=image_id)
+
     def image_gib(self, image_id: str) -> int:
         """The image's size: its volumes' provisioned GiB (what its snapshots can grow to)."""
         image = self.describe_image(image_id)
@@ -334,6 +357,15 @@ class Ssm:
         except ClientError as error:
             if error_code(error) == "InvocationDoesNotExist":  # right after SendCommand: eventual consistency
                 return "Pending"
+            raise
+
+    def parameter_value(self, name: str) -> str | None:
+        try:
+            with translated_errors("GetParameter"):
+                return str(self._ssm.get_parameter(Name=name)["Parameter"]["Value"])
+        except ClientError as error:
+            if error_code(error) == "ParameterNotFound":
+                return None
             raise
 
     def put_image_parameter(self, name: str, image_id: str, description: str) -> int:

@@ -133,6 +133,38 @@ class CloneOptions(BaseModel):
     )
 
 
+class RetentionOptions(BaseModel):
+    """How many of this family's images the scheduled clean-up keeps, per Region (overrides the deployment's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep_newest: Annotated[int, Field(ge=1, le=1000)] | None = Field(None, description="keep the newest N images")
+    max_age_days: Annotated[int, Field(ge=1, le=3650)] | None = Field(None, description="keep images younger than D days")
+
+
+class RetentionInput(BaseModel):
+    """What the scheduled clean-up is asked: a dry run lists what would go and why, changing nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dry_run: bool = False
+    regions: list[str] | None = None  # default: the stack's Region, DefaultRegions and AllowedRegions
+
+
+class RetentionDecision(BaseModel):
+    region: str
+    image_id: str
+    family: str
+    action: Literal["deleted", "would delete", "skipped"]
+    reason: str
+
+
+class RetentionReport(BaseModel):
+    dry_run: bool
+    decisions: list[RetentionDecision] = Field(default_factory=list)
+    kept: int = 0
+
+
 class ImagingRequest(BaseModel):
     """What a user asks for: the execution input of the state machine."""
 
@@ -173,6 +205,9 @@ class ImagingRequest(BaseModel):
         False,
         description="encrypt every Region's image with that Region's customer managed key from the deployment's "
         "KmsKeyIds (the source Region's through a same-Region copy); needed to share an image of encrypted volumes",
+    )
+    retention: RetentionOptions = Field(
+        default_factory=RetentionOptions, description="this family's retention, recorded on its images as tags"
     )
     copy_completion_minutes: Annotated[int, Field(ge=15, le=2880, multiple_of=15)] | None = Field(
         None,

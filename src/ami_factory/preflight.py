@@ -26,6 +26,7 @@ from .rules import (
     parameter_name,
     parse_request,
     principals_without_key_access,
+    retention_tags,
     target_regions,
 )
 from .settings import load_settings, Settings
@@ -95,7 +96,8 @@ def resolve_request(event: ResolveRequestInput, settings: Settings | None = None
         regions=regions,
         share=request.share,
         parameter_name=parameter_name(settings.parameter_prefix, family),
-        tags=image_tags(event.run_id, family, request.instance_id, region, {"Name": name, **request.tags}),
+        tags={**image_tags(event.run_id, family, request.instance_id, region, {"Name": name, **request.tags}),
+              **retention_tags(request.retention)},
         protection=request.protection,
         copy_completion_minutes=request.copy_completion_minutes,
         poll_seconds=settings.poll_seconds,

@@ -21,7 +21,7 @@ from .errors import (
     ShareTargetNotAllowedError,
     UnknownRegionError,
 )
-from .models import ImagingRequest, RegionTarget, ShareTargets, sanitize_image_name
+from .models import ImagingRequest, RegionTarget, RetentionOptions, ShareTargets, sanitize_image_name
 
 # What a recipient's account must be allowed on a customer managed key to launch an image encrypted with it.
 KEY_USE_ACTIONS = ("kms:Decrypt", "kms:DescribeKey", "kms:CreateGrant", "kms:ReEncryptFrom", "kms:GenerateDataKeyWithoutPlaintext")
@@ -126,6 +126,20 @@ def image_name(prefix: str, family: str, run_id: str) -> str:
     Only the family is shortened to fit EC2's 128 characters: the run id is what keeps runs apart."""
     room = max(1, MAX_IMAGE_NAME - len(prefix) - len(run_id) - 2)
     return sanitize_image_name(f"{prefix}-{family[:room]}-{run_id}")
+
+
+KEEP_NEWEST_TAG = f"{TAG_PREFIX}keep-newest"
+MAX_AGE_TAG = f"{TAG_PREFIX}max-age-days"
+
+
+def retention_tags(retention: RetentionOptions) -> dict[str, str]:
+    """A family's retention travels on its images: the scheduled clean-up reads it from the newest."""
+    tags = {}
+    if retention.keep_newest:
+        tags[KEEP_NEWEST_TAG] = str(retention.keep_newest)
+    if retention.max_age_days:
+        tags[MAX_AGE_TAG] = str(retention.max_age_days)
+    return tags
 
 
 def parameter_name(prefix: str, family: str) -> str:

@@ -50,6 +50,9 @@ class Settings:
     launch_check_max_wait_seconds: int = 900
     price_overrides: str = ""  # JSON: see pricing.Prices
     notification_topic_arn: str = ""
+    retention_keep_newest: int = 0  # 0: no count rule
+    retention_max_age_days: int = 0  # 0: no age rule
+    retention_recent_launch_days: int = 14
     event_bus_name: str = "default"
 
     @property
@@ -93,5 +96,8 @@ def load_settings() -> Settings:
         launch_check_max_wait_seconds=_int("LAUNCH_CHECK_MAX_WAIT_SECONDS", 900),
         price_overrides=os.environ.get("PRICE_OVERRIDES", ""),
         notification_topic_arn=os.environ.get("NOTIFICATION_TOPIC_ARN", ""),
+        retention_keep_newest=_int("RETENTION_KEEP_NEWEST", 0),
+        retention_max_age_days=_int("RETENTION_MAX_AGE_DAYS", 0),
+        retention_recent_launch_days=_int("RETENTION_RECENT_LAUNCH_DAYS", 14),
         event_bus_name=os.environ.get("EVENT_BUS_NAME") or "default",
     )

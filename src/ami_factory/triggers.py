@@ -53,6 +53,8 @@ SETTING_TAGS: dict[str, tuple[str, ...]] = {
     "copy-completion-minutes": ("copy_completion_minutes",),
     "encrypt": ("encrypt",),
     "launch-check": ("launch_check",),
+    "keep-newest": ("retention", "keep_newest"),
+    "max-age-days": ("retention", "max_age_days"),
 }
 LIST_FIELDS = {"regions", "accounts", "organizations", "organizational_units", "security_group_ids"}
 BOOL_FIELDS = {"public", "cleanup", "confirm_generalize_in_place", "snapshot_permissions", "deregistration_protection", "cooldown", "encrypt", "launch_check"}

@@ -78,7 +78,7 @@ def test_sam_build_succeeds(tmp_path: Path) -> None:
 
 def test_every_function_is_substituted_into_the_asl(template: dict[str, Any], machine: dict[str, Any]) -> None:
     # The start function starts the state machine; every other function is one of its steps.
-    assert sorted(functions(template)) == sorted([*ALL_FUNCTIONS, "StartRunFunction"])
+    assert sorted(functions(template)) == sorted([*ALL_FUNCTIONS, "StartRunFunction", "ApplyRetentionFunction"])
     substitutions = machine["Properties"]["DefinitionSubstitutions"]
     assert sorted(substitutions) == sorted(f"{name}Arn" for name in ALL_FUNCTIONS)
 

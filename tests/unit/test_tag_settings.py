@@ -58,8 +58,11 @@ def test_distribution_settings_come_from_tags_too() -> None:
         "ami-factory:copy-completion-minutes": "45",
         "ami-factory:encrypt": "true",
         "ami-factory:launch-check": "true",
+        "ami-factory:keep-newest": "3",
+        "ami-factory:max-age-days": "90",
     }, SETTINGS)
     assert request.encrypt is True and request.launch_check is True
+    assert (request.retention.keep_newest, request.retention.max_age_days) == (3, 90)
     assert request.share.snapshot_permissions is True and request.copy_completion_minutes == 45
     assert (request.protection.deprecate_after_days, request.protection.deregistration_protection) == (90, True)
     assert request.protection.cooldown is True

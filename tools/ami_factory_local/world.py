@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from unittest import mock
 
@@ -152,6 +152,8 @@ class World:
     _launched_at: dict[str, float] = field(default_factory=dict)  # instance -> virtual launch time
     deprecations: dict[str, str] = field(default_factory=dict)  # image -> DeprecateAt (moto lacks the call)
     protected: dict[str, bool] = field(default_factory=dict)  # image -> WithCooldown (moto lacks the call)
+    image_references: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # image -> (type, ARN)
+    _last_created: dict[str, datetime] = field(default_factory=dict)  # region -> newest image's CreationDate
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # --- what a test asks of the world ---------------------------------------------------------
@@ -291,6 +293,13 @@ class World:
                 del self._shutdowns[instance_id]
 
     def _new_image(self, region: str, ami: Any) -> None:
+        # EC2 reports CreationDate to the second; runs here are milliseconds apart, so each new image of a
+        # Region is dated at least a second after the previous one, keeping "newest" meaningful.
+        previous = self._last_created.get(region)
+        if previous is not None and ami.creation_date.replace(microsecond=0) <= previous:
+            ami.creation_date = previous + timedelta(seconds=1)
+        ami.creation_date = ami.creation_date.replace(microsecond=0)
+        self._last_created[region] = ami.creation_date
         outcome = self._image_outcome.get(region) or self._image_outcome.get("*") or "available"
         seconds = self._region_image_seconds.get(region, self.image_seconds)
         ready_at = math.inf if outcome == "never" else self.clock.now() + seconds
@@ -333,7 +342,18 @@ class World:
             return {"Return": True}
         if operation == "EnableImageDeregistrationProtection":
             self.protected[params["ImageId"]] = str(params.get("WithCooldown", "false")).lower() == "true"
-            return {"Return": "enabled-with-cooldown" if self.protected[params["ImageId"]] else "enabled-without-cooldown"}
+            state = "enabled-with-cooldown" if self.protected[params["ImageId"]] else "enabled-without-cooldown"
+            ami = ec2_backends[self.account_id][response.region].amis.get(params["ImageId"])
+            if ami is not None:
+                ami.deregistration_protection = state  # DescribeImages shows it, as on AWS
+            return {"Return": state}
+        if operation == "DeregisterImage" and params.get("ImageId") in self.protected:
+            return EC2ClientError("InvalidParameterValue", f"Image {params['ImageId']} has deregistration protection enabled")
+        if operation == "DescribeImageReferences":
+            return {"ImageReferences": [
+                {"ImageId": image_id, "ResourceType": kind, "Arn": arn}
+                for image_id in params.get("ImageIds", []) for kind, arn in self.image_references.get(image_id, [])
+            ]}
         if operation == "DescribeImages":
             for image_id in params.get("ImageIds", []):
                 if self._hidden.get(image_id, 0) > 0:
@@ -378,6 +398,7 @@ class World:
                 world._after_send_command(result, response.region, params)
             if service == "ec2" and operation == "RunInstances":
                 world._register_clones(response.region, params.get("ImageId", ""))
+                world._record_image_launch(response.region, params.get("ImageId", ""))
                 world._record_launches(response.region)
             lost = world._after(response.region, operation, params) if service == "ec2" else None
             return response.serialized(ActionResult(lost)) if lost is not None else result
@@ -500,6 +521,13 @@ class World:
         for key in kms_backends[self.account_id][region].keys.values():
             if any(alias.startswith("alias/aws/") for alias in key.aliases):
                 key.key_manager = "AWS"
+
+    def _record_image_launch(self, region: str, image_id: str) -> None:
+        """AWS records when an image was last launched (DescribeImages LastLaunchedTime); moto does not."""
+        ami = ec2_backends[self.account_id][region].amis.get(image_id)
+        if ami is not None:
+            # Wall-clock like moto's CreationDate, which the clean-up compares it with.
+            ami.last_launched_time = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def _record_launches(self, region: str) -> None:
         with self._lock:

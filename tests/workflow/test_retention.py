@@ -1,0 +1,88 @@
+"""The scheduled clean-up across 3 Regions: keeps the newest N, deletes the rest with their
+snapshots, skips what is protected, referenced, recently launched or published as latest (and says
+why), never touches an image without AMI Factory's tags, and a dry run changes nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ami_factory_local import Emulator
+from tests.conftest import sample
+
+REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
+
+
+def four_runs(emu: Emulator) -> dict[str, dict[str, str]]:
+    """Images of four runs of one family: run -> Region -> image id."""
+    instance_id = emu.launch_instance(name="web")
+    made = {}
+    for run in ("r1", "r2", "r3", "r4"):
+        result = emu.run(sample("request-basic.json", instance_id=instance_id), name=run)
+        assert result.status == "SUCCEEDED", result.cause
+        made[run] = {r["region"]: r["image_id"] for r in result.output["regions"]}
+    return made
+
+
+def image_ids(emu: Emulator, region: str) -> set[str]:
+    return {image["ImageId"] for image in emu.client("ec2", region).describe_images(Owners=["self"])["Images"]}
+
+
+def decisions(report: dict[str, Any], action: str) -> dict[tuple[str, str], str]:
+    return {(d["region"], d["image_id"]): d["reason"] for d in report["decisions"] if d["action"] == action}
+
+
+def test_keeps_the_newest_n_deletes_the_rest_with_snapshots_and_a_dry_run_changes_nothing(make_emulator) -> None:
+    emu = make_emulator(RetentionKeepNewest="2", RetentionScheduleExpression="cron(0 4 ? * * *)")
+    made = four_runs(emu)
+    untagged = emu.client("ec2").register_image(Name="someone-elses", RootDeviceName="/dev/xvda")["ImageId"]
+    snapshots_before = {s["SnapshotId"] for s in emu.client("ec2", "eu-west-1").describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+
+    dry = emu.runtime.invoke_checked("ami-factory-local-ApplyRetentionFunction", {"dry_run": True})
+    expired = {(region, made[run][region]) for run in ("r1", "r2") for region in REGIONS}
+    assert set(decisions(dry, "would delete")) == expired
+    assert all(reason == "not among the newest 2" for reason in decisions(dry, "would delete").values())
+    assert emu.world.sent("DisableImage") == [] and emu.world.sent("DeregisterImage") == []
+
+    (report,) = [r for r in emu.fire_schedule("2026-11-28T04:00:00Z") if "decisions" in r]
+    assert set(decisions(report, "deleted")) == expired and report["kept"] == 6
+    for region in REGIONS:
+        assert image_ids(emu, region) >= {made["r3"][region], made["r4"][region]}
+        assert not image_ids(emu, region) & {made["r1"][region], made["r2"][region]}
+    assert untagged in image_ids(emu, "us-east-1"), "an image without AMI Factory's tags is never touched"
+    disabled = [r.params["ImageId"] for r in emu.world.sent("DisableImage")]
+    assert sorted(disabled) == sorted(image for _, image in expired), "disabled first, then deregistered"
+    snapshots_after = {s["SnapshotId"] for s in emu.client("ec2", "eu-west-1").describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    assert len(snapshots_before - snapshots_after) == 2, "the two deleted images' snapshots go too"
+
+
+def test_protected_referenced_launched_and_latest_images_are_skipped_and_the_report_says_why(make_emulator) -> None:
+    emu = make_emulator(RetentionKeepNewest="2")
+    made = four_runs(emu)
+    emu.client("ec2", "eu-west-1").enable_image_deregistration_protection(ImageId=made["r1"]["eu-west-1"])
+    template = "arn:aws:ec2:ap-southeast-2:123456789012:launch-template/lt-0123456789abcdef0"
+    emu.world.image_references[made["r2"]["ap-southeast-2"]] = [("ec2:LaunchTemplate", template)]
+    emu.client("ssm").put_parameter(Name="/ami-factory/web/latest", Value=made["r1"]["us-east-1"], Type="String",
+                                    DataType="aws:ec2:image", Overwrite=True)
+    emu.client("ec2").run_instances(ImageId=made["r2"]["us-east-1"], MinCount=1, MaxCount=1)
+
+    report = emu.runtime.invoke_checked("ami-factory-local-ApplyRetentionFunction", {})
+    skipped = decisions(report, "skipped")
+    assert skipped[("eu-west-1", made["r1"]["eu-west-1"])].startswith("deregistration protection is enabled")
+    assert skipped[("ap-southeast-2", made["r2"]["ap-southeast-2"])] == f"in use by ec2:LaunchTemplate {template}"
+    assert skipped[("us-east-1", made["r1"]["us-east-1"])] == "/ami-factory/web/latest points to it"
+    assert skipped[("us-east-1", made["r2"]["us-east-1"])].startswith("launched ")
+    assert set(decisions(report, "deleted")) == {("eu-west-1", made["r2"]["eu-west-1"]), ("ap-southeast-2", made["r1"]["ap-southeast-2"])}
+    assert made["r1"]["eu-west-1"] in image_ids(emu, "eu-west-1")
+
+
+def test_a_familys_own_retention_travels_on_its_images_and_wins(make_emulator) -> None:
+    emu = make_emulator(RetentionKeepNewest="3")
+    instance_id = emu.launch_instance(name="web")
+    for run in ("a", "b"):
+        request = sample("request-basic.json", instance_id=instance_id, regions=[], retention={"keep_newest": 1})
+        assert emu.run(request, name=run).status == "SUCCEEDED"
+    (image,) = [i for i in emu.client("ec2").describe_images(Owners=["self"])["Images"]
+                if any(t["Value"] == "b" for t in i.get("Tags", []) if t["Key"] == "ami-factory:run")]
+    assert {t["Key"]: t["Value"] for t in image["Tags"]}["ami-factory:keep-newest"] == "1"
+    report = emu.runtime.invoke_checked("ami-factory-local-ApplyRetentionFunction", {"dry_run": True, "regions": ["us-east-1"]})
+    assert [d["reason"] for d in report["decisions"]] == ["not among the newest 1"], "the request's 1, not the deployment's 3"
