@@ -9,7 +9,7 @@ from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
-from .observability import logger, tracer
+from .observability import logger, metrics, tracer
 
 In = TypeVar("In", bound=BaseModel)
 Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
@@ -39,7 +39,12 @@ def lambda_handler(run: Callable[[dict[str, Any]], BaseModel]) -> Handler:
     @logger.inject_lambda_context(clear_state=True)
     @tracer.capture_lambda_handler
     def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-        result = run(event).model_dump(mode="json")
+        try:
+            result = run(event).model_dump(mode="json")
+        finally:
+            # Only steps that measured something publish (log_metrics would warn for every other one).
+            if metrics.metric_set:
+                metrics.flush_metrics()
         logger.info("done", extra={"result": result})
         return result
 

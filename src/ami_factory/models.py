@@ -375,6 +375,7 @@ class ImageRef(Contract):
 class CheckImageInput(Contract):
     image: ImageRef
     max_polls: int
+    poll_seconds: int = 60  # for the wait-time metric
 
 
 class CopyImageInput(Contract):

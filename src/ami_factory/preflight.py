@@ -29,6 +29,7 @@ from .rules import (
     retention_tags,
     target_regions,
 )
+from .observability import MetricUnit, metrics
 from .settings import load_settings, Settings
 
 
@@ -78,6 +79,7 @@ def resolve_request(event: ResolveRequestInput, settings: Settings | None = None
         )
     family = family_name(request, tags_of(instance))
     name = image_name(settings.image_name_prefix, family, event.run_id)
+    metrics.add_metric(name="RunsStarted", unit=MetricUnit.Count, value=1)
     return Plan(
         run_id=event.run_id,
         instance_id=request.instance_id,

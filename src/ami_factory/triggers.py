@@ -20,7 +20,7 @@ from .aws import Ec2, StepFunctions, tags_of
 from .errors import AmiFactoryError, InvalidRequestError
 from .models import ImagingRequest
 from .rules import TAG_PREFIX, check_share_targets, describe_validation, holder_of, parse_request, target_regions
-from .observability import logger
+from .observability import MetricUnit, logger, metrics
 from .settings import Settings, load_settings
 
 
@@ -213,4 +213,6 @@ def _start(candidates: list[_Candidate], settings: Settings) -> StartOutcome:
         if ERROR_TAG in candidate.tags:
             ec2.untag_resource(candidate.instance_id, [ERROR_TAG])
         outcome.started.append(candidate.execution_name)
+    metrics.add_metric(name="TriggersSkipped", unit=MetricUnit.Count, value=len(outcome.skipped))
+    metrics.add_metric(name="TriggersRejected", unit=MetricUnit.Count, value=len(outcome.rejected))
     return outcome

@@ -33,7 +33,7 @@ from .models import (
     Summary,
 )
 from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX
-from .observability import logger
+from .observability import MetricUnit, logger, metrics
 from .pricing import CostEstimate, Prices, estimate_images, load_prices
 from .settings import load_settings
 
@@ -107,6 +107,8 @@ def check_image(event: CheckImageInput) -> ImageRef:
         raise ImageFailedError(f"image {image.image_id} in {image.region} is {image.state}: {reason}")
     give_up_after(event.max_polls, image.polls, image.state, "available",
                    f"image {image.image_id} in {image.region}", "check the image in the EC2 console")
+    if image.state == "available":
+        metrics.add_metric(name="ImageWaitSeconds", unit=MetricUnit.Seconds, value=image.polls * event.poll_seconds)
     return image
 
 
@@ -202,6 +204,9 @@ def finalize(plan: FinalizeInput) -> Summary:
     errors = "; ".join(f"{result.region}: {result.error.Error if result.error else 'failed'}" for result in failed) or None
     _record_result_on_instance(plan, status, source_image, errors)
     kept = {result.region: result.image_id for result in plan.distribution if result.status == "AVAILABLE" and result.image_id}
+    metrics.add_metric(name=f"Runs{status.title()}", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="ImagesAvailable", unit=MetricUnit.Count, value=len(kept))
+    metrics.add_metric(name="RegionsFailed", unit=MetricUnit.Count, value=len(failed))
     return announced(Summary(
         status=status,
         run_id=plan.run_id,
@@ -234,6 +239,7 @@ def handle_failure(plan: HandleFailureInput) -> Summary:
     cleaned += remove_run_images(plan.run_id, [region.name for region in plan.regions])
     instance = restore_instance(RestoreInstanceInput(instance=plan.instance)) if plan.instance else None
     _record_result_on_instance(plan, "FAILED", None, plan.error.Error)
+    metrics.add_metric(name="RunsFailed", unit=MetricUnit.Count, value=1)
     return announced(Summary(
         status="FAILED",
         run_id=plan.run_id,
