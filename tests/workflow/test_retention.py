@@ -86,3 +86,27 @@ def test_a_familys_own_retention_travels_on_its_images_and_wins(make_emulator) -
     assert {t["Key"]: t["Value"] for t in image["Tags"]}["ami-factory:keep-newest"] == "1"
     report = emu.runtime.invoke_checked("ami-factory-local-ApplyRetentionFunction", {"dry_run": True, "regions": ["us-east-1"]})
     assert [d["reason"] for d in report["decisions"]] == ["not among the newest 1"], "the request's 1, not the deployment's 3"
+
+
+def test_the_age_rule_keeps_younger_images_and_either_rule_keeps_an_image(make_emulator) -> None:
+    from datetime import timedelta
+
+    from moto.ec2.models import ec2_backends
+
+    emu = make_emulator(RetentionMaxAgeDays="30", RetentionKeepNewest="1")
+    instance_id = emu.launch_instance(name="web")
+    made = {}
+    for run in ("old", "older", "new"):
+        result = emu.run(sample("request-basic.json", instance_id=instance_id, regions=[]), name=run)
+        made[run] = result.output["regions"][0]["image_id"]
+    amis = ec2_backends["123456789012"]["us-east-1"].amis
+    amis[made["old"]].creation_date -= timedelta(days=100)
+    amis[made["older"]].creation_date -= timedelta(days=200)
+    report = emu.runtime.invoke_checked("ami-factory-local-ApplyRetentionFunction", {"dry_run": True, "regions": ["us-east-1"]})
+    assert decisions(report, "would delete") == {
+        ("us-east-1", made["old"]): "not among the newest 1 and older than 30 days",
+        ("us-east-1", made["older"]): "not among the newest 1 and older than 30 days",
+    }
+    amis[made["old"]].creation_date += timedelta(days=90)  # now 10 days old: the age rule keeps it
+    report = emu.runtime.invoke_checked("ami-factory-local-ApplyRetentionFunction", {"dry_run": True, "regions": ["us-east-1"]})
+    assert set(decisions(report, "would delete")) == {("us-east-1", made["older"])}
