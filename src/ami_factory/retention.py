@@ -29,15 +29,18 @@ def _when(value: str) -> datetime:
 def _policy(newest: dict[str, Any], settings: Settings) -> tuple[int, int]:
     """(keep newest N, keep younger than D days) from the family's newest image, else the deployment's."""
     tags = tags_of(newest)
-    return int(tags.get(KEEP_NEWEST_TAG) or settings.retention_keep_newest), int(tags.get(MAX_AGE_TAG) or settings.retention_max_age_days)
+    keep_newest = int(tags.get(KEEP_NEWEST_TAG) or settings.retention_keep_newest)
+    return keep_newest, int(tags.get(MAX_AGE_TAG) or settings.retention_max_age_days)
 
 
-def _why_kept(image: dict[str, Any], region: str, family: str, references: dict[str, list[str]], settings: Settings, now: datetime) -> str | None:
-    """The reason an expired image must stay, if there is one."""
+def _why_kept(
+    image: dict[str, Any], latest: tuple[str, str | None], references: dict[str, list[str]], settings: Settings, now: datetime
+) -> str | None:
+    """The reason an expired image must stay, if there is one (``latest``: the parameter and its value)."""
     if str(image.get("DeregistrationProtection", "disabled")).startswith("enabled"):
         return f"deregistration protection is {image['DeregistrationProtection']}"
-    if Ssm(region).parameter_value(parameter_name(settings.parameter_prefix, family)) == image["ImageId"]:
-        return f"{parameter_name(settings.parameter_prefix, family)} points to it"
+    if latest[1] == image["ImageId"]:
+        return f"{latest[0]} points to it"
     if image["ImageId"] in references:
         return "in use by " + ", ".join(references[image["ImageId"]])
     launched = image.get("LastLaunchedTime")
@@ -84,13 +87,17 @@ def apply_retention(event: RetentionInput, settings: Settings | None = None) -> 
                 and not (max_age_days and now - _when(image["CreationDate"]) < timedelta(days=max_age_days))
             ]
             report.kept += len(images) - len(expired)
-            references = ec2.image_references([image["ImageId"] for image in expired]) if expired else {}
+            if not expired:
+                continue
+            references = ec2.image_references([image["ImageId"] for image in expired])
+            latest_name = parameter_name(settings.parameter_prefix, family)
+            latest = (latest_name, Ssm(region).parameter_value(latest_name))
             rule = " and ".join(
                 part for part in (f"not among the newest {keep_newest}" if keep_newest else "",
                                   f"older than {max_age_days} days" if max_age_days else "") if part
             )
             for image in expired:
-                reason = _why_kept(image, region, family, references, settings, now)
+                reason = _why_kept(image, latest, references, settings, now)
                 if reason:
                     report.kept += 1
                     report.decisions.append(RetentionDecision(region=region, image_id=image["ImageId"], family=family, action="skipped", reason=reason))
