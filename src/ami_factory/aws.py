@@ -31,6 +31,11 @@ def error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
+def error_text(error: ClientError) -> str:
+    """``Code: message``, as AWS gave them: what a clear error quotes from the refusal."""
+    return f"{error_code(error)}: {error.response.get('Error', {}).get('Message', '')}"
+
+
 @contextmanager
 def translated_errors(operation: str) -> Iterator[None]:
     """Turn the AWS errors that retrying can fix into the names the ASL retries."""

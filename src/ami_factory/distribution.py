@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 from botocore.exceptions import ClientError
 
-from .aws import Ec2, error_code, snapshots_of, Ssm
+from .aws import Ec2, error_text, snapshots_of, Ssm
 from .errors import EncryptionKeyError, InvalidRequestError, LaunchCheckFailedError
 from .models import (
     CheckLaunchInput,
@@ -28,7 +28,8 @@ from .workflow import LIVE_INSTANCE_STATES, client_token, give_up_after
 
 
 def copy_image(event: CopyImageInput) -> ImageRef:
-    """Copy into the item's Region; the source Region's item never gets here (the ASL skips it)."""
+    """Copy into the item's Region. The source Region's item only gets here with encrypt (a same-Region
+    copy re-encrypts the capture); otherwise the ASL uses the source image as it is."""
     region = event.region.name
     ec2 = Ec2(region)
     existing = ec2.find_image_by_name(event.image_name)
@@ -69,8 +70,8 @@ def start_launch_check(event: LaunchCheckInput) -> LaunchedInstance:
         )
     except ClientError as error:
         raise LaunchCheckFailedError(
-            f"could not launch an instance from {event.image.image_id} in {region} ({error_code(error)}: "
-            f"{error.response.get('Error', {}).get('Message', '')}); set LaunchCheckSubnets for Regions without a "
+            f"could not launch an instance from {event.image.image_id} in {region} ({error_text(error)}); "
+            f"set LaunchCheckSubnets for Regions without a "
             f"default VPC"
         ) from error
     return LaunchedInstance(instance_id=instance_id, region=region)
@@ -93,9 +94,10 @@ def check_launch(event: CheckLaunchInput) -> LaunchedInstance:
             f"status checks (system {system}, instance {instance}): see its system log and screenshot"
         )
     launched.ready = (system, instance) == ("ok", "ok")
-    give_up_after(event.max_polls, launched.polls, "healthy" if launched.ready else f"{launched.state}, checks {system or 'pending'}/{instance or 'pending'}",
-                   "healthy", f"the launch check instance {launched.instance_id} in {launched.region}",
-                   "look at its system log", limit="LaunchCheckMaxWaitSeconds")
+    progress = "healthy" if launched.ready else f"{launched.state}, checks {system or 'pending'}/{instance or 'pending'}"
+    give_up_after(event.max_polls, launched.polls, progress, "healthy",
+                  f"the launch check instance {launched.instance_id} in {launched.region}", "look at its system log",
+                  limit="LaunchCheckMaxWaitSeconds")
     return launched
 
 

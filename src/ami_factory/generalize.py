@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from botocore.exceptions import ClientError
 
-from .aws import Ec2, error_code, Ssm
+from .aws import Ec2, error_text, Ssm
 from .commands import GENERALIZE_COMMENT, cleanup_command, generalize_command
 from .errors import CloneLaunchError, CommandFailedError, UnsupportedInstanceError
 from .models import (
@@ -79,8 +79,7 @@ def launch_clone(event: LaunchCloneInput) -> LaunchedInstance:
         )
     except ClientError as error:
         raise CloneLaunchError(
-            f"EC2 refused to launch the clone of {event.instance_id} ({error_code(error)}: "
-            f"{error.response.get('Error', {}).get('Message', '')}). The clone takes the instance's type, subnet, "
+            f"EC2 refused to launch the clone of {event.instance_id} ({error_text(error)}). The clone takes the instance's type, subnet, "
             f"security groups and instance profile unless clone.instance_type, clone.subnet_id, "
             f"clone.security_group_ids or clone.instance_profile say otherwise (groups must be in the subnet's VPC)"
         ) from error

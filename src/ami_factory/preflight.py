@@ -150,7 +150,8 @@ def _require_usable_encryption(
             )
         keys = [(region.name, settings.kms_keys[region.name]) for region in regions]
     else:
-        if not request.share.describe():
+        # Nothing shared needs no key; a public request was already checked to have no encrypted volume.
+        if not request.share.describe() or request.share.public:
             return
         volumes = Ec2(source).encrypted_volumes(instance)
         if not volumes:
