@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN := env PYTHONPATH=src:tools AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH=$(CURDIR)/$(BIN):$$PATH
 
-.PHONY: demo demo-generalize test bench serve lint build schema clean
+.PHONY: demo demo-generalize test bench serve lint build schema asl clean
 
 $(BIN)/.installed: requirements-dev.txt src/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ build: $(BIN)/.installed
 
 schema: $(BIN)/.installed
 	$(RUN) $(BIN)/python tools/write_schema.py
+
+# The state machine is generated: edit tools/write_asl.py, then rewrite the ASL.
+asl: $(BIN)/.installed
+	$(RUN) $(BIN)/python tools/write_asl.py
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache

@@ -1,0 +1,578 @@
+"""Writes statemachine/imaging.asl.json (``make asl``): the state machine, built from Python.
+
+This is where a step is added. The helpers below write the repetitive parts the same way every
+time: a Lambda task's Retry comes from the code's own retryable errors (``RETRYABLE_ERRORS``), its
+ResultSelector from the step's output model, its Catch from where a failure goes; a wait is a
+bounded loop (Wait, check, Choice). JSONPath throughout: moto's interpreter does not run JSONata.
+
+A test fails when the checked-in file differs from what this writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from ami_factory.errors import RETRYABLE_ERRORS, InstanceStateConflictError
+from ami_factory.models import (
+    CommandRef,
+    GeneralizeRef,
+    ImageRef,
+    InstanceRef,
+    LaunchedInstance,
+    ProtectImageOutput,
+    PublishParameterOutput,
+    ShareImageOutput,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = ROOT / "statemachine" / "imaging.asl.json"
+
+State = dict[str, Any]
+States = dict[str, State]
+
+TASK_TIMEOUT_SECONDS = 120
+LAMBDA_SERVICE_ERRORS = [
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+]
+# Transient errors of our own (throttling, eventual consistency, an instance mid-transition): retried
+# with backoff and full jitter. Never States.ALL.
+TRANSIENT_RETRY: State = {
+    "ErrorEquals": [error.__name__ for error in RETRYABLE_ERRORS],
+    "IntervalSeconds": 2,
+    "BackoffRate": 2.0,
+    "MaxAttempts": 6,
+    "MaxDelaySeconds": 60,
+    "JitterStrategy": "FULL",
+}
+LAMBDA_RETRY: State = {
+    "ErrorEquals": LAMBDA_SERVICE_ERRORS,
+    "IntervalSeconds": 2,
+    "BackoffRate": 2.0,
+    "MaxAttempts": 6,
+    "JitterStrategy": "FULL",
+}
+# Steps that restore the instance outlast a slow stop: a stopping instance cannot be started yet.
+PATIENT_RETRY: State = {
+    "ErrorEquals": [InstanceStateConflictError.__name__],
+    "IntervalSeconds": 15,
+    "BackoffRate": 1.5,
+    "MaxAttempts": 10,
+    "MaxDelaySeconds": 120,
+}
+
+
+def function_arn(function: str) -> str:
+    """The DefinitionSubstitutions placeholder of ``<function>Function`` in template.yaml."""
+    return f"${{{function}FunctionArn}}"
+
+
+def paths(fields: Mapping[str, str]) -> dict[str, str]:
+    """``{"image": "$.seed"}`` -> ``{"image.$": "$.seed"}``: every value is a JSONPath."""
+    return {f"{name}.$": path for name, path in fields.items()}
+
+
+def selector(model: type[BaseModel]) -> dict[str, str]:
+    """Unwrap a Lambda result field by field, exactly the fields of the step's output model."""
+    return paths({name: f"$.Payload.{name}" for name in model.model_fields})
+
+
+def catch(next_state: str, result_path: str = "$.error") -> list[State]:
+    return [{"ErrorEquals": ["States.ALL"], "ResultPath": result_path, "Next": next_state}]
+
+
+def task(
+    function: str,
+    *,
+    comment: str | None = None,
+    payload: Mapping[str, str] | None = None,
+    result: type[BaseModel] | None = None,
+    result_path: str | None = None,
+    output_path: str | None = None,
+    on_error: str,
+    error_path: str = "$.error",
+    patient: bool = False,
+    next_state: str,
+) -> State:
+    """A Lambda step. ``payload``: field -> JSONPath (default: the whole state); ``result`` with
+    ``result_path``: where the step's output model goes; ``output_path``: the output replaces the
+    state; ``on_error``: where any failure goes, with the error at ``error_path``."""
+    state: State = {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke"}
+    if comment:
+        state["Comment"] = comment
+    state["Parameters"] = {"FunctionName": function_arn(function)}
+    if payload is None:
+        state["Parameters"]["Payload.$"] = "$"
+    else:
+        state["Parameters"]["Payload"] = paths(payload)
+    state["TimeoutSeconds"] = TASK_TIMEOUT_SECONDS
+    if result is not None:
+        state["ResultSelector"] = selector(result)
+    if result_path is not None:
+        state["ResultPath"] = result_path
+    if output_path is not None:
+        state["OutputPath"] = output_path
+    state["Retry"] = [PATIENT_RETRY, TRANSIENT_RETRY, LAMBDA_RETRY] if patient else [TRANSIENT_RETRY, LAMBDA_RETRY]
+    state["Catch"] = catch(on_error, error_path)
+    state["Next"] = next_state
+    return state
+
+
+def choice(choices: list[State], default: str, comment: str | None = None) -> State:
+    state: State = {"Type": "Choice"}
+    if comment:
+        state["Comment"] = comment
+    state["Choices"] = choices
+    state["Default"] = default
+    return state
+
+
+def when(variable: str, test: str, value: Any, next_state: str | None = None) -> State:
+    """One Choice rule (``test`` is the comparison operator, e.g. ``StringEquals``)."""
+    rule: State = {"Variable": variable, test: value}
+    if next_state is not None:
+        rule["Next"] = next_state
+    return rule
+
+
+def wait(next_state: str) -> State:
+    return {"Type": "Wait", "SecondsPath": "$.poll_seconds", "Next": next_state}
+
+
+def fail(error_path: str, cause_path: str, comment: str | None = None) -> State:
+    state: State = {"Type": "Fail"}
+    if comment:
+        state["Comment"] = comment
+    state.update(ErrorPath=error_path, CausePath=cause_path)
+    return state
+
+
+def poll(
+    *,
+    wait_state: str,
+    check_state: str,
+    choice_state: str,
+    function: str,
+    payload: Mapping[str, str],
+    result: type[BaseModel],
+    result_path: str,
+    done: State,
+    on_error: str,
+    comment: str | None = None,
+    enter_at_choice: bool = False,
+) -> States:
+    """A bounded wait: Wait -> check (raises WaitTimeoutError after max_polls) -> Choice (``done``
+    holds the rule and where it leads; anything else waits again). The loop is entered at the Wait,
+    or at the Choice when what it waits for may already be true; its states are listed from there."""
+    loop = {
+        wait_state: wait(check_state),
+        check_state: task(
+            function,
+            comment=comment,
+            payload=payload,
+            result=result,
+            result_path=result_path,
+            on_error=on_error,
+            next_state=choice_state,
+        ),
+        choice_state: choice([done], default=wait_state),
+    }
+    if enter_at_choice:
+        return {choice_state: loop[choice_state], wait_state: loop[wait_state], check_state: loop[check_state]}
+    return loop
+
+
+def region_states() -> States:
+    """One Region's item of the Distribute map: copy (unless it is the source), launch check, share,
+    publish, protect. Any failure is caught in the item, so the other Regions go on."""
+    return {
+        "IsSourceRegion": choice(
+            [
+                {
+                    "And": [when("$.region.is_source", "BooleanEquals", True), when("$.encrypt", "BooleanEquals", False)],
+                    "Next": "UseSourceImage",
+                }
+            ],
+            default="CopyImage",
+            comment="The source Region has the image already, unless it must be re-encrypted (encrypt): then it is "
+            "copied too.",
+        ),
+        "UseSourceImage": {"Type": "Pass", "InputPath": "$.source_image", "ResultPath": "$.image", "Next": "NeedsLaunchCheck"},
+        "CopyImage": task(
+            "CopyImage",
+            comment="CopyImage in the item's Region, with a ClientToken",
+            result=ImageRef,
+            result_path="$.image",
+            on_error="RegionFailed",
+            next_state="WaitForCopy",
+        ),
+        **poll(
+            wait_state="WaitForCopy",
+            check_state="CheckCopy",
+            choice_state="IsCopyAvailable",
+            function="CheckImage",
+            payload={"image": "$.image", "max_polls": "$.max_polls", "poll_seconds": "$.poll_seconds"},
+            result=ImageRef,
+            result_path="$.image",
+            done=when("$.image.state", "StringEquals", "available", "NeedsLaunchCheck"),
+            on_error="RegionFailed",
+        ),
+        "NeedsLaunchCheck": choice(
+            [when("$.launch_check", "BooleanEquals", True, "StartLaunchCheck")],
+            default="ShareImage",
+            comment="Before anyone can use the image: does it boot?",
+        ),
+        "StartLaunchCheck": task(
+            "StartLaunchCheck",
+            comment="A small instance from the new image (role=launch-check).",
+            payload={"run_id": "$.run_id", "image": "$.image"},
+            result=LaunchedInstance,
+            result_path="$.launched",
+            on_error="RegionFailed",
+            next_state="WaitForLaunch",
+        ),
+        **poll(
+            wait_state="WaitForLaunch",
+            check_state="CheckLaunch",
+            choice_state="IsLaunchHealthy",
+            function="CheckLaunch",
+            comment="Bounded: healthy once running with both status checks ok; LaunchCheckFailedError otherwise.",
+            payload={"launched": "$.launched", "max_polls": "$.launch_check_max_polls"},
+            result=LaunchedInstance,
+            result_path="$.launched",
+            done=when("$.launched.ready", "BooleanEquals", True, "EndLaunchCheck"),
+            on_error="RegionFailed",
+        ),
+        "EndLaunchCheck": task(
+            "EndLaunchCheck",
+            comment="Terminate the check instance; Finalize terminates any a failed check left.",
+            payload={"launched": "$.launched", "max_polls": "$.launch_check_max_polls"},
+            result=LaunchedInstance,
+            result_path="$.launched",
+            on_error="RegionFailed",
+            next_state="ShareImage",
+        ),
+        "ShareImage": task(
+            "ShareImage",
+            payload={"image": "$.image", "share": "$.share"},
+            result=ShareImageOutput,
+            result_path="$.shared",
+            on_error="RegionFailed",
+            next_state="PublishParameter",
+        ),
+        "PublishParameter": task(
+            "PublishParameter",
+            payload={"image": "$.image", "parameter_name": "$.parameter_name"},
+            result=PublishParameterOutput,
+            result_path="$.parameter",
+            on_error="RegionFailed",
+            next_state="NeedsProtection",
+        ),
+        "NeedsProtection": choice(
+            [
+                {
+                    "Or": [
+                        when("$.protection.deregistration_protection", "BooleanEquals", True),
+                        when("$.protection.deprecate_after_days", "IsNull", False),
+                    ],
+                    "Next": "ProtectImage",
+                }
+            ],
+            default="NoProtection",
+        ),
+        "ProtectImage": task(
+            "ProtectImage",
+            comment="Deprecation and deregistration protection: the Region's last calls, so a protected image is "
+            "never left to clean up.",
+            payload={"image": "$.image", "protection": "$.protection"},
+            result=ProtectImageOutput,
+            result_path="$.protected",
+            on_error="RegionFailed",
+            next_state="RegionSucceeded",
+        ),
+        "NoProtection": {
+            "Type": "Pass",
+            "Result": {"deprecate_at": None, "deregistration_protection": False},
+            "ResultPath": "$.protected",
+            "Next": "RegionSucceeded",
+        },
+        "RegionSucceeded": {
+            "Type": "Pass",
+            "Parameters": {
+                "region.$": "$.region.name",
+                "status": "AVAILABLE",
+                "image_id.$": "$.image.image_id",
+                "shared_with.$": "$.shared.shared_with",
+                "parameter_name.$": "$.parameter.parameter_name",
+                "deprecate_at.$": "$.protected.deprecate_at",
+                "deregistration_protection.$": "$.protected.deregistration_protection",
+                "launch_checked.$": "$.launch_check",
+            },
+            "End": True,
+        },
+        "RegionFailed": {
+            "Type": "Pass",
+            "Comment": "One Region failing must not sink the others: record it, Finalize cleans it up.",
+            "Parameters": {"region.$": "$.region.name", "status": "FAILED", "error.$": "$.error"},
+            "End": True,
+        },
+    }
+
+
+# What each Region's item needs from the execution state (the Map's ItemSelector).
+REGION_ITEM_FIELDS = [
+    "run_id",
+    "image_name",
+    "description",
+    "tags",
+    "share",
+    "parameter_name",
+    "poll_seconds",
+    "max_polls",
+    "protection",
+    "copy_completion_minutes",
+    "encrypt",
+    "launch_check",
+    "launch_check_max_polls",
+]
+
+
+def distribute() -> State:
+    return {
+        "Type": "Map",
+        "Comment": "One item per Region, the source Region included.",
+        "ItemsPath": "$.regions",
+        "MaxConcurrency": 20,
+        "ItemSelector": paths(
+            {"region": "$$.Map.Item.Value", "source_image": "$.image", **{name: f"$.{name}" for name in REGION_ITEM_FIELDS}}
+        ),
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": "IsSourceRegion", "States": region_states()},
+        "ResultPath": "$.distribution",
+        "Catch": catch("HandleFailure"),
+        "Next": "Finalize",
+    }
+
+
+def definition() -> State:
+    """The whole state machine, in the order a reader follows a run."""
+    states: States = {
+        "ResolveRequest": task(
+            "ResolveRequest",
+            comment="Validate the request against the allow-lists and the instance; nothing is touched before this "
+            "succeeds.",
+            payload={"request": "$", "run_id": "$$.Execution.Name", "state_machine_arn": "$$.StateMachine.Id"},
+            output_path="$.Payload",
+            on_error="RequestRejected",
+            next_state="ShouldCleanUp",
+        ),
+        "RequestRejected": fail("$.error.Error", "$.error.Cause", comment="A bad request: nothing was changed."),
+        "ShouldCleanUp": choice(
+            [when("$.cleanup", "BooleanEquals", True, "RunCleanup")],
+            default="PrepareInstance",
+            comment="Optional clean-up through SSM, before the instance is stopped or imaged.",
+        ),
+        "RunCleanup": task(
+            "RunCleanup",
+            comment="SSM Run Command: temp files and caches (Linux), temp files and the recycle bin (Windows).",
+            result=CommandRef,
+            result_path="$.command",
+            on_error="HandleFailure",
+            next_state="WaitForCleanup",
+        ),
+        **poll(
+            wait_state="WaitForCleanup",
+            check_state="CheckCleanup",
+            choice_state="IsCleanupDone",
+            function="CheckCommand",
+            comment="Bounded: raises CommandFailedError when the command fails, WaitTimeoutError after max_polls.",
+            payload={"command": "$.command", "max_polls": "$.max_polls"},
+            result=CommandRef,
+            result_path="$.command",
+            done=when("$.command.status", "StringEquals", "Success", "PrepareInstance"),
+            on_error="HandleFailure",
+        ),
+        "PrepareInstance": task(
+            "PrepareInstance",
+            comment="Record the instance's state; stop it in stop mode.",
+            result=InstanceRef,
+            result_path="$.instance",
+            on_error="HandleFailure",
+            next_state="ChooseMode",
+        ),
+        "ChooseMode": choice(
+            [
+                when("$.mode", "StringEquals", "no-reboot", "CreateImage"),
+                when("$.mode", "StringEquals", "stop", "IsInstanceStopped"),
+                when("$.mode", "StringEquals", "generalize", "CreateSeedImage"),
+                when("$.mode", "StringEquals", "generalize-in-place", "Generalize"),
+            ],
+            default="UnsupportedMode",
+            comment="One branch per preparation mode.",
+        ),
+        "UnsupportedMode": {
+            "Type": "Pass",
+            "Parameters": {"Error": "InvalidRequestError", "Cause": "this mode is not supported by the state machine"},
+            "ResultPath": "$.error",
+            "Next": "HandleFailure",
+        },
+        "CreateSeedImage": task(
+            "CreateSeedImage",
+            comment="Mode generalize: a no-reboot image of the instance to launch the clone from (removed when the "
+            "run ends).",
+            result=ImageRef,
+            result_path="$.seed",
+            on_error="HandleFailure",
+            next_state="WaitForSeed",
+        ),
+        **poll(
+            wait_state="WaitForSeed",
+            check_state="CheckSeed",
+            choice_state="IsSeedAvailable",
+            function="CheckImage",
+            comment="Bounded: raises WaitTimeoutError after max_polls, ImageFailedError when EC2 gives up.",
+            payload={"image": "$.seed", "max_polls": "$.max_polls", "poll_seconds": "$.poll_seconds"},
+            result=ImageRef,
+            result_path="$.seed",
+            done=when("$.seed.state", "StringEquals", "available", "LaunchClone"),
+            on_error="HandleFailure",
+        ),
+        "LaunchClone": task(
+            "LaunchClone",
+            comment="The instance's type, subnet, security groups and profile unless the request overrides them; "
+            "tagged role=clone.",
+            result=LaunchedInstance,
+            result_path="$.clone",
+            on_error="HandleFailure",
+            next_state="WaitForClone",
+        ),
+        **poll(
+            wait_state="WaitForClone",
+            check_state="CheckClone",
+            choice_state="IsCloneReady",
+            function="CheckClone",
+            comment="Bounded: ready once running and online in SSM; raises WaitTimeoutError after generalize_max_polls.",
+            payload={"clone": "$.clone", "max_polls": "$.generalize_max_polls"},
+            result=LaunchedInstance,
+            result_path="$.clone",
+            done=when("$.clone.ready", "BooleanEquals", True, "Generalize"),
+            on_error="HandleFailure",
+        ),
+        "Generalize": task(
+            "Generalize",
+            comment="SSM Run Command: sysprep (Windows) or sanitize (Linux) on the clone, or on the instance in "
+            "place; it shuts itself down.",
+            result=GeneralizeRef,
+            result_path="$.generalize",
+            on_error="HandleFailure",
+            next_state="WaitForGeneralize",
+        ),
+        **poll(
+            wait_state="WaitForGeneralize",
+            check_state="CheckGeneralize",
+            choice_state="IsGeneralized",
+            function="CheckGeneralize",
+            comment="Bounded: done when the instance has stopped; CommandFailedError if the command failed, even if "
+            "it then stopped.",
+            payload={"command": "$.generalize", "max_polls": "$.generalize_max_polls"},
+            result=GeneralizeRef,
+            result_path="$.generalize",
+            done=when("$.generalize.instance_state", "StringEquals", "stopped", "CreateImage"),
+            on_error="HandleFailure",
+        ),
+        **poll(
+            wait_state="WaitForInstanceStop",
+            check_state="CheckInstance",
+            choice_state="IsInstanceStopped",
+            function="CheckInstance",
+            comment="Bounded: raises WaitTimeoutError after max_polls.",
+            payload={"instance": "$.instance", "max_polls": "$.max_polls"},
+            result=InstanceRef,
+            result_path="$.instance",
+            done=when("$.instance.state", "StringEquals", "stopped", "CreateImage"),
+            on_error="HandleFailure",
+            enter_at_choice=True,  # the instance may be stopped already
+        ),
+        "CreateImage": task(
+            "CreateImage",
+            comment="The final image (of the clone in mode generalize), looked up by its deterministic name first.",
+            result=ImageRef,
+            result_path="$.image",
+            on_error="HandleFailure",
+            next_state="WaitForImage",
+        ),
+        **poll(
+            wait_state="WaitForImage",
+            check_state="CheckImage",
+            choice_state="IsImageAvailable",
+            function="CheckImage",
+            comment="Bounded: raises WaitTimeoutError after max_polls, ImageFailedError when EC2 gives up.",
+            payload={"image": "$.image", "max_polls": "$.max_polls", "poll_seconds": "$.poll_seconds"},
+            result=ImageRef,
+            result_path="$.image",
+            done=when("$.image.state", "StringEquals", "available", "RestoreInstance"),
+            on_error="HandleFailure",
+        ),
+        "RestoreInstance": task(
+            "RestoreInstance",
+            comment="The image is safe: give the instance back and remove the clone and seed image before the (long) "
+            "distribution.",
+            payload={"instance": "$.instance", "run_id": "$.run_id", "mode": "$.mode"},
+            result=InstanceRef,
+            result_path="$.instance",
+            on_error="HandleFailure",
+            patient=True,
+            next_state="Distribute",
+        ),
+        "Distribute": distribute(),
+        "Finalize": task(
+            "Finalize",
+            comment="Clean up failed Regions, tag the instance with the result, return the summary.",
+            output_path="$.Payload",
+            on_error="FinalizeFailed",
+            patient=True,
+            next_state="IsDistributed",
+        ),
+        "FinalizeFailed": fail(
+            "$.error.Error", "$.error.Cause", comment="The images are good; only the bookkeeping failed."
+        ),
+        "IsDistributed": choice([when("$.status", "StringEquals", "FAILED", "AllRegionsFailed")], default="Done"),
+        "AllRegionsFailed": fail("$.error", "$.cause"),
+        "Done": {"Type": "Succeed"},
+        "HandleFailure": task(
+            "HandleFailure",
+            comment="Remove what this run made, restore the instance, tag it with the error.",
+            output_path="$.Payload",
+            on_error="CleanupFailed",
+            error_path="$.cleanup_error",
+            patient=True,
+            next_state="RunFailed",
+        ),
+        "RunFailed": fail("$.error", "$.cause"),
+        "CleanupFailed": fail(
+            "$.error.Error",
+            "$.cleanup_error.Cause",
+            comment="Clean-up itself failed: the images of this run carry the ami-factory:run tag.",
+        ),
+    }
+    return {
+        "Comment": "AMI Factory: image an EC2 instance, copy the image to Regions, share it, publish its id.",
+        "StartAt": "ResolveRequest",
+        "States": states,
+    }
+
+
+def asl_text() -> str:
+    return json.dumps(definition(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    TARGET.write_text(asl_text())
+    print(f"wrote {TARGET.relative_to(ROOT)}", file=sys.stderr)
