@@ -1,5 +1,5 @@
 # The two commands: `make demo` (the main job on the local emulator) and `make test` (everything).
-# Each builds its own virtualenv from pinned requirements; nothing is installed by hand.
+# Each builds its own virtualenv from the lock (requirements-dev.txt); nothing is installed by hand.
 
 # The Lambda runtime is python3.13: use it where pyenv has it, else the machine's python3.
 PYTHON ?= $(shell if PYENV_VERSION=3.13.0 python3 -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1; then echo "env PYENV_VERSION=3.13.0 python3"; else echo python3; fi)
@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN := env PYTHONPATH=src:tools AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH=$(CURDIR)/$(BIN):$$PATH
 
-.PHONY: demo demo-generalize test bench serve lint build schema asl clean
+.PHONY: demo demo-generalize test bench serve lint build schema asl lock clean
 
 $(BIN)/.installed: requirements-dev.txt src/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,15 @@ lint: $(BIN)/.installed
 
 build: $(BIN)/.installed
 	$(RUN) PYENV_VERSION=3.13.0 $(BIN)/sam build
+
+# One lock, two files: the development environment (every Python from 3.11, universal) and the
+# Lambda layer (python3.13 on Amazon Linux 2023, x86_64), the layer held to the versions tested.
+# uv, because it resolves for a platform other than this machine's; pip-tools cannot.
+lock: $(BIN)/.installed
+	$(BIN)/uv pip compile pyproject.toml --group dev --universal --python-version 3.11 \
+		--custom-compile-command "make lock" -o requirements-dev.txt
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.13 --python-platform x86_64-manylinux_2_34 \
+		-c requirements-dev.txt --custom-compile-command "make lock" -o src/requirements.txt
 
 schema: $(BIN)/.installed
 	$(RUN) $(BIN)/python tools/write_schema.py
