@@ -197,7 +197,10 @@ def region_states() -> States:
         "IsSourceRegion": choice(
             [
                 {
-                    "And": [when("$.region.is_source", "BooleanEquals", True), when("$.encrypt", "BooleanEquals", False)],
+                    "And": [
+                        when("$.region.is_source", "BooleanEquals", True),
+                        when("$.encrypt", "BooleanEquals", False),
+                    ],
                     "Next": "UseSourceImage",
                 }
             ],
@@ -205,7 +208,12 @@ def region_states() -> States:
             comment="The source Region has the image already, unless it must be re-encrypted (encrypt): then it is "
             "copied too.",
         ),
-        "UseSourceImage": {"Type": "Pass", "InputPath": "$.source_image", "ResultPath": "$.image", "Next": "NeedsLaunchCheck"},
+        "UseSourceImage": {
+            "Type": "Pass",
+            "InputPath": "$.source_image",
+            "ResultPath": "$.image",
+            "Next": "NeedsLaunchCheck",
+        },
         "CopyImage": task(
             "CopyImage",
             comment="CopyImage in the item's Region, with a ClientToken",
@@ -352,9 +360,17 @@ def distribute() -> State:
         "ItemsPath": "$.regions",
         "MaxConcurrency": 20,
         "ItemSelector": paths(
-            {"region": "$$.Map.Item.Value", "source_image": "$.image", **{name: f"$.{name}" for name in REGION_ITEM_FIELDS}}
+            {
+                "region": "$$.Map.Item.Value",
+                "source_image": "$.image",
+                **{name: f"$.{name}" for name in REGION_ITEM_FIELDS},
+            }
         ),
-        "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": "IsSourceRegion", "States": region_states()},
+        "ItemProcessor": {
+            "ProcessorConfig": {"Mode": "INLINE"},
+            "StartAt": "IsSourceRegion",
+            "States": region_states(),
+        },
         "ResultPath": "$.distribution",
         "Catch": catch("HandleFailure"),
         "Next": "Finalize",

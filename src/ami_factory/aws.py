@@ -44,7 +44,9 @@ def translated_errors(operation: str) -> Iterator[None]:
     except ClientError as error:
         code = error_code(error)
         if code in THROTTLING_CODES:
-            raise ThrottledError(f"{operation} was throttled ({code}); the state machine retries with backoff") from error
+            raise ThrottledError(
+                f"{operation} was throttled ({code}); the state machine retries with backoff"
+            ) from error
         if code == "InvalidAMIID.NotFound":
             raise ImageNotVisibleYetError(
                 f"{operation}: the image is not visible yet (InvalidAMIID.NotFound right after create/copy is normal)"
@@ -132,7 +134,12 @@ class Ec2:
         filters.append({"Name": "instance-state-name", "Values": states})
         with translated_errors("DescribeInstances"):
             pages = self._ec2.get_paginator("describe_instances").paginate(Filters=filters)
-            return [instance for page in pages for reservation in page["Reservations"] for instance in reservation["Instances"]]
+            return [
+                instance
+                for page in pages
+                for reservation in page["Reservations"]
+                for instance in reservation["Instances"]
+            ]
 
     def launch_instance(
         self,
@@ -186,7 +193,9 @@ class Ec2:
     def find_images_by_tag(self, key: str, value: str) -> list[dict[str, Any]]:
         with translated_errors("DescribeImages"):
             return list(
-                self._ec2.describe_images(Owners=["self"], Filters=[{"Name": f"tag:{key}", "Values": [value]}])["Images"]
+                self._ec2.describe_images(Owners=["self"], Filters=[{"Name": f"tag:{key}", "Values": [value]}])[
+                    "Images"
+                ]
             )
 
     def managed_images(self) -> list[dict[str, Any]]:
@@ -201,11 +210,13 @@ class Ec2:
         for start in range(0, len(image_ids), 10):
             with translated_errors("DescribeImageReferences"):
                 pages = self._ec2.get_paginator("describe_image_references").paginate(
-                    ImageIds=image_ids[start:start + 10], IncludeAllResourceTypes=True
+                    ImageIds=image_ids[start : start + 10], IncludeAllResourceTypes=True
                 )
                 for page in pages:
                     for reference in page.get("ImageReferences", []):
-                        found.setdefault(reference["ImageId"], []).append(f"{reference['ResourceType']} {reference['Arn']}")
+                        found.setdefault(reference["ImageId"], []).append(
+                            f"{reference['ResourceType']} {reference['Arn']}"
+                        )
         return found
 
     def disable_image(self, image_id: str) -> None:
@@ -427,7 +438,15 @@ class Notifications:
     def put_event(self, bus: str, source: str, detail_type: str, detail: str, resources: list[str]) -> None:
         with translated_errors("PutEvents"):
             response = self._events.put_events(
-                Entries=[{"EventBusName": bus, "Source": source, "DetailType": detail_type, "Detail": detail, "Resources": resources}]
+                Entries=[
+                    {
+                        "EventBusName": bus,
+                        "Source": source,
+                        "DetailType": detail_type,
+                        "Detail": detail,
+                        "Resources": resources,
+                    }
+                ]
             )
         if response.get("FailedEntryCount"):
             raise RuntimeError(f"EventBridge refused the event: {response['Entries']}")

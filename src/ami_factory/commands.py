@@ -24,7 +24,7 @@ CLEANUP = {
         {
             "commands": [
                 "$ErrorActionPreference = 'Continue'",
-                "Remove-Item -Path \"$env:TEMP\\*\", \"$env:windir\\Temp\\*\" -Recurse -Force -ErrorAction SilentlyContinue",
+                'Remove-Item -Path "$env:TEMP\\*", "$env:windir\\Temp\\*" -Recurse -Force -ErrorAction SilentlyContinue',
                 "Clear-RecycleBin -Force -ErrorAction SilentlyContinue",
                 "exit 0",
             ]

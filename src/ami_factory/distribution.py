@@ -55,7 +55,9 @@ def start_launch_check(event: LaunchCheckInput) -> LaunchedInstance:
     ec2 = Ec2(region)
     existing = ec2.instances_with_tags({RUN_TAG: [event.run_id], ROLE_TAG: ["launch-check"]}, LIVE_INSTANCE_STATES)
     if existing:
-        return LaunchedInstance(instance_id=existing[0]["InstanceId"], region=region, state=existing[0]["State"]["Name"])
+        return LaunchedInstance(
+            instance_id=existing[0]["InstanceId"], region=region, state=existing[0]["State"]["Name"]
+        )
     settings = load_settings()
     try:
         instance_id = ec2.launch_instance(
@@ -65,8 +67,12 @@ def start_launch_check(event: LaunchCheckInput) -> LaunchedInstance:
             security_group_ids=[],
             instance_profile=None,
             client_token=client_token(event.run_id, f"launch-check/{region}"),
-            tags={"Name": f"AMI Factory launch check, run {event.run_id}", f"{TAG_PREFIX}managed": "true",
-                  RUN_TAG: event.run_id, ROLE_TAG: "launch-check"},
+            tags={
+                "Name": f"AMI Factory launch check, run {event.run_id}",
+                f"{TAG_PREFIX}managed": "true",
+                RUN_TAG: event.run_id,
+                ROLE_TAG: "launch-check",
+            },
         )
     except ClientError as error:
         raise LaunchCheckFailedError(
@@ -94,10 +100,18 @@ def check_launch(event: CheckLaunchInput) -> LaunchedInstance:
             f"status checks (system {system}, instance {instance}): see its system log and screenshot"
         )
     launched.ready = (system, instance) == ("ok", "ok")
-    progress = "healthy" if launched.ready else f"{launched.state}, checks {system or 'pending'}/{instance or 'pending'}"
-    give_up_after(event.max_polls, launched.polls, progress, "healthy",
-                  f"the launch check instance {launched.instance_id} in {launched.region}", "look at its system log",
-                  limit="LaunchCheckMaxWaitSeconds")
+    progress = (
+        "healthy" if launched.ready else f"{launched.state}, checks {system or 'pending'}/{instance or 'pending'}"
+    )
+    give_up_after(
+        event.max_polls,
+        launched.polls,
+        progress,
+        "healthy",
+        f"the launch check instance {launched.instance_id} in {launched.region}",
+        "look at its system log",
+        limit="LaunchCheckMaxWaitSeconds",
+    )
     return launched
 
 
@@ -110,7 +124,9 @@ def end_launch_check(event: CheckLaunchInput) -> LaunchedInstance:
 def _region_key(region: str) -> str:
     key = load_settings().kms_keys.get(region)
     if not key:  # ResolveRequest checked this; the deployment may have changed since
-        raise EncryptionKeyError(f"the deployment's KmsKeyIds has no key for {region}: add {region}=KEY_ARN to KmsKeyIds")
+        raise EncryptionKeyError(
+            f"the deployment's KmsKeyIds has no key for {region}: add {region}=KEY_ARN to KmsKeyIds"
+        )
     return key
 
 
@@ -124,7 +140,9 @@ def share_image(event: ShareImageInput, settings: Settings | None = None) -> Sha
         image = ec2.describe_image(event.image.image_id)
         encrypted = any(m.get("Ebs", {}).get("Encrypted") for m in image.get("BlockDeviceMappings", []))
         if event.share.public and encrypted:
-            raise InvalidRequestError(f"image {event.image.image_id} has encrypted snapshots: they are never made public")
+            raise InvalidRequestError(
+                f"image {event.image.image_id} has encrypted snapshots: they are never made public"
+            )
         ec2.add_snapshot_permissions(snapshots_of(image), event.share.accounts, event.share.public)
     return ShareImageOutput(shared_with=event.share.describe())
 
@@ -140,7 +158,9 @@ def protect_image(event: ProtectImageInput) -> ProtectImageOutput:
         ec2.enable_deprecation(event.image.image_id, deprecate_at)
     if event.protection.deregistration_protection:
         ec2.enable_deregistration_protection(event.image.image_id, event.protection.cooldown)
-    return ProtectImageOutput(deprecate_at=deprecate_at, deregistration_protection=event.protection.deregistration_protection)
+    return ProtectImageOutput(
+        deprecate_at=deprecate_at, deregistration_protection=event.protection.deregistration_protection
+    )
 
 
 def publish_parameter(event: PublishParameterInput) -> PublishParameterOutput:

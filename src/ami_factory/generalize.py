@@ -24,7 +24,9 @@ from .rules import ROLE_TAG, RUN_TAG
 from .workflow import LIVE_INSTANCE_STATES, client_token, create_image_once, give_up_after
 
 
-FAILED_COMMAND_STATES = frozenset({"Failed", "Cancelled", "TimedOut", "Cancelling", "DeliveryTimedOut", "ExecutionTimedOut"})
+FAILED_COMMAND_STATES = frozenset(
+    {"Failed", "Cancelled", "TimedOut", "Cancelling", "DeliveryTimedOut", "ExecutionTimedOut"}
+)
 # Script failures; a command that timed out once its instance shut down is what sysprep looks like.
 SCRIPT_FAILED_STATES = frozenset({"Failed", "Cancelled", "Cancelling"})
 
@@ -47,8 +49,14 @@ def check_command(event: CheckCommandInput) -> CommandRef:
             f"command {command.command_id} on instance {command.instance_id} ended {command.status}; its output is "
             f"in SSM Run Command history. Nothing was imaged"
         )
-    give_up_after(event.max_polls, command.polls, command.status, "Success",
-                   f"command {command.command_id} on instance {command.instance_id}", "check the command in SSM")
+    give_up_after(
+        event.max_polls,
+        command.polls,
+        command.status,
+        "Success",
+        f"command {command.command_id} on instance {command.instance_id}",
+        "check the command in SSM",
+    )
     return command
 
 
@@ -64,7 +72,9 @@ def launch_clone(event: LaunchCloneInput) -> LaunchedInstance:
     ec2 = Ec2(event.source_region)
     existing = ec2.instances_with_tags({RUN_TAG: [event.run_id], ROLE_TAG: ["clone"]}, LIVE_INSTANCE_STATES)
     if existing:  # a retried step finds the clone it launched
-        return LaunchedInstance(instance_id=existing[0]["InstanceId"], region=event.source_region, state=existing[0]["State"]["Name"])
+        return LaunchedInstance(
+            instance_id=existing[0]["InstanceId"], region=event.source_region, state=existing[0]["State"]["Name"]
+        )
     source = ec2.describe_instance(event.instance_id)
     overrides = event.clone_overrides
     try:
@@ -72,7 +82,8 @@ def launch_clone(event: LaunchCloneInput) -> LaunchedInstance:
             image_id=event.seed.image_id,
             instance_type=overrides.instance_type or source["InstanceType"],
             subnet_id=overrides.subnet_id or source.get("SubnetId"),
-            security_group_ids=overrides.security_group_ids or [group["GroupId"] for group in source.get("SecurityGroups", [])],
+            security_group_ids=overrides.security_group_ids
+            or [group["GroupId"] for group in source.get("SecurityGroups", [])],
             instance_profile=overrides.instance_profile or source.get("IamInstanceProfile", {}).get("Arn"),
             client_token=client_token(event.run_id, "clone"),
             tags={**event.tags, "Name": f"{event.family} clone (AMI Factory run {event.run_id})", ROLE_TAG: "clone"},
@@ -99,10 +110,16 @@ def check_clone(event: CheckCloneInput) -> LaunchedInstance:
         info = Ssm(clone.region).instance_information(clone.instance_id)
         clone.ready = info is not None and info.get("PingStatus") == "Online"
     progress = "ready" if clone.ready else f"{clone.state} and not yet reachable through SSM"
-    give_up_after(event.max_polls, clone.polls, progress, "ready", f"clone {clone.instance_id}",
-                   "check that its instance profile allows SSM and its subnet reaches the SSM endpoints (NAT or VPC "
-                   "endpoints); the clone.instance_profile and clone.subnet_id request fields override the source's",
-                   limit="GeneralizeMaxWaitSeconds")
+    give_up_after(
+        event.max_polls,
+        clone.polls,
+        progress,
+        "ready",
+        f"clone {clone.instance_id}",
+        "check that its instance profile allows SSM and its subnet reaches the SSM endpoints (NAT or VPC "
+        "endpoints); the clone.instance_profile and clone.subnet_id request fields override the source's",
+        limit="GeneralizeMaxWaitSeconds",
+    )
     return clone
 
 
@@ -132,8 +149,13 @@ def check_generalize(event: CheckGeneralizeInput) -> GeneralizeRef:
         )
     if command.instance_state in ("shutting-down", "terminated"):
         raise UnsupportedInstanceError(f"instance {command.instance_id} is {command.instance_state} while generalizing")
-    give_up_after(event.max_polls, command.polls, command.instance_state, "stopped",
-                   f"instance {command.instance_id} (generalizing)",
-                   "read the command's output in SSM Run Command history: sysprep/sanitize did not shut it down",
-                   limit="GeneralizeMaxWaitSeconds")
+    give_up_after(
+        event.max_polls,
+        command.polls,
+        command.instance_state,
+        "stopped",
+        f"instance {command.instance_id} (generalizing)",
+        "read the command's output in SSM Run Command history: sysprep/sanitize did not shut it down",
+        limit="GeneralizeMaxWaitSeconds",
+    )
     return command

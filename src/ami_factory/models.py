@@ -99,16 +99,20 @@ class WindowsOptions(BaseModel):
         description="random: the launch agent sets a random password, retrieved with the key pair; specify: the "
         "password in admin_password_parameter; do-nothing: the password from unattend.xml, else the account is disabled",
     )
-    admin_password_parameter: Annotated[str, StringConstraints(pattern=SSM_PARAMETER_NAME, max_length=1011)] | None = Field(
-        None,
-        description="with admin_password specify: the SSM SecureString parameter holding the password. The instance "
-        "reads it itself (its profile needs ssm:GetParameter on it), so the password never appears in the run",
+    admin_password_parameter: Annotated[str, StringConstraints(pattern=SSM_PARAMETER_NAME, max_length=1011)] | None = (
+        Field(
+            None,
+            description="with admin_password specify: the SSM SecureString parameter holding the password. The instance "
+            "reads it itself (its profile needs ssm:GetParameter on it), so the password never appears in the run",
+        )
     )
 
     @model_validator(mode="after")
     def _parameter_only_with_specify(self) -> WindowsOptions:
         if self.admin_password == "specify" and not self.admin_password_parameter:
-            raise ValueError("admin_password specify needs admin_password_parameter, the SSM SecureString with the password")
+            raise ValueError(
+                "admin_password specify needs admin_password_parameter, the SSM SecureString with the password"
+            )
         if self.admin_password != "specify" and self.admin_password_parameter:
             raise ValueError("admin_password_parameter is only read with admin_password specify")
         return self
@@ -139,7 +143,9 @@ class RetentionOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     keep_newest: Annotated[int, Field(ge=1, le=1000)] | None = Field(None, description="keep the newest N images")
-    max_age_days: Annotated[int, Field(ge=1, le=3650)] | None = Field(None, description="keep images younger than D days")
+    max_age_days: Annotated[int, Field(ge=1, le=3650)] | None = Field(
+        None, description="keep images younger than D days"
+    )
 
 
 class RetentionInput(BaseModel):
@@ -178,7 +184,8 @@ class ImagingRequest(BaseModel):
     )
     description: Annotated[str, StringConstraints(max_length=255)] | None = Field(None, description="image description")
     regions: list[RegionName] | None = Field(
-        None, description="Regions to copy to (the source Region is always included); default: the deploy-time DefaultRegions"
+        None,
+        description="Regions to copy to (the source Region is always included); default: the deploy-time DefaultRegions",
     )
     share: ShareTargets = Field(default_factory=ShareTargets, description="who may launch the image")
     mode: Mode = Field(
@@ -193,9 +200,13 @@ class ImagingRequest(BaseModel):
         "SID, host keys, machine-id) and boots as a new machine afterwards",
     )
     windows: WindowsOptions = Field(default_factory=WindowsOptions, description="generalize modes, Windows only")
-    clone: CloneOptions = Field(default_factory=CloneOptions, description="mode generalize only: overrides for the clone")
+    clone: CloneOptions = Field(
+        default_factory=CloneOptions, description="mode generalize only: overrides for the clone"
+    )
     tags: dict[str, str] = Field(default_factory=dict, description="extra tags for the images and snapshots")
-    protection: ProtectionOptions = Field(default_factory=ProtectionOptions, description="deprecation and deregistration protection")
+    protection: ProtectionOptions = Field(
+        default_factory=ProtectionOptions, description="deprecation and deregistration protection"
+    )
     launch_check: bool = Field(
         False,
         description="in every Region, launch an instance from the new image, wait until it runs and passes its "

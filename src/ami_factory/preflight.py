@@ -89,7 +89,9 @@ def resolve_request(event: ResolveRequestInput, settings: Settings | None = None
         family=family,
         image_name=name,
         seed_image_name=image_name(settings.image_name_prefix, family, f"{event.run_id}-seed"),
-        capture_image_name=image_name(settings.image_name_prefix, family, f"{event.run_id}-capture") if request.encrypt else name,
+        capture_image_name=image_name(settings.image_name_prefix, family, f"{event.run_id}-capture")
+        if request.encrypt
+        else name,
         encrypt=request.encrypt,
         launch_check=request.launch_check,
         launch_check_max_polls=settings.launch_check_max_polls,
@@ -98,8 +100,10 @@ def resolve_request(event: ResolveRequestInput, settings: Settings | None = None
         regions=regions,
         share=request.share,
         parameter_name=parameter_name(settings.parameter_prefix, family),
-        tags={**image_tags(event.run_id, family, request.instance_id, region, {"Name": name, **request.tags}),
-              **retention_tags(request.retention)},
+        tags={
+            **image_tags(event.run_id, family, request.instance_id, region, {"Name": name, **request.tags}),
+            **retention_tags(request.retention),
+        },
         protection=request.protection,
         copy_completion_minutes=request.copy_completion_minutes,
         poll_seconds=settings.poll_seconds,

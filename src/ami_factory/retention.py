@@ -34,7 +34,11 @@ def _policy(newest: dict[str, Any], settings: Settings) -> tuple[int, int]:
 
 
 def _why_kept(
-    image: dict[str, Any], latest: tuple[str, str | None], references: dict[str, list[str]], settings: Settings, now: datetime
+    image: dict[str, Any],
+    latest: tuple[str, str | None],
+    references: dict[str, list[str]],
+    settings: Settings,
+    now: datetime,
 ) -> str | None:
     """The reason an expired image must stay, if there is one (``latest``: the parameter and its value)."""
     if str(image.get("DeregistrationProtection", "disabled")).startswith("enabled"):
@@ -82,7 +86,8 @@ def apply_retention(event: RetentionInput, settings: Settings | None = None) -> 
                 report.kept += len(images)
                 continue
             expired = [
-                image for index, image in enumerate(images)
+                image
+                for index, image in enumerate(images)
                 if not (keep_newest and index < keep_newest)
                 and not (max_age_days and now - _when(image["CreationDate"]) < timedelta(days=max_age_days))
             ]
@@ -93,20 +98,32 @@ def apply_retention(event: RetentionInput, settings: Settings | None = None) -> 
             latest_name = parameter_name(settings.parameter_prefix, family)
             latest = (latest_name, Ssm(region).parameter_value(latest_name))
             rule = " and ".join(
-                part for part in (f"not among the newest {keep_newest}" if keep_newest else "",
-                                  f"older than {max_age_days} days" if max_age_days else "") if part
+                part
+                for part in (
+                    f"not among the newest {keep_newest}" if keep_newest else "",
+                    f"older than {max_age_days} days" if max_age_days else "",
+                )
+                if part
             )
             for image in expired:
                 reason = _why_kept(image, latest, references, settings, now)
                 if reason:
                     report.kept += 1
-                    report.decisions.append(RetentionDecision(region=region, image_id=image["ImageId"], family=family, action="skipped", reason=reason))
+                    report.decisions.append(
+                        RetentionDecision(
+                            region=region, image_id=image["ImageId"], family=family, action="skipped", reason=reason
+                        )
+                    )
                     continue
                 if not event.dry_run:
                     ec2.disable_image(image["ImageId"])
                     ec2.delete_image(image)
                 action = "would delete" if event.dry_run else "deleted"
-                report.decisions.append(RetentionDecision(region=region, image_id=image["ImageId"], family=family, action=action, reason=rule))
+                report.decisions.append(
+                    RetentionDecision(
+                        region=region, image_id=image["ImageId"], family=family, action=action, reason=rule
+                    )
+                )
     logger.info("retention", extra={"report": report.model_dump(mode="json")})
     return report
 

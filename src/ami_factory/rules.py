@@ -24,7 +24,13 @@ from .errors import (
 from .models import ImagingRequest, RegionTarget, RetentionOptions, ShareTargets, sanitize_image_name
 
 # What a recipient's account must be allowed on a customer managed key to launch an image encrypted with it.
-KEY_USE_ACTIONS = ("kms:Decrypt", "kms:DescribeKey", "kms:CreateGrant", "kms:ReEncryptFrom", "kms:GenerateDataKeyWithoutPlaintext")
+KEY_USE_ACTIONS = (
+    "kms:Decrypt",
+    "kms:DescribeKey",
+    "kms:CreateGrant",
+    "kms:ReEncryptFrom",
+    "kms:GenerateDataKeyWithoutPlaintext",
+)
 from .settings import Settings
 
 TAG_PREFIX = "ami-factory:"
@@ -52,7 +58,8 @@ def request_field(location: tuple[object, ...]) -> str:
 def describe_validation(error: ValidationError, name_field: Callable[[tuple[object, ...]], str] = request_field) -> str:
     """Every problem pydantic found, one ``field: what is wrong`` each."""
     return "; ".join(
-        f"{name_field(issue['loc'])}: {issue['msg'].removeprefix('Value error, ')}" for issue in error.errors(include_url=False)
+        f"{name_field(issue['loc'])}: {issue['msg'].removeprefix('Value error, ')}"
+        for issue in error.errors(include_url=False)
     )
 
 
@@ -65,7 +72,9 @@ def parse_request(
     try:
         return ImagingRequest.model_validate(raw)
     except ValidationError as error:
-        raise InvalidRequestError(f"the imaging request is invalid: {describe_validation(error, name_field)}. {fix}") from None
+        raise InvalidRequestError(
+            f"the imaging request is invalid: {describe_validation(error, name_field)}. {fix}"
+        ) from None
 
 
 def target_regions(request: ImagingRequest, source_region: str, settings: Settings) -> list[RegionTarget]:
@@ -146,7 +155,9 @@ def parameter_name(prefix: str, family: str) -> str:
     return f"{prefix}/{family}/latest"
 
 
-def image_tags(run_id: str, family: str, instance_id: str, source_region: str, user_tags: Mapping[str, str]) -> dict[str, str]:
+def image_tags(
+    run_id: str, family: str, instance_id: str, source_region: str, user_tags: Mapping[str, str]
+) -> dict[str, str]:
     return {
         **user_tags,
         f"{TAG_PREFIX}managed": "true",
@@ -168,8 +179,13 @@ def _account_of(principal: str) -> str | None:
 
 
 def _condition_values(conditions: Mapping[str, Any], key: str) -> list[str]:
-    return [value for block in conditions.values() for name, values in block.items()
-            if name.lower() == key.lower() for value in _as_list(values)]
+    return [
+        value
+        for block in conditions.values()
+        for name, values in block.items()
+        if name.lower() == key.lower()
+        for value in _as_list(values)
+    ]
 
 
 def principals_without_key_access(policy: Mapping[str, Any], grantees: list[str], share: ShareTargets) -> list[str]:

@@ -57,7 +57,16 @@ SETTING_TAGS: dict[str, tuple[str, ...]] = {
     "max-age-days": ("retention", "max_age_days"),
 }
 LIST_FIELDS = {"regions", "accounts", "organizations", "organizational_units", "security_group_ids"}
-BOOL_FIELDS = {"public", "cleanup", "confirm_generalize_in_place", "snapshot_permissions", "deregistration_protection", "cooldown", "encrypt", "launch_check"}
+BOOL_FIELDS = {
+    "public",
+    "cleanup",
+    "confirm_generalize_in_place",
+    "snapshot_permissions",
+    "deregistration_protection",
+    "cooldown",
+    "encrypt",
+    "launch_check",
+}
 # The tool's own bookkeeping on the instance; any other ami-factory:* key is a typo to report.
 RESULT_TAGS = {"error", "last-run", "last-run-at", "last-status", "last-image-id", "last-error"}
 
@@ -175,14 +184,20 @@ def _tag_candidates(event: TagChangeEvent, settings: Settings) -> list[_Candidat
     if key not in detail.changed_tag_keys or detail.tags.get(key, "").lower() != "true":
         logger.info("tag change on %s does not set %s=true; nothing to do", matched.group(1), key)
         return []
-    return [_Candidate(instance_id=matched.group(1), tags=detail.tags, execution_name=f"{matched.group(1)}-tag-{event.id}")]
+    return [
+        _Candidate(instance_id=matched.group(1), tags=detail.tags, execution_name=f"{matched.group(1)}-tag-{event.id}")
+    ]
 
 
 def _scheduled_candidates(firing: ScheduledFiring, settings: Settings) -> list[_Candidate]:
     stamp = firing.scheduled_time.strftime("%Y%m%dT%H%M%SZ")
     instances = Ec2(settings.region).instances_tagged(settings.schedule_tag_key, ["true", "True", "TRUE"])
     return [
-        _Candidate(instance_id=instance["InstanceId"], tags=tags_of(instance), execution_name=f"{instance['InstanceId']}-schedule-{stamp}")
+        _Candidate(
+            instance_id=instance["InstanceId"],
+            tags=tags_of(instance),
+            execution_name=f"{instance['InstanceId']}-schedule-{stamp}",
+        )
         for instance in instances
     ]
 
@@ -196,7 +211,9 @@ def _start(candidates: list[_Candidate], settings: Settings) -> StartOutcome:
     for candidate in candidates:
         holder = holder_of(candidate.instance_id, running)
         if holder:
-            logger.warning("%s already has a run in flight (%s); this trigger is skipped", candidate.instance_id, holder)
+            logger.warning(
+                "%s already has a run in flight (%s); this trigger is skipped", candidate.instance_id, holder
+            )
             outcome.skipped.append(Skipped(instance_id=candidate.instance_id, reason="run in flight", held_by=holder))
             continue
         try:
@@ -204,11 +221,15 @@ def _start(candidates: list[_Candidate], settings: Settings) -> StartOutcome:
         except AmiFactoryError as error:
             logger.warning("not starting a run for %s: %s", candidate.instance_id, error)
             ec2.tag_resource(candidate.instance_id, {ERROR_TAG: str(error)[:256]})
-            outcome.rejected.append(Rejected(instance_id=candidate.instance_id, error=type(error).__name__, message=str(error)))
+            outcome.rejected.append(
+                Rejected(instance_id=candidate.instance_id, error=type(error).__name__, message=str(error))
+            )
             continue
         payload = request.model_dump(mode="json", exclude_none=True)
         if not sfn.start_execution(settings.state_machine_arn, candidate.execution_name, payload):
-            outcome.skipped.append(Skipped(instance_id=candidate.instance_id, reason="already started", held_by=candidate.execution_name))
+            outcome.skipped.append(
+                Skipped(instance_id=candidate.instance_id, reason="already started", held_by=candidate.execution_name)
+            )
             continue
         if ERROR_TAG in candidate.tags:
             ec2.untag_resource(candidate.instance_id, [ERROR_TAG])

@@ -61,9 +61,17 @@ def check_instance(event: CheckInstanceInput) -> InstanceRef:
     instance.state = Ec2(instance.region).instance_state(instance.instance_id)
     instance.polls += 1
     if instance.state in ("shutting-down", "terminated"):
-        raise UnsupportedInstanceError(f"instance {instance.instance_id} is {instance.state}: there is nothing left to image")
-    give_up_after(event.max_polls, instance.polls, instance.state, "stopped",
-                   f"instance {instance.instance_id}", "find out why it does not stop")
+        raise UnsupportedInstanceError(
+            f"instance {instance.instance_id} is {instance.state}: there is nothing left to image"
+        )
+    give_up_after(
+        event.max_polls,
+        instance.polls,
+        instance.state,
+        "stopped",
+        f"instance {instance.instance_id}",
+        "find out why it does not stop",
+    )
     return instance
 
 
@@ -82,7 +90,9 @@ def create_image(event: CreateImageInput) -> ImageRef:
     no_reboot = event.mode != "stop"
     # With encrypt, this is the capture every Region copies from (re-encrypting), removed by Finalize.
     tags = {**event.tags, "Name": event.capture_image_name, ROLE_TAG: "capture"} if event.encrypt else event.tags
-    return create_image_once(event.source_region, instance_id, event.capture_image_name, event.description, no_reboot, tags)
+    return create_image_once(
+        event.source_region, instance_id, event.capture_image_name, event.description, no_reboot, tags
+    )
 
 
 def create_image_once(
@@ -105,8 +115,14 @@ def check_image(event: CheckImageInput) -> ImageRef:
     if image.state in FAILED_IMAGE_STATES:
         reason = described.get("StateReason", {}).get("Message") or "no reason given"
         raise ImageFailedError(f"image {image.image_id} in {image.region} is {image.state}: {reason}")
-    give_up_after(event.max_polls, image.polls, image.state, "available",
-                   f"image {image.image_id} in {image.region}", "check the image in the EC2 console")
+    give_up_after(
+        event.max_polls,
+        image.polls,
+        image.state,
+        "available",
+        f"image {image.image_id} in {image.region}",
+        "check the image in the EC2 console",
+    )
     if image.state == "available":
         metrics.add_metric(name="ImageWaitSeconds", unit=MetricUnit.Seconds, value=image.polls * event.poll_seconds)
     return image
@@ -128,7 +144,9 @@ def restore_instance(event: RestoreInstanceInput) -> InstanceRef:
     should_run = instance.stopped_by_us and instance.original_state in ("running", "pending")
     if should_run and instance.state == "stopping":
         # A stopping instance cannot be started yet; the state machine retries this with backoff.
-        raise InstanceStateConflictError(f"instance {instance.instance_id} is still stopping; starting it once it has stopped")
+        raise InstanceStateConflictError(
+            f"instance {instance.instance_id} is still stopping; starting it once it has stopped"
+        )
     if should_run and instance.state == "stopped":
         ec2.start_instance(instance.instance_id)
         instance.state = ec2.instance_state(instance.instance_id)
@@ -154,9 +172,13 @@ def remove_scaffolding(run_id: str, region: str, images: set[str], instances: se
     copied from) with their snapshots; all found by tag, never by name."""
     ec2 = Ec2(region)
     removed: list[str] = []
-    found = ec2.instances_with_tags(
-        {RUN_TAG: [run_id], ROLE_TAG: sorted(instances), f"{TAG_PREFIX}managed": ["true"]}, LIVE_INSTANCE_STATES
-    ) if instances else []
+    found = (
+        ec2.instances_with_tags(
+            {RUN_TAG: [run_id], ROLE_TAG: sorted(instances), f"{TAG_PREFIX}managed": ["true"]}, LIVE_INSTANCE_STATES
+        )
+        if instances
+        else []
+    )
     for instance in found:
         ec2.terminate_instance(instance["InstanceId"])
         removed.append(f"{region}:{instance['InstanceId']}")
@@ -189,9 +211,13 @@ def _record_result_on_instance(plan: Plan, status: str, image_id: str | None, er
 def finalize(plan: FinalizeInput) -> Summary:
     failed = [result for result in plan.distribution if result.status == "FAILED"]
     generalized = plan.mode == "generalize"
-    cleaned = remove_scaffolding(
-        plan.run_id, plan.source_region, images={"seed", "capture"}, instances={"clone"} if generalized else set()
-    ) if generalized or plan.encrypt else []
+    cleaned = (
+        remove_scaffolding(
+            plan.run_id, plan.source_region, images={"seed", "capture"}, instances={"clone"} if generalized else set()
+        )
+        if generalized or plan.encrypt
+        else []
+    )
     for result in failed if plan.launch_check else []:  # a failed check may have left its instance
         cleaned += remove_scaffolding(plan.run_id, result.region, images=set(), instances={"launch-check"})
     cleaned += remove_run_images(plan.run_id, [result.region for result in failed])
@@ -201,25 +227,34 @@ def finalize(plan: FinalizeInput) -> Summary:
     source_image = next(
         (r.image_id for r in plan.distribution if r.region == plan.source_region and r.status == "AVAILABLE"), None
     )
-    errors = "; ".join(f"{result.region}: {result.error.Error if result.error else 'failed'}" for result in failed) or None
+    errors = (
+        "; ".join(f"{result.region}: {result.error.Error if result.error else 'failed'}" for result in failed) or None
+    )
     _record_result_on_instance(plan, status, source_image, errors)
-    kept = {result.region: result.image_id for result in plan.distribution if result.status == "AVAILABLE" and result.image_id}
+    kept = {
+        result.region: result.image_id
+        for result in plan.distribution
+        if result.status == "AVAILABLE" and result.image_id
+    }
     metrics.add_metric(name=f"Runs{status.title()}", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="ImagesAvailable", unit=MetricUnit.Count, value=len(kept))
     metrics.add_metric(name="RegionsFailed", unit=MetricUnit.Count, value=len(failed))
-    return announced(Summary(
-        status=status,
-        run_id=plan.run_id,
-        instance_id=plan.instance_id,
-        image_name=plan.image_name,
-        instance_state=instance.state,
-        regions=plan.distribution,
-        failed_regions=[result.region for result in failed],
-        cleaned_up=cleaned,
-        cost=image_cost(kept, plan.source_region, load_prices(load_settings().price_overrides)),
-        error="AllRegionsFailedError" if status == "FAILED" else None,
-        cause=errors,
-    ), plan.source_region)
+    return announced(
+        Summary(
+            status=status,
+            run_id=plan.run_id,
+            instance_id=plan.instance_id,
+            image_name=plan.image_name,
+            instance_state=instance.state,
+            regions=plan.distribution,
+            failed_regions=[result.region for result in failed],
+            cleaned_up=cleaned,
+            cost=image_cost(kept, plan.source_region, load_prices(load_settings().price_overrides)),
+            error="AllRegionsFailedError" if status == "FAILED" else None,
+            cause=errors,
+        ),
+        plan.source_region,
+    )
 
 
 def image_cost(images: dict[str, str], source_region: str, prices: Prices) -> CostEstimate:
@@ -234,22 +269,26 @@ def handle_failure(plan: HandleFailureInput) -> Summary:
     cleaned = []
     for region in plan.regions:
         roles = ({"clone"} if plan.mode == "generalize" and region.is_source else set()) | (
-            {"launch-check"} if plan.launch_check else set())
+            {"launch-check"} if plan.launch_check else set()
+        )
         cleaned += remove_scaffolding(plan.run_id, region.name, images=set(), instances=roles) if roles else []
     cleaned += remove_run_images(plan.run_id, [region.name for region in plan.regions])
     instance = restore_instance(RestoreInstanceInput(instance=plan.instance)) if plan.instance else None
     _record_result_on_instance(plan, "FAILED", None, plan.error.Error)
     metrics.add_metric(name="RunsFailed", unit=MetricUnit.Count, value=1)
-    return announced(Summary(
-        status="FAILED",
-        run_id=plan.run_id,
-        instance_id=plan.instance_id,
-        image_name=plan.image_name,
-        instance_state=instance.state if instance else None,
-        cleaned_up=cleaned,
-        error=plan.error.Error,
-        cause=error_message(plan.error.Cause),
-    ), plan.source_region)
+    return announced(
+        Summary(
+            status="FAILED",
+            run_id=plan.run_id,
+            instance_id=plan.instance_id,
+            image_name=plan.image_name,
+            instance_state=instance.state if instance else None,
+            cleaned_up=cleaned,
+            error=plan.error.Error,
+            cause=error_message(plan.error.Cause),
+        ),
+        plan.source_region,
+    )
 
 
 def error_message(cause: str | None) -> str | None:
@@ -288,18 +327,24 @@ def announced(summary: Summary, region: str) -> Summary:
 
 
 def _subject(summary: Summary) -> str:
-    what = {"SUCCEEDED": "image ready", "PARTIAL": "image ready in some Regions", "FAILED": "run failed"}[summary.status]
+    what = {"SUCCEEDED": "image ready", "PARTIAL": "image ready in some Regions", "FAILED": "run failed"}[
+        summary.status
+    ]
     return f"AMI Factory: {summary.image_name or summary.instance_id} {what}"
 
 
 def _message(summary: Summary) -> str:
     lines = [f"Run {summary.run_id} for instance {summary.instance_id}: {summary.status}."]
     lines += [
-        f"  {r.region}: {r.image_id} ({r.parameter_name})" if r.status == "AVAILABLE" else f"  {r.region}: FAILED ({r.error.Error if r.error else ''})"
+        f"  {r.region}: {r.image_id} ({r.parameter_name})"
+        if r.status == "AVAILABLE"
+        else f"  {r.region}: FAILED ({r.error.Error if r.error else ''})"
         for r in summary.regions
     ]
     if summary.cost:
-        lines.append(f"Keeping the images: ${summary.cost.monthly_standard:.2f}/month at most; copying them: ${summary.cost.copy_transfer_once:.2f} once.")
+        lines.append(
+            f"Keeping the images: ${summary.cost.monthly_standard:.2f}/month at most; copying them: ${summary.cost.copy_transfer_once:.2f} once."
+        )
     if summary.error:
         lines.append(f"Error: {summary.error}: {summary.cause or ''}")
     lines.append("")

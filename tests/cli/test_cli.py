@@ -32,33 +32,56 @@ def user_env() -> dict[str, str]:
 
 
 def test_demo_ends_succeeded_with_an_ami_in_each_of_three_regions_and_the_instance_running() -> None:
-    result = subprocess.run([sys.executable, "-m", "ami_factory_local", "demo"], cwd=ROOT, env=user_env(),
-                            capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [sys.executable, "-m", "ami_factory_local", "demo"],
+        cwd=ROOT,
+        env=user_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert re.search(r"execution \S+: SUCCEEDED", out)
-    rows = re.findall(r"^(us-east-1|eu-west-1|ap-southeast-2)\s+(ami-[0-9a-f]+)\s+available\s+111122223333\s+/ami-factory/demo-web/latest$",
-                      out, re.MULTILINE)
+    rows = re.findall(
+        r"^(us-east-1|eu-west-1|ap-southeast-2)\s+(ami-[0-9a-f]+)\s+available\s+111122223333\s+/ami-factory/demo-web/latest$",
+        out,
+        re.MULTILINE,
+    )
     assert sorted(region for region, _ in rows) == ["ap-southeast-2", "eu-west-1", "us-east-1"]
     assert len({image for _, image in rows}) == 3
     assert re.search(r"instance i-[0-9a-f]+ is running", out)
     assert "[eu-west-1] CopyImage" in out, "the run is followed live, Region by Region"
     assert re.search(r"^  waiting for ami-[0-9a-f]+ \(pending\), checking every 60 s$", out, re.MULTILINE)
     assert re.search(r"^  \[ap-southeast-2\] done: ami-[0-9a-f]+$", out, re.MULTILINE)
-    assert re.search(r"^keeping these images: \$\d+\.\d\d/month \(\d+ GiB of snapshots at most, in 3 Regions", out, re.MULTILINE)
+    assert re.search(
+        r"^keeping these images: \$\d+\.\d\d/month \(\d+ GiB of snapshots at most, in 3 Regions", out, re.MULTILINE
+    )
     assert re.search(r"^this run: \$0\.\d{4} \(\d+ state transitions, \d+ Lambda invocations\)$", out, re.MULTILINE)
 
 
 def test_the_generalize_demo_sysprepps_a_clone_and_keeps_the_instance_running() -> None:
-    result = subprocess.run([sys.executable, "-m", "ami_factory_local", "demo", "--generalize"], cwd=ROOT, env=user_env(),
-                            capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [sys.executable, "-m", "ami_factory_local", "demo", "--generalize"],
+        cwd=ROOT,
+        env=user_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert re.search(r"execution \S+: SUCCEEDED", out)
-    steps = [line.strip() for line in out.splitlines() if line.strip() in ("CreateSeedImage", "LaunchClone", "Generalize", "CreateImage")]
+    steps = [
+        line.strip()
+        for line in out.splitlines()
+        if line.strip() in ("CreateSeedImage", "LaunchClone", "Generalize", "CreateImage")
+    ]
     assert steps == ["CreateSeedImage", "LaunchClone", "Generalize", "CreateImage"]
     assert re.search(r"waiting for i-[0-9a-f]+ to generalize and shut itself down", out)
-    clone = re.search(r"sysprep ran on the clone only \((i-[0-9a-f]+)\); clone terminated: True; seed image removed: True", out)
+    clone = re.search(
+        r"sysprep ran on the clone only \((i-[0-9a-f]+)\); clone terminated: True; seed image removed: True", out
+    )
     source = re.search(r"instance (i-[0-9a-f]+) is running", out)
     assert clone and source and clone.group(1) != source.group(1)
     assert len(re.findall(r"available\s+111122223333\s+/ami-factory/demo-win/latest$", out, re.MULTILINE)) == 3
@@ -71,16 +94,27 @@ def free_port() -> int:
 
 
 def aws(*args: str, endpoint: str) -> dict:
-    result = subprocess.run([str(BIN / "aws"), "--endpoint-url", endpoint, "--output", "json", *args],
-                            env=user_env(), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(BIN / "aws"), "--endpoint-url", endpoint, "--output", "json", *args],
+        env=user_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout) if result.stdout.strip() else {}
 
 
 def test_aws_cli_starts_a_sample_request_on_the_emulator_server(tmp_path: Path) -> None:
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "ami_factory_local", "serve", "--port", str(port)], cwd=ROOT,
-                              env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ami_factory_local", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=user_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         banner = ""
         deadline = time.monotonic() + 60
@@ -95,30 +129,58 @@ def test_aws_cli_starts_a_sample_request_on_the_emulator_server(tmp_path: Path) 
 
         request = json.loads((ROOT / "events" / "request-basic.json").read_text()) | {"instance_id": instance_id}
         (tmp_path / "request.json").write_text(json.dumps(request))
-        started = aws("stepfunctions", "start-execution", "--state-machine-arn", arn, "--name", "cli-1",
-                      "--input", f"file://{tmp_path / 'request.json'}", endpoint=endpoint)
+        started = aws(
+            "stepfunctions",
+            "start-execution",
+            "--state-machine-arn",
+            arn,
+            "--name",
+            "cli-1",
+            "--input",
+            f"file://{tmp_path / 'request.json'}",
+            endpoint=endpoint,
+        )
         deadline = time.monotonic() + 90
         while True:
-            described = aws("stepfunctions", "describe-execution", "--execution-arn", started["executionArn"], endpoint=endpoint)
+            described = aws(
+                "stepfunctions", "describe-execution", "--execution-arn", started["executionArn"], endpoint=endpoint
+            )
             if described["status"] != "RUNNING" or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         assert described["status"] == "SUCCEEDED", described
         output = json.loads(described["output"])
         assert [r["status"] for r in output["regions"]] == ["AVAILABLE"] * 3
-        copies = aws("ec2", "describe-images", "--region", "ap-southeast-2", "--owners", "self", endpoint=endpoint)["Images"]
+        copies = aws("ec2", "describe-images", "--region", "ap-southeast-2", "--owners", "self", endpoint=endpoint)[
+            "Images"
+        ]
         assert [image["ImageId"] for image in copies] == [output["regions"][2]["image_id"]]
 
         # The tag trigger, as on AWS: tagging the instance is all it takes.
-        aws("ec2", "create-tags", "--resources", instance_id, "--tags", "Key=ami-factory:regions,Value=eu-west-1",
-            "Key=ami-factory:create,Value=true", endpoint=endpoint)
+        aws(
+            "ec2",
+            "create-tags",
+            "--resources",
+            instance_id,
+            "--tags",
+            "Key=ami-factory:regions,Value=eu-west-1",
+            "Key=ami-factory:create,Value=true",
+            endpoint=endpoint,
+        )
         listed = aws("stepfunctions", "list-executions", "--state-machine-arn", arn, endpoint=endpoint)["executions"]
         (tagged,) = [e for e in listed if e["name"].startswith(f"{instance_id}-tag-")]
         deadline = time.monotonic() + 90
-        while aws("stepfunctions", "describe-execution", "--execution-arn", tagged["executionArn"],
-                  endpoint=endpoint)["status"] == "RUNNING" and time.monotonic() < deadline:
+        while (
+            aws("stepfunctions", "describe-execution", "--execution-arn", tagged["executionArn"], endpoint=endpoint)[
+                "status"
+            ]
+            == "RUNNING"
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
-        tags = aws("ec2", "describe-tags", "--filters", f"Name=resource-id,Values={instance_id}", endpoint=endpoint)["Tags"]
+        tags = aws("ec2", "describe-tags", "--filters", f"Name=resource-id,Values={instance_id}", endpoint=endpoint)[
+            "Tags"
+        ]
         assert {t["Key"]: t["Value"] for t in tags}["ami-factory:last-status"] == "SUCCEEDED"
     finally:
         server.terminate()
@@ -129,21 +191,51 @@ def test_cli_says_what_is_wrong_with_a_bad_request(make_emulator) -> None:
     emu: Emulator = make_emulator()
     instance_id = emu.launch_instance()
     out = io.StringIO()
-    args = cli.parser().parse_args(["run", "--instance-id", instance_id, "--share-accounts", OTHER_ACCOUNT,
-                                    "--state-machine-arn", emu.state_machine_arn, "--poll-seconds", "0.01"])
+    args = cli.parser().parse_args(
+        [
+            "run",
+            "--instance-id",
+            instance_id,
+            "--share-accounts",
+            OTHER_ACCOUNT,
+            "--state-machine-arn",
+            emu.state_machine_arn,
+            "--poll-seconds",
+            "0.01",
+        ]
+    )
     assert cli.run(args, out) == 1
     text = out.getvalue()
     assert "FAILED" in text
-    assert f"ShareTargetNotAllowedError: account(s) ['{OTHER_ACCOUNT}'] are not in the deployment's AllowedShareAccounts" in text
+    assert (
+        f"ShareTargetNotAllowedError: account(s) ['{OTHER_ACCOUNT}'] are not in the deployment's AllowedShareAccounts"
+        in text
+    )
 
 
 def test_cli_finds_the_state_machine_and_builds_the_request(make_emulator) -> None:
     emu: Emulator = make_emulator()
-    args = cli.parser().parse_args(["run", "--instance-id", "i-0123456789abcdef0", "--regions", "eu-west-1",
-                                    "--mode", "no-reboot", "--tag", "team=platform", "--share-ous", "ou-arn"])
+    args = cli.parser().parse_args(
+        [
+            "run",
+            "--instance-id",
+            "i-0123456789abcdef0",
+            "--regions",
+            "eu-west-1",
+            "--mode",
+            "no-reboot",
+            "--tag",
+            "team=platform",
+            "--share-ous",
+            "ou-arn",
+        ]
+    )
     assert cli.build_request(args) == {
-        "instance_id": "i-0123456789abcdef0", "mode": "no-reboot", "regions": ["eu-west-1"],
-        "share": {"organizational_units": ["ou-arn"]}, "tags": {"team": "platform"},
+        "instance_id": "i-0123456789abcdef0",
+        "mode": "no-reboot",
+        "regions": ["eu-west-1"],
+        "share": {"organizational_units": ["ou-arn"]},
+        "tags": {"team": "platform"},
     }
     assert cli.find_state_machine(emu.client("stepfunctions"), None, None) == emu.state_machine_arn
 
@@ -173,10 +265,23 @@ def test_cli_finds_the_state_machine_from_the_stack_outputs() -> None:
     import boto3
     from botocore.stub import Stubber
 
-    cloudformation = boto3.client("cloudformation", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    cloudformation = boto3.client(
+        "cloudformation", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
     arn = "arn:aws:states:us-east-1:123456789012:stateMachine:ImagingStateMachine-AbC123"
     with Stubber(cloudformation) as stub:
-        stub.add_response("describe_stacks", {"Stacks": [{
-            "StackName": "ami-factory", "CreationTime": "2026-11-27T00:00:00Z", "StackStatus": "CREATE_COMPLETE",
-            "Outputs": [{"OutputKey": "StateMachineArn", "OutputValue": arn}]}]}, {"StackName": "ami-factory"})
+        stub.add_response(
+            "describe_stacks",
+            {
+                "Stacks": [
+                    {
+                        "StackName": "ami-factory",
+                        "CreationTime": "2026-11-27T00:00:00Z",
+                        "StackStatus": "CREATE_COMPLETE",
+                        "Outputs": [{"OutputKey": "StateMachineArn", "OutputValue": arn}],
+                    }
+                ]
+            },
+            {"StackName": "ami-factory"},
+        )
         assert cli.find_state_machine(sfn=None, stack_name="ami-factory", cloudformation=cloudformation) == arn

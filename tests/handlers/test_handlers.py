@@ -26,7 +26,9 @@ def invoke_error(emu: Emulator, function: str, payload: dict[str, Any]) -> dict[
 def plan(emu: Emulator) -> dict[str, Any]:
     instance_id = emu.launch_instance(name="web")
     request = sample("request-basic.json", instance_id=instance_id)
-    return invoke(emu, "ResolveRequest", {"request": request, "run_id": "run-7", "state_machine_arn": emu.state_machine_arn})
+    return invoke(
+        emu, "ResolveRequest", {"request": request, "run_id": "run-7", "state_machine_arn": emu.state_machine_arn}
+    )
 
 
 def test_resolve_request_turns_a_sample_request_into_a_plan(plan: dict[str, Any]) -> None:
@@ -63,7 +65,9 @@ def test_copy_image_retried_makes_one_copy_with_token_and_tags(emu: Emulator, pl
     assert tags["ami-factory:run"] == "run-7"
 
 
-def test_share_refuses_a_target_outside_the_allow_list_even_from_tampered_state(emu: Emulator, plan: dict[str, Any]) -> None:
+def test_share_refuses_a_target_outside_the_allow_list_even_from_tampered_state(
+    emu: Emulator, plan: dict[str, Any]
+) -> None:
     image = invoke(emu, "CreateImage", plan)
     error = invoke_error(emu, "ShareImage", {"image": image, "share": {"accounts": [ALLOWED_ACCOUNT, OTHER_ACCOUNT]}})
     assert error["errorType"] == "ShareTargetNotAllowedError"
@@ -88,7 +92,9 @@ def test_handle_failure_removes_only_what_the_run_made(emu: Emulator, plan: dict
     image = invoke(emu, "CreateImage", plan)
     bystander_instance = emu.launch_instance(name="other")
     bystander = ec2.create_image(InstanceId=bystander_instance, Name="not-ours")["ImageId"]
-    ec2.create_tags(Resources=[bystander], Tags=[{"Key": "ami-factory:run", "Value": "run-7"}])  # tag alone is not enough
+    ec2.create_tags(
+        Resources=[bystander], Tags=[{"Key": "ami-factory:run", "Value": "run-7"}]
+    )  # tag alone is not enough
     summary = invoke(emu, "HandleFailure", {**plan, "error": {"Error": "ImageFailedError", "Cause": "test"}})
     assert summary["cleaned_up"] == [f"us-east-1:{image['image_id']}"]
     remaining = {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]}
@@ -104,11 +110,15 @@ def test_check_instance_stops_waiting_for_a_terminated_instance(emu: Emulator, p
     assert "terminated" in error["errorMessage"]
 
 
-def test_launch_clone_retried_finds_its_clone_and_scaffolding_removal_touches_only_the_scaffolding(emu: Emulator) -> None:
+def test_launch_clone_retried_finds_its_clone_and_scaffolding_removal_touches_only_the_scaffolding(
+    emu: Emulator,
+) -> None:
     source = emu.launch_instance(name="golden")
     emu.world.ssm_manage(source, "Linux")
     request = {"instance_id": source, "mode": "generalize", "regions": []}
-    plan = invoke(emu, "ResolveRequest", {"request": request, "run_id": "run-8", "state_machine_arn": emu.state_machine_arn})
+    plan = invoke(
+        emu, "ResolveRequest", {"request": request, "run_id": "run-8", "state_machine_arn": emu.state_machine_arn}
+    )
     seed = invoke(emu, "CreateSeedImage", plan)
     assert invoke(emu, "CreateSeedImage", plan)["image_id"] == seed["image_id"], "one seed per run"
     clone = invoke(emu, "LaunchClone", {**plan, "seed": seed})
@@ -122,5 +132,9 @@ def test_launch_clone_retried_finds_its_clone_and_scaffolding_removal_touches_on
     invoke(emu, "RestoreInstance", {"instance": instance, "run_id": "run-8", "mode": "generalize"})
     assert [r.params["InstanceIds"] for r in emu.world.sent("TerminateInstances")] == [[clone["instance_id"]]]
     assert [r.params["ImageId"] for r in emu.world.sent("DeregisterImage")] == [seed["image_id"]]
-    states = {i["InstanceId"]: i["State"]["Name"] for r in emu.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]}
+    states = {
+        i["InstanceId"]: i["State"]["Name"]
+        for r in emu.client("ec2").describe_instances()["Reservations"]
+        for i in r["Instances"]
+    }
     assert states[bystander] == "running" and states[source] == "running"

@@ -21,7 +21,10 @@ from write_asl import asl_text
 
 ROOT = Path(__file__).resolve().parents[2]
 LAMBDA_SERVICE_ERRORS = {
-    "Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException", "Lambda.TooManyRequestsException",
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
 }
 SAM = shutil.which("sam") or str(Path(sys.executable).parent / "sam")
 
@@ -49,12 +52,28 @@ def asl(machine: dict[str, Any]) -> dict[str, Any]:
 
 
 ALL_FUNCTIONS = [
-    "ResolveRequestFunction", "PrepareInstanceFunction", "CheckInstanceFunction", "CreateImageFunction",
-    "CheckImageFunction", "RestoreInstanceFunction", "CopyImageFunction", "ShareImageFunction",
-    "PublishParameterFunction", "FinalizeFunction", "HandleFailureFunction", "RunCleanupFunction",
-    "CheckCommandFunction", "CreateSeedImageFunction", "LaunchCloneFunction", "CheckCloneFunction",
-    "GeneralizeFunction", "CheckGeneralizeFunction", "ProtectImageFunction", "StartLaunchCheckFunction",
-    "CheckLaunchFunction", "EndLaunchCheckFunction",
+    "ResolveRequestFunction",
+    "PrepareInstanceFunction",
+    "CheckInstanceFunction",
+    "CreateImageFunction",
+    "CheckImageFunction",
+    "RestoreInstanceFunction",
+    "CopyImageFunction",
+    "ShareImageFunction",
+    "PublishParameterFunction",
+    "FinalizeFunction",
+    "HandleFailureFunction",
+    "RunCleanupFunction",
+    "CheckCommandFunction",
+    "CreateSeedImageFunction",
+    "LaunchCloneFunction",
+    "CheckCloneFunction",
+    "GeneralizeFunction",
+    "CheckGeneralizeFunction",
+    "ProtectImageFunction",
+    "StartLaunchCheckFunction",
+    "CheckLaunchFunction",
+    "EndLaunchCheckFunction",
 ]
 
 
@@ -63,14 +82,26 @@ def sam_env() -> dict[str, str]:
 
 
 def test_sam_validate_lint_is_clean() -> None:
-    result = subprocess.run([SAM, "validate", "--lint", "-t", "template.yaml"], cwd=ROOT, env=sam_env(),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [SAM, "validate", "--lint", "-t", "template.yaml"],
+        cwd=ROOT,
+        env=sam_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_sam_build_succeeds(tmp_path: Path) -> None:
-    result = subprocess.run([SAM, "build", "--build-dir", str(tmp_path / "build"), "-t", "template.yaml"],
-                            cwd=ROOT, env=sam_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [SAM, "build", "--build-dir", str(tmp_path / "build"), "-t", "template.yaml"],
+        cwd=ROOT,
+        env=sam_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     layer = tmp_path / "build" / "SharedLayer" / "python"
     assert (layer / "ami_factory" / "workflow.py").exists(), "the layer must carry the domain package"
@@ -146,7 +177,9 @@ def test_every_lambda_task_has_timeout_retry_and_catch(asl: dict[str, Any]) -> N
         retried = {error for retrier in task["Retry"] for error in retrier["ErrorEquals"]}
         transient = {error.__name__ for error in RETRYABLE_ERRORS}
         assert transient <= retried, f"{name} does not retry {sorted(transient - retried)}"
-        assert retried - transient <= LAMBDA_SERVICE_ERRORS, f"{name} retries {sorted(retried - transient - LAMBDA_SERVICE_ERRORS)}"
+        assert retried - transient <= LAMBDA_SERVICE_ERRORS, (
+            f"{name} retries {sorted(retried - transient - LAMBDA_SERVICE_ERRORS)}"
+        )
 
 
 def test_every_error_name_is_ours_or_the_services(asl: dict[str, Any]) -> None:
@@ -154,7 +187,9 @@ def test_every_error_name_is_ours_or_the_services(asl: dict[str, Any]) -> None:
     for name, state in _states(asl).items():
         for rule in state.get("Retry", []) + state.get("Catch", []):
             for error in rule["ErrorEquals"]:
-                assert error in ours or error.startswith(("States.", "Lambda.")), f"{name} matches unknown error {error}"
+                assert error in ours or error.startswith(("States.", "Lambda.")), (
+                    f"{name} matches unknown error {error}"
+                )
         if state["Type"] == "Fail" and "Error" in state:
             assert state["Error"] in ours or state["Error"].startswith("States."), name
 
@@ -199,10 +234,16 @@ def test_iam_never_grants_ec2_wildcard(template: dict[str, Any]) -> None:
             for statement in policy.get("Statement", []):
                 for action in statement["Action"]:
                     assert not action.endswith(":*"), f"{name} grants {action}"
-                mutating = [a for a in statement["Action"] if not a.split(":")[1].startswith(("Describe", "Get", "List"))]
+                mutating = [
+                    a for a in statement["Action"] if not a.split(":")[1].startswith(("Describe", "Get", "List"))
+                ]
                 # The one exception: KMS key use for encrypted images, which only EC2 may exercise.
                 through_ec2 = "kms:ViaService" in json.dumps(statement.get("Condition", {}))
-                if mutating and statement["Resource"] == "*" and not (through_ec2 and all(a.startswith("kms:") for a in mutating)):
+                if (
+                    mutating
+                    and statement["Resource"] == "*"
+                    and not (through_ec2 and all(a.startswith("kms:") for a in mutating))
+                ):
                     pytest.fail(f"{name} grants {mutating} on every resource")
 
 

@@ -63,8 +63,13 @@ def test_the_world_honours_copy_client_tokens_and_refuses_duplicate_names() -> N
         with pytest.raises(ClientError, match="InvalidAMIName.Duplicate"):
             emu.client("ec2").create_image(InstanceId=instance_id, Name="source-image")
         ec2 = emu.client("ec2", "eu-west-1")
-        copy = dict(SourceImageId=source, SourceRegion="us-east-1", Name="copy", ClientToken="token-1",
-                    TagSpecifications=[{"ResourceType": "image", "Tags": [{"Key": "k", "Value": "v"}]}])
+        copy = dict(
+            SourceImageId=source,
+            SourceRegion="us-east-1",
+            Name="copy",
+            ClientToken="token-1",
+            TagSpecifications=[{"ResourceType": "image", "Tags": [{"Key": "k", "Value": "v"}]}],
+        )
         first, again = ec2.copy_image(**copy)["ImageId"], ec2.copy_image(**copy)["ImageId"]
         assert first == again
         (image,) = ec2.describe_images(Owners=["self"])["Images"]

@@ -13,11 +13,18 @@ def test_correlation_keys_follow_the_steps_inputs() -> None:
     assert correlation_keys(command) == {"instance": "i-0123456789abcdef0", "region": "us-east-1"}
     image = CheckImageInput.model_validate({"image": {"region": "eu-west-1", "image_id": "ami-1"}, "max_polls": 3})
     assert correlation_keys(image) == {"image": "ami-1", "region": "eu-west-1"}
-    copy = CopyImageInput.model_validate({
-        "run_id": "run-1", "image_name": "n", "description": "d", "tags": {},
-        "region": {"name": "ap-southeast-2", "is_source": False},
-        "source_image": {"region": "us-east-1", "image_id": "ami-1"},
-    })
+    copy = CopyImageInput.model_validate(
+        {
+            "run_id": "run-1",
+            "image_name": "n",
+            "description": "d",
+            "tags": {},
+            "region": {"name": "ap-southeast-2", "is_source": False},
+            "source_image": {"region": "us-east-1", "image_id": "ami-1"},
+        }
+    )
     assert correlation_keys(copy) == {"execution": "run-1", "image": "ami-1", "region": "ap-southeast-2"}
-    clone = CheckCloneInput.model_validate({"clone": {"instance_id": "i-0fedcba9876543210", "region": "us-east-1"}, "max_polls": 3})
+    clone = CheckCloneInput.model_validate(
+        {"clone": {"instance_id": "i-0fedcba9876543210", "region": "us-east-1"}, "max_polls": 3}
+    )
     assert correlation_keys(clone) == {"clone": "i-0fedcba9876543210", "region": "us-east-1"}

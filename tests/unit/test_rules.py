@@ -65,16 +65,28 @@ def request(**fields: object) -> ImagingRequest:
         ({"mode": "generalize-in-place"}, "confirm_generalize_in_place to true"),
         ({"mode": "stop", "confirm_generalize_in_place": True}, "only applies to mode generalize-in-place"),
         ({"mode": "generalize", "windows": {"admin_password": "specify"}}, "needs admin_password_parameter"),
-        ({"mode": "generalize", "windows": {"admin_password_parameter": "/p"}}, "only read with admin_password specify"),
-        ({"mode": "generalize", "windows": {"admin_password": "specify", "admin_password_parameter": "x'; rm"}},
-         "windows.admin_password_parameter"),
+        (
+            {"mode": "generalize", "windows": {"admin_password_parameter": "/p"}},
+            "only read with admin_password specify",
+        ),
+        (
+            {"mode": "generalize", "windows": {"admin_password": "specify", "admin_password_parameter": "x'; rm"}},
+            "windows.admin_password_parameter",
+        ),
         ({"mode": "stop", "clone": {"instance_type": "m6i.large"}}, "clone options only apply to mode generalize"),
         ({"mode": "no-reboot", "windows": {"admin_password": "do-nothing"}}, "only apply to the generalize modes"),
         ({"mode": "generalize", "clone": {"subnet_id": "subnet-1"}}, "clone.subnet_id"),
         ({"share": {"public": True}, "protection": {"deprecate_after_days": 731}}, "at most 730 days"),
         ({"protection": {"cooldown": True}}, "cooldown only applies with deregistration_protection"),
-        ({"share": {"organizational_units": ["arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-ab12-cdef3456"],
-                    "snapshot_permissions": True}}, "EBS snapshots have no organization or OU principals"),
+        (
+            {
+                "share": {
+                    "organizational_units": ["arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-ab12-cdef3456"],
+                    "snapshot_permissions": True,
+                }
+            },
+            "EBS snapshots have no organization or OU principals",
+        ),
         ({"copy_completion_minutes": 20}, "copy_completion_minutes"),
         ({"copy_completion_minutes": 2895}, "copy_completion_minutes"),
     ],
@@ -162,19 +174,45 @@ def test_who_may_use_a_key_policy_statements_conditions_and_grants() -> None:
     ou = "arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-ab12-cdef3456"
     share = ShareTargets(accounts=["111122223333", "444455556666"], organizations=[org], organizational_units=[ou])
     use = ["kms:Decrypt", "kms:DescribeKey", "kms:CreateGrant", "kms:ReEncrypt*", "kms:GenerateDataKey*"]
-    owner_only = {"Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "kms:*"}]}
+    owner_only = {
+        "Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "kms:*"}]
+    }
     assert principals_without_key_access(owner_only, [], share) == ["111122223333", "444455556666", org, ou]
     one_account = {"Statement": [{"Effect": "Allow", "Principal": {"AWS": "111122223333"}, "Action": use}]}
     assert principals_without_key_access(one_account, ["arn:aws:iam::444455556666:root"], share) == [org, ou]
-    decrypt_only = {"Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"}, "Action": "kms:Decrypt"}]}
+    decrypt_only = {
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"}, "Action": "kms:Decrypt"}
+        ]
+    }
     assert "111122223333" in principals_without_key_access(decrypt_only, [], share), "launching needs more than Decrypt"
-    a_role = {"Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:role/x"}, "Action": "kms:*"}]}
+    a_role = {
+        "Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:role/x"}, "Action": "kms:*"}]
+    }
     assert "111122223333" in principals_without_key_access(a_role, [], share), "a role is not the account"
-    by_org = {"Statement": {"Effect": "Allow", "Principal": "*", "Action": use,
-                            "Condition": {"StringEquals": {"aws:PrincipalOrgID": "o-exampleorgid"}}}}
+    by_org = {
+        "Statement": {
+            "Effect": "Allow",
+            "Principal": "*",
+            "Action": use,
+            "Condition": {"StringEquals": {"aws:PrincipalOrgID": "o-exampleorgid"}},
+        }
+    }
     assert principals_without_key_access(by_org, [], share) == ["111122223333", "444455556666"]
-    by_path = {"Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:*",
-                              "Condition": {"ForAnyValue:StringLike": {"aws:PrincipalOrgPaths": ["o-exampleorgid/r-ab12/ou-ab12-cdef3456/*"]}}}]}
-    assert ou not in principals_without_key_access(by_path, [], share) and org in principals_without_key_access(by_path, [], share)
+    by_path = {
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": "*"},
+                "Action": "kms:*",
+                "Condition": {
+                    "ForAnyValue:StringLike": {"aws:PrincipalOrgPaths": ["o-exampleorgid/r-ab12/ou-ab12-cdef3456/*"]}
+                },
+            }
+        ]
+    }
+    assert ou not in principals_without_key_access(by_path, [], share) and org in principals_without_key_access(
+        by_path, [], share
+    )
     denied = {"Statement": [{"Effect": "Deny", "Principal": "*", "Action": "kms:*"}]}
     assert len(principals_without_key_access(denied, [], share)) == 4

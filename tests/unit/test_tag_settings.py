@@ -14,15 +14,19 @@ INSTANCE = "i-0123456789abcdef0"
 
 
 def test_tags_become_a_request() -> None:
-    request = request_from_tags(INSTANCE, {
-        "Name": "web",
-        "ami-factory:regions": "eu-west-1, ap-southeast-2  us-west-2",
-        "ami-factory:share-accounts": "111122223333",
-        "ami-factory:mode": "no-reboot",
-        "ami-factory:image-name": "web-server",
-        "ami-factory:description": "patched",
-        "ami-factory:cleanup": "True",
-    }, SETTINGS)
+    request = request_from_tags(
+        INSTANCE,
+        {
+            "Name": "web",
+            "ami-factory:regions": "eu-west-1, ap-southeast-2  us-west-2",
+            "ami-factory:share-accounts": "111122223333",
+            "ami-factory:mode": "no-reboot",
+            "ami-factory:image-name": "web-server",
+            "ami-factory:description": "patched",
+            "ami-factory:cleanup": "True",
+        },
+        SETTINGS,
+    )
     assert request.regions == ["eu-west-1", "ap-southeast-2", "us-west-2"]
     assert request.share.accounts == ["111122223333"]
     assert (request.mode, request.image_name, request.description) == ("no-reboot", "web-server", "patched")
@@ -30,15 +34,19 @@ def test_tags_become_a_request() -> None:
 
 
 def test_generalize_settings_come_from_tags_too() -> None:
-    request = request_from_tags(INSTANCE, {
-        "ami-factory:mode": "generalize",
-        "ami-factory:admin-password": "specify",
-        "ami-factory:admin-password-parameter": "/images/admin",
-        "ami-factory:clone-instance-type": "m6i.large",
-        "ami-factory:clone-subnet": "subnet-0123456789abcdef0",
-        "ami-factory:clone-security-groups": "sg-0123456789abcdef0, sg-0fedcba9876543210",
-        "ami-factory:clone-instance-profile": "ImageBuilderProfile",
-    }, SETTINGS)
+    request = request_from_tags(
+        INSTANCE,
+        {
+            "ami-factory:mode": "generalize",
+            "ami-factory:admin-password": "specify",
+            "ami-factory:admin-password-parameter": "/images/admin",
+            "ami-factory:clone-instance-type": "m6i.large",
+            "ami-factory:clone-subnet": "subnet-0123456789abcdef0",
+            "ami-factory:clone-security-groups": "sg-0123456789abcdef0, sg-0fedcba9876543210",
+            "ami-factory:clone-instance-profile": "ImageBuilderProfile",
+        },
+        SETTINGS,
+    )
     assert (request.windows.admin_password, request.windows.admin_password_parameter) == ("specify", "/images/admin")
     assert request.clone.security_group_ids == ["sg-0123456789abcdef0", "sg-0fedcba9876543210"]
     assert (request.clone.instance_type, request.clone.subnet_id) == ("m6i.large", "subnet-0123456789abcdef0")
@@ -49,18 +57,22 @@ def test_generalize_settings_come_from_tags_too() -> None:
 
 
 def test_distribution_settings_come_from_tags_too() -> None:
-    request = request_from_tags(INSTANCE, {
-        "ami-factory:share-accounts": "111122223333",
-        "ami-factory:share-snapshot-permissions": "true",
-        "ami-factory:deprecate-after-days": "90",
-        "ami-factory:deregistration-protection": "TRUE",
-        "ami-factory:protection-cooldown": "true",
-        "ami-factory:copy-completion-minutes": "45",
-        "ami-factory:encrypt": "true",
-        "ami-factory:launch-check": "true",
-        "ami-factory:keep-newest": "3",
-        "ami-factory:max-age-days": "90",
-    }, SETTINGS)
+    request = request_from_tags(
+        INSTANCE,
+        {
+            "ami-factory:share-accounts": "111122223333",
+            "ami-factory:share-snapshot-permissions": "true",
+            "ami-factory:deprecate-after-days": "90",
+            "ami-factory:deregistration-protection": "TRUE",
+            "ami-factory:protection-cooldown": "true",
+            "ami-factory:copy-completion-minutes": "45",
+            "ami-factory:encrypt": "true",
+            "ami-factory:launch-check": "true",
+            "ami-factory:keep-newest": "3",
+            "ami-factory:max-age-days": "90",
+        },
+        SETTINGS,
+    )
     assert request.encrypt is True and request.launch_check is True
     assert (request.retention.keep_newest, request.retention.max_age_days) == (3, 90)
     assert request.share.snapshot_permissions is True and request.copy_completion_minutes == 45

@@ -34,7 +34,11 @@ def test_cleanup_runs_on_the_instance_before_it_is_stopped_and_imaged(
     assert "clean-up" in command.params["Comment"]
     sequence = operations(emu)
     assert sequence.index("SendCommand") < sequence.index("StopInstances") < sequence.index("CreateImage")
-    checks = [e for e in result.history if e["type"] == "TaskStateEntered" and e["stateEnteredEventDetails"]["name"] == "CheckCleanup"]
+    checks = [
+        e
+        for e in result.history
+        if e["type"] == "TaskStateEntered" and e["stateEnteredEventDetails"]["name"] == "CheckCleanup"
+    ]
     assert len(checks) == 3, "the command took 150 s: three checks a minute apart"
 
 
@@ -68,6 +72,9 @@ def test_cleanup_on_an_instance_ssm_cannot_reach_fails_before_anything_is_touche
     result = emu.run(sample("request-cleanup.json", instance_id=instance_id), name="unreachable")
     assert result.status == "FAILED" and result.error == "InstanceNotManagedError"
     assert message in result.cause_message
-    mutating = {op for op in emu.world.calls("ec2") if not op.startswith("Describe")} - {"RunInstances", "RegisterImage"}
+    mutating = {op for op in emu.world.calls("ec2") if not op.startswith("Describe")} - {
+        "RunInstances",
+        "RegisterImage",
+    }
     assert mutating == set(), f"nothing may change, sent {mutating}"
     assert emu.world.sent("SendCommand") == []

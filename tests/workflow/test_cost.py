@@ -29,7 +29,10 @@ def test_the_summary_prices_the_images_like_a_hand_calculation(emu: Emulator) ->
     # 3 Regions x 15 GiB x $0.05 = $2.25 a month; archive 45 x $0.0125 = $0.5625; two copies x 15 GiB x $0.02 = $0.60
     assert (cost["monthly_standard"], cost["monthly_archive"], cost["copy_transfer_once"]) == (2.25, 0.5625, 0.6)
     assert [(r["region"], r["copy_transfer"]) for r in cost["regions"]] == [
-        ("us-east-1", 0.0), ("eu-west-1", 0.3), ("ap-southeast-2", 0.3)]
+        ("us-east-1", 0.0),
+        ("eu-west-1", 0.3),
+        ("ap-southeast-2", 0.3),
+    ]
 
 
 def test_price_overrides_reach_the_summary(make_emulator) -> None:
@@ -45,7 +48,9 @@ def test_the_cli_estimates_every_image_made_of_an_instance(emu: Emulator) -> Non
     for run in ("one", "two"):
         assert emu.run(sample("request-basic.json", instance_id=instance_id), name=run).status == "SUCCEEDED"
     out = io.StringIO()
-    args = cli.parser().parse_args(["estimate", "--instance-id", instance_id, "--regions", "eu-west-1,ap-southeast-2", "--region", "us-east-1"])
+    args = cli.parser().parse_args(
+        ["estimate", "--instance-id", instance_id, "--regions", "eu-west-1,ap-southeast-2", "--region", "us-east-1"]
+    )
     assert cli.estimate(args, out) == 0
     report = out.getvalue()
     assert report.count("ami-factory-web-one") == 3 and report.count("ami-factory-web-two") == 3

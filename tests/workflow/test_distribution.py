@@ -18,7 +18,9 @@ def tags(resource: dict[str, Any]) -> dict[str, str]:
 
 
 def run_images(emu: Emulator, region: str, run: str) -> list[dict[str, Any]]:
-    found = emu.client("ec2", region).describe_images(Owners=["self"], Filters=[{"Name": "tag:ami-factory:run", "Values": [run]}])
+    found = emu.client("ec2", region).describe_images(
+        Owners=["self"], Filters=[{"Name": "tag:ami-factory:run", "Values": [run]}]
+    )
     return found["Images"]
 
 
@@ -28,7 +30,10 @@ def launch_permissions(emu: Emulator, region: str, image_id: str) -> list[dict[s
 
 
 def nothing_was_changed(emu: Emulator) -> None:
-    mutating = {op for op in emu.world.calls("ec2") if not op.startswith(("Describe", "Get"))} - {"RunInstances", "RegisterImage"}
+    mutating = {op for op in emu.world.calls("ec2") if not op.startswith(("Describe", "Get"))} - {
+        "RunInstances",
+        "RegisterImage",
+    }
     assert mutating == set(), f"nothing may change, sent {mutating}"
 
 
@@ -68,7 +73,9 @@ def test_a_region_at_its_public_image_limit_fails_before_anything_changes(make_e
     ec2 = emu.client("ec2", "eu-west-1")
     for n in range(5):
         image_id = ec2.register_image(Name=f"already-public-{n}", RootDeviceName="/dev/xvda")["ImageId"]
-        ec2.modify_image_attribute(ImageId=image_id, Attribute="launchPermission", LaunchPermission={"Add": [{"Group": "all"}]})
+        ec2.modify_image_attribute(
+            ImageId=image_id, Attribute="launchPermission", LaunchPermission={"Add": [{"Group": "all"}]}
+        )
     emu.world.requests.clear()
     instance_id = emu.launch_instance(name="web")
     result = emu.run(public_request(instance_id), name="quota")
@@ -149,7 +156,9 @@ def test_no_protection_asked_no_protection_calls(emu: Emulator) -> None:
     instance_id = emu.launch_instance(name="web")
     result = emu.run(sample("request-basic.json", instance_id=instance_id), name="plain")
     assert result.status == "SUCCEEDED", result.cause
-    assert emu.world.sent("EnableImageDeprecation") == [] and emu.world.sent("EnableImageDeregistrationProtection") == []
+    assert (
+        emu.world.sent("EnableImageDeprecation") == [] and emu.world.sent("EnableImageDeregistrationProtection") == []
+    )
     assert all(r["deprecate_at"] is None and r["deregistration_protection"] is False for r in result.output["regions"])
     assert all("SnapshotCopyCompletionDurationMinutes" not in r.params for r in emu.world.sent("CopyImage"))
 
@@ -172,11 +181,20 @@ def create_keys(emu: Emulator, users: list[str], regions: list[str] = REGIONS) -
     """A customer managed key per Region behind the alias the deployment names, usable by ``users``."""
     created = {}
     for region in regions:
-        statements = [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "kms:*", "Resource": "*"}]
+        statements = [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+                "Action": "kms:*",
+                "Resource": "*",
+            }
+        ]
         if users:
             statements.append({"Effect": "Allow", "Principal": {"AWS": users}, "Action": KEY_USERS, "Resource": "*"})
         kms = emu.client("kms", region)
-        key = kms.create_key(Description="AMI Factory images", Policy=json.dumps({"Version": "2012-10-17", "Statement": statements}))
+        key = kms.create_key(
+            Description="AMI Factory images", Policy=json.dumps({"Version": "2012-10-17", "Statement": statements})
+        )
         kms.create_alias(AliasName=KEY_ALIAS, TargetKeyId=key["KeyMetadata"]["KeyId"])
         created[region] = key["KeyMetadata"]["Arn"]
     return created
@@ -196,7 +214,8 @@ def test_encrypted_copies_in_three_regions_each_with_its_own_key(make_emulator) 
     for region in REGIONS:
         (image,) = run_images(emu, region, "sealed")
         assert image["Name"] == "ami-factory-web-sealed" and image["ImageId"] == next(
-            r["image_id"] for r in result.output["regions"] if r["region"] == region)
+            r["image_id"] for r in result.output["regions"] if r["region"] == region
+        )
         snapshot = snapshot_of(emu, region, image)
         assert snapshot["Encrypted"] is True and snapshot["KmsKeyId"] == key_arn(region)
         assert launch_permissions(emu, region, image["ImageId"]) == [{"UserId": ALLOWED_ACCOUNT}]
@@ -205,7 +224,9 @@ def test_encrypted_copies_in_three_regions_each_with_its_own_key(make_emulator) 
     assert all(p["Encrypted"] in (True, "true") and p["KmsKeyId"] == key_arn(region) for region, p in copies.items())
     (capture_create,) = emu.world.sent("CreateImage")
     assert capture_create.params["Name"] == "ami-factory-web-sealed-capture"
-    assert result.output["cleaned_up"] == [f"us-east-1:{copies['us-east-1']['SourceImageId']}"], "the capture is removed"
+    assert result.output["cleaned_up"] == [f"us-east-1:{copies['us-east-1']['SourceImageId']}"], (
+        "the capture is removed"
+    )
 
 
 def test_an_aws_managed_key_shared_cross_account_without_encrypt_is_refused_before_anything(make_emulator) -> None:
@@ -223,11 +244,15 @@ def test_a_key_a_share_target_cannot_use_is_refused_naming_the_account(make_emul
     instance_id = emu.launch_instance(name="web")
     result = emu.run(sample("request-basic.json", instance_id=instance_id, encrypt=True), name="no-grant")
     assert result.status == "FAILED" and result.error == "KeyAccessError"
-    assert f"does not let ['{ALLOWED_ACCOUNT}'] use it" in result.cause_message and key_arn("us-east-1") in result.cause_message
+    assert (
+        f"does not let ['{ALLOWED_ACCOUNT}'] use it" in result.cause_message
+        and key_arn("us-east-1") in result.cause_message
+    )
     nothing_was_changed(emu)
     (read,) = emu.world.sent("GetKeyPolicy")
-    assert read.params["PolicyName"] == "default" and read.params["KeyId"].startswith("arn:aws:kms:us-east-1:"), \
+    assert read.params["PolicyName"] == "default" and read.params["KeyId"].startswith("arn:aws:kms:us-east-1:"), (
         "the policy is read by key ARN (GetKeyPolicy takes no alias)"
+    )
     assert emu.world.sent("ListGrants"), "grants count too"
 
 
@@ -244,8 +269,13 @@ def test_organization_and_ou_may_use_a_key_through_its_policy_conditions(make_em
     emu = encrypting_emulator(make_emulator, regions=["us-east-1", "eu-west-1"])
     for region in ("us-east-1", "eu-west-1"):
         kms = emu.client("kms", region)
-        org_statement = {"Effect": "Allow", "Principal": "*", "Action": KEY_USERS, "Resource": "*",
-                         "Condition": {"StringEquals": {"aws:PrincipalOrgID": "o-exampleorgid"}}}
+        org_statement = {
+            "Effect": "Allow",
+            "Principal": "*",
+            "Action": KEY_USERS,
+            "Resource": "*",
+            "Condition": {"StringEquals": {"aws:PrincipalOrgID": "o-exampleorgid"}},
+        }
         key = kms.create_key(Policy=json.dumps({"Version": "2012-10-17", "Statement": [org_statement]}))
         kms.create_alias(AliasName=KEY_ALIAS, TargetKeyId=key["KeyMetadata"]["KeyId"])
     instance_id = emu.launch_instance(name="base")
@@ -269,8 +299,14 @@ def test_an_instance_on_a_customer_managed_key_is_shared_in_its_region_and_needs
 
 
 def launch_checks(emu: Emulator) -> list[Any]:
-    return [r for r in emu.world.sent("RunInstances") if "ami-factory:launch-check" not in str(r.params) and
-            any(tag.get("Value") == "launch-check" for spec in r.params.get("TagSpecifications", []) for tag in spec["Tags"])]
+    return [
+        r
+        for r in emu.world.sent("RunInstances")
+        if "ami-factory:launch-check" not in str(r.params)
+        and any(
+            tag.get("Value") == "launch-check" for spec in r.params.get("TagSpecifications", []) for tag in spec["Tags"]
+        )
+    ]
 
 
 def test_launch_check_passing_in_every_region(emu: Emulator) -> None:
@@ -285,9 +321,14 @@ def test_launch_check_passing_in_every_region(emu: Emulator) -> None:
         (check,) = [r for r in launched if r.region == region["region"]]
         assert check.params["ImageId"] == region["image_id"], "the check boots the Region's own image"
     assert len(emu.world.sent("TerminateInstances")) == 3
-    checked = [json.loads(e["stateEnteredEventDetails"]["input"])["launched"]["region"] for e in result.history
-               if e["type"] == "TaskStateEntered" and e["stateEnteredEventDetails"]["name"] == "CheckLaunch"]
-    assert all(checked.count(region) >= 3 for region in REGIONS), "status checks initialize for 150 s: 3+ checks a minute apart"
+    checked = [
+        json.loads(e["stateEnteredEventDetails"]["input"])["launched"]["region"]
+        for e in result.history
+        if e["type"] == "TaskStateEntered" and e["stateEnteredEventDetails"]["name"] == "CheckLaunch"
+    ]
+    assert all(checked.count(region) >= 3 for region in REGIONS), (
+        "status checks initialize for 150 s: 3+ checks a minute apart"
+    )
     shared = {r.region: r.at for r in emu.world.sent("ModifyImageAttribute")}
     ended = {r.region: r.at for r in emu.world.sent("TerminateInstances")}
     assert all(ended[region] <= shared[region] for region in REGIONS), "nobody gets an image before it booted"
@@ -304,5 +345,6 @@ def test_a_region_whose_image_fails_its_launch_check_is_failed_and_cleaned_up(em
     assert run_images(emu, "ap-southeast-2", "no-boot") == [], "the image that does not boot is removed"
     assert not [r for r in emu.world.sent("ModifyImageAttribute") if r.region == "ap-southeast-2"], "never shared"
     checks = emu.client("ec2", "ap-southeast-2").describe_instances(
-        Filters=[{"Name": "tag:ami-factory:role", "Values": ["launch-check"]}])["Reservations"]
+        Filters=[{"Name": "tag:ami-factory:role", "Values": ["launch-check"]}]
+    )["Reservations"]
     assert [i["State"]["Name"] for r in checks for i in r["Instances"]] == ["terminated"]

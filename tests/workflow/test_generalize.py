@@ -48,7 +48,10 @@ def commands_to(emu: Emulator, instance_id: str) -> list[Any]:
 
 
 def nothing_was_changed(emu: Emulator) -> None:
-    mutating = {op for op in emu.world.calls("ec2") if not op.startswith("Describe")} - {"RunInstances", "RegisterImage"}
+    mutating = {op for op in emu.world.calls("ec2") if not op.startswith("Describe")} - {
+        "RunInstances",
+        "RegisterImage",
+    }
     assert mutating == set(), f"nothing may change, sent {mutating}"
     assert emu.world.sent("SendCommand") == []
     assert len(emu.world.sent("RunInstances")) == 1, "only the test's own launch"
@@ -57,8 +60,21 @@ def nothing_was_changed(emu: Emulator) -> None:
 @pytest.mark.parametrize(
     "platform, document, must_send",
     [
-        ("Windows", "AWS-RunPowerShellScript", ["reset --block --clean", "sysprep --block --clean --shutdown", "$v2PasswordType = 'random'"]),
-        ("Linux", "AWS-RunShellScript", ["rm -f /etc/ssh/ssh_host_*_key", "truncate -s 0 /etc/machine-id", "cloud-init clean --logs", "shutdown -h +1"]),
+        (
+            "Windows",
+            "AWS-RunPowerShellScript",
+            ["reset --block --clean", "sysprep --block --clean --shutdown", "$v2PasswordType = 'random'"],
+        ),
+        (
+            "Linux",
+            "AWS-RunShellScript",
+            [
+                "rm -f /etc/ssh/ssh_host_*_key",
+                "truncate -s 0 /etc/machine-id",
+                "cloud-init clean --logs",
+                "shutdown -h +1",
+            ],
+        ),
     ],
 )
 def test_generalize_on_a_clone_images_the_clone_and_leaves_the_instance_untouched(
@@ -96,11 +112,19 @@ def test_generalize_on_a_clone_images_the_clone_and_leaves_the_instance_untouche
     assert final["ImageId"] == result.output["regions"][0]["image_id"]
     deregistered = {r.params["ImageId"] for r in emu.world.sent("DeregisterImage")}
     assert len(deregistered) == 1 and final["ImageId"] not in deregistered, "the seed image, and only it, is gone"
-    leftover = snapshot_ids(emu) - snapshots_before - {m["Ebs"]["SnapshotId"] for m in final["BlockDeviceMappings"] if "Ebs" in m}
+    leftover = (
+        snapshot_ids(emu)
+        - snapshots_before
+        - {m["Ebs"]["SnapshotId"] for m in final["BlockDeviceMappings"] if "Ebs" in m}
+    )
     assert leftover == set(), f"the seed's snapshots must be deleted, left {leftover}"
     assert result.output["regions"][1]["status"] == "AVAILABLE"
 
-    checks = [e for e in result.history if e["type"] == "TaskStateEntered" and e["stateEnteredEventDetails"]["name"] == "CheckClone"]
+    checks = [
+        e
+        for e in result.history
+        if e["type"] == "TaskStateEntered" and e["stateEnteredEventDetails"]["name"] == "CheckClone"
+    ]
     assert len(checks) == 3, "the clone registered with SSM 150 s after launch: three checks a minute apart"
 
 
@@ -109,8 +133,12 @@ def test_clone_overrides_reach_run_instances(emu: Emulator) -> None:
     vpc = emu.client("ec2").create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
     subnet = emu.client("ec2").create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24")["Subnet"]["SubnetId"]
     group = emu.client("ec2").create_security_group(GroupName="isolated", Description="no DC", VpcId=vpc)["GroupId"]
-    request = sample("request-generalize.json", instance_id=source, cleanup=False,
-                     clone={"instance_type": "m6i.large", "subnet_id": subnet, "security_group_ids": [group]})
+    request = sample(
+        "request-generalize.json",
+        instance_id=source,
+        cleanup=False,
+        clone={"instance_type": "m6i.large", "subnet_id": subnet, "security_group_ids": [group]},
+    )
     result = emu.run(request, name="override")
     assert result.status == "SUCCEEDED", result.cause
     (launch,) = emu.world.sent("RunInstances")[1:]
@@ -122,7 +150,12 @@ def test_clone_overrides_reach_run_instances(emu: Emulator) -> None:
 
 def test_a_clone_ec2_refuses_to_launch_is_a_clear_error_and_the_seed_is_removed(emu: Emulator) -> None:
     source = launch_managed(emu, "Linux")
-    request = {"instance_id": source, "mode": "generalize", "regions": [], "clone": {"subnet_id": "subnet-0123456789abcdef0"}}
+    request = {
+        "instance_id": source,
+        "mode": "generalize",
+        "regions": [],
+        "clone": {"subnet_id": "subnet-0123456789abcdef0"},
+    }
     result = emu.run(request, name="no-subnet")
     assert result.status == "FAILED" and result.error == "CloneLaunchError"
     assert "InvalidSubnetID.NotFound" in result.cause and "clone.subnet_id" in result.cause
@@ -182,7 +215,11 @@ def test_a_failing_sysprep_leaves_no_image_and_no_clone(emu: Emulator, then_stop
     assert "ended Failed" in result.cause and "nothing is imaged" in result.cause
     assert len(emu.world.sent("CreateImage")) == 1, "only the seed; no image of a half-generalized clone"
     assert run_images(emu, "sysprep-broke") == []
-    assert all(i["State"]["Name"] == "terminated" for i in instances(emu).values() if tags(i).get("ami-factory:role") == "clone")
+    assert all(
+        i["State"]["Name"] == "terminated"
+        for i in instances(emu).values()
+        if tags(i).get("ami-factory:role") == "clone"
+    )
     assert instances(emu)[source]["State"]["Name"] == "running"
     assert tags(instances(emu)[source])["ami-factory:last-error"] == "CommandFailedError"
 
@@ -194,7 +231,11 @@ def test_a_clone_that_never_shuts_down_times_out_and_is_terminated(make_emulator
     result = emu.run({"instance_id": source, "mode": "generalize", "regions": []}, name="stuck")
     assert result.status == "FAILED" and result.error == "WaitTimeoutError"
     assert "raise GeneralizeMaxWaitSeconds" in result.cause
-    checks = [e for e in result.history if e["type"] == "TaskStateEntered" and e["stateEnteredEventDetails"]["name"] == "CheckGeneralize"]
+    checks = [
+        e
+        for e in result.history
+        if e["type"] == "TaskStateEntered" and e["stateEnteredEventDetails"]["name"] == "CheckGeneralize"
+    ]
     assert len(checks) == 10, "600 s at one check a minute"
     assert run_images(emu, "stuck") == [] and len(emu.world.sent("TerminateInstances")) == 1
     assert instances(emu)[source]["State"]["Name"] == "running"
@@ -223,7 +264,9 @@ def test_an_instance_ssm_does_not_manage_is_refused_before_anything_is_touched(e
 
 def test_windows_options_on_a_linux_instance_are_refused(emu: Emulator) -> None:
     source = launch_managed(emu, "Linux")
-    result = emu.run({"instance_id": source, "mode": "generalize", "windows": {"admin_password": "do-nothing"}}, name="lin")
+    result = emu.run(
+        {"instance_id": source, "mode": "generalize", "windows": {"admin_password": "do-nothing"}}, name="lin"
+    )
     assert result.status == "FAILED" and result.error == "InvalidRequestError"
     assert "runs Linux" in result.cause_message
     nothing_was_changed(emu)

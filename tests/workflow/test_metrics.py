@@ -15,11 +15,18 @@ from tests.conftest import sample
 def emitted(out: str) -> list[dict[str, Any]]:
     """Every EMF document a handler printed: its metric values by name."""
     documents = [json.loads(line) for line in out.splitlines() if line.startswith("{") and '"_aws"' in line]
+
     def value(raw: Any) -> float:
         return raw[0] if isinstance(raw, list) and len(raw) == 1 else raw
 
-    return [{name: value(document[name]) for d in document["_aws"]["CloudWatchMetrics"] for name in (m["Name"] for m in d["Metrics"])}
-            for document in documents]
+    return [
+        {
+            name: value(document[name])
+            for d in document["_aws"]["CloudWatchMetrics"]
+            for name in (m["Name"] for m in d["Metrics"])
+        }
+        for document in documents
+    ]
 
 
 def test_a_run_reports_its_start_end_images_and_wait_times(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:

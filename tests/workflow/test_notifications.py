@@ -28,7 +28,11 @@ def test_a_finished_run_publishes_its_summary_to_sns_and_eventbridge(emu: Emulat
         assert f"{region['region']}: {region['image_id']} ({region['parameter_name']})" in published.params["Message"]
     assert "Keeping the images: $2.25/month at most" in published.params["Message"]
     (entry,) = event_entries(emu)
-    assert (entry["Source"], entry["DetailType"], entry["EventBusName"]) == (EVENT_SOURCE, "AMI Factory Image Ready", "default")
+    assert (entry["Source"], entry["DetailType"], entry["EventBusName"]) == (
+        EVENT_SOURCE,
+        "AMI Factory Image Ready",
+        "default",
+    )
     detail = Summary.model_validate_json(entry["Detail"])
     assert [r.image_id for r in detail.regions] == [r["image_id"] for r in result.output["regions"]]
     assert detail.cost and detail.cost.monthly_standard == 2.25
@@ -55,7 +59,9 @@ def test_a_failed_run_publishes_the_failure_with_its_error(emu: Emulator) -> Non
     detail = json.loads(entry["Detail"])
     assert detail["error"] == "ImageFailedError" and detail["status"] == "FAILED"
     (published,) = emu.world.sent("Publish")
-    assert published.params["Subject"].endswith("run failed") and "Error: ImageFailedError" in published.params["Message"]
+    assert (
+        published.params["Subject"].endswith("run failed") and "Error: ImageFailedError" in published.params["Message"]
+    )
 
 
 def test_failing_to_tell_does_not_fail_the_run(emu: Emulator) -> None:

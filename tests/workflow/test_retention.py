@@ -35,7 +35,9 @@ def test_keeps_the_newest_n_deletes_the_rest_with_snapshots_and_a_dry_run_change
     emu = make_emulator(RetentionKeepNewest="2", RetentionScheduleExpression="cron(0 4 ? * * *)")
     made = four_runs(emu)
     untagged = emu.client("ec2").register_image(Name="someone-elses", RootDeviceName="/dev/xvda")["ImageId"]
-    snapshots_before = {s["SnapshotId"] for s in emu.client("ec2", "eu-west-1").describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    snapshots_before = {
+        s["SnapshotId"] for s in emu.client("ec2", "eu-west-1").describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    }
 
     dry = emu.runtime.invoke_checked("ami-factory-local-ApplyRetentionFunction", {"dry_run": True})
     expired = {(region, made[run][region]) for run in ("r1", "r2") for region in REGIONS}
@@ -51,7 +53,9 @@ def test_keeps_the_newest_n_deletes_the_rest_with_snapshots_and_a_dry_run_change
     assert untagged in image_ids(emu, "us-east-1"), "an image without AMI Factory's tags is never touched"
     disabled = [r.params["ImageId"] for r in emu.world.sent("DisableImage")]
     assert sorted(disabled) == sorted(image for _, image in expired), "disabled first, then deregistered"
-    snapshots_after = {s["SnapshotId"] for s in emu.client("ec2", "eu-west-1").describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    snapshots_after = {
+        s["SnapshotId"] for s in emu.client("ec2", "eu-west-1").describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    }
     assert len(snapshots_before - snapshots_after) == 2, "the two deleted images' snapshots go too"
 
 
@@ -61,8 +65,13 @@ def test_protected_referenced_launched_and_latest_images_are_skipped_and_the_rep
     emu.client("ec2", "eu-west-1").enable_image_deregistration_protection(ImageId=made["r1"]["eu-west-1"])
     template = "arn:aws:ec2:ap-southeast-2:123456789012:launch-template/lt-0123456789abcdef0"
     emu.world.image_references[made["r2"]["ap-southeast-2"]] = [("ec2:LaunchTemplate", template)]
-    emu.client("ssm").put_parameter(Name="/ami-factory/web/latest", Value=made["r1"]["us-east-1"], Type="String",
-                                    DataType="aws:ec2:image", Overwrite=True)
+    emu.client("ssm").put_parameter(
+        Name="/ami-factory/web/latest",
+        Value=made["r1"]["us-east-1"],
+        Type="String",
+        DataType="aws:ec2:image",
+        Overwrite=True,
+    )
     emu.client("ec2").run_instances(ImageId=made["r2"]["us-east-1"], MinCount=1, MaxCount=1)
 
     report = emu.runtime.invoke_checked("ami-factory-local-ApplyRetentionFunction", {})
@@ -71,7 +80,10 @@ def test_protected_referenced_launched_and_latest_images_are_skipped_and_the_rep
     assert skipped[("ap-southeast-2", made["r2"]["ap-southeast-2"])] == f"in use by ec2:LaunchTemplate {template}"
     assert skipped[("us-east-1", made["r1"]["us-east-1"])] == "/ami-factory/web/latest points to it"
     assert skipped[("us-east-1", made["r2"]["us-east-1"])].startswith("launched ")
-    assert set(decisions(report, "deleted")) == {("eu-west-1", made["r2"]["eu-west-1"]), ("ap-southeast-2", made["r1"]["ap-southeast-2"])}
+    assert set(decisions(report, "deleted")) == {
+        ("eu-west-1", made["r2"]["eu-west-1"]),
+        ("ap-southeast-2", made["r1"]["ap-southeast-2"]),
+    }
     assert made["r1"]["eu-west-1"] in image_ids(emu, "eu-west-1")
 
 
@@ -81,11 +93,18 @@ def test_a_familys_own_retention_travels_on_its_images_and_wins(make_emulator) -
     for run in ("a", "b"):
         request = sample("request-basic.json", instance_id=instance_id, regions=[], retention={"keep_newest": 1})
         assert emu.run(request, name=run).status == "SUCCEEDED"
-    (image,) = [i for i in emu.client("ec2").describe_images(Owners=["self"])["Images"]
-                if any(t["Value"] == "b" for t in i.get("Tags", []) if t["Key"] == "ami-factory:run")]
+    (image,) = [
+        i
+        for i in emu.client("ec2").describe_images(Owners=["self"])["Images"]
+        if any(t["Value"] == "b" for t in i.get("Tags", []) if t["Key"] == "ami-factory:run")
+    ]
     assert {t["Key"]: t["Value"] for t in image["Tags"]}["ami-factory:keep-newest"] == "1"
-    report = emu.runtime.invoke_checked("ami-factory-local-ApplyRetentionFunction", {"dry_run": True, "regions": ["us-east-1"]})
-    assert [d["reason"] for d in report["decisions"]] == ["not among the newest 1"], "the request's 1, not the deployment's 3"
+    report = emu.runtime.invoke_checked(
+        "ami-factory-local-ApplyRetentionFunction", {"dry_run": True, "regions": ["us-east-1"]}
+    )
+    assert [d["reason"] for d in report["decisions"]] == ["not among the newest 1"], (
+        "the request's 1, not the deployment's 3"
+    )
 
 
 def test_the_age_rule_keeps_younger_images_and_either_rule_keeps_an_image(make_emulator) -> None:
@@ -102,11 +121,15 @@ def test_the_age_rule_keeps_younger_images_and_either_rule_keeps_an_image(make_e
     amis = ec2_backends["123456789012"]["us-east-1"].amis
     amis[made["old"]].creation_date -= timedelta(days=100)
     amis[made["older"]].creation_date -= timedelta(days=200)
-    report = emu.runtime.invoke_checked("ami-factory-local-ApplyRetentionFunction", {"dry_run": True, "regions": ["us-east-1"]})
+    report = emu.runtime.invoke_checked(
+        "ami-factory-local-ApplyRetentionFunction", {"dry_run": True, "regions": ["us-east-1"]}
+    )
     assert decisions(report, "would delete") == {
         ("us-east-1", made["old"]): "not among the newest 1 and older than 30 days",
         ("us-east-1", made["older"]): "not among the newest 1 and older than 30 days",
     }
     amis[made["old"]].creation_date += timedelta(days=90)  # now 10 days old: the age rule keeps it
-    report = emu.runtime.invoke_checked("ami-factory-local-ApplyRetentionFunction", {"dry_run": True, "regions": ["us-east-1"]})
+    report = emu.runtime.invoke_checked(
+        "ami-factory-local-ApplyRetentionFunction", {"dry_run": True, "regions": ["us-east-1"]}
+    )
     assert set(decisions(report, "would delete")) == {("us-east-1", made["older"])}

@@ -24,7 +24,9 @@ def event(name: str) -> dict[str, Any]:
     return json.loads((EVENTS / name).read_text())
 
 
-def tag_event(emu: Emulator, instance_id: str, name: str = "tag-set-true.json", event_id: str | None = None) -> dict[str, Any]:
+def tag_event(
+    emu: Emulator, instance_id: str, name: str = "tag-set-true.json", event_id: str | None = None
+) -> dict[str, Any]:
     """A sample tag event as EventBridge would send it for a real instance of the emulator: its ARN,
     and the instance's tags after the change (the sample's trigger-tag value applied to them)."""
     body = event(name)
@@ -84,8 +86,9 @@ def wait_all(emu: Emulator) -> list[Any]:
 
 
 def images(emu: Emulator, region: str = "us-east-1") -> list[dict[str, Any]]:
-    return emu.client("ec2", region).describe_images(Owners=["self"], Filters=[
-        {"Name": "tag:ami-factory:managed", "Values": ["true"]}])["Images"]
+    return emu.client("ec2", region).describe_images(
+        Owners=["self"], Filters=[{"Name": "tag:ami-factory:managed", "Values": ["true"]}]
+    )["Images"]
 
 
 def launch_tagged(emu: Emulator, **extra: str) -> str:
@@ -141,7 +144,9 @@ def function_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptur
     powertools.removeHandler(caplog.handler)
 
 
-def test_a_trigger_while_a_run_is_in_flight_is_skipped_and_the_log_names_the_holder(emu: Emulator, function_logs) -> None:
+def test_a_trigger_while_a_run_is_in_flight_is_skipped_and_the_log_names_the_holder(
+    emu: Emulator, function_logs
+) -> None:
     instance_id = launch_tagged(emu)
     (held_by,) = emu.deliver_event(tag_event(emu, instance_id))[0]["started"]
     second = tag_event(emu, instance_id, event_id="99999999-0000-0000-0000-000000000000")
@@ -159,7 +164,9 @@ def test_a_bad_tag_starts_nothing_and_says_what_to_fix_on_the_instance(emu: Emul
     assert executions(emu) == []
     assert "mars-east-1" in instance_tags(emu, instance_id)["ami-factory:error"]
 
-    emu.client("ec2").create_tags(Resources=[instance_id], Tags=[{"Key": "ami-factory:share-accounts", "Value": OTHER_ACCOUNT}])
+    emu.client("ec2").create_tags(
+        Resources=[instance_id], Tags=[{"Key": "ami-factory:share-accounts", "Value": OTHER_ACCOUNT}]
+    )
     emu.client("ec2").create_tags(Resources=[instance_id], Tags=[{"Key": "ami-factory:regions", "Value": "eu-west-1"}])
     retry = tag_event(emu, instance_id, event_id="22222222-0000-0000-0000-000000000000")
     (outcome,) = emu.deliver_event(retry)

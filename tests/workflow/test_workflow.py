@@ -72,8 +72,11 @@ def test_image_pending_for_several_polls_then_available(emu: Emulator) -> None:
     instance_id = emu.launch_instance()
     result = emu.run({"instance_id": instance_id, "regions": []}, name="slow")
     assert result.status == "SUCCEEDED", result.cause
-    checks = [event for event in result.history if event["type"] == "TaskStateEntered"
-              and event["stateEnteredEventDetails"]["name"] == "CheckImage"]
+    checks = [
+        event
+        for event in result.history
+        if event["type"] == "TaskStateEntered" and event["stateEnteredEventDetails"]["name"] == "CheckImage"
+    ]
     assert len(checks) == 10
     assert emu.clock.elapsed() >= 10 * 60
     assert run_images(emu, "us-east-1", "slow")[0]["State"] == "available"
@@ -165,7 +168,10 @@ def test_one_region_failing_does_not_sink_the_others(emu: Emulator) -> None:
         assert run_images(emu, region, "partial")[0]["State"] == "available"
     assert instance(emu, instance_id)["State"]["Name"] == "running"
     assert tags(instance(emu, instance_id))["ami-factory:last-status"] == "PARTIAL"
-    assert tags(instance(emu, instance_id))["ami-factory:last-image-id"] == run_images(emu, "us-east-1", "partial")[0]["ImageId"]
+    assert (
+        tags(instance(emu, instance_id))["ami-factory:last-image-id"]
+        == run_images(emu, "us-east-1", "partial")[0]["ImageId"]
+    )
 
 
 def test_every_region_failing_fails_the_run_and_removes_its_images(emu: Emulator) -> None:
@@ -189,8 +195,11 @@ def test_throttling_and_eventual_consistency_are_retried_with_one_image_per_regi
     assert result.output["status"] == "SUCCEEDED"
     for region in REGIONS:
         assert len(run_images(emu, region, "bumpy")) == 1, f"one image in {region}"
-    errors = [json.loads(e["taskFailedEventDetails"]["cause"])["errorType"] for e in result.history
-              if e["type"] == "TaskFailed"]
+    errors = [
+        json.loads(e["taskFailedEventDetails"]["cause"])["errorType"]
+        for e in result.history
+        if e["type"] == "TaskFailed"
+    ]
     assert errors.count("ThrottledError") == 2
     assert errors.count("ImageNotVisibleYetError") >= 2
     assert len(emu.world.sent("CreateImage")) == 1
@@ -232,8 +241,12 @@ BAD_REQUESTS = [
     ("unknown instance", {"instance_id": "i-0000000000000dead"}, "InstanceNotFoundError", "does not exist"),
     ("malformed account", {"share": {"accounts": ["1234"]}}, "InvalidRequestError", "share.accounts.0"),
     ("account not allowed", {"share": {"accounts": [OTHER_ACCOUNT]}}, "ShareTargetNotAllowedError", OTHER_ACCOUNT),
-    ("OU not allowed", {"share": {"organizational_units": [ALLOWED_OU.replace("ou-ab12", "ou-zz99")]}},
-     "ShareTargetNotAllowedError", "AllowedShareOUs"),
+    (
+        "OU not allowed",
+        {"share": {"organizational_units": [ALLOWED_OU.replace("ou-ab12", "ou-zz99")]}},
+        "ShareTargetNotAllowedError",
+        "AllowedShareOUs",
+    ),
     ("public not allowed", {"share": {"public": True}}, "PublicSharingBlockedError", "AllowPublicSharing"),
     ("unknown region", {"regions": ["eu-west-9"]}, "UnknownRegionError", "eu-west-9"),
     ("unknown field", {"regoins": ["eu-west-1"]}, "InvalidRequestError", "regoins"),
@@ -241,7 +254,9 @@ BAD_REQUESTS = [
 
 
 @pytest.mark.parametrize("label, change, error, message", BAD_REQUESTS, ids=[case[0] for case in BAD_REQUESTS])
-def test_bad_requests_fail_fast_and_touch_nothing(emu: Emulator, label: str, change: dict, error: str, message: str) -> None:
+def test_bad_requests_fail_fast_and_touch_nothing(
+    emu: Emulator, label: str, change: dict, error: str, message: str
+) -> None:
     instance_id = emu.launch_instance(name="web")
     result = emu.run(sample("request-basic.json", **{"instance_id": instance_id, **change}), name="bad")
     assert result.status == "FAILED"
@@ -249,7 +264,10 @@ def test_bad_requests_fail_fast_and_touch_nothing(emu: Emulator, label: str, cha
     assert message in result.cause_message
     assert instance(emu, instance_id)["State"]["Name"] == "running"
     assert tags(instance(emu, instance_id)) == {"Name": "web"}, "the instance is untouched"
-    mutating = {op for op in emu.world.calls("ec2") if not op.startswith("Describe")} - {"RunInstances", "RegisterImage"}
+    mutating = {op for op in emu.world.calls("ec2") if not op.startswith("Describe")} - {
+        "RunInstances",
+        "RegisterImage",
+    }
     assert mutating == set(), f"a bad request must change nothing, sent {mutating}"
     entered = [e["stateEnteredEventDetails"]["name"] for e in result.history if e["type"] == "TaskStateEntered"]
     assert entered == ["ResolveRequest"]

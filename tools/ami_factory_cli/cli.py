@@ -90,8 +90,13 @@ def new_events(sfn: Any, execution_arn: str, after_id: int) -> list[dict[str, An
 
 
 WAITS = {
-    "WaitForInstanceStop": "instance", "WaitForImage": "image", "WaitForCopy": "image",
-    "WaitForSeed": "seed", "WaitForClone": "clone", "WaitForGeneralize": "generalize", "WaitForLaunch": "launched",
+    "WaitForInstanceStop": "instance",
+    "WaitForImage": "image",
+    "WaitForCopy": "image",
+    "WaitForSeed": "seed",
+    "WaitForClone": "clone",
+    "WaitForGeneralize": "generalize",
+    "WaitForLaunch": "launched",
 }
 UNTIL = {
     "WaitForSeed": "(the seed image for the clone)",
@@ -152,7 +157,9 @@ def result_table(summary: dict[str, Any]) -> str:
             (
                 region["region"],
                 region.get("image_id") or "-",
-                region["status"].lower() if region["status"] != "FAILED" else f"FAILED ({(region.get('error') or {}).get('Error')})",
+                region["status"].lower()
+                if region["status"] != "FAILED"
+                else f"FAILED ({(region.get('error') or {}).get('Error')})",
                 ", ".join(region.get("shared_with") or []) or "-",
                 region.get("parameter_name") or "-",
             )
@@ -208,7 +215,10 @@ def report(described: dict[str, Any], out: TextIO, sfn: Any = None, prices: Pric
     if summary.get("cost"):
         run = run_cost(sfn, described["executionArn"], prices or Prices()) if sfn is not None else None
         print("\n" + cost_lines(summary["cost"], run), file=out)
-    print(f"\nrun status: {summary.get('status')}; instance {summary.get('instance_id')} is {summary.get('instance_state')}", file=out)
+    print(
+        f"\nrun status: {summary.get('status')}; instance {summary.get('instance_id')} is {summary.get('instance_state')}",
+        file=out,
+    )
     return 0 if summary.get("status") == "SUCCEEDED" else 2
 
 
@@ -236,8 +246,10 @@ def estimate(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         if args.image_id:
             images = ec2.describe_images(ImageIds=args.image_id)["Images"] if region == source else []
         else:
-            filters = [{"Name": "tag:ami-factory:source-instance", "Values": [args.instance_id]},
-                       {"Name": "tag:ami-factory:managed", "Values": ["true"]}]
+            filters = [
+                {"Name": "tag:ami-factory:source-instance", "Values": [args.instance_id]},
+                {"Name": "tag:ami-factory:managed", "Values": ["true"]},
+            ]
             images = ec2.describe_images(Owners=["self"], Filters=filters)["Images"]
         found += [(region, image) for image in images]
     if not found:
@@ -250,7 +262,16 @@ def estimate(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         gib = sum(int(m["Ebs"].get("VolumeSize", 0)) for m in image.get("BlockDeviceMappings", []) if "Ebs" in m)
         cost = estimate_images({region: gib}, region, prices).regions[0]
         total += cost.monthly_standard
-        rows.append((region, image["ImageId"], image.get("Name", ""), f"{gib}", f"{cost.monthly_standard:.2f}", f"{cost.monthly_archive:.2f}"))
+        rows.append(
+            (
+                region,
+                image["ImageId"],
+                image.get("Name", ""),
+                f"{gib}",
+                f"{cost.monthly_standard:.2f}",
+                f"{cost.monthly_archive:.2f}",
+            )
+        )
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
@@ -266,8 +287,12 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--regions", help="comma-separated target Regions (default: the stack's DefaultRegions)")
     start.add_argument("--mode", choices=["stop", "no-reboot", "generalize", "generalize-in-place"], default="stop")
     start.add_argument("--cleanup", action="store_true", help="clean temp files and caches through SSM first")
-    start.add_argument("--confirm-generalize-in-place", action="store_true", help="accept that the instance loses its identity")
-    start.add_argument("--admin-password", choices=["random", "specify", "do-nothing"], help="Windows, generalize modes")
+    start.add_argument(
+        "--confirm-generalize-in-place", action="store_true", help="accept that the instance loses its identity"
+    )
+    start.add_argument(
+        "--admin-password", choices=["random", "specify", "do-nothing"], help="Windows, generalize modes"
+    )
     start.add_argument("--admin-password-parameter", help="SSM SecureString holding the password (with specify)")
     start.add_argument("--clone-instance-type")
     start.add_argument("--clone-subnet")

@@ -17,14 +17,20 @@ from .server import EmulatorServer
 
 
 def main(argv: list[str] | None = None) -> int:
-    top = argparse.ArgumentParser(prog="ami-factory-local", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = argparse.ArgumentParser(
+        prog="ami-factory-local", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = top.add_subparsers(dest="command", required=True)
     demo_command = commands.add_parser("demo", help="image a demo instance on the emulator, with the CLI")
     demo_command.add_argument("--generalize", action="store_true", help="a Windows instance, sysprepped on a clone")
     serve = commands.add_parser("serve", help="serve the emulator on a local port")
     serve.add_argument("--port", type=int, default=5005)
     serve.add_argument(
-        "--parameter", action="append", default=[], metavar="NAME=VALUE", help="template parameter override (repeatable)"
+        "--parameter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="template parameter override (repeatable)",
     )
     commands.add_parser("bench", help="report per-run counts for a few scenarios")
     args = top.parse_args(argv)

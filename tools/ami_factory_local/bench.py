@@ -63,7 +63,11 @@ SCENARIOS = [
     Scenario("one Region's copy fails", _one_region_fails, REGIONS),
     Scenario("generalize (Windows) on a clone", _windows_clone, REGIONS, {"mode": "generalize"}),
     Scenario("launch check in 3 Regions (status checks ok after 3 min)", _booting, REGIONS, {"launch_check": True}),
-    Scenario("9 Regions", _typical, REGIONS + ["us-west-2", "eu-central-1", "ap-northeast-1", "sa-east-1", "ca-central-1", "eu-north-1"]),
+    Scenario(
+        "9 Regions",
+        _typical,
+        REGIONS + ["us-west-2", "eu-central-1", "ap-northeast-1", "sa-east-1", "ca-central-1", "eu-north-1"],
+    ),
 ]
 
 
@@ -78,7 +82,9 @@ def main(out: TextIO, scenarios: list[Scenario] = SCENARIOS) -> int:
             request = {"instance_id": instance_id, "regions": scenario.regions, "share": {"accounts": [ACCOUNT]}}
             result = emu.run({**request, **scenario.request})
             calls = emu.world.calls("ec2") - before
-            print(f"\n== {scenario.name}: {result.status} ({(result.output or {}).get('status', result.error)})", file=out)
+            print(
+                f"\n== {scenario.name}: {result.status} ({(result.output or {}).get('status', result.error)})", file=out
+            )
             print(f"   state transitions: {result.transitions}", file=out)
             print(f"   Lambda invocations: {len(emu.runtime.invocations) - invocations}", file=out)
             print(

@@ -37,20 +37,34 @@ def main(out: TextIO, generalize: bool = False) -> int:
             [
                 "run",
                 *mode,
-                "--instance-id", instance_id,
-                "--regions", ",".join(DEMO_REGIONS),
-                "--share-accounts", DEMO_ACCOUNT,
-                "--state-machine-arn", emu.state_machine_arn,
-                "--region", emu.region,
-                "--poll-seconds", "0.5",
+                "--instance-id",
+                instance_id,
+                "--regions",
+                ",".join(DEMO_REGIONS),
+                "--share-accounts",
+                DEMO_ACCOUNT,
+                "--state-machine-arn",
+                emu.state_machine_arn,
+                "--region",
+                emu.region,
+                "--poll-seconds",
+                "0.5",
             ]
         )
-        state = emu.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
+        state = emu.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0][
+            "State"
+        ]["Name"]
         minutes = emu.clock.elapsed() / 60
-        print(f"instance {instance_id} is {state}; the run took {minutes:.0f} virtual minutes, "
-              f"{len(emu.runtime.invocations)} Lambda invocations", file=out)
+        print(
+            f"instance {instance_id} is {state}; the run took {minutes:.0f} virtual minutes, "
+            f"{len(emu.runtime.invocations)} Lambda invocations",
+            file=out,
+        )
         if generalize:
             clones = [r.params for r in emu.world.sent("TerminateInstances")]
-            print(f"sysprep ran on the clone only ({emu.world.sent('SendCommand')[0].params['InstanceIds'][0]}); "
-                  f"clone terminated: {bool(clones)}; seed image removed: {bool(emu.world.sent('DeregisterImage'))}", file=out)
+            print(
+                f"sysprep ran on the clone only ({emu.world.sent('SendCommand')[0].params['InstanceIds'][0]}); "
+                f"clone terminated: {bool(clones)}; seed image removed: {bool(emu.world.sent('DeregisterImage'))}",
+                file=out,
+            )
         return code if state == "running" else 1

@@ -115,7 +115,11 @@ class Emulator:
                 os.environ,
                 # moto's thousands of default AMIs make every Region's first call take seconds; the
                 # emulator registers the one base image it needs instead.
-                {"AWS_DEFAULT_REGION": self.region, "MOTO_ACCOUNT_ID": ACCOUNT_ID, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"},
+                {
+                    "AWS_DEFAULT_REGION": self.region,
+                    "MOTO_ACCOUNT_ID": ACCOUNT_ID,
+                    "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
+                },
             )
         )
         stack.enter_context(
@@ -127,7 +131,9 @@ class Emulator:
         stack.enter_context(mock.patch.object(json_path, "parse", functools.lru_cache(maxsize=4096)(json_path.parse)))
         # ...and parses the whole ASL with ANTLR for every execution (about a second each); executions
         # get a fresh copy of the one parse instead, so none shares state with another.
-        stack.enter_context(mock.patch.object(AmazonStateLanguageParser, "parse", _parse_once(AmazonStateLanguageParser.parse)))
+        stack.enter_context(
+            mock.patch.object(AmazonStateLanguageParser, "parse", _parse_once(AmazonStateLanguageParser.parse))
+        )
         stack.enter_context(self.clock.installed())
         stack.enter_context(self.world.installed())
         stack.enter_context(self.runtime.installed())
@@ -159,11 +165,19 @@ class Emulator:
         ec2 = self.client("ec2", region)
         base_image = ec2.register_image(Name=f"base-{time.monotonic_ns()}", RootDeviceName="/dev/xvda")["ImageId"]
         all_tags = {**({"Name": name} if name else {}), **(tags or {})}
-        spec = [{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in all_tags.items()]}] if all_tags else []
+        spec = (
+            [{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in all_tags.items()]}]
+            if all_tags
+            else []
+        )
         key = {"KmsKeyId": kms_key_id} if kms_key_id else {}
         volumes = [{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8, "Encrypted": True, **key}}] if encrypted else []
         instance_id = ec2.run_instances(
-            ImageId=base_image, MinCount=1, MaxCount=1, InstanceType="t3.micro", TagSpecifications=spec,
+            ImageId=base_image,
+            MinCount=1,
+            MaxCount=1,
+            InstanceType="t3.micro",
+            TagSpecifications=spec,
             BlockDeviceMappings=volumes,
         )["Instances"][0]["InstanceId"]
         if state == "stopped":
@@ -217,7 +231,12 @@ class Emulator:
         """Deploy template.yaml: functions, then the state machine they make up, then the triggers."""
         template = load_template(self.project_root / "template.yaml")
         parameters = parameter_values(template, self.parameter_overrides)
-        pseudo = {"AWS::Region": self.region, "AWS::AccountId": ACCOUNT_ID, "AWS::Partition": "aws", "AWS::StackName": STACK_NAME}
+        pseudo = {
+            "AWS::Region": self.region,
+            "AWS::AccountId": ACCOUNT_ID,
+            "AWS::Partition": "aws",
+            "AWS::StackName": STACK_NAME,
+        }
         role_arn = self.client("iam").create_role(
             RoleName=f"{STACK_NAME}-role",
             AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
@@ -233,7 +252,9 @@ class Emulator:
         for subscription in resources_of_type(template, "AWS::SNS::Subscription").values():
             if resolver.condition_holds(subscription.get("Condition")):
                 properties = resolver.resolve(subscription["Properties"])
-                sns.subscribe(TopicArn=properties["TopicArn"], Protocol=properties["Protocol"], Endpoint=properties["Endpoint"])
+                sns.subscribe(
+                    TopicArn=properties["TopicArn"], Protocol=properties["Protocol"], Endpoint=properties["Endpoint"]
+                )
         lambda_client = self.client("lambda")
         merged = functions(template)
         for logical_id, properties in merged.items():
@@ -247,7 +268,7 @@ class Emulator:
                 Timeout=int(properties.get("Timeout", 3)),
             )["FunctionArn"]
             attributes[(logical_id, "Ref")] = name
-        (machine_id, machine), = resources_of_type(template, "AWS::Serverless::StateMachine").items()
+        ((machine_id, machine),) = resources_of_type(template, "AWS::Serverless::StateMachine").items()
         definition = render_definition(self.project_root, machine["Properties"], resolver)
         state_machine_arn = self.client("stepfunctions").create_state_machine(
             name=f"{STACK_NAME}-{machine_id}", definition=definition, roleArn=role_arn, type="STANDARD"

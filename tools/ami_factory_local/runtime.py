@@ -120,7 +120,9 @@ class InProcessRuntime:
         originals = {LambdaBackend: LambdaBackend.invoke, LambdaSimpleBackend: LambdaSimpleBackend.invoke}
 
         def make_invoke(backend_class: type) -> Callable[..., Any]:
-            def invoke(backend: Any, function_name: str, qualifier: str | None, body: Any, headers: Any, response_headers: Any) -> Any:
+            def invoke(
+                backend: Any, function_name: str, qualifier: str | None, body: Any, headers: Any, response_headers: Any
+            ) -> Any:
                 name = function_name.split(":function:")[-1].split(":")[0]
                 if name not in runtime.functions:
                     return originals[backend_class](backend, function_name, qualifier, body, headers, response_headers)

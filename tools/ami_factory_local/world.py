@@ -66,7 +66,11 @@ def _request_params(response: BaseResponse) -> dict[str, Any]:
 
 
 def service_protocol(response: BaseResponse) -> str:
-    return "json" if getattr(response, "service_name", "") in ("ssm", "stepfunctions", "lambda", "events", "kms") else "query"
+    return (
+        "json"
+        if getattr(response, "service_name", "") in ("ssm", "stepfunctions", "lambda", "events", "kms")
+        else "query"
+    )
 
 
 def execution_events(backend: Any, execution_arn: str) -> list[Any]:
@@ -193,7 +197,10 @@ class World:
     def ssm_manage(self, instance_id: str, platform: str = "Linux", ping_status: str = "Online") -> None:
         """The SSM agent on ``instance_id`` is registered (``Windows`` or ``Linux``) and answers as ``ping_status``."""
         self._managed[instance_id] = {
-            "InstanceId": instance_id, "PingStatus": ping_status, "PlatformType": platform, "AgentVersion": "3.3.0.0"
+            "InstanceId": instance_id,
+            "PingStatus": ping_status,
+            "PlatformType": platform,
+            "AgentVersion": "3.3.0.0",
         }
 
     def commands_take(self, seconds: float) -> None:
@@ -316,15 +323,20 @@ class World:
         self._tick()
         if operation == "DescribeInstanceInformation":
             wanted = [value for f in params.get("Filters", []) if f["Key"] == "InstanceIds" for value in f["Values"]]
-            return {"InstanceInformationList": [info for iid, info in self._managed.items() if not wanted or iid in wanted]}
+            return {
+                "InstanceInformationList": [info for iid, info in self._managed.items() if not wanted or iid in wanted]
+            }
         if operation == "GetCommandInvocation":
             pending = self._commands.get((params["CommandId"], params["InstanceId"]))
             if pending is None:
                 return None
             status = pending.final_state if self.clock.now() >= pending.ready_at else "InProgress"
             return {
-                "CommandId": params["CommandId"], "InstanceId": params["InstanceId"], "Status": status,
-                "StatusDetails": status, "ResponseCode": {"Success": 0, "Failed": 1}.get(status, -1),
+                "CommandId": params["CommandId"],
+                "InstanceId": params["InstanceId"],
+                "Status": status,
+                "StatusDetails": status,
+                "ResponseCode": {"Success": 0, "Failed": 1}.get(status, -1),
             }
         return None
 
@@ -348,12 +360,17 @@ class World:
                 ami.deregistration_protection = state  # DescribeImages shows it, as on AWS
             return {"Return": state}
         if operation == "DeregisterImage" and params.get("ImageId") in self.protected:
-            return EC2ClientError("InvalidParameterValue", f"Image {params['ImageId']} has deregistration protection enabled")
+            return EC2ClientError(
+                "InvalidParameterValue", f"Image {params['ImageId']} has deregistration protection enabled"
+            )
         if operation == "DescribeImageReferences":
-            return {"ImageReferences": [
-                {"ImageId": image_id, "ResourceType": kind, "Arn": arn}
-                for image_id in params.get("ImageIds", []) for kind, arn in self.image_references.get(image_id, [])
-            ]}
+            return {
+                "ImageReferences": [
+                    {"ImageId": image_id, "ResourceType": kind, "Arn": arn}
+                    for image_id in params.get("ImageIds", [])
+                    for kind, arn in self.image_references.get(image_id, [])
+                ]
+            }
         if operation == "DescribeImages":
             for image_id in params.get("ImageIds", []):
                 if self._hidden.get(image_id, 0) > 0:
@@ -390,7 +407,9 @@ class World:
                 elif service == "kms":
                     world._mark_aws_managed_keys(response.region)
                 elif service == "stepfunctions" and operation == "GetExecutionHistory":
-                    answer = history_page(execution_events(response.stepfunction_backend, params["executionArn"]), params)
+                    answer = history_page(
+                        execution_events(response.stepfunction_backend, params["executionArn"]), params
+                    )
             if answer is not None:
                 return response.serialized(ActionResult(answer))
             result = original_call_action(response)
@@ -428,7 +447,9 @@ class World:
             response.error_on_dryrun()
             world._refuse_duplicate_name(response, name)
             image = response.ec2_backend.copy_image(
-                response._get_param("SourceImageId"), response._get_param("SourceRegion"), name,
+                response._get_param("SourceImageId"),
+                response._get_param("SourceRegion"),
+                name,
                 response._get_param("Description"),
             )
             specs = response._get_param("TagSpecifications", [])
@@ -478,7 +499,13 @@ class World:
                 "time": datetime.fromtimestamp(self.clock.now(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "region": region,
                 "resources": [f"arn:aws:ec2:{region}:{self.account_id}:instance/{resource_id}"],
-                "detail": {"changed-tag-keys": changed, "service": "ec2", "resource-type": "instance", "version": 1, "tags": tags},
+                "detail": {
+                    "changed-tag-keys": changed,
+                    "service": "ec2",
+                    "resource-type": "instance",
+                    "version": 1,
+                    "tags": tags,
+                },
             }
             for rule in list(events_backends[self.account_id][region].event_buses["default"].rules.values()):
                 rule.send_to_targets(event, transform_input=False)
@@ -509,11 +536,15 @@ class World:
                 continue
             booting = self.clock.now() < self._launched_at.get(instance_id, 0.0) + self._status_check_seconds
             status = "initializing" if booting else "impaired" if region in self._impaired_regions else "ok"
-            statuses.append({
-                "InstanceId": instance_id, "AvailabilityZone": instance.placement,
-                "InstanceState": {"Code": 16, "Name": "running"},
-                "SystemStatus": {"Status": "initializing" if booting else "ok"}, "InstanceStatus": {"Status": status},
-            })
+            statuses.append(
+                {
+                    "InstanceId": instance_id,
+                    "AvailabilityZone": instance.placement,
+                    "InstanceState": {"Code": 16, "Name": "running"},
+                    "SystemStatus": {"Status": "initializing" if booting else "ok"},
+                    "InstanceStatus": {"Status": status},
+                }
+            )
         return {"InstanceStatuses": statuses}
 
     def _mark_aws_managed_keys(self, region: str) -> None:
@@ -543,7 +574,11 @@ class World:
             return
         with self._lock:
             for instance in backend.all_instances():
-                if instance.image_id == image_id and instance.id not in self._managed and instance.id not in self._registrations:
+                if (
+                    instance.image_id == image_id
+                    and instance.id not in self._managed
+                    and instance.id not in self._registrations
+                ):
                     info = {**source_info, "InstanceId": instance.id, "PingStatus": "Online"}
                     self._registrations[instance.id] = (self.clock.now() + self._registration_seconds, info)
 
@@ -555,4 +590,6 @@ class World:
                 instance = ec2_backends[self.account_id][region].get_instance(instance_id)
                 if instance._state.name == "stopped":
                     instance._state.name, instance._state.code = "stopping", 64
-                    self._stopping[instance_id] = _Pending(region, self.clock.now() + self.instance_stop_seconds, "stopped")
+                    self._stopping[instance_id] = _Pending(
+                        region, self.clock.now() + self.instance_stop_seconds, "stopped"
+                    )
