@@ -73,6 +73,11 @@ def snapshots_of(image: Mapping[str, Any]) -> list[str]:
     return [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if m.get("Ebs", {}).get("SnapshotId")]
 
 
+def volume_gib(image: Mapping[str, Any]) -> int:
+    """An image's size: its volumes' provisioned GiB (what its snapshots can grow to)."""
+    return sum(int(m["Ebs"].get("VolumeSize", 0)) for m in image.get("BlockDeviceMappings", []) if "Ebs" in m)
+
+
 def launch_permissions(share: ShareTargets) -> list[dict[str, str]]:
     return (
         [{"UserId": account} for account in share.accounts]
@@ -224,9 +229,7 @@ class Ec2:
             self._ec2.disable_image(ImageId=image_id)
 
     def image_gib(self, image_id: str) -> int:
-        """The image's size: its volumes' provisioned GiB (what its snapshots can grow to)."""
-        image = self.describe_image(image_id)
-        return sum(int(m["Ebs"].get("VolumeSize", 0)) for m in image.get("BlockDeviceMappings", []) if "Ebs" in m)
+        return volume_gib(self.describe_image(image_id))
 
     def describe_image(self, image_id: str) -> dict[str, Any]:
         with translated_errors("DescribeImages"):

@@ -3,11 +3,11 @@ publish, protect."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from botocore.exceptions import ClientError
 
-from .aws import Ec2, error_text, snapshots_of, Ssm
+from .aws import Ec2, Ssm, error_text, snapshots_of
 from .errors import EncryptionKeyError, InvalidRequestError, LaunchCheckFailedError
 from .models import (
     CheckLaunchInput,
@@ -23,7 +23,7 @@ from .models import (
     ShareImageOutput,
 )
 from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX, check_share_targets
-from .settings import load_settings, Settings
+from .settings import Settings, load_settings
 from .workflow import LIVE_INSTANCE_STATES, client_token, give_up_after
 
 
@@ -153,7 +153,7 @@ def protect_image(event: ProtectImageInput) -> ProtectImageOutput:
     ec2 = Ec2(event.image.region)
     deprecate_at = None
     if event.protection.deprecate_after_days:
-        when = datetime.now(timezone.utc) + timedelta(days=event.protection.deprecate_after_days)
+        when = datetime.now(UTC) + timedelta(days=event.protection.deprecate_after_days)
         deprecate_at = when.strftime("%Y-%m-%dT%H:%M:00Z")
         ec2.enable_deprecation(event.image.image_id, deprecate_at)
     if event.protection.deregistration_protection:

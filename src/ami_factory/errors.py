@@ -7,6 +7,8 @@ ASL lint test fails.
 
 from __future__ import annotations
 
+import json
+
 
 class AmiFactoryError(Exception):
     """Base class: the message always says what is wrong and how to fix it."""
@@ -117,3 +119,11 @@ def all_error_names() -> set[str]:
         found.add(cls.__name__)
         pending.extend(cls.__subclasses__())
     return found
+
+
+def error_message(cause: str | None) -> str | None:
+    """A failed Lambda's cause is its error body (type, message, stack trace): people need the message."""
+    try:
+        return str(json.loads(cause or "")["errorMessage"])
+    except (ValueError, KeyError, TypeError):
+        return cause

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from botocore.exceptions import ClientError
 
-from .aws import Ec2, error_text, Ssm
+from .aws import Ec2, Ssm, error_text
 from .commands import GENERALIZE_COMMENT, cleanup_command, generalize_command
 from .errors import CloneLaunchError, CommandFailedError, UnsupportedInstanceError
 from .models import (
@@ -22,7 +22,6 @@ from .models import (
 )
 from .rules import ROLE_TAG, RUN_TAG
 from .workflow import LIVE_INSTANCE_STATES, client_token, create_image_once, give_up_after
-
 
 FAILED_COMMAND_STATES = frozenset(
     {"Failed", "Cancelled", "TimedOut", "Cancelling", "DeliveryTimedOut", "ExecutionTimedOut"}

@@ -16,6 +16,7 @@ from .errors import (
     UnsupportedInstanceError,
 )
 from .models import ImagingRequest, Plan, Platform, RegionTarget, ResolveRequestInput, WindowsOptions
+from .observability import MetricUnit, metrics
 from .rules import (
     MAX_PUBLIC_IMAGES_PER_REGION,
     check_share_targets,
@@ -29,9 +30,7 @@ from .rules import (
     retention_tags,
     target_regions,
 )
-from .observability import MetricUnit, metrics
-from .settings import load_settings, Settings
-
+from .settings import Settings, load_settings
 
 IMAGEABLE_INSTANCE_STATES = frozenset({"running", "stopped", "stopping", "pending"})
 

@@ -9,7 +9,7 @@ deregistered with its snapshots deleted.
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -64,7 +64,7 @@ def retention_regions(settings: Settings) -> list[str]:
 def apply_retention(event: RetentionInput, settings: Settings | None = None) -> RetentionReport:
     settings = settings or load_settings()
     regions = event.regions or retention_regions(settings)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     report = RetentionReport(dry_run=event.dry_run)
     for region in regions:
         ec2 = Ec2(region)

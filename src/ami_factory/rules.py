@@ -22,6 +22,7 @@ from .errors import (
     UnknownRegionError,
 )
 from .models import ImagingRequest, RegionTarget, RetentionOptions, ShareTargets, sanitize_image_name
+from .settings import Settings
 
 # What a recipient's account must be allowed on a customer managed key to launch an image encrypted with it.
 KEY_USE_ACTIONS = (
@@ -31,7 +32,6 @@ KEY_USE_ACTIONS = (
     "kms:ReEncryptFrom",
     "kms:GenerateDataKeyWithoutPlaintext",
 )
-from .settings import Settings
 
 TAG_PREFIX = "ami-factory:"
 RUN_TAG = f"{TAG_PREFIX}run"

@@ -19,10 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .aws import Ec2, StepFunctions, tags_of
 from .errors import AmiFactoryError, InvalidRequestError
 from .models import ImagingRequest
-from .rules import TAG_PREFIX, check_share_targets, describe_validation, holder_of, parse_request, target_regions
 from .observability import MetricUnit, logger, metrics
+from .rules import TAG_PREFIX, check_share_targets, describe_validation, holder_of, parse_request, target_regions
 from .settings import Settings, load_settings
-
 
 SCHEDULE_SOURCE = "ami-factory.schedule"
 ERROR_TAG = f"{TAG_PREFIX}error"

@@ -6,8 +6,7 @@ input, call one step, and return its model; the steps before imaging are in ``pr
 from __future__ import annotations
 
 import hashlib
-import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
 
@@ -19,6 +18,7 @@ from .errors import (
     ThrottledError,
     UnsupportedInstanceError,
     WaitTimeoutError,
+    error_message,
 )
 from .models import (
     CheckImageInput,
@@ -32,11 +32,10 @@ from .models import (
     RestoreInstanceInput,
     Summary,
 )
-from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX
 from .observability import MetricUnit, logger, metrics
 from .pricing import CostEstimate, Prices, estimate_images, load_prices
+from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX
 from .settings import load_settings
-
 
 FAILED_IMAGE_STATES = frozenset({"failed", "invalid", "error", "deregistered"})
 LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
@@ -195,7 +194,7 @@ def remove_scaffolding(run_id: str, region: str, images: set[str], instances: se
 def _record_result_on_instance(plan: Plan, status: str, image_id: str | None, error: str | None) -> None:
     tags = {
         f"{TAG_PREFIX}last-run": plan.run_id,
-        f"{TAG_PREFIX}last-run-at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        f"{TAG_PREFIX}last-run-at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         f"{TAG_PREFIX}last-status": status,
     }
     if image_id:
@@ -289,14 +288,6 @@ def handle_failure(plan: HandleFailureInput) -> Summary:
         ),
         plan.source_region,
     )
-
-
-def error_message(cause: str | None) -> str | None:
-    """A failed Lambda's cause is its error body (type, message, stack trace): people need the message."""
-    try:
-        return str(json.loads(cause or "")["errorMessage"])
-    except (ValueError, KeyError, TypeError):
-        return cause
 
 
 EVENT_SOURCE = "ami-factory"

@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from ami_factory_cli import cli
 from ami_factory_local import Emulator, bench
 from tests.conftest import OTHER_ACCOUNT, ROOT

@@ -126,7 +126,7 @@ def _states(asl: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for name, state in asl["States"].items():
         assert name not in found, f"duplicate state name {name}"
         found[name] = state
-        for nested in [state.get("ItemProcessor") or state.get("Iterator")] + state.get("Branches", []):
+        for nested in [state.get("ItemProcessor") or state.get("Iterator"), *state.get("Branches", [])]:
             if nested:
                 found.update(_states(nested))
     return found

@@ -60,16 +60,16 @@ def test_the_world_honours_copy_client_tokens_and_refuses_duplicate_names() -> N
     with Emulator() as emu:
         instance_id = emu.launch_instance()
         source = emu.client("ec2").create_image(InstanceId=instance_id, Name="source-image")["ImageId"]
-        with pytest.raises(ClientError, match="InvalidAMIName.Duplicate"):
+        with pytest.raises(ClientError, match=r"InvalidAMIName\.Duplicate"):
             emu.client("ec2").create_image(InstanceId=instance_id, Name="source-image")
         ec2 = emu.client("ec2", "eu-west-1")
-        copy = dict(
-            SourceImageId=source,
-            SourceRegion="us-east-1",
-            Name="copy",
-            ClientToken="token-1",
-            TagSpecifications=[{"ResourceType": "image", "Tags": [{"Key": "k", "Value": "v"}]}],
-        )
+        copy = {
+            "SourceImageId": source,
+            "SourceRegion": "us-east-1",
+            "Name": "copy",
+            "ClientToken": "token-1",
+            "TagSpecifications": [{"ResourceType": "image", "Tags": [{"Key": "k", "Value": "v"}]}],
+        }
         first, again = ec2.copy_image(**copy)["ImageId"], ec2.copy_image(**copy)["ImageId"]
         assert first == again
         (image,) = ec2.describe_images(Owners=["self"])["Images"]
@@ -88,6 +88,6 @@ def test_execution_history_pages_like_step_functions() -> None:
     newest = history_page(events, {"reverseOrder": True, "maxResults": 2})
     assert [e["id"] for e in newest["events"]] == [250, 249]
     # The execution goes on between two reads: the next page continues where the last one ended.
-    grown = events + [{"id": 251}, {"id": 252}]
+    grown = [*events, {"id": 251}, {"id": 252}]
     following = history_page(grown, {"reverseOrder": True, "maxResults": 2, "nextToken": newest["nextToken"]})
     assert [e["id"] for e in following["events"]] == [248, 247]

@@ -7,11 +7,13 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import boto3
 
+from ami_factory.aws import volume_gib
+from ami_factory.errors import error_message
 from ami_factory.pricing import Prices, estimate_images, load_prices, orchestration_cost
 
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
@@ -73,7 +75,7 @@ def find_state_machine(sfn: Any, stack_name: str | None, cloudformation: Any | N
 
 
 def execution_name(instance_id: str) -> str:
-    return f"{instance_id}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
+    return f"{instance_id}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
 
 
 def new_events(sfn: Any, execution_arn: str, after_id: int) -> list[dict[str, Any]]:
@@ -150,10 +152,19 @@ def follow(
         sleep(poll_seconds)
 
 
+def table(rows: list[tuple[str, ...]]) -> str:
+    """Columns padded to their widest cell, the first row a header underlined with dashes."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
 def result_table(summary: dict[str, Any]) -> str:
-    rows = [("Region", "AMI id", "State", "Shared with", "Parameter")]
-    for region in summary.get("regions", []):
-        rows.append(
+    header = ("Region", "AMI id", "State", "Shared with", "Parameter")
+    return table(
+        [header]
+        + [
             (
                 region["region"],
                 region.get("image_id") or "-",
@@ -163,11 +174,9 @@ def result_table(summary: dict[str, Any]) -> str:
                 ", ".join(region.get("shared_with") or []) or "-",
                 region.get("parameter_name") or "-",
             )
-        )
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+            for region in summary.get("regions", [])
+        ]
+    )
 
 
 LAMBDA_GB = 0.25  # the template's MemorySize (256 MB), for the run's Lambda GB-seconds
@@ -203,12 +212,7 @@ def report(described: dict[str, Any], out: TextIO, sfn: Any = None, prices: Pric
     status = described["status"]
     print(f"\nexecution {described['name']}: {status}", file=out)
     if status != "SUCCEEDED":
-        cause = described.get("cause") or ""
-        try:
-            cause = json.loads(cause).get("errorMessage", cause)
-        except (ValueError, AttributeError):
-            pass
-        print(f"error: {described.get('error')}: {cause}", file=out)
+        print(f"error: {described.get('error')}: {error_message(described.get('cause'))}", file=out)
         return 1
     summary = json.loads(described.get("output") or "{}")
     print(result_table(summary), file=out)
@@ -259,7 +263,7 @@ def estimate(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     rows = [("Region", "AMI id", "Name", "GiB", "$/month", "archive $/month")]
     total = 0.0
     for region, image in sorted(found, key=lambda item: (item[0], item[1].get("CreationDate", ""))):
-        gib = sum(int(m["Ebs"].get("VolumeSize", 0)) for m in image.get("BlockDeviceMappings", []) if "Ebs" in m)
+        gib = volume_gib(image)
         cost = estimate_images({region: gib}, region, prices).regions[0]
         total += cost.monthly_standard
         rows.append(
@@ -272,10 +276,7 @@ def estimate(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 f"{cost.monthly_archive:.2f}",
             )
         )
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    print("\n".join(lines) + f"\n\n{len(found)} images: ${total:.2f}/month at most (standard tier)", file=out)
+    print(table(rows) + f"\n\n{len(found)} images: ${total:.2f}/month at most (standard tier)", file=out)
     return 0
 
 

@@ -66,7 +66,7 @@ SCENARIOS = [
     Scenario(
         "9 Regions",
         _typical,
-        REGIONS + ["us-west-2", "eu-central-1", "ap-northeast-1", "sa-east-1", "ca-central-1", "eu-north-1"],
+        [*REGIONS, "us-west-2", "eu-central-1", "ap-northeast-1", "sa-east-1", "ca-central-1", "eu-north-1"],
     ),
 ]
 

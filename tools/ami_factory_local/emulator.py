@@ -29,6 +29,7 @@ from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguagePa
 from moto.stepfunctions.parser.asl.utils import json_path
 
 from ami_factory.clients import use_client_factory
+from ami_factory.errors import error_message
 
 from .clock import VirtualClock
 from .runtime import FunctionCode, InProcessRuntime
@@ -68,10 +69,7 @@ class RunResult:
     @property
     def cause_message(self) -> str:
         """The error message a failing Lambda reported (the cause is its JSON error body)."""
-        try:
-            return str(json.loads(self.cause or "")["errorMessage"])
-        except (ValueError, KeyError, TypeError):
-            return self.cause or ""
+        return error_message(self.cause) or ""
 
 
 @dataclass

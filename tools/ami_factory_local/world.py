@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest import mock
 
@@ -496,7 +496,7 @@ class World:
                 "detail-type": "Tag Change on Resource",
                 "source": "aws.tag",
                 "account": self.account_id,
-                "time": datetime.fromtimestamp(self.clock.now(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "time": datetime.fromtimestamp(self.clock.now(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "region": region,
                 "resources": [f"arn:aws:ec2:{region}:{self.account_id}:instance/{resource_id}"],
                 "detail": {
@@ -558,7 +558,7 @@ class World:
         ami = ec2_backends[self.account_id][region].amis.get(image_id)
         if ami is not None:
             # Wall-clock like moto's CreationDate, which the clean-up compares it with.
-            ami.last_launched_time = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            ami.last_launched_time = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def _record_launches(self, region: str) -> None:
         with self._lock:
