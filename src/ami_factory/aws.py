@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import ClientError
 
@@ -21,6 +21,19 @@ from .errors import (
     ThrottledError,
 )
 from .models import ShareTargets
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2.literals import InstanceTypeType, ResourceTypeType
+    from mypy_boto3_ec2.type_defs import (
+        FilterTypeDef,
+        ImageTypeDef,
+        InstanceTypeDef,
+        LaunchPermissionTypeDef,
+        RunInstancesRequestTypeDef,
+        TagSpecificationTypeDef,
+        TagTypeDef,
+    )
+    from mypy_boto3_ssm.type_defs import InstanceInformationTypeDef
 
 THROTTLING_CODES = frozenset(
     {"RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException", "ResourceLimitExceeded"}
@@ -56,35 +69,38 @@ def translated_errors(operation: str) -> Iterator[None]:
         raise
 
 
-def tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
+def tag_list(tags: Mapping[str, str]) -> list[TagTypeDef]:
     return [{"Key": key, "Value": value} for key, value in tags.items()]
 
 
-def tags_of(resource: Mapping[str, Any]) -> dict[str, str]:
+def tags_of(resource: ImageTypeDef | InstanceTypeDef) -> dict[str, str]:
     return {tag["Key"]: tag["Value"] for tag in resource.get("Tags", [])}
 
 
-def tag_specifications(tags: Mapping[str, str]) -> list[dict[str, Any]]:
-    """The image and its snapshots get the same tags (copies do not inherit snapshot tags)."""
-    return [{"ResourceType": kind, "Tags": tag_list(tags)} for kind in ("image", "snapshot")]
+def tag_specifications(
+    tags: Mapping[str, str], kinds: tuple[ResourceTypeType, ...] = ("image", "snapshot")
+) -> list[TagSpecificationTypeDef]:
+    """The same tags on every resource a call makes: an image and its snapshots (copies do not inherit
+    snapshot tags), an instance and its volumes."""
+    return [{"ResourceType": kind, "Tags": tag_list(tags)} for kind in kinds]
 
 
-def snapshots_of(image: Mapping[str, Any]) -> list[str]:
+def snapshots_of(image: ImageTypeDef) -> list[str]:
     return [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if m.get("Ebs", {}).get("SnapshotId")]
 
 
-def volume_gib(image: Mapping[str, Any]) -> int:
+def volume_gib(image: ImageTypeDef) -> int:
     """An image's size: its volumes' provisioned GiB (what its snapshots can grow to)."""
     return sum(int(m["Ebs"].get("VolumeSize", 0)) for m in image.get("BlockDeviceMappings", []) if "Ebs" in m)
 
 
-def launch_permissions(share: ShareTargets) -> list[dict[str, str]]:
-    return (
-        [{"UserId": account} for account in share.accounts]
-        + [{"OrganizationArn": arn} for arn in share.organizations]
-        + [{"OrganizationalUnitArn": arn} for arn in share.organizational_units]
-        + ([{"Group": "all"}] if share.public else [])
-    )
+def launch_permissions(share: ShareTargets) -> list[LaunchPermissionTypeDef]:
+    permissions: list[LaunchPermissionTypeDef] = [{"UserId": account} for account in share.accounts]
+    permissions += [{"OrganizationArn": arn} for arn in share.organizations]
+    permissions += [{"OrganizationalUnitArn": arn} for arn in share.organizational_units]
+    if share.public:
+        permissions.append({"Group": "all"})
+    return permissions
 
 
 class Ec2:
@@ -94,7 +110,7 @@ class Ec2:
 
     # --- instances ---------------------------------------------------------------------------
 
-    def describe_instance(self, instance_id: str) -> dict[str, Any]:
+    def describe_instance(self, instance_id: str) -> InstanceTypeDef:
         try:
             with translated_errors("DescribeInstances"):
                 reservations = self._ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
@@ -129,13 +145,13 @@ class Ec2:
         with translated_errors("DeleteTags"):
             self._ec2.delete_tags(Resources=[resource_id], Tags=[{"Key": key} for key in keys])
 
-    def instances_tagged(self, key: str, values: list[str]) -> list[dict[str, Any]]:
+    def instances_tagged(self, key: str, values: list[str]) -> list[InstanceTypeDef]:
         """Running or stopped instances carrying ``key`` with one of ``values``."""
         return self.instances_with_tags({key: values}, ["running", "stopped"])
 
-    def instances_with_tags(self, tags: Mapping[str, list[str]], states: list[str]) -> list[dict[str, Any]]:
+    def instances_with_tags(self, tags: Mapping[str, list[str]], states: list[str]) -> list[InstanceTypeDef]:
         """Instances in ``states`` whose tags match every key (filtered server-side, paginated)."""
-        filters = [{"Name": f"tag:{key}", "Values": list(values)} for key, values in tags.items()]
+        filters: list[FilterTypeDef] = [{"Name": f"tag:{key}", "Values": list(values)} for key, values in tags.items()]
         filters.append({"Name": "instance-state-name", "Values": states})
         with translated_errors("DescribeInstances"):
             pages = self._ec2.get_paginator("describe_instances").paginate(Filters=filters)
@@ -156,21 +172,21 @@ class Ec2:
         client_token: str,
         tags: Mapping[str, str],
     ) -> str:
-        request: dict[str, Any] = {
+        request: RunInstancesRequestTypeDef = {
             "ImageId": image_id,
-            "InstanceType": instance_type,
+            "InstanceType": cast("InstanceTypeType", instance_type),
             "MinCount": 1,
             "MaxCount": 1,
             "ClientToken": client_token,
-            "TagSpecifications": [{"ResourceType": kind, "Tags": tag_list(tags)} for kind in ("instance", "volume")],
+            "TagSpecifications": tag_specifications(tags, ("instance", "volume")),
         }
         if subnet_id:
             request["SubnetId"] = subnet_id
         if security_group_ids:
             request["SecurityGroupIds"] = security_group_ids
         if instance_profile:
-            key = "Arn" if instance_profile.startswith("arn:") else "Name"
-            request["IamInstanceProfile"] = {key: instance_profile}
+            by_arn = instance_profile.startswith("arn:")
+            request["IamInstanceProfile"] = {"Arn": instance_profile} if by_arn else {"Name": instance_profile}
         with translated_errors("RunInstances"):
             response = self._ec2.run_instances(**request)
         return str(response["Instances"][0]["InstanceId"])
@@ -189,13 +205,13 @@ class Ec2:
 
     # --- images ------------------------------------------------------------------------------
 
-    def find_image_by_name(self, name: str) -> dict[str, Any] | None:
+    def find_image_by_name(self, name: str) -> ImageTypeDef | None:
         """Image names are unique per account and Region: the lookup that makes create idempotent."""
         with translated_errors("DescribeImages"):
             images = self._ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
         return images[0] if images else None
 
-    def find_images_by_tag(self, key: str, value: str) -> list[dict[str, Any]]:
+    def find_images_by_tag(self, key: str, value: str) -> list[ImageTypeDef]:
         with translated_errors("DescribeImages"):
             return list(
                 self._ec2.describe_images(Owners=["self"], Filters=[{"Name": f"tag:{key}", "Values": [value]}])[
@@ -203,10 +219,10 @@ class Ec2:
                 ]
             )
 
-    def managed_images(self) -> list[dict[str, Any]]:
+    def managed_images(self) -> list[ImageTypeDef]:
         """Every image AMI Factory made in this Region (tags decide, never names)."""
         with translated_errors("DescribeImages"):
-            filters = [{"Name": "tag:ami-factory:managed", "Values": ["true"]}]
+            filters: list[FilterTypeDef] = [{"Name": "tag:ami-factory:managed", "Values": ["true"]}]
             return list(self._ec2.describe_images(Owners=["self"], Filters=filters)["Images"])
 
     def image_references(self, image_ids: list[str]) -> dict[str, list[str]]:
@@ -231,7 +247,7 @@ class Ec2:
     def image_gib(self, image_id: str) -> int:
         return volume_gib(self.describe_image(image_id))
 
-    def describe_image(self, image_id: str) -> dict[str, Any]:
+    def describe_image(self, image_id: str) -> ImageTypeDef:
         with translated_errors("DescribeImages"):
             images = self._ec2.describe_images(ImageIds=[image_id])["Images"]
         if not images:
@@ -309,10 +325,10 @@ class Ec2:
 
     def public_image_count(self) -> int:
         with translated_errors("DescribeImages"):
-            filters = [{"Name": "is-public", "Values": ["true"]}]
+            filters: list[FilterTypeDef] = [{"Name": "is-public", "Values": ["true"]}]
             return len(self._ec2.describe_images(Owners=["self"], Filters=filters)["Images"])
 
-    def encrypted_volumes(self, instance: Mapping[str, Any]) -> dict[str, str]:
+    def encrypted_volumes(self, instance: InstanceTypeDef) -> dict[str, str]:
         """The instance's encrypted EBS volumes and their keys: its image's snapshots will use the same keys."""
         volume_ids = [m["Ebs"]["VolumeId"] for m in instance.get("BlockDeviceMappings", []) if "Ebs" in m]
         if not volume_ids:
@@ -329,7 +345,7 @@ class Ec2:
         with translated_errors("EnableImageDeregistrationProtection"):
             self._ec2.enable_image_deregistration_protection(ImageId=image_id, WithCooldown=cooldown)
 
-    def delete_image(self, image: Mapping[str, Any]) -> list[str]:
+    def delete_image(self, image: ImageTypeDef) -> list[str]:
         """Deregister the image and delete its snapshots; returns the snapshot ids deleted."""
         with translated_errors("DeregisterImage"):
             try:
@@ -355,7 +371,7 @@ class Ssm:
         self.region = region
         self._ssm = client("ssm", region)
 
-    def instance_information(self, instance_id: str) -> dict[str, Any] | None:
+    def instance_information(self, instance_id: str) -> InstanceInformationTypeDef | None:
         """The SSM agent's registration for the instance (PingStatus, PlatformType), if it has one."""
         with translated_errors("DescribeInstanceInformation"):
             found = self._ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": [instance_id]}])
@@ -459,14 +475,15 @@ class StepFunctions:
     def __init__(self, region: str) -> None:
         self._sfn = client("stepfunctions", region)
 
-    def running_executions(self, state_machine_arn: str) -> list[dict[str, Any]]:
-        """Name and startDate of every running execution, oldest first."""
+    def running_executions(self, state_machine_arn: str) -> list[str]:
+        """The names of the running executions, oldest first."""
         with translated_errors("ListExecutions"):
             pages = self._sfn.get_paginator("list_executions").paginate(
                 stateMachineArn=state_machine_arn, statusFilter="RUNNING"
             )
             executions = [execution for page in pages for execution in page["executions"]]
-        return sorted(executions, key=lambda execution: (execution["startDate"], execution["name"]))
+        executions.sort(key=lambda execution: (execution["startDate"], execution["name"]))
+        return [execution["name"] for execution in executions]
 
     def start_execution(self, state_machine_arn: str, name: str, payload: Mapping[str, Any]) -> bool:
         """Start a run; False when an execution of that name exists already (a redelivered trigger)."""

@@ -1,29 +1,42 @@
-"""The one place boto3 clients come from.
+"""The one place boto3 clients come from, typed per service.
 
 Clients use adaptive retries (client-side rate limiting on throttling); the attempt count is a
 setting so the local emulator can hand throttling to the state machine's Retry instead. Tests and
 callers may inject a factory with :func:`use_client_factory`.
+
+The types come from boto3-stubs, a development dependency: they are imported only for the type
+checker, so the Lambda layer does not carry them.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import boto3
 from botocore.config import Config
 
 from .settings import load_settings
 
-ClientFactory = Callable[[str, str], Any]
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_events import EventBridgeClient
+    from mypy_boto3_kms import KMSClient
+    from mypy_boto3_sns import SNSClient
+    from mypy_boto3_ssm import SSMClient
+    from mypy_boto3_stepfunctions import SFNClient
+
+Service = Literal["ec2", "events", "kms", "sns", "ssm", "stepfunctions"]
+# A factory makes the client for (service, Region); what it returns is typed by ``client`` below.
+ClientFactory = Callable[[Service, str], Any]
 
 _lock = threading.Lock()
-_cache: dict[tuple[str, str], Any] = {}
+_cache: dict[tuple[Service, str], Any] = {}
 _factory: ClientFactory | None = None
 
 
-def _default_factory(service: str, region: str) -> Any:
+def _default_factory(service: Service, region: str) -> Any:
     settings = load_settings()
     config = Config(
         retries={"mode": settings.sdk_retry_mode, "total_max_attempts": settings.sdk_max_attempts},
@@ -32,7 +45,19 @@ def _default_factory(service: str, region: str) -> Any:
     return boto3.client(service, region_name=region, config=config)
 
 
-def client(service: str, region: str) -> Any:
+@overload
+def client(service: Literal["ec2"], region: str) -> EC2Client: ...
+@overload
+def client(service: Literal["events"], region: str) -> EventBridgeClient: ...
+@overload
+def client(service: Literal["kms"], region: str) -> KMSClient: ...
+@overload
+def client(service: Literal["sns"], region: str) -> SNSClient: ...
+@overload
+def client(service: Literal["ssm"], region: str) -> SSMClient: ...
+@overload
+def client(service: Literal["stepfunctions"], region: str) -> SFNClient: ...
+def client(service: Service, region: str) -> Any:
     """A cached client for ``service`` in ``region`` (cross-Region calls need their own)."""
     key = (service, region)
     with _lock:

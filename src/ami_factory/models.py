@@ -7,7 +7,7 @@ models generate ``events/imaging-request.schema.json`` for users.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
@@ -157,11 +157,14 @@ class RetentionInput(BaseModel):
     regions: list[str] | None = None  # default: the stack's Region, DefaultRegions and AllowedRegions
 
 
+RetentionAction = Literal["deleted", "would delete", "skipped"]
+
+
 class RetentionDecision(BaseModel):
     region: str
     image_id: str
     family: str
-    action: Literal["deleted", "would delete", "skipped"]
+    action: RetentionAction
     reason: str
 
 
@@ -263,7 +266,7 @@ class ImagingRequest(BaseModel):
 
 
 class ResolveRequestInput(Contract):
-    request: dict
+    request: dict[str, Any]
     run_id: str
     state_machine_arn: str
 
@@ -481,8 +484,11 @@ class HandleFailureInput(Plan):
     error: StepError
 
 
+RunStatus = Literal["SUCCEEDED", "PARTIAL", "FAILED"]
+
+
 class Summary(BaseModel):
-    status: Literal["SUCCEEDED", "PARTIAL", "FAILED"]
+    status: RunStatus
     run_id: str
     instance_id: str
     image_name: str | None = None

@@ -4,6 +4,8 @@ touched nothing."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .aws import Ec2, Kms, Ssm, StepFunctions, tags_of
 from .errors import (
     EncryptionKeyError,
@@ -31,6 +33,9 @@ from .rules import (
     target_regions,
 )
 from .settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2.type_defs import InstanceTypeDef
 
 IMAGEABLE_INSTANCE_STATES = frozenset({"running", "stopped", "stopping", "pending"})
 
@@ -113,7 +118,7 @@ def resolve_request(event: ResolveRequestInput, settings: Settings | None = None
     )
 
 
-def _require_public_sharing_possible(regions: list[RegionTarget], instance: dict, encrypt: bool) -> None:
+def _require_public_sharing_possible(regions: list[RegionTarget], instance: InstanceTypeDef, encrypt: bool) -> None:
     """Public sharing fails late and half-done on AWS; here it fails before anything is changed."""
     encrypted = sorted(Ec2(regions[0].name).encrypted_volumes(instance))
     if encrypt or encrypted:
@@ -139,7 +144,7 @@ def _require_public_sharing_possible(regions: list[RegionTarget], instance: dict
 
 
 def _require_usable_encryption(
-    request: ImagingRequest, instance: dict, regions: list[RegionTarget], settings: Settings
+    request: ImagingRequest, instance: InstanceTypeDef, regions: list[RegionTarget], settings: Settings
 ) -> None:
     """Every Region's image must be encrypted with a key its recipients can use, or they see an image
     they cannot launch. Checked before any copy: which keys, and whether each target may use them."""

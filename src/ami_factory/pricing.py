@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -27,7 +28,10 @@ class Prices:
 
 def load_prices(overrides: str | Mapping[str, float] | None) -> Prices:
     """Defaults, with the named fields replaced; an unknown field is an error, not a silent typo."""
-    given = json.loads(overrides) if isinstance(overrides, str) and overrides.strip() else dict(overrides or {})
+    if isinstance(overrides, str):
+        given: Mapping[str, Any] = json.loads(overrides) if overrides.strip() else {}
+    else:
+        given = overrides or {}
     known = {field.name for field in fields(Prices)}
     unknown = sorted(set(given) - known)
     if unknown:

@@ -10,23 +10,26 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.exceptions import ClientError
 
 from .aws import Ec2, Ssm, error_code, tags_of
-from .models import RetentionDecision, RetentionInput, RetentionReport
+from .models import RetentionAction, RetentionDecision, RetentionInput, RetentionReport
 from .observability import logger
 from .rules import KEEP_NEWEST_TAG, MAX_AGE_TAG, ROLE_TAG, TAG_PREFIX, parameter_name
 from .settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2.type_defs import ImageTypeDef
 
 
 def _when(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def _policy(newest: dict[str, Any], settings: Settings) -> tuple[int, int]:
+def _policy(newest: ImageTypeDef, settings: Settings) -> tuple[int, int]:
     """(keep newest N, keep younger than D days) from the family's newest image, else the deployment's."""
     tags = tags_of(newest)
     keep_newest = int(tags.get(KEEP_NEWEST_TAG) or settings.retention_keep_newest)
@@ -34,7 +37,7 @@ def _policy(newest: dict[str, Any], settings: Settings) -> tuple[int, int]:
 
 
 def _why_kept(
-    image: dict[str, Any],
+    image: ImageTypeDef,
     latest: tuple[str, str | None],
     references: dict[str, list[str]],
     settings: Settings,
@@ -68,7 +71,7 @@ def apply_retention(event: RetentionInput, settings: Settings | None = None) -> 
     report = RetentionReport(dry_run=event.dry_run)
     for region in regions:
         ec2 = Ec2(region)
-        families: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        families: dict[str, list[ImageTypeDef]] = defaultdict(list)
         try:
             managed = ec2.managed_images()
         except ClientError as error:  # a Region not enabled for the account (opt-in) holds no images
@@ -118,7 +121,7 @@ def apply_retention(event: RetentionInput, settings: Settings | None = None) -> 
                 if not event.dry_run:
                     ec2.disable_image(image["ImageId"])
                     ec2.delete_image(image)
-                action = "would delete" if event.dry_run else "deleted"
+                action: RetentionAction = "would delete" if event.dry_run else "deleted"
                 report.decisions.append(
                     RetentionDecision(
                         region=region, image_id=image["ImageId"], family=family, action=action, reason=rule

@@ -119,10 +119,10 @@ def check_share_targets(share: ShareTargets, settings: Settings) -> None:
             )
 
 
-def holder_of(instance_id: str, running: list[Mapping[str, Any]]) -> str | None:
+def holder_of(instance_id: str, running: Iterable[str]) -> str | None:
     """One run per instance: the oldest running execution named after it holds it (every name the
-    tool gives an execution starts with the instance id)."""
-    return next((str(e["name"]) for e in running if str(e["name"]).startswith(f"{instance_id}-")), None)
+    tool gives an execution starts with the instance id). ``running``: the names, oldest first."""
+    return next((name for name in running if name.startswith(f"{instance_id}-")), None)
 
 
 def family_name(request: ImagingRequest, instance_tags: Mapping[str, str]) -> str:

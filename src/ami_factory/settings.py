@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Literal, cast
+
+RetryMode = Literal["legacy", "standard", "adaptive"]
 
 
 def _csv(name: str) -> tuple[str, ...]:
@@ -25,6 +28,12 @@ def _bool(name: str, default: bool = False) -> bool:
     return raw in ("true", "1", "yes") if raw else default
 
 
+def _retry_mode(raw: str) -> RetryMode:
+    if raw not in ("legacy", "standard", "adaptive"):
+        raise ValueError(f"SDK_RETRY_MODE {raw!r} is not one of legacy, standard, adaptive")
+    return cast(RetryMode, raw)
+
+
 @dataclass(frozen=True)
 class Settings:
     region: str  # the stack's Region: where instances are imaged
@@ -40,7 +49,7 @@ class Settings:
     max_wait_seconds: int
     generalize_max_wait_seconds: int  # sysprep's shutdown: minutes, not the hours images may take
     sdk_max_attempts: int
-    sdk_retry_mode: str
+    sdk_retry_mode: RetryMode
     trigger_tag_key: str
     schedule_tag_key: str
     state_machine_arn: str  # only the start function has it
@@ -86,7 +95,7 @@ def load_settings() -> Settings:
         max_wait_seconds=_int("MAX_WAIT_SECONDS", 4 * 3600),
         generalize_max_wait_seconds=_int("GENERALIZE_MAX_WAIT_SECONDS", 30 * 60),
         sdk_max_attempts=_int("SDK_MAX_ATTEMPTS", 5),
-        sdk_retry_mode=os.environ.get("SDK_RETRY_MODE", "adaptive"),
+        sdk_retry_mode=_retry_mode(os.environ.get("SDK_RETRY_MODE", "adaptive")),
         trigger_tag_key=os.environ.get("TRIGGER_TAG_KEY", "ami-factory:create"),
         schedule_tag_key=os.environ.get("SCHEDULE_TAG_KEY", "ami-factory:schedule"),
         state_machine_arn=os.environ.get("STATE_MACHINE_ARN", ""),

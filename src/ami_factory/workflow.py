@@ -30,6 +30,7 @@ from .models import (
     InstanceRef,
     Plan,
     RestoreInstanceInput,
+    RunStatus,
     Summary,
 )
 from .observability import MetricUnit, logger, metrics
@@ -220,7 +221,9 @@ def finalize(plan: FinalizeInput) -> Summary:
     for result in failed if plan.launch_check else []:  # a failed check may have left its instance
         cleaned += remove_scaffolding(plan.run_id, result.region, images=set(), instances={"launch-check"})
     cleaned += remove_run_images(plan.run_id, [result.region for result in failed])
-    status = "SUCCEEDED" if not failed else ("FAILED" if len(failed) == len(plan.distribution) else "PARTIAL")
+    status: RunStatus = (
+        "SUCCEEDED" if not failed else ("FAILED" if len(failed) == len(plan.distribution) else "PARTIAL")
+    )
     instance = restore_instance(RestoreInstanceInput(instance=plan.instance))
     # The source Region's image, unless that Region failed and its image was just removed.
     source_image = next(

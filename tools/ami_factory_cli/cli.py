@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import boto3
 
@@ -17,6 +17,16 @@ from ami_factory.errors import error_message
 from ami_factory.pricing import Prices, estimate_images, load_prices, orchestration_cost
 
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
+
+if TYPE_CHECKING:
+    from mypy_boto3_cloudformation import CloudFormationClient
+    from mypy_boto3_ec2.type_defs import FilterTypeDef, ImageTypeDef
+    from mypy_boto3_stepfunctions import SFNClient
+    from mypy_boto3_stepfunctions.type_defs import (
+        DescribeExecutionOutputTypeDef,
+        GetExecutionHistoryInputTypeDef,
+        HistoryEventTypeDef,
+    )
 
 
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
@@ -56,7 +66,7 @@ def _csv(value: str | None) -> list[str]:
     return [item for item in (value or "").split(",") if item]
 
 
-def find_state_machine(sfn: Any, stack_name: str | None, cloudformation: Any | None) -> str:
+def find_state_machine(sfn: SFNClient, stack_name: str | None, cloudformation: CloudFormationClient | None) -> str:
     """The stack's output when there is a stack; else the one state machine named *ImagingStateMachine*."""
     if stack_name and cloudformation is not None:
         outputs = cloudformation.describe_stacks(StackName=stack_name)["Stacks"][0].get("Outputs", [])
@@ -78,11 +88,11 @@ def execution_name(instance_id: str) -> str:
     return f"{instance_id}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
 
 
-def new_events(sfn: Any, execution_arn: str, after_id: int) -> list[dict[str, Any]]:
+def new_events(sfn: SFNClient, execution_arn: str, after_id: int) -> list[HistoryEventTypeDef]:
     """Events with an id above ``after_id``, oldest first: read newest-first and stop at the seen ones,
     so following a long run costs one small page per poll, not the whole history."""
-    kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 100, "reverseOrder": True}
-    fresh: list[dict[str, Any]] = []
+    kwargs: GetExecutionHistoryInputTypeDef = {"executionArn": execution_arn, "maxResults": 100, "reverseOrder": True}
+    fresh: list[HistoryEventTypeDef] = []
     while True:
         page = sfn.get_execution_history(**kwargs)
         fresh.extend(event for event in page["events"] if event["id"] > after_id)
@@ -108,7 +118,7 @@ UNTIL = {
 }
 
 
-def describe_event(event: dict[str, Any]) -> str | None:
+def describe_event(event: HistoryEventTypeDef) -> str | None:
     """One line for each step a user cares about, with the Region when it runs inside Distribute."""
     details = event.get("stateEnteredEventDetails")
     if not details:
@@ -137,8 +147,8 @@ def describe_event(event: dict[str, Any]) -> str | None:
 
 
 def follow(
-    sfn: Any, execution_arn: str, out: TextIO, poll_seconds: float, sleep: Callable[[float], None] = time.sleep
-) -> dict[str, Any]:
+    sfn: SFNClient, execution_arn: str, out: TextIO, poll_seconds: float, sleep: Callable[[float], None] = time.sleep
+) -> DescribeExecutionOutputTypeDef:
     last_id = 0
     while True:
         described = sfn.describe_execution(executionArn=execution_arn)
@@ -148,11 +158,11 @@ def follow(
             if line:
                 print(line, file=out, flush=True)
         if described["status"] in TERMINAL:
-            return dict(described)
+            return described
         sleep(poll_seconds)
 
 
-def table(rows: list[tuple[str, ...]]) -> str:
+def table(rows: Sequence[tuple[str, ...]]) -> str:
     """Columns padded to their widest cell, the first row a header underlined with dashes."""
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
@@ -182,9 +192,11 @@ def result_table(summary: dict[str, Any]) -> str:
 LAMBDA_GB = 0.25  # the template's MemorySize (256 MB), for the run's Lambda GB-seconds
 
 
-def run_cost(sfn: Any, execution_arn: str, prices: Prices) -> tuple[float, int, int]:
+def run_cost(sfn: SFNClient, execution_arn: str, prices: Prices) -> tuple[float, int, int]:
     """What the run itself cost: (dollars, state transitions, Lambda invocations), from its history."""
-    pages = sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn, maxResults=1000)
+    pages = sfn.get_paginator("get_execution_history").paginate(
+        executionArn=execution_arn, PaginationConfig={"PageSize": 1000}
+    )
     events = [event for page in pages for event in page["events"]]
     transitions = sum(1 for event in events if event["type"].endswith("StateEntered"))
     started = {event["id"]: event["timestamp"] for event in events if event["type"] == "TaskStarted"}
@@ -208,7 +220,9 @@ def cost_lines(cost: dict[str, Any], run: tuple[float, int, int] | None) -> str:
     return "\n".join(lines)
 
 
-def report(described: dict[str, Any], out: TextIO, sfn: Any = None, prices: Prices | None = None) -> int:
+def report(
+    described: DescribeExecutionOutputTypeDef, out: TextIO, sfn: SFNClient | None = None, prices: Prices | None = None
+) -> int:
     status = described["status"]
     print(f"\nexecution {described['name']}: {status}", file=out)
     if status != "SUCCEEDED":
@@ -244,13 +258,13 @@ def estimate(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """What existing images cost to keep: the ids given, or every image AMI Factory made of an instance."""
     session = boto3.session.Session(region_name=args.region)
     source = session.region_name
-    found: list[tuple[str, dict[str, Any]]] = []
+    found: list[tuple[str, ImageTypeDef]] = []
     for region in [source, *_csv(args.regions)]:
         ec2 = session.client("ec2", region_name=region, endpoint_url=args.endpoint_url)
         if args.image_id:
             images = ec2.describe_images(ImageIds=args.image_id)["Images"] if region == source else []
         else:
-            filters = [
+            filters: list[FilterTypeDef] = [
                 {"Name": "tag:ami-factory:source-instance", "Values": [args.instance_id]},
                 {"Name": "tag:ami-factory:managed", "Values": ["true"]},
             ]

@@ -126,7 +126,8 @@ class Emulator:
         use_client_factory(None)  # clients cached before this emulator started belong to another world
         # moto's interpreter builds a new JSONPath parser (ply tables) for every path it reads; a
         # parsed path is immutable, so the emulator parses each one once.
-        stack.enter_context(mock.patch.object(json_path, "parse", functools.lru_cache(maxsize=4096)(json_path.parse)))
+        parse = json_path.parse  # type: ignore[attr-defined]  # moto imports it there
+        stack.enter_context(mock.patch.object(json_path, "parse", functools.lru_cache(maxsize=4096)(parse)))
         # ...and parses the whole ASL with ANTLR for every execution (about a second each); executions
         # get a fresh copy of the one parse instead, so none shares state with another.
         stack.enter_context(
@@ -147,7 +148,10 @@ class Emulator:
     # --- clients and fixtures -----------------------------------------------------------------
 
     def client(self, service: str, region: str | None = None) -> Any:
-        return boto3.client(service, region_name=region or self.region)
+        """A boto3 client of any service on the emulator, for tests and scripts (the package's own
+        clients are typed per service in ``ami_factory.clients``)."""
+        service_name: Any = service
+        return boto3.client(service_name, region_name=region or self.region)
 
     def launch_instance(
         self,
@@ -207,7 +211,9 @@ class Emulator:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{execution_arn} still {described['status']} after {timeout}s of real time")
             time.sleep(0.02)
-        pages = sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn, maxResults=1000)
+        pages = sfn.get_paginator("get_execution_history").paginate(
+            executionArn=execution_arn, PaginationConfig={"PageSize": 1000}
+        )
         history = [event for page in pages for event in page["events"]]
         output = described.get("output")
         return RunResult(
@@ -346,7 +352,7 @@ class Emulator:
 
 def render_definition(project_root: Path, properties: dict[str, Any], resolver: Resolver) -> str:
     """The ASL file with its ``${...}`` DefinitionSubstitutions applied, as SAM does at deploy time."""
-    text = (project_root / properties["DefinitionUri"]).read_text()
+    text = (project_root / str(properties["DefinitionUri"])).read_text()
     substitutions = resolver.resolve(properties.get("DefinitionSubstitutions", {}))
     for key, value in substitutions.items():
         text = text.replace("${" + key + "}", str(value))

@@ -117,7 +117,10 @@ class InProcessRuntime:
     @contextmanager
     def installed(self) -> Iterator[InProcessRuntime]:
         runtime = self
-        originals = {LambdaBackend: LambdaBackend.invoke, LambdaSimpleBackend: LambdaSimpleBackend.invoke}
+        originals: dict[type, Callable[..., Any]] = {
+            LambdaBackend: LambdaBackend.invoke,
+            LambdaSimpleBackend: LambdaSimpleBackend.invoke,
+        }
 
         def make_invoke(backend_class: type) -> Callable[..., Any]:
             def invoke(
@@ -135,7 +138,7 @@ class InProcessRuntime:
             return invoke
 
         clients: dict[tuple[str, str], Any] = {}
-        make_client = lambda_eval_utils.boto_client_for
+        make_client = lambda_eval_utils.boto_client_for  # type: ignore[attr-defined]  # moto imports it there
 
         def cached_client(region: str, service: str, state_credentials: Any = None) -> Any:
             # moto's interpreter builds a new boto3 client for every Lambda task (tens of ms each).

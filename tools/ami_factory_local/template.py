@@ -44,7 +44,8 @@ def load_template(path: Path) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=8)
 def _parsed_template(text: str) -> dict[str, Any]:
-    return yaml.load(text, Loader=_CfnLoader)
+    parsed: dict[str, Any] = yaml.load(text, Loader=_CfnLoader)
+    return parsed
 
 
 @dataclass

@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 from moto.core.responses import ActionResult, BaseResponse
@@ -48,6 +48,7 @@ from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import ec2_backends
 from moto.ec2.responses.amis import AmisResponse
 from moto.events.models import events_backends
+from moto.events.utils import EventMessageType
 from moto.kms.models import kms_backends
 
 from ami_factory.commands import GENERALIZE_COMMENT
@@ -355,9 +356,9 @@ class World:
         if operation == "EnableImageDeregistrationProtection":
             self.protected[params["ImageId"]] = str(params.get("WithCooldown", "false")).lower() == "true"
             state = "enabled-with-cooldown" if self.protected[params["ImageId"]] else "enabled-without-cooldown"
-            ami = ec2_backends[self.account_id][response.region].amis.get(params["ImageId"])
+            ami: Any = ec2_backends[self.account_id][response.region].amis.get(params["ImageId"])
             if ami is not None:
-                ami.deregistration_protection = state  # DescribeImages shows it, as on AWS
+                ami.deregistration_protection = state  # moto's DescribeImages shows it, as AWS does
             return {"Return": state}
         if operation == "DeregisterImage" and params.get("ImageId") in self.protected:
             return EC2ClientError(
@@ -408,7 +409,7 @@ class World:
                     world._mark_aws_managed_keys(response.region)
                 elif service == "stepfunctions" and operation == "GetExecutionHistory":
                     answer = history_page(
-                        execution_events(response.stepfunction_backend, params["executionArn"]), params
+                        execution_events(cast(Any, response).stepfunction_backend, params["executionArn"]), params
                     )
             if answer is not None:
                 return response.serialized(ActionResult(answer))
@@ -490,7 +491,7 @@ class World:
             if not resource_id.startswith("i-"):
                 continue
             tags = {tag["key"]: tag["value"] for tag in backend.describe_tags(filters={"resource-id": [resource_id]})}
-            event = {
+            event: dict[str, Any] = {
                 "version": "0",
                 "id": str(uuid.uuid4()),
                 "detail-type": "Tag Change on Resource",
@@ -508,7 +509,7 @@ class World:
                 },
             }
             for rule in list(events_backends[self.account_id][region].event_buses["default"].rules.values()):
-                rule.send_to_targets(event, transform_input=False)
+                rule.send_to_targets(cast(EventMessageType, event), transform_input=False)
 
     def _after_send_command(self, result: Any, region: str, params: dict[str, Any]) -> None:
         command = json.loads(result[2])["Command"]
@@ -555,7 +556,7 @@ class World:
 
     def _record_image_launch(self, region: str, image_id: str) -> None:
         """AWS records when an image was last launched (DescribeImages LastLaunchedTime); moto does not."""
-        ami = ec2_backends[self.account_id][region].amis.get(image_id)
+        ami: Any = ec2_backends[self.account_id][region].amis.get(image_id)
         if ami is not None:
             # Wall-clock like moto's CreationDate, which the clean-up compares it with.
             ami.last_launched_time = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
