@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN := env PYTHONPATH=src:tools AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH=$(CURDIR)/$(BIN):$$PATH
 
-.PHONY: demo demo-generalize test bench serve lint build schema asl lock clean
+.PHONY: demo demo-generalize test unit lint mutation bench serve build schema asl lock clean
 
 $(BIN)/.installed: requirements-dev.txt src/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ demo: $(BIN)/.installed
 demo-generalize: $(BIN)/.installed
 	$(RUN) $(BIN)/python -m ami_factory_local demo --generalize
 
-test: $(BIN)/.installed
+# The lint gate, then the whole suite: the README's test command, and so CI's.
+test: lint
 	$(RUN) $(BIN)/python -m pytest
+
+# The fast loop while you work: no subprocesses, no sam build.
+unit: $(BIN)/.installed
+	$(RUN) $(BIN)/python -m pytest -m "not slow"
 
 bench: $(BIN)/.installed
 	$(RUN) $(BIN)/python -m ami_factory_local bench
@@ -32,7 +37,12 @@ serve: $(BIN)/.installed
 	$(RUN) $(BIN)/python -m ami_factory_local serve
 
 lint: $(BIN)/.installed
+	$(RUN) $(BIN)/ruff check .
+	$(RUN) $(BIN)/ruff format --check .
+	$(RUN) $(BIN)/mypy
 	$(RUN) $(BIN)/sam validate --lint -t template.yaml
+	$(RUN) $(BIN)/cfn-lint template.yaml examples/*.yaml
+	$(RUN) $(BIN)/python tools/check_scripts.py
 
 build: $(BIN)/.installed
 	$(RUN) PYENV_VERSION=3.13.0 $(BIN)/sam build

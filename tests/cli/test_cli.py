@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ami_factory_cli import cli
 from ami_factory_local import Emulator, bench
 from tests.conftest import OTHER_ACCOUNT, ROOT
@@ -29,6 +31,7 @@ def user_env() -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_demo_ends_succeeded_with_an_ami_in_each_of_three_regions_and_the_instance_running() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "ami_factory_local", "demo"],
@@ -58,6 +61,7 @@ def test_demo_ends_succeeded_with_an_ami_in_each_of_three_regions_and_the_instan
     assert re.search(r"^this run: \$0\.\d{4} \(\d+ state transitions, \d+ Lambda invocations\)$", out, re.MULTILINE)
 
 
+@pytest.mark.slow
 def test_the_generalize_demo_sysprepps_a_clone_and_keeps_the_instance_running() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "ami_factory_local", "demo", "--generalize"],
@@ -103,6 +107,7 @@ def aws(*args: str, endpoint: str) -> dict:
     return json.loads(result.stdout) if result.stdout.strip() else {}
 
 
+@pytest.mark.slow
 def test_aws_cli_starts_a_sample_request_on_the_emulator_server(tmp_path: Path) -> None:
     port = free_port()
     server = subprocess.Popen(
@@ -238,6 +243,7 @@ def test_cli_finds_the_state_machine_and_builds_the_request(make_emulator) -> No
     assert cli.find_state_machine(emu.client("stepfunctions"), None, None) == emu.state_machine_arn
 
 
+@pytest.mark.slow
 def test_bench_reports_counts_per_run() -> None:
     """The report's shape, on the scenarios that take different paths (`make bench` runs them all)."""
     out = io.StringIO()

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ami_factory.rules import parameter_name
 from ami_factory_local.template import load_template
 
@@ -15,6 +17,7 @@ CFN_LINT = shutil.which("cfn-lint") or str(Path(sys.executable).parent / "cfn-li
 EXAMPLE = ROOT / "examples" / "launch-from-parameter.yaml"
 
 
+@pytest.mark.slow
 def test_the_example_template_passes_cfn_lint() -> None:
     result = subprocess.run([CFN_LINT, str(EXAMPLE)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -81,6 +81,7 @@ def sam_env() -> dict[str, str]:
     return {**os.environ, "AWS_DEFAULT_REGION": "us-east-1", "SAM_CLI_TELEMETRY": "0", "PYENV_VERSION": "3.13.0"}
 
 
+@pytest.mark.slow
 def test_sam_validate_lint_is_clean() -> None:
     result = subprocess.run(
         [SAM, "validate", "--lint", "-t", "template.yaml"],
@@ -93,6 +94,7 @@ def test_sam_validate_lint_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_sam_build_succeeds(tmp_path: Path) -> None:
     result = subprocess.run(
         [SAM, "build", "--build-dir", str(tmp_path / "build"), "-t", "template.yaml"],
@@ -105,6 +107,8 @@ def test_sam_build_succeeds(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     layer = tmp_path / "build" / "SharedLayer" / "python"
     assert (layer / "ami_factory" / "workflow.py").exists(), "the layer must carry the domain package"
+    scripts = sorted(path.name for path in (layer / "ami_factory" / "scripts").iterdir())
+    assert scripts == ["cleanup.ps1", "cleanup.sh", "sanitize.sh", "sysprep.ps1"], "and the scripts it sends"
     assert (layer / "pydantic").is_dir(), "the layer must carry its dependencies"
 
 

@@ -15,7 +15,10 @@ def operations(emu: Emulator) -> list[str]:
 
 @pytest.mark.parametrize(
     "platform, document, must_contain",
-    [("Linux", "AWS-RunShellScript", "find /tmp /var/tmp"), ("Windows", "AWS-RunPowerShellScript", "Clear-RecycleBin")],
+    [
+        ("Linux", "AWS-RunShellScript", "for dir in /tmp /var/tmp"),
+        ("Windows", "AWS-RunPowerShellScript", "'$Recycle.Bin'"),
+    ],
 )
 def test_cleanup_runs_on_the_instance_before_it_is_stopped_and_imaged(
     emu: Emulator, platform: str, document: str, must_contain: str
