@@ -18,8 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ami_factory.errors import RETRYABLE_ERRORS, InstanceStateConflictError
-from ami_factory.models import (
+from ami_factory.contracts import (
     CommandRef,
     GeneralizeRef,
     ImageRef,
@@ -29,6 +28,7 @@ from ami_factory.models import (
     PublishParameterOutput,
     ShareImageOutput,
 )
+from ami_factory.errors import RETRYABLE_ERRORS, InstanceStateConflictError
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "statemachine" / "imaging.asl.json"

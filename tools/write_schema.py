@@ -4,7 +4,7 @@ import json
 import sys
 from pathlib import Path
 
-from ami_factory.models import ImagingRequest
+from ami_factory.request import ImagingRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,5 @@
+from ami_factory.contracts import CheckCloneInput
 from ami_factory.generalize import check_clone
 from ami_factory.handler import lambda_step
-from ami_factory.models import CheckCloneInput
 
 handler = lambda_step(CheckCloneInput, check_clone)

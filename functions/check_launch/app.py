@@ -1,5 +1,5 @@
+from ami_factory.contracts import CheckLaunchInput
 from ami_factory.distribution import check_launch
 from ami_factory.handler import lambda_step
-from ami_factory.models import CheckLaunchInput
 
 handler = lambda_step(CheckLaunchInput, check_launch)

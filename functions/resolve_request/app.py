@@ -1,5 +1,5 @@
+from ami_factory.contracts import ResolveRequestInput
 from ami_factory.handler import lambda_step
-from ami_factory.models import ResolveRequestInput
 from ami_factory.preflight import resolve_request
 
 handler = lambda_step(ResolveRequestInput, resolve_request)

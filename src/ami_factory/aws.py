@@ -20,7 +20,7 @@ from .errors import (
     InstanceStateConflictError,
     ThrottledError,
 )
-from .models import ShareTargets
+from .request import ShareTargets
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.literals import InstanceTypeType, ResourceTypeType

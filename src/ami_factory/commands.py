@@ -10,7 +10,8 @@ from __future__ import annotations
 from importlib import resources
 from typing import NamedTuple
 
-from .models import Platform, WindowsOptions
+from .contracts import Platform
+from .request import WindowsOptions
 
 # The emulator's world recognises the generalize command by this comment (it cannot run the script).
 GENERALIZE_COMMENT = "ami-factory generalize"

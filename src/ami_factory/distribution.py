@@ -8,8 +8,7 @@ from datetime import UTC, datetime, timedelta
 from botocore.exceptions import ClientError
 
 from .aws import Ec2, Ssm, error_text, snapshots_of
-from .errors import EncryptionKeyError, InvalidRequestError, LaunchCheckFailedError
-from .models import (
+from .contracts import (
     CheckLaunchInput,
     CopyImageInput,
     ImageRef,
@@ -22,9 +21,10 @@ from .models import (
     ShareImageInput,
     ShareImageOutput,
 )
+from .errors import EncryptionKeyError, InvalidRequestError, LaunchCheckFailedError
 from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX, check_share_targets
-from .settings import Settings, load_settings
-from .workflow import LIVE_INSTANCE_STATES, client_token, give_up_after
+from .settings import load_settings
+from .steps import LIVE_INSTANCE_STATES, client_token, give_up_after
 
 
 def copy_image(event: CopyImageInput) -> ImageRef:
@@ -130,10 +130,10 @@ def _region_key(region: str) -> str:
     return key
 
 
-def share_image(event: ShareImageInput, settings: Settings | None = None) -> ShareImageOutput:
+def share_image(event: ShareImageInput) -> ShareImageOutput:
     # Checked again here, not only in ResolveRequest: the state is data anyone with
     # StartExecution can shape, and sharing is the step that must never overreach.
-    check_share_targets(event.share, settings or load_settings())
+    check_share_targets(event.share, load_settings())
     ec2 = Ec2(event.image.region)
     ec2.add_launch_permissions(event.image.image_id, event.share)
     if event.share.snapshot_permissions:

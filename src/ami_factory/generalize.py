@@ -7,8 +7,7 @@ from botocore.exceptions import ClientError
 
 from .aws import Ec2, Ssm, error_text
 from .commands import GENERALIZE_COMMENT, cleanup_command, generalize_command
-from .errors import CloneLaunchError, CommandFailedError, UnsupportedInstanceError
-from .models import (
+from .contracts import (
     CheckCloneInput,
     CheckCommandInput,
     CheckGeneralizeInput,
@@ -20,8 +19,9 @@ from .models import (
     LaunchedInstance,
     Plan,
 )
+from .errors import CloneLaunchError, CommandFailedError, UnsupportedInstanceError
 from .rules import ROLE_TAG, RUN_TAG
-from .workflow import LIVE_INSTANCE_STATES, client_token, create_image_once, give_up_after
+from .steps import LIVE_INSTANCE_STATES, client_token, create_image_once, give_up_after
 
 FAILED_COMMAND_STATES = frozenset(
     {"Failed", "Cancelled", "TimedOut", "Cancelling", "DeliveryTimedOut", "ExecutionTimedOut"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .aws import Ec2, Kms, Ssm, StepFunctions, tags_of
+from .contracts import Plan, Platform, RegionTarget, ResolveRequestInput
 from .errors import (
     EncryptionKeyError,
     InstanceNotManagedError,
@@ -17,8 +18,8 @@ from .errors import (
     RunInProgressError,
     UnsupportedInstanceError,
 )
-from .models import ImagingRequest, Plan, Platform, RegionTarget, ResolveRequestInput, WindowsOptions
 from .observability import MetricUnit, metrics
+from .request import ImagingRequest, WindowsOptions
 from .rules import (
     MAX_PUBLIC_IMAGES_PER_REGION,
     check_share_targets,
@@ -40,9 +41,9 @@ if TYPE_CHECKING:
 IMAGEABLE_INSTANCE_STATES = frozenset({"running", "stopped", "stopping", "pending"})
 
 
-def resolve_request(event: ResolveRequestInput, settings: Settings | None = None) -> Plan:
+def resolve_request(event: ResolveRequestInput) -> Plan:
     """Validate everything before anything changes: a bad request fails here, having touched nothing."""
-    settings = settings or load_settings()
+    settings = load_settings()
     region = settings.region
     request = parse_request(event.request)
     check_share_targets(request.share, settings)

@@ -16,8 +16,9 @@ import boto3
 from botocore.exceptions import ClientError
 
 from .aws import Ec2, Ssm, error_code, tags_of
-from .models import RetentionAction, RetentionDecision, RetentionInput, RetentionReport
+from .contracts import RetentionAction, RetentionDecision, RetentionReport
 from .observability import logger
+from .request import RetentionInput
 from .rules import KEEP_NEWEST_TAG, MAX_AGE_TAG, ROLE_TAG, TAG_PREFIX, parameter_name
 from .settings import Settings, load_settings
 
@@ -64,8 +65,8 @@ def retention_regions(settings: Settings) -> list[str]:
     return sorted(boto3.session.Session().get_available_regions("ec2", partition_name=partition))
 
 
-def apply_retention(event: RetentionInput, settings: Settings | None = None) -> RetentionReport:
-    settings = settings or load_settings()
+def apply_retention(event: RetentionInput) -> RetentionReport:
+    settings = load_settings()
     regions = event.regions or retention_regions(settings)
     now = datetime.now(UTC)
     report = RetentionReport(dry_run=event.dry_run)

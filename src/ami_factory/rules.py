@@ -15,13 +15,14 @@ from typing import Any
 import boto3
 from pydantic import ValidationError
 
+from .contracts import RegionTarget
 from .errors import (
     InvalidRequestError,
     PublicSharingBlockedError,
     ShareTargetNotAllowedError,
     UnknownRegionError,
 )
-from .models import ImagingRequest, RegionTarget, RetentionOptions, ShareTargets, sanitize_image_name
+from .request import ImagingRequest, RetentionOptions, ShareTargets
 from .settings import Settings
 
 # What a recipient's account must be allowed on a customer managed key to launch an image encrypted with it.
@@ -128,6 +129,12 @@ def holder_of(instance_id: str, running: Iterable[str]) -> str | None:
 def family_name(request: ImagingRequest, instance_tags: Mapping[str, str]) -> str:
     raw = request.image_name or instance_tags.get("Name") or request.instance_id
     return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-") or request.instance_id
+
+
+def sanitize_image_name(raw: str) -> str:
+    """EC2 image names: 3-128 of letters, digits, ( ) [ ] . / - ' @ _ and space."""
+    cleaned = re.sub(r"[^A-Za-z0-9()\[\]./\-'@_ ]", "-", raw).strip()
+    return cleaned[:128]
 
 
 def image_name(prefix: str, family: str, run_id: str) -> str:

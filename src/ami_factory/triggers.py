@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .aws import Ec2, StepFunctions, tags_of
 from .errors import AmiFactoryError, InvalidRequestError
-from .models import ImagingRequest
 from .observability import MetricUnit, logger, metrics
+from .request import ImagingRequest
 from .rules import TAG_PREFIX, check_share_targets, describe_validation, holder_of, parse_request, target_regions
 from .settings import Settings, load_settings
 
@@ -152,9 +152,9 @@ def request_from_tags(instance_id: str, tags: Mapping[str, str], settings: Setti
     return request
 
 
-def start_runs(event: Mapping[str, Any], settings: Settings | None = None) -> StartOutcome:
+def start_runs(event: Mapping[str, Any]) -> StartOutcome:
     """Start one run per triggered instance; never raise for a bad event (EventBridge would only retry it)."""
-    settings = settings or load_settings()
+    settings = load_settings()
     try:
         if event.get("source") == "aws.tag":
             candidates = _tag_candidates(TagChangeEvent.model_validate(event), settings)

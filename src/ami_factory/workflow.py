@@ -1,26 +1,16 @@
-"""The imaging steps themselves, and what the others share: stop and restore the instance, create
-and wait for the image, remove what a run made, finalize or fail the run. Handlers parse their
-input, call one step, and return its model; the steps before imaging are in ``preflight`` and
-``generalize``, a Region's distribution in ``distribution``."""
+"""The imaging steps themselves: stop and restore the instance, create and wait for the image,
+remove what a run made, finalize or fail the run. Handlers parse their input, call one step, and
+return its model; the steps before imaging are in ``preflight`` and ``generalize``, a Region's
+distribution in ``distribution``, and what all of them share in ``steps``."""
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
 
 from .aws import Ec2, Notifications, tags_of
-from .errors import (
-    AmiFactoryError,
-    ImageFailedError,
-    InstanceStateConflictError,
-    ThrottledError,
-    UnsupportedInstanceError,
-    WaitTimeoutError,
-    error_message,
-)
-from .models import (
+from .contracts import (
     CheckImageInput,
     CheckInstanceInput,
     CreateImageInput,
@@ -33,13 +23,21 @@ from .models import (
     RunStatus,
     Summary,
 )
+from .errors import (
+    AmiFactoryError,
+    ImageFailedError,
+    InstanceStateConflictError,
+    ThrottledError,
+    UnsupportedInstanceError,
+    error_message,
+)
 from .observability import MetricUnit, logger, metrics
 from .pricing import CostEstimate, Prices, estimate_images, load_prices
 from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX
 from .settings import load_settings
+from .steps import LIVE_INSTANCE_STATES, create_image_once, give_up_after
 
 FAILED_IMAGE_STATES = frozenset({"failed", "invalid", "error", "deregistered"})
-LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
 
 
 def prepare_instance(plan: Plan) -> InstanceRef:
@@ -75,14 +73,6 @@ def check_instance(event: CheckInstanceInput) -> InstanceRef:
     return instance
 
 
-def give_up_after(
-    max_polls: int, polls: int, state: str, wanted: str, what: str, advice: str, limit: str = "MaxWaitSeconds"
-) -> None:
-    """The bound on every wait loop: the state machine only loops while this does not raise."""
-    if state != wanted and polls >= max_polls:
-        raise WaitTimeoutError(f"{what} is still {state} after {polls} checks; raise {limit} or {advice}")
-
-
 def create_image(event: CreateImageInput) -> ImageRef:
     """The final image: of the clone in mode generalize, of the instance otherwise."""
     instance_id = event.clone.instance_id if event.clone else event.instance_id
@@ -93,18 +83,6 @@ def create_image(event: CreateImageInput) -> ImageRef:
     return create_image_once(
         event.source_region, instance_id, event.capture_image_name, event.description, no_reboot, tags
     )
-
-
-def create_image_once(
-    region: str, instance_id: str, name: str, description: str, no_reboot: bool, tags: dict[str, str]
-) -> ImageRef:
-    ec2 = Ec2(region)
-    existing = ec2.find_image_by_name(name)
-    if existing:
-        logger.info("image %s already exists for this run; not creating another", existing["ImageId"])
-        return ImageRef(region=region, image_id=existing["ImageId"], state=existing["State"])
-    image_id = ec2.create_image(instance_id, name, description, no_reboot=no_reboot, tags=tags)
-    return ImageRef(region=region, image_id=image_id)
 
 
 def check_image(event: CheckImageInput) -> ImageRef:
@@ -126,11 +104,6 @@ def check_image(event: CheckImageInput) -> ImageRef:
     if image.state == "available":
         metrics.add_metric(name="ImageWaitSeconds", unit=MetricUnit.Seconds, value=image.polls * event.poll_seconds)
     return image
-
-
-def client_token(run_id: str, scope: str) -> str:
-    """An idempotency token (CopyImage per Region, RunInstances for the clone): a retry sends the same one."""
-    return hashlib.sha256(f"{run_id}/{scope}".encode()).hexdigest()[:64]
 
 
 def restore_instance(event: RestoreInstanceInput) -> InstanceRef:

@@ -16,7 +16,7 @@ import pytest
 
 from ami_factory_cli import cli
 from ami_factory_local import Emulator, bench
-from tests.conftest import OTHER_ACCOUNT, ROOT
+from tests.helpers import OTHER_ACCOUNT, ROOT
 
 BIN = Path(sys.executable).parent
 

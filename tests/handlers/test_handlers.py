@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from ami_factory_local import Emulator
-from tests.conftest import ALLOWED_ACCOUNT, OTHER_ACCOUNT, sample
+from tests.helpers import ALLOWED_ACCOUNT, OTHER_ACCOUNT, sample
 
 
 def invoke(emu: Emulator, function: str, payload: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pytest
 from tree_sitter import Node
 
 from ami_factory.commands import SCRIPTS, cleanup_command, generalize_command
-from ami_factory.models import AdminPassword, WindowsOptions
+from ami_factory.request import AdminPassword, WindowsOptions
 from check_scripts import parse_powershell, powershell_problems, problems, shell_problems
 
 SCRIPT_FILES = sorted(Path(str(SCRIPTS)).glob("*.*"))

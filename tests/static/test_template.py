@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ami_factory import models
+from ami_factory import contracts
 from ami_factory.errors import RETRYABLE_ERRORS, all_error_names
 from ami_factory_local.emulator import render_definition
 from ami_factory_local.template import Resolver, functions, load_template, resources_of_type
@@ -40,41 +40,34 @@ def machine(template: dict[str, Any]) -> dict[str, Any]:
     return resource
 
 
+def step_functions(machine: dict[str, Any]) -> list[str]:
+    """The functions the state machine calls: those whose ARN is substituted into its definition."""
+    return sorted(value["Fn::GetAtt"][0] for value in machine["Properties"]["DefinitionSubstitutions"].values())
+
+
+def entry_points(template: dict[str, Any]) -> set[str]:
+    """The functions started from outside the state machine: targets of rules and schedules."""
+    found = set()
+    for resource in template["Resources"].values():
+        properties = resource.get("Properties", {})
+        targets = properties.get("Targets", []) if resource["Type"] == "AWS::Events::Rule" else []
+        if resource["Type"] == "AWS::Scheduler::Schedule":
+            targets = [properties["Target"]]
+        found |= {target["Arn"]["Fn::GetAtt"][0] for target in targets}
+    return found
+
+
 @pytest.fixture(scope="module")
 def asl(machine: dict[str, Any]) -> dict[str, Any]:
     """The ASL as deployed: every ${...} substituted from DefinitionSubstitutions."""
-    attributes = {(name, "Arn"): f"arn:aws:lambda:us-east-1:123456789012:function:{name}" for name in ALL_FUNCTIONS}
+    attributes = {
+        (name, "Arn"): f"arn:aws:lambda:us-east-1:123456789012:function:{name}" for name in step_functions(machine)
+    }
     resolver = Resolver(parameters={}, pseudo={}, attributes=attributes)
     text = render_definition(ROOT, machine["Properties"], resolver)
     leftover = re.findall(r"\$\{[^}]+\}", text)
     assert not leftover, f"unsubstituted placeholders in the ASL: {leftover}"
     return json.loads(text)
-
-
-ALL_FUNCTIONS = [
-    "ResolveRequestFunction",
-    "PrepareInstanceFunction",
-    "CheckInstanceFunction",
-    "CreateImageFunction",
-    "CheckImageFunction",
-    "RestoreInstanceFunction",
-    "CopyImageFunction",
-    "ShareImageFunction",
-    "PublishParameterFunction",
-    "FinalizeFunction",
-    "HandleFailureFunction",
-    "RunCleanupFunction",
-    "CheckCommandFunction",
-    "CreateSeedImageFunction",
-    "LaunchCloneFunction",
-    "CheckCloneFunction",
-    "GeneralizeFunction",
-    "CheckGeneralizeFunction",
-    "ProtectImageFunction",
-    "StartLaunchCheckFunction",
-    "CheckLaunchFunction",
-    "EndLaunchCheckFunction",
-]
 
 
 def sam_env() -> dict[str, str]:
@@ -117,11 +110,28 @@ def test_the_asl_is_what_the_builder_writes() -> None:
     assert (ROOT / "statemachine" / "imaging.asl.json").read_text() == asl_text(), "run `make asl`"
 
 
-def test_every_function_is_substituted_into_the_asl(template: dict[str, Any], machine: dict[str, Any]) -> None:
-    # The start function starts the state machine; every other function is one of its steps.
-    assert sorted(functions(template)) == sorted([*ALL_FUNCTIONS, "StartRunFunction", "ApplyRetentionFunction"])
+def test_every_function_is_a_step_of_the_state_machine_or_an_entry_point(
+    template: dict[str, Any], machine: dict[str, Any]
+) -> None:
+    steps = step_functions(machine)
+    assert len(steps) >= 20
+    assert sorted(set(functions(template)) - set(steps)) == sorted(entry_points(template)), "a function nothing calls"
     substitutions = machine["Properties"]["DefinitionSubstitutions"]
-    assert sorted(substitutions) == sorted(f"{name}Arn" for name in ALL_FUNCTIONS)
+    for key, value in substitutions.items():
+        assert value == {"Fn::GetAtt": [key.removesuffix("Arn"), "Arn"]}, f"{key} must name its own function"
+    used = set(re.findall(r"\$\{([A-Za-z]+)\}", asl_text()))
+    assert used == set(substitutions), (
+        f"unused {sorted(set(substitutions) - used)}, missing {sorted(used - set(substitutions))}"
+    )
+
+
+def test_the_state_machine_may_invoke_exactly_its_steps(machine: dict[str, Any]) -> None:
+    invokable = [
+        policy["LambdaInvokePolicy"]["FunctionName"]["Ref"]
+        for policy in machine["Properties"]["Policies"]
+        if "LambdaInvokePolicy" in policy
+    ]
+    assert sorted(invokable) == step_functions(machine)
 
 
 def _states(asl: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -201,14 +211,14 @@ def test_every_error_name_is_ours_or_the_services(asl: dict[str, Any]) -> None:
 def test_result_selectors_name_exactly_the_fields_of_the_step_outputs(asl: dict[str, Any]) -> None:
     """The ASL unwraps each Lambda's Payload field by field; a model change must show up here."""
     expected = {
-        "ImageRef": set(models.ImageRef.model_fields),
-        "InstanceRef": set(models.InstanceRef.model_fields),
-        "ShareImageOutput": set(models.ShareImageOutput.model_fields),
-        "PublishParameterOutput": set(models.PublishParameterOutput.model_fields),
-        "CommandRef": set(models.CommandRef.model_fields),
-        "LaunchedInstance": set(models.LaunchedInstance.model_fields),
-        "GeneralizeRef": set(models.GeneralizeRef.model_fields),
-        "ProtectImageOutput": set(models.ProtectImageOutput.model_fields),
+        "ImageRef": set(contracts.ImageRef.model_fields),
+        "InstanceRef": set(contracts.InstanceRef.model_fields),
+        "ShareImageOutput": set(contracts.ShareImageOutput.model_fields),
+        "PublishParameterOutput": set(contracts.PublishParameterOutput.model_fields),
+        "CommandRef": set(contracts.CommandRef.model_fields),
+        "LaunchedInstance": set(contracts.LaunchedInstance.model_fields),
+        "GeneralizeRef": set(contracts.GeneralizeRef.model_fields),
+        "ProtectImageOutput": set(contracts.ProtectImageOutput.model_fields),
     }
     checked = 0
     for name, state in _states(asl).items():

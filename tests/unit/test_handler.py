@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ami_factory.contracts import CheckCloneInput, CheckCommandInput, CheckImageInput, CopyImageInput
 from ami_factory.handler import correlation_keys
-from ami_factory.models import CheckCloneInput, CheckCommandInput, CheckImageInput, CopyImageInput
 
 
 def test_correlation_keys_follow_the_steps_inputs() -> None:

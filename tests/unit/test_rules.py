@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -14,39 +13,20 @@ from ami_factory.errors import (
     ShareTargetNotAllowedError,
     UnknownRegionError,
 )
-from ami_factory.models import ImagingRequest, ShareTargets, sanitize_image_name
+from ami_factory.request import ImagingRequest, ShareTargets
 from ami_factory.rules import (
     check_share_targets,
     family_name,
     image_name,
     parameter_name,
     parse_request,
+    sanitize_image_name,
     target_regions,
 )
-from ami_factory.settings import Settings, load_settings
-from ami_factory.workflow import client_token
+from ami_factory.settings import load_settings
+from ami_factory.steps import client_token
+from tests.helpers import ROOT, SETTINGS
 from write_schema import schema_text
-
-ROOT = Path(__file__).resolve().parents[2]
-SETTINGS = Settings(
-    region="us-east-1",
-    default_regions=("eu-west-1",),
-    allowed_regions=(),
-    allowed_accounts=("111122223333",),
-    allowed_organizations=(),
-    allowed_organizational_units=("arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-ab12-cdef3456",),
-    allow_public=False,
-    image_name_prefix="ami-factory",
-    parameter_prefix="/ami-factory",
-    poll_seconds=60,
-    max_wait_seconds=3600,
-    generalize_max_wait_seconds=1800,
-    sdk_max_attempts=5,
-    sdk_retry_mode="adaptive",
-    trigger_tag_key="ami-factory:create",
-    schedule_tag_key="ami-factory:schedule",
-    state_machine_arn="",
-)
 
 
 def request(**fields: object) -> ImagingRequest:

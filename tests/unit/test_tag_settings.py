@@ -8,7 +8,7 @@ import pytest
 
 from ami_factory.errors import InvalidRequestError, PublicSharingBlockedError, ShareTargetNotAllowedError
 from ami_factory.triggers import request_from_tags
-from tests.unit.test_rules import SETTINGS
+from tests.helpers import SETTINGS
 
 INSTANCE = "i-0123456789abcdef0"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ami_factory_local import Emulator
-from tests.conftest import sample
+from tests.helpers import sample
 
 
 def operations(emu: Emulator) -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 from ami_factory.pricing import Prices, load_prices, orchestration_cost
 from ami_factory_cli import cli
 from ami_factory_local import Emulator
-from tests.conftest import sample
+from tests.helpers import sample
 
 REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
 

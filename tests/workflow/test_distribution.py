@@ -8,33 +8,14 @@ import json
 from typing import Any
 
 from ami_factory_local import Emulator
-from tests.conftest import ALLOWED_ACCOUNT, ALLOWED_ORG, ALLOWED_OU, sample
+from tests.helpers import ALLOWED_ACCOUNT, ALLOWED_ORG, ALLOWED_OU, nothing_was_changed, run_images, sample, tags
 
 REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
-
-
-def tags(resource: dict[str, Any]) -> dict[str, str]:
-    return {tag["Key"]: tag["Value"] for tag in resource.get("Tags", [])}
-
-
-def run_images(emu: Emulator, region: str, run: str) -> list[dict[str, Any]]:
-    found = emu.client("ec2", region).describe_images(
-        Owners=["self"], Filters=[{"Name": "tag:ami-factory:run", "Values": [run]}]
-    )
-    return found["Images"]
 
 
 def launch_permissions(emu: Emulator, region: str, image_id: str) -> list[dict[str, str]]:
     attribute = emu.client("ec2", region).describe_image_attribute(ImageId=image_id, Attribute="launchPermission")
     return attribute["LaunchPermissions"]
-
-
-def nothing_was_changed(emu: Emulator) -> None:
-    mutating = {op for op in emu.world.calls("ec2") if not op.startswith(("Describe", "Get"))} - {
-        "RunInstances",
-        "RegisterImage",
-    }
-    assert mutating == set(), f"nothing may change, sent {mutating}"
 
 
 def public_request(instance_id: str, **changes: Any) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from ami_factory_local import Emulator
-from tests.conftest import sample
+from tests import helpers
+from tests.helpers import run_images, sample, tags
 
 REGION = "us-east-1"
 
@@ -27,10 +28,6 @@ def instances(emu: Emulator) -> dict[str, dict[str, Any]]:
     return {instance["InstanceId"]: instance for reservation in found for instance in reservation["Instances"]}
 
 
-def tags(resource: dict[str, Any]) -> dict[str, str]:
-    return {tag["Key"]: tag["Value"] for tag in resource.get("Tags", [])}
-
-
 def images(emu: Emulator, region: str = REGION) -> list[dict[str, Any]]:
     return emu.client("ec2", region).describe_images(Owners=["self"])["Images"]
 
@@ -39,20 +36,12 @@ def snapshot_ids(emu: Emulator, region: str = REGION) -> set[str]:
     return {s["SnapshotId"] for s in emu.client("ec2", region).describe_snapshots(OwnerIds=["self"])["Snapshots"]}
 
 
-def run_images(emu: Emulator, run: str) -> list[dict[str, Any]]:
-    return [image for image in images(emu) if tags(image).get("ami-factory:run") == run]
-
-
 def commands_to(emu: Emulator, instance_id: str) -> list[Any]:
     return [r for r in emu.world.sent("SendCommand") if r.params["InstanceIds"] == [instance_id]]
 
 
 def nothing_was_changed(emu: Emulator) -> None:
-    mutating = {op for op in emu.world.calls("ec2") if not op.startswith("Describe")} - {
-        "RunInstances",
-        "RegisterImage",
-    }
-    assert mutating == set(), f"nothing may change, sent {mutating}"
+    helpers.nothing_was_changed(emu)
     assert emu.world.sent("SendCommand") == []
     assert len(emu.world.sent("RunInstances")) == 1, "only the test's own launch"
 
@@ -107,7 +96,7 @@ def test_generalize_on_a_clone_images_the_clone_and_leaves_the_instance_untouche
     assert emu.world.sent("StopInstances") == [], "the instance is never stopped"
     assert instances(emu)[source]["State"]["Name"] == "running"
 
-    (final,) = run_images(emu, "gen")
+    (final,) = run_images(emu, REGION, "gen")
     assert final["Name"] == result.output["image_name"] and "ami-factory:role" not in tags(final)
     assert final["ImageId"] == result.output["regions"][0]["image_id"]
     deregistered = {r.params["ImageId"] for r in emu.world.sent("DeregisterImage")}
@@ -159,7 +148,7 @@ def test_a_clone_ec2_refuses_to_launch_is_a_clear_error_and_the_seed_is_removed(
     result = emu.run(request, name="no-subnet")
     assert result.status == "FAILED" and result.error == "CloneLaunchError"
     assert "InvalidSubnetID.NotFound" in result.cause and "clone.subnet_id" in result.cause
-    assert run_images(emu, "no-subnet") == [] and emu.world.sent("SendCommand") == []
+    assert run_images(emu, REGION, "no-subnet") == [] and emu.world.sent("SendCommand") == []
     assert instances(emu)[source]["State"]["Name"] == "running"
 
 
@@ -214,7 +203,7 @@ def test_a_failing_sysprep_leaves_no_image_and_no_clone(emu: Emulator, then_stop
     assert result.status == "FAILED" and result.error == "CommandFailedError"
     assert "ended Failed" in result.cause and "nothing is imaged" in result.cause
     assert len(emu.world.sent("CreateImage")) == 1, "only the seed; no image of a half-generalized clone"
-    assert run_images(emu, "sysprep-broke") == []
+    assert run_images(emu, REGION, "sysprep-broke") == []
     assert all(
         i["State"]["Name"] == "terminated"
         for i in instances(emu).values()
@@ -237,7 +226,7 @@ def test_a_clone_that_never_shuts_down_times_out_and_is_terminated(make_emulator
         if e["type"] == "TaskStateEntered" and e["stateEnteredEventDetails"]["name"] == "CheckGeneralize"
     ]
     assert len(checks) == 10, "600 s at one check a minute"
-    assert run_images(emu, "stuck") == [] and len(emu.world.sent("TerminateInstances")) == 1
+    assert run_images(emu, REGION, "stuck") == [] and len(emu.world.sent("TerminateInstances")) == 1
     assert instances(emu)[source]["State"]["Name"] == "running"
 
 
@@ -248,7 +237,7 @@ def test_a_clone_that_never_comes_online_in_ssm_times_out_and_is_terminated(make
     result = emu.run({"instance_id": source, "mode": "generalize", "regions": []}, name="offline")
     assert result.status == "FAILED" and result.error == "WaitTimeoutError"
     assert "not yet reachable through SSM" in result.cause and "clone.instance_profile" in result.cause
-    assert emu.world.sent("SendCommand") == [] and run_images(emu, "offline") == []
+    assert emu.world.sent("SendCommand") == [] and run_images(emu, REGION, "offline") == []
     assert len(emu.world.sent("TerminateInstances")) == 1
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ami_factory_local import Emulator
-from tests.conftest import sample
+from tests.helpers import sample
 
 
 def emitted(out: str) -> list[dict[str, Any]]:

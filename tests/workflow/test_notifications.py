@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ami_factory.models import Summary
+from ami_factory.contracts import Summary
 from ami_factory.workflow import DETAIL_TYPES, EVENT_SOURCE
 from ami_factory_local import Emulator
-from tests.conftest import EVENTS, sample
+from tests.helpers import EVENTS, sample
 
 
 def event_entries(emu: Emulator) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ami_factory_local import Emulator
-from tests.conftest import sample
+from tests.helpers import sample
 
 REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
 

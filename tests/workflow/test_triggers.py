@@ -15,7 +15,7 @@ from moto.events.models import EventPattern
 
 from ami_factory_local import Emulator
 from ami_factory_local.template import Resolver, load_template, parameter_values, resources_of_type
-from tests.conftest import EVENTS, OTHER_ACCOUNT, ROOT
+from tests.helpers import EVENTS, OTHER_ACCOUNT, ROOT
 
 TRIGGER = "ami-factory:create"
 

@@ -4,28 +4,13 @@ assertions read moto's end state (images, launch permissions, parameters, instan
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
 from ami_factory_local import Emulator
-from tests.conftest import ALLOWED_ACCOUNT, ALLOWED_OU, OTHER_ACCOUNT, sample
+from tests.helpers import ALLOWED_ACCOUNT, ALLOWED_OU, OTHER_ACCOUNT, instance, run_images, sample, tags
 
 REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
-
-
-def run_images(emu: Emulator, region: str, run_id: str) -> list[dict[str, Any]]:
-    return emu.client("ec2", region).describe_images(
-        Owners=["self"], Filters=[{"Name": "tag:ami-factory:run", "Values": [run_id]}]
-    )["Images"]
-
-
-def instance(emu: Emulator, instance_id: str) -> dict[str, Any]:
-    return emu.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
-
-
-def tags(resource: dict[str, Any]) -> dict[str, str]:
-    return {tag["Key"]: tag["Value"] for tag in resource.get("Tags", [])}
 
 
 def assert_nothing_left(emu: Emulator, run_id: str) -> None:

@@ -1,0 +1,275 @@
+"""Step contracts: what each Lambda of the workflow takes and returns, internal to AMI Factory.
+
+A handler parses its input with one of these and returns ``model_dump(mode="json")``; the ASL's
+ResultSelectors are written from the output models (tools/write_asl.py). What users send is in
+``request``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .pricing import CostEstimate
+from .request import CloneOptions, Mode, ProtectionOptions, ShareTargets, WindowsOptions
+
+
+class Contract(BaseModel):
+    """Step inputs ignore fields they do not use: the ASL passes whole state objects."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+RetentionAction = Literal["deleted", "would delete", "skipped"]
+
+
+class RetentionDecision(BaseModel):
+    region: str
+    image_id: str
+    family: str
+    action: RetentionAction
+    reason: str
+
+
+class RetentionReport(BaseModel):
+    dry_run: bool
+    decisions: list[RetentionDecision] = Field(default_factory=list)
+    kept: int = 0
+
+
+class ResolveRequestInput(Contract):
+    request: dict[str, Any]
+    run_id: str
+    state_machine_arn: str
+
+
+class RegionTarget(BaseModel):
+    name: str
+    is_source: bool
+
+
+Platform = Literal["windows", "linux"]
+
+
+class Plan(Contract):
+    """The validated request, resolved against the instance and the deploy settings."""
+
+    run_id: str
+    instance_id: str
+    platform: Platform
+    cleanup: bool
+    source_region: str
+    family: str
+    image_name: str
+    seed_image_name: str
+    capture_image_name: str  # what CreateImage makes: the image itself, or (encrypt) the source of its copies
+    encrypt: bool
+    launch_check: bool
+    launch_check_max_polls: int
+    description: str
+    mode: Mode
+    regions: list[RegionTarget]
+    share: ShareTargets
+    parameter_name: str
+    tags: dict[str, str]
+    poll_seconds: int
+    max_polls: int
+    generalize_max_polls: int
+    windows: WindowsOptions
+    clone_overrides: CloneOptions
+    protection: ProtectionOptions
+    copy_completion_minutes: int | None
+
+
+class InstanceRef(Contract):
+    instance_id: str
+    region: str
+    original_state: str
+    state: str
+    stopped_by_us: bool = False
+    polls: int = 0
+
+
+class CheckInstanceInput(Contract):
+    instance: InstanceRef
+    max_polls: int
+
+
+class CommandRef(Contract):
+    """An SSM Run Command invocation on one instance, and how far it got."""
+
+    command_id: str
+    instance_id: str
+    region: str
+    status: str = "Pending"
+    polls: int = 0
+
+
+class CheckCommandInput(Contract):
+    command: CommandRef
+    max_polls: int
+
+
+class LaunchedInstance(Contract):
+    """An instance a run launched and waits for: the generalize clone (ready once it runs and SSM
+    reaches it) or a launch check (ready once it runs with both status checks ok)."""
+
+    instance_id: str
+    region: str
+    state: str = "pending"
+    ready: bool = False
+    polls: int = 0
+
+
+class CheckCloneInput(Contract):
+    clone: LaunchedInstance
+    max_polls: int
+
+
+class GeneralizeRef(CommandRef):
+    """The sysprep/sanitize command, and the state of the instance it shuts down."""
+
+    instance_state: str = "running"
+
+
+class CheckGeneralizeInput(Contract):
+    command: GeneralizeRef
+    max_polls: int
+
+
+class GeneralizeInput(Plan):
+    """The plan, with the clone when there is one (mode generalize)."""
+
+    clone: LaunchedInstance | None = None
+
+
+class CreateImageInput(GeneralizeInput):
+    """The final image is made from the clone in mode generalize, from the instance otherwise."""
+
+
+class LaunchCloneInput(Plan):
+    seed: ImageRef
+
+
+class ImageRef(Contract):
+    region: str
+    image_id: str
+    state: str = "pending"
+    polls: int = 0
+
+
+class CheckImageInput(Contract):
+    image: ImageRef
+    max_polls: int
+    poll_seconds: int = 60  # for the wait-time metric
+
+
+class CopyImageInput(Contract):
+    """One item of the Distribute Map: the plan's fields that a Region needs, and the source image."""
+
+    run_id: str
+    image_name: str
+    description: str
+    tags: dict[str, str]
+    region: RegionTarget
+    source_image: ImageRef
+    copy_completion_minutes: int | None = None
+    encrypt: bool = False
+
+
+class ShareImageInput(Contract):
+    image: ImageRef
+    share: ShareTargets
+
+
+class ShareImageOutput(BaseModel):
+    shared_with: list[str]
+
+
+class LaunchCheckInput(Contract):
+    run_id: str
+    image: ImageRef
+
+
+class CheckLaunchInput(Contract):
+    launched: LaunchedInstance
+    max_polls: int
+
+
+class ProtectImageInput(Contract):
+    image: ImageRef
+    protection: ProtectionOptions
+
+
+class ProtectImageOutput(BaseModel):
+    deprecate_at: str | None = None
+    deregistration_protection: bool = False
+
+
+class PublishParameterInput(Contract):
+    image: ImageRef
+    parameter_name: str
+
+
+class PublishParameterOutput(BaseModel):
+    parameter_name: str
+    version: int
+
+
+class StepError(BaseModel):
+    """What a Catch puts at ``$.error``: Step Functions' own shape."""
+
+    Error: str
+    Cause: str | None = None
+
+
+class RegionResult(BaseModel):
+    region: str
+    status: Literal["AVAILABLE", "FAILED"]
+    image_id: str | None = None
+    shared_with: list[str] = Field(default_factory=list)
+    parameter_name: str | None = None
+    deprecate_at: str | None = None
+    deregistration_protection: bool = False
+    launch_checked: bool = False
+    error: StepError | None = None
+
+
+class RestoreInstanceInput(Contract):
+    instance: InstanceRef
+    run_id: str | None = None  # with the mode: the run's scaffolding (clone, seed image) goes too
+    mode: Mode | None = None
+
+
+class FinalizeInput(Plan):
+    """The whole execution state after Distribute."""
+
+    instance: InstanceRef
+    image: ImageRef
+    distribution: list[RegionResult]
+
+
+class HandleFailureInput(Plan):
+    """The execution state as it was when a step failed, with the error a Catch put at ``$.error``."""
+
+    instance: InstanceRef | None = None
+    error: StepError
+
+
+RunStatus = Literal["SUCCEEDED", "PARTIAL", "FAILED"]
+
+
+class Summary(BaseModel):
+    status: RunStatus
+    run_id: str
+    instance_id: str
+    image_name: str | None = None
+    instance_state: str | None = None
+    regions: list[RegionResult] = Field(default_factory=list)
+    failed_regions: list[str] = Field(default_factory=list)
+    cleaned_up: list[str] = Field(default_factory=list)
+    cost: CostEstimate | None = None
+    error: str | None = None
+    cause: str | None = None
+    notification_error: str | None = None  # the run's result stands; only telling about it failed
