@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import threading
+from collections import Counter
 
 import pytest
+from botocore.exceptions import ClientError
 
+from ami_factory_local import Emulator
 from ami_factory_local.clock import VirtualClock
 from ami_factory_local.template import Resolver
+from tests.helpers import TEST_PARAMETERS, sample
 
 
 def test_sequential_waits_add_up() -> None:
@@ -38,6 +42,36 @@ def test_parallel_waits_overlap_like_map_branches() -> None:
     assert clock.waits == 16
 
 
+def test_a_branch_sees_its_own_time_and_its_parent_goes_on_from_the_latest() -> None:
+    clock = VirtualClock()
+    seen: dict[str, float] = {}
+    with clock.installed():
+        clock.advance(100)
+        fast_done = threading.Event()
+
+        def fast() -> None:
+            clock.advance(600)
+            fast_done.set()
+
+        def slow() -> None:
+            fast_done.wait()  # the other branch is far ahead already
+            clock.advance(60)
+            seen["slow"] = clock.now()
+
+        threads = [threading.Thread(target=fast), threading.Thread(target=slow)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        seen["parent before"] = clock.now()
+        clock.catch_up_with_children()
+        seen["parent after"] = clock.now()
+    start = clock.now() - clock.elapsed()
+    assert seen["slow"] - start == 160, "one branch getting ahead does not move another branch's time"
+    assert seen["parent before"] - start == 100 and seen["parent after"] - start == 700
+    assert clock.elapsed() == 700
+
+
 def test_resolver_substitutes_what_sam_would_and_refuses_the_rest() -> None:
     resolver = Resolver(
         parameters={"ParameterPrefix": "/ami-factory"},
@@ -53,10 +87,6 @@ def test_resolver_substitutes_what_sam_would_and_refuses_the_rest() -> None:
 
 def test_the_world_honours_copy_client_tokens_and_refuses_duplicate_names() -> None:
     """What moto ignores and the workflow's idempotency leans on."""
-    from botocore.exceptions import ClientError
-
-    from ami_factory_local import Emulator
-
     with Emulator() as emu:
         instance_id = emu.launch_instance()
         source = emu.client("ec2").create_image(InstanceId=instance_id, Name="source-image")["ImageId"]
@@ -91,3 +121,23 @@ def test_execution_history_pages_like_step_functions() -> None:
     grown = [*events, {"id": 251}, {"id": 252}]
     following = history_page(grown, {"reverseOrder": True, "maxResults": 2, "nextToken": newest["nextToken"]})
     assert [e["id"] for e in following["events"]] == [248, 247]
+
+
+def test_a_run_with_parallel_branches_is_the_same_run_every_time() -> None:
+    """Branches poll, retry with jitter and race each other; what each sees depends on its own waits only."""
+    outcomes = []
+    for _ in range(3):
+        with Emulator(parameters=TEST_PARAMETERS) as emu:
+            emu.world.images_take(20 * 60)
+            emu.world.status_checks_take(150)
+            emu.world.throttle("CopyImage", times=2)
+            instance_id = emu.launch_instance(name="web")
+            result = emu.run(sample("request-basic.json", instance_id=instance_id, launch_check=True), name="same")
+            assert result.status == "SUCCEEDED", result.cause
+            entered = Counter(
+                e["stateEnteredEventDetails"]["name"] for e in result.history if "stateEnteredEventDetails" in e
+            )
+            outcomes.append((entered, emu.clock.elapsed(), emu.world.calls("ec2")))
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+    entered = outcomes[0][0]
+    assert entered["CheckCopy"] == 2 * 20 and entered["CheckLaunch"] == 3 * 3

@@ -146,7 +146,9 @@ class World:
     _command_outcome: str = "Success"
     _commands: dict[tuple[str, str], _Pending] = field(default_factory=dict)  # (command, instance) -> outcome
     _registration_seconds: float = 0.0
-    _registrations: dict[str, tuple[float, dict[str, str]]] = field(default_factory=dict)  # instance -> (at, info)
+    _registrations: dict[str, tuple[float, dict[str, str], str]] = field(
+        default_factory=dict
+    )  # instance -> (at, info, region)
     _generalize_seconds: float | None = 0.0  # None: the instance never shuts down
     _generalize_outcome: str = "InProgress"  # what the command reports; sysprep's shutdown stops the agent reporting
     _generalize_stops_when_failing: bool = False
@@ -274,27 +276,29 @@ class World:
                     return True
         return False
 
-    def _tick(self) -> None:
-        """Let virtual time act: pending images settle, stopping instances stop."""
+    def _tick(self, region: str) -> None:
+        """Let virtual time act in ``region``, at the caller's time: pending images settle, stopping
+        instances stop. Only the caller's Region: a Map branch's Region is its own, so one branch
+        getting ahead never settles what another branch is still waiting for."""
         now = self.clock.now()
         for image_id, pending in list(self._images.items()):
-            if now >= pending.ready_at:
+            if pending.region == region and now >= pending.ready_at:
                 ami = ec2_backends[self.account_id][pending.region].amis.get(image_id)
                 if ami is not None:
                     ami.state = pending.final_state
                 del self._images[image_id]
         for instance_id, pending in list(self._stopping.items()):
-            if now >= pending.ready_at:
+            if pending.region == region and now >= pending.ready_at:
                 instance = ec2_backends[self.account_id][pending.region].get_instance(instance_id)
                 if instance._state.name == "stopping":
                     instance._state.name, instance._state.code = "stopped", 80
                 del self._stopping[instance_id]
-        for instance_id, (at, info) in list(self._registrations.items()):
-            if now >= at:
+        for instance_id, (at, info, where) in list(self._registrations.items()):
+            if where == region and now >= at:
                 self._managed[instance_id] = info
                 del self._registrations[instance_id]
         for instance_id, pending in list(self._shutdowns.items()):
-            if now >= pending.ready_at:
+            if pending.region == region and now >= pending.ready_at:
                 backend = ec2_backends[self.account_id][pending.region]
                 if backend.get_instance(instance_id)._state.name == "running":
                     backend.stop_instances([instance_id])
@@ -319,9 +323,9 @@ class World:
         if self._hidden_describes:
             self._hidden[ami.id] = self._hidden_describes
 
-    def _intercept_ssm(self, operation: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    def _intercept_ssm(self, region: str, operation: str, params: dict[str, Any]) -> dict[str, Any] | None:
         """Answers moto cannot give: managed instances, and invocations that take time or fail."""
-        self._tick()
+        self._tick(region)
         if operation == "DescribeInstanceInformation":
             wanted = [value for f in params.get("Filters", []) if f["Key"] == "InstanceIds" for value in f["Values"]]
             return {
@@ -343,7 +347,7 @@ class World:
 
     def _intercept(self, response: BaseResponse, operation: str, params: dict[str, Any]) -> Any:
         """Runs before moto handles an EC2 call; returns an error or an answer to give instead."""
-        self._tick()
+        self._tick(response.region)
         if self._take(self._throttles, operation, response.region):
             return EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
         if operation == "DescribeInstanceStatus" and (self._impaired_regions or self._status_check_seconds):
@@ -404,7 +408,7 @@ class World:
                 if service == "ec2":
                     answer = world._intercept(response, operation, params)
                 elif service == "ssm":
-                    answer = world._intercept_ssm(operation, params)
+                    answer = world._intercept_ssm(response.region, operation, params)
                 elif service == "kms":
                     world._mark_aws_managed_keys(response.region)
                 elif service == "stepfunctions" and operation == "GetExecutionHistory":
@@ -581,7 +585,7 @@ class World:
                     and instance.id not in self._registrations
                 ):
                     info = {**source_info, "InstanceId": instance.id, "PingStatus": "Online"}
-                    self._registrations[instance.id] = (self.clock.now() + self._registration_seconds, info)
+                    self._registrations[instance.id] = (self.clock.now() + self._registration_seconds, info, region)
 
     def _after_stop(self, region: str, params: dict[str, Any]) -> None:
         if self.instance_stop_seconds <= 0:
