@@ -24,11 +24,11 @@ demo-generalize: $(BIN)/.installed
 
 # The lint gate, then the whole suite: the README's test command, and so CI's.
 test: lint
-	$(RUN) $(BIN)/python -m pytest
+	$(RUN) $(BIN)/python -m pytest -n 2
 
 # The fast loop while you work: no subprocesses, no sam build.
 unit: $(BIN)/.installed
-	$(RUN) $(BIN)/python -m pytest -m "not slow"
+	$(RUN) $(BIN)/python -m pytest -n 2 -m "not slow"
 
 bench: $(BIN)/.installed
 	$(RUN) $(BIN)/python -m ami_factory_local bench

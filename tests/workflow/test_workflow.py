@@ -185,7 +185,7 @@ def test_throttling_and_eventual_consistency_are_retried_with_one_image_per_regi
         for e in result.history
         if e["type"] == "TaskFailed"
     ]
-    assert errors.count("ThrottledError") == 2
+    assert errors.count("ThrottledError") == 2 * 2, "two throttled CopyImage calls in each of the two copy Regions"
     assert errors.count("ImageNotVisibleYetError") >= 2
     assert len(emu.world.sent("CreateImage")) == 1
     for region in ("eu-west-1", "ap-southeast-2"):

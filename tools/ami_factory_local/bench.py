@@ -59,7 +59,7 @@ def _windows_clone(emu: Emulator, instance_id: str) -> None:
 
 SCENARIOS = [
     Scenario("typical: 3 Regions, 20 min image, 45 min copies", _typical, REGIONS),
-    Scenario("throttled CopyImage x3, image invisible x2", _throttled, REGIONS),
+    Scenario("throttled CopyImage x3 in each Region, image invisible x2", _throttled, REGIONS),
     Scenario("one Region's copy fails", _one_region_fails, REGIONS),
     Scenario("generalize (Windows) on a clone", _windows_clone, REGIONS, {"mode": "generalize"}),
     Scenario("launch check in 3 Regions (status checks ok after 3 min)", _booting, REGIONS, {"launch_check": True}),

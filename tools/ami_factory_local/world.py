@@ -112,9 +112,13 @@ class Request:
 
 @dataclass
 class _Throttle:
+    """The next ``times`` calls of ``operation`` in ``region`` (``None``: in each Region, since EC2
+    throttles per account and Region, and so that parallel branches each meet their own)."""
+
     operation: str
     region: str | None
-    remaining: int
+    times: int
+    used: dict[str, int] = field(default_factory=dict)  # Region -> calls taken
 
 
 @dataclass
@@ -183,13 +187,15 @@ class World:
         self.instance_stop_seconds = seconds
 
     def throttle(self, operation: str, times: int, region: str | None = None) -> None:
-        """The next ``times`` calls of ``operation`` fail with RequestLimitExceeded."""
+        """The next ``times`` calls of ``operation`` (in ``region``, or in each Region) fail with
+        RequestLimitExceeded."""
         with self._lock:
             self._throttles.append(_Throttle(operation, region, times))
 
     def lose_responses(self, operation: str, times: int, region: str | None = None) -> None:
-        """The next ``times`` calls of ``operation`` take effect, but the caller gets RequestLimitExceeded:
-        the step is retried after doing its work, which is what idempotency is for."""
+        """The next ``times`` calls of ``operation`` (in ``region``, or in each Region) take effect, but the
+        caller gets RequestLimitExceeded: the step is retried after doing its work, which is what
+        idempotency is for."""
         with self._lock:
             self._lost.append(_Throttle(operation, region, times))
 
@@ -271,8 +277,9 @@ class World:
         """Use up one call of the first matching rule."""
         with self._lock:
             for rule in rules:
-                if rule.remaining > 0 and rule.operation == operation and rule.region in (None, region):
-                    rule.remaining -= 1
+                used = rule.used.get(region, 0)
+                if used < rule.times and rule.operation == operation and rule.region in (None, region):
+                    rule.used[region] = used + 1
                     return True
         return False
 
