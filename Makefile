@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN := env PYTHONPATH=src:tools AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH=$(CURDIR)/$(BIN):$$PATH
 
-.PHONY: demo demo-generalize test unit lint mutation bench serve build schema asl lock clean
+.PHONY: demo demo-generalize test unit lint mutation mutation-score bench serve build schema asl lock clean
 
 $(BIN)/.installed: requirements-dev.txt src/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,16 @@ test: lint
 # The fast loop while you work: no subprocesses, no sam build.
 unit: $(BIN)/.installed
 	$(RUN) $(BIN)/python -m pytest -n 2 -m "not slow"
+
+# Mutation testing (mutmut) of the rule and decision modules with the fast tests, then the score.
+# Results are kept in mutants/: a second run only re-tests what changed. `mutmut results` lists the
+# survivors, `mutmut show NAME` shows one.
+mutation: $(BIN)/.installed
+	env SAM_CLI_TELEMETRY=0 $(BIN)/mutmut run --max-children 2
+	$(BIN)/python tools/mutation_score.py
+
+mutation-score: $(BIN)/.installed
+	$(BIN)/python tools/mutation_score.py
 
 bench: $(BIN)/.installed
 	$(RUN) $(BIN)/python -m ami_factory_local bench

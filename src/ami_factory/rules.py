@@ -140,7 +140,9 @@ def sanitize_image_name(raw: str) -> str:
 def image_name(prefix: str, family: str, run_id: str) -> str:
     """Deterministic per run: a retried step finds the image it made instead of making another.
     Only the family is shortened to fit EC2's 128 characters: the run id is what keeps runs apart."""
-    room = max(1, MAX_IMAGE_NAME - len(prefix) - len(run_id) - 2)
+    # The floor never binds (execution names are at most 80 characters, the prefix 32), so a mutant
+    # raising it changes nothing: it only keeps a broken deployment from an empty family.
+    room = max(1, MAX_IMAGE_NAME - len(prefix) - len(run_id) - 2)  # pragma: no mutate
     return sanitize_image_name(f"{prefix}-{family[:room]}-{run_id}")
 
 
@@ -185,6 +187,11 @@ def _account_of(principal: str) -> str | None:
     return match.group(1) if match else None
 
 
+# Condition keys are case-insensitive, and so is their lookup (_condition_values).
+ORG_ID_CONDITION = "aws:PrincipalOrgID"
+ORG_PATHS_CONDITION = "aws:PrincipalOrgPaths"
+
+
 def _condition_values(conditions: Mapping[str, Any], key: str) -> list[str]:
     return [
         value
@@ -213,15 +220,24 @@ def principals_without_key_access(policy: Mapping[str, Any], grantees: list[str]
         conditions = statement.get("Condition", {})
         accounts |= {account for name in named if (account := _account_of(name))}
         if "*" in named:
-            org_ids |= set(_condition_values(conditions, "aws:PrincipalOrgID"))
-            org_paths += _condition_values(conditions, "aws:PrincipalOrgPaths")
+            org_ids |= set(_condition_values(conditions, ORG_ID_CONDITION))
+            org_paths += _condition_values(conditions, ORG_PATHS_CONDITION)
             everyone |= not conditions
     if everyone:
         return []
     missing = [account for account in share.accounts if account not in accounts]
-    missing += [arn for arn in share.organizations if arn.rsplit("/", 1)[-1] not in org_ids]
+    missing += [arn for arn in share.organizations if _organization_id(arn) not in org_ids]
     for arn in share.organizational_units:
-        org_id, ou_id = arn.split("/")[1], arn.rsplit("/", 1)[-1]
-        if org_id not in org_ids and not any(ou_id in path for path in org_paths):
+        if _organization_id(arn) not in org_ids and not any(_ou_id(arn) in path for path in org_paths):
             missing.append(arn)
     return missing
+
+
+def _organization_id(arn: str) -> str:
+    """``o-...`` of an organization ARN (``.../organization/o-...``) or an OU ARN (``.../ou/o-.../ou-...``),
+    both already validated by the request model."""
+    return arn.split("/")[1]
+
+
+def _ou_id(arn: str) -> str:
+    return arn.split("/")[2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -13,13 +14,15 @@ from ami_factory.errors import (
     ShareTargetNotAllowedError,
     UnknownRegionError,
 )
-from ami_factory.request import ImagingRequest, ShareTargets
+from ami_factory.request import ImagingRequest, RetentionOptions, ShareTargets
 from ami_factory.rules import (
     check_share_targets,
     family_name,
     image_name,
     parameter_name,
     parse_request,
+    principals_without_key_access,
+    retention_tags,
     sanitize_image_name,
     target_regions,
 )
@@ -148,8 +151,6 @@ def test_every_sample_request_is_valid_and_the_schema_is_current() -> None:
 
 
 def test_who_may_use_a_key_policy_statements_conditions_and_grants() -> None:
-    from ami_factory.rules import principals_without_key_access
-
     org = "arn:aws:organizations::111122223333:organization/o-exampleorgid"
     ou = "arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-ab12-cdef3456"
     share = ShareTargets(accounts=["111122223333", "444455556666"], organizations=[org], organizational_units=[ou])
@@ -196,3 +197,101 @@ def test_who_may_use_a_key_policy_statements_conditions_and_grants() -> None:
     )
     denied = {"Statement": [{"Effect": "Deny", "Principal": "*", "Action": "kms:*"}]}
     assert len(principals_without_key_access(denied, [], share)) == 4
+
+
+KEY_USE = ["kms:Decrypt", "kms:DescribeKey", "kms:CreateGrant", "kms:ReEncrypt*", "kms:GenerateDataKey*"]
+ORG = "arn:aws:organizations::111122223333:organization/o-exampleorgid"
+OTHER_ORG = "arn:aws:organizations::444455556666:organization/o-otherorgid1"
+OU = "arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-ab12-cdef3456"
+OTHER_OU = "arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-zz99-zzzzzzzz"
+
+
+def allow(principal: object, condition: dict[str, Any] | None = None, actions: object = KEY_USE) -> dict[str, Any]:
+    statement: dict[str, Any] = {"Effect": "Allow", "Principal": principal, "Action": actions}
+    if condition is not None:
+        statement["Condition"] = condition
+    return statement
+
+
+def org_condition(*org_ids: str) -> dict[str, Any]:
+    return {"StringEquals": {"aws:PrincipalOrgID": list(org_ids)}}
+
+
+def test_a_key_policy_without_statements_or_principals_lets_nobody_in() -> None:
+    share = ShareTargets(accounts=["111122223333"], organizations=[ORG])
+    assert principals_without_key_access({}, [], share) == ["111122223333", ORG]
+    no_principal = {"Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]}
+    assert principals_without_key_access(no_principal, [], share) == ["111122223333", ORG]
+
+
+def test_every_allowing_statement_counts_not_only_the_first() -> None:
+    share = ShareTargets(accounts=["111122223333"], organizations=[ORG, OTHER_ORG])
+    policy = {
+        "Statement": [
+            allow({"AWS": "arn:aws:iam::123456789012:root"}, actions="kms:Decrypt"),  # not enough to launch
+            allow({"AWS": "111122223333"}),
+            allow("*", org_condition("o-exampleorgid")),
+            allow("*", org_condition("o-otherorgid1")),
+        ]
+    }
+    assert principals_without_key_access(policy, [], share) == []
+
+
+def test_an_unconditioned_star_lets_everyone_in_whatever_comes_after_it() -> None:
+    share = ShareTargets(accounts=["444455556666"], organizations=[ORG], organizational_units=[OU])
+    assert principals_without_key_access({"Statement": [allow("*")]}, [], share) == []
+    then_narrower = {"Statement": [allow("*"), allow("*", org_condition("o-otherorgid1"))]}
+    assert principals_without_key_access(then_narrower, [], share) == []
+
+
+def test_org_paths_from_every_statement_count_and_name_the_ou_itself() -> None:
+    share = ShareTargets(organizational_units=[OU, OTHER_OU])
+    paths = [
+        allow("*", {"ForAnyValue:StringLike": {"aws:PrincipalOrgPaths": [f"o-exampleorgid/r-ab12/{ou}/*"]}})
+        for ou in ("ou-ab12-cdef3456", "ou-zz99-zzzzzzzz")
+    ]
+    assert principals_without_key_access({"Statement": paths}, [], share) == []
+    assert principals_without_key_access({"Statement": paths[:1]}, [], share) == [OTHER_OU]
+    # An organization id is not an OU: the OU is named by its own id in the path.
+    whole_org = allow("*", {"ForAnyValue:StringLike": {"aws:PrincipalOrgPaths": ["o-exampleorgid/r-ab12/*"]}})
+    assert principals_without_key_access({"Statement": [whole_org]}, [], share) == [OU, OTHER_OU]
+    # An OU of an allowed organization is allowed with it.
+    assert principals_without_key_access({"Statement": [allow("*", org_condition("o-exampleorgid"))]}, [], share) == []
+
+
+def test_a_validation_message_names_every_problem_plainly() -> None:
+    with pytest.raises(InvalidRequestError) as raised:
+        parse_request({"instance_id": "web-1", "share": {"accounts": ["12345"]}})
+    message = str(raised.value)
+    assert "instance_id: String should match pattern" in message
+    assert "; share.accounts.0: String should match pattern" in message, "one problem after another, '; ' apart"
+    assert "errors.pydantic.dev" not in message, "no documentation links in a user's error"
+    with pytest.raises(InvalidRequestError) as raised:
+        parse_request({"instance_id": "i-0123456789abcdef0", "mode": "generalize-in-place"})
+    # A rule of the whole request is the request's: no field to name, and no "Value error, " noise.
+    assert "is invalid: request: mode generalize-in-place runs sysprep/sanitize on the instance itself" in str(
+        raised.value
+    )
+
+
+def test_an_organization_outside_the_allow_list_is_named_with_its_parameter() -> None:
+    with pytest.raises(ShareTargetNotAllowedError) as raised:
+        check_share_targets(ShareTargets(organizations=[OTHER_ORG]), SETTINGS)
+    assert str(raised.value).startswith(
+        f"organization(s) ['{OTHER_ORG}'] are not in the deployment's AllowedShareOrganizations"
+    )
+
+
+def test_families_keep_case_and_lose_only_what_names_cannot_hold() -> None:
+    assert family_name(request(), {"Name": "Xray box!"}) == "Xray-box", "case kept; edges trimmed of dashes only"
+    assert family_name(request(), {"Name": "-WebServer-"}) == "WebServer"
+    assert family_name(request(), {"Name": "!!!"}) == "i-0123456789abcdef0", "nothing usable: the instance id"
+    assert sanitize_image_name("Web Server (2026) [x]") == "Web Server (2026) [x]"
+
+
+def test_a_family_retention_travels_as_tags() -> None:
+    assert retention_tags(RetentionOptions()) == {}
+    assert retention_tags(RetentionOptions(keep_newest=3, max_age_days=30)) == {
+        "ami-factory:keep-newest": "3",
+        "ami-factory:max-age-days": "30",
+    }
