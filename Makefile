@@ -74,4 +74,4 @@ asl: $(BIN)/.installed
 	$(RUN) $(BIN)/python tools/write_asl.py
 
 clean:
-	rm -rf $(VENV) .aws-sam .pytest_cache
+	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache mutants
