@@ -59,6 +59,8 @@ def client(service: Literal["ssm"], region: str) -> SSMClient: ...
 def client(service: Literal["stepfunctions"], region: str) -> SFNClient: ...
 def client(service: Service, region: str) -> Any:
     """A cached client for ``service`` in ``region`` (cross-Region calls need their own)."""
+    if not region:  # never boto3's default Region: every call says where it goes
+        raise ValueError(f"a {service} client needs its Region")
     key = (service, region)
     with _lock:
         if key not in _cache:

@@ -138,3 +138,39 @@ def test_launch_clone_retried_finds_its_clone_and_scaffolding_removal_touches_on
         for i in r["Instances"]
     }
     assert states[bystander] == "running" and states[source] == "running"
+
+
+def last_poll(emu: Emulator, function: str, field: str, ref: dict[str, Any], max_polls: int = 5) -> dict[str, Any]:
+    """Check ``ref`` on the last poll its wait may make (``max_polls``): ready then, the wait ends well."""
+    return invoke(emu, function, {field: {**ref, "polls": max_polls - 1}, "max_polls": max_polls})
+
+
+def test_every_wait_ends_well_when_ready_on_its_last_allowed_poll(emu: Emulator, plan: dict[str, Any]) -> None:
+    prepared = invoke(emu, "PrepareInstance", plan)  # stop mode: the instance is stopped at once here
+    assert last_poll(emu, "CheckInstance", "instance", prepared)["state"] == "stopped"
+    image = invoke(emu, "CreateImage", plan)
+    assert last_poll(emu, "CheckImage", "image", image)["state"] == "available"
+
+    source = emu.launch_instance(name="managed")
+    emu.world.ssm_manage(source, "Linux")
+    emu.world.status_checks_take(0)
+    managed_plan = {**plan, "instance_id": source, "platform": "linux"}
+    command = invoke(emu, "RunCleanup", managed_plan)
+    assert last_poll(emu, "CheckCommand", "command", command)["status"] == "Success"
+    emu.world.generalize_takes(0)
+    generalizing = invoke(emu, "Generalize", {**managed_plan, "mode": "generalize-in-place"})
+    assert last_poll(emu, "CheckGeneralize", "command", generalizing)["instance_state"] == "stopped"
+
+    launched = invoke(emu, "StartLaunchCheck", {"run_id": "run-7", "image": image})
+    assert last_poll(emu, "CheckLaunch", "launched", launched)["ready"] is True
+
+
+def test_the_clone_ready_on_its_last_allowed_poll_is_generalized(emu: Emulator) -> None:
+    source = emu.launch_instance(name="golden")
+    emu.world.ssm_manage(source, "Linux")
+    request = {"instance_id": source, "mode": "generalize", "regions": []}
+    plan = invoke(
+        emu, "ResolveRequest", {"request": request, "run_id": "run-9", "state_machine_arn": emu.state_machine_arn}
+    )
+    clone = invoke(emu, "LaunchClone", {**plan, "seed": invoke(emu, "CreateSeedImage", plan)})
+    assert last_poll(emu, "CheckClone", "clone", clone)["ready"] is True

@@ -1,0 +1,96 @@
+"""The AWS boundary's small pieces: how AWS errors become the workflow's, and how shapes are read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from ami_factory.aws import (
+    error_code,
+    error_text,
+    launch_permissions,
+    snapshots_of,
+    tag_specifications,
+    tags_of,
+    translated_errors,
+    volume_gib,
+)
+from ami_factory.clients import client
+from ami_factory.errors import ImageNotVisibleYetError, InstanceStateConflictError, ThrottledError
+from ami_factory.request import ShareTargets
+
+
+def refusal(code: str, message: str = "why not") -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": message}}, "AnOperation")
+
+
+def test_a_refusal_is_quoted_as_aws_gave_it() -> None:
+    assert error_code(refusal("InvalidSubnetID.NotFound")) == "InvalidSubnetID.NotFound"
+    assert error_text(refusal("InvalidSubnetID.NotFound", "The subnet does not exist")) == (
+        "InvalidSubnetID.NotFound: The subnet does not exist"
+    )
+    assert error_text(ClientError({}, "AnOperation")) == ": ", "a refusal without details still reads"
+
+
+@pytest.mark.parametrize(
+    "code, becomes",
+    [
+        ("RequestLimitExceeded", ThrottledError),
+        ("ThrottlingException", ThrottledError),
+        ("ResourceLimitExceeded", ThrottledError),
+        ("InvalidAMIID.NotFound", ImageNotVisibleYetError),
+        ("IncorrectInstanceState", InstanceStateConflictError),
+    ],
+)
+def test_what_a_retry_can_fix_becomes_a_retryable_error_naming_the_operation(code: str, becomes: type) -> None:
+    with pytest.raises(becomes, match=r"^DescribeImages") as raised, translated_errors("DescribeImages"):
+        raise refusal(code)
+    assert isinstance(raised.value.__cause__, ClientError)
+
+
+def test_anything_else_stays_aws_own_error() -> None:
+    with pytest.raises(ClientError, match="UnauthorizedOperation"), translated_errors("DescribeImages"):
+        raise refusal("UnauthorizedOperation")
+
+
+def test_a_client_always_names_its_region() -> None:
+    with pytest.raises(ValueError, match="needs its Region"):
+        client("ec2", "")
+
+
+IMAGE: Any = {
+    "ImageId": "ami-1",
+    "Tags": [{"Key": "ami-factory:run", "Value": "run-1"}, {"Key": "Name", "Value": "web"}],
+    "BlockDeviceMappings": [
+        {"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": "snap-1", "VolumeSize": 8}},
+        {"DeviceName": "/dev/xvdb", "Ebs": {"SnapshotId": "snap-2", "VolumeSize": 100}},
+        {"DeviceName": "/dev/sdc", "VirtualName": "ephemeral0"},
+        {"DeviceName": "/dev/sdd", "Ebs": {"VolumeSize": 4}},
+    ],
+}
+
+
+def test_shapes_are_read_the_way_ec2_writes_them() -> None:
+    assert tags_of(IMAGE) == {"ami-factory:run": "run-1", "Name": "web"}
+    assert tags_of({"ImageId": "ami-2"}) == {}
+    assert snapshots_of(IMAGE) == ["snap-1", "snap-2"], "instance-store and snapshot-less volumes have none"
+    assert volume_gib(IMAGE) == 112
+    assert tag_specifications({"k": "v"}) == [
+        {"ResourceType": "image", "Tags": [{"Key": "k", "Value": "v"}]},
+        {"ResourceType": "snapshot", "Tags": [{"Key": "k", "Value": "v"}]},
+    ]
+
+
+def test_launch_permissions_name_each_kind_of_target_as_ec2_expects() -> None:
+    org = "arn:aws:organizations::111122223333:organization/o-exampleorgid"
+    ou = "arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-ab12-cdef3456"
+    share = ShareTargets(accounts=["111122223333"], organizations=[org], organizational_units=[ou], public=True)
+    assert launch_permissions(share) == [
+        {"UserId": "111122223333"},
+        {"OrganizationArn": org},
+        {"OrganizationalUnitArn": ou},
+        {"Group": "all"},
+    ]
+    assert launch_permissions(ShareTargets()) == []
