@@ -141,3 +141,34 @@ def test_a_run_with_parallel_branches_is_the_same_run_every_time() -> None:
     assert outcomes[0] == outcomes[1] == outcomes[2]
     entered = outcomes[0][0]
     assert entered["CheckCopy"] == 2 * 20 and entered["CheckLaunch"] == 3 * 3
+
+
+def test_the_world_refuses_a_filter_ec2_does_not_know() -> None:
+    """moto answers a misspelt filter with nothing; EC2 refuses it, and so does the world."""
+    with Emulator() as emu:
+        ec2 = emu.client("ec2")
+        assert ec2.describe_images(Owners=["self"], Filters=[{"Name": "is-public", "Values": ["true"]}])["Images"] == []
+        for name in ("IS-PUBLIC", "ispublic", "state-name"):
+            with pytest.raises(ClientError, match=rf"InvalidParameterValue.*'{name}'"):
+                ec2.describe_images(Owners=["self"], Filters=[{"Name": name, "Values": ["true"]}])
+        with pytest.raises(ClientError, match="InvalidParameterValue"):
+            ec2.describe_instances(Filters=[{"Name": "instance-state", "Values": ["running"]}])
+        assert ec2.describe_instances(Filters=[{"Name": "tag:Any-Key", "Values": ["x"]}])["Reservations"] == []
+
+
+def test_the_world_refuses_permission_changes_ec2_would() -> None:
+    with Emulator() as emu:
+        ec2 = emu.client("ec2")
+        image = ec2.create_image(InstanceId=emu.launch_instance(), Name="shared")["ImageId"]
+        snapshot = ec2.describe_images(ImageIds=[image])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+        ec2.modify_snapshot_attribute(
+            SnapshotId=snapshot, Attribute="createVolumePermission", OperationType="add", GroupNames=["all"]
+        )
+        for change in ({"Attribute": "createvolumepermission"}, {"GroupNames": ["ALL"]}):
+            request = {"Attribute": "createVolumePermission", "OperationType": "add", "GroupNames": ["all"], **change}
+            with pytest.raises(ClientError, match="InvalidParameterValue"):
+                ec2.modify_snapshot_attribute(SnapshotId=snapshot, **request)
+        with pytest.raises(ClientError, match="InvalidParameterValue"):
+            ec2.modify_image_attribute(
+                ImageId=image, Attribute="launchPermission", LaunchPermission={"Add": [{"Group": "everyone"}]}
+            )

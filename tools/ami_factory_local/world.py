@@ -101,6 +101,90 @@ def history_page(events: list[Any], params: dict[str, Any]) -> dict[str, Any]:
     return page
 
 
+# The filter names EC2 accepts (names are case-sensitive; ``tag:KEY`` takes any key). moto answers an
+# unknown filter with nothing where EC2 refuses it, so a misspelt filter would pass here unseen.
+FILTERS = {
+    "DescribeImages": {
+        "architecture",
+        "block-device-mapping.delete-on-termination",
+        "block-device-mapping.device-name",
+        "block-device-mapping.snapshot-id",
+        "block-device-mapping.volume-size",
+        "block-device-mapping.volume-type",
+        "block-device-mapping.encrypted",
+        "creation-date",
+        "description",
+        "ena-support",
+        "hypervisor",
+        "image-allowed",
+        "image-id",
+        "image-type",
+        "is-public",
+        "kernel-id",
+        "manifest-location",
+        "name",
+        "owner-alias",
+        "owner-id",
+        "platform",
+        "product-code",
+        "product-code.type",
+        "ramdisk-id",
+        "root-device-name",
+        "root-device-type",
+        "source-image-id",
+        "source-image-region",
+        "source-instance-id",
+        "state",
+        "state-reason-code",
+        "state-reason-message",
+        "sriov-net-support",
+        "tag-key",
+        "virtualization-type",
+    },
+    "DescribeInstances": {
+        "availability-zone",
+        "image-id",
+        "instance-id",
+        "instance-state-code",
+        "instance-state-name",
+        "instance-type",
+        "platform",
+        "private-ip-address",
+        "subnet-id",
+        "tag-key",
+        "vpc-id",
+    },
+    "DescribeSnapshots": {"owner-id", "snapshot-id", "status", "tag-key", "volume-id", "encrypted", "description"},
+}
+
+
+def invalid_permission(operation: str, params: dict[str, Any]) -> str | None:
+    """What EC2 refuses in a permission change and moto takes: an attribute or group it does not know."""
+    if operation == "ModifySnapshotAttribute":
+        if params.get("Attribute") not in ("createVolumePermission", "productCodes"):
+            return f"attribute {params.get('Attribute')!r}"
+        if params.get("OperationType") not in (None, "add", "remove"):
+            return f"operation type {params.get('OperationType')!r}"
+        groups = [str(group) for group in params.get("GroupNames", [])]
+    elif operation == "ModifyImageAttribute" and "LaunchPermission" in params:
+        if params.get("Attribute") not in (None, "launchPermission"):
+            return f"attribute {params.get('Attribute')!r}"
+        changes = params["LaunchPermission"].get("Add", []) + params["LaunchPermission"].get("Remove", [])
+        groups = [str(change["Group"]) for change in changes if "Group" in change]
+    else:
+        return None
+    unknown = [group for group in groups if group != "all"]
+    return f"group {unknown[0]!r}" if unknown else None
+
+
+def unknown_filters(operation: str, params: dict[str, Any]) -> list[str]:
+    known = FILTERS.get(operation)
+    if known is None:
+        return []
+    names = [str(f.get("Name", "")) for f in params.get("Filters", [])]
+    return [name for name in names if name not in known and not name.startswith("tag:")]
+
+
 @dataclass
 class Request:
     service: str
@@ -357,6 +441,10 @@ class World:
         self._tick(response.region)
         if self._take(self._throttles, operation, response.region):
             return EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
+        if unknown := unknown_filters(operation, params):
+            return EC2ClientError("InvalidParameterValue", f"The filter '{unknown[0]}' is invalid")
+        if invalid := invalid_permission(operation, params):
+            return EC2ClientError("InvalidParameterValue", f"{operation}: the {invalid} is invalid")
         if operation == "DescribeInstanceStatus" and (self._impaired_regions or self._status_check_seconds):
             return self._instance_statuses(response.region, params.get("InstanceIds", []))
         if operation == "GetImageBlockPublicAccessState":
