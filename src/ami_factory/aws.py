@@ -145,14 +145,17 @@ class Ec2:
         with translated_errors("DeleteTags"):
             self._ec2.delete_tags(Resources=[resource_id], Tags=[{"Key": key} for key in keys])
 
-    def instances_tagged(self, key: str, values: list[str]) -> list[InstanceTypeDef]:
-        """Running or stopped instances carrying ``key`` with one of ``values``."""
-        return self.instances_with_tags({key: values}, ["running", "stopped"])
+    def instances_tagged(self, key: str) -> list[InstanceTypeDef]:
+        """Running or stopped instances carrying the tag ``key``, whatever its value (EC2 matches
+        values case-sensitively; the caller decides what a value means)."""
+        return self._instances([{"Name": "tag-key", "Values": [key]}], ["running", "stopped"])
 
     def instances_with_tags(self, tags: Mapping[str, list[str]], states: list[str]) -> list[InstanceTypeDef]:
         """Instances in ``states`` whose tags match every key (filtered server-side, paginated)."""
-        filters: list[FilterTypeDef] = [{"Name": f"tag:{key}", "Values": list(values)} for key, values in tags.items()]
-        filters.append({"Name": "instance-state-name", "Values": states})
+        return self._instances([{"Name": f"tag:{key}", "Values": list(values)} for key, values in tags.items()], states)
+
+    def _instances(self, filters: list[FilterTypeDef], states: list[str]) -> list[InstanceTypeDef]:
+        filters = [*filters, {"Name": "instance-state-name", "Values": states}]
         with translated_errors("DescribeInstances"):
             pages = self._ec2.get_paginator("describe_instances").paginate(Filters=filters)
             return [
@@ -195,8 +198,8 @@ class Ec2:
         """(system, instance) status: ``ok``, ``impaired``, ``initializing``, ... (``initializing`` until known)."""
         with translated_errors("DescribeInstanceStatus"):
             statuses = self._ec2.describe_instance_status(InstanceIds=[instance_id])["InstanceStatuses"]
-        if not statuses:
-            return ("initializing", "initializing")
+        if not statuses:  # just launched: EC2 does not list it yet (only a progress message reads the words)
+            return ("initializing", "initializing")  # pragma: no mutate
         return (str(statuses[0]["SystemStatus"]["Status"]), str(statuses[0]["InstanceStatus"]["Status"]))
 
     def terminate_instance(self, instance_id: str) -> None:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 def _when(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return datetime.fromisoformat(value)  # Python 3.11+ reads EC2's trailing Z
 
 
 def _policy(newest: ImageTypeDef, settings: Settings) -> tuple[int, int]:

@@ -121,7 +121,8 @@ def _tag_field(location: tuple[object, ...]) -> str:
     for suffix, field in SETTING_TAGS.items():
         if path[: len(field)] == field:
             return f"tag {TAG_PREFIX}{suffix}"
-    return ".".join(path)
+    # A rule across fields: of one group of tags (windows, clone, ...), or of the whole request.
+    return f"the {path[0]} tags" if path else "the tags"
 
 
 def request_from_tags(instance_id: str, tags: Mapping[str, str], settings: Settings) -> ImagingRequest:
@@ -190,7 +191,9 @@ def _tag_candidates(event: TagChangeEvent, settings: Settings) -> list[_Candidat
 
 def _scheduled_candidates(firing: ScheduledFiring, settings: Settings) -> list[_Candidate]:
     stamp = firing.scheduled_time.strftime("%Y%m%dT%H%M%SZ")
-    instances = Ec2(settings.region).instances_tagged(settings.schedule_tag_key, ["true", "True", "TRUE"])
+    # Like the tag rule, any case of "true" opts an instance in.
+    tagged = Ec2(settings.region).instances_tagged(settings.schedule_tag_key)
+    instances = [instance for instance in tagged if tags_of(instance)[settings.schedule_tag_key].lower() == "true"]
     return [
         _Candidate(
             instance_id=instance["InstanceId"],

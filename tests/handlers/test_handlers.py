@@ -174,3 +174,69 @@ def test_the_clone_ready_on_its_last_allowed_poll_is_generalized(emu: Emulator) 
     )
     clone = invoke(emu, "LaunchClone", {**plan, "seed": invoke(emu, "CreateSeedImage", plan)})
     assert last_poll(emu, "CheckClone", "clone", clone)["ready"] is True
+
+
+def test_a_wait_not_ready_before_its_last_poll_goes_on_and_says_what_to_do_when_it_runs_out(
+    emu: Emulator, plan: dict[str, Any]
+) -> None:
+    emu.world.instances_take_to_stop(3600)
+    prepared = invoke(emu, "PrepareInstance", plan)
+    assert invoke(emu, "CheckInstance", {"instance": {**prepared, "polls": 3}, "max_polls": 5})["polls"] == 4
+    timeout = invoke_error(emu, "CheckInstance", {"instance": {**prepared, "polls": 4}, "max_polls": 5})
+    assert timeout["errorMessage"] == (
+        f"instance {plan['instance_id']} is still stopping after 5 checks; raise MaxWaitSeconds or find out why it "
+        f"does not stop"
+    )
+    source = emu.launch_instance(name="managed")
+    emu.world.ssm_manage(source, "Linux")
+    emu.world.commands_take(3600)
+    command = invoke(emu, "RunCleanup", {**plan, "instance_id": source, "platform": "linux"})
+    assert invoke(emu, "CheckCommand", {"command": {**command, "polls": 3}, "max_polls": 5})["polls"] == 4
+    timeout = invoke_error(emu, "CheckCommand", {"command": {**command, "polls": 4}, "max_polls": 5})
+    assert timeout["errorMessage"] == (
+        f"command {command['command_id']} on instance {source} is still InProgress after 5 checks; raise "
+        f"MaxWaitSeconds or check the command in SSM"
+    )
+
+
+def test_an_instance_shutting_down_is_not_waited_for(emu: Emulator, plan: dict[str, Any]) -> None:
+    prepared = invoke(emu, "PrepareInstance", plan)
+    emu.world.set_instance_state("us-east-1", plan["instance_id"], "shutting-down")
+    error = invoke_error(emu, "CheckInstance", {"instance": prepared, "max_polls": 10})
+    assert error["errorType"] == "UnsupportedInstanceError" and "shutting-down" in error["errorMessage"]
+
+
+def test_protection_dates_deprecation_ahead_in_utc_whatever_the_local_zone(
+    emu: Emulator, plan: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    image = invoke(emu, "CreateImage", plan)
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        protected = invoke(emu, "ProtectImage", {"image": image, "protection": {"deprecate_after_days": 30}})
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    when = datetime.strptime(protected["deprecate_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert abs(when - (datetime.now(UTC) + timedelta(days=30))) < timedelta(minutes=2)
+    only_protected = invoke(emu, "ProtectImage", {"image": image, "protection": {"deregistration_protection": True}})
+    assert only_protected == {"deprecate_at": None, "deregistration_protection": True}
+
+
+def test_a_copy_to_a_region_the_keys_no_longer_cover_is_refused_naming_the_fix(make_emulator) -> None:
+    emu = make_emulator(KmsKeyIds="us-east-1=arn:aws:kms:us-east-1:123456789012:key/one")
+    instance_id = emu.launch_instance(name="web")
+    request = {"instance_id": instance_id, "regions": [], "encrypt": True}
+    plan = invoke(
+        emu, "ResolveRequest", {"request": request, "run_id": "run-k", "state_machine_arn": emu.state_machine_arn}
+    )
+    source = invoke(emu, "CreateImage", plan)
+    item = {**plan, "region": {"name": "eu-west-1", "is_source": False}, "source_image": source}
+    error = invoke_error(emu, "CopyImage", item)
+    assert error["errorType"] == "EncryptionKeyError"
+    assert error["errorMessage"] == (
+        "the deployment's KmsKeyIds has no key for eu-west-1: add eu-west-1=KEY_ARN to KmsKeyIds"
+    )

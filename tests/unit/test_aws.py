@@ -94,3 +94,19 @@ def test_launch_permissions_name_each_kind_of_target_as_ec2_expects() -> None:
         {"Group": "all"},
     ]
     assert launch_permissions(ShareTargets()) == []
+
+
+def test_keys_are_judged_by_who_manages_them_and_who_holds_grants() -> None:
+    from ami_factory.aws import Kms
+    from ami_factory_local import Emulator
+
+    with Emulator() as emu:
+        emu.launch_instance(encrypted=True)  # its volume uses the Region's aws/ebs key
+        kms = Kms("us-east-1")
+        assert kms.is_aws_managed(""), "an encrypted volume without a key id uses aws/ebs"
+        key = emu.client("kms").create_key()["KeyMetadata"]["Arn"]
+        assert not kms.is_aws_managed(key)
+        emu.client("kms").create_grant(
+            KeyId=key, GranteePrincipal="arn:aws:iam::444455556666:root", Operations=["Decrypt", "CreateGrant"]
+        )
+        assert kms.grantees(key) == ["arn:aws:iam::444455556666:root"]

@@ -254,3 +254,29 @@ def test_tagging_an_instance_in_the_emulator_triggers_a_run_as_on_aws(emu: Emula
     assert [r["region"] for r in run.output["regions"]] == ["us-east-1", "eu-west-1"]
     assert TRIGGER not in instance_tags(emu, instance_id)
     assert len(executions(emu)) == 1, "the tool's own tagging (results, clearing the trigger) starts nothing"
+
+
+def test_a_schedule_opts_in_any_case_of_true_running_or_stopped_and_names_runs_after_the_firing(make_emulator) -> None:
+    emu: Emulator = make_emulator(ScheduleExpression="rate(7 days)")
+    opted_in = [
+        emu.launch_instance(tags={"ami-factory:schedule": "true"}),
+        emu.launch_instance(tags={"ami-factory:schedule": "True"}),
+        emu.launch_instance(tags={"ami-factory:schedule": "TRUE"}, state="stopped"),
+    ]
+    emu.launch_instance(tags={"ami-factory:schedule": "yes"})
+    (outcome,) = emu.fire_schedule("2026-11-29T03:00:00Z")
+    assert sorted(outcome["started"]) == sorted(f"{instance}-schedule-20261129T030000Z" for instance in opted_in)
+    assert {run.status for run in wait_all(emu)} == {"SUCCEEDED"}
+
+
+def test_the_start_function_starts_only_when_the_trigger_tag_itself_changed_to_true(emu: Emulator) -> None:
+    instance_id = launch_tagged(emu)
+    already_set = tag_event(emu, instance_id)
+    already_set["detail"]["changed-tag-keys"] = ["Name"]  # the rule would not send it; the function must not act
+    removed = tag_event(emu, instance_id)
+    del removed["detail"]["tags"]["ami-factory:create"]
+    for event_in in (already_set, removed):
+        errored, outcome = emu.runtime.invoke("ami-factory-local-StartRunFunction", event_in)
+        assert not errored, outcome
+        assert outcome == {"started": [], "skipped": [], "rejected": []}
+    assert executions(emu) == []

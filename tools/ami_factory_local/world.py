@@ -336,6 +336,12 @@ class World:
         """``windows`` makes EC2 describe the instance as Windows (moto's default is Linux)."""
         ec2_backends[self.account_id][region].get_instance(instance_id).platform = platform
 
+    def set_instance_state(self, region: str, instance_id: str, state: str) -> None:
+        """Put an instance in a state moto passes through at once (``shutting-down``, ``stopping``)."""
+        codes = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64, "stopped": 80}
+        instance = ec2_backends[self.account_id][region].get_instance(instance_id)
+        instance._state.name, instance._state.code = state, codes[state]
+
     def set_root_device_type(self, region: str, instance_id: str, root_device_type: str) -> None:
         ec2_backends[self.account_id][region].get_instance(instance_id).root_device_type = root_device_type
 
