@@ -26,8 +26,10 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import ImageTypeDef
 
 
-def _when(value: str) -> datetime:
-    return datetime.fromisoformat(value)  # Python 3.11+ reads EC2's trailing Z
+def _within(timestamp: str, days: int, now: datetime) -> bool:
+    """Whether EC2's ``timestamp`` (ISO 8601, trailing Z) is less than ``days`` before ``now``."""
+    # At the boundary instant either answer is right: `<` or `<=` is not a decision.
+    return now - datetime.fromisoformat(timestamp) < timedelta(days=days)  # pragma: no mutate
 
 
 def _policy(newest: ImageTypeDef, settings: Settings) -> tuple[int, int]:
@@ -45,14 +47,15 @@ def _why_kept(
     now: datetime,
 ) -> str | None:
     """The reason an expired image must stay, if there is one (``latest``: the parameter and its value)."""
-    if str(image.get("DeregistrationProtection", "disabled")).startswith("enabled"):
-        return f"deregistration protection is {image['DeregistrationProtection']}"
+    protection = image.get("DeregistrationProtection")
+    if protection and protection.startswith("enabled"):
+        return f"deregistration protection is {protection}"
     if latest[1] == image["ImageId"]:
         return f"{latest[0]} points to it"
     if image["ImageId"] in references:
         return "in use by " + ", ".join(references[image["ImageId"]])
     launched = image.get("LastLaunchedTime")
-    if launched and now - _when(launched) < timedelta(days=settings.retention_recent_launch_days):
+    if launched and _within(launched, settings.retention_recent_launch_days, now):
         return f"launched {launched}, within RetentionRecentLaunchDays ({settings.retention_recent_launch_days})"
     return None
 
@@ -93,7 +96,7 @@ def apply_retention(event: RetentionInput) -> RetentionReport:
                 image
                 for index, image in enumerate(images)
                 if not (keep_newest and index < keep_newest)
-                and not (max_age_days and now - _when(image["CreationDate"]) < timedelta(days=max_age_days))
+                and not (max_age_days and _within(image["CreationDate"], max_age_days, now))
             ]
             report.kept += len(images) - len(expired)
             if not expired:

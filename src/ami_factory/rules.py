@@ -59,8 +59,7 @@ def request_field(location: tuple[object, ...]) -> str:
 def describe_validation(error: ValidationError, name_field: Callable[[tuple[object, ...]], str] = request_field) -> str:
     """Every problem pydantic found, one ``field: what is wrong`` each."""
     return "; ".join(
-        f"{name_field(issue['loc'])}: {issue['msg'].removeprefix('Value error, ')}"
-        for issue in error.errors(include_url=False)  # pragma: no mutate (only loc and msg are read)
+        f"{name_field(issue['loc'])}: {issue['msg'].removeprefix('Value error, ')}" for issue in error.errors()
     )
 
 

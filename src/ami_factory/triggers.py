@@ -181,7 +181,7 @@ def _tag_candidates(event: TagChangeEvent, settings: Settings) -> list[_Candidat
     matched = INSTANCE_ARN.match(event.resources[0]) if event.resources else None
     if not matched:
         raise ValueError(f"resources {event.resources} hold no EC2 instance ARN")
-    if key not in detail.changed_tag_keys or detail.tags.get(key, "").lower() != "true":
+    if key not in detail.changed_tag_keys or str(detail.tags.get(key)).lower() != "true":
         logger.info("tag change on %s does not set %s=true; nothing to do", matched.group(1), key)
         return []
     return [

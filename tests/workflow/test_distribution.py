@@ -71,8 +71,14 @@ def test_public_snapshots_of_an_encrypted_instance_are_refused_before_anything_c
     request = public_request(instance_id, share={"public": True, "snapshot_permissions": True})
     result = emu.run(request, name="public-encrypted")
     assert result.status == "FAILED" and result.error == "InvalidRequestError"
-    assert "encrypted snapshots cannot be public" in result.cause_message
+    assert "encrypted snapshots cannot be public, and the instance's volumes ['vol-" in result.cause_message
     nothing_was_changed(emu)
+    plain = emu.launch_instance(name="plain")
+    with_encrypt = emu.run(public_request(plain, encrypt=True), name="public-encrypt")
+    assert with_encrypt.error == "InvalidRequestError"
+    assert "an image with encrypted snapshots cannot be public, and encrypt is set: drop share.public" in (
+        with_encrypt.cause_message
+    )
 
 
 def test_snapshot_permissions_only_when_asked_and_only_to_accounts(emu: Emulator) -> None:

@@ -133,3 +133,81 @@ def test_the_age_rule_keeps_younger_images_and_either_rule_keeps_an_image(make_e
         "ami-factory-local-ApplyRetentionFunction", {"dry_run": True, "regions": ["us-east-1"]}
     )
     assert set(decisions(report, "would delete")) == {("us-east-1", made["older"])}
+
+
+def test_every_family_is_judged_by_its_own_newest_image_and_only_finished_images_count(make_emulator) -> None:
+    """Images made directly (no runs), so each rule's edge is one image: families, scaffolding, pending and
+    disabled images, the newest image's own rules, the age rule alone, what is counted as kept."""
+    from datetime import timedelta
+
+    from moto.ec2.models import ec2_backends
+
+    emu = make_emulator(RetentionMaxAgeDays="30")
+    ec2 = emu.client("ec2")
+    instance_id = emu.launch_instance()
+    amis = ec2_backends["123456789012"]["us-east-1"].amis
+
+    def image(name: str, days_old: int, **tags: str) -> str:
+        image_id = ec2.create_image(InstanceId=instance_id, Name=name)["ImageId"]
+        all_tags = {"ami-factory:managed": "true", **tags}
+        ec2.create_tags(Resources=[image_id], Tags=[{"Key": k, "Value": v} for k, v in all_tags.items()])
+        amis[image_id].creation_date -= timedelta(days=days_old)
+        return image_id
+
+    old_a, new_a = image("a-old", 40, **{"ami-factory:family": "a"}), image("a-new", 1, **{"ami-factory:family": "a"})
+    seed = image("b-seed", 90, **{"ami-factory:family": "b", "ami-factory:role": "seed"})
+    making = image("b-pending", 90, **{"ami-factory:family": "b"})
+    amis[making].state = "pending"
+    disabled = image("b-disabled", 60, **{"ami-factory:family": "b"})
+    amis[disabled].state = "disabled"
+    b_newest = image("b-newest", 50, **{"ami-factory:family": "b", "ami-factory:max-age-days": "100"})
+    no_family = image("loose", 45)
+    c_old = image("c-old", 5, **{"ami-factory:family": "c"})
+    c_newest = image(
+        "c-newest", 1, **{"ami-factory:family": "c", "ami-factory:keep-newest": "1", "ami-factory:max-age-days": "2"}
+    )
+
+    report = emu.runtime.invoke_checked(
+        "ami-factory-local-ApplyRetentionFunction", {"dry_run": True, "regions": ["us-east-1"]}
+    )
+    would = {d["image_id"]: (d["family"], d["reason"]) for d in report["decisions"] if d["action"] == "would delete"}
+    assert would == {
+        old_a: ("a", "older than 30 days"),  # the deployment's age rule alone
+        no_family: ("", "older than 30 days"),  # an image without a family is a family of its own
+        c_old: ("c", "not among the newest 1 and older than 2 days"),  # the newest image's own rules
+    }, "b keeps its newest's 100 days: its disabled image stays too; seed and pending images are not judged"
+    assert seed not in would and making not in would and disabled not in would and b_newest not in would
+    assert report["kept"] == 4, "a-new, b-disabled, b-newest and c-newest"
+    assert new_a not in would and c_newest not in would
+
+
+def test_an_expired_image_in_use_says_where() -> None:
+    from datetime import UTC, datetime
+
+    from ami_factory.retention import _why_kept
+    from tests.helpers import SETTINGS
+
+    image: Any = {"ImageId": "ami-1", "DeregistrationProtection": "disabled"}
+    references = {"ami-1": ["launch-template lt-1", "ssm-parameter /app/ami"]}
+    now = datetime.now(UTC)
+    assert _why_kept(image, ("/ami-factory/a/latest", None), references, SETTINGS, now) == (
+        "in use by launch-template lt-1, ssm-parameter /app/ami"
+    )
+    assert _why_kept(image, ("/ami-factory/a/latest", None), {}, SETTINGS, now) is None
+    protected: Any = {"ImageId": "ami-1", "DeregistrationProtection": "enabled-with-cooldown"}
+    assert _why_kept(protected, ("p", None), {}, SETTINGS, now) == "deregistration protection is enabled-with-cooldown"
+
+
+def test_without_rules_every_family_is_kept_and_counted(emu: Emulator) -> None:
+    ec2 = emu.client("ec2")
+    instance_id = emu.launch_instance()
+    for family in ("a", "a", "b", "b", "b"):
+        image_id = ec2.create_image(InstanceId=instance_id, Name=f"{family}-{len(emu.world.sent('CreateImage'))}")[
+            "ImageId"
+        ]
+        ec2.create_tags(
+            Resources=[image_id],
+            Tags=[{"Key": "ami-factory:managed", "Value": "true"}, {"Key": "ami-factory:family", "Value": family}],
+        )
+    report = emu.runtime.invoke_checked("ami-factory-local-ApplyRetentionFunction", {"regions": ["us-east-1"]})
+    assert report == {"dry_run": False, "decisions": [], "kept": 5}

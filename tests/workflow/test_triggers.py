@@ -280,3 +280,17 @@ def test_the_start_function_starts_only_when_the_trigger_tag_itself_changed_to_t
         assert not errored, outcome
         assert outcome == {"started": [], "skipped": [], "rejected": []}
     assert executions(emu) == []
+
+
+def test_an_event_about_something_else_than_an_instance_starts_nothing_and_says_why(emu: Emulator) -> None:
+    instance_id = launch_tagged(emu)
+    volume_event = tag_event(emu, instance_id)
+    volume_event["resources"] = ["arn:aws:ec2:us-east-1:123456789012:volume/vol-0123456789abcdef0"]
+    errored, outcome = emu.runtime.invoke("ami-factory-local-StartRunFunction", volume_event)
+    assert not errored, outcome
+    (rejected,) = outcome["rejected"]
+    assert rejected["message"] == (
+        "malformed trigger event, no run started: resources "
+        "['arn:aws:ec2:us-east-1:123456789012:volume/vol-0123456789abcdef0'] hold no EC2 instance ARN"
+    )
+    assert executions(emu) == []
