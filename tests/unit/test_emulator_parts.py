@@ -172,3 +172,13 @@ def test_the_world_refuses_permission_changes_ec2_would() -> None:
             ec2.modify_image_attribute(
                 ImageId=image, Attribute="launchPermission", LaunchPermission={"Add": [{"Group": "everyone"}]}
             )
+
+
+def test_the_world_refuses_tags_ec2_would() -> None:
+    with Emulator() as emu:
+        ec2 = emu.client("ec2")
+        instance_id = emu.launch_instance()
+        ec2.create_tags(Resources=[instance_id], Tags=[{"Key": "k" * 128, "Value": "v" * 256}])
+        for tag in ({"Key": "k" * 129, "Value": "v"}, {"Key": "k", "Value": "v" * 257}, {"Key": "aws:x", "Value": "v"}):
+            with pytest.raises(ClientError, match="InvalidParameterValue"):
+                ec2.create_tags(Resources=[instance_id], Tags=[tag])

@@ -111,3 +111,9 @@ def test_bad_tags_name_what_to_fix(tags: dict[str, str], error: type[Exception],
 def test_public_by_tag_only_where_the_deployment_allows_it() -> None:
     request = request_from_tags(INSTANCE, {"ami-factory:share-public": "true"}, replace(SETTINGS, allow_public=True))
     assert request.share.public is True
+
+
+def test_a_tag_error_says_how_to_try_again() -> None:
+    with pytest.raises(InvalidRequestError) as raised:
+        request_from_tags(INSTANCE, {"ami-factory:mode": "sideways"}, SETTINGS)
+    assert str(raised.value).endswith(". Fix the tag on the instance and set the trigger tag again")

@@ -294,3 +294,35 @@ def test_an_event_about_something_else_than_an_instance_starts_nothing_and_says_
         "['arn:aws:ec2:us-east-1:123456789012:volume/vol-0123456789abcdef0'] hold no EC2 instance ARN"
     )
     assert executions(emu) == []
+
+
+def test_a_firing_goes_on_past_a_rejected_or_already_started_instance_and_reports_each(
+    make_emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emu: Emulator = make_emulator(ScheduleExpression="rate(7 days)")
+    unknown = " ".join(f"m{n}" for n in range(40))  # an error naming them all is longer than a tag value may be
+    bad = emu.launch_instance(tags={"ami-factory:schedule": "true", "ami-factory:regions": unknown})
+    started_before = emu.launch_instance(tags={"ami-factory:schedule": "true"})
+    emu.start_run({"instance_id": started_before, "regions": []}, name=f"{started_before}-schedule-20261129T030000Z")
+    good = emu.launch_instance(tags={"ami-factory:schedule": "true"})
+    (outcome,) = emu.fire_schedule("2026-11-29T03:00:00Z")
+    assert outcome["started"] == [f"{good}-schedule-20261129T030000Z"]
+    (rejected,) = outcome["rejected"]
+    assert rejected["instance_id"] == bad and rejected["error"] == "UnknownRegionError"
+    assert rejected["message"].startswith("unknown Region(s) ['m0', 'm1', 'm10'") and len(rejected["message"]) > 256
+    assert instance_tags(emu, bad)["ami-factory:error"] == rejected["message"][:256], "as much as a tag holds"
+    (skipped,) = outcome["skipped"]
+    assert (
+        skipped["instance_id"] == started_before and skipped["held_by"] == f"{started_before}-schedule-20261129T030000Z"
+    )
+    metrics = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"TriggersSkipped"' in line]
+    assert [(m["TriggersSkipped"], m["TriggersRejected"]) for m in metrics] == [([1.0], [1.0])]
+    units = {metric["Name"]: metric["Unit"] for metric in metrics[0]["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert units == {"TriggersSkipped": "Count", "TriggersRejected": "Count"}
+    inputs = [execution["input"] for execution in executions_described(emu)]
+    assert all("null" not in text for text in inputs), "a started run's input holds only what was asked"
+
+
+def executions_described(emu: Emulator) -> list[dict[str, Any]]:
+    sfn = emu.client("stepfunctions")
+    return [sfn.describe_execution(executionArn=e["executionArn"]) for e in executions(emu)]

@@ -177,6 +177,22 @@ def invalid_permission(operation: str, params: dict[str, Any]) -> str | None:
     return f"group {unknown[0]!r}" if unknown else None
 
 
+MAX_TAG_KEY, MAX_TAG_VALUE = 128, 256  # EC2's limits, which moto does not check
+
+
+def invalid_tags(operation: str, params: dict[str, Any]) -> str | None:
+    """A tag EC2 refuses and moto takes: too long a key or value, or the reserved aws: prefix."""
+    if operation != "CreateTags":
+        return None
+    for tag in params.get("Tags", []):
+        key, value = str(tag.get("Key", "")), str(tag.get("Value", ""))
+        if not key or len(key) > MAX_TAG_KEY or key.lower().startswith("aws:"):
+            return f"Tag key {key[:40]!r} is empty, longer than {MAX_TAG_KEY} characters or reserved"
+        if len(value) > MAX_TAG_VALUE:
+            return f"Tag value for {key!r} is longer than {MAX_TAG_VALUE} characters ({len(value)})"
+    return None
+
+
 def unknown_filters(operation: str, params: dict[str, Any]) -> list[str]:
     known = FILTERS.get(operation)
     if known is None:
@@ -449,6 +465,8 @@ class World:
             return EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
         if unknown := unknown_filters(operation, params):
             return EC2ClientError("InvalidParameterValue", f"The filter '{unknown[0]}' is invalid")
+        if problem := invalid_tags(operation, params):
+            return EC2ClientError("InvalidParameterValue", problem)
         if invalid := invalid_permission(operation, params):
             return EC2ClientError("InvalidParameterValue", f"{operation}: the {invalid} is invalid")
         if operation == "DescribeInstanceStatus" and (self._impaired_regions or self._status_check_seconds):
