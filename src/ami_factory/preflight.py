@@ -203,8 +203,9 @@ def _require_ssm(instance_id: str, platform: Platform, region: str, purpose: str
     if info is None or (online and info.get("PingStatus") != "Online"):
         status = "not registered with SSM" if info is None else f"SSM ping status {info.get('PingStatus')}"
         raise InstanceNotManagedError(f"{purpose} needs SSM Run Command, and instance {instance_id} is {status}: {fix}")
-    if str(info.get("PlatformType", "")).lower() != platform:
+    reported = info.get("PlatformType")
+    if reported is None or reported.lower() != platform:
         raise InstanceNotManagedError(
-            f"{purpose}: EC2 says instance {instance_id} runs {platform}, SSM says {info.get('PlatformType')}; "
+            f"{purpose}: EC2 says instance {instance_id} runs {platform}, SSM says {reported}; "
             f"check that the instance id is right"
         )

@@ -25,7 +25,7 @@ def give_up_after(
 
 def client_token(run_id: str, scope: str) -> str:
     """An idempotency token (CopyImage per Region, RunInstances for the clone): a retry sends the same one."""
-    return hashlib.sha256(f"{run_id}/{scope}".encode()).hexdigest()[:64]
+    return hashlib.sha256(f"{run_id}/{scope}".encode()).hexdigest()  # 64 characters, ClientToken's limit
 
 
 def create_image_once(

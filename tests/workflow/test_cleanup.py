@@ -62,7 +62,7 @@ def test_a_failing_cleanup_stops_the_run_before_the_instance_is_touched(emu: Emu
     [
         (None, "is not registered with SSM: make sure the instance is running, its SSM agent"),
         (("Linux", "ConnectionLost"), "SSM ping status ConnectionLost: make sure the instance is running"),
-        (("Windows", "Online"), "EC2 says instance"),
+        (("Windows", "Online"), "clean-up: EC2 says instance {instance_id} runs linux, SSM says Windows; check"),
     ],
     ids=["unmanaged", "agent offline", "platform mismatch"],
 )
@@ -74,7 +74,7 @@ def test_cleanup_on_an_instance_ssm_cannot_reach_fails_before_anything_is_touche
         emu.world.ssm_manage(instance_id, *manage)
     result = emu.run(sample("request-cleanup.json", instance_id=instance_id), name="unreachable")
     assert result.status == "FAILED" and result.error == "InstanceNotManagedError"
-    assert message in result.cause_message
+    assert message.format(instance_id=instance_id) in result.cause_message
     mutating = {op for op in emu.world.calls("ec2") if not op.startswith("Describe")} - {
         "RunInstances",
         "RegisterImage",

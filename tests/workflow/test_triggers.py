@@ -326,3 +326,11 @@ def test_a_firing_goes_on_past_a_rejected_or_already_started_instance_and_report
 def executions_described(emu: Emulator) -> list[dict[str, Any]]:
     sfn = emu.client("stepfunctions")
     return [sfn.describe_execution(executionArn=e["executionArn"]) for e in executions(emu)]
+
+
+def test_an_event_from_another_source_starts_nothing_and_names_it(emu: Emulator) -> None:
+    errored, outcome = emu.runtime.invoke("ami-factory-local-StartRunFunction", {"source": "aws.ec2", "detail": {}})
+    assert not errored, outcome
+    assert outcome["rejected"][0]["message"] == (
+        "malformed trigger event, no run started: source 'aws.ec2' is neither aws.tag nor ami-factory.schedule"
+    )
