@@ -44,6 +44,7 @@ def test_create_image_retried_makes_one_image(emu: Emulator, plan: dict[str, Any
     first = invoke(emu, "CreateImage", plan)
     second = invoke(emu, "CreateImage", plan)
     assert first["image_id"] == second["image_id"]
+    assert second["state"] == "available", "the image found again is reported as EC2 describes it"
     assert len(emu.world.sent("CreateImage")) == 1
     (request,) = emu.world.sent("CreateImage")
     kinds = [spec["ResourceType"] for spec in request.params["TagSpecifications"]]
