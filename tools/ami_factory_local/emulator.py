@@ -140,10 +140,27 @@ class Emulator:
         self.deployment = self._deploy()
 
     def stop(self) -> None:
+        """Let the runs still going end first: an execution thread that outlived its emulator would go
+        on calling AWS in the next one's world (and be recorded there)."""
         if self._stack is not None:
-            self._stack.close()
-            self._stack = None
+            try:
+                self._finish_runs()
+            finally:
+                self._stack.close()
+                self._stack = None
         use_client_factory(None)
+
+    def _finish_runs(self, timeout: float = 60.0) -> None:
+        if self.deployment is None:
+            return
+        sfn = self.client("stepfunctions")
+        deadline = time.monotonic() + timeout
+        while running := sfn.list_executions(stateMachineArn=self.state_machine_arn, statusFilter="RUNNING")[
+            "executions"
+        ]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"runs still going after {timeout}s of real time: {[e['name'] for e in running]}")
+            time.sleep(0.02)
 
     # --- clients and fixtures -----------------------------------------------------------------
 
