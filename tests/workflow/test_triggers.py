@@ -228,13 +228,18 @@ def test_a_schedule_firing_over_twenty_instances_runs_each_once_and_a_second_fir
 
 def test_a_retried_schedule_firing_starts_nothing_new(make_emulator) -> None:
     emu: Emulator = make_emulator(ScheduleExpression="rate(7 days)")
-    emu.launch_instance(tags={"ami-factory:schedule": "true"})
+    first_instance = emu.launch_instance(tags={"ami-factory:schedule": "true"})
     (first,) = emu.fire_schedule("2026-11-29T03:00:00Z", attempt=1)
     wait_all(emu)
+    opted_in_since = emu.launch_instance(tags={"ami-factory:schedule": "true"})
     (retry,) = emu.fire_schedule("2026-11-29T03:00:00Z", attempt=2)
-    assert len(first["started"]) == 1 and retry["started"] == []
-    assert retry["skipped"][0]["reason"] == "already started"
-    assert len(executions(emu)) == 1
+    assert first["started"] == [f"{first_instance}-schedule-20261129T030000Z"]
+    assert retry["skipped"] == [
+        {"instance_id": first_instance, "reason": "already started", "held_by": first["started"][0]}
+    ]
+    assert retry["started"] == [f"{opted_in_since}-schedule-20261129T030000Z"], "the firing goes on past it"
+    wait_all(emu)
+    assert len(executions(emu)) == 2
 
 
 def test_no_schedule_parameter_means_no_schedule(emu: Emulator) -> None:
