@@ -101,8 +101,9 @@ def history_page(events: list[Any], params: dict[str, Any]) -> dict[str, Any]:
     return page
 
 
-# The filter names EC2 accepts (names are case-sensitive; ``tag:KEY`` takes any key). moto answers an
-# unknown filter with nothing where EC2 refuses it, so a misspelt filter would pass here unseen.
+# The filter names EC2 accepts (names are case-sensitive; ``tag:KEY`` takes any key), from the EC2 API
+# reference; add to them when the code uses a new one. moto answers an unknown filter with nothing where
+# EC2 refuses it, so a misspelt filter would pass here unseen.
 FILTERS = {
     "DescribeImages": {
         "architecture",
@@ -139,6 +140,7 @@ FILTERS = {
         "state-reason-message",
         "sriov-net-support",
         "tag-key",
+        "tag-value",
         "virtualization-type",
     },
     "DescribeInstances": {
@@ -152,9 +154,33 @@ FILTERS = {
         "private-ip-address",
         "subnet-id",
         "tag-key",
+        "tag-value",
         "vpc-id",
+        "architecture",
+        "dns-name",
+        "iam-instance-profile.arn",
+        "instance-lifecycle",
+        "key-name",
+        "launch-time",
+        "owner-id",
+        "private-dns-name",
+        "reservation-id",
+        "root-device-type",
     },
-    "DescribeSnapshots": {"owner-id", "snapshot-id", "status", "tag-key", "volume-id", "encrypted", "description"},
+    "DescribeSnapshots": {
+        "description",
+        "encrypted",
+        "owner-alias",
+        "owner-id",
+        "progress",
+        "snapshot-id",
+        "start-time",
+        "status",
+        "tag-key",
+        "tag-value",
+        "volume-id",
+        "volume-size",
+    },
 }
 
 
