@@ -241,3 +241,45 @@ def test_a_copy_to_a_region_the_keys_no_longer_cover_is_refused_naming_the_fix(m
     assert error["errorMessage"] == (
         "the deployment's KmsKeyIds has no key for eu-west-1: add eu-west-1=KEY_ARN to KmsKeyIds"
     )
+
+
+@pytest.mark.parametrize("state", ["stopping", "stopped", "shutting-down", "terminated"])
+def test_a_launch_check_instance_that_stops_or_dies_fails_its_region_at_once(
+    emu: Emulator, plan: dict[str, Any], state: str
+) -> None:
+    image = invoke(emu, "CreateImage", plan)
+    launched = invoke(emu, "StartLaunchCheck", {"run_id": "run-7", "image": image})
+    emu.world.set_instance_state("us-east-1", launched["instance_id"], state)
+    error = invoke_error(emu, "CheckLaunch", {"launched": launched, "max_polls": 10})
+    assert error["errorType"] == "LaunchCheckFailedError"
+    assert error["errorMessage"] == (
+        f"the instance launched from the new image in us-east-1 ({launched['instance_id']}) is {state}: the image "
+        f"does not boot. See the instance's system log"
+    )
+
+
+def test_a_launch_check_counts_its_polls_and_says_where_it_got_when_it_runs_out(
+    emu: Emulator, plan: dict[str, Any]
+) -> None:
+    emu.world.status_checks_take(3600)
+    image = invoke(emu, "CreateImage", plan)
+    launched = invoke(emu, "StartLaunchCheck", {"run_id": "run-7", "image": image})
+    assert invoke(emu, "CheckLaunch", {"launched": {**launched, "polls": 3}, "max_polls": 5})["polls"] == 4
+    timeout = invoke_error(emu, "CheckLaunch", {"launched": {**launched, "polls": 4}, "max_polls": 5})
+    assert timeout["errorMessage"].startswith(
+        f"the launch check instance {launched['instance_id']} in us-east-1 is still running, checks "
+        f"initializing/initializing after 5 checks; raise LaunchCheckMaxWaitSeconds"
+    )
+    emu.world.set_instance_state("us-east-1", launched["instance_id"], "pending")
+    pending = invoke_error(emu, "CheckLaunch", {"launched": {**launched, "polls": 4}, "max_polls": 5})
+    assert "is still pending, checks pending/pending after 5 checks" in pending["errorMessage"]
+
+
+def test_a_retried_launch_check_finds_its_instance_instead_of_launching_another(
+    emu: Emulator, plan: dict[str, Any]
+) -> None:
+    image = invoke(emu, "CreateImage", plan)
+    first = invoke(emu, "StartLaunchCheck", {"run_id": "run-7", "image": image})
+    again = invoke(emu, "StartLaunchCheck", {"run_id": "run-7", "image": image})
+    assert again["instance_id"] == first["instance_id"]
+    assert len(emu.world.sent("RunInstances")) == 2, "the test's own launch and one launch check"
