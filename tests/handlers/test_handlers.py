@@ -283,3 +283,42 @@ def test_a_retried_launch_check_finds_its_instance_instead_of_launching_another(
     again = invoke(emu, "StartLaunchCheck", {"run_id": "run-7", "image": image})
     assert again["instance_id"] == first["instance_id"]
     assert len(emu.world.sent("RunInstances")) == 2, "the test's own launch and one launch check"
+
+
+def test_a_launch_check_launches_with_its_token_and_name_and_is_found_again_as_it_is(
+    emu: Emulator, plan: dict[str, Any]
+) -> None:
+    from ami_factory.steps import client_token
+
+    image = invoke(emu, "CreateImage", plan)
+    invoke(emu, "StartLaunchCheck", {"run_id": "run-7", "image": image})
+    again = invoke(emu, "StartLaunchCheck", {"run_id": "run-7", "image": image})
+    assert again["state"] == "running", "found again, as EC2 describes it"
+    (launch,) = emu.world.sent("RunInstances")[1:]
+    assert "SubnetId" not in launch.params and "SecurityGroupIds" not in launch.params, "the default VPC's"
+    assert launch.params["ClientToken"] == client_token("run-7", "launch-check/us-east-1")
+    tags = {t["Key"]: t["Value"] for spec in launch.params["TagSpecifications"] for t in spec["Tags"]}
+    assert tags["Name"] == "AMI Factory launch check, run run-7" and tags["ami-factory:role"] == "launch-check"
+
+
+def test_a_launch_check_goes_to_the_configured_subnet_and_a_refusal_fails_its_region_saying_why(
+    make_emulator,
+) -> None:
+    emu = make_emulator(LaunchCheckSubnets="us-east-1=subnet-0123456789abcdef0")
+    instance_id = emu.launch_instance(name="web")
+    plan = invoke(
+        emu,
+        "ResolveRequest",
+        {
+            "request": {"instance_id": instance_id, "regions": []},
+            "run_id": "run-7",
+            "state_machine_arn": emu.state_machine_arn,
+        },
+    )
+    image = invoke(emu, "CreateImage", plan)
+    error = invoke_error(emu, "StartLaunchCheck", {"run_id": "run-7", "image": image})
+    assert error["errorType"] == "LaunchCheckFailedError"
+    assert error["errorMessage"].startswith(
+        f"could not launch an instance from {image['image_id']} in us-east-1 (InvalidSubnetID.NotFound: "
+    )
+    assert error["errorMessage"].endswith("set LaunchCheckSubnets for Regions without a default VPC")
