@@ -270,6 +270,7 @@ def test_a_launch_check_counts_its_polls_and_says_where_it_got_when_it_runs_out(
         f"the launch check instance {launched['instance_id']} in us-east-1 is still running, checks "
         f"initializing/initializing after 5 checks; raise LaunchCheckMaxWaitSeconds"
     )
+    assert timeout["errorMessage"].endswith("raise LaunchCheckMaxWaitSeconds or look at its system log")
     emu.world.set_instance_state("us-east-1", launched["instance_id"], "pending")
     pending = invoke_error(emu, "CheckLaunch", {"launched": {**launched, "polls": 4}, "max_polls": 5})
     assert "is still pending, checks pending/pending after 5 checks" in pending["errorMessage"]
