@@ -7,9 +7,12 @@ The world fixes exactly that, driven by the virtual clock, and lets a test ask f
 
 - images stay ``pending`` for a while, end ``failed``, or never become available;
 - a stopped instance is ``stopping`` for a while first;
-- an operation is throttled (``RequestLimitExceeded``) for its next N calls;
+- an operation is throttled (``RequestLimitExceeded``) for its next N calls (in a Region, or in each);
 - a new image is invisible (``InvalidAMIID.NotFound``) for its first N DescribeImages;
 - an operation's response is lost: the call takes effect, the caller sees a throttling error.
+
+And it refuses what EC2 refuses while moto takes it: unknown filter names, unknown permission
+attributes and groups, tags over EC2's limits.
 
 SSM has a small model too: which instances are managed (DescribeInstanceInformation, missing in
 moto) and how Run Command invocations end (moto reports Success at once; the world can make them
