@@ -4,6 +4,8 @@ readers of the emulator's end state. Fixtures live in conftest.py; everything el
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,12 @@ def instance(emu: Emulator, instance_id: str) -> dict[str, Any]:
     return described
 
 
+def all_instances(emu: Emulator, region: str | None = None) -> list[dict[str, Any]]:
+    """Every instance EC2 holds in the Region (the test's own launches included)."""
+    reservations = emu.client("ec2", region).describe_instances()["Reservations"]
+    return [i for r in reservations for i in r["Instances"]]
+
+
 def run_images(emu: Emulator, region: str, run_id: str) -> list[dict[str, Any]]:
     """The images a run made in a Region, found by its tag."""
     found: list[dict[str, Any]] = emu.client("ec2", region).describe_images(
@@ -78,3 +86,63 @@ def nothing_was_changed(emu: Emulator) -> None:
         "RegisterImage",
     }
     assert mutating == set(), f"nothing may change, sent {mutating}"
+
+
+def event(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS / name).read_text())
+
+
+def tag_event(
+    emu: Emulator, instance_id: str, name: str = "tag-set-true.json", event_id: str | None = None
+) -> dict[str, Any]:
+    """A sample tag event as EventBridge would send it for a real instance of the emulator: its ARN,
+    and the instance's tags after the change (the sample's trigger-tag value applied to them)."""
+    body = event(name)
+    body["resources"] = [f"arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}"]
+    tags = instance_tags(emu, instance_id)
+    for key in body["detail"]["changed-tag-keys"]:
+        tags.pop(key, None)
+        if key in body["detail"]["tags"]:
+            tags[key] = body["detail"]["tags"][key]
+    body["detail"]["tags"] = tags
+    if event_id:
+        body["id"] = event_id
+    return body
+
+
+def instance_tags(emu: Emulator, instance_id: str) -> dict[str, str]:
+    described = emu.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return {tag["Key"]: tag["Value"] for tag in described.get("Tags", [])}
+
+
+def executions(emu: Emulator) -> list[dict[str, Any]]:
+    return emu.client("stepfunctions").list_executions(stateMachineArn=emu.state_machine_arn)["executions"]
+
+
+def wait_all(emu: Emulator) -> list[Any]:
+    return [emu.wait(execution["executionArn"]) for execution in executions(emu)]
+
+
+def images(emu: Emulator, region: str = "us-east-1") -> list[dict[str, Any]]:
+    return emu.client("ec2", region).describe_images(
+        Owners=["self"], Filters=[{"Name": "tag:ami-factory:managed", "Values": ["true"]}]
+    )["Images"]
+
+
+def launch_tagged(emu: Emulator, **extra: str) -> str:
+    tags = json.loads((EVENTS / "tag-set-true.json").read_text())["detail"]["tags"]
+    return emu.launch_instance(tags={**{k: v for k, v in tags.items() if k != "Name"}, **extra}, name="web")
+
+
+def ledger_items(emu: Emulator) -> list[dict[str, str]]:
+    """Every item of the run ledger, its attributes as strings."""
+    pages = emu.client("dynamodb").get_paginator("scan").paginate(TableName="ami-factory-local-LedgerTable")
+    return [{key: value["S"] for key, value in item.items()} for page in pages for item in page["Items"]]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait (real time, bounded) for another thread, such as a running execution, to get somewhere."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not reached within {timeout}s of real time"
+        time.sleep(0.01)

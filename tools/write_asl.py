@@ -262,7 +262,7 @@ def region_states() -> States:
         "EndLaunchCheck": task(
             "EndLaunchCheck",
             comment="Terminate the check instance; Finalize terminates any a failed check left.",
-            payload={"launched": "$.launched", "max_polls": "$.launch_check_max_polls"},
+            payload={"run_id": "$.run_id", "launched": "$.launched"},
             result=LaunchedInstance,
             result_path="$.launched",
             on_error="RegionFailed",
@@ -278,7 +278,17 @@ def region_states() -> States:
         ),
         "PublishParameter": task(
             "PublishParameter",
-            payload={"image": "$.image", "parameter_name": "$.parameter_name"},
+            payload={
+                "run_id": "$.run_id",
+                "image": "$.image",
+                "parameter_name": "$.parameter_name",
+                "family": "$.family",
+                "family_asked_as": "$.family_asked_as",
+                "adopt_family": "$.adopt_family",
+                "account_id": "$.account_id",
+                "instance_id": "$.instance_id",
+                "source_region": "$.source_region",
+            },
             result=PublishParameterOutput,
             result_path="$.parameter",
             on_error="RegionFailed",
@@ -338,6 +348,13 @@ def region_states() -> States:
 # What each Region's item needs from the execution state (the Map's ItemSelector).
 REGION_ITEM_FIELDS = [
     "run_id",
+    "started_at",
+    "account_id",
+    "instance_id",
+    "source_region",
+    "family",
+    "family_asked_as",
+    "adopt_family",
     "image_name",
     "description",
     "tags",

@@ -1,5 +1,5 @@
-from ami_factory.contracts import CheckLaunchInput
+from ami_factory.contracts import EndLaunchCheckInput
 from ami_factory.distribution import end_launch_check
 from ami_factory.handler import lambda_step
 
-handler = lambda_step(CheckLaunchInput, end_launch_check)
+handler = lambda_step(EndLaunchCheckInput, end_launch_check)

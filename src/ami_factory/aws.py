@@ -150,10 +150,6 @@ class Ec2:
         values case-sensitively; the caller decides what a value means)."""
         return self._instances([{"Name": "tag-key", "Values": [key]}], ["running", "stopped"])
 
-    def instances_with_tags(self, tags: Mapping[str, list[str]], states: list[str]) -> list[InstanceTypeDef]:
-        """Instances in ``states`` whose tags match every key (filtered server-side, paginated)."""
-        return self._instances([{"Name": f"tag:{key}", "Values": list(values)} for key, values in tags.items()], states)
-
     def _instances(self, filters: list[FilterTypeDef], states: list[str]) -> list[InstanceTypeDef]:
         filters = [*filters, {"Name": "instance-state-name", "Values": states}]
         with translated_errors("DescribeInstances"):
@@ -174,7 +170,8 @@ class Ec2:
         instance_profile: str | None,
         client_token: str,
         tags: Mapping[str, str],
-    ) -> str:
+    ) -> tuple[str, str]:
+        """(instance id, state) as EC2 answered: a repeated ClientToken answers with the instance it launched."""
         request: RunInstancesRequestTypeDef = {
             "ImageId": image_id,
             "InstanceType": cast("InstanceTypeType", instance_type),
@@ -192,7 +189,8 @@ class Ec2:
             request["IamInstanceProfile"] = {"Arn": instance_profile} if by_arn else {"Name": instance_profile}
         with translated_errors("RunInstances"):
             response = self._ec2.run_instances(**request)
-        return str(response["Instances"][0]["InstanceId"])
+        launched = response["Instances"][0]
+        return str(launched["InstanceId"]), str(launched["State"]["Name"])
 
     def status_checks(self, instance_id: str) -> tuple[str, str]:
         """(system, instance) status: ``ok``, ``impaired``, ``initializing``, ... (``initializing`` until known)."""
@@ -203,8 +201,13 @@ class Ec2:
         return (str(statuses[0]["SystemStatus"]["Status"]), str(statuses[0]["InstanceStatus"]["Status"]))
 
     def terminate_instance(self, instance_id: str) -> None:
+        """Terminate; an instance already gone is fine (a retried clean-up)."""
         with translated_errors("TerminateInstances"):
-            self._ec2.terminate_instances(InstanceIds=[instance_id])
+            try:
+                self._ec2.terminate_instances(InstanceIds=[instance_id])
+            except ClientError as error:
+                if error_code(error) != "InvalidInstanceID.NotFound":
+                    raise
 
     # --- images ------------------------------------------------------------------------------
 
@@ -213,14 +216,6 @@ class Ec2:
         with translated_errors("DescribeImages"):
             images = self._ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
         return images[0] if images else None
-
-    def find_images_by_tag(self, key: str, value: str) -> list[ImageTypeDef]:
-        with translated_errors("DescribeImages"):
-            return list(
-                self._ec2.describe_images(Owners=["self"], Filters=[{"Name": f"tag:{key}", "Values": [value]}])[
-                    "Images"
-                ]
-            )
 
     def managed_images(self) -> list[ImageTypeDef]:
         """Every image AMI Factory made in this Region (tags decide, never names)."""
@@ -350,14 +345,31 @@ class Ec2:
 
     def delete_image(self, image: ImageTypeDef) -> list[str]:
         """Deregister the image and delete its snapshots; returns the snapshot ids deleted."""
-        with translated_errors("DeregisterImage"):
+        self.deregister_image(image["ImageId"])
+        return self.delete_snapshots(snapshots_of(image))
+
+    def image_snapshots(self, image_id: str) -> list[str]:
+        """The image's snapshots; none once it is gone (deregistered, or never visible)."""
+        with translated_errors("DescribeImages"):
             try:
-                self._ec2.deregister_image(ImageId=image["ImageId"], DeleteAssociatedSnapshots=True)
+                images = self._ec2.describe_images(ImageIds=[image_id])["Images"]
             except ClientError as error:
                 if not error_code(error).startswith("InvalidAMIID"):
                     raise
-        deleted = []
-        for snapshot_id in snapshots_of(image):
+                images = []
+        return snapshots_of(images[0]) if images else []
+
+    def deregister_image(self, image_id: str) -> None:
+        """Deregister; an image already gone is fine (a retried clean-up)."""
+        with translated_errors("DeregisterImage"):
+            try:
+                self._ec2.deregister_image(ImageId=image_id, DeleteAssociatedSnapshots=True)
+            except ClientError as error:
+                if not error_code(error).startswith("InvalidAMIID"):
+                    raise
+
+    def delete_snapshots(self, snapshot_ids: list[str]) -> list[str]:
+        for snapshot_id in snapshot_ids:
             with translated_errors("DeleteSnapshot"):
                 try:
                     self._ec2.delete_snapshot(SnapshotId=snapshot_id)
@@ -365,8 +377,7 @@ class Ec2:
                     # DeleteAssociatedSnapshots may already have removed it.
                     if error_code(error) != "InvalidSnapshot.NotFound":
                         raise
-            deleted.append(snapshot_id)
-        return deleted
+        return snapshot_ids
 
 
 class Ssm:
@@ -478,15 +489,15 @@ class StepFunctions:
     def __init__(self, region: str) -> None:
         self._sfn = client("stepfunctions", region)
 
-    def running_executions(self, state_machine_arn: str) -> list[str]:
-        """The names of the running executions, oldest first."""
-        with translated_errors("ListExecutions"):
-            pages = self._sfn.get_paginator("list_executions").paginate(
-                stateMachineArn=state_machine_arn, statusFilter="RUNNING"
-            )
-            executions = [execution for page in pages for execution in page["executions"]]
-        executions.sort(key=lambda execution: (execution["startDate"], execution["name"]))
-        return [execution["name"] for execution in executions]
+    def is_running(self, execution_arn: str) -> bool:
+        """Whether the execution is still going (a lock held by one that is not can be taken over)."""
+        try:
+            with translated_errors("DescribeExecution"):
+                return self._sfn.describe_execution(executionArn=execution_arn)["status"] == "RUNNING"
+        except ClientError as error:
+            if error_code(error) == "ExecutionDoesNotExist":
+                return False
+            raise
 
     def start_execution(self, state_machine_arn: str, name: str, payload: Mapping[str, Any]) -> bool:
         """Start a run; False when an execution of that name exists already (a redelivered trigger)."""

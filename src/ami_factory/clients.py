@@ -20,6 +20,7 @@ from botocore.config import Config
 from .settings import load_settings
 
 if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_kms import KMSClient
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
     from mypy_boto3_stepfunctions import SFNClient
 
-Service = Literal["ec2", "events", "kms", "sns", "ssm", "stepfunctions"]
+Service = Literal["dynamodb", "ec2", "events", "kms", "sns", "ssm", "stepfunctions"]
 # A factory makes the client for (service, Region); what it returns is typed by ``client`` below.
 ClientFactory = Callable[[Service, str], Any]
 
@@ -45,6 +46,8 @@ def _default_factory(service: Service, region: str) -> Any:
     return boto3.client(service, region_name=region, config=config)
 
 
+@overload
+def client(service: Literal["dynamodb"], region: str) -> DynamoDBClient: ...
 @overload
 def client(service: Literal["ec2"], region: str) -> EC2Client: ...
 @overload

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .pricing import CostEstimate
-from .request import CloneOptions, Mode, ProtectionOptions, ShareTargets, WindowsOptions
+from .request import CloneOptions, Mode, ProtectionOptions, RetentionOptions, ShareTargets, WindowsOptions
 
 
 class Contract(BaseModel):
@@ -56,11 +56,16 @@ class Plan(Contract):
     """The validated request, resolved against the instance and the deploy settings."""
 
     run_id: str
+    started_at: str  # ISO 8601, UTC: an image found by this run's name must be younger
+    account_id: str
     instance_id: str
     platform: Platform
     cleanup: bool
     source_region: str
     family: str
+    family_asked_as: str  # the name before normalising: the family's owner record keeps it
+    adopt_family: bool
+    retention: RetentionOptions
     image_name: str
     seed_image_name: str
     capture_image_name: str  # what CreateImage makes: the image itself, or (encrypt) the source of its copies
@@ -169,6 +174,7 @@ class CopyImageInput(Contract):
     """One item of the Distribute Map: the plan's fields that a Region needs, and the source image."""
 
     run_id: str
+    started_at: str
     image_name: str
     description: str
     tags: dict[str, str]
@@ -197,6 +203,11 @@ class CheckLaunchInput(Contract):
     max_polls: int
 
 
+class EndLaunchCheckInput(Contract):
+    run_id: str
+    launched: LaunchedInstance
+
+
 class ProtectImageInput(Contract):
     image: ImageRef
     protection: ProtectionOptions
@@ -208,8 +219,17 @@ class ProtectImageOutput(BaseModel):
 
 
 class PublishParameterInput(Contract):
+    """A Region's ``latest``: moved only for the family's owner (the ledger binds it on first publish)."""
+
+    run_id: str
     image: ImageRef
     parameter_name: str
+    family: str
+    family_asked_as: str
+    adopt_family: bool
+    account_id: str
+    instance_id: str
+    source_region: str
 
 
 class PublishParameterOutput(BaseModel):

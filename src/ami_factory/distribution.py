@@ -11,6 +11,7 @@ from .aws import Ec2, Ssm, error_text, snapshots_of
 from .contracts import (
     CheckLaunchInput,
     CopyImageInput,
+    EndLaunchCheckInput,
     ImageRef,
     LaunchCheckInput,
     LaunchedInstance,
@@ -22,9 +23,10 @@ from .contracts import (
     ShareImageOutput,
 )
 from .errors import EncryptionKeyError, InvalidRequestError, LaunchCheckFailedError
+from .ledger import FamilyOwner, Ledger, Made
 from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX, check_share_targets
 from .settings import load_settings
-from .steps import LIVE_INSTANCE_STATES, client_token, give_up_after
+from .steps import client_token, family_refusal, found_again, give_up_after, require_made
 
 
 def copy_image(event: CopyImageInput) -> ImageRef:
@@ -32,9 +34,11 @@ def copy_image(event: CopyImageInput) -> ImageRef:
     copy re-encrypts the capture); otherwise the ASL uses the source image as it is."""
     region = event.region.name
     ec2 = Ec2(region)
-    existing = ec2.find_image_by_name(event.image_name)
+    existing = found_again(ec2, event.image_name, event.run_id, event.started_at)
     if existing:
-        return ImageRef(region=region, image_id=existing["ImageId"], state=existing["State"])
+        image = ImageRef(region=region, image_id=existing["ImageId"], state=existing["State"])
+        Ledger().record(event.run_id, Made(region=region, kind="image", resource_id=image.image_id, role="image"))
+        return image
     image_id = ec2.copy_image(
         source_region=event.source_image.region,
         source_image_id=event.source_image.image_id,
@@ -45,22 +49,19 @@ def copy_image(event: CopyImageInput) -> ImageRef:
         completion_minutes=event.copy_completion_minutes,
         kms_key_id=_region_key(region) if event.encrypt else None,
     )
+    Ledger().record(event.run_id, Made(region=region, kind="image", resource_id=image_id, role="image"))
     return ImageRef(region=region, image_id=image_id)
 
 
 def start_launch_check(event: LaunchCheckInput) -> LaunchedInstance:
     """A small instance from the new image (tagged role=launch-check), in the Region's configured subnet
-    or its default VPC. Found again, not launched twice, when the step is retried."""
+    or its default VPC. A retried step sends the same ClientToken, and EC2 answers with the instance
+    it launched."""
     region = event.image.region
     ec2 = Ec2(region)
-    existing = ec2.instances_with_tags({RUN_TAG: [event.run_id], ROLE_TAG: ["launch-check"]}, LIVE_INSTANCE_STATES)
-    if existing:
-        return LaunchedInstance(
-            instance_id=existing[0]["InstanceId"], region=region, state=existing[0]["State"]["Name"]
-        )
     settings = load_settings()
     try:
-        instance_id = ec2.launch_instance(
+        instance_id, state = ec2.launch_instance(
             image_id=event.image.image_id,
             instance_type=settings.launch_check_instance_type,
             subnet_id=settings.launch_check_subnets.get(region),
@@ -80,7 +81,8 @@ def start_launch_check(event: LaunchCheckInput) -> LaunchedInstance:
             f"set LaunchCheckSubnets for Regions without a "
             f"default VPC"
         ) from error
-    return LaunchedInstance(instance_id=instance_id, region=region)
+    Ledger().record(event.run_id, Made(region=region, kind="instance", resource_id=instance_id, role="launch-check"))
+    return LaunchedInstance(instance_id=instance_id, region=region, state=state)
 
 
 def check_launch(event: CheckLaunchInput) -> LaunchedInstance:
@@ -115,9 +117,12 @@ def check_launch(event: CheckLaunchInput) -> LaunchedInstance:
     return launched
 
 
-def end_launch_check(event: CheckLaunchInput) -> LaunchedInstance:
+def end_launch_check(event: EndLaunchCheckInput) -> LaunchedInstance:
+    """Terminate the check instance: only one the run's ledger records as its launch check there."""
     launched = event.launched.model_copy()
+    made = require_made(event.run_id, launched.region, launched.instance_id, "launch-check")
     Ec2(launched.region).terminate_instance(launched.instance_id)
+    Ledger().removed(event.run_id, made)
     return launched
 
 
@@ -164,7 +169,25 @@ def protect_image(event: ProtectImageInput) -> ProtectImageOutput:
 
 
 def publish_parameter(event: PublishParameterInput) -> PublishParameterOutput:
-    version = Ssm(event.image.region).put_image_parameter(
+    """Point the family's ``latest`` in this Region at the run's image: only the family's owner may
+    (the first run to publish binds it; adopt_family takes it over), and the value it replaces is
+    recorded in the run's ledger first."""
+    region = event.image.region
+    require_made(event.run_id, region, event.image.image_id, "image")
+    asking = FamilyOwner(
+        account=event.account_id,
+        region=event.source_region,
+        instance_id=event.instance_id,
+        name=event.family_asked_as,
+        run_id=event.run_id,
+    )
+    ledger = Ledger()
+    owner = ledger.claim_family(event.family, asking, adopt=event.adopt_family)
+    if owner is not None:
+        raise family_refusal(event.family, owner, asking)
+    ssm = Ssm(region)
+    ledger.record_parameter(event.run_id, region, event.parameter_name, ssm.parameter_value(event.parameter_name))
+    version = ssm.put_image_parameter(
         event.parameter_name, event.image.image_id, f"Latest AMI Factory image ({event.image.image_id})"
     )
     return PublishParameterOutput(parameter_name=event.parameter_name, version=version)

@@ -60,6 +60,26 @@ class InstanceNotManagedError(AmiFactoryError):
 class RunInProgressError(AmiFactoryError):
     """Another run already holds the instance; this one stops before touching anything."""
 
+    def __init__(self, message: str, run_id: str = "") -> None:
+        super().__init__(message)
+        self.run_id = run_id  # the holder's
+
+
+class FamilyOwnedError(AmiFactoryError):
+    """The image family belongs to another instance (or was first asked for by another name)."""
+
+
+class PrivilegedSettingError(AmiFactoryError):
+    """A tag asked for what only a StartExecution request may ask for (unless the operator opened it to tags)."""
+
+
+class NotMadeByRunError(AmiFactoryError):
+    """A step was asked to act on a resource its run's ledger does not record: it refuses."""
+
+
+class LedgerError(AmiFactoryError):
+    """The run ledger is missing or holds what the code cannot read (a deployment problem)."""
+
 
 # --- the world said no, for good ----------------------------------------------------------
 

@@ -19,9 +19,10 @@ from .contracts import (
     LaunchedInstance,
     Plan,
 )
-from .errors import CloneLaunchError, CommandFailedError, UnsupportedInstanceError
-from .rules import ROLE_TAG, RUN_TAG
-from .steps import LIVE_INSTANCE_STATES, client_token, create_image_once, give_up_after
+from .errors import CloneLaunchError, CommandFailedError, NotMadeByRunError, UnsupportedInstanceError
+from .ledger import Ledger, Made
+from .rules import ROLE_TAG
+from .steps import client_token, create_image_once, give_up_after, require_made
 
 FAILED_COMMAND_STATES = frozenset(
     {"Failed", "Cancelled", "TimedOut", "Cancelling", "DeliveryTimedOut", "ExecutionTimedOut"}
@@ -63,21 +64,26 @@ def create_seed_image(plan: Plan) -> ImageRef:
     """Mode generalize: a no-reboot image of the instance, only to launch the clone from; removed when the run ends."""
     tags = {**plan.tags, "Name": plan.seed_image_name, ROLE_TAG: "seed"}
     description = f"AMI Factory seed for the clone of run {plan.run_id}; removed when the run ends"
-    return create_image_once(plan.source_region, plan.instance_id, plan.seed_image_name, description, True, tags)
+    return create_image_once(
+        plan.source_region,
+        plan.instance_id,
+        plan.seed_image_name,
+        description,
+        True,
+        tags,
+        made_for=(plan.run_id, plan.started_at, "seed"),
+    )
 
 
 def launch_clone(event: LaunchCloneInput) -> LaunchedInstance:
-    """The clone the generalize command runs on: the instance's type, subnet, groups and profile unless overridden."""
+    """The clone the generalize command runs on: the instance's type, subnet, groups and profile unless
+    overridden. A retried step sends the same ClientToken, and EC2 answers with the clone it launched."""
+    require_made(event.run_id, event.source_region, event.seed.image_id, "seed")
     ec2 = Ec2(event.source_region)
-    existing = ec2.instances_with_tags({RUN_TAG: [event.run_id], ROLE_TAG: ["clone"]}, LIVE_INSTANCE_STATES)
-    if existing:  # a retried step finds the clone it launched
-        return LaunchedInstance(
-            instance_id=existing[0]["InstanceId"], region=event.source_region, state=existing[0]["State"]["Name"]
-        )
     source = ec2.describe_instance(event.instance_id)
     overrides = event.clone_overrides
     try:
-        instance_id = ec2.launch_instance(
+        instance_id, state = ec2.launch_instance(
             image_id=event.seed.image_id,
             instance_type=overrides.instance_type or source["InstanceType"],
             subnet_id=overrides.subnet_id or source.get("SubnetId"),
@@ -93,7 +99,10 @@ def launch_clone(event: LaunchCloneInput) -> LaunchedInstance:
             f"security groups and instance profile unless clone.instance_type, clone.subnet_id, "
             f"clone.security_group_ids or clone.instance_profile say otherwise (groups must be in the subnet's VPC)"
         ) from error
-    return LaunchedInstance(instance_id=instance_id, region=event.source_region, state=ec2.instance_state(instance_id))
+    Ledger().record(
+        event.run_id, Made(region=event.source_region, kind="instance", resource_id=instance_id, role="clone")
+    )
+    return LaunchedInstance(instance_id=instance_id, region=event.source_region, state=state)
 
 
 def check_clone(event: CheckCloneInput) -> LaunchedInstance:
@@ -124,6 +133,12 @@ def check_clone(event: CheckCloneInput) -> LaunchedInstance:
 
 def generalize(event: GeneralizeInput) -> GeneralizeRef:
     """Send sysprep (Windows) or sanitize (Linux) to the clone, or to the instance itself in place."""
+    if event.clone:
+        require_made(event.run_id, event.source_region, event.clone.instance_id, "clone")
+    elif event.mode != "generalize-in-place":
+        raise NotMadeByRunError(
+            f"mode {event.mode} has no clone to generalize, and only mode generalize-in-place generalizes the instance"
+        )
     target = event.clone.instance_id if event.clone else event.instance_id
     command = generalize_command(event.platform, event.windows)
     command_id = Ssm(event.source_region).send_command(

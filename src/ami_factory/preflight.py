@@ -4,9 +4,10 @@ touched nothing."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from .aws import Ec2, Kms, Ssm, StepFunctions, tags_of
+from .aws import Ec2, Kms, Ssm, tags_of
 from .contracts import Plan, Platform, RegionTarget, ResolveRequestInput
 from .errors import (
     EncryptionKeyError,
@@ -15,16 +16,18 @@ from .errors import (
     KeyAccessError,
     PublicImageLimitError,
     PublicSharingBlockedError,
-    RunInProgressError,
     UnsupportedInstanceError,
 )
+from .ledger import FamilyOwner, Holder
 from .observability import MetricUnit, metrics
 from .request import ImagingRequest, WindowsOptions
 from .rules import (
     MAX_PUBLIC_IMAGES_PER_REGION,
+    account_of,
     check_share_targets,
+    execution_arn,
+    family_asked_as,
     family_name,
-    holder_of,
     image_name,
     image_tags,
     parameter_name,
@@ -34,6 +37,7 @@ from .rules import (
     target_regions,
 )
 from .settings import Settings, load_settings
+from .steps import check_family, hold_instance
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import InstanceTypeDef
@@ -48,13 +52,7 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
     request = parse_request(event.request)
     check_share_targets(request.share, settings)
     regions = target_regions(request, region, settings)
-    holder = holder_of(request.instance_id, StepFunctions(region).running_executions(event.state_machine_arn))
-    if holder and holder != event.run_id:
-        # Two triggers can pass the start function's check at the same moment; the older run wins here.
-        raise RunInProgressError(
-            f"instance {request.instance_id} is being imaged by run {holder}; this run stops before touching "
-            f"anything. Start again when that run has finished"
-        )
+    started_at = datetime.now(UTC).isoformat()
     instance = Ec2(region).describe_instance(request.instance_id)
     if instance.get("RootDeviceType") != "ebs":
         raise UnsupportedInstanceError(
@@ -83,15 +81,32 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
             f"drop them from the request"
         )
     family = family_name(request, tags_of(instance))
+    asking = FamilyOwner(
+        account=account_of(event.state_machine_arn),
+        region=region,
+        instance_id=request.instance_id,
+        name=family_asked_as(request, tags_of(instance)),
+        run_id=event.run_id,
+    )
+    check_family(family, asking, request.adopt_family)
+    # Last: a run that holds the instance has passed every check.
+    hold_instance(
+        region, request.instance_id, Holder(event.run_id, execution_arn(event.state_machine_arn, event.run_id))
+    )
     name = image_name(settings.image_name_prefix, family, event.run_id)
     metrics.add_metric(name="RunsStarted", unit=MetricUnit.Count, value=1)
     return Plan(
         run_id=event.run_id,
+        started_at=started_at,
+        account_id=asking.account,
         instance_id=request.instance_id,
         platform=platform,
         cleanup=request.cleanup,
         source_region=region,
         family=family,
+        family_asked_as=asking.name,
+        adopt_family=request.adopt_family,
+        retention=request.retention,
         image_name=name,
         seed_image_name=image_name(settings.image_name_prefix, family, f"{event.run_id}-seed"),
         capture_image_name=image_name(settings.image_name_prefix, family, f"{event.run_id}-capture")

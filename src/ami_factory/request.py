@@ -201,6 +201,11 @@ class ImagingRequest(BaseModel):
         description="time-based copy: every copy completes within this many minutes (15-minute steps, 15 min to "
         "48 h; EBS charges extra for it)",
     )
+    adopt_family: bool = Field(
+        False,
+        description="take the image family over from the instance that owns it (the first to publish it): this "
+        "run then moves its latest parameter, and that instance's runs no longer may. StartExecution only, never a tag",
+    )
     cleanup: bool = Field(
         False,
         description="before imaging, clean up through SSM Run Command: temp files and the recycle bin on Windows, "

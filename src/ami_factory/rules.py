@@ -119,14 +119,23 @@ def check_share_targets(share: ShareTargets, settings: Settings) -> None:
             )
 
 
-def holder_of(instance_id: str, running: Iterable[str]) -> str | None:
-    """One run per instance: the oldest running execution named after it holds it (every name the
-    tool gives an execution starts with the instance id). ``running``: the names, oldest first."""
-    return next((name for name in running if name.startswith(f"{instance_id}-")), None)
+def execution_arn(state_machine_arn: str, run_id: str) -> str:
+    """The ARN of the state machine's execution named ``run_id`` (run ids are execution names)."""
+    return f"{state_machine_arn.replace(':stateMachine:', ':execution:', 1)}:{run_id}"
+
+
+def account_of(arn: str) -> str:
+    """The account field of an ARN (``arn:partition:service:region:ACCOUNT:...``)."""
+    return arn.split(":")[4]
+
+
+def family_asked_as(request: ImagingRequest, instance_tags: Mapping[str, str]) -> str:
+    """The family as asked for, before normalising: image_name, else the Name tag, else the instance id."""
+    return request.image_name or instance_tags.get("Name") or request.instance_id
 
 
 def family_name(request: ImagingRequest, instance_tags: Mapping[str, str]) -> str:
-    raw = request.image_name or instance_tags.get("Name") or request.instance_id
+    raw = family_asked_as(request, instance_tags)
     return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-") or request.instance_id
 
 

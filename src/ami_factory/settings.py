@@ -63,6 +63,7 @@ class Settings:
     retention_max_age_days: int = 0  # 0: no age rule
     retention_recent_launch_days: int = 14
     event_bus_name: str = "default"
+    ledger_table: str = ""  # the run ledger (DynamoDB): what runs made, instance locks, family owners
 
     @property
     def max_polls(self) -> int:
@@ -109,4 +110,5 @@ def load_settings() -> Settings:
         retention_max_age_days=_int("RETENTION_MAX_AGE_DAYS", 0),
         retention_recent_launch_days=_int("RETENTION_RECENT_LAUNCH_DAYS", 14),
         event_bus_name=os.environ.get("EVENT_BUS_NAME") or "default",
+        ledger_table=os.environ.get("LEDGER_TABLE", ""),
     )

@@ -1,15 +1,21 @@
-"""What the steps of every stage share: the bound on waits, idempotent creation, and which
-instances still count. Stages (preflight, generalize, workflow, distribution) import from here,
+"""What the steps of every stage share: the bound on waits, idempotent creation recorded in the
+run's ledger, and which instances still count. Stages (preflight, generalize, workflow, distribution) import from here,
 never from one another."""
 
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
+from typing import TYPE_CHECKING
 
-from .aws import Ec2
+from .aws import Ec2, StepFunctions
 from .contracts import ImageRef
-from .errors import WaitTimeoutError
+from .errors import FamilyOwnedError, NotMadeByRunError, RunInProgressError, WaitTimeoutError
+from .ledger import FamilyOwner, Holder, Ledger, Made, Role
 from .observability import logger
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2.type_defs import ImageTypeDef
 
 # Instances a run may still have to find or terminate (not shutting-down or terminated).
 LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
@@ -28,13 +34,106 @@ def client_token(run_id: str, scope: str) -> str:
     return hashlib.sha256(f"{run_id}/{scope}".encode()).hexdigest()  # 64 characters, ClientToken's limit
 
 
-def create_image_once(
-    region: str, instance_id: str, name: str, description: str, no_reboot: bool, tags: dict[str, str]
-) -> ImageRef:
-    ec2 = Ec2(region)
+def made_since(image: ImageTypeDef, started_at: str) -> bool:
+    """Whether EC2 says the image was created at or after ``started_at`` (both ISO 8601, UTC; EC2's to the second)."""
+    created = datetime.fromisoformat(image["CreationDate"])
+    return created >= datetime.fromisoformat(started_at).replace(microsecond=0)
+
+
+def found_again(ec2: Ec2, name: str, run_id: str, started_at: str) -> ImageTypeDef | None:
+    """The image a retried step made already: owned by this account (the lookup asks only for its
+    own), named for this run, and created after the run began. Never found by tag."""
     existing = ec2.find_image_by_name(name)
+    if existing is None:
+        return None
+    if not made_since(existing, started_at):
+        raise NotMadeByRunError(
+            f"image {existing['ImageId']} in {ec2.region} is named {name}, this run's name, but was created "
+            f"{existing['CreationDate']}, before run {run_id} began ({started_at}): it is not this run's. "
+            f"Rename or deregister it, or start the run again under another name"
+        )
+    logger.info("image %s already exists for this run; not creating another", existing["ImageId"])
+    return existing
+
+
+def create_image_once(
+    region: str,
+    instance_id: str,
+    name: str,
+    description: str,
+    no_reboot: bool,
+    tags: dict[str, str],
+    made_for: tuple[str, str, Role],
+) -> ImageRef:
+    """CreateImage has no ClientToken: a retry finds the image by its name (``found_again``). Either
+    way the image is in the run's ledger before the step returns. ``made_for``: (run, started at, role)."""
+    run_id, started_at, role = made_for
+    ec2 = Ec2(region)
+    existing = found_again(ec2, name, run_id, started_at)
     if existing:
-        logger.info("image %s already exists for this run; not creating another", existing["ImageId"])
-        return ImageRef(region=region, image_id=existing["ImageId"], state=existing["State"])
-    image_id = ec2.create_image(instance_id, name, description, no_reboot=no_reboot, tags=tags)
-    return ImageRef(region=region, image_id=image_id)
+        image = ImageRef(region=region, image_id=existing["ImageId"], state=existing["State"])
+    else:
+        image = ImageRef(region=region, image_id=ec2.create_image(instance_id, name, description, no_reboot, tags))
+    Ledger().record(run_id, Made(region=region, kind="image", resource_id=image.image_id, role=role))
+    return image
+
+
+def require_made(run_id: str, region: str, resource_id: str, role: Role) -> Made:
+    """The ledger's record of what the run is about to act on; refused when there is none (the state
+    is data: whoever starts a run shapes its input, and a tag can name anything)."""
+    made = Ledger().made_as(run_id, region, resource_id, role)
+    if made is None:
+        raise NotMadeByRunError(
+            f"{resource_id} in {region} is not recorded in run {run_id}'s ledger as its {role}: AMI Factory only "
+            f"acts on what the run made itself"
+        )
+    return made
+
+
+def check_family(family: str, asking: FamilyOwner, adopt: bool) -> None:
+    """Fail fast (before a run starts, or before it touches anything) when the family is another's."""
+    owner = Ledger().family_owner(family)
+    if owner and not adopt and not (owner.same_instance(asking) and owner.name == asking.name):
+        raise family_refusal(family, owner, asking)
+
+
+def family_refusal(family: str, owner: FamilyOwner, asking: FamilyOwner) -> FamilyOwnedError:
+    """Why a run may not move ``family``'s latest: another instance owns it, or the same normalised
+    family was first asked for by another name (two names are two families, never merged)."""
+    if owner.same_instance(asking):
+        return FamilyOwnedError(
+            f"image family {family} was first published as {owner.name!r}, and this run asks for it as "
+            f"{asking.name!r}: names that normalise to the same family are not merged. Set image_name (or the "
+            f"Name tag) to {owner.name!r}, or pick a name that makes another family"
+        )
+    # Short enough for the ami-factory:error tag (256 characters) a refused trigger leaves.
+    return FamilyOwnedError(
+        f"image family {family} belongs to instance {owner.instance_id} ({owner.region}, account {owner.account}); "
+        f"{asking.instance_id} may not move its latest. Use another image_name, or a StartExecution request with "
+        f"adopt_family true"
+    )
+
+
+def running_holder(region: str, instance_id: str) -> Holder | None:
+    """The run that holds the instance, if its execution is still running (a lock left by a run that
+    ended without releasing it holds nothing)."""
+    holder = Ledger().lock_holder(region, instance_id)
+    return holder if holder and StepFunctions(region).is_running(holder.execution_arn) else None
+
+
+def hold_instance(region: str, instance_id: str, holder: Holder) -> None:
+    """One run per instance, however each was started: a conditional write of the instance's lock.
+    A lock whose execution is no longer running is taken over (conditionally, from that holder only)."""
+    ledger = Ledger()
+    current = ledger.take_lock(region, instance_id, holder)
+    # Twice at most: a stale lock taken over, or released between the two writes.
+    for _ in range(2):  # pragma: no mutate
+        if current is None or StepFunctions(region).is_running(current.execution_arn):
+            break
+        current = ledger.take_lock(region, instance_id, holder, replacing=current)
+    if current is not None:
+        raise RunInProgressError(
+            f"instance {instance_id} is being imaged by run {current.run_id} ({current.execution_arn}); this run "
+            f"stops before touching anything. Start again when that run has finished",
+            run_id=current.run_id,
+        )

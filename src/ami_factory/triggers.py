@@ -17,11 +17,23 @@ from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .aws import Ec2, StepFunctions, tags_of
-from .errors import AmiFactoryError, InvalidRequestError
+from .errors import AmiFactoryError, InvalidRequestError, RunInProgressError
+from .ledger import FamilyOwner, Holder
 from .observability import MetricUnit, logger, metrics
 from .request import ImagingRequest
-from .rules import TAG_PREFIX, check_share_targets, describe_validation, holder_of, parse_request, target_regions
+from .rules import (
+    TAG_PREFIX,
+    account_of,
+    check_share_targets,
+    describe_validation,
+    execution_arn,
+    family_asked_as,
+    family_name,
+    parse_request,
+    target_regions,
+)
 from .settings import Settings, load_settings
+from .steps import check_family, hold_instance, running_holder
 
 SCHEDULE_SOURCE = "ami-factory.schedule"
 ERROR_TAG = f"{TAG_PREFIX}error"
@@ -209,22 +221,42 @@ def _start(candidates: list[_Candidate], settings: Settings) -> StartOutcome:
     if not candidates:
         return outcome
     ec2, sfn = Ec2(settings.region), StepFunctions(settings.region)
-    running = sfn.running_executions(settings.state_machine_arn)
     for candidate in candidates:
-        holder = holder_of(candidate.instance_id, running)
+        holder = running_holder(settings.region, candidate.instance_id)
         if holder:
             logger.warning(
-                "%s already has a run in flight (%s); this trigger is skipped", candidate.instance_id, holder
+                "%s already has a run in flight (%s); this trigger is skipped", candidate.instance_id, holder.run_id
             )
-            outcome.skipped.append(Skipped(instance_id=candidate.instance_id, reason="run in flight", held_by=holder))
+            outcome.skipped.append(
+                Skipped(instance_id=candidate.instance_id, reason="run in flight", held_by=holder.run_id)
+            )
             continue
         try:
             request = request_from_tags(candidate.instance_id, candidate.tags, settings)
+            # A tag never moves a family: refused here, before a run starts, and said on the instance.
+            asking = FamilyOwner(
+                account=account_of(settings.state_machine_arn),
+                region=settings.region,
+                instance_id=candidate.instance_id,
+                name=family_asked_as(request, candidate.tags),
+                run_id=candidate.execution_name,
+            )
+            check_family(family_name(request, candidate.tags), asking, adopt=False)
         except AmiFactoryError as error:
             logger.warning("not starting a run for %s: %s", candidate.instance_id, error)
             ec2.tag_resource(candidate.instance_id, {ERROR_TAG: str(error)[:256]})
             outcome.rejected.append(
                 Rejected(instance_id=candidate.instance_id, error=type(error).__name__, message=str(error))
+            )
+            continue
+        # The run's lock, taken before its execution starts: a trigger a moment later sees it.
+        holder = Holder(candidate.execution_name, execution_arn(settings.state_machine_arn, candidate.execution_name))
+        try:
+            hold_instance(settings.region, candidate.instance_id, holder)
+        except RunInProgressError as error:
+            logger.warning("%s; this trigger is skipped", error)
+            outcome.skipped.append(
+                Skipped(instance_id=candidate.instance_id, reason="run in flight", held_by=error.run_id)
             )
             continue
         # The request holds only JSON types: the dump's mode is not a decision.

@@ -5,11 +5,13 @@ distribution in ``distribution``, and what all of them share in ``steps``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
 
-from .aws import Ec2, Notifications, tags_of
+from .aws import Ec2, Notifications
 from .contracts import (
     CheckImageInput,
     CheckInstanceInput,
@@ -31,11 +33,12 @@ from .errors import (
     UnsupportedInstanceError,
     error_message,
 )
+from .ledger import Ledger, Made
 from .observability import MetricUnit, logger, metrics
 from .pricing import CostEstimate, Prices, estimate_images, load_prices
-from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX
+from .rules import ROLE_TAG, TAG_PREFIX
 from .settings import load_settings
-from .steps import LIVE_INSTANCE_STATES, create_image_once, give_up_after
+from .steps import create_image_once, give_up_after, require_made
 
 FAILED_IMAGE_STATES = frozenset({"failed", "invalid", "error", "deregistered"})
 
@@ -75,13 +78,21 @@ def check_instance(event: CheckInstanceInput) -> InstanceRef:
 
 def create_image(event: CreateImageInput) -> ImageRef:
     """The final image: of the clone in mode generalize, of the instance otherwise."""
+    if event.clone:
+        require_made(event.run_id, event.source_region, event.clone.instance_id, "clone")
     instance_id = event.clone.instance_id if event.clone else event.instance_id
     # Only stop mode lets EC2 reboot: a generalized machine must not boot before it is imaged.
     no_reboot = event.mode != "stop"
     # With encrypt, this is the capture every Region copies from (re-encrypting), removed by Finalize.
     tags = {**event.tags, "Name": event.capture_image_name, ROLE_TAG: "capture"} if event.encrypt else event.tags
     return create_image_once(
-        event.source_region, instance_id, event.capture_image_name, event.description, no_reboot, tags
+        event.source_region,
+        instance_id,
+        event.capture_image_name,
+        event.description,
+        no_reboot,
+        tags,
+        made_for=(event.run_id, event.started_at, "capture" if event.encrypt else "image"),
     )
 
 
@@ -112,7 +123,7 @@ def restore_instance(event: RestoreInstanceInput) -> InstanceRef:
     instance = event.instance.model_copy()
     ec2 = Ec2(instance.region)
     if event.run_id and event.mode == "generalize":
-        remove_scaffolding(event.run_id, instance.region, images={"seed"}, instances={"clone"})
+        remove_made(event.run_id, lambda made: made.role in ("clone", "seed"))
     instance.state = ec2.instance_state(instance.instance_id)
     should_run = instance.stopped_by_us and instance.original_state in ("running", "pending")
     if should_run and instance.state == "stopping":
@@ -126,43 +137,34 @@ def restore_instance(event: RestoreInstanceInput) -> InstanceRef:
     return instance
 
 
-def remove_run_images(run_id: str, regions: list[str]) -> list[str]:
-    """Deregister every image this run made in ``regions`` (found by tag, never by name) and its snapshots."""
-    removed: list[str] = []
-    for region in regions:
-        ec2 = Ec2(region)
-        for image in ec2.find_images_by_tag(RUN_TAG, run_id):
-            if tags_of(image).get(f"{TAG_PREFIX}managed") != "true":
-                continue
-            ec2.delete_image(image)
-            removed.append(f"{region}:{image['ImageId']}")
-    return removed
-
-
-def remove_scaffolding(run_id: str, region: str, images: set[str], instances: set[str]) -> list[str]:
-    """Terminate the run's instances whose role is in ``instances`` (the generalize clone, launch checks)
-    and remove its images whose role is in ``images`` (the generalize seed, the capture an encrypted run
-    copied from) with their snapshots; all found by tag, never by name."""
-    ec2 = Ec2(region)
-    removed: list[str] = []
-    found = (
-        ec2.instances_with_tags(
-            {RUN_TAG: [run_id], ROLE_TAG: sorted(instances), f"{TAG_PREFIX}managed": ["true"]}, LIVE_INSTANCE_STATES
-        )
-        if instances
-        else []
+def remove_made(run_id: str, which: Callable[[Made], bool]) -> list[str]:
+    """Terminate or deregister (with snapshots) what the run's ledger records and ``which`` selects:
+    what the run made itself, never what a tag names. Instances go first, then the images."""
+    ledger = Ledger()
+    found = sorted(
+        (made for made in ledger.made_by(run_id) if not made.removed and which(made)),
+        key=lambda made: made.kind != "instance",
     )
-    for instance in found:
-        ec2.terminate_instance(instance["InstanceId"])
-        removed.append(f"{region}:{instance['InstanceId']}")
-    for image in ec2.find_images_by_tag(RUN_TAG, run_id) if images else []:
-        tags = tags_of(image)
-        if tags.get(f"{TAG_PREFIX}managed") == "true" and tags.get(ROLE_TAG) in images:
-            ec2.delete_image(image)
-            removed.append(f"{region}:{image['ImageId']}")
+    removed = [_remove(ledger, run_id, made) for made in found]
     if removed:
-        logger.info("removed the run's scaffolding: %s", removed)
+        logger.info("removed what the run made: %s", removed)
     return removed
+
+
+def _remove(ledger: Ledger, run_id: str, made: Made) -> str:
+    """Terminate or deregister what the run made, and mark it removed. An image's snapshots are written
+    to the ledger before it is deregistered, so a retry deletes them even when the image is gone."""
+    ec2 = Ec2(made.region)
+    if made.kind == "instance":
+        ec2.terminate_instance(made.resource_id)
+    else:
+        if not made.snapshots:
+            snapshots = ec2.image_snapshots(made.resource_id)
+            made = ledger.update(run_id, replace(made, snapshots=tuple(snapshots)))
+        ec2.deregister_image(made.resource_id)
+        ec2.delete_snapshots(list(made.snapshots))
+    ledger.removed(run_id, made)
+    return f"{made.region}:{made.resource_id}"
 
 
 def _record_result_on_instance(plan: Plan, status: str, image_id: str | None, error: str | None) -> None:
@@ -183,17 +185,12 @@ def _record_result_on_instance(plan: Plan, status: str, image_id: str | None, er
 
 def finalize(plan: FinalizeInput) -> Summary:
     failed = [result for result in plan.distribution if result.status == "FAILED"]
-    generalized = plan.mode == "generalize"
-    cleaned = (
-        remove_scaffolding(
-            plan.run_id, plan.source_region, images={"seed", "capture"}, instances={"clone"} if generalized else set()
-        )
-        if generalized or plan.encrypt
-        else []
+    failed_regions = {result.region for result in failed}
+    # Instances left (a failed launch check's), the scaffolding images, and every image of a failed Region.
+    cleaned = remove_made(
+        plan.run_id,
+        lambda made: made.kind == "instance" or made.role in ("seed", "capture") or made.region in failed_regions,
     )
-    for result in failed if plan.launch_check else []:  # a failed check may have left its instance
-        cleaned += remove_scaffolding(plan.run_id, result.region, images=set(), instances={"launch-check"})
-    cleaned += remove_run_images(plan.run_id, [result.region for result in failed])
     status: RunStatus = (
         "SUCCEEDED" if not failed else ("FAILED" if len(failed) == len(plan.distribution) else "PARTIAL")
     )
@@ -206,6 +203,7 @@ def finalize(plan: FinalizeInput) -> Summary:
         "; ".join(f"{result.region}: {result.error.Error if result.error else 'failed'}" for result in failed) or None
     )
     _record_result_on_instance(plan, status, source_image, errors)
+    Ledger().release_lock(plan.source_region, plan.instance_id, plan.run_id)
     kept = {
         result.region: result.image_id
         for result in plan.distribution
@@ -240,16 +238,10 @@ def image_cost(images: dict[str, str], source_region: str, prices: Prices) -> Co
 
 def handle_failure(plan: HandleFailureInput) -> Summary:
     """Undo what this run made and put the instance back; the state machine then fails with the error."""
-    # Every image of the run goes below; only its instances are left to find here.
-    cleaned = []
-    for region in plan.regions:
-        roles = ({"clone"} if plan.mode == "generalize" and region.is_source else set()) | (
-            {"launch-check"} if plan.launch_check else set()
-        )
-        cleaned += remove_scaffolding(plan.run_id, region.name, images=set(), instances=roles) if roles else []
-    cleaned += remove_run_images(plan.run_id, [region.name for region in plan.regions])
+    cleaned = remove_made(plan.run_id, lambda made: True)
     instance = restore_instance(RestoreInstanceInput(instance=plan.instance)) if plan.instance else None
     _record_result_on_instance(plan, "FAILED", None, plan.error.Error)
+    Ledger().release_lock(plan.source_region, plan.instance_id, plan.run_id)
     metrics.add_metric(name="RunsFailed", unit=MetricUnit.Count, value=1)
     return announced(
         Summary(

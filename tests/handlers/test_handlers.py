@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from ami_factory_local import Emulator
-from tests.helpers import ALLOWED_ACCOUNT, OTHER_ACCOUNT, sample
+from tests.helpers import ALLOWED_ACCOUNT, OTHER_ACCOUNT, all_instances, sample
 
 
 def invoke(emu: Emulator, function: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +124,9 @@ def test_launch_clone_retried_finds_its_clone_and_scaffolding_removal_touches_on
     assert invoke(emu, "CreateSeedImage", plan)["image_id"] == seed["image_id"], "one seed per run"
     clone = invoke(emu, "LaunchClone", {**plan, "seed": seed})
     assert invoke(emu, "LaunchClone", {**plan, "seed": seed})["instance_id"] == clone["instance_id"]
-    assert len(emu.world.sent("RunInstances")) == 2, "the test's launch and one clone"
+    first, retried = emu.world.sent("RunInstances")[1:]
+    assert first.params["ClientToken"] == retried.params["ClientToken"], "a retry sends the same token"
+    assert len(all_instances(emu)) == 2, "the test's launch and one clone: EC2 answers a repeated token with it"
     # Something else of the same run that is not scaffolding: never terminated, never deregistered.
     bystander = emu.launch_instance(tags={"ami-factory:run": "run-8", "ami-factory:managed": "true"})
     instance = invoke(emu, "PrepareInstance", plan)
@@ -283,19 +285,20 @@ def test_a_retried_launch_check_finds_its_instance_instead_of_launching_another(
     first = invoke(emu, "StartLaunchCheck", {"run_id": "run-7", "image": image})
     again = invoke(emu, "StartLaunchCheck", {"run_id": "run-7", "image": image})
     assert again["instance_id"] == first["instance_id"]
-    assert len(emu.world.sent("RunInstances")) == 2, "the test's own launch and one launch check"
+    assert len(all_instances(emu)) == 2, "the test's own launch and one launch check"
 
 
-def test_a_launch_check_launches_with_its_token_and_name_and_is_found_again_as_it_is(
+def test_a_launch_check_launches_with_its_token_and_name_and_a_retry_sends_the_same_token(
     emu: Emulator, plan: dict[str, Any]
 ) -> None:
     from ami_factory.steps import client_token
 
     image = invoke(emu, "CreateImage", plan)
-    invoke(emu, "StartLaunchCheck", {"run_id": "run-7", "image": image})
+    first = invoke(emu, "StartLaunchCheck", {"run_id": "run-7", "image": image})
     again = invoke(emu, "StartLaunchCheck", {"run_id": "run-7", "image": image})
-    assert again["state"] == "running", "found again, as EC2 describes it"
-    (launch,) = emu.world.sent("RunInstances")[1:]
+    assert again["instance_id"] == first["instance_id"], "EC2 answers the repeated token with the same instance"
+    launch, retried = emu.world.sent("RunInstances")[1:]
+    assert retried.params["ClientToken"] == launch.params["ClientToken"]
     assert "SubnetId" not in launch.params and "SecurityGroupIds" not in launch.params, "the default VPC's"
     assert launch.params["ClientToken"] == client_token("run-7", "launch-check/us-east-1")
     tags = {t["Key"]: t["Value"] for spec in launch.params["TagSpecifications"] for t in spec["Tags"]}

@@ -15,31 +15,19 @@ from moto.events.models import EventPattern
 
 from ami_factory_local import Emulator
 from ami_factory_local.template import Resolver, load_template, parameter_values, resources_of_type
-from tests.helpers import EVENTS, OTHER_ACCOUNT, ROOT
+from tests.helpers import (
+    OTHER_ACCOUNT,
+    ROOT,
+    event,
+    executions,
+    images,
+    instance_tags,
+    launch_tagged,
+    tag_event,
+    wait_all,
+)
 
 TRIGGER = "ami-factory:create"
-
-
-def event(name: str) -> dict[str, Any]:
-    return json.loads((EVENTS / name).read_text())
-
-
-def tag_event(
-    emu: Emulator, instance_id: str, name: str = "tag-set-true.json", event_id: str | None = None
-) -> dict[str, Any]:
-    """A sample tag event as EventBridge would send it for a real instance of the emulator: its ARN,
-    and the instance's tags after the change (the sample's trigger-tag value applied to them)."""
-    body = event(name)
-    body["resources"] = [f"arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}"]
-    tags = instance_tags(emu, instance_id)
-    for key in body["detail"]["changed-tag-keys"]:
-        tags.pop(key, None)
-        if key in body["detail"]["tags"]:
-            tags[key] = body["detail"]["tags"][key]
-    body["detail"]["tags"] = tags
-    if event_id:
-        body["id"] = event_id
-    return body
 
 
 def tag_rule_pattern(**parameters: str) -> EventPattern:
@@ -70,30 +58,6 @@ def test_the_trigger_tag_key_is_a_deploy_parameter() -> None:
     custom["detail"]["tags"] = {"image-me": "TRUE"}
     assert tag_rule_pattern(TriggerTagKey="image-me").matches_event(custom)
     assert not tag_rule_pattern().matches_event(custom)
-
-
-def instance_tags(emu: Emulator, instance_id: str) -> dict[str, str]:
-    described = emu.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
-    return {tag["Key"]: tag["Value"] for tag in described.get("Tags", [])}
-
-
-def executions(emu: Emulator) -> list[dict[str, Any]]:
-    return emu.client("stepfunctions").list_executions(stateMachineArn=emu.state_machine_arn)["executions"]
-
-
-def wait_all(emu: Emulator) -> list[Any]:
-    return [emu.wait(execution["executionArn"]) for execution in executions(emu)]
-
-
-def images(emu: Emulator, region: str = "us-east-1") -> list[dict[str, Any]]:
-    return emu.client("ec2", region).describe_images(
-        Owners=["self"], Filters=[{"Name": "tag:ami-factory:managed", "Values": ["true"]}]
-    )["Images"]
-
-
-def launch_tagged(emu: Emulator, **extra: str) -> str:
-    tags = json.loads((EVENTS / "tag-set-true.json").read_text())["detail"]["tags"]
-    return emu.launch_instance(tags={**{k: v for k, v in tags.items() if k != "Name"}, **extra}, name="web")
 
 
 def test_tag_set_to_true_images_the_instance_and_records_the_result(emu: Emulator) -> None:

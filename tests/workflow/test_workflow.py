@@ -208,16 +208,17 @@ def test_steps_retried_after_their_work_was_done_make_no_second_image(emu: Emula
     assert len(failures) == 2
 
 
-def test_two_runs_for_one_instance_at_once_the_older_wins_and_the_other_touches_nothing(emu: Emulator) -> None:
-    """Two triggers can pass the start function's check together; ResolveRequest settles it."""
+def test_two_runs_for_one_instance_at_once_one_wins_and_the_other_touches_nothing(emu: Emulator) -> None:
+    """Two console runs at once, whatever their names: the instance's lock in the ledger settles it."""
     emu.world.images_take(600)
     instance_id = emu.launch_instance()
-    first = emu.start_run({"instance_id": instance_id, "regions": []}, name=f"{instance_id}-first")
-    second = emu.start_run({"instance_id": instance_id, "regions": []}, name=f"{instance_id}-second")
-    winner, loser = emu.wait(first), emu.wait(second)
+    first = emu.start_run({"instance_id": instance_id, "regions": []}, name="nightly")
+    second = emu.start_run({"instance_id": instance_id, "regions": []}, name="ad-hoc")
+    runs = sorted([emu.wait(first), emu.wait(second)], key=lambda run: run.status, reverse=True)
+    winner, loser = runs
     assert winner.status == "SUCCEEDED", winner.cause
     assert loser.status == "FAILED" and loser.error == "RunInProgressError"
-    assert f"being imaged by run {instance_id}-first" in loser.cause_message
+    assert f"being imaged by run {winner.name} " in loser.cause_message
     assert len(emu.world.sent("CreateImage")) == 1
     assert len(emu.world.sent("StopInstances")) == 1
 

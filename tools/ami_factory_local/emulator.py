@@ -267,6 +267,7 @@ class Emulator:
             for logical_id in resources_of_type(template, "AWS::IAM::Role")
         }
         resolver = Resolver(parameters, pseudo, attributes, template.get("Conditions", {}))
+        self._deploy_tables(template, resolver, attributes)
         sns = self.client("sns")
         for logical_id in resources_of_type(template, "AWS::SNS::Topic"):
             attributes[(logical_id, "Ref")] = sns.create_topic(Name=f"{STACK_NAME}-{logical_id}")["TopicArn"]
@@ -311,6 +312,28 @@ class Emulator:
             state_machine_arn=state_machine_arn,
             topic_arns={key[0]: value for key, value in attributes.items() if key[1] == "Ref" and ":sns:" in value},
         )
+
+    def _deploy_tables(
+        self, template: dict[str, Any], resolver: Resolver, attributes: dict[tuple[str, str], str]
+    ) -> None:
+        """DynamoDB tables (the run ledger) into moto, with their keys, billing, encryption and backups."""
+        dynamodb = self.client("dynamodb")
+        for logical_id, table in resources_of_type(template, "AWS::DynamoDB::Table").items():
+            properties = resolver.resolve(table["Properties"])
+            name = f"{STACK_NAME}-{logical_id}"
+            described = dynamodb.create_table(
+                TableName=name,
+                KeySchema=properties["KeySchema"],
+                AttributeDefinitions=properties["AttributeDefinitions"],
+                BillingMode=properties["BillingMode"],
+                SSESpecification={"Enabled": properties["SSESpecification"]["SSEEnabled"]},
+            )["TableDescription"]
+            recovery = properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"]
+            dynamodb.update_continuous_backups(
+                TableName=name, PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": recovery}
+            )
+            attributes[(logical_id, "Ref")] = name
+            attributes[(logical_id, "Arn")] = described["TableArn"]
 
     def _register_function(
         self, logical_id: str, properties: dict[str, Any], resolver: Resolver, layer_dirs: list[Path]

@@ -1,7 +1,7 @@
 """A small world model on top of moto, so the workflow meets what AWS really does.
 
 moto makes images ``available`` at once, stops instances at once, never throttles, ignores
-CopyImage's ClientToken, TagSpecifications and Encrypted/KmsKeyId, has no snapshot TagSpecification
+RunInstances' and CopyImage's ClientToken, CopyImage's TagSpecifications and Encrypted/KmsKeyId, has no snapshot TagSpecification
 on CreateImage, and reports its ``alias/aws/ebs`` key as customer managed.
 The world fixes exactly that, driven by the virtual clock, and lets a test ask for trouble:
 
@@ -498,6 +498,10 @@ class World:
             return EC2ClientError("InvalidParameterValue", problem)
         if invalid := invalid_permission(operation, params):
             return EC2ClientError("InvalidParameterValue", f"{operation}: the {invalid} is invalid")
+        if operation == "RunInstances" and params.get("ClientToken"):
+            launched = self._launched_with_token(response.region, str(params["ClientToken"]))
+            if launched is not None:
+                return launched
         if operation == "DescribeInstanceStatus" and (self._impaired_regions or self._status_check_seconds):
             return self._instance_statuses(response.region, params.get("InstanceIds", []))
         if operation == "GetImageBlockPublicAccessState":
@@ -712,6 +716,22 @@ class World:
         if ami is not None:
             # Wall-clock like moto's CreationDate, which the clean-up compares it with.
             ami.last_launched_time = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def _launched_with_token(self, region: str, token: str) -> dict[str, Any] | None:
+        """RunInstances is idempotent by ClientToken (moto launches again): the same token in the same
+        Region answers with the instances it launched, whatever state they are in now."""
+        for reservation in ec2_backends[self.account_id][region].reservations.values():
+            instances = [instance for instance in reservation.instances if instance.client_token == token]
+            if instances:
+                return {
+                    "ReservationId": reservation.id,
+                    "OwnerId": self.account_id,
+                    "Instances": [
+                        {"InstanceId": instance.id, "ImageId": instance.image_id, "State": {"Name": instance.state}}
+                        for instance in instances
+                    ],
+                }
+        return None
 
     def _record_launches(self, region: str) -> None:
         with self._lock:

@@ -1,0 +1,306 @@
+"""The run ledger: what each run made, who holds each instance, who owns each family.
+
+A DynamoDB table (``LedgerTable`` in template.yaml), in the stack's Region. Tags are labels anyone
+with ``ec2:CreateTags`` can write; the ledger is written only by AMI Factory's functions, from AWS's
+own answers (the ids RunInstances, CreateImage and CopyImage returned). Every destructive call a run
+makes (terminate, deregister, delete a snapshot, send sysprep/sanitize to a clone) targets ids found
+here, never ids found by tag.
+
+Items (``pk``, ``sk``):
+
+- ``run#RUN`` / ``made#REGION#ID``: an instance or image the run made, its role, the snapshots it
+  had when it was removed, and whether it was;
+- ``instance#REGION#ID`` / ``lock``: the run that holds the instance (one run per instance);
+- ``family#FAMILY`` / ``owner``: the instance whose runs may move the family's ``latest``.
+
+Writes are conditional where two writers could race (locks, owners, first records), so a retried
+step finds what it wrote instead of writing it twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal, cast, get_args
+
+from botocore.exceptions import ClientError
+
+from .aws import error_code, translated_errors
+from .clients import client
+from .errors import LedgerError
+from .settings import load_settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef, UniversalAttributeValueTypeDef
+
+Kind = Literal["instance", "image"]
+Role = Literal["seed", "clone", "capture", "image", "launch-check"]
+CONDITION_FAILED = "ConditionalCheckFailedException"
+
+
+@dataclass(frozen=True)
+class Made:
+    """Something a run made, as AWS answered when it was made."""
+
+    region: str
+    kind: Kind
+    resource_id: str
+    role: Role
+    snapshots: tuple[str, ...] = ()  # an image's, recorded before it is deregistered
+    removed: bool = False
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The run that holds an instance."""
+
+    run_id: str
+    execution_arn: str
+
+
+@dataclass(frozen=True)
+class FamilyOwner:
+    """The instance whose runs publish a family, and the name the family was first asked for by."""
+
+    account: str
+    region: str
+    instance_id: str
+    name: str  # before normalising: two names that normalise alike are two families, refused
+    run_id: str
+
+    def same_instance(self, other: FamilyOwner) -> bool:
+        return (self.account, self.region, self.instance_id) == (other.account, other.region, other.instance_id)
+
+
+Item = dict[str, str]
+
+
+def _encode(item: Item) -> dict[str, UniversalAttributeValueTypeDef]:
+    return {key: {"S": value} for key, value in item.items()}
+
+
+def _decode(item: dict[str, AttributeValueTypeDef]) -> Item:
+    return {key: str(value.get("S", "")) for key, value in item.items()}
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Ledger:
+    def __init__(self) -> None:
+        settings = load_settings()
+        if not settings.ledger_table:
+            raise LedgerError("LEDGER_TABLE is not set: the function must be deployed with the stack's LedgerTable")
+        self._table = settings.ledger_table
+        self._db = client("dynamodb", settings.region)
+
+    # --- what a run made ---------------------------------------------------------------------
+
+    def record(self, run_id: str, made: Made) -> None:
+        """Record ``made`` once: a retried step's record changes nothing already written (removed stays removed)."""
+        item = {
+            "pk": f"run#{run_id}",
+            "sk": f"made#{made.region}#{made.resource_id}",
+            "region": made.region,
+            "kind": made.kind,
+            "resource_id": made.resource_id,
+            "role": made.role,
+            "snapshots": "",
+            "removed": "false",
+            "recorded_at": _now(),
+        }
+        self._put_once(item)
+
+    def made_by(self, run_id: str) -> list[Made]:
+        """Everything the run recorded, in the order DynamoDB keeps it (Region, then id)."""
+        items = self._query(f"run#{run_id}", "made#")
+        return [
+            Made(
+                region=item["region"],
+                kind=cast("Kind", item["kind"]),
+                resource_id=item["resource_id"],
+                role=_role(item["role"]),
+                snapshots=tuple(snapshot for snapshot in item.get("snapshots", "").split(",") if snapshot),
+                removed=item.get("removed") == "true",
+            )
+            for item in items
+        ]
+
+    def find(self, run_id: str, region: str, kind: Kind, roles: set[str]) -> list[Made]:
+        return [
+            made for made in self.made_by(run_id) if made.region == region and made.kind == kind and made.role in roles
+        ]
+
+    def made_as(self, run_id: str, region: str, resource_id: str, role: Role) -> Made | None:
+        """The record of ``resource_id`` as the run's ``role`` in ``region``, if the run made it so."""
+        return next(
+            (
+                made
+                for made in self.made_by(run_id)
+                if (made.region, made.resource_id, made.role) == (region, resource_id, role)
+            ),
+            None,
+        )
+
+    def update(self, run_id: str, made: Made) -> Made:
+        """Write what changed about ``made`` (its snapshots, that it was removed)."""
+        with translated_errors("UpdateItem"):
+            self._db.update_item(
+                TableName=self._table,
+                Key=_encode({"pk": f"run#{run_id}", "sk": f"made#{made.region}#{made.resource_id}"}),
+                UpdateExpression="SET snapshots = :snapshots, removed = :removed",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeValues=_encode(
+                    {":snapshots": ",".join(made.snapshots), ":removed": "true" if made.removed else "false"}
+                ),
+            )
+        return made
+
+    def removed(self, run_id: str, made: Made) -> Made:
+        return self.update(run_id, replace(made, removed=True))
+
+    def record_parameter(self, run_id: str, region: str, name: str, previous: str | None) -> None:
+        """The value a parameter had before the run first wrote it (none: it did not exist), so the
+        run can put it back. A retried write keeps the first record: by then the value is the run's own."""
+        item = {"pk": f"run#{run_id}", "sk": f"parameter#{region}#{name}", "region": region, "name": name}
+        self._put_once({**item, "previous": previous or "", "existed": "true" if previous is not None else "false"})
+
+    # --- one run per instance ----------------------------------------------------------------
+
+    def take_lock(
+        self, region: str, instance_id: str, holder: Holder, replacing: Holder | None = None
+    ) -> Holder | None:
+        """Hold the instance for ``holder``'s run; the run that holds it already, if another does.
+        ``replacing``: take it over from that holder only (whose run has ended)."""
+        condition = "run_id = :previous" if replacing else "attribute_not_exists(pk) OR run_id = :run"
+        values = {":previous": replacing.run_id} if replacing else {":run": holder.run_id}
+        item = {
+            "pk": f"instance#{region}#{instance_id}",
+            "sk": "lock",
+            "run_id": holder.run_id,
+            "execution_arn": holder.execution_arn,
+            "taken_at": _now(),
+        }
+        try:
+            with translated_errors("PutItem"):
+                self._db.put_item(
+                    TableName=self._table,
+                    Item=_encode(item),
+                    ConditionExpression=condition,
+                    ExpressionAttributeValues=_encode(values),
+                )
+        except ClientError as error:
+            if error_code(error) != CONDITION_FAILED:
+                raise
+            # Released in between: try again as a first taker.
+            current = self.lock_holder(region, instance_id)
+            return self.take_lock(region, instance_id, holder) if current is None else current
+        return None
+
+    def lock_holder(self, region: str, instance_id: str) -> Holder | None:
+        item = self._get(f"instance#{region}#{instance_id}", "lock")
+        return Holder(run_id=item["run_id"], execution_arn=item["execution_arn"]) if item else None
+
+    def release_lock(self, region: str, instance_id: str, run_id: str) -> None:
+        """Let the instance go, if this run holds it (a repeat, or another run's lock, changes nothing)."""
+        try:
+            with translated_errors("DeleteItem"):
+                self._db.delete_item(
+                    TableName=self._table,
+                    Key=_encode({"pk": f"instance#{region}#{instance_id}", "sk": "lock"}),
+                    ConditionExpression="run_id = :run",
+                    ExpressionAttributeValues=_encode({":run": run_id}),
+                )
+        except ClientError as error:
+            if error_code(error) != CONDITION_FAILED:
+                raise
+
+    # --- families ----------------------------------------------------------------------------
+
+    def family_owner(self, family: str) -> FamilyOwner | None:
+        item = self._get(f"family#{family}", "owner")
+        if not item:
+            return None
+        return FamilyOwner(
+            account=item["account"],
+            region=item["region"],
+            instance_id=item["instance_id"],
+            name=item["name"],
+            run_id=item["run_id"],
+        )
+
+    def claim_family(self, family: str, owner: FamilyOwner, adopt: bool = False) -> FamilyOwner | None:
+        """Bind ``family`` to ``owner``'s instance unless another instance (or another name) holds it;
+        returns that owner. ``adopt``: take it over (a StartExecution request's explicit choice)."""
+        item = {
+            "pk": f"family#{family}",
+            "sk": "owner",
+            "account": owner.account,
+            "region": owner.region,
+            "instance_id": owner.instance_id,
+            "name": owner.name,
+            "run_id": owner.run_id,
+            "claimed_at": _now(),
+        }
+        condition = (
+            "attribute_not_exists(pk) OR (account = :account AND #region = :region AND instance_id = :instance "
+            "AND #name = :name)"
+        )
+        try:
+            with translated_errors("PutItem"):
+                if adopt:
+                    self._db.put_item(TableName=self._table, Item=_encode(item))
+                else:
+                    self._db.put_item(
+                        TableName=self._table,
+                        Item=_encode(item),
+                        ConditionExpression=condition,
+                        ExpressionAttributeNames={"#region": "region", "#name": "name"},
+                        ExpressionAttributeValues=_encode(
+                            {
+                                ":account": owner.account,
+                                ":region": owner.region,
+                                ":instance": owner.instance_id,
+                                ":name": owner.name,
+                            }
+                        ),
+                    )
+        except ClientError as error:
+            if error_code(error) != CONDITION_FAILED:
+                raise
+            return self.family_owner(family)
+        return None
+
+    # --- DynamoDB ----------------------------------------------------------------------------
+
+    def _put_once(self, item: Item) -> None:
+        try:
+            with translated_errors("PutItem"):
+                self._db.put_item(
+                    TableName=self._table, Item=_encode(item), ConditionExpression="attribute_not_exists(pk)"
+                )
+        except ClientError as error:
+            if error_code(error) != CONDITION_FAILED:
+                raise
+
+    def _get(self, pk: str, sk: str) -> Item | None:
+        with translated_errors("GetItem"):
+            found = self._db.get_item(TableName=self._table, Key=_encode({"pk": pk, "sk": sk}), ConsistentRead=True)
+        return _decode(found["Item"]) if "Item" in found else None
+
+    def _query(self, pk: str, sk_prefix: str) -> list[Item]:
+        with translated_errors("Query"):
+            pages = self._db.get_paginator("query").paginate(
+                TableName=self._table,
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+                ExpressionAttributeValues=_encode({":pk": pk, ":prefix": sk_prefix}),
+                ConsistentRead=True,
+            )
+            return [_decode(item) for page in pages for item in page["Items"]]
+
+
+def _role(value: str) -> Role:
+    if value not in get_args(Role):
+        raise LedgerError(f"the ledger records an unknown role {value!r}")
+    return cast("Role", value)

@@ -1,0 +1,233 @@
+"""The threat model's attacks (../shared/THREAT-MODEL.md), played through the real path: tags set
+on instances, the tag rule, the real start function, the state machine, the real handlers. Each
+asserts that the victim (instance, image, ``latest``) is untouched and that the refusal is named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ami_factory_local import Emulator
+from ami_factory_local.emulator import ACCOUNT_ID
+from tests.helpers import (
+    all_instances,
+    images,
+    instance,
+    instance_tags,
+    launch_tagged,
+    ledger_items,
+    tag_event,
+    wait_all,
+    wait_until,
+)
+
+EVENT_ID = "5e1f0c2a-0000-4000-8000-00000000a77c"
+
+
+def tag_run_id(instance_id: str) -> str:
+    """A tag run's id is predictable: the instance and the tag event's id (readable from image tags)."""
+    return f"{instance_id}-tag-{EVENT_ID}"
+
+
+def touched(emu: Emulator, instance_id: str) -> dict[str, list[Any]]:
+    """Every call that acted on ``instance_id``: commands sent to it, images of it, stops, terminations."""
+    return {
+        "SendCommand": [r for r in emu.world.sent("SendCommand") if instance_id in r.params.get("InstanceIds", [])],
+        "CreateImage": [r for r in emu.world.sent("CreateImage") if r.params["InstanceId"] == instance_id],
+        "StopInstances": [r for r in emu.world.sent("StopInstances") if instance_id in r.params["InstanceIds"]],
+        "TerminateInstances": [
+            r
+            for region in ("us-east-1", "eu-west-1")
+            for r in emu.world.sent("TerminateInstances", region)
+            if instance_id in r.params["InstanceIds"]
+        ],
+    }
+
+
+def untouched(emu: Emulator, instance_id: str, region: str = "us-east-1") -> None:
+    assert touched(emu, instance_id) == {
+        "SendCommand": [],
+        "CreateImage": [],
+        "StopInstances": [],
+        "TerminateInstances": [],
+    }
+    (found,) = [i for i in all_instances(emu, region) if i["InstanceId"] == instance_id]
+    assert found["State"]["Name"] == "running"
+
+
+def latest(emu: Emulator, family: str, region: str = "us-east-1") -> str:
+    return str(emu.client("ssm", region).get_parameter(Name=f"/ami-factory/{family}/latest")["Parameter"]["Value"])
+
+
+# --- adopted scaffolding: a victim tagged as a run's clone or launch check ---------------------
+
+
+def test_a_victim_tagged_as_the_runs_clone_is_never_generalized_imaged_or_terminated(emu: Emulator) -> None:
+    source = launch_tagged(emu, **{"ami-factory:mode": "generalize", "ami-factory:regions": ""})
+    emu.world.ssm_manage(source, "Linux")
+    victim = emu.launch_instance(
+        name="payroll",
+        tags={"ami-factory:run": tag_run_id(source), "ami-factory:role": "clone", "ami-factory:managed": "true"},
+    )
+    emu.world.ssm_manage(victim, "Linux")
+    emu.deliver_event(tag_event(emu, source, event_id=EVENT_ID))
+    (run,) = wait_all(emu)
+    assert run.status == "SUCCEEDED", run.cause
+    untouched(emu, victim)
+    (clone,) = {i["InstanceId"] for i in all_instances(emu)} - {source, victim}
+    assert instance(emu, clone)["State"]["Name"] == "terminated", "the run's own clone, and only it, is gone"
+    (sanitized,) = emu.world.sent("SendCommand")
+    assert sanitized.params["InstanceIds"] == [clone]
+
+
+def test_a_victim_tagged_as_the_runs_launch_check_in_another_region_is_never_terminated(emu: Emulator) -> None:
+    source = launch_tagged(emu, **{"ami-factory:launch-check": "true", "ami-factory:regions": "eu-west-1"})
+    victim = emu.launch_instance(
+        name="eu-database",
+        region="eu-west-1",
+        tags={"ami-factory:run": tag_run_id(source), "ami-factory:role": "launch-check", "ami-factory:managed": "true"},
+    )
+    emu.deliver_event(tag_event(emu, source, event_id=EVENT_ID))
+    (run,) = wait_all(emu)
+    assert run.status == "SUCCEEDED", run.cause
+    untouched(emu, victim, "eu-west-1")
+    assert len(emu.world.sent("TerminateInstances", "eu-west-1")) == 1, "its own launch check only"
+
+
+def test_a_foreign_image_tagged_with_the_runs_id_is_never_deregistered_when_the_run_fails(emu: Emulator) -> None:
+    source = launch_tagged(emu, **{"ami-factory:regions": ""})
+    foreign = emu.client("ec2").register_image(Name="someone-elses", RootDeviceName="/dev/xvda")["ImageId"]
+    emu.client("ec2").create_tags(
+        Resources=[foreign],
+        Tags=[{"Key": "ami-factory:run", "Value": tag_run_id(source)}, {"Key": "ami-factory:managed", "Value": "true"}],
+    )
+    emu.world.images_fail()
+    emu.deliver_event(tag_event(emu, source, event_id=EVENT_ID))
+    (run,) = wait_all(emu)
+    assert run.status == "FAILED" and run.error == "ImageFailedError"
+    deregistered = [r.params["ImageId"] for r in emu.world.sent("DeregisterImage")]
+    assert foreign not in deregistered and len(deregistered) == 1, "the run's own failed image only"
+    assert emu.client("ec2").describe_images(ImageIds=[foreign])["Images"][0]["State"] == "available"
+
+
+# --- family takeover: a tag or a name that moves another family's latest -----------------------
+
+
+@pytest.fixture
+def owned_family(emu: Emulator) -> tuple[str, str]:
+    """``web-server``, published by its own instance's run: (owner instance, its image)."""
+    owner = emu.launch_instance(name="web-server")
+    run = emu.run({"instance_id": owner, "regions": ["eu-west-1"]}, name="owner-run")
+    assert run.status == "SUCCEEDED", run.cause
+    return owner, latest(emu, "web-server")
+
+
+@pytest.mark.parametrize(
+    "attacker_tags",
+    [{"ami-factory:image-name": "web-server"}, {"Name": "web-server"}],
+    ids=["image-name tag", "Name tag"],
+)
+def test_another_instance_cannot_move_a_familys_latest_by_tag_or_name(
+    emu: Emulator, owned_family: tuple[str, str], attacker_tags: dict[str, str]
+) -> None:
+    owner, owners_image = owned_family
+    eu_image = latest(emu, "web-server", "eu-west-1")
+    attacker = launch_tagged(emu, **{"ami-factory:regions": "eu-west-1", **attacker_tags})
+    if "Name" in attacker_tags:
+        emu.client("ec2").create_tags(Resources=[attacker], Tags=[{"Key": "Name", "Value": "web-server"}])
+    (outcome,) = emu.deliver_event(tag_event(emu, attacker, event_id=EVENT_ID))
+    assert outcome["started"] == [] and outcome["rejected"][0]["error"] == "FamilyOwnedError"
+    refusal = instance_tags(emu, attacker)["ami-factory:error"]
+    assert refusal.startswith(f"image family web-server belongs to instance {owner} (us-east-1, account {ACCOUNT_ID})")
+    assert "adopt_family" in refusal, "the message says how the owner's operator may move it"
+    assert (latest(emu, "web-server"), latest(emu, "web-server", "eu-west-1")) == (owners_image, eu_image)
+    assert touched(emu, attacker)["CreateImage"] == [], "refused before anything was made"
+    console = emu.run({"instance_id": attacker, "image_name": "web-server", "regions": []}, name="console-attack")
+    assert console.status == "FAILED" and console.error == "FamilyOwnedError", "a console run without adopt_family"
+    assert latest(emu, "web-server") == owners_image
+
+
+def test_only_a_start_execution_request_adopts_a_family(emu: Emulator, owned_family: tuple[str, str]) -> None:
+    owner, _ = owned_family
+    replacement = emu.launch_instance(name="web-server-2")
+    by_tag = launch_tagged(emu, **{"ami-factory:image-name": "web-server", "ami-factory:adopt-family": "true"})
+    (outcome,) = emu.deliver_event(tag_event(emu, by_tag))
+    assert (
+        outcome["rejected"][0]["error"] == "InvalidRequestError" and "adopt-family" in outcome["rejected"][0]["message"]
+    )
+    adopted = emu.run(
+        {"instance_id": replacement, "image_name": "web-server", "adopt_family": True, "regions": []}, name="adopt"
+    )
+    assert adopted.status == "SUCCEEDED", adopted.cause
+    assert latest(emu, "web-server") == adopted.output["regions"][0]["image_id"]
+    back = emu.run({"instance_id": owner, "regions": []}, name="old-owner")
+    assert back.status == "FAILED" and back.error == "FamilyOwnedError", "the family moved with the adoption"
+    assert f"belongs to instance {replacement}" in back.cause_message
+
+
+def test_names_that_normalise_alike_are_two_families_refused_not_merged(emu: Emulator) -> None:
+    source = emu.launch_instance(name="wéb")
+    assert emu.run({"instance_id": source, "regions": []}, name="first").status == "SUCCEEDED"
+    renamed = emu.run({"instance_id": source, "image_name": "wüb", "regions": []}, name="second")
+    assert renamed.status == "FAILED" and renamed.error == "FamilyOwnedError"
+    assert "first published as 'wéb'" in renamed.cause_message and "'wüb'" in renamed.cause_message
+    owner = [item for item in ledger_items(emu) if item["pk"] == "family#w-b"]
+    assert [(item["instance_id"], item["name"], item["account"]) for item in owner] == [(source, "wéb", ACCOUNT_ID)]
+
+
+# --- one run per instance, however runs are started and named ----------------------------------
+
+
+def test_a_tag_trigger_during_a_console_run_of_another_name_is_skipped_naming_the_holder(emu: Emulator) -> None:
+    emu.world.images_take(600)
+    source = launch_tagged(emu, **{"ami-factory:regions": ""})
+    console = emu.start_run({"instance_id": source, "regions": []}, name="nightly-golden")
+    wait_until(lambda: any(item["pk"] == f"instance#us-east-1#{source}" for item in ledger_items(emu)))
+    (outcome,) = emu.deliver_event(tag_event(emu, source, event_id=EVENT_ID))
+    assert outcome["started"] == [] and outcome["skipped"][0]["held_by"] == "nightly-golden"
+    assert emu.wait(console).status == "SUCCEEDED"
+    assert len(emu.world.sent("CreateImage")) == 1
+    assert not [item for item in ledger_items(emu) if item["sk"] == "lock"], "released when the run ended"
+
+
+def test_a_lock_left_by_a_run_that_is_no_longer_running_is_taken_over(emu: Emulator) -> None:
+    source = emu.launch_instance(name="web")
+    emu.client("dynamodb").put_item(
+        TableName="ami-factory-local-LedgerTable",
+        Item={
+            "pk": {"S": f"instance#us-east-1#{source}"},
+            "sk": {"S": "lock"},
+            "run_id": {"S": "crashed"},
+            "execution_arn": {"S": emu.state_machine_arn.replace(":stateMachine:", ":execution:") + ":crashed"},
+        },
+    )
+    run = emu.run({"instance_id": source, "regions": []}, name="after-the-crash")
+    assert run.status == "SUCCEEDED", run.cause
+
+
+# --- the ledger under retries and lost answers ---------------------------------------------------
+
+
+def test_the_ledger_records_each_thing_once_from_awss_answers_even_when_answers_are_lost(emu: Emulator) -> None:
+    source = emu.launch_instance(name="golden")
+    emu.world.ssm_manage(source, "Linux")
+    emu.world.lose_responses("CreateImage", times=2)
+    emu.world.lose_responses("RunInstances", times=1)
+    emu.world.lose_responses("CopyImage", times=1, region="eu-west-1")
+    run = emu.run({"instance_id": source, "mode": "generalize", "regions": ["eu-west-1"]}, name="lossy")
+    assert run.status == "SUCCEEDED", run.cause
+    made = {
+        (item["region"], item["role"], item["removed"])
+        for item in ledger_items(emu)
+        if item["pk"] == "run#lossy" and item["sk"].startswith("made#")
+    }
+    made_by_role = sorted(made)
+    assert made_by_role == [
+        ("eu-west-1", "image", "false"),
+        ("us-east-1", "clone", "true"),
+        ("us-east-1", "image", "false"),
+        ("us-east-1", "seed", "true"),
+    ]
+    assert len(images(emu)) == 1 and len(images(emu, "eu-west-1")) == 1, "no second image for a lost answer"
+    assert len([i for i in all_instances(emu) if i["InstanceId"] != source]) == 1, "one clone"
