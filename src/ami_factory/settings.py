@@ -64,6 +64,7 @@ class Settings:
     retention_recent_launch_days: int = 14
     event_bus_name: str = "default"
     ledger_table: str = ""  # the run ledger (DynamoDB): what runs made, instance locks, family owners
+    tag_privileged_settings: tuple[str, ...] = ()  # privileged options the operator lets tags ask for
 
     @property
     def max_polls(self) -> int:
@@ -111,4 +112,5 @@ def load_settings() -> Settings:
         retention_recent_launch_days=_int("RETENTION_RECENT_LAUNCH_DAYS", 14),
         event_bus_name=os.environ.get("EVENT_BUS_NAME") or "default",
         ledger_table=os.environ.get("LEDGER_TABLE", ""),
+        tag_privileged_settings=_csv("TAG_PRIVILEGED_SETTINGS"),
     )

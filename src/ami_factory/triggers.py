@@ -9,7 +9,7 @@ skipped, with the name of the run that holds it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
@@ -17,10 +17,10 @@ from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .aws import Ec2, StepFunctions, tags_of
-from .errors import AmiFactoryError, InvalidRequestError, RunInProgressError
+from .errors import AmiFactoryError, InvalidRequestError, PrivilegedSettingError, RunInProgressError
 from .ledger import FamilyOwner, Holder
 from .observability import MetricUnit, logger, metrics
-from .request import ImagingRequest
+from .request import CloneOptions, ImagingRequest, RetentionOptions
 from .rules import (
     TAG_PREFIX,
     account_of,
@@ -77,6 +77,22 @@ BOOL_FIELDS = {
     "cooldown",
     "encrypt",
     "launch_check",
+}
+# What a tag may not ask for unless the operator opened it to tags by name (TagPrivilegedSettings):
+# options that act beyond the tagged instance's own image, or on the instance itself destructively.
+# name -> (whether the request asks for it, the tags that can)
+PRIVILEGED_SETTINGS: dict[str, tuple[Callable[[ImagingRequest], bool], tuple[str, ...]]] = {
+    "generalize-in-place": (
+        lambda request: request.mode == "generalize-in-place",
+        ("mode", "confirm-generalize-in-place"),
+    ),
+    "cleanup": (lambda request: request.cleanup, ("cleanup",)),
+    "clone": (
+        lambda request: request.clone != CloneOptions(),
+        ("clone-instance-type", "clone-subnet", "clone-security-groups", "clone-instance-profile"),
+    ),
+    "retention": (lambda request: request.retention != RetentionOptions(), ("keep-newest", "max-age-days")),
+    "share-public": (lambda request: request.share.public, ("share-public",)),
 }
 # The tool's own bookkeeping on the instance; any other ami-factory:* key is a typo to report.
 RESULT_TAGS = {"error", "last-run", "last-run-at", "last-status", "last-image-id", "last-error"}
@@ -162,7 +178,18 @@ def request_from_tags(instance_id: str, tags: Mapping[str, str], settings: Setti
     request = parse_request(raw, name_field=_tag_field, fix="Fix the tag on the instance and set the trigger tag again")
     check_share_targets(request.share, settings)
     target_regions(request, settings.region, settings)
+    _refuse_privileged(request, tags, settings)
     return request
+
+
+def _refuse_privileged(request: ImagingRequest, tags: Mapping[str, str], settings: Settings) -> None:
+    for name, (asks, suffixes) in PRIVILEGED_SETTINGS.items():
+        if asks(request) and name not in settings.tag_privileged_settings:
+            used = [f"{TAG_PREFIX}{suffix}" for suffix in suffixes if f"{TAG_PREFIX}{suffix}" in tags]
+            raise PrivilegedSettingError(
+                f"{' and '.join(used)} ask for {name}, which only a StartExecution request may: drop the tag and "
+                f"start a run from the console or CLI, or have the operator add {name} to TagPrivilegedSettings"
+            )
 
 
 def start_runs(event: Mapping[str, Any]) -> StartOutcome:

@@ -176,6 +176,44 @@ def test_names_that_normalise_alike_are_two_families_refused_not_merged(emu: Emu
     assert [(item["instance_id"], item["name"], item["account"]) for item in owner] == [(source, "wéb", ACCOUNT_ID)]
 
 
+# --- privileged settings are not for tags ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "tags, name",
+    [
+        (
+            {"ami-factory:mode": "generalize-in-place", "ami-factory:confirm-generalize-in-place": "true"},
+            "generalize-in-place",
+        ),
+        ({"ami-factory:cleanup": "true"}, "cleanup"),
+        ({"ami-factory:mode": "generalize", "ami-factory:clone-instance-profile": "AdminProfile"}, "clone"),
+        ({"ami-factory:keep-newest": "1"}, "retention"),
+    ],
+    ids=["sysprep in place", "clean-up", "clone profile", "retention"],
+)
+def test_a_tag_asking_for_a_privileged_setting_starts_nothing_and_says_why(
+    emu: Emulator, tags: dict[str, str], name: str
+) -> None:
+    victim = launch_tagged(emu, **{"ami-factory:regions": "", **tags})
+    emu.world.ssm_manage(victim, "Linux")
+    (outcome,) = emu.deliver_event(tag_event(emu, victim, event_id=EVENT_ID))
+    assert outcome["started"] == [] and outcome["rejected"][0]["error"] == "PrivilegedSettingError"
+    assert f"ask for {name}, which only a StartExecution request may" in instance_tags(emu, victim)["ami-factory:error"]
+    assert wait_all(emu) == []
+    untouched(emu, victim)
+
+
+def test_the_operator_may_open_a_privileged_setting_to_tags_by_name(make_emulator) -> None:
+    emu: Emulator = make_emulator(TagPrivilegedSettings="cleanup")
+    source = launch_tagged(emu, **{"ami-factory:regions": "", "ami-factory:cleanup": "true"})
+    emu.world.ssm_manage(source, "Linux")
+    emu.deliver_event(tag_event(emu, source, event_id=EVENT_ID))
+    (run,) = wait_all(emu)
+    assert run.status == "SUCCEEDED", run.cause
+    assert len(touched(emu, source)["SendCommand"]) == 1, "the clean-up the operator allowed"
+
+
 # --- one run per instance, however runs are started and named ----------------------------------
 
 

@@ -6,11 +6,18 @@ from dataclasses import replace
 
 import pytest
 
-from ami_factory.errors import InvalidRequestError, PublicSharingBlockedError, ShareTargetNotAllowedError
-from ami_factory.triggers import request_from_tags
+from ami_factory.errors import (
+    InvalidRequestError,
+    PrivilegedSettingError,
+    PublicSharingBlockedError,
+    ShareTargetNotAllowedError,
+)
+from ami_factory.triggers import PRIVILEGED_SETTINGS, request_from_tags
 from tests.helpers import SETTINGS
 
 INSTANCE = "i-0123456789abcdef0"
+# An operator who opened every privileged option to tags (TagPrivilegedSettings).
+OPEN = replace(SETTINGS, tag_privileged_settings=tuple(PRIVILEGED_SETTINGS))
 
 
 def test_tags_become_a_request() -> None:
@@ -25,7 +32,7 @@ def test_tags_become_a_request() -> None:
             "ami-factory:description": "patched",
             "ami-factory:cleanup": "True",
         },
-        SETTINGS,
+        OPEN,
     )
     assert request.regions == ["eu-west-1", "ap-southeast-2", "us-west-2"]
     assert request.share.accounts == ["111122223333"]
@@ -45,13 +52,13 @@ def test_generalize_settings_come_from_tags_too() -> None:
             "ami-factory:clone-security-groups": "sg-0123456789abcdef0, sg-0fedcba9876543210",
             "ami-factory:clone-instance-profile": "ImageBuilderProfile",
         },
-        SETTINGS,
+        OPEN,
     )
     assert (request.windows.admin_password, request.windows.admin_password_parameter) == ("specify", "/images/admin")
     assert request.clone.security_group_ids == ["sg-0123456789abcdef0", "sg-0fedcba9876543210"]
     assert (request.clone.instance_type, request.clone.subnet_id) == ("m6i.large", "subnet-0123456789abcdef0")
     in_place = {"ami-factory:mode": "generalize-in-place", "ami-factory:confirm-generalize-in-place": "true"}
-    assert request_from_tags(INSTANCE, in_place, SETTINGS).confirm_generalize_in_place is True
+    assert request_from_tags(INSTANCE, in_place, OPEN).confirm_generalize_in_place is True
     with pytest.raises(InvalidRequestError, match="confirm_generalize_in_place"):
         request_from_tags(INSTANCE, {"ami-factory:mode": "generalize-in-place"}, SETTINGS)
 
@@ -71,7 +78,7 @@ def test_distribution_settings_come_from_tags_too() -> None:
             "ami-factory:keep-newest": "3",
             "ami-factory:max-age-days": "90",
         },
-        SETTINGS,
+        OPEN,
     )
     assert request.encrypt is True and request.launch_check is True
     assert (request.retention.keep_newest, request.retention.max_age_days) == (3, 90)
@@ -108,12 +115,46 @@ def test_bad_tags_name_what_to_fix(tags: dict[str, str], error: type[Exception],
     assert mentions in str(raised.value)
 
 
-def test_public_by_tag_only_where_the_deployment_allows_it() -> None:
-    request = request_from_tags(INSTANCE, {"ami-factory:share-public": "true"}, replace(SETTINGS, allow_public=True))
-    assert request.share.public is True
+def test_public_by_tag_only_where_the_deployment_allows_it_and_opened_it_to_tags() -> None:
+    allowed = replace(SETTINGS, allow_public=True)
+    with pytest.raises(PrivilegedSettingError, match="ami-factory:share-public ask for share-public"):
+        request_from_tags(INSTANCE, {"ami-factory:share-public": "true"}, allowed)
+    opened = replace(allowed, tag_privileged_settings=("share-public",))
+    assert request_from_tags(INSTANCE, {"ami-factory:share-public": "true"}, opened).share.public is True
 
 
 def test_a_tag_error_says_how_to_try_again() -> None:
     with pytest.raises(InvalidRequestError) as raised:
         request_from_tags(INSTANCE, {"ami-factory:mode": "sideways"}, SETTINGS)
     assert str(raised.value).endswith(". Fix the tag on the instance and set the trigger tag again")
+
+
+@pytest.mark.parametrize(
+    "name, tags",
+    [
+        (
+            "generalize-in-place",
+            {"ami-factory:mode": "generalize-in-place", "ami-factory:confirm-generalize-in-place": "true"},
+        ),
+        ("cleanup", {"ami-factory:cleanup": "true"}),
+        ("clone", {"ami-factory:mode": "generalize", "ami-factory:clone-instance-profile": "Admin"}),
+        ("clone", {"ami-factory:mode": "generalize", "ami-factory:clone-subnet": "subnet-0123456789abcdef0"}),
+        ("retention", {"ami-factory:keep-newest": "1"}),
+        ("retention", {"ami-factory:max-age-days": "1"}),
+    ],
+)
+def test_privileged_settings_are_refused_by_tag_unless_the_operator_opened_them(
+    name: str, tags: dict[str, str]
+) -> None:
+    with pytest.raises(PrivilegedSettingError) as raised:
+        request_from_tags(INSTANCE, tags, SETTINGS)
+    message = str(raised.value)
+    assert f"ask for {name}, which only a StartExecution request may" in message
+    assert all(key in message for key in tags if key != "ami-factory:mode"), "names the tags to remove"
+    assert message.endswith(f"add {name} to TagPrivilegedSettings") and len(message) <= 256
+    request_from_tags(INSTANCE, tags, replace(SETTINGS, tag_privileged_settings=(name,)))
+
+
+def test_asking_for_nothing_privileged_is_not_refused() -> None:
+    harmless = {"ami-factory:cleanup": "false", "ami-factory:share-public": "false", "ami-factory:mode": "generalize"}
+    assert request_from_tags(INSTANCE, harmless, SETTINGS).cleanup is False
