@@ -21,7 +21,8 @@ from .contracts import (
 )
 from .errors import CloneLaunchError, CommandFailedError, NotMadeByRunError, UnsupportedInstanceError
 from .ledger import Ledger, Made
-from .rules import ROLE_TAG
+from .rules import ROLE_TAG, check_clone_profile
+from .settings import load_settings
 from .steps import client_token, create_image_once, give_up_after, require_made
 
 FAILED_COMMAND_STATES = frozenset(
@@ -76,9 +77,13 @@ def create_seed_image(plan: Plan) -> ImageRef:
 
 
 def launch_clone(event: LaunchCloneInput) -> LaunchedInstance:
-    """The clone the generalize command runs on: the instance's type, subnet, groups and profile unless
-    overridden. A retried step sends the same ClientToken, and EC2 answers with the clone it launched."""
+    """The clone the generalize command runs on: the instance's type, subnet and groups unless the
+    request overrides them, and the stack's own instance profile (what SSM needs) unless the request
+    names an allowed one: never the source's, whose role may hold far more. A retried step sends the
+    same ClientToken, and EC2 answers with the clone it launched."""
     require_made(event.run_id, event.source_region, event.seed.image_id, "seed")
+    settings = load_settings()
+    check_clone_profile(event.clone_overrides, settings)  # again: the state is data
     ec2 = Ec2(event.source_region)
     source = ec2.describe_instance(event.instance_id)
     overrides = event.clone_overrides
@@ -89,14 +94,14 @@ def launch_clone(event: LaunchCloneInput) -> LaunchedInstance:
             subnet_id=overrides.subnet_id or source.get("SubnetId"),
             security_group_ids=overrides.security_group_ids
             or [group["GroupId"] for group in source.get("SecurityGroups", [])],
-            instance_profile=overrides.instance_profile or source.get("IamInstanceProfile", {}).get("Arn"),
+            instance_profile=overrides.instance_profile or settings.clone_instance_profile,
             client_token=client_token(event.run_id, "clone"),
             tags={**event.tags, "Name": f"{event.family} clone (AMI Factory run {event.run_id})", ROLE_TAG: "clone"},
         )
     except ClientError as error:
         raise CloneLaunchError(
-            f"EC2 refused to launch the clone of {event.instance_id} ({error_text(error)}). The clone takes the instance's type, subnet, "
-            f"security groups and instance profile unless clone.instance_type, clone.subnet_id, "
+            f"EC2 refused to launch the clone of {event.instance_id} ({error_text(error)}). The clone takes the instance's type, subnet "
+            f"and security groups and the stack's clone profile unless clone.instance_type, clone.subnet_id, "
             f"clone.security_group_ids or clone.instance_profile say otherwise (groups must be in the subnet's VPC)"
         ) from error
     Ledger().record(
@@ -125,7 +130,7 @@ def check_clone(event: CheckCloneInput) -> LaunchedInstance:
         "ready",
         f"clone {clone.instance_id}",
         "check that its instance profile allows SSM and its subnet reaches the SSM endpoints (NAT or VPC "
-        "endpoints); the clone.instance_profile and clone.subnet_id request fields override the source's",
+        "endpoints); the clone.instance_profile and clone.subnet_id request fields override the defaults",
         limit="GeneralizeMaxWaitSeconds",
     )
     return clone

@@ -24,6 +24,7 @@ from .request import ImagingRequest, WindowsOptions
 from .rules import (
     MAX_PUBLIC_IMAGES_PER_REGION,
     account_of,
+    check_clone_profile,
     check_share_targets,
     execution_arn,
     family_asked_as,
@@ -51,6 +52,7 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
     region = settings.region
     request = parse_request(event.request)
     check_share_targets(request.share, settings)
+    check_clone_profile(request.clone, settings)
     regions = target_regions(request, region, settings)
     started_at = datetime.now(UTC).isoformat()
     instance = Ec2(region).describe_instance(request.instance_id)

@@ -123,7 +123,9 @@ class CloneOptions(BaseModel):
         None, description="default: the source's security groups"
     )
     instance_profile: Annotated[str, StringConstraints(pattern=INSTANCE_PROFILE, max_length=400)] | None = Field(
-        None, description="instance profile name or ARN; default: the source's (the clone needs SSM, like the source)"
+        None,
+        description="instance profile name or ARN, one of the deployment's AllowedCloneInstanceProfiles; default: the "
+        "stack's clone profile, which has what SSM needs and nothing else",
     )
 
 

@@ -17,12 +17,13 @@ from pydantic import ValidationError
 
 from .contracts import RegionTarget
 from .errors import (
+    CloneProfileNotAllowedError,
     InvalidRequestError,
     PublicSharingBlockedError,
     ShareTargetNotAllowedError,
     UnknownRegionError,
 )
-from .request import ImagingRequest, RetentionOptions, ShareTargets
+from .request import CloneOptions, ImagingRequest, RetentionOptions, ShareTargets
 from .settings import Settings
 
 # What a recipient's account must be allowed on a customer managed key to launch an image encrypted with it.
@@ -117,6 +118,17 @@ def check_share_targets(share: ShareTargets, settings: Settings) -> None:
                 f"{kind} {outside} are not in the deployment's {parameter} {list(allowed)}: remove them from "
                 f"the request, or ask the operator to add them to {parameter}"
             )
+
+
+def check_clone_profile(clone: CloneOptions, settings: Settings) -> None:
+    """The clone runs as the stack's own profile (SSM only) unless the request names one the operator allowed."""
+    profile = clone.instance_profile
+    if profile and profile.rsplit("/", 1)[-1] not in settings.allowed_clone_instance_profiles:
+        raise CloneProfileNotAllowedError(
+            f"clone.instance_profile {profile} is not in the deployment's AllowedCloneInstanceProfiles "
+            f"{list(settings.allowed_clone_instance_profiles)}: drop it (the clone then uses the stack's own profile, "
+            f"which has what SSM needs), or ask the operator to add it"
+        )
 
 
 def execution_arn(state_machine_arn: str, run_id: str) -> str:

@@ -65,6 +65,8 @@ class Settings:
     event_bus_name: str = "default"
     ledger_table: str = ""  # the run ledger (DynamoDB): what runs made, instance locks, family owners
     tag_privileged_settings: tuple[str, ...] = ()  # privileged options the operator lets tags ask for
+    clone_instance_profile: str = ""  # the stack's own: what SSM needs, nothing else
+    allowed_clone_instance_profiles: tuple[str, ...] = ()  # names a request may choose instead
 
     @property
     def max_polls(self) -> int:
@@ -113,4 +115,6 @@ def load_settings() -> Settings:
         event_bus_name=os.environ.get("EVENT_BUS_NAME") or "default",
         ledger_table=os.environ.get("LEDGER_TABLE", ""),
         tag_privileged_settings=_csv("TAG_PRIVILEGED_SETTINGS"),
+        clone_instance_profile=os.environ.get("CLONE_INSTANCE_PROFILE", ""),
+        allowed_clone_instance_profiles=_csv("ALLOWED_CLONE_INSTANCE_PROFILES"),
     )

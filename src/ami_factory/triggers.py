@@ -24,6 +24,7 @@ from .request import CloneOptions, ImagingRequest, RetentionOptions
 from .rules import (
     TAG_PREFIX,
     account_of,
+    check_clone_profile,
     check_share_targets,
     describe_validation,
     execution_arn,
@@ -176,9 +177,10 @@ def request_from_tags(instance_id: str, tags: Mapping[str, str], settings: Setti
             target = target.setdefault(part, {})
         target[field[-1]] = parsed
     request = parse_request(raw, name_field=_tag_field, fix="Fix the tag on the instance and set the trigger tag again")
-    check_share_targets(request.share, settings)
-    target_regions(request, settings.region, settings)
     _refuse_privileged(request, tags, settings)
+    check_share_targets(request.share, settings)
+    check_clone_profile(request.clone, settings)
+    target_regions(request, settings.region, settings)
     return request
 
 

@@ -214,6 +214,49 @@ def test_the_operator_may_open_a_privileged_setting_to_tags_by_name(make_emulato
     assert len(touched(emu, source)["SendCommand"]) == 1, "the clean-up the operator allowed"
 
 
+# --- the clone's identity is the stack's ----------------------------------------------------------
+
+
+def admin_profile(emu: Emulator, name: str = "AdminProfile") -> str:
+    iam = emu.client("iam")
+    iam.create_role(RoleName=name, AssumeRolePolicyDocument="{}")
+    iam.create_instance_profile(InstanceProfileName=name)
+    iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+    return name
+
+
+def clone_launch(emu: Emulator) -> dict[str, Any]:
+    (launch,) = [r for r in emu.world.sent("RunInstances") if "ami-factory:role" in str(r.params)]
+    return launch.params
+
+
+def test_the_clone_never_gets_the_sources_role_but_the_stacks_ssm_only_profile(emu: Emulator) -> None:
+    source = emu.launch_instance(name="golden")
+    emu.client("ec2").associate_iam_instance_profile(InstanceId=source, IamInstanceProfile={"Name": admin_profile(emu)})
+    emu.world.ssm_manage(source, "Linux")
+    run = emu.run({"instance_id": source, "mode": "generalize", "regions": []}, name="clone-identity")
+    assert run.status == "SUCCEEDED", run.cause
+    assert clone_launch(emu)["IamInstanceProfile"] == {"Name": "ami-factory-local-CloneInstanceProfile"}
+
+
+def test_a_clone_profile_outside_the_allow_list_is_refused_by_request_and_by_opened_tag(make_emulator) -> None:
+    emu: Emulator = make_emulator(AllowedCloneInstanceProfiles="BuildProfile", TagPrivilegedSettings="clone")
+    source = launch_tagged(
+        emu, **{"ami-factory:mode": "generalize", "ami-factory:clone-instance-profile": admin_profile(emu)}
+    )
+    emu.world.ssm_manage(source, "Linux")
+    (outcome,) = emu.deliver_event(tag_event(emu, source, event_id=EVENT_ID))
+    assert outcome["rejected"][0]["error"] == "CloneProfileNotAllowedError"
+    request = {"instance_id": source, "mode": "generalize", "clone": {"instance_profile": "AdminProfile"}}
+    refused = emu.run(request, name="escalate")
+    assert refused.status == "FAILED" and refused.error == "CloneProfileNotAllowedError"
+    assert "AllowedCloneInstanceProfiles ['BuildProfile']" in refused.cause_message
+    untouched(emu, source)
+    allowed = emu.run({**request, "clone": {"instance_profile": admin_profile(emu, "BuildProfile")}}, name="ok")
+    assert allowed.status == "SUCCEEDED", allowed.cause
+    assert clone_launch(emu)["IamInstanceProfile"] == {"Name": "BuildProfile"}
+
+
 # --- one run per instance, however runs are started and named ----------------------------------
 
 

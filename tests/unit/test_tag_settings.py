@@ -17,7 +17,11 @@ from tests.helpers import SETTINGS
 
 INSTANCE = "i-0123456789abcdef0"
 # An operator who opened every privileged option to tags (TagPrivilegedSettings).
-OPEN = replace(SETTINGS, tag_privileged_settings=tuple(PRIVILEGED_SETTINGS))
+OPEN = replace(
+    SETTINGS,
+    tag_privileged_settings=tuple(PRIVILEGED_SETTINGS),
+    allowed_clone_instance_profiles=("ImageBuilderProfile",),
+)
 
 
 def test_tags_become_a_request() -> None:
@@ -102,7 +106,7 @@ def test_no_setting_tags_mean_the_defaults() -> None:
         ({"ami-factory:mode": "reboot"}, InvalidRequestError, "tag ami-factory:mode"),
         ({"ami-factory:share-ous": "ou-1"}, InvalidRequestError, "tag ami-factory:share-ous"),
         ({"ami-factory:share-accounts": "444455556666"}, ShareTargetNotAllowedError, "AllowedShareAccounts"),
-        ({"ami-factory:share-public": "TRUE"}, PublicSharingBlockedError, "AllowPublicSharing"),
+        ({"ami-factory:share-public": "TRUE"}, PrivilegedSettingError, "TagPrivilegedSettings"),
         ({"ami-factory:region": "eu-west-1"}, InvalidRequestError, "unknown tag(s) ['ami-factory:region']"),
         # Rules across tags name the group, or the tags as a whole, never an empty field.
         ({"ami-factory:admin-password": "specify"}, InvalidRequestError, "the windows tags: admin_password specify"),
@@ -121,6 +125,8 @@ def test_public_by_tag_only_where_the_deployment_allows_it_and_opened_it_to_tags
         request_from_tags(INSTANCE, {"ami-factory:share-public": "true"}, allowed)
     opened = replace(allowed, tag_privileged_settings=("share-public",))
     assert request_from_tags(INSTANCE, {"ami-factory:share-public": "true"}, opened).share.public is True
+    with pytest.raises(PublicSharingBlockedError, match="AllowPublicSharing"):
+        request_from_tags(INSTANCE, {"ami-factory:share-public": "true"}, replace(opened, allow_public=False))
 
 
 def test_a_tag_error_says_how_to_try_again() -> None:
@@ -152,7 +158,8 @@ def test_privileged_settings_are_refused_by_tag_unless_the_operator_opened_them(
     assert f"ask for {name}, which only a StartExecution request may" in message
     assert all(key in message for key in tags if key != "ami-factory:mode"), "names the tags to remove"
     assert message.endswith(f"add {name} to TagPrivilegedSettings") and len(message) <= 256
-    request_from_tags(INSTANCE, tags, replace(SETTINGS, tag_privileged_settings=(name,)))
+    opened = replace(SETTINGS, tag_privileged_settings=(name,), allowed_clone_instance_profiles=("Admin",))
+    request_from_tags(INSTANCE, tags, opened)
 
 
 def test_asking_for_nothing_privileged_is_not_refused() -> None:

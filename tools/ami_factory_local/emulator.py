@@ -262,12 +262,14 @@ class Emulator:
             RoleName=f"{STACK_NAME}-role",
             AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
         )["Role"]["Arn"]
-        attributes: dict[tuple[str, str], str] = {
-            (logical_id, "Arn"): f"arn:aws:iam::{ACCOUNT_ID}:role/{STACK_NAME}-{logical_id}"
-            for logical_id in resources_of_type(template, "AWS::IAM::Role")
-        }
+        attributes: dict[tuple[str, str], str] = {}
+        for logical_id, role in resources_of_type(template, "AWS::IAM::Role").items():
+            path = role["Properties"].get("Path", "/")
+            attributes[(logical_id, "Arn")] = f"arn:aws:iam::{ACCOUNT_ID}:role{path}{STACK_NAME}-{logical_id}"
+            attributes[(logical_id, "Ref")] = f"{STACK_NAME}-{logical_id}"
         resolver = Resolver(parameters, pseudo, attributes, template.get("Conditions", {}))
         self._deploy_tables(template, resolver, attributes)
+        self._deploy_instance_profiles(template, resolver, attributes)
         sns = self.client("sns")
         for logical_id in resources_of_type(template, "AWS::SNS::Topic"):
             attributes[(logical_id, "Ref")] = sns.create_topic(Name=f"{STACK_NAME}-{logical_id}")["TopicArn"]
@@ -334,6 +336,27 @@ class Emulator:
             )
             attributes[(logical_id, "Ref")] = name
             attributes[(logical_id, "Arn")] = described["TableArn"]
+
+    def _deploy_instance_profiles(
+        self, template: dict[str, Any], resolver: Resolver, attributes: dict[tuple[str, str], str]
+    ) -> None:
+        """Instance profiles (the clone's) and their roles into moto's IAM: RunInstances looks them up."""
+        iam = self.client("iam")
+        roles = resources_of_type(template, "AWS::IAM::Role")
+        for logical_id, profile in resources_of_type(template, "AWS::IAM::InstanceProfile").items():
+            name = f"{STACK_NAME}-{logical_id}"
+            path = profile["Properties"].get("Path", "/")
+            arn = iam.create_instance_profile(InstanceProfileName=name, Path=path)["InstanceProfile"]["Arn"]
+            for role_name in resolver.resolve(profile["Properties"]["Roles"]):
+                (role_id,) = [key for key in roles if attributes[(key, "Ref")] == role_name]
+                iam.create_role(
+                    RoleName=role_name,
+                    Path=roles[role_id]["Properties"].get("Path", "/"),
+                    AssumeRolePolicyDocument=json.dumps(roles[role_id]["Properties"]["AssumeRolePolicyDocument"]),
+                )
+                iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=role_name)
+            attributes[(logical_id, "Ref")] = name
+            attributes[(logical_id, "Arn")] = arn
 
     def _register_function(
         self, logical_id: str, properties: dict[str, Any], resolver: Resolver, layer_dirs: list[Path]
