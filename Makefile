@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN := env PYTHONPATH=src:tools AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH=$(CURDIR)/$(BIN):$$PATH
 
-.PHONY: demo demo-generalize test unit lint mutation mutation-score bench serve build schema asl lock clean
+.PHONY: demo demo-generalize test unit lint mutation mutation-score bench serve build schema asl documents lock clean
 
 $(BIN)/.installed: requirements-dev.txt src/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,10 @@ schema: $(BIN)/.installed
 # The state machine is generated: edit tools/write_asl.py, then rewrite the ASL.
 asl: $(BIN)/.installed
 	$(RUN) $(BIN)/python tools/write_asl.py
+
+# The SSM documents in template.yaml are generated from src/ami_factory/scripts: edit a script, then this.
+documents: $(BIN)/.installed
+	$(RUN) $(BIN)/python tools/write_documents.py
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache mutants

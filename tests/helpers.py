@@ -146,3 +146,9 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"not reached within {timeout}s of real time"
         time.sleep(0.01)
+
+
+def document_script(emu: Emulator, name: str) -> str:
+    """What the stack's SSM document ``name`` runs: its runCommand lines, as SSM holds them."""
+    content = json.loads(emu.client("ssm").get_document(Name=name)["Content"])
+    return "\n".join(line for step in content["mainSteps"] for line in step["inputs"]["runCommand"])

@@ -81,8 +81,9 @@ class NotMadeByRunError(AmiFactoryError):
     """A step was asked to act on a resource its run's ledger does not record: it refuses."""
 
 
-class LedgerError(AmiFactoryError):
-    """The run ledger is missing or holds what the code cannot read (a deployment problem)."""
+class DeploymentError(AmiFactoryError):
+    """The function lacks what the stack gives it (the ledger table, its SSM documents) or the ledger
+    holds what the code cannot read: a deployment problem, not a request's."""
 
 
 # --- the world said no, for good ----------------------------------------------------------

@@ -34,7 +34,7 @@ SCRIPT_FAILED_STATES = frozenset({"Failed", "Cancelled", "Cancelling"})
 
 def run_cleanup(plan: Plan) -> CommandRef:
     """Temp files and caches go before the image is taken, for specialized images too."""
-    command = cleanup_command(plan.platform)
+    command = cleanup_command(plan.platform, load_settings())
     command_id = Ssm(plan.source_region).send_command(
         plan.instance_id, command.document, command.parameters, f"ami-factory clean-up, run {plan.run_id}"
     )
@@ -145,7 +145,7 @@ def generalize(event: GeneralizeInput) -> GeneralizeRef:
             f"mode {event.mode} has no clone to generalize, and only mode generalize-in-place generalizes the instance"
         )
     target = event.clone.instance_id if event.clone else event.instance_id
-    command = generalize_command(event.platform, event.windows)
+    command = generalize_command(event.platform, event.windows, load_settings())
     command_id = Ssm(event.source_region).send_command(
         target, command.document, command.parameters, f"{GENERALIZE_COMMENT}, run {event.run_id}"
     )

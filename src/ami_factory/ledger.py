@@ -27,7 +27,7 @@ from botocore.exceptions import ClientError
 
 from .aws import error_code, translated_errors
 from .clients import client
-from .errors import LedgerError
+from .errors import DeploymentError
 from .settings import load_settings
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class Ledger:
     def __init__(self) -> None:
         settings = load_settings()
         if not settings.ledger_table:
-            raise LedgerError("LEDGER_TABLE is not set: the function must be deployed with the stack's LedgerTable")
+            raise DeploymentError("LEDGER_TABLE is not set: the function must be deployed with the stack's LedgerTable")
         self._table = settings.ledger_table
         self._db = client("dynamodb", settings.region)
 
@@ -302,5 +302,5 @@ class Ledger:
 
 def _role(value: str) -> Role:
     if value not in get_args(Role):
-        raise LedgerError(f"the ledger records an unknown role {value!r}")
+        raise DeploymentError(f"the ledger records an unknown role {value!r}")
     return cast("Role", value)

@@ -18,6 +18,11 @@ def _csv(name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+def _pairs(name: str) -> dict[str, str]:
+    """``KEY=VALUE`` pairs separated by commas."""
+    return dict(pair.split("=", 1) for pair in _csv(name) if "=" in pair)
+
+
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     return int(raw) if raw else default
@@ -67,6 +72,7 @@ class Settings:
     tag_privileged_settings: tuple[str, ...] = ()  # privileged options the operator lets tags ask for
     clone_instance_profile: str = ""  # the stack's own: what SSM needs, nothing else
     allowed_clone_instance_profiles: tuple[str, ...] = ()  # names a request may choose instead
+    ssm_documents: dict[str, str] = field(default_factory=dict)  # cleanup-linux, ... -> the stack's document
 
     @property
     def max_polls(self) -> int:
@@ -103,8 +109,8 @@ def load_settings() -> Settings:
         trigger_tag_key=os.environ.get("TRIGGER_TAG_KEY", "ami-factory:create"),
         schedule_tag_key=os.environ.get("SCHEDULE_TAG_KEY", "ami-factory:schedule"),
         state_machine_arn=os.environ.get("STATE_MACHINE_ARN", ""),
-        kms_keys=dict(pair.split("=", 1) for pair in _csv("KMS_KEY_IDS") if "=" in pair),
-        launch_check_subnets=dict(pair.split("=", 1) for pair in _csv("LAUNCH_CHECK_SUBNETS") if "=" in pair),
+        kms_keys=_pairs("KMS_KEY_IDS"),
+        launch_check_subnets=_pairs("LAUNCH_CHECK_SUBNETS"),
         launch_check_instance_type=os.environ.get("LAUNCH_CHECK_INSTANCE_TYPE") or "t3.micro",
         launch_check_max_wait_seconds=_int("LAUNCH_CHECK_MAX_WAIT_SECONDS", 900),
         price_overrides=os.environ.get("PRICE_OVERRIDES", ""),
@@ -117,4 +123,5 @@ def load_settings() -> Settings:
         tag_privileged_settings=_csv("TAG_PRIVILEGED_SETTINGS"),
         clone_instance_profile=os.environ.get("CLONE_INSTANCE_PROFILE", ""),
         allowed_clone_instance_profiles=_csv("ALLOWED_CLONE_INSTANCE_PROFILES"),
+        ssm_documents=_pairs("SSM_DOCUMENTS"),
     )

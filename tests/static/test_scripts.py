@@ -1,18 +1,23 @@
-"""The scripts AMI Factory sends to instances: checked as files and as sent, and each launch agent's
-branch of the Windows sysprep read from its parse tree (there is no PowerShell here to run them)."""
+"""The scripts AMI Factory runs on instances: checked as files and as the stack's SSM documents hold
+them, and each launch agent's branch of the Windows sysprep read from its parse tree (there is no
+PowerShell here to run them)."""
 
 from __future__ import annotations
 
 import itertools
+import re
+from dataclasses import replace
 from pathlib import Path
 from typing import get_args
 
 import pytest
 from tree_sitter import Node
 
-from ami_factory.commands import SCRIPTS, cleanup_command, generalize_command
+from ami_factory.commands import DOCUMENTS, SCRIPTS, generalize_command
 from ami_factory.request import AdminPassword, WindowsOptions
 from check_scripts import parse_powershell, powershell_problems, problems, shell_problems
+from tests.helpers import ROOT, SETTINGS
+from write_documents import SYSPREP_PARAMETERS, TEMPLATE, content, rendered
 
 SCRIPT_FILES = sorted(Path(str(SCRIPTS)).glob("*.*"))
 PASSWORD_CHOICES = [
@@ -47,8 +52,19 @@ def agent_calls(body: Node, agent: str) -> list[str]:
     return [command for command in commands(body) if command.startswith(f"& {agent}")]
 
 
+def document_script(purpose: str, platform: str) -> str:
+    """What the stack's document runs, as SSM holds it (parameters still as ``{{ Name }}``)."""
+    (step,) = content(DOCUMENTS[purpose][platform])["mainSteps"]
+    return "\n".join(step["inputs"]["runCommand"])
+
+
+def as_ssm_runs_it(script: str, parameters: dict[str, list[str]]) -> str:
+    """SSM puts each parameter's value in place of ``{{ Name }}`` before it runs the script."""
+    return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda match: parameters[match.group(1)][0], script)
+
+
 def sysprep_script() -> str:
-    return "\n".join(generalize_command("windows", WindowsOptions()).parameters["commands"])
+    return document_script("generalize", "windows")
 
 
 def test_the_script_files_are_the_four_the_code_sends() -> None:
@@ -67,21 +83,41 @@ def test_every_shell_script_is_shellcheck_clean(path: Path) -> None:
 
 
 @pytest.mark.parametrize("windows", PASSWORD_CHOICES, ids=lambda w: w.admin_password)
-def test_the_powershell_as_sent_parses_with_every_password_choice(windows: WindowsOptions) -> None:
-    # What SSM runs is the file's lines behind the settings lines, comments and blank lines dropped.
-    for command in (generalize_command("windows", windows), cleanup_command("windows")):
-        assert powershell_problems("\n".join(command.parameters["commands"])) == []
+def test_the_powershell_as_ssm_runs_it_parses_with_every_password_choice(windows: WindowsOptions) -> None:
+    documents = {"sysprep-windows": "sysprep", "cleanup-windows": "cleanup"}
+    command = generalize_command("windows", windows, replace(SETTINGS, ssm_documents=documents))
+    assert powershell_problems(as_ssm_runs_it(sysprep_script(), command.parameters)) == []
+    assert powershell_problems(document_script("cleanup", "windows")) == []
+
+
+@pytest.mark.parametrize("windows", PASSWORD_CHOICES, ids=lambda w: w.admin_password)
+def test_every_parameter_value_the_code_sends_is_one_the_document_allows(windows: WindowsOptions) -> None:
+    command = generalize_command("windows", windows, replace(SETTINGS, ssm_documents={"sysprep-windows": "sysprep"}))
+    assert command.parameters.keys() == SYSPREP_PARAMETERS.keys()
+    (choice,) = command.parameters["AdminAccount"]
+    assert choice in SYSPREP_PARAMETERS["AdminAccount"]["allowedValues"]
+    (parameter,) = command.parameters["AdminSecretParameter"]
+    assert re.fullmatch(SYSPREP_PARAMETERS["AdminSecretParameter"]["allowedPattern"], parameter)
+
+
+@pytest.mark.parametrize("value", ["x'; Remove-Item C:\\ -Recurse; '", "$(whoami)", "a b", "/ok/../../x;"])
+def test_a_password_parameter_that_could_carry_code_is_refused_by_the_documents_pattern(value: str) -> None:
+    assert not re.fullmatch(SYSPREP_PARAMETERS["AdminSecretParameter"]["allowedPattern"], value)
 
 
 @pytest.mark.slow
-def test_the_shell_as_sent_is_shellcheck_clean(tmp_path: Path) -> None:
-    for name, command in (
-        ("sanitize", generalize_command("linux", WindowsOptions())),
-        ("cleanup", cleanup_command("linux")),
-    ):
-        script = tmp_path / f"{name}.sh"
-        script.write_text("# shellcheck shell=sh\n" + "\n".join(command.parameters["commands"]) + "\n")
+def test_the_shell_as_ssm_runs_it_is_shellcheck_clean(tmp_path: Path) -> None:
+    for purpose in ("generalize", "cleanup"):
+        script = tmp_path / f"{purpose}.sh"
+        script.write_text("# shellcheck shell=sh\n" + document_script(purpose, "linux") + "\n")
         assert shell_problems(script) == []
+
+
+def test_the_templates_documents_are_what_the_builder_writes_from_the_scripts() -> None:
+    text = TEMPLATE.read_text()
+    assert text == rendered(text), "run `make documents`"
+    assert "AWS-RunShellScript" not in text and "AWS-RunPowerShellScript" not in text
+    assert TEMPLATE == ROOT / "template.yaml"
 
 
 @pytest.mark.slow
@@ -143,11 +179,12 @@ def test_sysprep_uses_the_first_agent_it_finds_and_fails_without_one() -> None:
         "Invoke-Ec2ConfigSysprep",
     ]
     assert top_level[-1] == "exit 1" and "no EC2 launch agent" in top_level[-2]
-    assert top_level[:3] == ["$v2PasswordType = 'random'", "$v1PasswordType = 'Random'", "$passwordParameter = ''"]
+    assert top_level[:2] == ["$choice = '{{ AdminAccount }}'", "$passwordParameter = '{{ AdminSecretParameter }}'"]
+    assert top_level[2].startswith("$v2PasswordType = @{ 'random' = 'random'; 'specify' = 'static'")
 
 
 def test_windows_cleanup_empties_every_profile_temp_folder_windows_temp_and_the_recycle_bins() -> None:
-    script = "\n".join(cleanup_command("windows").parameters["commands"])
+    script = document_script("cleanup", "windows")
     assert powershell_problems(script) == []
     # SSM runs it as SYSTEM: these would reach SYSTEM's own folders only.
     assert "$env:TEMP" not in script and "Clear-RecycleBin" not in script

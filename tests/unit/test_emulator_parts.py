@@ -182,3 +182,21 @@ def test_the_world_refuses_tags_ec2_would() -> None:
         for tag in ({"Key": "k" * 129, "Value": "v"}, {"Key": "k", "Value": "v" * 257}, {"Key": "aws:x", "Value": "v"}):
             with pytest.raises(ClientError, match="InvalidParameterValue"):
                 ec2.create_tags(Resources=[instance_id], Tags=[tag])
+
+
+def test_the_world_refuses_commands_ssm_would() -> None:
+    """moto runs any document name with any parameters; SSM refuses what the document does not allow."""
+    with Emulator() as emu:
+        ssm, instance_id = emu.client("ssm"), emu.launch_instance()
+        sysprep = "ami-factory-local-SysprepWindowsDocument"
+        allowed = {"AdminAccount": ["specify"], "AdminSecretParameter": ["/images/admin"]}
+        assert ssm.send_command(InstanceIds=[instance_id], DocumentName=sysprep, Parameters=allowed)["Command"]
+        with pytest.raises(ClientError, match="InvalidDocument"):
+            ssm.send_command(InstanceIds=[instance_id], DocumentName="AWS-RunShellScript-Nope")
+        for refused in (
+            {"AdminAccount": ["Random"]},
+            {"AdminSecretParameter": ["x'; Remove-Item -Recurse C:\\; '"]},
+            {"commands": ["whoami"]},
+        ):
+            with pytest.raises(ClientError, match="InvalidParameters"):
+                ssm.send_command(InstanceIds=[instance_id], DocumentName=sysprep, Parameters=refused)

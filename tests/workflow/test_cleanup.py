@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ami_factory_local import Emulator
-from tests.helpers import sample
+from tests.helpers import document_script, sample
 
 
 def operations(emu: Emulator) -> list[str]:
@@ -16,8 +16,8 @@ def operations(emu: Emulator) -> list[str]:
 @pytest.mark.parametrize(
     "platform, document, must_contain",
     [
-        ("Linux", "AWS-RunShellScript", "for dir in /tmp /var/tmp"),
-        ("Windows", "AWS-RunPowerShellScript", "'$Recycle.Bin'"),
+        ("Linux", "ami-factory-local-CleanupLinuxDocument", "for dir in /tmp /var/tmp"),
+        ("Windows", "ami-factory-local-CleanupWindowsDocument", "'$Recycle.Bin'"),
     ],
 )
 def test_cleanup_runs_on_the_instance_before_it_is_stopped_and_imaged(
@@ -33,7 +33,7 @@ def test_cleanup_runs_on_the_instance_before_it_is_stopped_and_imaged(
     (command,) = emu.world.sent("SendCommand")
     assert command.params["InstanceIds"] == [instance_id]
     assert command.params["DocumentName"] == document
-    assert any(must_contain in line for line in command.params["Parameters"]["commands"])
+    assert must_contain in document_script(emu, document) and not command.params.get("Parameters")
     assert "clean-up" in command.params["Comment"]
     sequence = operations(emu)
     assert sequence.index("SendCommand") < sequence.index("StopInstances") < sequence.index("CreateImage")

@@ -10,7 +10,7 @@ import pytest
 
 from ami_factory_local import Emulator
 from tests import helpers
-from tests.helpers import run_images, sample, tags
+from tests.helpers import document_script, run_images, sample, tags
 
 REGION = "us-east-1"
 
@@ -51,12 +51,12 @@ def nothing_was_changed(emu: Emulator) -> None:
     [
         (
             "Windows",
-            "AWS-RunPowerShellScript",
-            ["reset --block --clean", "sysprep --block --clean --shutdown", "$v2PasswordType = 'random'"],
+            "ami-factory-local-SysprepWindowsDocument",
+            ["reset --block --clean", "sysprep --block --clean --shutdown", "$choice = '{{ AdminAccount }}'"],
         ),
         (
             "Linux",
-            "AWS-RunShellScript",
+            "ami-factory-local-SanitizeLinuxDocument",
             [
                 "rm -f /etc/ssh/ssh_host_*_key",
                 "truncate -s 0 /etc/machine-id",
@@ -86,7 +86,7 @@ def test_generalize_on_a_clone_images_the_clone_and_leaves_the_instance_untouche
     (command,) = emu.world.sent("SendCommand")
     assert command.params["InstanceIds"] == [clone_id], "the command goes to the clone, never the instance"
     assert command.params["DocumentName"] == document
-    script = "\n".join(command.params["Parameters"]["commands"])
+    script = document_script(emu, document)
     for fragment in must_send:
         assert fragment in script
 
@@ -157,9 +157,10 @@ def test_generalize_with_a_specified_password_sends_only_the_parameter_name(emu:
     windows = {"admin_password": "specify", "admin_password_parameter": "/images/win/admin"}
     result = emu.run({"instance_id": source, "mode": "generalize", "regions": [], "windows": windows}, name="pw")
     assert result.status == "SUCCEEDED", result.cause
-    script = "\n".join(emu.world.sent("SendCommand")[0].params["Parameters"]["commands"])
-    assert "$v2PasswordType = 'static'" in script and "$v1PasswordType = 'Specify'" in script
-    assert "$passwordParameter = '/images/win/admin'" in script and "Get-SSMParameterValue" in script
+    (command,) = emu.world.sent("SendCommand")
+    assert command.params["Parameters"] == {"AdminAccount": ["specify"], "AdminSecretParameter": ["/images/win/admin"]}
+    script = document_script(emu, command.params["DocumentName"])
+    assert "$passwordParameter = '{{ AdminSecretParameter }}'" in script and "Get-SSMParameterValue" in script
 
 
 def test_cleanup_runs_on_the_instance_before_the_seed_image(emu: Emulator) -> None:
@@ -178,7 +179,8 @@ def test_generalize_in_place_with_confirmation_images_the_instance_and_starts_it
     result = emu.run(sample("request-generalize-in-place.json", instance_id=source), name="inplace")
     assert result.status == "SUCCEEDED", result.cause
     (command,) = emu.world.sent("SendCommand")
-    assert command.params["InstanceIds"] == [source] and command.params["DocumentName"] == "AWS-RunShellScript"
+    assert command.params["InstanceIds"] == [source]
+    assert command.params["DocumentName"] == "ami-factory-local-SanitizeLinuxDocument"
     (create,) = emu.world.sent("CreateImage")
     assert create.params["InstanceId"] == source and create.params["NoReboot"] in (True, "true")
     assert emu.world.sent("RunInstances")[1:] == [], "no clone in place"

@@ -270,6 +270,7 @@ class Emulator:
         resolver = Resolver(parameters, pseudo, attributes, template.get("Conditions", {}))
         self._deploy_tables(template, resolver, attributes)
         self._deploy_instance_profiles(template, resolver, attributes)
+        self._deploy_documents(template, resolver, attributes)
         sns = self.client("sns")
         for logical_id in resources_of_type(template, "AWS::SNS::Topic"):
             attributes[(logical_id, "Ref")] = sns.create_topic(Name=f"{STACK_NAME}-{logical_id}")["TopicArn"]
@@ -357,6 +358,22 @@ class Emulator:
                 iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=role_name)
             attributes[(logical_id, "Ref")] = name
             attributes[(logical_id, "Arn")] = arn
+
+    def _deploy_documents(
+        self, template: dict[str, Any], resolver: Resolver, attributes: dict[tuple[str, str], str]
+    ) -> None:
+        """The stack's SSM documents into moto's SSM (the world checks SendCommand against them)."""
+        ssm = self.client("ssm")
+        for logical_id, document in resources_of_type(template, "AWS::SSM::Document").items():
+            properties = resolver.resolve(document["Properties"])
+            name = f"{STACK_NAME}-{logical_id}"
+            ssm.create_document(
+                Name=name,
+                Content=json.dumps(properties["Content"]),
+                DocumentType=properties["DocumentType"],
+                DocumentFormat="JSON",
+            )
+            attributes[(logical_id, "Ref")] = name
 
     def _register_function(
         self, logical_id: str, properties: dict[str, Any], resolver: Resolver, layer_dirs: list[Path]

@@ -11,8 +11,9 @@ The world fixes exactly that, driven by the virtual clock, and lets a test ask f
 - a new image is invisible (``InvalidAMIID.NotFound``) for its first N DescribeImages;
 - an operation's response is lost: the call takes effect, the caller sees a throttling error.
 
-And it refuses what EC2 refuses while moto takes it: unknown filter names, unknown permission
-attributes and groups, tags over EC2's limits.
+And it refuses what EC2 and SSM refuse while moto takes it: unknown filter names, unknown permission
+attributes and groups, tags over EC2's limits; SendCommand with a document that does not exist, or
+a parameter the document does not declare or whose value its allowedValues/allowedPattern refuse.
 
 SSM has a small model too: which instances are managed (DescribeInstanceInformation, missing in
 moto) and how Run Command invocations end (moto reports Success at once; the world can make them
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import uuid
 from collections import Counter
@@ -46,6 +48,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from unittest import mock
 
+import yaml
 from moto.core.responses import ActionResult, BaseResponse
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import ec2_backends
@@ -53,6 +56,8 @@ from moto.ec2.responses.amis import AmisResponse
 from moto.events.models import events_backends
 from moto.events.utils import EventMessageType
 from moto.kms.models import kms_backends
+from moto.ssm.exceptions import InvalidDocument, SSMException
+from moto.ssm.models import ssm_backends
 
 from ami_factory.commands import GENERALIZE_COMMENT
 
@@ -204,6 +209,26 @@ def invalid_permission(operation: str, params: dict[str, Any]) -> str | None:
         return None
     unknown = [group for group in groups if group != "all"]
     return f"group {unknown[0]!r}" if unknown else None
+
+
+def refused_command(account_id: str, region: str, params: dict[str, Any]) -> SSMException | None:
+    """What SSM refuses and moto sends: a document that does not exist, a parameter it does not
+    declare, or a value outside its allowedValues or allowedPattern."""
+    name = str(params.get("DocumentName", ""))
+    found = ssm_backends[account_id][region]._documents.get(name)
+    if found is None:
+        return InvalidDocument(f"Document {name} does not exist in {region}")
+    declared = yaml.safe_load(found.get_default_version().content).get("parameters", {})
+    for key, values in (params.get("Parameters") or {}).items():
+        spec = declared.get(key)
+        if spec is None:
+            return SSMException("InvalidParameters", f"Document {name} does not support parameter {key}")
+        for value in values:
+            allowed = spec.get("allowedValues")
+            pattern = spec.get("allowedPattern")
+            if (allowed and value not in allowed) or (pattern and not re.fullmatch(pattern, value)):
+                return SSMException("InvalidParameters", f"Parameter {key} of {name} does not allow {value!r}")
+    return None
 
 
 MAX_TAG_KEY, MAX_TAG_VALUE = 128, 256  # EC2's limits, which moto does not check
@@ -465,9 +490,13 @@ class World:
         if self._hidden_describes:
             self._hidden[ami.id] = self._hidden_describes
 
-    def _intercept_ssm(self, region: str, operation: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    def _intercept_ssm(
+        self, region: str, operation: str, params: dict[str, Any]
+    ) -> dict[str, Any] | SSMException | None:
         """Answers moto cannot give: managed instances, and invocations that take time or fail."""
         self._tick(region)
+        if operation == "SendCommand" and (refused := refused_command(self.account_id, region, params)):
+            return refused
         if operation == "DescribeInstanceInformation":
             wanted = [value for f in params.get("Filters", []) if f["Key"] == "InstanceIds" for value in f["Values"]]
             return {

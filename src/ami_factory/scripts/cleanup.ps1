@@ -1,4 +1,4 @@
-# AMI Factory clean-up before imaging (Windows), sent with AWS-RunPowerShellScript.
+# AMI Factory clean-up before imaging (Windows), the stack's CleanupWindowsDocument (SSM).
 # SSM runs this as SYSTEM, so $env:TEMP and Clear-RecycleBin would reach only SYSTEM's own temp
 # folder and recycle bin. What people mean by "clean up before imaging" is every user profile's temp
 # folder, the Windows temp folder and every drive's recycle bin: those are emptied here, and the

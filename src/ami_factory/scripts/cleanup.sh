@@ -1,5 +1,5 @@
 # shellcheck shell=sh
-# AMI Factory clean-up before imaging (Linux), sent with AWS-RunShellScript: temporary files and
+# AMI Factory clean-up before imaging (Linux), the stack's CleanupLinuxDocument (SSM): temporary files and
 # package caches. It says what it removed; nothing here may fail the run.
 for dir in /tmp /var/tmp; do
   count=$(find "$dir" -mindepth 1 2>/dev/null | wc -l)

@@ -1,5 +1,5 @@
 # shellcheck shell=sh
-# AMI Factory generalize (Linux), sent with AWS-RunShellScript: Linux has no sysprep, so this removes
+# AMI Factory generalize (Linux), the stack's SanitizeLinuxDocument (SSM): Linux has no sysprep, so this removes
 # what makes the disk one machine's (host keys, machine-id, cloud-init state, shell history, temp
 # files, logs) and shuts down. The shutdown is scheduled a minute out, so the command can report
 # Success first. authorized_keys are left alone.

@@ -1,6 +1,12 @@
-# AMI Factory generalize (Windows), sent with AWS-RunPowerShellScript after three lines that set
-# $v2PasswordType, $v1PasswordType and $passwordParameter (the administrator password choice, and the
-# name of the SSM SecureString holding a specified password: the instance reads it, the run never does).
+# AMI Factory generalize (Windows): the stack's SysprepWindowsDocument (SSM). Its two parameters are
+# the administrator password choice (allowedValues random, specify, do-nothing) and the name of the
+# SSM SecureString holding a specified password (allowedPattern: a parameter name, or empty): SSM
+# refuses any other value, so neither can carry code. The instance reads the password; the run never does.
+$choice = '{{ AdminAccount }}'
+$passwordParameter = '{{ AdminSecretParameter }}'
+# The launch agents' names for the same three choices.
+$v2PasswordType = @{ 'random' = 'random'; 'specify' = 'static'; 'do-nothing' = 'doNothing' }[$choice]
+$v1PasswordType = @{ 'random' = 'Random'; 'specify' = 'Specify'; 'do-nothing' = 'DoNothing' }[$choice]
 #
 # Sysprep through whichever launch agent the instance has: EC2Launch v2 (Windows Server 2016 and
 # later), EC2Launch v1 (2016/2019), EC2Config (2012 R2 and older). Every check that can fail runs
