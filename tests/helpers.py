@@ -152,3 +152,23 @@ def document_script(emu: Emulator, name: str) -> str:
     """What the stack's SSM document ``name`` runs: its runCommand lines, as SSM holds them."""
     content = json.loads(emu.client("ssm").get_document(Name=name)["Content"])
     return "\n".join(line for step in content["mainSteps"] for line in step["inputs"]["runCommand"])
+
+
+def published_in_ledger(
+    emu: Emulator, family: str, image_id: str, region: str = "us-east-1", keep_newest: int = 0, max_age_days: int = 0
+) -> None:
+    """Record ``image_id`` as a published image of ``family``, as Finalize does for a run's images."""
+    item = {
+        "pk": f"family#{family}",
+        "sk": f"image#{region}#{image_id}",
+        "family": family,
+        "region": region,
+        "image_id": image_id,
+        "run_id": "test",
+        "keep_newest": str(keep_newest),
+        "max_age_days": str(max_age_days),
+        "removed": "false",
+    }
+    emu.client("dynamodb").put_item(
+        TableName="ami-factory-local-LedgerTable", Item={key: {"S": value} for key, value in item.items()}
+    )

@@ -217,11 +217,16 @@ class Ec2:
             images = self._ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
         return images[0] if images else None
 
-    def managed_images(self) -> list[ImageTypeDef]:
-        """Every image AMI Factory made in this Region (tags decide, never names)."""
-        with translated_errors("DescribeImages"):
-            filters: list[FilterTypeDef] = [{"Name": "tag:ami-factory:managed", "Values": ["true"]}]
-            return list(self._ec2.describe_images(Owners=["self"], Filters=filters)["Images"])
+    def own_images(self, image_ids: list[str]) -> dict[str, ImageTypeDef]:
+        """The account's own images among ``image_ids``, by id; ids that are gone are simply absent
+        (filtered by ``image-id``: DescribeImages with ImageIds fails on the first missing one)."""
+        found: dict[str, ImageTypeDef] = {}
+        for start in range(0, len(image_ids), 100):
+            filters: list[FilterTypeDef] = [{"Name": "image-id", "Values": image_ids[start : start + 100]}]
+            with translated_errors("DescribeImages"):
+                for image in self._ec2.describe_images(Owners=["self"], Filters=filters)["Images"]:
+                    found[image["ImageId"]] = image
+        return found
 
     def image_references(self, image_ids: list[str]) -> dict[str, list[str]]:
         """Launch templates, SSM parameters and instances that use each image (DescribeImageReferences)."""

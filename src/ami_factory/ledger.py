@@ -11,7 +11,8 @@ Items (``pk``, ``sk``):
 - ``run#RUN`` / ``made#REGION#ID``: an instance or image the run made, its role, the snapshots it
   had when it was removed, and whether it was;
 - ``instance#REGION#ID`` / ``lock``: the run that holds the instance (one run per instance);
-- ``family#FAMILY`` / ``owner``: the instance whose runs may move the family's ``latest``.
+- ``family#FAMILY`` / ``owner``: the instance whose runs may move the family's ``latest``;
+- ``family#FAMILY`` / ``image#REGION#ID``: an image a run published, with its request's retention.
 
 Writes are conditional where two writers could race (locks, owners, first records), so a retried
 step finds what it wrote instead of writing it twice.
@@ -72,6 +73,20 @@ class FamilyOwner:
         return (self.account, self.region, self.instance_id) == (other.account, other.region, other.instance_id)
 
 
+@dataclass(frozen=True)
+class FamilyImage:
+    """A published image of a family in one Region, with the retention its run's request asked for
+    (0: the deployment's). What retention judges: never an image found by tag."""
+
+    family: str
+    region: str
+    image_id: str
+    run_id: str
+    keep_newest: int = 0
+    max_age_days: int = 0
+    removed: bool = False
+
+
 Item = dict[str, str]
 
 
@@ -114,18 +129,7 @@ class Ledger:
 
     def made_by(self, run_id: str) -> list[Made]:
         """Everything the run recorded, in the order DynamoDB keeps it (Region, then id)."""
-        items = self._query(f"run#{run_id}", "made#")
-        return [
-            Made(
-                region=item["region"],
-                kind=cast("Kind", item["kind"]),
-                resource_id=item["resource_id"],
-                role=_role(item["role"]),
-                snapshots=tuple(snapshot for snapshot in item.get("snapshots", "").split(",") if snapshot),
-                removed=item.get("removed") == "true",
-            )
-            for item in items
-        ]
+        return [_made(item) for item in self._query(f"run#{run_id}", "made#")]
 
     def find(self, run_id: str, region: str, kind: Kind, roles: set[str]) -> list[Made]:
         return [
@@ -165,6 +169,56 @@ class Ledger:
         run can put it back. A retried write keeps the first record: by then the value is the run's own."""
         item = {"pk": f"run#{run_id}", "sk": f"parameter#{region}#{name}", "region": region, "name": name}
         self._put_once({**item, "previous": previous or "", "existed": "true" if previous is not None else "false"})
+
+    def made_by_every_run(self) -> dict[str, list[Made]]:
+        """What every run recorded and has not removed, by run (for the clean-up of runs that ended)."""
+        runs: dict[str, list[Made]] = {}
+        for item in self._scan("made#", removed=False):
+            runs.setdefault(item["pk"].removeprefix("run#"), []).append(_made(item))
+        return runs
+
+    # --- families' images, for retention -----------------------------------------------------
+
+    def record_family_image(self, image: FamilyImage) -> None:
+        self._put_once(
+            {
+                "pk": f"family#{image.family}",
+                "sk": f"image#{image.region}#{image.image_id}",
+                "family": image.family,
+                "region": image.region,
+                "image_id": image.image_id,
+                "run_id": image.run_id,
+                "keep_newest": str(image.keep_newest),
+                "max_age_days": str(image.max_age_days),
+                "removed": "false",
+                "recorded_at": _now(),
+            }
+        )
+
+    def family_images(self, include_removed: bool = False) -> list[FamilyImage]:
+        items = self._scan("image#", removed=None if include_removed else False)
+        return [
+            FamilyImage(
+                family=item["family"],
+                region=item["region"],
+                image_id=item["image_id"],
+                run_id=item["run_id"],
+                keep_newest=int(item["keep_newest"]),
+                max_age_days=int(item["max_age_days"]),
+                removed=item["removed"] == "true",
+            )
+            for item in items
+        ]
+
+    def family_image_removed(self, image: FamilyImage) -> None:
+        with translated_errors("UpdateItem"):
+            self._db.update_item(
+                TableName=self._table,
+                Key=_encode({"pk": f"family#{image.family}", "sk": f"image#{image.region}#{image.image_id}"}),
+                UpdateExpression="SET removed = :removed",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeValues=_encode({":removed": "true"}),
+            )
 
     # --- one run per instance ----------------------------------------------------------------
 
@@ -284,6 +338,22 @@ class Ledger:
             if error_code(error) != CONDITION_FAILED:
                 raise
 
+    def _scan(self, sk_prefix: str, removed: bool | None) -> list[Item]:
+        """Items whose sort key starts with ``sk_prefix`` (and ``removed`` as asked), across the table."""
+        condition = "begins_with(sk, :prefix)"
+        values = {":prefix": sk_prefix}
+        if removed is not None:
+            condition += " AND removed = :removed"
+            values[":removed"] = "true" if removed else "false"
+        with translated_errors("Scan"):
+            pages = self._db.get_paginator("scan").paginate(
+                TableName=self._table,
+                FilterExpression=condition,
+                ExpressionAttributeValues=_encode(values),
+                ConsistentRead=True,
+            )
+            return [_decode(item) for page in pages for item in page["Items"]]
+
     def _get(self, pk: str, sk: str) -> Item | None:
         with translated_errors("GetItem"):
             found = self._db.get_item(TableName=self._table, Key=_encode({"pk": pk, "sk": sk}), ConsistentRead=True)
@@ -298,6 +368,17 @@ class Ledger:
                 ConsistentRead=True,
             )
             return [_decode(item) for page in pages for item in page["Items"]]
+
+
+def _made(item: Item) -> Made:
+    return Made(
+        region=item["region"],
+        kind=cast("Kind", item["kind"]),
+        resource_id=item["resource_id"],
+        role=_role(item["role"]),
+        snapshots=tuple(snapshot for snapshot in item.get("snapshots", "").split(",") if snapshot),
+        removed=item.get("removed") == "true",
+    )
 
 
 def _role(value: str) -> Role:

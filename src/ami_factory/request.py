@@ -146,7 +146,7 @@ class RetentionInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dry_run: bool = False
-    regions: list[str] | None = None  # default: the stack's Region, DefaultRegions and AllowedRegions
+    regions: list[str] | None = None  # default: every Region the ledger records published images in
 
 
 class ImagingRequest(BaseModel):

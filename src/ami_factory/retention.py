@@ -1,9 +1,10 @@
 """The scheduled clean-up: per image family and Region, keep the newest N and/or the images younger
-than D days, and never delete one that is in use or protected.
+than D days, and never delete one that is in use or protected; then remove what runs that ended
+without cleaning up left behind.
 
-Only images tagged ``ami-factory:managed=true`` are considered (tags decide, never names); a run's
-own scaffolding (seed, capture) is the run's to remove. An image goes by being disabled, then
-deregistered with its snapshots deleted.
+Only the images the run ledger records as a family's published images are judged, with the
+retention their run's validated request asked for: never an image found by tag, never a setting
+read from a tag. An image goes by being disabled, then deregistered with its snapshots deleted.
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import boto3
-from botocore.exceptions import ClientError
-
-from .aws import Ec2, Ssm, error_code, tags_of
+from .aws import Ec2, Ssm, StepFunctions
 from .contracts import RetentionAction, RetentionDecision, RetentionReport
+from .ledger import FamilyImage, Ledger
 from .observability import logger
 from .request import RetentionInput
-from .rules import KEEP_NEWEST_TAG, MAX_AGE_TAG, ROLE_TAG, TAG_PREFIX, parameter_name
+from .rules import execution_arn, parameter_name
 from .settings import Settings, load_settings
+from .steps import remove_made
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import ImageTypeDef
@@ -32,11 +32,13 @@ def _within(timestamp: str, days: int, now: datetime) -> bool:
     return now - datetime.fromisoformat(timestamp) < timedelta(days=days)  # pragma: no mutate
 
 
-def _policy(newest: ImageTypeDef, settings: Settings) -> tuple[int, int]:
-    """(keep newest N, keep younger than D days) from the family's newest image, else the deployment's."""
-    tags = tags_of(newest)
-    keep_newest = int(tags.get(KEEP_NEWEST_TAG) or settings.retention_keep_newest)
-    return keep_newest, int(tags.get(MAX_AGE_TAG) or settings.retention_max_age_days)
+def _policy(newest: FamilyImage, settings: Settings) -> tuple[int, int]:
+    """(keep newest N, keep younger than D days): the family's newest image's run asked for them (its
+    validated request, recorded in the ledger), else the deployment's."""
+    return (
+        newest.keep_newest or settings.retention_keep_newest,
+        newest.max_age_days or settings.retention_max_age_days,
+    )
 
 
 def _why_kept(
@@ -60,79 +62,105 @@ def _why_kept(
     return None
 
 
-def retention_regions(settings: Settings) -> list[str]:
-    """Where images may be: the AllowedRegions (and the stack's), else every Region of the partition."""
-    if settings.allowed_regions:
-        return sorted({settings.region, *settings.allowed_regions})
-    partition = boto3.session.Session().get_partition_for_region(settings.region)
-    return sorted(boto3.session.Session().get_available_regions("ec2", partition_name=partition))
-
-
 def apply_retention(event: RetentionInput) -> RetentionReport:
+    """Judge every family's published images the ledger records, per Region; then remove what runs
+    that have ended left behind (their scaffolding, the images of failed Regions)."""
     settings = load_settings()
-    regions = event.regions or retention_regions(settings)
+    ledger = Ledger()
     now = datetime.now(UTC)
     report = RetentionReport(dry_run=event.dry_run)
+    recorded = ledger.family_images()
+    regions = sorted(set(event.regions) if event.regions else {image.region for image in recorded})
     for region in regions:
-        ec2 = Ec2(region)
-        families: dict[str, list[ImageTypeDef]] = defaultdict(list)
-        try:
-            managed = ec2.managed_images()
-        except ClientError as error:  # a Region not enabled for the account (opt-in) holds no images
-            logger.warning("skipping %s: %s", region, error_code(error))
-            continue
-        for image in managed:
-            tags = tags_of(image)
-            if tags.get(ROLE_TAG) or image.get("State") not in ("available", "disabled"):
-                continue  # scaffolding, or an image a run is still making
-            families[tags.get(f"{TAG_PREFIX}family", "")].append(image)
-        for family, images in sorted(families.items()):
-            images.sort(key=lambda image: image["CreationDate"], reverse=True)
-            keep_newest, max_age_days = _policy(images[0], settings)
-            if not keep_newest and not max_age_days:
-                report.kept += len(images)
-                continue
-            expired = [
-                image
-                for index, image in enumerate(images)
-                if not (keep_newest and index < keep_newest)
-                and not (max_age_days and _within(image["CreationDate"], max_age_days, now))
-            ]
-            report.kept += len(images) - len(expired)
-            if not expired:
-                continue
-            references = ec2.image_references([image["ImageId"] for image in expired])
-            latest_name = parameter_name(settings.parameter_prefix, family)
-            latest = (latest_name, Ssm(region).parameter_value(latest_name))
-            rule = " and ".join(
-                part
-                for part in (
-                    f"not among the newest {keep_newest}" if keep_newest else "",
-                    f"older than {max_age_days} days" if max_age_days else "",
-                )
-                if part
-            )
-            for image in expired:
-                reason = _why_kept(image, latest, references, settings, now)
-                if reason:
-                    report.kept += 1
-                    report.decisions.append(
-                        RetentionDecision(
-                            region=region, image_id=image["ImageId"], family=family, action="skipped", reason=reason
-                        )
-                    )
-                    continue
-                if not event.dry_run:
-                    ec2.disable_image(image["ImageId"])
-                    ec2.delete_image(image)
-                action: RetentionAction = "would delete" if event.dry_run else "deleted"
-                report.decisions.append(
-                    RetentionDecision(
-                        region=region, image_id=image["ImageId"], family=family, action=action, reason=rule
-                    )
-                )
+        _judge_region(region, [image for image in recorded if image.region == region], event.dry_run, now, report)
+    _remove_what_ended_runs_left(ledger, settings, event.dry_run, report)
     logger.info("retention", extra={"report": report.model_dump(mode="json")})
     return report
+
+
+def _judge_region(
+    region: str, recorded: list[FamilyImage], dry_run: bool, now: datetime, report: RetentionReport
+) -> None:
+    settings = load_settings()
+    ec2 = Ec2(region)
+    described = ec2.own_images([image.image_id for image in recorded])
+    families: dict[str, list[tuple[FamilyImage, ImageTypeDef]]] = defaultdict(list)
+    for record in recorded:
+        found = described.get(record.image_id)
+        if found is not None and found.get("State") in ("available", "disabled"):
+            families[record.family].append((record, found))
+    for family, images in sorted(families.items()):
+        images.sort(key=lambda pair: pair[1]["CreationDate"], reverse=True)
+        keep_newest, max_age_days = _policy(images[0][0], settings)
+        if not keep_newest and not max_age_days:
+            report.kept += len(images)
+            continue
+        expired = [
+            pair
+            for index, pair in enumerate(images)
+            if not (keep_newest and index < keep_newest)
+            and not (max_age_days and _within(pair[1]["CreationDate"], max_age_days, now))
+        ]
+        report.kept += len(images) - len(expired)
+        if not expired:
+            continue
+        references = ec2.image_references([pair[1]["ImageId"] for pair in expired])
+        latest_name = parameter_name(settings.parameter_prefix, family)
+        latest = (latest_name, Ssm(region).parameter_value(latest_name))
+        rule = " and ".join(
+            part
+            for part in (
+                f"not among the newest {keep_newest}" if keep_newest else "",
+                f"older than {max_age_days} days" if max_age_days else "",
+            )
+            if part
+        )
+        for record, image in expired:
+            reason = _why_kept(image, latest, references, settings, now)
+            if reason:
+                report.kept += 1
+                report.decisions.append(
+                    RetentionDecision(
+                        region=region, image_id=image["ImageId"], family=family, action="skipped", reason=reason
+                    )
+                )
+                continue
+            if not dry_run:
+                ec2.disable_image(image["ImageId"])
+                ec2.delete_image(image)
+                Ledger().family_image_removed(record)
+            action: RetentionAction = "would delete" if dry_run else "deleted"
+            report.decisions.append(
+                RetentionDecision(region=region, image_id=image["ImageId"], family=family, action=action, reason=rule)
+            )
+
+
+def _remove_what_ended_runs_left(ledger: Ledger, settings: Settings, dry_run: bool, report: RetentionReport) -> None:
+    """A run stopped where no Catch runs (StopExecution, a runtime error, the history quota) leaves
+    what it made: its ledger says what, and the run's execution that it has ended. Published images
+    are the families', judged above."""
+    published = {image.image_id for image in ledger.family_images(include_removed=True)}
+    sfn = StepFunctions(settings.region)
+    for run_id, made in sorted(ledger.made_by_every_run().items()):
+        left = [m for m in made if not (m.kind == "image" and m.resource_id in published)]
+        if not left or sfn.is_running(execution_arn(settings.state_machine_arn, run_id)):
+            continue
+        removed = (
+            [f"{m.region}:{m.resource_id}" for m in left]
+            if dry_run
+            else remove_made(run_id, lambda m: not (m.kind == "image" and m.resource_id in published))
+        )
+        action: RetentionAction = "would delete" if dry_run else "deleted"
+        report.decisions += [
+            RetentionDecision(
+                region=where.split(":", 1)[0],
+                image_id=where.split(":", 1)[1],
+                family="",
+                action=action,
+                reason=f"left by run {run_id}, which has ended",
+            )
+            for where in removed
+        ]
 
 
 def run_retention(event: dict[str, Any]) -> RetentionReport:

@@ -5,6 +5,8 @@ never from one another."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -137,3 +139,33 @@ def hold_instance(region: str, instance_id: str, holder: Holder) -> None:
             f"stops before touching anything. Start again when that run has finished",
             run_id=current.run_id,
         )
+
+
+def remove_made(run_id: str, which: Callable[[Made], bool]) -> list[str]:
+    """Terminate or deregister (with snapshots) what the run's ledger records and ``which`` selects:
+    what the run made itself, never what a tag names. Instances go first, then the images."""
+    ledger = Ledger()
+    found = sorted(
+        (made for made in ledger.made_by(run_id) if not made.removed and which(made)),
+        key=lambda made: made.kind != "instance",
+    )
+    removed = [remove_one(ledger, run_id, made) for made in found]
+    if removed:
+        logger.info("removed what the run made: %s", removed)
+    return removed
+
+
+def remove_one(ledger: Ledger, run_id: str, made: Made) -> str:
+    """Terminate or deregister what the run made, and mark it removed. An image's snapshots are written
+    to the ledger before it is deregistered, so a retry deletes them even when the image is gone."""
+    ec2 = Ec2(made.region)
+    if made.kind == "instance":
+        ec2.terminate_instance(made.resource_id)
+    else:
+        if not made.snapshots:
+            snapshots = ec2.image_snapshots(made.resource_id)
+            made = ledger.update(run_id, replace(made, snapshots=tuple(snapshots)))
+        ec2.deregister_image(made.resource_id)
+        ec2.delete_snapshots(list(made.snapshots))
+    ledger.removed(run_id, made)
+    return f"{made.region}:{made.resource_id}"

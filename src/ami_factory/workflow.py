@@ -5,8 +5,6 @@ distribution in ``distribution``, and what all of them share in ``steps``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
@@ -33,12 +31,12 @@ from .errors import (
     UnsupportedInstanceError,
     error_message,
 )
-from .ledger import Ledger, Made
+from .ledger import FamilyImage, Ledger
 from .observability import MetricUnit, logger, metrics
 from .pricing import CostEstimate, Prices, estimate_images, load_prices
 from .rules import ROLE_TAG, TAG_PREFIX
 from .settings import load_settings
-from .steps import create_image_once, give_up_after, require_made
+from .steps import create_image_once, give_up_after, remove_made, require_made
 
 FAILED_IMAGE_STATES = frozenset({"failed", "invalid", "error", "deregistered"})
 
@@ -137,36 +135,6 @@ def restore_instance(event: RestoreInstanceInput) -> InstanceRef:
     return instance
 
 
-def remove_made(run_id: str, which: Callable[[Made], bool]) -> list[str]:
-    """Terminate or deregister (with snapshots) what the run's ledger records and ``which`` selects:
-    what the run made itself, never what a tag names. Instances go first, then the images."""
-    ledger = Ledger()
-    found = sorted(
-        (made for made in ledger.made_by(run_id) if not made.removed and which(made)),
-        key=lambda made: made.kind != "instance",
-    )
-    removed = [_remove(ledger, run_id, made) for made in found]
-    if removed:
-        logger.info("removed what the run made: %s", removed)
-    return removed
-
-
-def _remove(ledger: Ledger, run_id: str, made: Made) -> str:
-    """Terminate or deregister what the run made, and mark it removed. An image's snapshots are written
-    to the ledger before it is deregistered, so a retry deletes them even when the image is gone."""
-    ec2 = Ec2(made.region)
-    if made.kind == "instance":
-        ec2.terminate_instance(made.resource_id)
-    else:
-        if not made.snapshots:
-            snapshots = ec2.image_snapshots(made.resource_id)
-            made = ledger.update(run_id, replace(made, snapshots=tuple(snapshots)))
-        ec2.deregister_image(made.resource_id)
-        ec2.delete_snapshots(list(made.snapshots))
-    ledger.removed(run_id, made)
-    return f"{made.region}:{made.resource_id}"
-
-
 def _record_result_on_instance(plan: Plan, status: str, image_id: str | None, error: str | None) -> None:
     tags = {
         f"{TAG_PREFIX}last-run": plan.run_id,
@@ -209,6 +177,18 @@ def finalize(plan: FinalizeInput) -> Summary:
         for result in plan.distribution
         if result.status == "AVAILABLE" and result.image_id
     }
+    ledger = Ledger()
+    for region, image_id in kept.items():  # what retention will judge, with the request's own rules
+        ledger.record_family_image(
+            FamilyImage(
+                family=plan.family,
+                region=region,
+                image_id=image_id,
+                run_id=plan.run_id,
+                keep_newest=plan.retention.keep_newest or 0,
+                max_age_days=plan.retention.max_age_days or 0,
+            )
+        )
     metrics.add_metric(name=f"Runs{status.title()}", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="ImagesAvailable", unit=MetricUnit.Count, value=len(kept))
     metrics.add_metric(name="RegionsFailed", unit=MetricUnit.Count, value=len(failed))

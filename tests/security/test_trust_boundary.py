@@ -172,7 +172,7 @@ def test_names_that_normalise_alike_are_two_families_refused_not_merged(emu: Emu
     renamed = emu.run({"instance_id": source, "image_name": "wüb", "regions": []}, name="second")
     assert renamed.status == "FAILED" and renamed.error == "FamilyOwnedError"
     assert "first published as 'wéb'" in renamed.cause_message and "'wüb'" in renamed.cause_message
-    owner = [item for item in ledger_items(emu) if item["pk"] == "family#w-b"]
+    owner = [item for item in ledger_items(emu) if (item["pk"], item["sk"]) == ("family#w-b", "owner")]
     assert [(item["instance_id"], item["name"], item["account"]) for item in owner] == [(source, "wéb", ACCOUNT_ID)]
 
 
@@ -255,6 +255,45 @@ def test_a_clone_profile_outside_the_allow_list_is_refused_by_request_and_by_ope
     allowed = emu.run({**request, "clone": {"instance_profile": admin_profile(emu, "BuildProfile")}}, name="ok")
     assert allowed.status == "SUCCEEDED", allowed.cause
     assert clone_launch(emu)["IamInstanceProfile"] == {"Name": "BuildProfile"}
+
+
+# --- retention trusts only the ledger ----------------------------------------------------------------
+
+
+def test_retention_never_deletes_or_reads_settings_from_an_image_tags_call_the_familys(make_emulator) -> None:
+    emu: Emulator = make_emulator(RetentionKeepNewest="3")
+    owner = emu.launch_instance(name="web")
+    made = []
+    for run in range(4):
+        result = emu.run({"instance_id": owner, "regions": []}, name=f"r{run}")
+        assert result.status == "SUCCEEDED", result.cause
+        made.append(result.output["regions"][0]["image_id"])
+    ec2 = emu.client("ec2")
+    foreign = ec2.register_image(Name="someone-elses", RootDeviceName="/dev/xvda")["ImageId"]
+    labels = {"ami-factory:managed": "true", "ami-factory:family": "web", "ami-factory:keep-newest": "two"}
+    for image_id in (foreign, made[-1]):  # a foreign image, and the family's newest with a malformed rule
+        ec2.create_tags(Resources=[image_id], Tags=[{"Key": k, "Value": v} for k, v in labels.items()])
+    report = emu.runtime.invoke_checked("ami-factory-local-ApplyRetentionFunction", {})
+    assert [(d["image_id"], d["action"]) for d in report["decisions"]] == [(made[0], "deleted")]
+    assert report["kept"] == 3, "the deployment's 3: no tag decides, and a malformed one crashes nothing"
+    assert ec2.describe_images(ImageIds=[foreign])["Images"][0]["State"] == "available"
+
+
+def test_retention_removes_what_a_stopped_run_left_and_nothing_a_tag_names(emu: Emulator) -> None:
+    source = emu.launch_instance(name="golden")
+    emu.world.ssm_manage(source, "Linux")
+    emu.world.generalize_never_stops()
+    arn = emu.start_run({"instance_id": source, "mode": "generalize", "regions": []}, name="stopped")
+    wait_until(lambda: any(item.get("role") == "clone" for item in ledger_items(emu)))
+    decoy = emu.launch_instance(tags={"ami-factory:run": "stopped", "ami-factory:role": "clone"})
+    emu.client("stepfunctions").stop_execution(executionArn=arn)
+    assert emu.wait(arn).status == "ABORTED"
+    report = emu.runtime.invoke_checked("ami-factory-local-ApplyRetentionFunction", {})
+    left = {(d["action"], d["reason"]) for d in report["decisions"]}
+    assert left == {("deleted", "left by run stopped, which has ended")} and len(report["decisions"]) == 2
+    roles = {item["role"]: item["removed"] for item in ledger_items(emu) if item["pk"] == "run#stopped"}
+    assert roles == {"seed": "true", "clone": "true"}
+    untouched(emu, decoy)
 
 
 # --- one run per instance, however runs are started and named ----------------------------------

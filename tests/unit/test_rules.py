@@ -297,19 +297,6 @@ def test_a_family_retention_travels_as_tags() -> None:
     }
 
 
-def test_retention_looks_in_the_allowed_regions_or_every_region_of_the_partition() -> None:
-    from ami_factory.retention import retention_regions
-
-    assert retention_regions(replace(SETTINGS, allowed_regions=("eu-west-1", "ap-southeast-2"))) == [
-        "ap-southeast-2",
-        "eu-west-1",
-        "us-east-1",
-    ], "the stack's Region too, once each, in order"
-    everywhere = retention_regions(SETTINGS)
-    assert {"us-east-1", "eu-west-1", "ap-southeast-2"} <= set(everywhere) and "cn-north-1" not in everywhere
-    assert "cn-north-1" in retention_regions(replace(SETTINGS, region="cn-northwest-1")), "the stack's own partition"
-
-
 def test_who_an_image_is_shared_with_reads_as_people_write_it() -> None:
     assert ShareTargets(accounts=["111122223333"], organizational_units=[OU], public=True).describe() == [
         "111122223333",

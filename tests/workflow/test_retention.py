@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ami_factory_local import Emulator
-from tests.helpers import sample
+from tests.helpers import published_in_ledger, sample
 
 REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
 
@@ -87,7 +87,7 @@ def test_protected_referenced_launched_and_latest_images_are_skipped_and_the_rep
     assert made["r1"]["eu-west-1"] in image_ids(emu, "eu-west-1")
 
 
-def test_a_familys_own_retention_travels_on_its_images_and_wins(make_emulator) -> None:
+def test_a_familys_own_retention_comes_from_its_request_and_wins(make_emulator) -> None:
     emu = make_emulator(RetentionKeepNewest="3")
     instance_id = emu.launch_instance(name="web")
     for run in ("a", "b"):
@@ -136,8 +136,9 @@ def test_the_age_rule_keeps_younger_images_and_either_rule_keeps_an_image(make_e
 
 
 def test_every_family_is_judged_by_its_own_newest_image_and_only_finished_images_count(make_emulator) -> None:
-    """Images made directly (no runs), so each rule's edge is one image: families, scaffolding, pending and
-    disabled images, the newest image's own rules, the age rule alone, what is counted as kept."""
+    """Images made directly and recorded in the ledger as published (no runs), so each rule's edge is one
+    image: families, pending and disabled images, the newest image's own rules, the age rule alone, what
+    is counted as kept, and what is never judged (scaffolding, images only tags call the family's)."""
     from datetime import timedelta
 
     from moto.ec2.models import ec2_backends
@@ -147,25 +148,24 @@ def test_every_family_is_judged_by_its_own_newest_image_and_only_finished_images
     instance_id = emu.launch_instance()
     amis = ec2_backends["123456789012"]["us-east-1"].amis
 
-    def image(name: str, days_old: int, **tags: str) -> str:
+    def image(name: str, days_old: int, family: str | None, keep_newest: int = 0, max_age_days: int = 0) -> str:
         image_id = ec2.create_image(InstanceId=instance_id, Name=name)["ImageId"]
-        all_tags = {"ami-factory:managed": "true", **tags}
-        ec2.create_tags(Resources=[image_id], Tags=[{"Key": k, "Value": v} for k, v in all_tags.items()])
+        tags = {"ami-factory:managed": "true", "ami-factory:family": family or "a"}
+        ec2.create_tags(Resources=[image_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
         amis[image_id].creation_date -= timedelta(days=days_old)
+        if family:
+            published_in_ledger(emu, family, image_id, keep_newest=keep_newest, max_age_days=max_age_days)
         return image_id
 
-    old_a, new_a = image("a-old", 40, **{"ami-factory:family": "a"}), image("a-new", 1, **{"ami-factory:family": "a"})
-    seed = image("b-seed", 90, **{"ami-factory:family": "b", "ami-factory:role": "seed"})
-    making = image("b-pending", 90, **{"ami-factory:family": "b"})
+    old_a, new_a = image("a-old", 40, "a"), image("a-new", 1, "a")
+    only_tagged = image("a-tagged-only", 90, None)  # tags say family a; the ledger never recorded it
+    making = image("b-pending", 90, "b")
     amis[making].state = "pending"
-    disabled = image("b-disabled", 60, **{"ami-factory:family": "b"})
+    disabled = image("b-disabled", 60, "b")
     amis[disabled].state = "disabled"
-    b_newest = image("b-newest", 50, **{"ami-factory:family": "b", "ami-factory:max-age-days": "100"})
-    no_family = image("loose", 45)
-    c_old = image("c-old", 5, **{"ami-factory:family": "c"})
-    c_newest = image(
-        "c-newest", 1, **{"ami-factory:family": "c", "ami-factory:keep-newest": "1", "ami-factory:max-age-days": "2"}
-    )
+    b_newest = image("b-newest", 50, "b", max_age_days=100)
+    c_old = image("c-old", 5, "c")
+    c_newest = image("c-newest", 1, "c", keep_newest=1, max_age_days=2)
 
     report = emu.runtime.invoke_checked(
         "ami-factory-local-ApplyRetentionFunction", {"dry_run": True, "regions": ["us-east-1"]}
@@ -173,10 +173,9 @@ def test_every_family_is_judged_by_its_own_newest_image_and_only_finished_images
     would = {d["image_id"]: (d["family"], d["reason"]) for d in report["decisions"] if d["action"] == "would delete"}
     assert would == {
         old_a: ("a", "older than 30 days"),  # the deployment's age rule alone
-        no_family: ("", "older than 30 days"),  # an image without a family is a family of its own
         c_old: ("c", "not among the newest 1 and older than 2 days"),  # the newest image's own rules
-    }, "b keeps its newest's 100 days: its disabled image stays too; seed and pending images are not judged"
-    assert seed not in would and making not in would and disabled not in would and b_newest not in would
+    }, "b keeps its newest's 100 days: its disabled image stays too; pending and unrecorded images are not judged"
+    assert only_tagged not in would and making not in would and disabled not in would and b_newest not in would
     assert report["kept"] == 4, "a-new, b-disabled, b-newest and c-newest"
     assert new_a not in would and c_newest not in would
 
@@ -205,9 +204,6 @@ def test_without_rules_every_family_is_kept_and_counted(emu: Emulator) -> None:
         image_id = ec2.create_image(InstanceId=instance_id, Name=f"{family}-{len(emu.world.sent('CreateImage'))}")[
             "ImageId"
         ]
-        ec2.create_tags(
-            Resources=[image_id],
-            Tags=[{"Key": "ami-factory:managed", "Value": "true"}, {"Key": "ami-factory:family", "Value": family}],
-        )
+        published_in_ledger(emu, family, image_id)
     report = emu.runtime.invoke_checked("ami-factory-local-ApplyRetentionFunction", {"regions": ["us-east-1"]})
     assert report == {"dry_run": False, "decisions": [], "kept": 5}
