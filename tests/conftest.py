@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
@@ -22,3 +23,12 @@ def make_emulator() -> Iterator[Callable[..., Emulator]]:
 @pytest.fixture
 def emu(make_emulator: Callable[..., Emulator]) -> Emulator:
     return make_emulator()
+
+
+@pytest.fixture
+def function_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """What the functions log through Powertools (its logger does not propagate to the root)."""
+    powertools = logging.getLogger("ami-factory")
+    powertools.addHandler(caplog.handler)
+    yield caplog
+    powertools.removeHandler(caplog.handler)

@@ -73,6 +73,7 @@ class Settings:
     clone_instance_profile: str = ""  # the stack's own: what SSM needs, nothing else
     allowed_clone_instance_profiles: tuple[str, ...] = ()  # names a request may choose instead
     ssm_documents: dict[str, str] = field(default_factory=dict)  # cleanup-linux, ... -> the stack's document
+    allowed_trigger_principals: tuple[str, ...] = ()  # TriggerSource=cloudtrail: who may trigger by tag
 
     @property
     def max_polls(self) -> int:
@@ -124,4 +125,5 @@ def load_settings() -> Settings:
         clone_instance_profile=os.environ.get("CLONE_INSTANCE_PROFILE", ""),
         allowed_clone_instance_profiles=_csv("ALLOWED_CLONE_INSTANCE_PROFILES"),
         ssm_documents=_pairs("SSM_DOCUMENTS"),
+        allowed_trigger_principals=_csv("ALLOWED_TRIGGER_PRINCIPALS"),
     )

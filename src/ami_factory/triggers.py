@@ -11,13 +11,20 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .aws import Ec2, StepFunctions, tags_of
-from .errors import AmiFactoryError, InvalidRequestError, PrivilegedSettingError, RunInProgressError
+from .errors import (
+    AmiFactoryError,
+    InstanceNotFoundError,
+    InvalidRequestError,
+    PrivilegedSettingError,
+    RunInProgressError,
+)
 from .ledger import FamilyOwner, Holder
 from .observability import MetricUnit, logger, metrics
 from .request import CloneOptions, ImagingRequest, RetentionOptions
@@ -37,6 +44,7 @@ from .settings import Settings, load_settings
 from .steps import check_family, hold_instance, running_holder
 
 SCHEDULE_SOURCE = "ami-factory.schedule"
+CLOUDTRAIL_DETAIL_TYPE = "AWS API Call via CloudTrail"
 ERROR_TAG = f"{TAG_PREFIX}error"
 INSTANCE_ARN = re.compile(r"^arn:aws[a-z-]*:ec2:[a-z0-9-]+:[0-9]{12}:instance/(i-[0-9a-f]{8,17})$")
 
@@ -110,6 +118,36 @@ class TagChangeDetail(BaseModel):
 
 class TagChangeEvent(EventBridgeModel):
     detail: TagChangeDetail
+
+
+class CloudTrailTag(BaseModel):
+    key: str
+    value: str = ""
+
+
+class CloudTrailCreateTags(BaseModel):
+    """The parts of a CloudTrail record of CreateTags that the trigger reads."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    event_name: Literal["CreateTags"] = Field(alias="eventName")
+    event_id: str = Field(alias="eventID")
+    error_code: str | None = Field(None, alias="errorCode")
+    caller: str = Field(alias="userIdentity")
+    resources: list[str]
+    tags: list[CloudTrailTag]
+
+    @classmethod
+    def from_detail(cls, detail: Mapping[str, Any]) -> CloudTrailCreateTags:
+        parameters = detail.get("requestParameters") or {}
+        return cls.model_validate(
+            {
+                **detail,
+                "userIdentity": (detail.get("userIdentity") or {}).get("arn", ""),
+                "resources": [item.get("resourceId") for item in parameters.get("resourcesSet", {}).get("items", [])],
+                "tags": parameters.get("tagSet", {}).get("items", []),
+            }
+        )
 
 
 class ScheduledFiring(BaseModel):
@@ -200,10 +238,14 @@ def start_runs(event: Mapping[str, Any]) -> StartOutcome:
     try:
         if event.get("source") == "aws.tag":
             candidates = _tag_candidates(TagChangeEvent.model_validate(event), settings)
+        elif event.get("source") == "aws.ec2" and event.get("detail-type") == CLOUDTRAIL_DETAIL_TYPE:
+            candidates = _cloudtrail_candidates(CloudTrailCreateTags.from_detail(event.get("detail") or {}), settings)
         elif event.get("source") == SCHEDULE_SOURCE:
             candidates = _scheduled_candidates(ScheduledFiring.model_validate(event), settings)
         else:
-            raise ValueError(f"source {event.get('source')!r} is neither aws.tag nor {SCHEDULE_SOURCE}")
+            raise ValueError(
+                f"source {event.get('source')!r} is none of aws.tag, aws.ec2 ({CLOUDTRAIL_DETAIL_TYPE}), {SCHEDULE_SOURCE}"
+            )
     except ValidationError as error:
         return _malformed(describe_validation(error))
     except ValueError as error:
@@ -228,6 +270,50 @@ def _tag_candidates(event: TagChangeEvent, settings: Settings) -> list[_Candidat
     return [
         _Candidate(instance_id=matched.group(1), tags=detail.tags, execution_name=f"{matched.group(1)}-tag-{event.id}")
     ]
+
+
+def _cloudtrail_candidates(call: CloudTrailCreateTags, settings: Settings) -> list[_Candidate]:
+    """TriggerSource=cloudtrail: CreateTags as CloudTrail recorded it, so the caller is known. Only a
+    principal in AllowedTriggerPrincipals starts a run; anyone else's tag is refused and counted."""
+    if call.error_code:
+        logger.info("CreateTags by %s failed (%s); nothing to do", call.caller, call.error_code)
+        return []
+    if not any(tag.key == settings.trigger_tag_key and tag.value.lower() == "true" for tag in call.tags):
+        return []
+    instances = [resource for resource in call.resources if re.fullmatch(r"i-[0-9a-f]{8,17}", resource)]
+    if not trigger_principal_allowed(call.caller, settings.allowed_trigger_principals):
+        logger.warning(
+            "%s set %s on %s and is not in AllowedTriggerPrincipals; no run started",
+            call.caller,
+            settings.trigger_tag_key,
+            instances,
+        )
+        metrics.add_metric(name="TriggersRefused", unit=MetricUnit.Count, value=len(instances))
+        return []
+    ec2 = Ec2(settings.region)
+    candidates = []
+    for instance_id in instances:
+        try:  # the call names only the tags it set; the settings are all the instance's tags
+            tags = tags_of(ec2.describe_instance(instance_id))
+        except InstanceNotFoundError:
+            logger.info("%s is gone; nothing to do", instance_id)
+            continue
+        candidates.append(
+            _Candidate(instance_id=instance_id, tags=tags, execution_name=f"{instance_id}-ct-{call.event_id}")
+        )
+    return candidates
+
+
+def trigger_principal_allowed(caller: str, allowed: tuple[str, ...]) -> bool:
+    """Whether the caller's ARN (or, for an assumed role's session, its role's ARN) matches one of
+    ``allowed`` (ARNs, ``*`` wildcards allowed). A role's path is not in its sessions' ARNs: match
+    roles by name, e.g. ``arn:aws:iam::111122223333:role/ImageBuilders``."""
+    names = [caller]
+    session = re.fullmatch(r"arn:(aws[a-z-]*):sts::([0-9]{12}):assumed-role/([^/]+)/.+", caller)
+    if session:
+        partition, account, role = session.groups()
+        names.append(f"arn:{partition}:iam::{account}:role/{role}")
+    return any(fnmatchcase(name, pattern) for name in names for pattern in allowed)
 
 
 def _scheduled_candidates(firing: ScheduledFiring, settings: Settings) -> list[_Candidate]:

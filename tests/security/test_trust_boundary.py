@@ -10,8 +10,11 @@ import pytest
 
 from ami_factory_local import Emulator
 from ami_factory_local.emulator import ACCOUNT_ID
+from ami_factory_local.template import load_template
 from tests.helpers import (
+    ROOT,
     all_instances,
+    event,
     images,
     instance,
     instance_tags,
@@ -23,6 +26,7 @@ from tests.helpers import (
 )
 
 EVENT_ID = "5e1f0c2a-0000-4000-8000-00000000a77c"
+ALICE = "arn:aws:sts::123456789012:assumed-role/ImageBuilders/alice"
 
 
 def tag_run_id(instance_id: str) -> str:
@@ -255,6 +259,51 @@ def test_a_clone_profile_outside_the_allow_list_is_refused_by_request_and_by_ope
     allowed = emu.run({**request, "clone": {"instance_profile": admin_profile(emu, "BuildProfile")}}, name="ok")
     assert allowed.status == "SUCCEEDED", allowed.cause
     assert clone_launch(emu)["IamInstanceProfile"] == {"Name": "BuildProfile"}
+
+
+# --- who may trigger by tag is the operator's choice ------------------------------------------------
+
+
+def cloudtrail_event(instance_id: str, caller: str, error_code: str | None = None) -> dict[str, Any]:
+    body = event("cloudtrail-create-tags.json")
+    body["detail"]["userIdentity"]["arn"] = caller
+    body["detail"]["requestParameters"]["resourcesSet"]["items"] = [{"resourceId": instance_id}]
+    if error_code:
+        body["detail"]["errorCode"] = error_code
+    return body
+
+
+def test_with_the_cloudtrail_trigger_only_allowed_principals_start_runs(make_emulator, function_logs) -> None:
+    emu: Emulator = make_emulator(
+        TriggerSource="cloudtrail", AllowedTriggerPrincipals="arn:aws:iam::123456789012:role/ImageBuilders"
+    )
+    source = launch_tagged(emu, **{"ami-factory:regions": ""})
+    assert emu.deliver_event(tag_event(emu, source)) == [], "no tag rule: tagging alone starts nothing"
+    other_tag = cloudtrail_event(source, ALICE)
+    other_tag["detail"]["requestParameters"]["tagSet"]["items"] = [{"key": "Name", "value": "web"}]
+    assert emu.deliver_event(other_tag) == [], "the rule matches only a call that sets the trigger tag"
+    intruder = "arn:aws:sts::123456789012:assumed-role/Developers/mallory"
+    assert emu.deliver_event(cloudtrail_event(source, intruder)) == [{"started": [], "skipped": [], "rejected": []}]
+    assert f"{intruder} set ami-factory:create on ['{source}'] and is not in AllowedTriggerPrincipals" in (
+        function_logs.text
+    )
+    refused_call = cloudtrail_event(source, ALICE, error_code="Client.UnauthorizedOperation")
+    assert emu.deliver_event(refused_call)[0]["started"] == [], "a CreateTags that failed set nothing"
+    assert wait_all(emu) == []
+    (outcome,) = emu.deliver_event(cloudtrail_event(source, ALICE))
+    assert outcome["started"] == [f"{source}-ct-3f1b2c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"]
+    (run,) = wait_all(emu)
+    assert run.status == "SUCCEEDED", run.cause
+    assert run.output["regions"][0]["shared_with"] == ["111122223333"], "the instance's tags are its settings"
+
+
+def test_the_tag_guard_policy_denies_every_ami_factory_tag_key() -> None:
+    template = load_template(ROOT / "template.yaml")
+    (statement,) = template["Resources"]["TagGuardPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Deny" and statement["Action"] == ["ec2:CreateTags", "ec2:DeleteTags"]
+    keys = statement["Condition"]["ForAnyValue:StringLike"]["aws:TagKeys"]
+    assert keys == ["ami-factory:*", {"Ref": "TriggerTagKey"}, {"Ref": "ScheduleTagKey"}]
+    assert template["Outputs"]["TagGuardPolicyArn"]["Value"] == {"Ref": "TagGuardPolicy"}
 
 
 # --- retention trusts only the ledger ----------------------------------------------------------------

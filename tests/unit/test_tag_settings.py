@@ -12,7 +12,7 @@ from ami_factory.errors import (
     PublicSharingBlockedError,
     ShareTargetNotAllowedError,
 )
-from ami_factory.triggers import PRIVILEGED_SETTINGS, request_from_tags
+from ami_factory.triggers import PRIVILEGED_SETTINGS, request_from_tags, trigger_principal_allowed
 from tests.helpers import SETTINGS
 
 INSTANCE = "i-0123456789abcdef0"
@@ -165,3 +165,37 @@ def test_privileged_settings_are_refused_by_tag_unless_the_operator_opened_them(
 def test_asking_for_nothing_privileged_is_not_refused() -> None:
     harmless = {"ami-factory:cleanup": "false", "ami-factory:share-public": "false", "ami-factory:mode": "generalize"}
     assert request_from_tags(INSTANCE, harmless, SETTINGS).cleanup is False
+
+
+@pytest.mark.parametrize(
+    "caller, allowed, expected",
+    [
+        (
+            "arn:aws:sts::123456789012:assumed-role/ImageBuilders/alice",
+            ("arn:aws:iam::123456789012:role/ImageBuilders",),
+            True,
+        ),
+        (
+            "arn:aws:sts::123456789012:assumed-role/ImageBuilders/alice",
+            ("arn:aws:iam::123456789012:role/Image*",),
+            True,
+        ),
+        (
+            "arn:aws:sts::123456789012:assumed-role/ImageBuildersX/eve",
+            ("arn:aws:iam::123456789012:role/ImageBuilders",),
+            False,
+        ),
+        (
+            "arn:aws:sts::123456789012:assumed-role/ImageBuilders/alice",
+            ("arn:aws:iam::999999999999:role/ImageBuilders",),
+            False,
+        ),
+        ("arn:aws:iam::123456789012:user/bob", ("arn:aws:iam::123456789012:user/bob",), True),
+        ("arn:aws:iam::123456789012:user/bob", (), False),
+        ("", ("arn:aws:iam::123456789012:role/*",), False),
+    ],
+)
+def test_who_may_trigger_is_matched_by_arn_and_a_role_covers_its_sessions(
+    caller: str, allowed: tuple[str, ...], expected: bool
+) -> None:
+    assert trigger_principal_allowed(caller, allowed) is expected

@@ -5,9 +5,7 @@ function to finished runs in the emulator."""
 from __future__ import annotations
 
 import json
-import logging
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -97,15 +95,6 @@ def test_the_same_tag_event_delivered_three_times_makes_one_run_and_one_image(ma
     assert len(executions(emu)) == 1
     assert len(images(emu)) == 1
     assert len(emu.world.sent("CreateImage")) == 1
-
-
-@pytest.fixture
-def function_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """What the functions log through Powertools (its logger does not propagate to the root)."""
-    powertools = logging.getLogger("ami-factory")
-    powertools.addHandler(caplog.handler)
-    yield caplog
-    powertools.removeHandler(caplog.handler)
 
 
 def test_a_trigger_while_a_run_is_in_flight_is_skipped_and_the_log_names_the_holder(

@@ -401,6 +401,8 @@ class Emulator:
         """EventBridge rules into moto's EventBridge: their patterns are matched by moto's matcher."""
         events = self.client("events")
         for logical_id, rule in resources_of_type(template, "AWS::Events::Rule").items():
+            if not resolver.condition_holds(rule.get("Condition")):
+                continue
             properties = resolver.resolve(rule["Properties"])
             pattern = properties["EventPattern"]
             name = f"{STACK_NAME}-{logical_id}"

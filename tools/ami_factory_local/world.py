@@ -23,7 +23,8 @@ what the world cannot run, so it plays its outcome: the instance shuts itself do
 minutes later while the command never reports success, or never shuts down, or the command fails.
 
 Like AWS, tagging an instance (CreateTags, DeleteTags) emits a ``Tag Change on Resource`` event to
-the default bus, where the deployed rules (and so the tag trigger) see it.
+the default bus, where the deployed rules (and so the tag trigger) see it. Rule patterns match
+fields inside arrays of objects, as EventBridge does and moto does not (CloudTrail's ``tagSet``).
 
 GetExecutionHistory pages like Step Functions (``maxResults``, ``reverseOrder``, ``nextToken``):
 moto returns and serializes the whole history on every call, which makes following a long run
@@ -53,7 +54,7 @@ from moto.core.responses import ActionResult, BaseResponse
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import ec2_backends
 from moto.ec2.responses.amis import AmisResponse
-from moto.events.models import events_backends
+from moto.events.models import EventPattern, events_backends
 from moto.events.utils import EventMessageType
 from moto.kms.models import kms_backends
 from moto.ssm.exceptions import InvalidDocument, SSMException
@@ -209,6 +210,26 @@ def invalid_permission(operation: str, params: dict[str, Any]) -> str | None:
         return None
     unknown = [group for group in groups if group != "all"]
     return f"group {unknown[0]!r}" if unknown else None
+
+
+def flatten_event(node: Any, prefix: str = "", result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An event as dotted paths for moto's pattern matcher, arrays of objects included: EventBridge
+    matches ``{"items": {"key": [...]}}`` against any element of ``items`` (CloudTrail's request
+    parameters are such arrays); moto stops at the array and never matches."""
+    result = {} if result is None else result
+    if not isinstance(node, dict):
+        return result
+    for key, value in node.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value:
+            flatten_event(value, path, result)
+        elif isinstance(value, list) and value and all(isinstance(element, dict) for element in value):
+            for element in value:
+                for inner, found in flatten_event(element, path).items():
+                    result.setdefault(inner, []).extend(found if isinstance(found, list) else [found])
+        else:
+            result[path] = value
+    return result
 
 
 def refused_command(account_id: str, region: str, params: dict[str, Any]) -> SSMException | None:
@@ -651,6 +672,7 @@ class World:
             return ActionResult({"ImageId": image.id})
 
         with ExitStack() as stack:
+            stack.enter_context(mock.patch.object(EventPattern, "_flatten_dict", staticmethod(flatten_event)))
             stack.enter_context(mock.patch.object(BaseResponse, "call_action", call_action))
             stack.enter_context(mock.patch.object(AmisResponse, "create_image", create_image))
             stack.enter_context(mock.patch.object(AmisResponse, "copy_image", copy_image))
