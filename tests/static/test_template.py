@@ -125,13 +125,88 @@ def test_every_function_is_a_step_of_the_state_machine_or_an_entry_point(
     )
 
 
-def test_the_state_machine_may_invoke_exactly_its_steps(machine: dict[str, Any]) -> None:
-    invokable = [
-        policy["LambdaInvokePolicy"]["FunctionName"]["Ref"]
-        for policy in machine["Properties"]["Policies"]
-        if "LambdaInvokePolicy" in policy
+def test_the_state_machine_may_invoke_exactly_its_steps(template: dict[str, Any], machine: dict[str, Any]) -> None:
+    assert machine["Properties"]["Role"] == {"Fn::GetAtt": ["ImagingStateMachineRole", "Arn"]}
+    role = template["Resources"]["ImagingStateMachineRole"]["Properties"]
+    (invoke,) = [p for p in role["Policies"] if p["PolicyName"] == "invoke-steps"]
+    (statement,) = invoke["PolicyDocument"]["Statement"]
+    assert statement["Action"] == "lambda:InvokeFunction"
+    assert sorted(arn["Fn::GetAtt"][0] for arn in statement["Resource"]) == step_functions(machine)
+
+
+def statements(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    """A policy's statements, a conditional one (``Fn::If``) counted in either branch it can take."""
+    found = []
+    for statement in policy.get("Statement", []):
+        branches = statement["Fn::If"][1:] if "Fn::If" in statement else [statement]
+        found += [branch for branch in branches if branch != {"Ref": "AWS::NoValue"}]
+    return found
+
+
+def function_statements(template: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (name, statement)
+        for name, properties in functions(template).items()
+        for policy in properties["Policies"]
+        for statement in statements(policy)
     ]
-    assert sorted(invokable) == step_functions(machine)
+
+
+def test_every_service_role_trusts_only_this_account(template: dict[str, Any]) -> None:
+    trusts = {"Globals": template["Globals"]["Function"]["AssumeRolePolicyDocument"]}
+    trusts |= {
+        name: role["Properties"]["AssumeRolePolicyDocument"]
+        for name, role in resources_of_type(template, "AWS::IAM::Role").items()
+        if name != "CloneRole"  # EC2 assumes instance roles without aws:SourceAccount
+    }
+    for name, trust in trusts.items():
+        for statement in trust["Statement"]:
+            assert statement["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}, name
+    functions_own = resources_of_type(template, "AWS::Serverless::Function").values()
+    assert not [f for f in functions_own if "AssumeRolePolicyDocument" in f["Properties"]], "Globals' trust for all"
+
+
+def test_roles_are_passed_only_from_the_clone_path_and_only_to_ec2(template: dict[str, Any]) -> None:
+    passing = [(name, s) for name, s in function_statements(template) if "iam:PassRole" in s["Action"]]
+    assert [name for name, _ in passing] == ["LaunchCloneFunction"]
+    ((_, statement),) = passing
+    assert statement["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/ami-factory-clone/*"}
+    assert statement["Condition"]["StringEquals"]["iam:PassedToService"] == "ec2.amazonaws.com"
+    assert template["Resources"]["CloneRole"]["Properties"]["Path"] == "/ami-factory-clone/"
+
+
+def test_mutating_ec2_calls_in_other_regions_stay_in_the_allowed_regions(template: dict[str, Any]) -> None:
+    for name, statement in function_statements(template):
+        actions = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+        mutating = [a for a in actions if a.startswith("ec2:") and not a[4:].startswith(("Describe", "Get"))]
+        if mutating and ":ec2:*" in json.dumps(statement["Resource"]) and statement["Effect"] == "Allow":
+            regions = statement["Condition"]["StringLike"]["aws:RequestedRegion"]
+            assert regions["Fn::If"][0] == "HasAllowedRegions" and regions["Fn::If"][2] == "*", (name, mutating)
+
+
+def test_kms_grants_are_only_for_ec2s_own_use(template: dict[str, Any]) -> None:
+    granting = [s for _, s in function_statements(template) if "kms:CreateGrant" in s["Action"]]
+    assert granting, "encrypted copies need grants"
+    for statement in granting:
+        assert statement["Action"] == ["kms:CreateGrant"]
+        assert statement["Condition"]["Bool"]["kms:GrantIsForAWSResource"] == "true"
+        assert statement["Condition"]["StringLike"]["kms:ViaService"] == "ec2.*.amazonaws.com"
+
+
+def test_a_snapshot_is_never_made_public_when_public_sharing_is_off(template: dict[str, Any]) -> None:
+    (share,) = [p for p in functions(template)["ShareImageFunction"]["Policies"] if "Statement" in p]
+    (guarded,) = [s for s in share["Statement"] if "Fn::If" in s]
+    condition, allowed, refused = guarded["Fn::If"]
+    assert condition == "AllowsPublicSharing" and allowed == {"Ref": "AWS::NoValue"}
+    assert refused["Effect"] == "Deny" and refused["Condition"]["StringEquals"]["ec2:Add/group"] == "all"
+
+
+def test_the_ledger_is_kept_encrypted_and_recoverable(template: dict[str, Any]) -> None:
+    table = template["Resources"]["LedgerTable"]
+    assert (table["DeletionPolicy"], table["UpdateReplacePolicy"]) == ("Retain", "Retain")
+    properties = table["Properties"]
+    assert properties["BillingMode"] == "PAY_PER_REQUEST" and properties["SSESpecification"]["SSEEnabled"] is True
+    assert properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
 
 
 def _states(asl: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -245,7 +320,9 @@ def test_waits_are_bounded_loops(asl: dict[str, Any]) -> None:
 def test_iam_never_grants_ec2_wildcard(template: dict[str, Any]) -> None:
     for name, properties in functions(template).items():
         for policy in properties["Policies"]:
-            for statement in policy.get("Statement", []):
+            for statement in statements(policy):
+                if statement["Effect"] == "Deny":
+                    continue
                 for action in statement["Action"]:
                     assert not action.endswith(":*"), f"{name} grants {action}"
                 mutating = [

@@ -290,5 +290,13 @@ def test_an_event_from_another_source_starts_nothing_and_names_it(emu: Emulator)
     errored, outcome = emu.runtime.invoke("ami-factory-local-StartRunFunction", {"source": "aws.ec2", "detail": {}})
     assert not errored, outcome
     assert outcome["rejected"][0]["message"] == (
-        "malformed trigger event, no run started: source 'aws.ec2' is neither aws.tag nor ami-factory.schedule"
+        "malformed trigger event, no run started: source 'aws.ec2' is none of aws.tag, aws.ec2 "
+        "(AWS API Call via CloudTrail), ami-factory.schedule"
     )
+    not_create_tags = {
+        "source": "aws.ec2",
+        "detail-type": "AWS API Call via CloudTrail",
+        "detail": {"eventName": "RunInstances"},
+    }
+    errored, outcome = emu.runtime.invoke("ami-factory-local-StartRunFunction", not_create_tags)
+    assert not errored and "eventName" in outcome["rejected"][0]["message"]
