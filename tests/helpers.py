@@ -172,3 +172,17 @@ def published_in_ledger(
     emu.client("dynamodb").put_item(
         TableName="ami-factory-local-LedgerTable", Item={key: {"S": value} for key, value in item.items()}
     )
+
+
+def invoke(emu: Emulator, function: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """A deployed function's handler, invoked the way Lambda invokes it, expected to succeed."""
+    errored, result = emu.runtime.invoke(f"ami-factory-local-{function}Function", payload)
+    assert not errored, result
+    return dict(result)
+
+
+def invoke_error(emu: Emulator, function: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The same, expected to fail: Lambda's error body (errorType, errorMessage)."""
+    errored, result = emu.runtime.invoke(f"ami-factory-local-{function}Function", payload)
+    assert errored, f"{function} should have failed, returned {result}"
+    return dict(result)

@@ -7,19 +7,7 @@ from typing import Any
 import pytest
 
 from ami_factory_local import Emulator
-from tests.helpers import ALLOWED_ACCOUNT, OTHER_ACCOUNT, all_instances, sample
-
-
-def invoke(emu: Emulator, function: str, payload: dict[str, Any]) -> dict[str, Any]:
-    errored, result = emu.runtime.invoke(f"ami-factory-local-{function}Function", payload)
-    assert not errored, result
-    return result
-
-
-def invoke_error(emu: Emulator, function: str, payload: dict[str, Any]) -> dict[str, Any]:
-    errored, result = emu.runtime.invoke(f"ami-factory-local-{function}Function", payload)
-    assert errored, f"{function} should have failed, returned {result}"
-    return result
+from tests.helpers import ALLOWED_ACCOUNT, OTHER_ACCOUNT, all_instances, invoke, invoke_error, sample
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from tests.helpers import (
     images,
     instance,
     instance_tags,
+    invoke,
+    invoke_error,
     launch_tagged,
     ledger_items,
     tag_event,
@@ -113,6 +115,35 @@ def test_a_foreign_image_tagged_with_the_runs_id_is_never_deregistered_when_the_
     deregistered = [r.params["ImageId"] for r in emu.world.sent("DeregisterImage")]
     assert foreign not in deregistered and len(deregistered) == 1, "the run's own failed image only"
     assert emu.client("ec2").describe_images(ImageIds=[foreign])["Images"][0]["State"] == "available"
+
+
+def test_steps_refuse_ids_their_run_did_not_make_whatever_the_state_says(emu: Emulator) -> None:
+    """The state is data whoever starts a run shapes; each destructive step checks its ledger."""
+    source = emu.launch_instance(name="golden")
+    emu.world.ssm_manage(source, "Linux")
+    victim = emu.launch_instance(name="payroll")
+    emu.world.ssm_manage(victim, "Linux")
+    request = {"instance_id": source, "mode": "generalize", "regions": []}
+    plan = invoke(
+        emu, "ResolveRequest", {"request": request, "run_id": "r", "state_machine_arn": emu.state_machine_arn}
+    )
+    foreign_image = emu.client("ec2").create_image(InstanceId=victim, Name="victims-image")["ImageId"]
+    as_clone = {"instance_id": victim, "region": "us-east-1"}
+    refusals = [
+        invoke_error(emu, "Generalize", {**plan, "clone": as_clone}),
+        invoke_error(emu, "CreateImage", {**plan, "clone": as_clone}),
+        invoke_error(emu, "LaunchClone", {**plan, "seed": {"region": "us-east-1", "image_id": foreign_image}}),
+        invoke_error(emu, "EndLaunchCheck", {"run_id": "r", "launched": as_clone}),
+        invoke_error(
+            emu,
+            "PublishParameter",
+            {**plan, "image": {"region": "us-east-1", "image_id": foreign_image}},
+        ),
+    ]
+    assert {error["errorType"] for error in refusals} == {"NotMadeByRunError"}
+    assert all("not recorded in run r's ledger" in error["errorMessage"] for error in refusals)
+    assert emu.world.sent("SendCommand") == [] and emu.world.sent("TerminateInstances") == []
+    assert emu.world.sent("PutParameter") == [] and len(emu.world.sent("CreateImage")) == 1, "the test's own"
 
 
 # --- family takeover: a tag or a name that moves another family's latest -----------------------

@@ -40,3 +40,17 @@ def test_the_request_model_stands_alone() -> None:
     # What users send is described by itself (it generates the JSON Schema); step contracts build on it.
     assert package_imports("request") == set()
     assert "request" in package_imports("contracts")
+
+
+def test_nothing_is_looked_up_by_tag_but_the_instances_a_schedule_selects() -> None:
+    """Tags are labels: the only tag filter in the package selects instances for a scheduled run (which
+    then passes every check a request does); nothing to terminate, deregister or command is found by tag."""
+    uses = {
+        (path.name, line.strip())
+        for path in PACKAGE.glob("*.py")
+        for line in path.read_text().splitlines()
+        if '"tag:' in line or 'f"tag:' in line or '"tag-key"' in line
+    }
+    assert uses == {
+        ("aws.py", 'return self._instances([{"Name": "tag-key", "Values": [key]}], ["running", "stopped"])')
+    }
