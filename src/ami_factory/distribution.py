@@ -130,7 +130,7 @@ def _region_key(region: str) -> str:
     key = load_settings().kms_keys.get(region)
     if not key:  # ResolveRequest checked this; the deployment may have changed since
         raise EncryptionKeyError(
-            f"the deployment's KmsKeyIds has no key for {region}: add {region}=KEY_ARN to KmsKeyIds"
+            f"the deployment's KmsKeyIds has no key for {region}: add a key ARN in {region} to KmsKeyIds"
         )
     return key
 

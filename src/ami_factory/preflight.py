@@ -69,6 +69,7 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
     platform: Platform = "windows" if str(instance.get("Platform", "")).lower() == "windows" else "linux"
     if request.share.public:
         _require_public_sharing_possible(regions, instance, request.encrypt)
+    _require_listed_source_keys(request, instance, regions, settings)
     _require_usable_encryption(request, instance, regions, settings)
     if request.cleanup:
         _require_ssm(request.instance_id, platform, region, "clean-up")
@@ -172,7 +173,7 @@ def _require_usable_encryption(
         if without_key:
             raise EncryptionKeyError(
                 f"encrypt needs a customer managed key in every Region, and the deployment's KmsKeyIds has none for "
-                f"{without_key}: add REGION=KEY_ARN pairs to KmsKeyIds, or leave those Regions out"
+                f"{without_key}: add a key ARN of each to KmsKeyIds, or leave those Regions out"
             )
         keys = [(region.name, settings.kms_keys[region.name]) for region in regions]
     else:
@@ -209,6 +210,28 @@ def _require_usable_encryption(
                 f"kms:GenerateDataKey* to them in the key policy (an organization or OU: Principal * with "
                 f"aws:PrincipalOrgID or aws:PrincipalOrgPaths), or create grants"
             )
+
+
+def _require_listed_source_keys(
+    request: ImagingRequest, instance: InstanceTypeDef, regions: list[RegionTarget], settings: Settings
+) -> None:
+    """AMI Factory's roles may use only the KmsKeyIds keys (through EC2). A run that launches from the
+    instance's image (the clone, a launch check) or copies it (to other Regions, or to re-encrypt)
+    uses the key of its volumes: a customer managed key outside KmsKeyIds would fail half-way on AWS."""
+    needs_the_key = request.encrypt or request.mode == "generalize" or request.launch_check or len(regions) > 1
+    if not needs_the_key:
+        return
+    source = regions[0].name
+    volumes = Ec2(source).encrypted_volumes(instance)
+    unlisted = sorted(
+        {key for key in volumes.values() if key not in settings.kms_key_arns and not Kms(source).is_aws_managed(key)}
+    )
+    if unlisted:
+        raise EncryptionKeyError(
+            f"instance {request.instance_id}'s volumes are encrypted with {unlisted}, which AMI Factory may not use: "
+            f"its roles may use only the KmsKeyIds keys. Add them to KmsKeyIds, or image it without copies, a clone "
+            f"or a launch check"
+        )
 
 
 def _require_ssm(instance_id: str, platform: Platform, region: str, purpose: str, online: bool = True) -> None:

@@ -23,6 +23,19 @@ def _pairs(name: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in _csv(name) if "=" in pair)
 
 
+def _key_arns() -> tuple[str, ...]:
+    """KMS_KEY_IDS: key ARNs (a ``REGION=`` in front, the older form, is dropped: the ARN names its Region)."""
+    return tuple(entry.split("=", 1)[-1] for entry in _csv("KMS_KEY_IDS"))
+
+
+def _keys_by_region(arns: tuple[str, ...]) -> dict[str, str]:
+    """The first key listed in each Region is the one its encrypted images use."""
+    by_region: dict[str, str] = {}
+    for arn in arns:
+        by_region.setdefault(arn.split(":")[3], arn)
+    return by_region
+
+
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     return int(raw) if raw else default
@@ -58,7 +71,8 @@ class Settings:
     trigger_tag_key: str
     schedule_tag_key: str
     state_machine_arn: str  # only the start function has it
-    kms_keys: dict[str, str] = field(default_factory=dict)  # Region -> customer managed key for encrypted images
+    kms_keys: dict[str, str] = field(default_factory=dict)  # Region -> the key encrypted images use there
+    kms_key_arns: tuple[str, ...] = ()  # every customer managed key AMI Factory may use (through EC2)
     launch_check_subnets: dict[str, str] = field(default_factory=dict)  # Region -> subnet; none: the default VPC
     launch_check_instance_type: str = "t3.micro"
     launch_check_max_wait_seconds: int = 900
@@ -110,7 +124,8 @@ def load_settings() -> Settings:
         trigger_tag_key=os.environ.get("TRIGGER_TAG_KEY", "ami-factory:create"),
         schedule_tag_key=os.environ.get("SCHEDULE_TAG_KEY", "ami-factory:schedule"),
         state_machine_arn=os.environ.get("STATE_MACHINE_ARN", ""),
-        kms_keys=_pairs("KMS_KEY_IDS"),
+        kms_keys=_keys_by_region(_key_arns()),
+        kms_key_arns=_key_arns(),
         launch_check_subnets=_pairs("LAUNCH_CHECK_SUBNETS"),
         launch_check_instance_type=os.environ.get("LAUNCH_CHECK_INSTANCE_TYPE") or "t3.micro",
         launch_check_max_wait_seconds=_int("LAUNCH_CHECK_MAX_WAIT_SECONDS", 900),

@@ -218,7 +218,7 @@ def test_protection_dates_deprecation_ahead_in_utc_whatever_the_local_zone(
 
 
 def test_a_copy_to_a_region_the_keys_no_longer_cover_is_refused_naming_the_fix(make_emulator) -> None:
-    emu = make_emulator(KmsKeyIds="us-east-1=arn:aws:kms:us-east-1:123456789012:key/one")
+    emu = make_emulator(KmsKeyIds="arn:aws:kms:us-east-1:123456789012:key/one")
     instance_id = emu.launch_instance(name="web")
     request = {"instance_id": instance_id, "regions": [], "encrypt": True}
     plan = invoke(
@@ -229,7 +229,7 @@ def test_a_copy_to_a_region_the_keys_no_longer_cover_is_refused_naming_the_fix(m
     error = invoke_error(emu, "CopyImage", item)
     assert error["errorType"] == "EncryptionKeyError"
     assert error["errorMessage"] == (
-        "the deployment's KmsKeyIds has no key for eu-west-1: add eu-west-1=KEY_ARN to KmsKeyIds"
+        "the deployment's KmsKeyIds has no key for eu-west-1: add a key ARN in eu-west-1 to KmsKeyIds"
     )
 
 

@@ -184,9 +184,16 @@ def test_mutating_ec2_calls_in_other_regions_stay_in_the_allowed_regions(templat
             assert regions["Fn::If"][0] == "HasAllowedRegions" and regions["Fn::If"][2] == "*", (name, mutating)
 
 
-def test_kms_grants_are_only_for_ec2s_own_use(template: dict[str, Any]) -> None:
+def test_kms_is_only_the_deployments_keys_and_grants_only_for_ec2s_own_use(template: dict[str, Any]) -> None:
     granting = [s for _, s in function_statements(template) if "kms:CreateGrant" in s["Action"]]
     assert granting, "encrypted copies need grants"
+    using = [
+        statement
+        for _, statement in function_statements(template)
+        if any(a.startswith("kms:") and not a[4:].startswith(("Describe", "Get", "List")) for a in statement["Action"])
+    ]
+    for statement in using:  # reading a key's policy and grants (ResolveRequest) is not using it
+        assert statement["Resource"] == {"Fn::Split": [",", {"Ref": "KmsKeyIds"}]}, "only the deployment's keys"
     for statement in granting:
         assert statement["Action"] == ["kms:CreateGrant"]
         assert statement["Condition"]["Bool"]["kms:GrantIsForAWSResource"] == "true"

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from ami_factory_local import Emulator
 from tests.helpers import ALLOWED_ACCOUNT, ALLOWED_ORG, ALLOWED_OU, nothing_was_changed, run_images, sample, tags
 
@@ -157,11 +159,17 @@ KEY_USERS = ["kms:Decrypt", "kms:DescribeKey", "kms:CreateGrant", "kms:ReEncrypt
 
 
 def key_arn(region: str) -> str:
-    return f"arn:aws:kms:{region}:123456789012:{KEY_ALIAS}"
+    """A key ARN of the Region, for deployments whose runs are refused before any key is used."""
+    return f"arn:aws:kms:{region}:123456789012:key/0000aaaa-1111-2222-3333-{region.replace('-', '')[:12]:0>12}"
 
 
 def encrypting_emulator(make_emulator, regions: list[str] = REGIONS) -> Emulator:
-    return make_emulator(KmsKeyIds=",".join(f"{region}={key_arn(region)}" for region in regions))
+    return make_emulator(KmsKeyIds=",".join(key_arn(region) for region in regions))
+
+
+def deploy_keys(emu: Emulator, keys: dict[str, str]) -> None:
+    """The deployer lists the keys once they exist (a stack update of KmsKeyIds)."""
+    emu.reconfigure(KmsKeyIds=",".join(keys.values()))
 
 
 def create_keys(emu: Emulator, users: list[str], regions: list[str] = REGIONS) -> dict[str, str]:
@@ -184,6 +192,7 @@ def create_keys(emu: Emulator, users: list[str], regions: list[str] = REGIONS) -
         )
         kms.create_alias(AliasName=KEY_ALIAS, TargetKeyId=key["KeyMetadata"]["KeyId"])
         created[region] = key["KeyMetadata"]["Arn"]
+    deploy_keys(emu, created)
     return created
 
 
@@ -194,7 +203,7 @@ def snapshot_of(emu: Emulator, region: str, image: dict[str, Any]) -> dict[str, 
 
 def test_encrypted_copies_in_three_regions_each_with_its_own_key(make_emulator) -> None:
     emu = encrypting_emulator(make_emulator)
-    create_keys(emu, [f"arn:aws:iam::{ALLOWED_ACCOUNT}:root"])
+    keys = create_keys(emu, [f"arn:aws:iam::{ALLOWED_ACCOUNT}:root"])
     instance_id = emu.launch_instance(name="web", encrypted=True)  # aws/ebs: re-encrypted by the copies
     result = emu.run(sample("request-basic.json", instance_id=instance_id, encrypt=True), name="sealed")
     assert result.status == "SUCCEEDED", result.cause
@@ -204,11 +213,11 @@ def test_encrypted_copies_in_three_regions_each_with_its_own_key(make_emulator) 
             r["image_id"] for r in result.output["regions"] if r["region"] == region
         )
         snapshot = snapshot_of(emu, region, image)
-        assert snapshot["Encrypted"] is True and snapshot["KmsKeyId"] == key_arn(region)
+        assert snapshot["Encrypted"] is True and snapshot["KmsKeyId"] == keys[region]
         assert launch_permissions(emu, region, image["ImageId"]) == [{"UserId": ALLOWED_ACCOUNT}]
     copies = {r.region: r.params for r in emu.world.sent("CopyImage")}
     assert set(copies) == set(REGIONS), "the source Region's image is re-encrypted by a same-Region copy"
-    assert all(p["Encrypted"] in (True, "true") and p["KmsKeyId"] == key_arn(region) for region, p in copies.items())
+    assert all(p["Encrypted"] in (True, "true") and p["KmsKeyId"] == keys[region] for region, p in copies.items())
     (capture_create,) = emu.world.sent("CreateImage")
     assert capture_create.params["Name"] == "ami-factory-web-sealed-capture"
     assert result.output["cleaned_up"] == [f"us-east-1:{copies['us-east-1']['SourceImageId']}"], (
@@ -231,10 +240,8 @@ def test_a_key_a_share_target_cannot_use_is_refused_naming_the_account(make_emul
     instance_id = emu.launch_instance(name="web")
     result = emu.run(sample("request-basic.json", instance_id=instance_id, encrypt=True), name="no-grant")
     assert result.status == "FAILED" and result.error == "KeyAccessError"
-    assert (
-        f"does not let ['{ALLOWED_ACCOUNT}'] use it" in result.cause_message
-        and key_arn("us-east-1") in result.cause_message
-    )
+    assert f"does not let ['{ALLOWED_ACCOUNT}'] use it" in result.cause_message
+    assert "arn:aws:kms:us-east-1:123456789012:key/" in result.cause_message
     nothing_was_changed(emu)
     (read,) = emu.world.sent("GetKeyPolicy")
     assert read.params["PolicyName"] == "default" and read.params["KeyId"].startswith("arn:aws:kms:us-east-1:"), (
@@ -254,6 +261,7 @@ def test_encrypt_without_a_key_for_a_region_is_refused_naming_the_region(make_em
 
 def test_organization_and_ou_may_use_a_key_through_its_policy_conditions(make_emulator) -> None:
     emu = encrypting_emulator(make_emulator, regions=["us-east-1", "eu-west-1"])
+    keys = {}
     for region in ("us-east-1", "eu-west-1"):
         kms = emu.client("kms", region)
         org_statement = {
@@ -264,7 +272,8 @@ def test_organization_and_ou_may_use_a_key_through_its_policy_conditions(make_em
             "Condition": {"StringEquals": {"aws:PrincipalOrgID": "o-exampleorgid"}},
         }
         key = kms.create_key(Policy=json.dumps({"Version": "2012-10-17", "Statement": [org_statement]}))
-        kms.create_alias(AliasName=KEY_ALIAS, TargetKeyId=key["KeyMetadata"]["KeyId"])
+        keys[region] = key["KeyMetadata"]["Arn"]
+    deploy_keys(emu, keys)
     instance_id = emu.launch_instance(name="base")
     result = emu.run(sample("request-org-share.json", instance_id=instance_id, encrypt=True), name="org-key")
     assert result.status == "SUCCEEDED", result.cause
@@ -280,6 +289,28 @@ def test_an_instance_on_a_customer_managed_key_is_shared_in_its_region_and_needs
     beyond = emu.run(sample("request-basic.json", instance_id=instance_id), name="cmk-beyond")
     assert beyond.status == "FAILED" and beyond.error == "EncryptionKeyError"
     assert "uses that Region's aws/ebs key" in beyond.cause_message and "set encrypt to true" in beyond.cause_message
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"launch_check": True}, {"regions": ["eu-west-1"], "share": {}}, {"encrypt": True}],
+    ids=["launch check", "copy", "encrypt"],
+)
+def test_a_run_that_would_use_a_key_outside_kms_key_ids_is_refused_before_anything(
+    make_emulator, changes: dict[str, Any]
+) -> None:
+    """AMI Factory's roles may use only the KmsKeyIds keys: a run that needs the volumes' key fails here,
+    not half-way through on AWS."""
+    emu = encrypting_emulator(make_emulator)
+    create_keys(emu, [ALLOWED_ACCOUNT])
+    unlisted = emu.client("kms").create_key(Description="the team's own key")["KeyMetadata"]["Arn"]
+    instance_id = emu.launch_instance(name="web", encrypted=True, kms_key_id=unlisted)
+    request = {**sample("request-basic.json", instance_id=instance_id, regions=[]), **changes}
+    result = emu.run(request, name="unlisted")
+    assert result.status == "FAILED" and result.error == "EncryptionKeyError"
+    assert f"encrypted with ['{unlisted}'], which AMI Factory may not use" in result.cause_message
+    assert "Add them to KmsKeyIds" in result.cause_message
+    nothing_was_changed(emu)
 
 
 # --- launch check ----------------------------------------------------------------------------

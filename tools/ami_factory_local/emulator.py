@@ -95,6 +95,7 @@ class Emulator:
         self.runtime = InProcessRuntime()
         self.deployment: Deployment | None = None
         self._schedules: dict[str, dict[str, Any]] = {}
+        self._deployed: tuple[dict[str, str], dict[tuple[str, str], str], list[Path]] = ({}, {}, [])
         self._stack: ExitStack | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -305,6 +306,7 @@ class Emulator:
         ]
         for logical_id, properties in merged.items():
             self._register_function(logical_id, properties, resolver, layer_dirs)
+        self._deployed = (pseudo, attributes, layer_dirs)
         self._deploy_rules(template, resolver)
         self._schedules = {
             logical_id: resolver.resolve(schedule["Properties"])
@@ -408,6 +410,18 @@ class Emulator:
             name = f"{STACK_NAME}-{logical_id}"
             events.put_rule(Name=name, EventPattern=pattern if isinstance(pattern, str) else json.dumps(pattern))
             events.put_targets(Rule=name, Targets=[{"Id": t["Id"], "Arn": t["Arn"]} for t in properties["Targets"]])
+
+    def reconfigure(self, **parameters: str) -> None:
+        """A stack update that changes only parameters (e.g. KmsKeyIds once the keys exist): every
+        function's environment is resolved again; resources stay as they are."""
+        pseudo, attributes, layer_dirs = self._deployed
+        self.parameter_overrides.update(parameters)
+        template = load_template(self.project_root / "template.yaml")
+        resolver = Resolver(
+            parameter_values(template, self.parameter_overrides), pseudo, attributes, template.get("Conditions", {})
+        )
+        for logical_id, properties in functions(template).items():
+            self._register_function(logical_id, properties, resolver, layer_dirs)
 
     # --- triggers -----------------------------------------------------------------------------
 
