@@ -149,16 +149,11 @@ class Ledger:
 
     def update(self, run_id: str, made: Made) -> Made:
         """Write what changed about ``made`` (its snapshots, that it was removed)."""
-        with translated_errors("UpdateItem"):
-            self._db.update_item(
-                TableName=self._table,
-                Key=_encode({"pk": f"run#{run_id}", "sk": f"made#{made.region}#{made.resource_id}"}),
-                UpdateExpression="SET snapshots = :snapshots, removed = :removed",
-                ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeValues=_encode(
-                    {":snapshots": ",".join(made.snapshots), ":removed": "true" if made.removed else "false"}
-                ),
-            )
+        self._set(
+            f"run#{run_id}",
+            f"made#{made.region}#{made.resource_id}",
+            {"snapshots": ",".join(made.snapshots), "removed": "true" if made.removed else "false"},
+        )
         return made
 
     def removed(self, run_id: str, made: Made) -> Made:
@@ -211,14 +206,7 @@ class Ledger:
         ]
 
     def family_image_removed(self, image: FamilyImage) -> None:
-        with translated_errors("UpdateItem"):
-            self._db.update_item(
-                TableName=self._table,
-                Key=_encode({"pk": f"family#{image.family}", "sk": f"image#{image.region}#{image.image_id}"}),
-                UpdateExpression="SET removed = :removed",
-                ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeValues=_encode({":removed": "true"}),
-            )
+        self._set(f"family#{image.family}", f"image#{image.region}#{image.image_id}", {"removed": "true"})
 
     # --- one run per instance ----------------------------------------------------------------
 
@@ -337,6 +325,17 @@ class Ledger:
         except ClientError as error:
             if error_code(error) != CONDITION_FAILED:
                 raise
+
+    def _set(self, pk: str, sk: str, values: Item) -> None:
+        """Set attributes of an item that exists (never creates one)."""
+        with translated_errors("UpdateItem"):
+            self._db.update_item(
+                TableName=self._table,
+                Key=_encode({"pk": pk, "sk": sk}),
+                UpdateExpression="SET " + ", ".join(f"{name} = :{name}" for name in values),
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeValues=_encode({f":{name}": value for name, value in values.items()}),
+            )
 
     def _scan(self, sk_prefix: str, removed: bool | None) -> list[Item]:
         """Items whose sort key starts with ``sk_prefix`` (and ``removed`` as asked), across the table."""
