@@ -186,3 +186,48 @@ def invoke_error(emu: Emulator, function: str, payload: dict[str, Any]) -> dict[
     errored, result = emu.runtime.invoke(f"ami-factory-local-{function}Function", payload)
     assert errored, f"{function} should have failed, returned {result}"
     return dict(result)
+
+
+# --- customer managed keys (encrypt) ---------------------------------------------------------
+
+REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]  # request-basic.json's, with the stack's
+KEY_ALIAS = "alias/ami-factory-images"
+KEY_USERS = ["kms:Decrypt", "kms:DescribeKey", "kms:CreateGrant", "kms:ReEncrypt*", "kms:GenerateDataKey*"]
+
+
+def key_arn(region: str) -> str:
+    """A key ARN of the Region, for deployments whose runs are refused before any key is used."""
+    return f"arn:aws:kms:{region}:123456789012:key/0000aaaa-1111-2222-3333-{region.replace('-', '')[:12]:0>12}"
+
+
+def encrypting_emulator(make_emulator, regions: list[str] = REGIONS) -> Emulator:
+    return make_emulator(KmsKeyIds=",".join(key_arn(region) for region in regions))
+
+
+def deploy_keys(emu: Emulator, keys: dict[str, str]) -> None:
+    """The deployer lists the keys once they exist (a stack update of KmsKeyIds)."""
+    emu.reconfigure(KmsKeyIds=",".join(keys.values()))
+
+
+def create_keys(emu: Emulator, users: list[str], regions: list[str] = REGIONS) -> dict[str, str]:
+    """A customer managed key per Region behind the alias the deployment names, usable by ``users``."""
+    created = {}
+    for region in regions:
+        statements = [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+                "Action": "kms:*",
+                "Resource": "*",
+            }
+        ]
+        if users:
+            statements.append({"Effect": "Allow", "Principal": {"AWS": users}, "Action": KEY_USERS, "Resource": "*"})
+        kms = emu.client("kms", region)
+        key = kms.create_key(
+            Description="AMI Factory images", Policy=json.dumps({"Version": "2012-10-17", "Statement": statements})
+        )
+        kms.create_alias(AliasName=KEY_ALIAS, TargetKeyId=key["KeyMetadata"]["KeyId"])
+        created[region] = key["KeyMetadata"]["Arn"]
+    deploy_keys(emu, created)
+    return created

@@ -274,24 +274,6 @@ def region_states() -> States:
             result=ShareImageOutput,
             result_path="$.shared",
             on_error="RegionFailed",
-            next_state="PublishParameter",
-        ),
-        "PublishParameter": task(
-            "PublishParameter",
-            payload={
-                "run_id": "$.run_id",
-                "image": "$.image",
-                "parameter_name": "$.parameter_name",
-                "family": "$.family",
-                "family_asked_as": "$.family_asked_as",
-                "adopt_family": "$.adopt_family",
-                "account_id": "$.account_id",
-                "instance_id": "$.instance_id",
-                "source_region": "$.source_region",
-            },
-            result=PublishParameterOutput,
-            result_path="$.parameter",
-            on_error="RegionFailed",
             next_state="NeedsProtection",
         ),
         "NeedsProtection": choice(
@@ -308,20 +290,38 @@ def region_states() -> States:
         ),
         "ProtectImage": task(
             "ProtectImage",
-            comment="Deprecation and deregistration protection: the Region's last calls, so a protected image is "
-            "never left to clean up.",
+            comment="Deprecation and deregistration protection, before latest points to the image: a Region's "
+            "parameter moves only to a complete image.",
             payload={"image": "$.image", "protection": "$.protection"},
             result=ProtectImageOutput,
             result_path="$.protected",
             on_error="RegionFailed",
-            next_state="RegionSucceeded",
+            next_state="PublishParameter",
         ),
         "NoProtection": {
             "Type": "Pass",
             "Result": {"deprecate_at": None, "deregistration_protection": False},
             "ResultPath": "$.protected",
-            "Next": "RegionSucceeded",
+            "Next": "PublishParameter",
         },
+        "PublishParameter": task(
+            "PublishParameter",
+            payload={
+                "run_id": "$.run_id",
+                "image": "$.image",
+                "parameter_name": "$.parameter_name",
+                "family": "$.family",
+                "family_asked_as": "$.family_asked_as",
+                "adopt_family": "$.adopt_family",
+                "account_id": "$.account_id",
+                "instance_id": "$.instance_id",
+                "source_region": "$.source_region",
+            },
+            result=PublishParameterOutput,
+            result_path="$.parameter",
+            on_error="RegionFailed",
+            next_state="RegionSucceeded",
+        ),
         "RegionSucceeded": {
             "Type": "Pass",
             "Parameters": {
@@ -581,7 +581,8 @@ def definition() -> State:
         "Done": {"Type": "Succeed"},
         "HandleFailure": task(
             "HandleFailure",
-            comment="Remove what this run made, restore the instance, tag it with the error.",
+            comment="Restore the instance first, then remove what this run made (each on its own), tag it with "
+            "the error.",
             output_path="$.Payload",
             on_error="CleanupFailed",
             error_path="$.cleanup_error",
@@ -592,7 +593,8 @@ def definition() -> State:
         "CleanupFailed": fail(
             "$.error.Error",
             "$.cleanup_error.Cause",
-            comment="Clean-up itself failed: the images of this run carry the ami-factory:run tag.",
+            comment="The clean-up could not even start the instance: the janitor, on this execution's status "
+            "change, ends the run from its ledger.",
         ),
     }
     return {

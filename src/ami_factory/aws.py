@@ -348,13 +348,17 @@ class Ec2:
         with translated_errors("EnableImageDeregistrationProtection"):
             self._ec2.enable_image_deregistration_protection(ImageId=image_id, WithCooldown=cooldown)
 
+    def disable_deregistration_protection(self, image_id: str) -> None:
+        with translated_errors("DisableImageDeregistrationProtection"):
+            self._ec2.disable_image_deregistration_protection(ImageId=image_id)
+
     def delete_image(self, image: ImageTypeDef) -> list[str]:
         """Deregister the image and delete its snapshots; returns the snapshot ids deleted."""
-        self.deregister_image(image["ImageId"])
-        return self.delete_snapshots(snapshots_of(image))
+        left = self.deregister_image(image["ImageId"], snapshots_of(image))
+        return self.delete_snapshots(left)
 
-    def image_snapshots(self, image_id: str) -> list[str]:
-        """The image's snapshots; none once it is gone (deregistered, or never visible)."""
+    def image(self, image_id: str) -> ImageTypeDef | None:
+        """The image as EC2 describes it; none once it is gone (deregistered, or never visible)."""
         with translated_errors("DescribeImages"):
             try:
                 images = self._ec2.describe_images(ImageIds=[image_id])["Images"]
@@ -362,16 +366,25 @@ class Ec2:
                 if not error_code(error).startswith("InvalidAMIID"):
                     raise
                 images = []
-        return snapshots_of(images[0]) if images else []
+        return images[0] if images else None
 
-    def deregister_image(self, image_id: str) -> None:
-        """Deregister; an image already gone is fine (a retried clean-up)."""
+    def deregister_image(self, image_id: str, snapshot_ids: list[str]) -> list[str]:
+        """Deregister with DeleteAssociatedSnapshots; an image already gone is fine (a retried clean-up).
+        Returns the snapshots among ``snapshot_ids`` that EC2 did not report deleted (all of them when
+        it reports nothing): the caller deletes those itself."""
         with translated_errors("DeregisterImage"):
             try:
-                self._ec2.deregister_image(ImageId=image_id, DeleteAssociatedSnapshots=True)
+                response = self._ec2.deregister_image(ImageId=image_id, DeleteAssociatedSnapshots=True)
             except ClientError as error:
                 if not error_code(error).startswith("InvalidAMIID"):
                     raise
+                return snapshot_ids
+        deleted = {
+            result.get("SnapshotId")
+            for result in response.get("DeleteSnapshotResults", [])
+            if result.get("ReturnCode") == "success"
+        }
+        return [snapshot for snapshot in snapshot_ids if snapshot not in deleted]
 
     def delete_snapshots(self, snapshot_ids: list[str]) -> list[str]:
         for snapshot_id in snapshot_ids:
@@ -421,6 +434,14 @@ class Ssm:
             if error_code(error) == "ParameterNotFound":
                 return None
             raise
+
+    def delete_parameter(self, name: str) -> None:
+        try:
+            with translated_errors("DeleteParameter"):
+                self._ssm.delete_parameter(Name=name)
+        except ClientError as error:
+            if error_code(error) != "ParameterNotFound":
+                raise
 
     def put_image_parameter(self, name: str, image_id: str, description: str) -> int:
         """``aws:ec2:image`` makes SSM check the id, and CloudFormation resolve it as an AMI id."""

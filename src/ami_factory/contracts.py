@@ -258,8 +258,8 @@ class RegionResult(BaseModel):
 
 class RestoreInstanceInput(Contract):
     instance: InstanceRef
-    run_id: str | None = None  # with the mode: the run's scaffolding (clone, seed image) goes too
-    mode: Mode | None = None
+    run_id: str
+    mode: Mode  # generalize: the run's scaffolding (clone, seed image) goes too
 
 
 class FinalizeInput(Plan):
@@ -289,7 +289,29 @@ class Summary(BaseModel):
     regions: list[RegionResult] = Field(default_factory=list)
     failed_regions: list[str] = Field(default_factory=list)
     cleaned_up: list[str] = Field(default_factory=list)
+    left_over: list[str] = Field(default_factory=list)  # what could not be removed or done, and why
     cost: CostEstimate | None = None
     error: str | None = None
     cause: str | None = None
     notification_error: str | None = None  # the run's result stands; only telling about it failed
+
+
+class ExecutionStatusChange(Contract):
+    """The detail of EventBridge's ``Step Functions Execution Status Change`` (source ``aws.states``)."""
+
+    executionArn: str  # AWS's field names
+    stateMachineArn: str
+    name: str
+    status: str
+    error: str | None = None
+    cause: str | None = None
+
+
+class ExecutionStatusChangeEvent(Contract):
+    detail: ExecutionStatusChange
+
+
+class EndedRuns(BaseModel):
+    """What the janitor ended: one run (a status change), or every run the daily sweep found."""
+
+    ended: list[Summary] = Field(default_factory=list)

@@ -22,8 +22,9 @@ from .contracts import (
     ShareImageInput,
     ShareImageOutput,
 )
-from .errors import EncryptionKeyError, InvalidRequestError, LaunchCheckFailedError
+from .errors import AmiFactoryError, EncryptionKeyError, InvalidRequestError, LaunchCheckFailedError
 from .ledger import FamilyOwner, Ledger, Made
+from .observability import logger
 from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX, check_share_targets
 from .settings import load_settings
 from .steps import client_token, family_refusal, found_again, give_up_after, require_made
@@ -121,7 +122,13 @@ def end_launch_check(event: EndLaunchCheckInput) -> LaunchedInstance:
     """Terminate the check instance: only one the run's ledger records as its launch check there."""
     launched = event.launched.model_copy()
     made = require_made(event.run_id, launched.region, launched.instance_id, "launch-check")
-    Ec2(launched.region).terminate_instance(launched.instance_id)
+    try:
+        Ec2(launched.region).terminate_instance(launched.instance_id)
+    except (ClientError, AmiFactoryError) as error:
+        # The image booted: a check instance that will not go never fails the Region. It stays in the
+        # ledger as not removed, so Finalize, then the janitor's sweep, try again.
+        logger.warning("could not terminate launch check %s: %s", launched.instance_id, error)
+        return launched
     Ledger().removed(event.run_id, made)
     return launched
 

@@ -8,8 +8,13 @@ here, never ids found by tag.
 
 Items (``pk``, ``sk``):
 
+- ``run#RUN`` / ``run``: the run itself (its instance, its image name), whether it has ended its own
+  way (Finalize or HandleFailure) and which images it delivered, for the janitor;
 - ``run#RUN`` / ``made#REGION#ID``: an instance or image the run made, its role, the snapshots it
   had when it was removed, and whether it was;
+- ``run#RUN`` / ``stop#REGION#ID``: the state an instance was in before the run stopped it, written
+  before StopInstances is sent, so whatever happens next the instance is put back;
+- ``run#RUN`` / ``parameter#REGION#NAME``: the value a parameter had before the run wrote it;
 - ``instance#REGION#ID`` / ``lock``: the run that holds the instance (one run per instance);
 - ``family#FAMILY`` / ``owner``: the instance whose runs may move the family's ``latest``;
 - ``family#FAMILY`` / ``image#REGION#ID``: an image a run published, with its request's retention.
@@ -87,6 +92,40 @@ class FamilyImage:
     removed: bool = False
 
 
+@dataclass(frozen=True)
+class Stop:
+    """An instance the run stops (or lets generalize shut down), and the state it was in before."""
+
+    region: str
+    instance_id: str
+    original_state: str
+
+
+@dataclass(frozen=True)
+class ParameterWrite:
+    """A parameter the run wrote, and what it held before (``None``: it did not exist)."""
+
+    region: str
+    name: str
+    previous: str | None
+    rolled_back: bool = False
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as its ledger knows it: enough to end it without its execution's state."""
+
+    run_id: str
+    instance_id: str
+    region: str
+    image_name: str
+    ended: bool = False  # its own Finalize or HandleFailure ran (or the janitor ended it)
+    clean: bool = False  # ...and nothing was left
+    delivered: tuple[tuple[str, str], ...] = ()  # (Region, image) Finalize kept; set before it removes anything
+    finalizing: bool = False
+    status: str = ""  # what Finalize found: SUCCEEDED, PARTIAL or FAILED
+
+
 Item = dict[str, str]
 
 
@@ -127,6 +166,78 @@ class Ledger:
         }
         self._put_once(item)
 
+    def open_run(self, record: RunRecord) -> None:
+        self._put_once(
+            {
+                "pk": f"run#{record.run_id}",
+                "sk": "run",
+                "instance_id": record.instance_id,
+                "region": record.region,
+                "image_name": record.image_name,
+                "ended": "false",
+                "clean": "false",
+                "finalizing": "false",
+                "delivered": "",
+                "recorded_at": _now(),
+            }
+        )
+
+    def run(self, run_id: str) -> RunRecord | None:
+        item = self._get(f"run#{run_id}", "run")
+        if not item:
+            return None
+        return RunRecord(
+            run_id=run_id,
+            instance_id=item["instance_id"],
+            region=item["region"],
+            image_name=item["image_name"],
+            ended=item["ended"] == "true",
+            clean=item["clean"] == "true",
+            finalizing=item["finalizing"] == "true",
+            status=item.get("status", ""),
+            delivered=tuple(
+                cast("tuple[str, str]", tuple(pair.split(":", 1))) for pair in item["delivered"].split(",") if pair
+            ),
+        )
+
+    def finalizing(self, run_id: str, delivered: dict[str, str], status: str) -> None:
+        """Finalize's first word: which Region images the run delivered and how it went (a janitor
+        completing a crashed Finalize keeps them, removes the rest, and says the same)."""
+        pairs = ",".join(f"{region}:{image}" for region, image in sorted(delivered.items()))
+        self._set(f"run#{run_id}", "run", {"finalizing": "true", "delivered": pairs, "status": status})
+
+    def ended(self, run_id: str, clean: bool) -> None:
+        """The run has ended (its own way, or the janitor's); ``clean``: nothing was left."""
+        self._set(f"run#{run_id}", "run", {"ended": "true", "clean": "true" if clean else "false"})
+
+    def runs_not_clean(self) -> list[str]:
+        """Runs not yet ended, ended with something left, or that recorded something after they ended
+        (a task of a stopped execution finishing late): what the daily sweep looks at."""
+        not_clean = {item["pk"] for item in self._scan("run", clean="false")}
+        made_and_kept = {item["pk"] for item in self._scan("made#", removed="false")}
+        return sorted(pk.removeprefix("run#") for pk in not_clean | made_and_kept)
+
+    def record_stop(self, run_id: str, stop: Stop) -> Stop:
+        """Record the intent to stop before stopping; a retried step keeps (and gets back) the first record."""
+        self._put_once(
+            {
+                "pk": f"run#{run_id}",
+                "sk": f"stop#{stop.region}#{stop.instance_id}",
+                "region": stop.region,
+                "instance_id": stop.instance_id,
+                "original_state": stop.original_state,
+            }
+        )
+        recorded = self.stop_of(run_id, stop.region, stop.instance_id)
+        return recorded or stop
+
+    def stop_of(self, run_id: str, region: str, instance_id: str) -> Stop | None:
+        item = self._get(f"run#{run_id}", f"stop#{region}#{instance_id}")
+        return _stop(item) if item else None
+
+    def stops(self, run_id: str) -> list[Stop]:
+        return [_stop(item) for item in self._query(f"run#{run_id}", "stop#")]
+
     def made_by(self, run_id: str) -> list[Made]:
         """Everything the run recorded, in the order DynamoDB keeps it (Region, then id)."""
         return [_made(item) for item in self._query(f"run#{run_id}", "made#")]
@@ -165,12 +276,19 @@ class Ledger:
         item = {"pk": f"run#{run_id}", "sk": f"parameter#{region}#{name}", "region": region, "name": name}
         self._put_once({**item, "previous": previous or "", "existed": "true" if previous is not None else "false"})
 
-    def made_by_every_run(self) -> dict[str, list[Made]]:
-        """What every run recorded and has not removed, by run (for the clean-up of runs that ended)."""
-        runs: dict[str, list[Made]] = {}
-        for item in self._scan("made#", removed=False):
-            runs.setdefault(item["pk"].removeprefix("run#"), []).append(_made(item))
-        return runs
+    def parameter_writes(self, run_id: str) -> list[ParameterWrite]:
+        return [
+            ParameterWrite(
+                region=item["region"],
+                name=item["name"],
+                previous=item["previous"] if item["existed"] == "true" else None,
+                rolled_back=item.get("rolled_back") == "true",
+            )
+            for item in self._query(f"run#{run_id}", "parameter#")
+        ]
+
+    def parameter_rolled_back(self, run_id: str, write: ParameterWrite) -> None:
+        self._set(f"run#{run_id}", f"parameter#{write.region}#{write.name}", {"rolled_back": "true"})
 
     # --- families' images, for retention -----------------------------------------------------
 
@@ -191,7 +309,7 @@ class Ledger:
         )
 
     def family_images(self, include_removed: bool = False) -> list[FamilyImage]:
-        items = self._scan("image#", removed=None if include_removed else False)
+        items = self._scan("image#", **({} if include_removed else {"removed": "false"}))
         return [
             FamilyImage(
                 family=item["family"],
@@ -332,22 +450,21 @@ class Ledger:
             self._db.update_item(
                 TableName=self._table,
                 Key=_encode({"pk": pk, "sk": sk}),
-                UpdateExpression="SET " + ", ".join(f"{name} = :{name}" for name in values),
+                UpdateExpression="SET " + ", ".join(f"#{name} = :{name}" for name in values),
                 ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeNames={f"#{name}": name for name in values},
                 ExpressionAttributeValues=_encode({f":{name}": value for name, value in values.items()}),
             )
 
-    def _scan(self, sk_prefix: str, removed: bool | None) -> list[Item]:
-        """Items whose sort key starts with ``sk_prefix`` (and ``removed`` as asked), across the table."""
-        condition = "begins_with(sk, :prefix)"
-        values = {":prefix": sk_prefix}
-        if removed is not None:
-            condition += " AND removed = :removed"
-            values[":removed"] = "true" if removed else "false"
+    def _scan(self, sk_prefix: str, **equal: str) -> list[Item]:
+        """Items whose sort key starts with ``sk_prefix`` and whose attributes are ``equal``, across the table."""
+        condition = " AND ".join(["begins_with(#sk, :prefix)", *(f"#{name} = :{name}" for name in equal)])
+        values = {":prefix": sk_prefix, **{f":{name}": value for name, value in equal.items()}}
         with translated_errors("Scan"):
             pages = self._db.get_paginator("scan").paginate(
                 TableName=self._table,
                 FilterExpression=condition,
+                ExpressionAttributeNames={"#sk": "sk", **{f"#{name}": name for name in equal}},
                 ExpressionAttributeValues=_encode(values),
                 ConsistentRead=True,
             )
@@ -378,6 +495,10 @@ def _made(item: Item) -> Made:
         snapshots=tuple(snapshot for snapshot in item.get("snapshots", "").split(",") if snapshot),
         removed=item.get("removed") == "true",
     )
+
+
+def _stop(item: Item) -> Stop:
+    return Stop(region=item["region"], instance_id=item["instance_id"], original_state=item["original_state"])
 
 
 def _role(value: str) -> Role:

@@ -18,7 +18,7 @@ from .errors import (
     PublicSharingBlockedError,
     UnsupportedInstanceError,
 )
-from .ledger import FamilyOwner, Holder
+from .ledger import FamilyOwner, Holder, Ledger, RunRecord
 from .observability import MetricUnit, metrics
 from .request import ImagingRequest, WindowsOptions
 from .rules import (
@@ -97,6 +97,8 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         region, request.instance_id, Holder(event.run_id, execution_arn(event.state_machine_arn, event.run_id))
     )
     name = image_name(settings.image_name_prefix, family, event.run_id)
+    # From here the run has something to end, however its execution ends (the janitor reads this).
+    Ledger().open_run(RunRecord(run_id=event.run_id, instance_id=request.instance_id, region=region, image_name=name))
     metrics.add_metric(name="RunsStarted", unit=MetricUnit.Count, value=1)
     return Plan(
         run_id=event.run_id,

@@ -1,6 +1,5 @@
 """The scheduled clean-up: per image family and Region, keep the newest N and/or the images younger
-than D days, and never delete one that is in use or protected; then remove what runs that ended
-without cleaning up left behind.
+than D days, and never delete one that is in use or protected.
 
 Only the images the run ledger records as a family's published images are judged, with the
 retention their run's validated request asked for: never an image found by tag, never a setting
@@ -13,14 +12,13 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .aws import Ec2, Ssm, StepFunctions
+from .aws import Ec2, Ssm
 from .contracts import RetentionAction, RetentionDecision, RetentionReport
 from .ledger import FamilyImage, Ledger
 from .observability import logger
 from .request import RetentionInput
-from .rules import execution_arn, parameter_name
+from .rules import parameter_name
 from .settings import Settings, load_settings
-from .steps import remove_made
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import ImageTypeDef
@@ -63,9 +61,8 @@ def _why_kept(
 
 
 def apply_retention(event: RetentionInput) -> RetentionReport:
-    """Judge every family's published images the ledger records, per Region; then remove what runs
-    that have ended left behind (their scaffolding, the images of failed Regions)."""
-    settings = load_settings()
+    """Judge every family's published images the ledger records, per Region. (What runs that ended
+    badly left is the janitor's: ``closing``.)"""
     ledger = Ledger()
     now = datetime.now(UTC)
     report = RetentionReport(dry_run=event.dry_run)
@@ -73,7 +70,6 @@ def apply_retention(event: RetentionInput) -> RetentionReport:
     regions = sorted(set(event.regions) if event.regions else {image.region for image in recorded})
     for region in regions:
         _judge_region(region, [image for image in recorded if image.region == region], event.dry_run, now, report)
-    _remove_what_ended_runs_left(ledger, settings, event.dry_run, report)
     logger.info("retention", extra={"report": report.model_dump(mode="json")})
     return report
 
@@ -133,34 +129,6 @@ def _judge_region(
             report.decisions.append(
                 RetentionDecision(region=region, image_id=image["ImageId"], family=family, action=action, reason=rule)
             )
-
-
-def _remove_what_ended_runs_left(ledger: Ledger, settings: Settings, dry_run: bool, report: RetentionReport) -> None:
-    """A run stopped where no Catch runs (StopExecution, a runtime error, the history quota) leaves
-    what it made: its ledger says what, and the run's execution that it has ended. Published images
-    are the families', judged above."""
-    published = {image.image_id for image in ledger.family_images(include_removed=True)}
-    sfn = StepFunctions(settings.region)
-    for run_id, made in sorted(ledger.made_by_every_run().items()):
-        left = [m for m in made if not (m.kind == "image" and m.resource_id in published)]
-        if not left or sfn.is_running(execution_arn(settings.state_machine_arn, run_id)):
-            continue
-        removed = (
-            [f"{m.region}:{m.resource_id}" for m in left]
-            if dry_run
-            else remove_made(run_id, lambda m: not (m.kind == "image" and m.resource_id in published))
-        )
-        action: RetentionAction = "would delete" if dry_run else "deleted"
-        report.decisions += [
-            RetentionDecision(
-                region=where.split(":", 1)[0],
-                image_id=where.split(":", 1)[1],
-                family="",
-                action=action,
-                reason=f"left by run {run_id}, which has ended",
-            )
-            for where in removed
-        ]
 
 
 def run_retention(event: dict[str, Any]) -> RetentionReport:

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from .aws import Ec2, StepFunctions
+from botocore.exceptions import ClientError
+
+from .aws import Ec2, StepFunctions, error_text, snapshots_of
 from .contracts import ImageRef
-from .errors import FamilyOwnedError, NotMadeByRunError, RunInProgressError, WaitTimeoutError
+from .errors import AmiFactoryError, FamilyOwnedError, NotMadeByRunError, RunInProgressError, WaitTimeoutError
 from .ledger import FamilyOwner, Holder, Ledger, Made, Role
 from .observability import logger
 
@@ -141,31 +143,51 @@ def hold_instance(region: str, instance_id: str, holder: Holder) -> None:
         )
 
 
-def remove_made(run_id: str, which: Callable[[Made], bool]) -> list[str]:
+@dataclass
+class Removal:
+    """What removing a run's resources did: each one removed, or left with the reason."""
+
+    removed: list[str] = field(default_factory=list)  # REGION:ID
+    left: list[str] = field(default_factory=list)  # REGION:ID (role): why
+
+
+def remove_made(run_id: str, which: Callable[[Made], bool]) -> Removal:
     """Terminate or deregister (with snapshots) what the run's ledger records and ``which`` selects:
-    what the run made itself, never what a tag names. Instances go first, then the images."""
+    what the run made itself, never what a tag names. Instances go first, then the images. Each on
+    its own: one that EC2 refuses (or keeps throttling) is left, recorded as not removed, and the
+    rest still go; the janitor tries the ones left again."""
     ledger = Ledger()
     found = sorted(
         (made for made in ledger.made_by(run_id) if not made.removed and which(made)),
         key=lambda made: made.kind != "instance",
     )
-    removed = [remove_one(ledger, run_id, made) for made in found]
-    if removed:
-        logger.info("removed what the run made: %s", removed)
-    return removed
+    removal = Removal()
+    for made in found:
+        try:
+            removal.removed.append(remove_one(ledger, run_id, made))
+        except (ClientError, AmiFactoryError) as error:
+            reason = error_text(error) if isinstance(error, ClientError) else f"{type(error).__name__}: {error}"
+            logger.warning("could not remove %s %s in %s: %s", made.role, made.resource_id, made.region, reason)
+            removal.left.append(f"{made.region}:{made.resource_id} ({made.role}): {reason}")
+    if removal.removed:
+        logger.info("removed what the run made: %s", removal.removed)
+    return removal
 
 
 def remove_one(ledger: Ledger, run_id: str, made: Made) -> str:
     """Terminate or deregister what the run made, and mark it removed. An image's snapshots are written
-    to the ledger before it is deregistered, so a retry deletes them even when the image is gone."""
+    to the ledger before it is deregistered, and deleted by those ids, so a retry deletes them even
+    when the image is gone. Deregistration protection the run turned on (ProtectImage) is turned off
+    first; with a cooldown EC2 refuses the deregistration for a day, and the image is left for the janitor."""
     ec2 = Ec2(made.region)
     if made.kind == "instance":
         ec2.terminate_instance(made.resource_id)
     else:
-        if not made.snapshots:
-            snapshots = ec2.image_snapshots(made.resource_id)
-            made = ledger.update(run_id, replace(made, snapshots=tuple(snapshots)))
-        ec2.deregister_image(made.resource_id)
-        ec2.delete_snapshots(list(made.snapshots))
+        image = ec2.image(made.resource_id)
+        if image is not None and not made.snapshots:
+            made = ledger.update(run_id, replace(made, snapshots=tuple(snapshots_of(image))))
+        if image is not None and str(image.get("DeregistrationProtection", "")).startswith("enabled"):
+            ec2.disable_deregistration_protection(made.resource_id)
+        ec2.delete_snapshots(ec2.deregister_image(made.resource_id, list(made.snapshots)))
     ledger.removed(run_id, made)
     return f"{made.region}:{made.resource_id}"

@@ -79,7 +79,7 @@ def test_the_generalize_demo_sysprepps_a_clone_and_keeps_the_instance_running() 
         for line in out.splitlines()
         if line.strip() in ("CreateSeedImage", "LaunchClone", "Generalize", "CreateImage")
     ]
-    assert steps == ["CreateSeedImage", "LaunchClone", "Generalize", "CreateImage"]
+    assert steps == ["CreateSeedImage", "LaunchClone", "Generalize", "CreateImage"], out
     assert re.search(r"waiting for i-[0-9a-f]+ to generalize and shut itself down", out)
     clone = re.search(
         r"sysprep ran on the clone only \((i-[0-9a-f]+)\); clone terminated: True; seed image removed: True", out

@@ -359,27 +359,57 @@ def test_retention_never_deletes_or_reads_settings_from_an_image_tags_call_the_f
     assert ec2.describe_images(ImageIds=[foreign])["Images"][0]["State"] == "available"
 
 
-def test_retention_removes_what_a_stopped_run_left_and_nothing_a_tag_names(emu: Emulator) -> None:
+def test_the_janitor_removes_what_a_stopped_run_left_and_nothing_a_tag_names(emu: Emulator) -> None:
     source = emu.launch_instance(name="golden")
     emu.world.ssm_manage(source, "Linux")
     emu.world.generalize_never_stops()
-    arn = emu.start_run({"instance_id": source, "mode": "generalize", "regions": []}, name="stopped")
-    wait_until(lambda: any(item.get("role") == "clone" for item in ledger_items(emu)))
     decoy = emu.launch_instance(tags={"ami-factory:run": "stopped", "ami-factory:role": "clone"})
-    emu.client("stepfunctions").stop_execution(executionArn=arn)
+    arn = f"{emu.state_machine_arn.replace(':stateMachine:', ':execution:')}:stopped"
+    # Stopped right after sysprep is sent to the clone: deterministic, whatever the machine's speed.
+    emu.world.after_call("SendCommand", lambda: emu.client("stepfunctions").stop_execution(executionArn=arn))
+    emu.start_run({"instance_id": source, "mode": "generalize", "regions": []}, name="stopped")
     # ABORTED; or FAILED with States.Runtime when the stop lands inside a task (moto's interpreter):
-    # either way no Catch ran, so the clone and the seed are still there.
+    # either way no Catch ran, and the janitor ends the run on its status change.
     assert emu.wait(arn).status in ("ABORTED", "FAILED")
-    assert {item["role"]: item["removed"] for item in ledger_items(emu) if item["pk"] == "run#stopped"} == {
-        "seed": "false",
-        "clone": "false",
-    }
-    report = emu.runtime.invoke_checked("ami-factory-local-ApplyRetentionFunction", {})
-    left = {(d["action"], d["reason"]) for d in report["decisions"]}
-    assert left == {("deleted", "left by run stopped, which has ended")} and len(report["decisions"]) == 2
-    roles = {item["role"]: item["removed"] for item in ledger_items(emu) if item["pk"] == "run#stopped"}
+    (change,) = emu.status_changes
+    assert "error" not in change, change
+    (ended,) = change["results"][0]["ended"]
+    assert ended["error"] in ("ExecutionAborted", "ExecutionFailed") and len(ended["cleaned_up"]) == 2
+    roles = {item["role"]: item["removed"] for item in ledger_items(emu) if item["sk"].startswith("made#")}
     assert roles == {"seed": "true", "clone": "true"}
     untouched(emu, decoy)
+
+
+def status_change(emu: Emulator, name: str, status: str = "ABORTED", machine: str | None = None) -> dict[str, Any]:
+    """The sample status-change event, for run ``name`` of this deployment's state machine (or ``machine``)."""
+    body = event("execution-status-change.json")
+    machine = machine or emu.state_machine_arn
+    body["detail"].update(
+        stateMachineArn=machine,
+        name=name,
+        status=status,
+        executionArn=f"{machine.replace(':stateMachine:', ':execution:')}:{name}",
+    )
+    return body
+
+
+def test_the_janitor_ends_nothing_that_is_still_running_or_not_this_deployments(emu: Emulator) -> None:
+    """Whoever can invoke the janitor, or send it an event, can only make it end a run that is over:
+    the event's claim is checked against Step Functions, and the run against the ledger."""
+    emu.world.images_take(600)
+    source = emu.launch_instance(name="golden")
+    arn = emu.start_run({"instance_id": source, "regions": []}, name="busy")
+    wait_until(lambda: any(item.get("role") == "image" for item in ledger_items(emu)))
+    janitor = "ami-factory-local-EndRunFunction"
+    assert emu.runtime.invoke_checked(janitor, status_change(emu, "busy")) == {"ended": []}, "still running"
+    other = emu.state_machine_arn.replace("ImagingStateMachine", "SomeoneElses")
+    assert emu.runtime.invoke_checked(janitor, status_change(emu, "busy", machine=other)) == {"ended": []}
+    assert emu.deliver_event(status_change(emu, "busy", machine=other)) == [], "the rule is this machine's only"
+    assert emu.runtime.invoke_checked(janitor, status_change(emu, "never-ran")) == {"ended": []}, "no ledger"
+    assert emu.world.sent("DeregisterImage") == [] and emu.world.sent("TerminateInstances") == []
+    result = emu.wait(arn)
+    assert result.status == "SUCCEEDED", result.cause
+    assert [change["results"] for change in emu.status_changes] == [[]], "SUCCEEDED does not match the janitor's rule"
 
 
 # --- one run per instance, however runs are started and named ----------------------------------

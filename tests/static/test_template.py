@@ -143,13 +143,29 @@ def statements(policy: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+def function_policies(template: dict[str, Any], properties: dict[str, Any]) -> list[dict[str, Any]]:
+    """A function's policy documents: inline, and the stack's managed policies it attaches (``!Ref``)."""
+    resources = template["Resources"]
+    return [
+        resources[policy["Ref"]]["Properties"]["PolicyDocument"] if "Ref" in policy else policy
+        for policy in properties["Policies"]
+    ]
+
+
 def function_statements(template: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [
         (name, statement)
         for name, properties in functions(template).items()
-        for policy in properties["Policies"]
+        for policy in function_policies(template, properties)
         for statement in statements(policy)
     ]
+
+
+def test_the_three_ways_a_run_ends_share_one_policy(template: dict[str, Any]) -> None:
+    attached = {
+        name for name, properties in functions(template).items() if {"Ref": "RunEndingPolicy"} in properties["Policies"]
+    }
+    assert attached == {"FinalizeFunction", "HandleFailureFunction", "EndRunFunction"}
 
 
 def test_every_service_role_trusts_only_this_account(template: dict[str, Any]) -> None:
@@ -326,7 +342,7 @@ def test_waits_are_bounded_loops(asl: dict[str, Any]) -> None:
 
 def test_iam_never_grants_ec2_wildcard(template: dict[str, Any]) -> None:
     for name, properties in functions(template).items():
-        for policy in properties["Policies"]:
+        for policy in function_policies(template, properties):
             for statement in statements(policy):
                 if statement["Effect"] == "Deny":
                     continue

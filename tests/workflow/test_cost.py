@@ -11,8 +11,6 @@ from ami_factory_cli import cli
 from ami_factory_local import Emulator
 from tests.helpers import sample
 
-REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
-
 
 def image_gib(emu: Emulator, region: str, image_id: str) -> int:
     (image,) = emu.client("ec2", region).describe_images(ImageIds=[image_id])["Images"]

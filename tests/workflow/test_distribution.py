@@ -10,9 +10,20 @@ from typing import Any
 import pytest
 
 from ami_factory_local import Emulator
-from tests.helpers import ALLOWED_ACCOUNT, ALLOWED_ORG, ALLOWED_OU, nothing_was_changed, run_images, sample, tags
-
-REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
+from tests.helpers import (
+    ALLOWED_ACCOUNT,
+    ALLOWED_ORG,
+    ALLOWED_OU,
+    KEY_USERS,
+    REGIONS,
+    create_keys,
+    deploy_keys,
+    encrypting_emulator,
+    nothing_was_changed,
+    run_images,
+    sample,
+    tags,
+)
 
 
 def launch_permissions(emu: Emulator, region: str, image_id: str) -> list[dict[str, str]]:
@@ -153,47 +164,6 @@ def test_no_protection_asked_no_protection_calls(emu: Emulator) -> None:
 
 
 # --- encryption -------------------------------------------------------------------------------
-
-KEY_ALIAS = "alias/ami-factory-images"
-KEY_USERS = ["kms:Decrypt", "kms:DescribeKey", "kms:CreateGrant", "kms:ReEncrypt*", "kms:GenerateDataKey*"]
-
-
-def key_arn(region: str) -> str:
-    """A key ARN of the Region, for deployments whose runs are refused before any key is used."""
-    return f"arn:aws:kms:{region}:123456789012:key/0000aaaa-1111-2222-3333-{region.replace('-', '')[:12]:0>12}"
-
-
-def encrypting_emulator(make_emulator, regions: list[str] = REGIONS) -> Emulator:
-    return make_emulator(KmsKeyIds=",".join(key_arn(region) for region in regions))
-
-
-def deploy_keys(emu: Emulator, keys: dict[str, str]) -> None:
-    """The deployer lists the keys once they exist (a stack update of KmsKeyIds)."""
-    emu.reconfigure(KmsKeyIds=",".join(keys.values()))
-
-
-def create_keys(emu: Emulator, users: list[str], regions: list[str] = REGIONS) -> dict[str, str]:
-    """A customer managed key per Region behind the alias the deployment names, usable by ``users``."""
-    created = {}
-    for region in regions:
-        statements = [
-            {
-                "Effect": "Allow",
-                "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
-                "Action": "kms:*",
-                "Resource": "*",
-            }
-        ]
-        if users:
-            statements.append({"Effect": "Allow", "Principal": {"AWS": users}, "Action": KEY_USERS, "Resource": "*"})
-        kms = emu.client("kms", region)
-        key = kms.create_key(
-            Description="AMI Factory images", Policy=json.dumps({"Version": "2012-10-17", "Statement": statements})
-        )
-        kms.create_alias(AliasName=KEY_ALIAS, TargetKeyId=key["KeyMetadata"]["KeyId"])
-        created[region] = key["KeyMetadata"]["Arn"]
-    deploy_keys(emu, created)
-    return created
 
 
 def snapshot_of(emu: Emulator, region: str, image: dict[str, Any]) -> dict[str, Any]:

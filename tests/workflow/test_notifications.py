@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ami_factory.closing import DETAIL_TYPES, EVENT_SOURCE
 from ami_factory.contracts import Summary
-from ami_factory.workflow import DETAIL_TYPES, EVENT_SOURCE
 from ami_factory_local import Emulator
 from tests.helpers import EVENTS, sample
 

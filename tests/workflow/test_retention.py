@@ -7,9 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ami_factory_local import Emulator
-from tests.helpers import published_in_ledger, sample
-
-REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
+from tests.helpers import REGIONS, published_in_ledger, sample
 
 
 def four_runs(emu: Emulator) -> dict[str, dict[str, str]]:

@@ -8,9 +8,7 @@ import json
 import pytest
 
 from ami_factory_local import Emulator
-from tests.helpers import ALLOWED_ACCOUNT, ALLOWED_OU, OTHER_ACCOUNT, instance, run_images, sample, tags
-
-REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
+from tests.helpers import ALLOWED_ACCOUNT, ALLOWED_OU, OTHER_ACCOUNT, REGIONS, instance, run_images, sample, tags
 
 
 def assert_nothing_left(emu: Emulator, run_id: str) -> None:

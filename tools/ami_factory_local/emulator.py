@@ -14,7 +14,9 @@ import functools
 import io
 import json
 import os
+import threading
 import time
+import uuid
 import zipfile
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -25,8 +27,11 @@ from unittest import mock
 import boto3
 from moto import mock_aws
 from moto.events.models import events_backends
+from moto.stepfunctions.exceptions import InvalidExecutionInput
 from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
 from moto.stepfunctions.parser.asl.utils import json_path
+from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
+from moto.stepfunctions.parser.models import StepFunctionsParserBackend
 
 from ami_factory.clients import use_client_factory
 from ami_factory.errors import error_message
@@ -95,6 +100,12 @@ class Emulator:
         self.runtime = InProcessRuntime()
         self.deployment: Deployment | None = None
         self._schedules: dict[str, dict[str, Any]] = {}
+        self._scheduled_rules: dict[str, dict[str, Any]] = {}
+        # Executions whose end is being announced (the status-change event and its targets): a run
+        # counts as over only once its janitor, if any, has finished.
+        self._ending: set[str] = set()
+        self._ending_lock = threading.Lock()
+        self.status_changes: list[dict[str, Any]] = []  # every event sent, with what its targets returned or raised
         self._deployed: tuple[dict[str, str], dict[tuple[str, str], str], list[Path]] = ({}, {}, [])
         self._stack: ExitStack | None = None
 
@@ -134,6 +145,20 @@ class Emulator:
         stack.enter_context(
             mock.patch.object(AmazonStateLanguageParser, "parse", _parse_once(AmazonStateLanguageParser.parse))
         )
+        stack.enter_context(
+            mock.patch.object(
+                BaseExecutionWorkerCommunication,
+                "terminated",
+                self._announcing(BaseExecutionWorkerCommunication.terminated),
+            )
+        )
+        stack.enter_context(
+            mock.patch.object(
+                StepFunctionsParserBackend,
+                "start_execution",
+                _named_executions(StepFunctionsParserBackend.start_execution),
+            )
+        )
         stack.enter_context(self.clock.installed())
         stack.enter_context(self.world.installed())
         stack.enter_context(self.runtime.installed())
@@ -156,11 +181,13 @@ class Emulator:
             return
         sfn = self.client("stepfunctions")
         deadline = time.monotonic() + timeout
-        while running := sfn.list_executions(stateMachineArn=self.state_machine_arn, statusFilter="RUNNING")[
-            "executions"
-        ]:
+        while (
+            running := sfn.list_executions(stateMachineArn=self.state_machine_arn, statusFilter="RUNNING")["executions"]
+        ) or self._ending:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"runs still going after {timeout}s of real time: {[e['name'] for e in running]}")
+                raise RuntimeError(
+                    f"runs still going after {timeout}s of real time: {[e['name'] for e in running] or self._ending}"
+                )
             time.sleep(0.02)
 
     # --- clients and fixtures -----------------------------------------------------------------
@@ -224,7 +251,7 @@ class Emulator:
         deadline = time.monotonic() + timeout
         while True:
             described = sfn.describe_execution(executionArn=execution_arn)
-            if described["status"] in TERMINAL:
+            if described["status"] in TERMINAL and execution_arn not in self._ending:
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{execution_arn} still {described['status']} after {timeout}s of real time")
@@ -406,6 +433,9 @@ class Emulator:
             if not resolver.condition_holds(rule.get("Condition")):
                 continue
             properties = resolver.resolve(rule["Properties"])
+            if "ScheduleExpression" in properties:  # fired by fire_scheduled_rules
+                self._scheduled_rules[logical_id] = properties
+                continue
             pattern = properties["EventPattern"]
             name = f"{STACK_NAME}-{logical_id}"
             events.put_rule(Name=name, EventPattern=pattern if isinstance(pattern, str) else json.dumps(pattern))
@@ -445,6 +475,64 @@ class Emulator:
             results.append(self.runtime.invoke_checked(name, json.loads(payload)))
         return results
 
+    def fire_scheduled_rules(self) -> list[Any]:
+        """EventBridge firing every deployed scheduled rule (the janitor's daily sweep) with its Input."""
+        return [
+            self.runtime.invoke_checked(target["Arn"].split(":function:")[-1], json.loads(target.get("Input", "{}")))
+            for rule in self._scheduled_rules.values()
+            for target in rule["Targets"]
+        ]
+
+    # --- how executions end -------------------------------------------------------------------
+
+    def _announcing(self, terminated: Any) -> Any:
+        """Step Functions sends ``Step Functions Execution Status Change`` to EventBridge when a Standard
+        execution ends; moto does not. The emulator sends it as the execution ends, and runs the
+        targets of the rules it matches before the run counts as over."""
+        emulator = self
+
+        def announce(communication: Any) -> None:
+            execution = communication.execution
+            with emulator._ending_lock:
+                emulator._ending.add(execution.exec_arn)
+            try:
+                terminated(communication)
+                emulator._send_status_change(execution)
+            finally:
+                with emulator._ending_lock:
+                    emulator._ending.discard(execution.exec_arn)
+
+        return announce
+
+    def _send_status_change(self, execution: Any) -> None:
+        status = str(getattr(execution.exec_status, "value", execution.exec_status))
+        event = {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": "Step Functions Execution Status Change",
+            "source": "aws.states",
+            "account": ACCOUNT_ID,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "region": self.region,
+            "resources": [execution.exec_arn],
+            "detail": {
+                "executionArn": execution.exec_arn,
+                "stateMachineArn": execution.state_machine_arn,
+                "name": execution.name,
+                "status": status,
+                "input": execution.execution_input,
+                "output": json.dumps(execution.output) if execution.output is not None else None,
+                "error": execution.error,
+                "cause": execution.cause,
+            },
+        }
+        record: dict[str, Any] = {"event": event}
+        try:
+            record["results"] = self.deliver_event(event)
+        except Exception as error:  # an execution thread must not die of its janitor: the test reads this
+            record["error"] = f"{type(error).__name__}: {error}"
+        self.status_changes.append(record)
+
 
 def render_definition(project_root: Path, properties: dict[str, Any], resolver: Resolver) -> str:
     """The ASL file with its ``${...}`` DefinitionSubstitutions applied, as SAM does at deploy time."""
@@ -458,6 +546,23 @@ def render_definition(project_root: Path, properties: dict[str, Any], resolver: 
 # Parsed definitions, kept for the process: every emulator deploys the same ASL text, and the parse
 # (ANTLR, about a second) is the largest part of starting one.
 _PARSED: dict[str, Any] = {}
+
+
+def _named_executions(start_execution: Any) -> Any:
+    """StartExecution as on AWS: without a name the execution gets a generated one (a UUID; moto names
+    it None), and input that is not JSON is refused with InvalidExecutionInput (moto's refusal carries
+    no error code)."""
+
+    def start(
+        backend: Any, state_machine_arn: str, name: str | None = None, execution_input: str | None = None, **kwargs: Any
+    ) -> Any:
+        try:
+            json.loads(execution_input if execution_input is not None else "{}")
+        except ValueError as error:
+            raise InvalidExecutionInput(f"Invalid State Machine Execution Input: '{error}'") from error
+        return start_execution(backend, state_machine_arn, name or str(uuid.uuid4()), execution_input, **kwargs)
+
+    return start
 
 
 def _parse_once(parse: Any) -> Any:

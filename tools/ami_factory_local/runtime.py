@@ -59,6 +59,7 @@ class InProcessRuntime:
     functions: dict[str, FunctionCode] = field(default_factory=dict)
     invocations: list[str] = field(default_factory=list)
     _handlers: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    _crashes: dict[str, int] = field(default_factory=dict)  # function name suffix -> invocations left to crash
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def register(self, code: FunctionCode) -> None:
@@ -79,11 +80,24 @@ class InProcessRuntime:
             self._handlers[code.name] = getattr(module, function_name)
         return self._handlers[code.name]
 
+    def crash(self, function: str, times: int) -> None:
+        """The next ``times`` invocations of the function whose name ends with ``function`` (e.g.
+        ``FinalizeFunction``) die before the handler runs, as a Lambda does that runs out of memory."""
+        with self._lock:
+            self._crashes[function] = times
+
     def invoke(self, name: str, payload: Any) -> tuple[bool, Any]:
         """Run the function; returns (errored, result or Lambda error body)."""
         code = self.functions[name]
         with self._lock, _environment(code):
             self.invocations.append(name)
+            crashing = next((f for f, left in self._crashes.items() if name.endswith(f) and left > 0), None)
+            if crashing:
+                self._crashes[crashing] -= 1
+                return True, {
+                    "errorType": "Runtime.ExitError",
+                    "errorMessage": "Runtime exited with error: signal: killed",
+                }
             try:
                 handler = self._load(code)
                 context = LambdaContext(code.name, code.arn, code.memory)

@@ -42,7 +42,7 @@ import re
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -316,6 +316,9 @@ class World:
     _stopping: dict[str, _Pending] = field(default_factory=dict)
     _throttles: list[_Throttle] = field(default_factory=list)
     _lost: list[_Throttle] = field(default_factory=list)
+    _refusals: list[tuple[_Throttle, str]] = field(default_factory=list)  # (calls, error code)
+    _after_calls: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    _unprotected_at: dict[str, float] = field(default_factory=dict)  # image -> when a cooldown ends
     _hidden_describes: int = 0
     _hidden: dict[str, int] = field(default_factory=dict)
     _copy_tokens: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -373,6 +376,26 @@ class World:
         idempotency is for."""
         with self._lock:
             self._lost.append(_Throttle(operation, region, times))
+
+    def refuse(
+        self, operation: str, times: int, code: str = "UnauthorizedOperation", region: str | None = None
+    ) -> None:
+        """The next ``times`` calls of ``operation`` (EC2 or SSM; in ``region``, or in each Region) fail
+        with ``code``, changing nothing: a permission missing in one Region, a service saying no."""
+        with self._lock:
+            self._refusals.append((_Throttle(operation, region, times), code))
+
+    def calm(self) -> None:
+        """Every throttle and refusal still pending is dropped: the bad hour is over."""
+        with self._lock:
+            self._throttles.clear()
+            self._refusals.clear()
+
+    def after_call(self, operation: str, action: Callable[[], None]) -> None:
+        """Run ``action`` once, right after the next call of ``operation`` took effect (a fault that
+        begins mid-step, e.g. throttling that starts just after StopInstances)."""
+        with self._lock:
+            self._after_calls.append((operation, action))
 
     def hide_new_images(self, describes: int) -> None:
         """Each new image answers InvalidAMIID.NotFound to its first ``describes`` DescribeImages."""
@@ -454,6 +477,22 @@ class World:
 
     # --- the hooks -----------------------------------------------------------------------------
 
+    def _refusal(self, operation: str, region: str) -> str | None:
+        """The error code of the first matching refusal, using up one of its calls."""
+        with self._lock:
+            for rule, code in self._refusals:
+                if self._take([rule], operation, region):
+                    return code
+        return None
+
+    def _run_after_calls(self, operation: str) -> None:
+        with self._lock:
+            due = [entry for entry in self._after_calls if entry[0] == operation]
+            for entry in due:
+                self._after_calls.remove(entry)
+        for _, action in due:
+            action()
+
     def _take(self, rules: list[_Throttle], operation: str, region: str) -> bool:
         """Use up one call of the first matching rule."""
         with self._lock:
@@ -516,6 +555,8 @@ class World:
     ) -> dict[str, Any] | SSMException | None:
         """Answers moto cannot give: managed instances, and invocations that take time or fail."""
         self._tick(region)
+        if code := self._refusal(operation, region):
+            return SSMException(code, f"User is not authorized to perform: ssm:{operation}")
         if operation == "SendCommand" and (refused := refused_command(self.account_id, region, params)):
             return refused
         if operation == "DescribeInstanceInformation":
@@ -542,6 +583,8 @@ class World:
         self._tick(response.region)
         if self._take(self._throttles, operation, response.region):
             return EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
+        if code := self._refusal(operation, response.region):
+            return EC2ClientError(code, f"You are not authorized to perform this operation ({operation}).")
         if unknown := unknown_filters(operation, params):
             return EC2ClientError("InvalidParameterValue", f"The filter '{unknown[0]}' is invalid")
         if problem := invalid_tags(operation, params):
@@ -566,10 +609,21 @@ class World:
             if ami is not None:
                 ami.deregistration_protection = state  # moto's DescribeImages shows it, as AWS does
             return {"Return": state}
+        if operation == "DisableImageDeregistrationProtection":
+            image_id = params["ImageId"]
+            if image_id in self.protected:
+                # With a cooldown the protection lasts 24 hours after it is disabled.
+                self._unprotected_at[image_id] = self.clock.now() + (86400 if self.protected[image_id] else 0)
+            ami = ec2_backends[self.account_id][response.region].amis.get(image_id)
+            if ami is not None:
+                ami.deregistration_protection = "disabled"  # EC2 refuses the deregistration until the cooldown ends
+            return {"Return": "disabled"}
         if operation == "DeregisterImage" and params.get("ImageId") in self.protected:
-            return EC2ClientError(
-                "InvalidParameterValue", f"Image {params['ImageId']} has deregistration protection enabled"
-            )
+            image_id = params["ImageId"]
+            if self.clock.now() < self._unprotected_at.get(image_id, math.inf):
+                return EC2ClientError(
+                    "InvalidParameterValue", f"Image {image_id} has deregistration protection enabled"
+                )
         if operation == "DescribeImageReferences":
             return {
                 "ImageReferences": [
@@ -620,6 +674,7 @@ class World:
             if answer is not None:
                 return response.serialized(ActionResult(answer))
             result = original_call_action(response)
+            world._run_after_calls(operation)
             if service == "ssm" and operation == "SendCommand":
                 world._after_send_command(result, response.region, params)
             if service == "ec2" and operation == "RunInstances":

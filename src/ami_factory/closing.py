@@ -1,0 +1,268 @@
+"""How a run ends, however it ends: the instance put back first; then the parameters the run moved
+rolled back and what it made removed, except what it delivered; then its lock released; then the
+instance tagged and people told. Each duty on its own: one that fails is recorded and the rest still
+happen. Finalize, HandleFailure and the janitor (for runs whose execution ended where no Catch runs:
+StopExecution, a runtime error, the history quota, a crashed Finalize) all end runs here, from the
+run's ledger, never from the execution's state, which whoever starts a run shapes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from botocore.exceptions import ClientError
+
+from .aws import Ec2, Notifications, Ssm, StepFunctions, error_text
+from .contracts import EndedRuns, ExecutionStatusChange, ExecutionStatusChangeEvent, RegionResult, RunStatus, Summary
+from .errors import RETRYABLE_ERRORS, AmiFactoryError, InstanceStateConflictError, ThrottledError
+from .ledger import Ledger, RunRecord
+from .observability import MetricUnit, logger, metrics
+from .rules import TAG_PREFIX, execution_arn
+from .settings import load_settings
+from .steps import remove_made
+
+RUNNING_STATES = ("running", "pending")
+# The advice an error tag keeps: the tag holds 256 characters, the echoed value is what gets cut.
+TAG_VALUE_LIMIT = 256
+
+
+@dataclass
+class Ending:
+    """What ending a run did: the instance's state afterwards, what was removed, and what was left (why)."""
+
+    instance_state: str | None = None
+    removed: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+
+
+def reason(error: Exception) -> str:
+    return error_text(error) if isinstance(error, ClientError) else f"{type(error).__name__}: {error}"
+
+
+def put_back(run_id: str) -> None:
+    """Start every instance the run recorded stopping (it was running) that is stopped now. Transient
+    refusals (still stopping, throttled) are raised: the state machine retries the step patiently,
+    and nothing else has happened yet."""
+    for stop in Ledger().stops(run_id):
+        if stop.original_state not in RUNNING_STATES:
+            continue
+        ec2 = Ec2(stop.region)
+        state = ec2.instance_state(stop.instance_id)
+        if state == "stopping":
+            raise InstanceStateConflictError(
+                f"instance {stop.instance_id} is still stopping; starting it once it has stopped"
+            )
+        if state == "stopped":
+            ec2.start_instance(stop.instance_id)
+
+
+def roll_back_parameters(run_id: str, delivered_regions: set[str]) -> list[str]:
+    """Put back what the run's parameters held before it, in every Region it did not deliver, unless a
+    later run has written them since (then they are that run's). Returns what could not be rolled back."""
+    ledger = Ledger()
+    ours = {(made.region, made.resource_id) for made in ledger.made_by(run_id) if made.kind == "image"}
+    left = []
+    for write in ledger.parameter_writes(run_id):
+        if write.rolled_back or write.region in delivered_regions:
+            continue
+        try:
+            ssm = Ssm(write.region)
+            current = ssm.parameter_value(write.name)
+            if current is not None and (write.region, current) in ours:
+                if write.previous is None:
+                    ssm.delete_parameter(write.name)
+                else:
+                    ssm.put_image_parameter(
+                        write.name, write.previous, f"Latest AMI Factory image ({write.previous}), put back"
+                    )
+            ledger.parameter_rolled_back(run_id, write)
+        except (ClientError, AmiFactoryError) as error:
+            logger.warning("could not roll back %s in %s: %s", write.name, write.region, reason(error))
+            left.append(f"{write.region}:{write.name} (parameter): {reason(error)}")
+    return left
+
+
+def end_run(run: RunRecord, delivered: dict[str, str]) -> Ending:
+    """Put the instance back, roll back and remove everything but ``delivered`` (Region -> image),
+    release the lock. Safe to repeat: what is done is recorded done."""
+    ending = Ending()
+    try:
+        put_back(run.run_id)
+    except RETRYABLE_ERRORS:
+        raise
+    except (ClientError, AmiFactoryError) as error:
+        ending.left.append(f"{run.region}:{run.instance_id} (instance): not started again: {reason(error)}")
+    ending.left += roll_back_parameters(run.run_id, set(delivered))
+    removal = remove_made(
+        run.run_id, lambda made: not (made.kind == "image" and delivered.get(made.region) == made.resource_id)
+    )
+    ending.removed, ending.left = removal.removed, ending.left + removal.left
+    ledger = Ledger()
+    try:
+        ledger.release_lock(run.region, run.instance_id, run.run_id)
+    except (ClientError, AmiFactoryError) as error:  # a stale lock is taken over by the next run
+        logger.warning("could not release the lock on %s: %s", run.instance_id, reason(error))
+    try:
+        ending.instance_state = Ec2(run.region).instance_state(run.instance_id)
+    except (ClientError, AmiFactoryError) as error:
+        logger.warning("could not read the state of %s: %s", run.instance_id, reason(error))
+    if ending.left:
+        metrics.add_metric(name="ResourcesLeft", unit=MetricUnit.Count, value=len(ending.left))
+    return ending
+
+
+def tag_result(run: RunRecord, status: str, image_id: str | None, error: str | None) -> list[str]:
+    """The run's result on the instance, and the trigger tag cleared (so setting it again starts the
+    next run). Returns what could not be done."""
+    tags = {
+        f"{TAG_PREFIX}last-run": run.run_id,
+        f"{TAG_PREFIX}last-run-at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        f"{TAG_PREFIX}last-status": status,
+    }
+    if image_id:
+        tags[f"{TAG_PREFIX}last-image-id"] = image_id
+    # Always written, so a success clears the error a previous run left behind.
+    tags[f"{TAG_PREFIX}last-error"] = (error or "")[:TAG_VALUE_LIMIT]
+    ec2 = Ec2(run.region)
+    try:
+        ec2.tag_resource(run.instance_id, tags)
+        ec2.untag_resource(run.instance_id, [load_settings().trigger_tag_key])
+    except (ClientError, AmiFactoryError) as failure:
+        logger.warning("could not tag %s with the result: %s", run.instance_id, reason(failure))
+        return [f"{run.region}:{run.instance_id} (tags): {reason(failure)}"]
+    return []
+
+
+EVENT_SOURCE = "ami-factory"
+DETAIL_TYPES = {
+    "SUCCEEDED": "AMI Factory Image Ready",
+    "PARTIAL": "AMI Factory Image Partially Ready",
+    "FAILED": "AMI Factory Run Failed",
+}
+
+
+def announced(summary: Summary, region: str) -> Summary:
+    """Tell people (SNS) and automation (EventBridge, source ``ami-factory``) how the run ended, with
+    the summary. Best effort: the images and the clean-up stand even if telling about them fails."""
+    settings = load_settings()
+    detail = summary.model_dump_json(exclude={"notification_error"})
+    images = [f"arn:aws:ec2:{r.region}::image/{r.image_id}" for r in summary.regions if r.image_id]
+    try:
+        notifications = Notifications(region)
+        if settings.notification_topic_arn:
+            notifications.publish(settings.notification_topic_arn, _subject(summary), _message(summary))
+        notifications.put_event(settings.event_bus_name, EVENT_SOURCE, DETAIL_TYPES[summary.status], detail, images)
+    except ThrottledError:
+        raise  # the state machine retries the step with backoff
+    except (ClientError, AmiFactoryError, RuntimeError) as error:
+        logger.error("could not announce the run's end: %s", error)
+        summary.notification_error = str(error)[:500]
+    return summary
+
+
+def _subject(summary: Summary) -> str:
+    what = {"SUCCEEDED": "image ready", "PARTIAL": "image ready in some Regions", "FAILED": "run failed"}[
+        summary.status
+    ]
+    return f"AMI Factory: {summary.image_name or summary.instance_id} {what}"
+
+
+def _message(summary: Summary) -> str:
+    lines = [f"Run {summary.run_id} for instance {summary.instance_id}: {summary.status}."]
+    lines += [
+        f"  {r.region}: {r.image_id} ({r.parameter_name})"
+        if r.status == "AVAILABLE"
+        else f"  {r.region}: FAILED ({r.error.Error if r.error else ''})"
+        for r in summary.regions
+    ]
+    if summary.cost:
+        lines.append(
+            f"Keeping the images: ${summary.cost.monthly_standard:.2f}/month at most; copying them: ${summary.cost.copy_transfer_once:.2f} once."
+        )
+    if summary.error:
+        lines.append(f"Error: {summary.error}: {summary.cause or ''}")
+    if summary.left_over:
+        lines.append("Left over (the janitor tries again): " + "; ".join(summary.left_over))
+    lines.append("")
+    lines.append(summary.model_dump_json(indent=2, exclude={"notification_error"}))
+    return "\n".join(lines)
+
+
+# --- the janitor -----------------------------------------------------------------------------------
+
+ENDED_BADLY = {"FAILED": "ExecutionFailed", "TIMED_OUT": "ExecutionTimedOut", "ABORTED": "ExecutionAborted"}
+
+
+def clean_up_after(change: ExecutionStatusChange) -> Summary | None:
+    """The janitor, on a run's execution ending FAILED, TIMED_OUT or ABORTED: do what the run's own
+    ending did not (all of it when no Catch ran; what was left when one did). Idempotent."""
+    settings = load_settings()
+    if change.stateMachineArn != settings.state_machine_arn:
+        logger.warning("not this deployment's state machine: %s", change.stateMachineArn)
+        return None
+    return end_ended_run(change.name, change.error or ENDED_BADLY.get(change.status, "ExecutionFailed"), change.cause)
+
+
+def end_ended_run(run_id: str, error: str, cause: str | None) -> Summary | None:
+    """End a run whose execution is over, from its ledger: a run that never passed ResolveRequest has
+    no record and nothing to end; a running one is left alone (whatever the event claimed). Tags the
+    instance and tells people only when the run's own ending never ran."""
+    settings = load_settings()
+    ledger = Ledger()
+    run = ledger.run(run_id)
+    if run is None or run.clean:
+        return None
+    if StepFunctions(settings.region).is_running(execution_arn(settings.state_machine_arn, run_id)):
+        return None
+    # A Finalize that recorded what it delivered keeps it and says how it went; any other ending
+    # undoes the whole run.
+    delivered = dict(run.delivered) if run.finalizing else {}
+    status = cast("RunStatus", run.status) if run.finalizing and run.status else "FAILED"
+    ending = end_run(run, delivered)
+    summary = Summary(
+        status=status,
+        run_id=run_id,
+        instance_id=run.instance_id,
+        image_name=run.image_name,
+        instance_state=ending.instance_state,
+        regions=[
+            RegionResult(region=region, status="AVAILABLE", image_id=image) for region, image in delivered.items()
+        ],
+        cleaned_up=ending.removed,
+        left_over=ending.left,
+        error=None if status != "FAILED" else error,
+        cause=None
+        if status != "FAILED"
+        else cause or "the run's execution ended before it could clean up after itself",
+    )
+    if not run.ended:
+        summary.left_over += tag_result(run, status, delivered.get(run.region), summary.error)
+        metrics.add_metric(name="RunsEndedByJanitor", unit=MetricUnit.Count, value=1)
+        summary = announced(summary, run.region)
+    ledger.ended(run_id, clean=not summary.left_over)
+    logger.info("janitor", extra={"run": run_id, "removed": ending.removed, "left": summary.left_over})
+    return summary
+
+
+def sweep() -> list[Summary]:
+    """The daily sweep: every run whose ending left something (or never came) and whose execution is
+    over, ended again."""
+    swept = []
+    for run_id in Ledger().runs_not_clean():
+        try:
+            summary = end_ended_run(run_id, "ExecutionFailed", None)
+        except (ClientError, AmiFactoryError) as error:
+            logger.warning("the sweep could not end run %s: %s", run_id, reason(error))
+            continue
+        if summary is not None:
+            swept.append(summary)
+    return swept
+
+
+def end_runs(event: dict[str, Any]) -> EndedRuns:
+    """The janitor's entry point: ``{"sweep": true}`` from its daily schedule, else a status-change event."""
+    if event.get("sweep") is True:
+        return EndedRuns(ended=sweep())
+    summary = clean_up_after(ExecutionStatusChangeEvent.model_validate(event).detail)
+    return EndedRuns(ended=[summary] if summary else [])

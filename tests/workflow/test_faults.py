@@ -1,0 +1,334 @@
+"""The fault matrix: a new user's worst day, played through the real path. Every case ends with the
+instance as it was, nothing the run made left (or removed by the janitor), ``latest`` valid in every
+Region, and tags and a notification that say what happened."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from ami_factory_local import Emulator
+from tests.helpers import (
+    REGIONS,
+    create_keys,
+    encrypting_emulator,
+    instance,
+    instance_tags,
+    ledger_items,
+    run_images,
+    sample,
+)
+
+
+def execution_arn(emu: Emulator, name: str) -> str:
+    return f"{emu.state_machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
+
+
+def stop_when(emu: Emulator, operation: str, name: str) -> None:
+    """StopExecution of run ``name`` right after its first ``operation`` took effect: deterministic,
+    whatever the machine's speed."""
+    emu.world.after_call(
+        operation, lambda: emu.client("stepfunctions").stop_execution(executionArn=execution_arn(emu, name))
+    )
+
+
+def left_in_ledger(emu: Emulator, run: str) -> list[dict[str, str]]:
+    return [
+        item
+        for item in ledger_items(emu)
+        if item["pk"] == f"run#{run}" and item["sk"].startswith("made#") and item["removed"] != "true"
+    ]
+
+
+def assert_nothing_of_the_run_left(emu: Emulator, run: str) -> None:
+    assert left_in_ledger(emu, run) == []
+    recorded_snapshots = {
+        (item["region"], snapshot)
+        for item in ledger_items(emu)
+        if item["pk"] == f"run#{run}" and item["sk"].startswith("made#")
+        for snapshot in item.get("snapshots", "").split(",")
+        if snapshot
+    }
+    for region in REGIONS:
+        assert run_images(emu, region, run) == [], f"images of {run} left in {region}"
+        snapshots = {
+            s["SnapshotId"] for s in emu.client("ec2", region).describe_snapshots(OwnerIds=["self"])["Snapshots"]
+        }
+        assert not {snapshot for where, snapshot in recorded_snapshots if where == region} & snapshots, region
+        reservations = emu.client("ec2", region).describe_instances(
+            Filters=[{"Name": "tag:ami-factory:run", "Values": [run]}]
+        )["Reservations"]
+        alive = [i["InstanceId"] for r in reservations for i in r["Instances"] if i["State"]["Name"] != "terminated"]
+        assert alive == [], f"instances of {run} left in {region}"
+
+
+def latest(emu: Emulator, region: str, family: str = "web") -> str | None:
+    try:
+        parameter = emu.client("ssm", region).get_parameter(Name=f"/ami-factory/{family}/latest")
+        return str(parameter["Parameter"]["Value"])
+    except ClientError:
+        return None
+
+
+def assert_only_delivered_left(emu: Emulator, run: str, regions: list[str], family: str = "web") -> None:
+    """What the ledger still holds of the run is the images it delivered: latest in each of ``regions``."""
+    kept = {(item["region"], item["resource_id"], item["role"]) for item in left_in_ledger(emu, run)}
+    assert kept == {(region, latest(emu, region, family), "image") for region in regions}
+
+
+def assert_latest_valid_everywhere(emu: Emulator) -> None:
+    """Each Region's latest is absent, or names an image that is there and available."""
+    for region in REGIONS:
+        value = latest(emu, region)
+        if value is not None:
+            (image,) = emu.client("ec2", region).describe_images(ImageIds=[value])["Images"]
+            assert image["State"] == "available", (region, value)
+
+
+def told(emu: Emulator) -> dict[str, Any]:
+    """The last summary the run's end announced on EventBridge."""
+    entries = [entry for request in emu.world.sent("PutEvents") for entry in request.params["Entries"]]
+    detail: dict[str, Any] = json.loads(entries[-1]["Detail"])
+    return detail
+
+
+def janitor_summaries(emu: Emulator) -> list[dict[str, Any]]:
+    assert all("error" not in change for change in emu.status_changes), emu.status_changes
+    return [summary for change in emu.status_changes for result in change["results"] for summary in result["ended"]]
+
+
+# --- the instance is put back first --------------------------------------------------------------
+
+
+def test_a_lost_stop_answer_still_restores_the_instance(emu: Emulator) -> None:
+    """StopInstances takes effect, its answer is lost: the retried step sees `stopping`."""
+    emu.world.lose_responses("StopInstances", times=1)
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="lost-stop")
+    assert result.status == "SUCCEEDED", result.cause
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+    assert len(emu.world.sent("StartInstances")) == 1
+    assert result.output["instance_state"] == "running"
+
+
+def test_prepare_failing_after_the_stop_restores_the_instance(emu: Emulator) -> None:
+    """The stop went through, then the step fails for good: HandleFailure has no $.instance."""
+    emu.world.after_call("StopInstances", lambda: emu.world.refuse("DescribeInstances", times=1, region="us-east-1"))
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="half-prepared")
+    assert result.status == "FAILED" and result.error == "ClientError", result.cause
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+    assert instance_tags(emu, instance_id)["ami-factory:last-status"] == "FAILED"
+    assert_nothing_of_the_run_left(emu, "half-prepared")
+
+
+@pytest.mark.parametrize("code", ["UnauthorizedOperation", "RequestLimitExceeded"])
+def test_a_refused_clean_up_restores_first_keeps_the_error_and_the_janitor_finishes(emu: Emulator, code: str) -> None:
+    emu.world.images_take(120)
+    emu.world.images_fail("us-east-1")
+    emu.world.refuse("DeregisterImage", times=1, code=code)
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="refused")
+    assert result.status == "FAILED" and result.error == "ImageFailedError", "the run keeps its own error"
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+    operations = [r.operation for r in emu.world.requests]
+    assert operations.index("StartInstances") < operations.index("DeregisterImage"), "restore first"
+    summary = told(emu)
+    (left,) = summary["left_over"]
+    assert "(image)" in left and code in left
+    (janitor,) = janitor_summaries(emu)
+    assert janitor["left_over"] == [] and len(janitor["cleaned_up"]) == 1
+    assert_nothing_of_the_run_left(emu, "refused")
+    assert len(emu.world.sent("Publish")) == 1, "the run told once; the janitor only finished its clean-up"
+
+
+def test_a_snapshot_delete_throttled_once_is_deleted_by_its_recorded_id(emu: Emulator) -> None:
+    emu.world.images_take(120)
+    emu.world.images_fail("us-east-1")
+    emu.world.throttle("DeleteSnapshot", times=1)
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="snapshot")
+    assert result.status == "FAILED" and result.error == "ImageFailedError"
+    (item,) = [i for i in ledger_items(emu) if i["pk"] == "run#snapshot" and i["sk"].startswith("made#")]
+    assert item["snapshots"].startswith("snap-"), "recorded before the image was deregistered"
+    assert_nothing_of_the_run_left(emu, "snapshot")
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+
+
+# --- latest never dangles ------------------------------------------------------------------------
+
+
+def test_protection_failing_leaves_latest_where_it_was(emu: Emulator) -> None:
+    instance_id = emu.launch_instance(name="web")
+    first = emu.run(sample("request-basic.json", instance_id=instance_id), name="first")
+    assert first.output["status"] == "SUCCEEDED", first.cause
+    before = {region: latest(emu, region) for region in REGIONS}
+    emu.world.refuse("EnableImageDeregistrationProtection", times=10, region="eu-west-1")
+    request = sample("request-basic.json", instance_id=instance_id, protection={"deregistration_protection": True})
+    second = emu.run(request, name="second")
+    assert second.output["status"] == "PARTIAL" and second.output["failed_regions"] == ["eu-west-1"]
+    assert latest(emu, "eu-west-1") == before["eu-west-1"], "never moved to an incomplete image"
+    assert run_images(emu, "eu-west-1", "second") == []
+    assert latest(emu, "ap-southeast-2") == run_images(emu, "ap-southeast-2", "second")[0]["ImageId"]
+    assert_latest_valid_everywhere(emu)
+
+
+@pytest.mark.parametrize("cooldown", [False, True])
+def test_a_failed_regions_protected_image_is_removed_at_once_or_after_its_cooldown(
+    emu: Emulator, cooldown: bool
+) -> None:
+    emu.world.refuse("PutParameter", times=10, code="AccessDeniedException", region="eu-west-1")
+    instance_id = emu.launch_instance(name="web")
+    protection = {"deregistration_protection": True, "cooldown": cooldown}
+    result = emu.run(sample("request-basic.json", instance_id=instance_id, protection=protection), name="guarded")
+    assert result.output["status"] == "PARTIAL" and result.output["failed_regions"] == ["eu-west-1"]
+    assert latest(emu, "eu-west-1") is None
+    if not cooldown:
+        assert result.output["left_over"] == []
+        assert run_images(emu, "eu-west-1", "guarded") == []
+    else:
+        (left,) = result.output["left_over"]
+        assert left.startswith("eu-west-1:ami-") and "deregistration protection" in left
+        emu.world.calm()
+        emu.clock.advance(86400 + 60)
+        (sweep,) = emu.fire_scheduled_rules()
+        (ended,) = sweep["ended"]
+        assert ended["status"] == "PARTIAL" and len(ended["cleaned_up"]) == 1
+    assert_only_delivered_left(emu, "guarded", ["us-east-1", "ap-southeast-2"])
+    assert run_images(emu, "eu-west-1", "guarded") == []
+    for region in ("us-east-1", "ap-southeast-2"):
+        assert latest(emu, region) == run_images(emu, region, "guarded")[0]["ImageId"]
+    assert_latest_valid_everywhere(emu)
+
+
+# --- Finalize --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_a_finalize_that_never_ran_is_undone_by_the_janitor(make_emulator, encrypt: bool) -> None:
+    emu = encrypting_emulator(make_emulator) if encrypt else make_emulator()
+    if encrypt:
+        create_keys(emu, users=["arn:aws:iam::111122223333:root"])
+    emu.runtime.crash("FinalizeFunction", times=1)
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id, encrypt=encrypt), name="no-finalize")
+    assert result.status == "FAILED" and result.error == "Runtime.ExitError"
+    (janitor,) = janitor_summaries(emu)
+    assert janitor["status"] == "FAILED" and janitor["error"] == "Runtime.ExitError"
+    assert len(janitor["cleaned_up"]) == (4 if encrypt else 3), "every Region's image, and the encrypt capture"
+    assert_nothing_of_the_run_left(emu, "no-finalize")
+    assert [latest(emu, region) for region in REGIONS] == [None, None, None], "rolled back: there was none"
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+    tags = instance_tags(emu, instance_id)
+    assert tags["ami-factory:last-status"] == "FAILED" and tags["ami-factory:last-error"] == "Runtime.ExitError"
+    assert told(emu)["status"] == "FAILED"
+
+
+def test_a_finalize_that_fails_after_recording_its_result_is_completed_by_the_janitor(emu: Emulator) -> None:
+    """Finalize recorded what the run delivered, then could not go on (its instance check kept being
+    throttled): the janitor keeps the images and says the run succeeded."""
+    emu.world.after_call("UpdateItem", lambda: emu.world.throttle("DescribeInstances", times=7, region="us-east-1"))
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="late")
+    assert result.status == "FAILED" and result.error == "ThrottledError"
+    (janitor,) = janitor_summaries(emu)
+    assert janitor["status"] == "SUCCEEDED" and janitor["error"] is None
+    for region in REGIONS:
+        assert latest(emu, region) == run_images(emu, region, "late")[0]["ImageId"]
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+    assert instance_tags(emu, instance_id)["ami-factory:last-status"] == "SUCCEEDED"
+    assert_only_delivered_left(emu, "late", REGIONS)
+
+
+# --- runs stopped where no Catch runs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "operation, request_name",
+    [
+        ("CreateImage", "request-basic.json"),
+        ("CopyImage", "request-basic.json"),
+        ("SendCommand", "request-generalize.json"),
+    ],
+    ids=["during the image wait", "during copies", "during sysprep"],
+)
+def test_a_stopped_execution_is_ended_by_the_janitor(emu: Emulator, operation: str, request_name: str) -> None:
+    emu.world.images_take(1200)
+    emu.world.generalize_takes(600)
+    instance_id = emu.launch_instance(name="web")
+    emu.world.ssm_manage(instance_id, "Linux")
+    stop_when(emu, operation, "stopped")
+    result = emu.run(sample(request_name, instance_id=instance_id), name="stopped")
+    assert result.status in ("ABORTED", "FAILED")
+    (janitor,) = janitor_summaries(emu)
+    assert janitor["status"] == "FAILED" and janitor["left_over"] == []
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+    assert_nothing_of_the_run_left(emu, "stopped")
+    assert_latest_valid_everywhere(emu)
+    assert instance_tags(emu, instance_id)["ami-factory:last-status"] == "FAILED"
+    assert told(emu)["run_id"] == "stopped"
+    assert not [item for item in ledger_items(emu) if item["sk"] == "lock"], "the lock is released"
+
+
+# --- scaffolding that will not go away ----------------------------------------------------------------
+
+
+def test_a_clone_whose_termination_keeps_being_throttled_never_costs_the_image(emu: Emulator) -> None:
+    instance_id = emu.launch_instance(name="web")
+    emu.world.ssm_manage(instance_id, "Linux")
+    emu.world.throttle("TerminateInstances", times=1000)
+    result = emu.run(sample("request-generalize.json", instance_id=instance_id), name="sticky")
+    assert result.status == "SUCCEEDED" and result.output["status"] == "SUCCEEDED", result.cause
+    (left,) = result.output["left_over"]
+    assert "(clone)" in left and "ThrottledError" in left
+    emu.world.calm()
+    (sweep,) = emu.fire_scheduled_rules()
+    assert [len(ended["cleaned_up"]) for ended in sweep["ended"]] == [1]
+    delivered = [region["region"] for region in result.output["regions"]]
+    assert_only_delivered_left(emu, "sticky", delivered, family="win2022-base")
+    for region in result.output["regions"]:
+        assert run_images(emu, region["region"], "sticky")[0]["State"] == "available"
+
+
+def test_a_launch_check_whose_termination_keeps_being_throttled_never_fails_the_region(emu: Emulator) -> None:
+    emu.world.throttle("TerminateInstances", times=1000, region="ap-southeast-2")
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id, launch_check=True), name="checked")
+    assert result.output["status"] == "SUCCEEDED", result.output
+    (left,) = result.output["left_over"]
+    assert left.startswith("ap-southeast-2:i-") and "(launch-check)" in left
+    emu.world.calm()
+    emu.fire_scheduled_rules()
+    checks = emu.client("ec2", "ap-southeast-2").describe_instances(
+        Filters=[{"Name": "tag:ami-factory:role", "Values": ["launch-check"]}]
+    )["Reservations"]
+    assert [i["State"]["Name"] for r in checks for i in r["Instances"]] == ["terminated"]
+
+
+def test_an_unexpected_crash_in_a_check_fails_the_run_cleanly(emu: Emulator) -> None:
+    emu.runtime.crash("CheckImageFunction", times=1)
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="crash")
+    assert result.status == "FAILED" and result.error == "Runtime.ExitError"
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+    assert_nothing_of_the_run_left(emu, "crash")
+    assert told(emu)["status"] == "FAILED"
+
+
+# --- the emulator starts executions as Step Functions does ---------------------------------------------
+
+
+def test_an_execution_without_a_name_gets_one_and_input_that_is_not_json_is_refused(emu: Emulator) -> None:
+    sfn = emu.client("stepfunctions")
+    instance_id = emu.launch_instance(name="web")
+    started = sfn.start_execution(
+        stateMachineArn=emu.state_machine_arn, input=json.dumps({"instance_id": instance_id, "regions": []})
+    )
+    assert len(started["executionArn"].rsplit(":", 1)[1]) >= 32
+    assert emu.wait(started["executionArn"]).status == "SUCCEEDED"
+    with pytest.raises(ClientError) as refused:
+        sfn.start_execution(stateMachineArn=emu.state_machine_arn, name="not-json", input="{instance_id: i-1}")
+    assert refused.value.response["Error"]["Code"] == "InvalidExecutionInput"
