@@ -85,8 +85,42 @@ def selector(model: type[BaseModel]) -> dict[str, str]:
     return paths({name: f"$.Payload.{name}" for name in model.model_fields})
 
 
-def catch(next_state: str, result_path: str = "$.error") -> list[State]:
+# Errors whose Cause is plain text (Lambda's service errors, Step Functions' own); any other error a
+# function raises carries its JSON error body (type, message, stack trace) as the Cause.
+PLAIN_CAUSE_ERRORS = [
+    *LAMBDA_SERVICE_ERRORS,
+    "States.Timeout",
+    "States.Permissions",
+]  # not States.TaskFailed: it matches all
+
+
+def catch(next_state: str, result_path: str = "$.error", explained: bool = False) -> list[State]:
+    """Where any failure goes. ``explained``: through the Pass states ``fail_explained`` writes, so the
+    execution's cause is the one-line message, not a stack trace."""
+    if explained:
+        return [
+            {"ErrorEquals": PLAIN_CAUSE_ERRORS, "ResultPath": result_path, "Next": f"Quote{next_state}"},
+            {"ErrorEquals": ["States.ALL"], "ResultPath": result_path, "Next": f"Explain{next_state}"},
+        ]
     return [{"ErrorEquals": ["States.ALL"], "ResultPath": result_path, "Next": next_state}]
+
+
+def fail_explained(name: str, error_path: str, cause_path: str, comment: str) -> States:
+    """A Fail state whose cause is the error's one-line message (a function's ``errorMessage``; a plain
+    cause as it is): describe-execution tells people what to fix, the logs keep the details."""
+    return {
+        f"Explain{name}": {
+            "Type": "Pass",
+            "Parameters": {"Error.$": error_path, "Cause.$": f"States.StringToJson({cause_path})"},
+            "Next": name,
+        },
+        f"Quote{name}": {
+            "Type": "Pass",
+            "Parameters": {"Error.$": error_path, "Cause": {"errorMessage.$": cause_path}},
+            "Next": name,
+        },
+        name: fail("$.Error", "$.Cause.errorMessage", comment=comment),
+    }
 
 
 def task(
@@ -99,6 +133,7 @@ def task(
     output_path: str | None = None,
     on_error: str,
     error_path: str = "$.error",
+    explained: bool = False,
     patient: bool = False,
     next_state: str,
 ) -> State:
@@ -121,7 +156,7 @@ def task(
     if output_path is not None:
         state["OutputPath"] = output_path
     state["Retry"] = [PATIENT_RETRY, TRANSIENT_RETRY, LAMBDA_RETRY] if patient else [TRANSIENT_RETRY, LAMBDA_RETRY]
-    state["Catch"] = catch(on_error, error_path)
+    state["Catch"] = catch(on_error, error_path, explained)
     state["Next"] = next_state
     return state
 
@@ -404,9 +439,12 @@ def definition() -> State:
             payload={"request": "$", "run_id": "$$.Execution.Name", "state_machine_arn": "$$.StateMachine.Id"},
             output_path="$.Payload",
             on_error="RequestRejected",
+            # The whole state: an input that is not an object has no field to put the error in.
+            error_path="$",
+            explained=True,
             next_state="ShouldCleanUp",
         ),
-        "RequestRejected": fail("$.error.Error", "$.error.Cause", comment="A bad request: nothing was changed."),
+        **fail_explained("RequestRejected", "$.Error", "$.Cause", "A bad request: nothing was changed."),
         "ShouldCleanUp": choice(
             [when("$.cleanup", "BooleanEquals", True, "RunCleanup")],
             default="PrepareInstance",
@@ -567,14 +605,20 @@ def definition() -> State:
         "Distribute": distribute(),
         "Finalize": task(
             "Finalize",
-            comment="Clean up failed Regions, tag the instance with the result, return the summary.",
+            comment="Keep what the run delivered, remove the rest, restore and tag the instance, tell; return the "
+            "summary.",
             output_path="$.Payload",
             on_error="FinalizeFailed",
+            explained=True,
             patient=True,
             next_state="IsDistributed",
         ),
-        "FinalizeFailed": fail(
-            "$.error.Error", "$.error.Cause", comment="The images are good; only the bookkeeping failed."
+        **fail_explained(
+            "FinalizeFailed",
+            "$.error.Error",
+            "$.error.Cause",
+            "Finalize could not run: the janitor, on this execution's status change, completes it from the run's "
+            "ledger.",
         ),
         "IsDistributed": choice([when("$.status", "StringEquals", "FAILED", "AllRegionsFailed")], default="Done"),
         "AllRegionsFailed": fail("$.error", "$.cause"),
@@ -586,15 +630,17 @@ def definition() -> State:
             output_path="$.Payload",
             on_error="CleanupFailed",
             error_path="$.cleanup_error",
+            explained=True,
             patient=True,
             next_state="RunFailed",
         ),
         "RunFailed": fail("$.error", "$.cause"),
-        "CleanupFailed": fail(
+        **fail_explained(
+            "CleanupFailed",
             "$.error.Error",
             "$.cleanup_error.Cause",
-            comment="The clean-up could not even start the instance: the janitor, on this execution's status "
-            "change, ends the run from its ledger.",
+            "The clean-up could not even start the instance: the janitor, on this execution's status change, ends "
+            "the run from its ledger.",
         ),
     }
     return {

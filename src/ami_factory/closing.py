@@ -18,13 +18,11 @@ from .contracts import EndedRuns, ExecutionStatusChange, ExecutionStatusChangeEv
 from .errors import RETRYABLE_ERRORS, AmiFactoryError, InstanceStateConflictError, ThrottledError
 from .ledger import Ledger, RunRecord
 from .observability import MetricUnit, logger, metrics
-from .rules import TAG_PREFIX, execution_arn
+from .rules import TAG_PREFIX, execution_arn, tag_value_keeping_advice
 from .settings import load_settings
 from .steps import remove_made
 
 RUNNING_STATES = ("running", "pending")
-# The advice an error tag keeps: the tag holds 256 characters, the echoed value is what gets cut.
-TAG_VALUE_LIMIT = 256
 
 
 @dataclass
@@ -123,7 +121,7 @@ def tag_result(run: RunRecord, status: str, image_id: str | None, error: str | N
     if image_id:
         tags[f"{TAG_PREFIX}last-image-id"] = image_id
     # Always written, so a success clears the error a previous run left behind.
-    tags[f"{TAG_PREFIX}last-error"] = (error or "")[:TAG_VALUE_LIMIT]
+    tags[f"{TAG_PREFIX}last-error"] = tag_value_keeping_advice(error or "")
     ec2 = Ec2(run.region)
     try:
         ec2.tag_resource(run.instance_id, tags)

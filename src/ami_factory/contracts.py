@@ -39,7 +39,7 @@ class RetentionReport(BaseModel):
 
 
 class ResolveRequestInput(Contract):
-    request: dict[str, Any]
+    request: Any  # the execution input as sent: whatever it is, ResolveRequest says what is wrong with it
     run_id: str
     state_machine_arn: str
 

@@ -5,9 +5,19 @@ field here is a promise to users, so it is validated strictly (unknown fields ar
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 INSTANCE_ID = r"^i-[0-9a-f]{8}([0-9a-f]{9})?$"
 ACCOUNT_ID = r"^[0-9]{12}$"
@@ -19,6 +29,23 @@ INSTANCE_TYPE = r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$"
 INSTANCE_PROFILE = r"^(arn:aws[a-z-]*:iam::[0-9]{12}:instance-profile/)?[A-Za-z0-9+=,.@_/-]+$"
 SSM_PARAMETER_NAME = r"^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
 RESERVED_TAG_PREFIXES = ("aws:", "ami-factory:")
+# EC2: 50 tags per resource, keys up to 128 characters, values up to 256. AMI Factory puts up to 10
+# of its own on an image (Name, managed, run, family, source-instance, source-region, source-image,
+# role, keep-newest, max-age-days), so a request may add 40.
+MAX_REQUEST_TAGS = 40
+MAX_TAG_KEY = 128
+MAX_TAG_VALUE = 256
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def no_control_characters(text: str) -> str:
+    """Refused before anything moves: EC2 and the XML it speaks would refuse it after the stop."""
+    if found := CONTROL_CHARACTERS.search(text):
+        raise ValueError(f"contains the control character {found.group()!r}: remove it (tabs and newlines included)")
+    return text
+
+
+FreeText = Annotated[str, AfterValidator(no_control_characters)]
 
 Mode = Literal["no-reboot", "stop", "generalize", "generalize-in-place"]
 GENERALIZING_MODES = ("generalize", "generalize-in-place")
@@ -157,10 +184,12 @@ class ImagingRequest(BaseModel):
     instance_id: Annotated[str, StringConstraints(pattern=INSTANCE_ID)] = Field(
         description="the EC2 instance to image, in the stack's Region (i-0123456789abcdef0)"
     )
-    image_name: Annotated[str, StringConstraints(min_length=1, max_length=80)] | None = Field(
+    image_name: Annotated[FreeText, StringConstraints(min_length=1, max_length=80)] | None = Field(
         None, description="image family name; default: the instance's Name tag, else its id"
     )
-    description: Annotated[str, StringConstraints(max_length=255)] | None = Field(None, description="image description")
+    description: Annotated[FreeText, StringConstraints(max_length=255)] | None = Field(
+        None, description="image description"
+    )
     regions: list[RegionName] | None = Field(
         None,
         description="Regions to copy to (the source Region is always included); default: the deploy-time DefaultRegions",
@@ -174,6 +203,7 @@ class ImagingRequest(BaseModel):
     )
     confirm_generalize_in_place: bool = Field(
         False,
+        validate_default=True,
         description="mode generalize-in-place only: I accept that the instance loses its identity (computer name, "
         "SID, host keys, machine-id) and boots as a new machine afterwards",
     )
@@ -181,7 +211,11 @@ class ImagingRequest(BaseModel):
     clone: CloneOptions = Field(
         default_factory=CloneOptions, description="mode generalize only: overrides for the clone"
     )
-    tags: dict[str, str] = Field(default_factory=dict, description="extra tags for the images and snapshots")
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"extra tags for the images and snapshots: at most {MAX_REQUEST_TAGS}, keys up to {MAX_TAG_KEY} "
+        f"characters, values up to {MAX_TAG_VALUE}, no control characters",
+    )
     protection: ProtectionOptions = Field(
         default_factory=ProtectionOptions, description="deprecation and deregistration protection"
     )
@@ -214,32 +248,71 @@ class ImagingRequest(BaseModel):
         "temp files and package caches on Linux (the instance must be running and managed by SSM)",
     )
 
-    @field_validator("tags")
-    @classmethod
-    def _tags_not_reserved(cls, tags: dict[str, str]) -> dict[str, str]:
-        reserved = sorted(key for key in tags if key.lower().startswith(RESERVED_TAG_PREFIXES))
-        if reserved:
-            raise ValueError(f"tag keys {reserved} are reserved; drop the 'aws:' / 'ami-factory:' prefix")
-        return tags
+    # Rules across fields are checked on the later field, so an error names a field (and, for a
+    # tag-triggered run, the tag) to fix rather than the whole request.
 
-    @model_validator(mode="after")
-    def _generalize_options_fit_the_mode(self) -> ImagingRequest:
-        if self.mode == "generalize-in-place" and not self.confirm_generalize_in_place:
+    @field_validator("confirm_generalize_in_place")
+    @classmethod
+    def _confirmation_fits_the_mode(cls, confirmed: bool, info: ValidationInfo) -> bool:
+        mode = info.data.get("mode")
+        if mode == "generalize-in-place" and not confirmed:
             raise ValueError(
                 "mode generalize-in-place runs sysprep/sanitize on the instance itself, which loses its computer name, "
                 "SID, host keys and machine-id. Set confirm_generalize_in_place to true to accept that, or use mode "
                 "generalize, which works on a temporary clone and leaves the instance as it is"
             )
-        if self.confirm_generalize_in_place and self.mode != "generalize-in-place":
+        if confirmed and mode is not None and mode != "generalize-in-place":
             raise ValueError("confirm_generalize_in_place only applies to mode generalize-in-place")
-        if self.clone != CloneOptions() and self.mode != "generalize":
-            raise ValueError("clone options only apply to mode generalize")
-        if self.windows != WindowsOptions() and self.mode not in GENERALIZING_MODES:
+        return confirmed
+
+    @field_validator("windows")
+    @classmethod
+    def _windows_options_fit_the_mode(cls, windows: WindowsOptions, info: ValidationInfo) -> WindowsOptions:
+        mode = info.data.get("mode")
+        if windows != WindowsOptions() and mode is not None and mode not in GENERALIZING_MODES:
             raise ValueError("windows options only apply to the generalize modes")
-        days = self.protection.deprecate_after_days
-        if self.share.public and days is not None and days > MAX_PUBLIC_DEPRECATION_DAYS:
+        return windows
+
+    @field_validator("clone")
+    @classmethod
+    def _clone_options_fit_the_mode(cls, clone: CloneOptions, info: ValidationInfo) -> CloneOptions:
+        mode = info.data.get("mode")
+        if clone != CloneOptions() and mode is not None and mode != "generalize":
+            raise ValueError("clone options only apply to mode generalize")
+        return clone
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_fit_ec2(cls, tags: dict[str, str]) -> dict[str, str]:
+        if len(tags) > MAX_REQUEST_TAGS:
+            raise ValueError(
+                f"{len(tags)} tags: at most {MAX_REQUEST_TAGS} (EC2 allows 50 per image, and AMI Factory adds up to 10 "
+                f"of its own); drop {len(tags) - MAX_REQUEST_TAGS}"
+            )
+        # EC2 compares keys as given, but a reserved prefix behind a space or in capitals still reads as one.
+        reserved = sorted(key for key in tags if key.strip().casefold().startswith(RESERVED_TAG_PREFIXES))
+        if reserved:
+            raise ValueError(f"tag keys {reserved} are reserved; drop the 'aws:' / 'ami-factory:' prefix")
+        for key, value in tags.items():
+            if not key.strip() or len(key) > MAX_TAG_KEY:
+                raise ValueError(f"tag key {key[:40]!r}... must be 1 to {MAX_TAG_KEY} characters: shorten it")
+            if len(value) > MAX_TAG_VALUE:
+                raise ValueError(f"the value of tag {key!r} is {len(value)} characters: at most {MAX_TAG_VALUE}")
+            for text in (key, value):
+                try:
+                    no_control_characters(text)
+                except ValueError as error:
+                    raise ValueError(f"tag {key!r} {error}") from None
+        return tags
+
+    @field_validator("protection")
+    @classmethod
+    def _deprecation_fits_public_sharing(cls, protection: ProtectionOptions, info: ValidationInfo) -> ProtectionOptions:
+        share: Any = info.data.get("share")
+        days = protection.deprecate_after_days
+        if share is not None and share.public and days is not None and days > MAX_PUBLIC_DEPRECATION_DAYS:
             raise ValueError(
                 f"public images can be deprecated at most {MAX_PUBLIC_DEPRECATION_DAYS} days ahead: lower "
                 f"protection.deprecate_after_days"
             )
-        return self
+        return protection

@@ -57,6 +57,22 @@ def request_field(location: tuple[object, ...]) -> str:
     return ".".join(str(part) for part in location) or "request"
 
 
+TAG_VALUE_LIMIT = 256  # EC2's
+ECHOED_VALUE = re.compile(r"'[^']{41,}'|\[[^\]]{41,}\]")
+
+
+def tag_value_keeping_advice(message: str, limit: int = TAG_VALUE_LIMIT) -> str:
+    """``message`` fitted into a tag value. What gets shorter is what it echoes (a long quoted value or
+    list), then its middle; never its end, where a message says what to do."""
+    if len(message) <= limit:
+        return message
+    shortened = ECHOED_VALUE.sub(lambda echoed: f"{echoed.group()[:20]}...{echoed.group()[-1]}", message)
+    if len(shortened) <= limit:
+        return shortened
+    head = limit // 3
+    return f"{shortened[:head]} ... {shortened[-(limit - head - 5) :]}"
+
+
 def describe_validation(error: ValidationError, name_field: Callable[[tuple[object, ...]], str] = request_field) -> str:
     """Every problem pydantic found, one ``field: what is wrong`` each."""
     return "; ".join(
@@ -65,11 +81,18 @@ def describe_validation(error: ValidationError, name_field: Callable[[tuple[obje
 
 
 def parse_request(
-    raw: Mapping[str, object],
+    raw: object,
     name_field: Callable[[tuple[object, ...]], str] = request_field,
     fix: str = "See events/imaging-request.schema.json for the fields",
 ) -> ImagingRequest:
     """The request, or an InvalidRequestError naming each field (as the user wrote it) and what is wrong."""
+    if not isinstance(raw, Mapping):
+        kinds = {"list": "an array", "int": "a number", "float": "a number", "bool": "a boolean", "str": "a string"}
+        kind = "null" if raw is None else kinds.get(type(raw).__name__, type(raw).__name__)
+        raise InvalidRequestError(
+            f"the execution input must be a JSON object (an ImagingRequest), not {kind}: "
+            f'{{"instance_id": "i-0123456789abcdef0"}} at least. {fix}'
+        )
     try:
         return ImagingRequest.model_validate(raw)
     except ValidationError as error:

@@ -38,6 +38,7 @@ from .rules import (
     family_asked_as,
     family_name,
     parse_request,
+    tag_value_keeping_advice,
     target_regions,
 )
 from .settings import Settings, load_settings
@@ -182,14 +183,33 @@ class _Candidate(BaseModel):
     execution_name: str
 
 
-def _tag_field(location: tuple[object, ...]) -> str:
-    """Name the tag a user must fix, not the request field it became."""
-    path = tuple(str(part) for part in location if not isinstance(part, int))
-    for suffix, field in SETTING_TAGS.items():
-        if path[: len(field)] == field:
-            return f"tag {TAG_PREFIX}{suffix}"
-    # A rule across fields: of one group of tags (windows, clone, ...), or of the whole request.
-    return f"the {path[0]} tags" if path else "the tags"
+def _tag_namer(tags: Mapping[str, str]) -> Callable[[tuple[object, ...]], str]:
+    """Name the tag a user must fix, not the request field it became. A rule across the fields of one
+    group (windows, clone, protection, share) names the group's tags the instance carries."""
+
+    def name(location: tuple[object, ...]) -> str:
+        path = tuple(str(part) for part in location if not isinstance(part, int))
+        group = [
+            f"{TAG_PREFIX}{suffix}"
+            for suffix, field in SETTING_TAGS.items()
+            if path and (field[: len(path)] == path or path[: len(field)] == field)
+        ]
+        present = [key for key in group if key in tags] or group
+        if not present:
+            return "the tags"
+        return f"tag {present[0]}" if len(present) == 1 else "tags " + " and ".join(present)
+
+    return name
+
+
+def _tag_bool(key: str, value: str) -> bool:
+    """``true`` or ``false`` in any case; anything else is refused by name (``yes`` silently meant false)."""
+    word = value.strip().lower()
+    if word not in ("true", "false"):
+        raise InvalidRequestError(
+            f"tag {key} is {value[:40]!r}: use true or false. Fix the tag on the instance and set the trigger tag again"
+        )
+    return word == "true"
 
 
 def request_from_tags(instance_id: str, tags: Mapping[str, str], settings: Settings) -> ImagingRequest:
@@ -209,12 +229,14 @@ def request_from_tags(instance_id: str, tags: Mapping[str, str], settings: Setti
             continue
         parsed: Any = [item for item in re.split(r"[\s,]+", value) if item] if field[-1] in LIST_FIELDS else value
         if field[-1] in BOOL_FIELDS:
-            parsed = value.strip().lower() == "true"
+            parsed = _tag_bool(f"{TAG_PREFIX}{suffix}", value)
         target = raw
         for part in field[:-1]:
             target = target.setdefault(part, {})
         target[field[-1]] = parsed
-    request = parse_request(raw, name_field=_tag_field, fix="Fix the tag on the instance and set the trigger tag again")
+    request = parse_request(
+        raw, name_field=_tag_namer(tags), fix="Fix the tag on the instance and set the trigger tag again"
+    )
     _refuse_privileged(request, tags, settings)
     check_share_targets(request.share, settings)
     check_clone_profile(request.clone, settings)
@@ -359,7 +381,7 @@ def _start(candidates: list[_Candidate], settings: Settings) -> StartOutcome:
             check_family(family_name(request, candidate.tags), asking, adopt=False)
         except AmiFactoryError as error:
             logger.warning("not starting a run for %s: %s", candidate.instance_id, error)
-            ec2.tag_resource(candidate.instance_id, {ERROR_TAG: str(error)[:256]})
+            ec2.tag_resource(candidate.instance_id, {ERROR_TAG: tag_value_keeping_advice(str(error))})
             outcome.rejected.append(
                 Rejected(instance_id=candidate.instance_id, error=type(error).__name__, message=str(error))
             )

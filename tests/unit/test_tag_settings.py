@@ -108,9 +108,17 @@ def test_no_setting_tags_mean_the_defaults() -> None:
         ({"ami-factory:share-accounts": "444455556666"}, ShareTargetNotAllowedError, "AllowedShareAccounts"),
         ({"ami-factory:share-public": "TRUE"}, PrivilegedSettingError, "TagPrivilegedSettings"),
         ({"ami-factory:region": "eu-west-1"}, InvalidRequestError, "unknown tag(s) ['ami-factory:region']"),
-        # Rules across tags name the group, or the tags as a whole, never an empty field.
-        ({"ami-factory:admin-password": "specify"}, InvalidRequestError, "the windows tags: admin_password specify"),
-        ({"ami-factory:mode": "generalize-in-place"}, InvalidRequestError, "the tags: mode generalize-in-place"),
+        # Rules across tags name the tags of the group the instance carries, never an empty field.
+        (
+            {"ami-factory:admin-password": "specify"},
+            InvalidRequestError,
+            "tag ami-factory:admin-password: admin_password specify",
+        ),
+        (
+            {"ami-factory:mode": "generalize-in-place"},
+            InvalidRequestError,
+            "tag ami-factory:confirm-generalize-in-place: mode generalize-in-place",
+        ),
     ],
 )
 def test_bad_tags_name_what_to_fix(tags: dict[str, str], error: type[Exception], mentions: str) -> None:

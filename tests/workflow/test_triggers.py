@@ -268,7 +268,10 @@ def test_a_firing_goes_on_past_a_rejected_or_already_started_instance_and_report
     (rejected,) = outcome["rejected"]
     assert rejected["instance_id"] == bad and rejected["error"] == "UnknownRegionError"
     assert rejected["message"].startswith("unknown Region(s) ['m0', 'm1', 'm10'") and len(rejected["message"]) > 256
-    assert instance_tags(emu, bad)["ami-factory:error"] == rejected["message"][:256], "as much as a tag holds"
+    error_tag = instance_tags(emu, bad)["ami-factory:error"]
+    assert len(error_tag) <= 256 and error_tag.startswith("unknown Region(s) ['m0'")
+    advice = rejected["message"].rsplit("]: ", 1)[1]
+    assert error_tag.endswith(f"]: {advice}"), "the echoed list is shortened, never the advice"
     (skipped,) = outcome["skipped"]
     assert (
         skipped["instance_id"] == started_before and skipped["held_by"] == f"{started_before}-schedule-20261129T030000Z"
@@ -300,3 +303,39 @@ def test_an_event_from_another_source_starts_nothing_and_names_it(emu: Emulator)
     }
     errored, outcome = emu.runtime.invoke("ami-factory-local-StartRunFunction", not_create_tags)
     assert not errored and "eventName" in outcome["rejected"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    "tags, named",
+    [
+        ({"ami-factory:encrypt": "yes"}, "tag ami-factory:encrypt is 'yes': use true or false"),
+        ({"ami-factory:launch-check": "1"}, "tag ami-factory:launch-check is '1': use true or false"),
+        ({"ami-factory:protection-cooldown": "true"}, "tag ami-factory:protection-cooldown: cooldown only applies"),
+        ({"ami-factory:admin-password": "do-nothing"}, "tag ami-factory:admin-password: windows options only apply"),
+        (
+            {"ami-factory:confirm-generalize-in-place": "TRUE"},
+            "tag ami-factory:confirm-generalize-in-place: confirm_generalize_in_place only applies",
+        ),
+        ({"ami-factory:description": "line\nbreak"}, "tag ami-factory:description: contains the control character"),
+    ],
+    ids=[
+        "yes is not a boolean",
+        "1 is not a boolean",
+        "cooldown alone",
+        "windows tag in stop mode",
+        "snapshots alone",
+        "control character",
+    ],
+)
+def test_every_tag_error_names_its_tag(emu: Emulator, tags: dict[str, str], named: str) -> None:
+    instance_id = launch_tagged(emu, **tags)
+    (outcome,) = emu.deliver_event(tag_event(emu, instance_id))
+    assert outcome["rejected"][0]["error"] == "InvalidRequestError"
+    assert named in instance_tags(emu, instance_id)["ami-factory:error"]
+    assert executions(emu) == []
+
+
+def test_tag_booleans_take_true_and_false_in_any_case(emu: Emulator) -> None:
+    instance_id = launch_tagged(emu, **{"ami-factory:launch-check": " FALSE ", "ami-factory:encrypt": "False"})
+    (outcome,) = emu.deliver_event(tag_event(emu, instance_id))
+    assert outcome["started"] and outcome["rejected"] == [], outcome

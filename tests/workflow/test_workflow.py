@@ -234,6 +234,13 @@ BAD_REQUESTS = [
     ("public not allowed", {"share": {"public": True}}, "PublicSharingBlockedError", "AllowPublicSharing"),
     ("unknown region", {"regions": ["eu-west-9"]}, "UnknownRegionError", "eu-west-9"),
     ("unknown field", {"regoins": ["eu-west-1"]}, "InvalidRequestError", "regoins"),
+    ("control character", {"description": "a\u0010b"}, "InvalidRequestError", "description: contains the control"),
+    ("control character in a tag", {"tags": {"team": "a\u0007"}}, "InvalidRequestError", "tag 'team' contains"),
+    ("45 tags", {"tags": {f"k{n}": "v" for n in range(45)}}, "InvalidRequestError", "45 tags: at most 40"),
+    ("long tag key", {"tags": {"k" * 129: "v"}}, "InvalidRequestError", "must be 1 to 128 characters"),
+    ("long tag value", {"tags": {"k": "v" * 257}}, "InvalidRequestError", "is 257 characters: at most 256"),
+    ("reserved prefix behind a space", {"tags": {" aws:x": "v"}}, "InvalidRequestError", "are reserved"),
+    ("reserved prefix in capitals", {"tags": {"AMI-Factory:x": "v"}}, "InvalidRequestError", "are reserved"),
 ]
 
 
@@ -255,6 +262,16 @@ def test_bad_requests_fail_fast_and_touch_nothing(
     assert mutating == set(), f"a bad request must change nothing, sent {mutating}"
     entered = [e["stateEnteredEventDetails"]["name"] for e in result.history if e["type"] == "TaskStateEntered"]
     assert entered == ["ResolveRequest"]
+    assert result.cause == result.cause_message and "stackTrace" not in result.cause, "the one-line message"
+
+
+@pytest.mark.parametrize("payload", [[], 42, None, "text", [{"instance_id": "i-0123456789abcdef0"}]])
+def test_input_that_is_not_an_object_is_an_invalid_request(emu: Emulator, payload: object) -> None:
+    sfn = emu.client("stepfunctions")
+    arn = sfn.start_execution(stateMachineArn=emu.state_machine_arn, name="not-an-object", input=json.dumps(payload))
+    result = emu.wait(arn["executionArn"])
+    assert (result.status, result.error) == ("FAILED", "InvalidRequestError"), result.cause
+    assert result.cause.startswith("the execution input must be a JSON object (an ImagingRequest), not ")
 
 
 def test_instance_store_root_is_refused(emu: Emulator) -> None:
