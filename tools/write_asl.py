@@ -205,23 +205,28 @@ def poll(
     enter_at_choice: bool = False,
 ) -> States:
     """A bounded wait: Wait -> check (raises WaitTimeoutError after max_polls) -> Choice (``done``
-    holds the rule and where it leads; anything else waits again). The loop is entered at the Wait,
-    or at the Choice when what it waits for may already be true; its states are listed from there."""
+    holds the rule and where it leads; anything else waits again). The first Wait is the deployment's
+    poll interval; the one the loop comes back to waits as long as the check said (``wait_seconds``:
+    the interval backs off over long waits, see ``ami_factory.polling``). The loop is entered at the
+    Wait, or at the Choice when what it waits for may already be true; its states are listed from there."""
+    # A loop entered at its Choice has no first wait: its one Wait reads the ref's wait_seconds.
+    again = wait_state if enter_at_choice else f"{wait_state}Again"
     loop = {
         wait_state: wait(check_state),
         check_state: task(
             function,
             comment=comment,
-            payload=payload,
+            payload={**payload, "poll_seconds": "$.poll_seconds"},
             result=result,
             result_path=result_path,
             on_error=on_error,
             next_state=choice_state,
         ),
-        choice_state: choice([done], default=wait_state),
+        choice_state: choice([done], default=again),
+        again: {"Type": "Wait", "SecondsPath": f"{result_path}.wait_seconds", "Next": check_state},
     }
     if enter_at_choice:
-        return {choice_state: loop[choice_state], wait_state: loop[wait_state], check_state: loop[check_state]}
+        return {choice_state: loop[choice_state], again: loop[again], check_state: loop[check_state]}
     return loop
 
 

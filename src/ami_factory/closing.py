@@ -38,10 +38,11 @@ def reason(error: Exception) -> str:
     return error_text(error) if isinstance(error, ClientError) else f"{type(error).__name__}: {error}"
 
 
-def put_back(run_id: str) -> None:
-    """Start every instance the run recorded stopping (it was running) that is stopped now. Transient
-    refusals (still stopping, throttled) are raised: the state machine retries the step patiently,
-    and nothing else has happened yet."""
+def put_back(run_id: str) -> dict[str, str]:
+    """Start every instance the run recorded stopping (it was running) that is stopped now; returns
+    the state each is in after. Transient refusals (still stopping, throttled) are raised: the state
+    machine retries the step patiently, and nothing else has happened yet."""
+    states = {}
     for stop in Ledger().stops(run_id):
         if stop.original_state not in RUNNING_STATES:
             continue
@@ -53,6 +54,14 @@ def put_back(run_id: str) -> None:
             )
         if state == "stopped":
             ec2.start_instance(stop.instance_id)
+            state = ec2.instance_state(stop.instance_id)
+        states[stop.instance_id] = state
+    return states
+
+
+def state_of(region: str, instance_id: str, known: dict[str, str]) -> str:
+    """The instance's state: as putting it back left it, or as EC2 says."""
+    return known.get(instance_id) or Ec2(region).instance_state(instance_id)
 
 
 def roll_back_parameters(run_id: str, delivered_regions: set[str]) -> list[str]:
@@ -85,8 +94,9 @@ def end_run(run: RunRecord, delivered: dict[str, str]) -> Ending:
     """Put the instance back, roll back and remove everything but ``delivered`` (Region -> image),
     release the lock. Safe to repeat: what is done is recorded done."""
     ending = Ending()
+    known: dict[str, str] = {}
     try:
-        put_back(run.run_id)
+        known = put_back(run.run_id)
     except RETRYABLE_ERRORS:
         raise
     except (ClientError, AmiFactoryError) as error:
@@ -102,7 +112,7 @@ def end_run(run: RunRecord, delivered: dict[str, str]) -> Ending:
     except (ClientError, AmiFactoryError) as error:  # a stale lock is taken over by the next run
         logger.warning("could not release the lock on %s: %s", run.instance_id, reason(error))
     try:
-        ending.instance_state = Ec2(run.region).instance_state(run.instance_id)
+        ending.instance_state = state_of(run.region, run.instance_id, known)
     except (ClientError, AmiFactoryError) as error:
         logger.warning("could not read the state of %s: %s", run.instance_id, reason(error))
     if ending.left:

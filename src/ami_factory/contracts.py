@@ -87,36 +87,47 @@ class Plan(Contract):
     copy_completion_minutes: int | None
 
 
-class InstanceRef(Contract):
+class Polled(Contract):
+    """What a wait loop waits for: how many checks it took, and how long the next wait is (the
+    Wait state after the first reads it: waits back off over long waits, see ``polling``)."""
+
+    polls: int = 0
+    wait_seconds: int = 60
+
+
+class CheckInput(Contract):
+    """Every wait loop's check: the bound on checks, and the deployment's poll interval."""
+
+    max_polls: int
+    poll_seconds: int = 60
+
+
+class InstanceRef(Polled):
     instance_id: str
     region: str
     original_state: str
     state: str
     stopped_by_us: bool = False
-    polls: int = 0
 
 
-class CheckInstanceInput(Contract):
+class CheckInstanceInput(CheckInput):
     instance: InstanceRef
-    max_polls: int
 
 
-class CommandRef(Contract):
+class CommandRef(Polled):
     """An SSM Run Command invocation on one instance, and how far it got."""
 
     command_id: str
     instance_id: str
     region: str
     status: str = "Pending"
-    polls: int = 0
 
 
-class CheckCommandInput(Contract):
+class CheckCommandInput(CheckInput):
     command: CommandRef
-    max_polls: int
 
 
-class LaunchedInstance(Contract):
+class LaunchedInstance(Polled):
     """An instance a run launched and waits for: the generalize clone (ready once it runs and SSM
     reaches it) or a launch check (ready once it runs with both status checks ok)."""
 
@@ -124,12 +135,10 @@ class LaunchedInstance(Contract):
     region: str
     state: str = "pending"
     ready: bool = False
-    polls: int = 0
 
 
-class CheckCloneInput(Contract):
+class CheckCloneInput(CheckInput):
     clone: LaunchedInstance
-    max_polls: int
 
 
 class GeneralizeRef(CommandRef):
@@ -138,9 +147,8 @@ class GeneralizeRef(CommandRef):
     instance_state: str = "running"
 
 
-class CheckGeneralizeInput(Contract):
+class CheckGeneralizeInput(CheckInput):
     command: GeneralizeRef
-    max_polls: int
 
 
 class GeneralizeInput(Plan):
@@ -157,17 +165,14 @@ class LaunchCloneInput(Plan):
     seed: ImageRef
 
 
-class ImageRef(Contract):
+class ImageRef(Polled):
     region: str
     image_id: str
     state: str = "pending"
-    polls: int = 0
 
 
-class CheckImageInput(Contract):
+class CheckImageInput(CheckInput):
     image: ImageRef
-    max_polls: int
-    poll_seconds: int = 60  # for the wait-time metric
 
 
 class CopyImageInput(Contract):
@@ -198,9 +203,8 @@ class LaunchCheckInput(Contract):
     image: ImageRef
 
 
-class CheckLaunchInput(Contract):
+class CheckLaunchInput(CheckInput):
     launched: LaunchedInstance
-    max_polls: int
 
 
 class EndLaunchCheckInput(Contract):

@@ -27,7 +27,7 @@ from .ledger import FamilyOwner, Ledger, Made
 from .observability import logger
 from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX, check_share_targets
 from .settings import load_settings
-from .steps import client_token, family_refusal, found_again, give_up_after, require_made
+from .steps import client_token, counted, family_refusal, found_again, give_up_after, require_made
 
 
 def copy_image(event: CopyImageInput) -> ImageRef:
@@ -90,7 +90,7 @@ def check_launch(event: CheckLaunchInput) -> LaunchedInstance:
     launched = event.launched.model_copy()
     ec2 = Ec2(launched.region)
     launched.state = ec2.instance_state(launched.instance_id)
-    launched.polls += 1
+    counted(launched, event.poll_seconds)
     if launched.state in ("stopping", "stopped", "shutting-down", "terminated"):
         raise LaunchCheckFailedError(
             f"the instance launched from the new image in {launched.region} ({launched.instance_id}) is "

@@ -23,7 +23,7 @@ from .errors import CloneLaunchError, CommandFailedError, NotMadeByRunError, Uns
 from .ledger import Ledger, Made
 from .rules import ROLE_TAG, check_clone_profile
 from .settings import load_settings
-from .steps import client_token, create_image_once, give_up_after, require_made
+from .steps import client_token, counted, create_image_once, give_up_after, require_made
 
 FAILED_COMMAND_STATES = frozenset(
     {"Failed", "Cancelled", "TimedOut", "Cancelling", "DeliveryTimedOut", "ExecutionTimedOut"}
@@ -44,7 +44,7 @@ def run_cleanup(plan: Plan) -> CommandRef:
 def check_command(event: CheckCommandInput) -> CommandRef:
     command = event.command.model_copy()
     command.status = Ssm(command.region).command_status(command.command_id, command.instance_id)
-    command.polls += 1
+    counted(command, event.poll_seconds)
     if command.status in FAILED_COMMAND_STATES:
         raise CommandFailedError(
             f"command {command.command_id} on instance {command.instance_id} ended {command.status}; its output is "
@@ -113,7 +113,7 @@ def launch_clone(event: LaunchCloneInput) -> LaunchedInstance:
 def check_clone(event: CheckCloneInput) -> LaunchedInstance:
     clone = event.clone.model_copy()
     clone.state = Ec2(clone.region).instance_state(clone.instance_id)
-    clone.polls += 1
+    counted(clone, event.poll_seconds)
     if clone.state in ("stopping", "stopped", "shutting-down", "terminated"):
         raise UnsupportedInstanceError(
             f"the clone {clone.instance_id} is {clone.state} before it was generalized: see its system log in the EC2 "
@@ -158,7 +158,7 @@ def check_generalize(event: CheckGeneralizeInput) -> GeneralizeRef:
     command = event.command.model_copy()
     command.instance_state = Ec2(command.region).instance_state(command.instance_id)
     command.status = Ssm(command.region).command_status(command.command_id, command.instance_id)
-    command.polls += 1
+    counted(command, event.poll_seconds)
     stopped = command.instance_state == "stopped"
     if command.status in SCRIPT_FAILED_STATES or (command.status in FAILED_COMMAND_STATES and not stopped):
         raise CommandFailedError(

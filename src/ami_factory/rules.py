@@ -58,6 +58,9 @@ def request_field(location: tuple[object, ...]) -> str:
 
 
 TAG_VALUE_LIMIT = 256  # EC2's
+# Regions per run, the source included: with the template's bounds on waits, the most that keeps every
+# run inside Step Functions' 25,000-event history (tests/workflow/test_history_budget.py).
+MAX_REGIONS = 15
 ECHOED_VALUE = re.compile(r"'[^']{41,}'|\[[^\]]{41,}\]")
 
 
@@ -115,6 +118,11 @@ def target_regions(request: ImagingRequest, source_region: str, settings: Settin
                 f"pick from those, or redeploy with a wider AllowedRegions"
             )
     ordered = [source_region] + [region for region in dict.fromkeys(wanted) if region != source_region]
+    if len(ordered) > MAX_REGIONS:
+        raise InvalidRequestError(
+            f"{len(ordered)} Regions (the stack's {source_region} included): at most {MAX_REGIONS} per run, so that no "
+            f"run can outgrow Step Functions' 25,000-event history. Split the Regions over two runs"
+        )
     return [RegionTarget(name=region, is_source=(region == source_region)) for region in ordered]
 
 

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
+from . import polling
+
 RetryMode = Literal["legacy", "standard", "adaptive"]
 
 
@@ -102,7 +104,7 @@ class Settings:
         return self.polls_within(self.generalize_max_wait_seconds)
 
     def polls_within(self, seconds: int) -> int:
-        return max(1, -(-seconds // self.poll_seconds))
+        return polling.polls_within(seconds, self.poll_seconds)
 
 
 def load_settings() -> Settings:

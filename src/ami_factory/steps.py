@@ -8,18 +8,21 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from botocore.exceptions import ClientError
 
 from .aws import Ec2, StepFunctions, error_text, snapshots_of
-from .contracts import ImageRef
+from .contracts import ImageRef, Polled
 from .errors import AmiFactoryError, FamilyOwnedError, NotMadeByRunError, RunInProgressError, WaitTimeoutError
 from .ledger import FamilyOwner, Holder, Ledger, Made, Role
 from .observability import logger
+from .polling import wait_after
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import ImageTypeDef
+
+PolledT = TypeVar("PolledT", bound=Polled)
 
 # Instances a run may still have to find or terminate (not shutting-down or terminated).
 LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
@@ -31,6 +34,13 @@ def give_up_after(
     """The bound on every wait loop: the state machine only loops while this does not raise."""
     if state != wanted and polls >= max_polls:
         raise WaitTimeoutError(f"{what} is still {state} after {polls} checks; raise {limit} or {advice}")
+
+
+def counted(polled: PolledT, poll_seconds: int) -> PolledT:
+    """One more check of a wait loop, and how long the loop waits before the next (``polling``)."""
+    polled.polls += 1
+    polled.wait_seconds = wait_after(polled.polls, poll_seconds)
+    return polled
 
 
 def client_token(run_id: str, scope: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from botocore.exceptions import ClientError
 
 from .aws import Ec2
-from .closing import RUNNING_STATES, announced, end_run, put_back, tag_result
+from .closing import RUNNING_STATES, announced, end_run, put_back, state_of, tag_result
 from .contracts import (
     CheckImageInput,
     CheckInstanceInput,
@@ -25,10 +25,11 @@ from .contracts import (
 from .errors import AmiFactoryError, ImageFailedError, UnsupportedInstanceError, error_message
 from .ledger import FamilyImage, Ledger, RunRecord, Stop
 from .observability import MetricUnit, logger, metrics
+from .polling import waited
 from .pricing import CostEstimate, Prices, estimate_images, load_prices
 from .rules import ROLE_TAG
 from .settings import load_settings
-from .steps import create_image_once, give_up_after, remove_made, require_made
+from .steps import counted, create_image_once, give_up_after, remove_made, require_made
 
 FAILED_IMAGE_STATES = frozenset({"failed", "invalid", "error", "deregistered"})
 
@@ -44,7 +45,11 @@ def prepare_instance(plan: Plan) -> InstanceRef:
     recorded = ledger.stop_of(plan.run_id, plan.source_region, plan.instance_id)
     original = recorded.original_state if recorded else state
     instance = InstanceRef(
-        instance_id=plan.instance_id, region=plan.source_region, original_state=original, state=state
+        instance_id=plan.instance_id,
+        region=plan.source_region,
+        original_state=original,
+        state=state,
+        wait_seconds=plan.poll_seconds,  # the stop's wait loop is entered at its Choice, then waits this long
     )
     # The generalize command shuts the instance down in place; it is started again afterwards.
     if plan.mode in ("stop", "generalize-in-place") and original in RUNNING_STATES:
@@ -59,7 +64,7 @@ def prepare_instance(plan: Plan) -> InstanceRef:
 def check_instance(event: CheckInstanceInput) -> InstanceRef:
     instance = event.instance.model_copy()
     instance.state = Ec2(instance.region).instance_state(instance.instance_id)
-    instance.polls += 1
+    counted(instance, event.poll_seconds)
     if instance.state in ("shutting-down", "terminated"):
         raise UnsupportedInstanceError(
             f"instance {instance.instance_id} is {instance.state}: there is nothing left to image"
@@ -99,7 +104,7 @@ def check_image(event: CheckImageInput) -> ImageRef:
     image = event.image.model_copy()
     described = Ec2(image.region).describe_image(image.image_id)
     image.state = described["State"]
-    image.polls += 1
+    counted(image, event.poll_seconds)
     if image.state in FAILED_IMAGE_STATES:
         reason = described.get("StateReason", {}).get("Message") or "no reason given"
         raise ImageFailedError(f"image {image.image_id} in {image.region} is {image.state}: {reason}")
@@ -112,7 +117,9 @@ def check_image(event: CheckImageInput) -> ImageRef:
         "check the image in the EC2 console",
     )
     if image.state == "available":
-        metrics.add_metric(name="ImageWaitSeconds", unit=MetricUnit.Seconds, value=image.polls * event.poll_seconds)
+        metrics.add_metric(
+            name="ImageWaitSeconds", unit=MetricUnit.Seconds, value=waited(image.polls, event.poll_seconds)
+        )
     return image
 
 
@@ -123,8 +130,7 @@ def restore_instance(event: RestoreInstanceInput) -> InstanceRef:
     instance = event.instance.model_copy()
     if event.mode == "generalize":
         remove_made(event.run_id, lambda made: made.role in ("clone", "seed"))
-    put_back(event.run_id)
-    instance.state = Ec2(instance.region).instance_state(instance.instance_id)
+    instance.state = state_of(instance.region, instance.instance_id, put_back(event.run_id))
     return instance
 
 

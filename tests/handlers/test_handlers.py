@@ -25,7 +25,7 @@ def test_resolve_request_turns_a_sample_request_into_a_plan(plan: dict[str, Any]
     assert plan["regions"][0]["is_source"] is True
     assert plan["parameter_name"] == "/ami-factory/web/latest"
     assert plan["tags"]["ami-factory:managed"] == "true"
-    assert plan["max_polls"] == 7200 // 60
+    assert plan["max_polls"] == 58, "two hours: 50 checks a minute apart, then backing off"
 
 
 def test_create_image_retried_makes_one_image(emu: Emulator, plan: dict[str, Any]) -> None:

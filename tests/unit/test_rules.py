@@ -140,7 +140,7 @@ def test_settings_are_read_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POLL_SECONDS", "60")
     settings = load_settings()
     assert settings.allowed_accounts == ("111122223333", "444455556666")
-    assert settings.max_polls == 61
+    assert settings.max_polls == 54, "50 checks a minute apart (50 min), then 90, 135, 203 and 304 s"
     assert settings.allow_public is False
 
 

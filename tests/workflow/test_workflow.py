@@ -221,6 +221,11 @@ def test_two_runs_for_one_instance_at_once_one_wins_and_the_other_touches_nothin
     assert len(emu.world.sent("StopInstances")) == 1
 
 
+SIXTEEN_REGIONS = [
+    *REGIONS,
+    *("eu-west-2", "eu-west-3", "eu-central-1", "eu-north-1", "ap-southeast-1", "ap-northeast-1", "ap-northeast-2"),
+    *("ap-south-1", "sa-east-1", "ca-central-1", "us-east-2", "us-west-1", "us-west-2"),
+]
 BAD_REQUESTS = [
     ("unknown instance", {"instance_id": "i-0000000000000dead"}, "InstanceNotFoundError", "does not exist"),
     ("malformed account", {"share": {"accounts": ["1234"]}}, "InvalidRequestError", "share.accounts.0"),
@@ -241,6 +246,7 @@ BAD_REQUESTS = [
     ("long tag value", {"tags": {"k": "v" * 257}}, "InvalidRequestError", "is 257 characters: at most 256"),
     ("reserved prefix behind a space", {"tags": {" aws:x": "v"}}, "InvalidRequestError", "are reserved"),
     ("reserved prefix in capitals", {"tags": {"AMI-Factory:x": "v"}}, "InvalidRequestError", "are reserved"),
+    ("16 Regions", {"regions": SIXTEEN_REGIONS[1:]}, "InvalidRequestError", "16 Regions (the stack's us-east-1"),
 ]
 
 

@@ -1,0 +1,118 @@
+"""No run can reach Step Functions' 25,000-event history, whatever the template's parameters allow:
+an execution that does is stopped where no Catch runs. A run's history is modelled as a fixed part,
+a part per Region and 9 events per check of a wait loop; the model is held to a real run here, and
+the worst case the template's bounds allow is computed from it and from the checks the back-off
+(``ami_factory.polling``) gives each wait."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ami_factory.polling import LONGEST_WAIT_SECONDS, polls_within, wait_after, waited
+from ami_factory.rules import MAX_REGIONS
+from ami_factory_local import Emulator
+from ami_factory_local.template import load_template
+from tests.helpers import ALLOWED_ACCOUNT, ROOT, create_keys, key_arn
+
+HISTORY_QUOTA = 25_000
+EVENTS_PER_CHECK = (
+    9  # the Wait's entered/exited, the check task's 5 (entered, scheduled, started, succeeded, exited), the Choice's 2
+)
+FIXED_EVENTS = 60  # what every run writes once: resolve, clean-up, prepare, seed, clone, generalize, image, finalize
+FIXED_EVENTS_PER_REGION = 40  # a Region's item: copy, launch check, share, protect, publish, the Map's own
+RETRY_MARGIN = 1_000  # what the worst case leaves for retries (3 events each) and what the model misses
+
+
+def history_bound(checks: int, regions: int) -> int:
+    return FIXED_EVENTS + FIXED_EVENTS_PER_REGION * regions + EVENTS_PER_CHECK * checks
+
+
+def worst_checks(poll_seconds: int, max_wait: int, generalize_wait: int, launch_check_wait: int, regions: int) -> int:
+    """Every wait lasting as long as it may: the clean-up command, the seed, the image and each copy
+    (MaxWaitSeconds), the clone and sysprep (GeneralizeMaxWaitSeconds), each launch check."""
+    image = polls_within(max_wait, poll_seconds)
+    generalize = polls_within(generalize_wait, poll_seconds)
+    launch_check = polls_within(launch_check_wait, poll_seconds)
+    return 3 * image + 2 * generalize + regions * (image + launch_check)
+
+
+def bounds() -> dict[str, tuple[int, int]]:
+    parameters: dict[str, Any] = load_template(ROOT / "template.yaml")["Parameters"]
+    names = ("PollIntervalSeconds", "MaxWaitSeconds", "GeneralizeMaxWaitSeconds", "LaunchCheckMaxWaitSeconds")
+    return {name: (int(parameters[name]["MinValue"]), int(parameters[name]["MaxValue"])) for name in names}
+
+
+def worst_case() -> tuple[int, int]:
+    """(events, poll interval) of the worst run the template allows, with MAX_REGIONS Regions."""
+    limits = bounds()
+    low, high = limits["PollIntervalSeconds"]
+    return max(
+        (
+            history_bound(
+                worst_checks(
+                    poll,
+                    limits["MaxWaitSeconds"][1],
+                    limits["GeneralizeMaxWaitSeconds"][1],
+                    limits["LaunchCheckMaxWaitSeconds"][1],
+                    MAX_REGIONS,
+                ),
+                MAX_REGIONS,
+            ),
+            poll,
+        )
+        for poll in range(low, high + 1)
+    )
+
+
+def test_the_worst_run_the_template_allows_stays_inside_the_history_quota() -> None:
+    events, poll = worst_case()
+    assert events <= HISTORY_QUOTA - RETRY_MARGIN, f"{events} events at PollIntervalSeconds={poll}"
+
+
+def test_without_the_back_off_the_same_bounds_would_not_fit() -> None:
+    """The back-off is what keeps long waits cheap: at a constant interval the same run overflows."""
+    limits = bounds()
+    poll = limits["PollIntervalSeconds"][0]
+    constant = -(-limits["MaxWaitSeconds"][1] // poll)
+    assert history_bound(MAX_REGIONS * constant, MAX_REGIONS) > HISTORY_QUOTA
+
+
+def test_waits_keep_the_interval_for_fifty_minutes_then_back_off_to_two_hours() -> None:
+    assert [wait_after(polls, 60) for polls in (0, 49)] == [60, 60]
+    assert [wait_after(polls, 60) for polls in (50, 51, 52)] == [90, 135, 203]
+    assert wait_after(200, 60) == LONGEST_WAIT_SECONDS and wait_after(200, 3600) == LONGEST_WAIT_SECONDS
+    assert [wait_after(polls, 5) for polls in (49, 50)] == [5, 8], "fifty checks at most at the interval"
+    for poll in (5, 60, 3600):
+        checks = polls_within(86400, poll)
+        assert waited(checks, poll) >= 86400 > waited(checks - 1, poll), "the bound is exactly the wait"
+
+
+def test_the_model_holds_a_real_run_with_every_kind_of_wait(make_emulator) -> None:
+    """Clean-up, seed, clone, sysprep, image, four Regions' copies and launch checks, encrypt and
+    protection: the model is an upper bound of the real history, and a tight one."""
+    regions = ["us-east-1", "eu-west-1", "ap-southeast-2", "eu-central-1"]
+    emu: Emulator = make_emulator(KmsKeyIds=",".join(key_arn(region) for region in regions))
+    create_keys(emu, users=[f"arn:aws:iam::{ALLOWED_ACCOUNT}:root"], regions=regions)
+    emu.world.images_take(900)
+    emu.world.status_checks_take(180)
+    instance_id = emu.launch_instance(name="web")
+    emu.world.ssm_manage(instance_id, "Linux")
+    request = {
+        "instance_id": instance_id,
+        "regions": regions[1:],
+        "mode": "generalize",
+        "cleanup": True,
+        "encrypt": True,
+        "launch_check": True,
+        "share": {"accounts": [ALLOWED_ACCOUNT]},
+        "protection": {"deregistration_protection": True, "deprecate_after_days": 30},
+    }
+    result = emu.run(request, name="every-wait")
+    assert result.status == "SUCCEEDED", result.cause
+    checks = sum(
+        1
+        for event in result.history
+        if event["type"] == "TaskStateEntered" and event["stateEnteredEventDetails"]["name"].startswith("Check")
+    )
+    bound = history_bound(checks, len(regions))
+    assert len(result.history) <= bound <= len(result.history) + 10, (len(result.history), checks, bound)
