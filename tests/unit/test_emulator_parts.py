@@ -182,6 +182,17 @@ def test_the_world_refuses_tags_ec2_would() -> None:
         for tag in ({"Key": "k" * 129, "Value": "v"}, {"Key": "k", "Value": "v" * 257}, {"Key": "aws:x", "Value": "v"}):
             with pytest.raises(ClientError, match="InvalidParameterValue"):
                 ec2.create_tags(Resources=[instance_id], Tags=[tag])
+        # 50 per resource, however they are given (CreateImage's TagSpecifications too, after a stop).
+        fifty_one = [{"Key": f"k{n}", "Value": "v"} for n in range(51)]
+        with pytest.raises(ClientError, match="TagLimitExceeded"):
+            ec2.create_tags(Resources=[instance_id], Tags=fifty_one)
+        with pytest.raises(ClientError, match="TagLimitExceeded"):
+            ec2.create_image(
+                InstanceId=instance_id,
+                Name="many-tags",
+                TagSpecifications=[{"ResourceType": "image", "Tags": fifty_one}],
+            )
+        assert ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": ["many-tags"]}])["Images"] == []
 
 
 def test_the_world_refuses_commands_ssm_would() -> None:

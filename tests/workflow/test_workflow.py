@@ -288,3 +288,15 @@ def test_instance_store_root_is_refused(emu: Emulator) -> None:
     assert result.error == "UnsupportedInstanceError"
     assert "EBS" in result.cause_message
     assert emu.world.sent("StopInstances") == [] and emu.world.sent("CreateImage") == []
+
+
+def test_forty_tags_with_everything_ami_factory_adds_fit_ec2s_fifty(emu: Emulator) -> None:
+    """The request's tag limit leaves room for the tool's own: the world refuses a 51st, as EC2 does."""
+    instance_id = emu.launch_instance(name="web")
+    many = {f"team-{n}": "platform" for n in range(40)}
+    request = sample("request-basic.json", instance_id=instance_id, tags=many, retention={"keep_newest": 3})
+    result = emu.run(request, name="tagged")
+    assert result.status == "SUCCEEDED" and result.output["status"] == "SUCCEEDED", result.cause
+    for region in REGIONS:
+        (image,) = run_images(emu, region, "tagged")
+        assert 40 < len(image["Tags"]) <= 50

@@ -252,19 +252,34 @@ def refused_command(account_id: str, region: str, params: dict[str, Any]) -> SSM
     return None
 
 
-MAX_TAG_KEY, MAX_TAG_VALUE = 128, 256  # EC2's limits, which moto does not check
+MAX_TAG_KEY, MAX_TAG_VALUE, MAX_TAGS_PER_RESOURCE = 128, 256, 50  # EC2's limits, which moto does not check
 
 
-def invalid_tags(operation: str, params: dict[str, Any]) -> str | None:
-    """A tag EC2 refuses and moto takes: too long a key or value, or the reserved aws: prefix."""
-    if operation != "CreateTags":
+def invalid_tags(operation: str, params: dict[str, Any]) -> tuple[str, str] | None:
+    """(code, message) for tags EC2 refuses and moto takes: too long a key or value, the reserved aws:
+    prefix, or more than 50 on one resource (CreateTags, and the TagSpecifications of CreateImage,
+    CopyImage and RunInstances)."""
+    if operation == "CreateTags":
+        groups = [params.get("Tags", [])]
+    elif operation in ("CreateImage", "CopyImage", "RunInstances"):
+        groups = [spec.get("Tags", []) for spec in params.get("TagSpecifications", [])]
+    else:
         return None
-    for tag in params.get("Tags", []):
-        key, value = str(tag.get("Key", "")), str(tag.get("Value", ""))
-        if not key or len(key) > MAX_TAG_KEY or key.lower().startswith("aws:"):
-            return f"Tag key {key[:40]!r} is empty, longer than {MAX_TAG_KEY} characters or reserved"
-        if len(value) > MAX_TAG_VALUE:
-            return f"Tag value for {key!r} is longer than {MAX_TAG_VALUE} characters ({len(value)})"
+    for tags in groups:
+        if len(tags) > MAX_TAGS_PER_RESOURCE:
+            return "TagLimitExceeded", f"The maximum number of tags ({MAX_TAGS_PER_RESOURCE}) has been exceeded"
+        for tag in tags:
+            key, value = str(tag.get("Key", "")), str(tag.get("Value", ""))
+            if not key or len(key) > MAX_TAG_KEY or key.lower().startswith("aws:"):
+                return (
+                    "InvalidParameterValue",
+                    f"Tag key {key[:40]!r} is empty, longer than {MAX_TAG_KEY} characters or reserved",
+                )
+            if len(value) > MAX_TAG_VALUE:
+                return (
+                    "InvalidParameterValue",
+                    f"Tag value for {key!r} is longer than {MAX_TAG_VALUE} characters ({len(value)})",
+                )
     return None
 
 
@@ -588,7 +603,7 @@ class World:
         if unknown := unknown_filters(operation, params):
             return EC2ClientError("InvalidParameterValue", f"The filter '{unknown[0]}' is invalid")
         if problem := invalid_tags(operation, params):
-            return EC2ClientError("InvalidParameterValue", problem)
+            return EC2ClientError(*problem)
         if invalid := invalid_permission(operation, params):
             return EC2ClientError("InvalidParameterValue", f"{operation}: the {invalid} is invalid")
         if operation == "RunInstances" and params.get("ClientToken"):
