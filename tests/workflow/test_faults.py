@@ -79,10 +79,10 @@ def assert_only_delivered_left(emu: Emulator, run: str, regions: list[str], fami
     assert kept == {(region, latest(emu, region, family), "image") for region in regions}
 
 
-def assert_latest_valid_everywhere(emu: Emulator) -> None:
+def assert_latest_valid_everywhere(emu: Emulator, family: str = "web") -> None:
     """Each Region's latest is absent, or names an image that is there and available."""
     for region in REGIONS:
-        value = latest(emu, region)
+        value = latest(emu, region, family)
         if value is not None:
             (image,) = emu.client("ec2", region).describe_images(ImageIds=[value])["Images"]
             assert image["State"] == "available", (region, value)
@@ -93,6 +93,16 @@ def told(emu: Emulator) -> dict[str, Any]:
     entries = [entry for request in emu.world.sent("PutEvents") for entry in request.params["Entries"]]
     detail: dict[str, Any] = json.loads(entries[-1]["Detail"])
     return detail
+
+
+def assert_told_and_tagged(emu: Emulator, run: str, instance_id: str, status: str, family: str = "web") -> None:
+    """How every case ends: latest valid everywhere, the result on the instance, and people told."""
+    assert_latest_valid_everywhere(emu, family)
+    tags = instance_tags(emu, instance_id)
+    assert (tags["ami-factory:last-run"], tags["ami-factory:last-status"]) == (run, status)
+    assert "ami-factory:create" not in tags
+    summary = told(emu)
+    assert (summary["run_id"], summary["status"]) == (run, status)
 
 
 def janitor_summaries(emu: Emulator) -> list[dict[str, Any]]:
@@ -112,6 +122,7 @@ def test_a_lost_stop_answer_still_restores_the_instance(emu: Emulator) -> None:
     assert instance(emu, instance_id)["State"]["Name"] == "running"
     assert len(emu.world.sent("StartInstances")) == 1
     assert result.output["instance_state"] == "running"
+    assert_told_and_tagged(emu, "lost-stop", instance_id, "SUCCEEDED")
 
 
 def test_prepare_failing_after_the_stop_restores_the_instance(emu: Emulator) -> None:
@@ -123,6 +134,7 @@ def test_prepare_failing_after_the_stop_restores_the_instance(emu: Emulator) -> 
     assert instance(emu, instance_id)["State"]["Name"] == "running"
     assert instance_tags(emu, instance_id)["ami-factory:last-status"] == "FAILED"
     assert_nothing_of_the_run_left(emu, "half-prepared")
+    assert_told_and_tagged(emu, "half-prepared", instance_id, "FAILED")
 
 
 @pytest.mark.parametrize("code", ["UnauthorizedOperation", "RequestLimitExceeded"])
@@ -142,6 +154,7 @@ def test_a_refused_clean_up_restores_first_keeps_the_error_and_the_janitor_finis
     (janitor,) = janitor_summaries(emu)
     assert janitor["left_over"] == [] and len(janitor["cleaned_up"]) == 1
     assert_nothing_of_the_run_left(emu, "refused")
+    assert_told_and_tagged(emu, "refused", instance_id, "FAILED")
     assert len(emu.world.sent("Publish")) == 1, "the run told once; the janitor only finished its clean-up"
 
 
@@ -155,6 +168,7 @@ def test_a_snapshot_delete_throttled_once_is_deleted_by_its_recorded_id(emu: Emu
     (item,) = [i for i in ledger_items(emu) if i["pk"] == "run#snapshot" and i["sk"].startswith("made#")]
     assert item["snapshots"].startswith("snap-"), "recorded before the image was deregistered"
     assert_nothing_of_the_run_left(emu, "snapshot")
+    assert_told_and_tagged(emu, "snapshot", instance_id, "FAILED")
     assert instance(emu, instance_id)["State"]["Name"] == "running"
 
 
@@ -174,6 +188,7 @@ def test_protection_failing_leaves_latest_where_it_was(emu: Emulator) -> None:
     assert run_images(emu, "eu-west-1", "second") == []
     assert latest(emu, "ap-southeast-2") == run_images(emu, "ap-southeast-2", "second")[0]["ImageId"]
     assert_latest_valid_everywhere(emu)
+    assert_told_and_tagged(emu, "second", instance_id, "PARTIAL")
 
 
 @pytest.mark.parametrize("cooldown", [False, True])
@@ -202,6 +217,7 @@ def test_a_failed_regions_protected_image_is_removed_at_once_or_after_its_cooldo
     for region in ("us-east-1", "ap-southeast-2"):
         assert latest(emu, region) == run_images(emu, region, "guarded")[0]["ImageId"]
     assert_latest_valid_everywhere(emu)
+    assert_told_and_tagged(emu, "guarded", instance_id, "PARTIAL")
 
 
 # --- Finalize --------------------------------------------------------------------------------------
@@ -225,6 +241,7 @@ def test_a_finalize_that_never_ran_is_undone_by_the_janitor(make_emulator, encry
     tags = instance_tags(emu, instance_id)
     assert tags["ami-factory:last-status"] == "FAILED" and tags["ami-factory:last-error"] == "Runtime.ExitError"
     assert told(emu)["status"] == "FAILED"
+    assert_told_and_tagged(emu, "no-finalize", instance_id, "FAILED")
 
 
 def test_a_finalize_that_fails_after_recording_its_result_is_completed_by_the_janitor(emu: Emulator) -> None:
@@ -241,6 +258,7 @@ def test_a_finalize_that_fails_after_recording_its_result_is_completed_by_the_ja
     assert instance(emu, instance_id)["State"]["Name"] == "running"
     assert instance_tags(emu, instance_id)["ami-factory:last-status"] == "SUCCEEDED"
     assert_only_delivered_left(emu, "late", REGIONS)
+    assert_told_and_tagged(emu, "late", instance_id, "SUCCEEDED")
 
 
 # --- runs stopped where no Catch runs ----------------------------------------------------------------
@@ -270,6 +288,7 @@ def test_a_stopped_execution_is_ended_by_the_janitor(emu: Emulator, operation: s
     assert_latest_valid_everywhere(emu)
     assert instance_tags(emu, instance_id)["ami-factory:last-status"] == "FAILED"
     assert told(emu)["run_id"] == "stopped"
+    assert_told_and_tagged(emu, "stopped", instance_id, "FAILED")
     assert not [item for item in ledger_items(emu) if item["sk"] == "lock"], "the lock is released"
 
 
@@ -291,6 +310,7 @@ def test_a_clone_whose_termination_keeps_being_throttled_never_costs_the_image(e
     assert_only_delivered_left(emu, "sticky", delivered, family="win2022-base")
     for region in result.output["regions"]:
         assert run_images(emu, region["region"], "sticky")[0]["State"] == "available"
+    assert_told_and_tagged(emu, "sticky", instance_id, "SUCCEEDED", family="win2022-base")
 
 
 def test_a_launch_check_whose_termination_keeps_being_throttled_never_fails_the_region(emu: Emulator) -> None:
@@ -306,6 +326,7 @@ def test_a_launch_check_whose_termination_keeps_being_throttled_never_fails_the_
         Filters=[{"Name": "tag:ami-factory:role", "Values": ["launch-check"]}]
     )["Reservations"]
     assert [i["State"]["Name"] for r in checks for i in r["Instances"]] == ["terminated"]
+    assert_told_and_tagged(emu, "checked", instance_id, "SUCCEEDED")
 
 
 def test_an_unexpected_crash_in_a_check_fails_the_run_cleanly(emu: Emulator) -> None:
@@ -316,6 +337,7 @@ def test_an_unexpected_crash_in_a_check_fails_the_run_cleanly(emu: Emulator) -> 
     assert instance(emu, instance_id)["State"]["Name"] == "running"
     assert_nothing_of_the_run_left(emu, "crash")
     assert told(emu)["status"] == "FAILED"
+    assert_told_and_tagged(emu, "crash", instance_id, "FAILED")
 
 
 # --- the emulator starts executions as Step Functions does ---------------------------------------------
