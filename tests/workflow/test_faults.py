@@ -354,3 +354,19 @@ def test_an_execution_without_a_name_gets_one_and_input_that_is_not_json_is_refu
     with pytest.raises(ClientError) as refused:
         sfn.start_execution(stateMachineArn=emu.state_machine_arn, name="not-json", input="{instance_id: i-1}")
     assert refused.value.response["Error"]["Code"] == "InvalidExecutionInput"
+
+
+def test_a_run_that_outgrows_its_history_fails_with_no_catch_and_the_janitor_ends_it(emu: Emulator) -> None:
+    """The emulator holds executions to the history quota, as Step Functions does (lowered here so a
+    short run reaches it): the run fails where no Catch runs, and the janitor ends it."""
+    emu.history_quota = 120
+    emu.world.images_take(3600)
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="too-long")
+    assert result.status == "FAILED" and result.error == "States.Runtime"
+    assert "reached 120 events, the Step Functions quota" in (result.cause or "")
+    (janitor,) = janitor_summaries(emu)
+    assert janitor["status"] == "FAILED" and janitor["left_over"] == []
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+    assert_nothing_of_the_run_left(emu, "too-long")
+    assert_told_and_tagged(emu, "too-long", instance_id, "FAILED")

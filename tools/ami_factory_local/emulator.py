@@ -28,6 +28,8 @@ import boto3
 from moto import mock_aws
 from moto.events.models import events_backends
 from moto.stepfunctions.exceptions import InvalidExecutionInput
+from moto.stepfunctions.parser.api import HistoryEventType
+from moto.stepfunctions.parser.asl.eval.event.event_manager import EventManager
 from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
 from moto.stepfunctions.parser.asl.utils import json_path
 from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
@@ -45,6 +47,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT_ID = "123456789012"
 STACK_NAME = "ami-factory-local"
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
+HISTORY_QUOTA = 25_000  # events in a Standard execution's history; Step Functions fails it past that
+ENDING_EVENTS = {
+    HistoryEventType.ExecutionFailed,
+    HistoryEventType.ExecutionAborted,
+    HistoryEventType.ExecutionTimedOut,
+}
 
 # What the emulator changes in the functions' environment, and why:
 EMULATOR_ENVIRONMENT = {
@@ -106,6 +114,7 @@ class Emulator:
         self._ending: set[str] = set()
         self._ending_lock = threading.Lock()
         self.status_changes: list[dict[str, Any]] = []  # every event sent, with what its targets returned or raised
+        self.history_quota = HISTORY_QUOTA  # a test may lower it to play an execution outgrowing its history
         self._deployed: tuple[dict[str, str], dict[tuple[str, str], str], list[Path]] = ({}, {}, [])
         self._stack: ExitStack | None = None
 
@@ -159,6 +168,7 @@ class Emulator:
                 _named_executions(StepFunctionsParserBackend.start_execution),
             )
         )
+        stack.enter_context(mock.patch.object(EventManager, "add_event", self._within_quota(EventManager.add_event)))
         stack.enter_context(self.clock.installed())
         stack.enter_context(self.world.installed())
         stack.enter_context(self.runtime.installed())
@@ -484,6 +494,20 @@ class Emulator:
         ]
 
     # --- how executions end -------------------------------------------------------------------
+
+    def _within_quota(self, add_event: Any) -> Any:
+        """Step Functions fails an execution whose history would pass 25,000 events, where no Catch
+        runs; moto lets it grow. The event that would pass the quota fails the execution instead."""
+        emulator = self
+
+        def add(manager: Any, context: Any, event_type: Any, *args: Any, **kwargs: Any) -> Any:
+            if event_type not in ENDING_EVENTS and len(manager._history_event_list) >= emulator.history_quota:
+                raise RuntimeError(
+                    f"the execution's history reached {emulator.history_quota} events, the Step Functions quota"
+                )
+            return add_event(manager, context, event_type, *args, **kwargs)
+
+        return add
 
     def _announcing(self, terminated: Any) -> Any:
         """Step Functions sends ``Step Functions Execution Status Change`` to EventBridge when a Standard
