@@ -441,7 +441,12 @@ def definition() -> State:
             "ResolveRequest",
             comment="Validate the request against the allow-lists and the instance; nothing is touched before this "
             "succeeds.",
-            payload={"request": "$", "run_id": "$$.Execution.Name", "state_machine_arn": "$$.StateMachine.Id"},
+            payload={
+                "request": "$",
+                "run_id": "$$.Execution.Name",
+                "execution_started_at": "$$.Execution.StartTime",
+                "state_machine_arn": "$$.StateMachine.Id",
+            },
             output_path="$.Payload",
             on_error="RequestRejected",
             # The whole state: an input that is not an object has no field to put the error in.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import ClientError
@@ -524,6 +525,17 @@ class StepFunctions:
             if error_code(error) == "ExecutionDoesNotExist":
                 return False
             raise
+
+    def execution(self, execution_arn: str) -> tuple[str, datetime] | None:
+        """(status, start date) of the execution, or None when there is none."""
+        try:
+            with translated_errors("DescribeExecution"):
+                described = self._sfn.describe_execution(executionArn=execution_arn)
+        except ClientError as error:
+            if error_code(error) == "ExecutionDoesNotExist":
+                return None
+            raise
+        return str(described["status"]), described["startDate"]
 
     def start_execution(self, state_machine_arn: str, name: str, payload: Mapping[str, Any]) -> bool:
         """Start a run; False when an execution of that name exists already (a redelivered trigger)."""

@@ -43,7 +43,8 @@ def put_back(run_id: str) -> dict[str, str]:
     the state each is in after. Transient refusals (still stopping, throttled) are raised: the state
     machine retries the step patiently, and nothing else has happened yet."""
     states = {}
-    for stop in Ledger().stops(run_id):
+    ledger = Ledger()
+    for stop in ledger.stops(run_id):
         if stop.original_state not in RUNNING_STATES:
             continue
         ec2 = Ec2(stop.region)
@@ -55,6 +56,8 @@ def put_back(run_id: str) -> dict[str, str]:
         if state == "stopped":
             ec2.start_instance(stop.instance_id)
             state = ec2.instance_state(stop.instance_id)
+        # Put back once: a later ending never starts an instance its owner has stopped since.
+        ledger.put_back(run_id, stop)
         states[stop.instance_id] = state
     return states
 
@@ -64,12 +67,15 @@ def state_of(region: str, instance_id: str, known: dict[str, str]) -> str:
     return known.get(instance_id) or Ec2(region).instance_state(instance_id)
 
 
-def roll_back_parameters(run_id: str, delivered_regions: set[str]) -> list[str]:
+def roll_back_parameters(run_id: str, delivered_regions: set[str]) -> tuple[list[str], set[str]]:
     """Put back what the run's parameters held before it, in every Region it did not deliver, unless a
-    later run has written them since (then they are that run's). Returns what could not be rolled back."""
+    later run has written them since (then they are that run's). A previous image that is gone is
+    not put back: the parameter is deleted rather than left naming nothing. Returns what could not be
+    rolled back, and the Regions where a parameter may still name the run's image."""
     ledger = Ledger()
     ours = {(made.region, made.resource_id) for made in ledger.made_by(run_id) if made.kind == "image"}
-    left = []
+    left: list[str] = []
+    blocked: set[str] = set()
     for write in ledger.parameter_writes(run_id):
         if write.rolled_back or write.region in delivered_regions:
             continue
@@ -77,17 +83,20 @@ def roll_back_parameters(run_id: str, delivered_regions: set[str]) -> list[str]:
             ssm = Ssm(write.region)
             current = ssm.parameter_value(write.name)
             if current is not None and (write.region, current) in ours:
-                if write.previous is None:
+                previous = write.previous
+                if previous is not None and Ec2(write.region).image(previous) is None:
+                    logger.warning("%s held %s before, which is gone: deleting it", write.name, previous)
+                    previous = None
+                if previous is None:
                     ssm.delete_parameter(write.name)
                 else:
-                    ssm.put_image_parameter(
-                        write.name, write.previous, f"Latest AMI Factory image ({write.previous}), put back"
-                    )
+                    ssm.put_image_parameter(write.name, previous, f"Latest AMI Factory image ({previous}), put back")
             ledger.parameter_rolled_back(run_id, write)
         except (ClientError, AmiFactoryError) as error:
             logger.warning("could not roll back %s in %s: %s", write.name, write.region, reason(error))
             left.append(f"{write.region}:{write.name} (parameter): {reason(error)}")
-    return left
+            blocked.add(write.region)
+    return left, blocked
 
 
 def end_run(run: RunRecord, delivered: dict[str, str]) -> Ending:
@@ -101,11 +110,24 @@ def end_run(run: RunRecord, delivered: dict[str, str]) -> Ending:
         raise
     except (ClientError, AmiFactoryError) as error:
         ending.left.append(f"{run.region}:{run.instance_id} (instance): not started again: {reason(error)}")
-    ending.left += roll_back_parameters(run.run_id, set(delivered))
+    not_rolled_back, blocked = roll_back_parameters(run.run_id, set(delivered))
+    ending.left += not_rolled_back
+    # An image a parameter that could not be rolled back may still name stays until it can be.
     removal = remove_made(
-        run.run_id, lambda made: not (made.kind == "image" and delivered.get(made.region) == made.resource_id)
+        run.run_id,
+        lambda made: (
+            not (made.kind == "image" and (delivered.get(made.region) == made.resource_id or made.region in blocked))
+        ),
     )
     ending.removed, ending.left = removal.removed, ending.left + removal.left
+    ending.left += [
+        f"{made.region}:{made.resource_id} ({made.role}): kept while latest may still name it"
+        for made in Ledger().made_by(run.run_id)
+        if made.kind == "image"
+        and not made.removed
+        and made.region in blocked
+        and delivered.get(made.region) != made.resource_id
+    ]
     ledger = Ledger()
     try:
         ledger.release_lock(run.region, run.instance_id, run.run_id)
@@ -214,19 +236,29 @@ def clean_up_after(change: ExecutionStatusChange) -> Summary | None:
 
 def end_ended_run(run_id: str, error: str, cause: str | None) -> Summary | None:
     """End a run whose execution is over, from its ledger: a run that never passed ResolveRequest has
-    no record and nothing to end; a running one is left alone (whatever the event claimed). Tags the
-    instance and tells people only when the run's own ending never ran."""
+    no record and nothing to end; a run with nothing unsettled is done; a running one is left alone
+    (whatever the event claimed). Tags the instance and tells people only when the run's own ending
+    never ran."""
     settings = load_settings()
     ledger = Ledger()
     run = ledger.run(run_id)
-    if run is None or run.clean:
+    if run is None or not ledger.unsettled(run_id):
         return None
-    if StepFunctions(settings.region).is_running(execution_arn(settings.state_machine_arn, run_id)):
+    execution = StepFunctions(settings.region).execution(execution_arn(settings.state_machine_arn, run_id))
+    if execution is None or execution[0] == "RUNNING":
         return None
-    # A Finalize that recorded what it delivered keeps it and says how it went; any other ending
-    # undoes the whole run.
-    delivered = dict(run.delivered) if run.finalizing else {}
-    status = cast("RunStatus", run.status) if run.finalizing and run.status else "FAILED"
+    if run.started and abs((datetime.fromisoformat(run.started) - execution[1]).total_seconds()) > 1:
+        # The name's execution now is a later one (names are reusable 90 days on): not this run's to end.
+        logger.warning("run %s's records belong to an earlier execution of its name; not ending it", run_id)
+        return None
+    # Finalize and the janitor may both be at it (an execution stopped during Finalize): one wins.
+    # A Finalize that recorded what it delivered is completed, keeping it and saying how it went;
+    # any other ending undoes the whole run.
+    if not run.ended and ledger.claim_ending(run_id, "janitor") != "janitor":
+        run = ledger.run(run_id) or run
+    finalized = run.finalizing and bool(run.status)
+    delivered = dict(run.delivered) if finalized else {}
+    status = cast("RunStatus", run.status) if finalized else "FAILED"
     ending = end_run(run, delivered)
     summary = Summary(
         status=status,
@@ -248,16 +280,16 @@ def end_ended_run(run_id: str, error: str, cause: str | None) -> Summary | None:
         summary.left_over += tag_result(run, status, delivered.get(run.region), summary.error)
         metrics.add_metric(name="RunsEndedByJanitor", unit=MetricUnit.Count, value=1)
         summary = announced(summary, run.region)
-    ledger.ended(run_id, clean=not summary.left_over)
+    ledger.ended(run_id)
     logger.info("janitor", extra={"run": run_id, "removed": ending.removed, "left": summary.left_over})
     return summary
 
 
 def sweep() -> list[Summary]:
-    """The daily sweep: every run whose ending left something (or never came) and whose execution is
+    """The hourly sweep: every run whose ending left something (or never came) and whose execution is
     over, ended again."""
     swept = []
-    for run_id in Ledger().runs_not_clean():
+    for run_id in Ledger().runs_not_settled():
         try:
             summary = end_ended_run(run_id, "ExecutionFailed", None)
         except (ClientError, AmiFactoryError) as error:

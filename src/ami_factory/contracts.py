@@ -40,6 +40,7 @@ class RetentionReport(BaseModel):
 
 class ResolveRequestInput(Contract):
     request: Any  # the execution input as sent: whatever it is, ResolveRequest says what is wrong with it
+    execution_started_at: str = ""  # $$.Execution.StartTime: tells this run from an earlier one of its name
     run_id: str
     state_machine_arn: str
 

@@ -81,6 +81,15 @@ class NotMadeByRunError(AmiFactoryError):
     """A step was asked to act on a resource its run's ledger does not record: it refuses."""
 
 
+class RunNameTakenError(AmiFactoryError):
+    """The execution's name is an earlier run's (Step Functions allows it again 90 days on): the ledger
+    keeps that run's records, which this one must never act on."""
+
+
+class RunEndedError(AmiFactoryError):
+    """The run's execution has ended and the janitor has ended the run: a late step does nothing."""
+
+
 class DeploymentError(AmiFactoryError):
     """The function lacks what the stack gives it (the ledger table, its SSM documents) or the ledger
     holds what the code cannot read: a deployment problem, not a request's."""

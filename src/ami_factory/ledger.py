@@ -119,8 +119,8 @@ class RunRecord:
     instance_id: str
     region: str
     image_name: str
+    started: str = ""  # the execution's start time: a later execution of the same name is another run
     ended: bool = False  # its own Finalize or HandleFailure ran (or the janitor ended it)
-    clean: bool = False  # ...and nothing was left
     delivered: tuple[tuple[str, str], ...] = ()  # (Region, image) Finalize kept; set before it removes anything
     finalizing: bool = False
     status: str = ""  # what Finalize found: SUCCEEDED, PARTIAL or FAILED
@@ -162,11 +162,14 @@ class Ledger:
             "role": made.role,
             "snapshots": "",
             "removed": "false",
+            "settled": "false",
             "recorded_at": _now(),
         }
         self._put_once(item)
 
-    def open_run(self, record: RunRecord) -> None:
+    def open_run(self, record: RunRecord) -> RunRecord:
+        """Record the run (once: a retried ResolveRequest gets the first record back, and so does an
+        execution that reuses an earlier run's name, which the caller must refuse)."""
         self._put_once(
             {
                 "pk": f"run#{record.run_id}",
@@ -174,13 +177,15 @@ class Ledger:
                 "instance_id": record.instance_id,
                 "region": record.region,
                 "image_name": record.image_name,
+                "started": record.started,
                 "ended": "false",
-                "clean": "false",
                 "finalizing": "false",
                 "delivered": "",
+                "settled": "false",
                 "recorded_at": _now(),
             }
         )
+        return self.run(record.run_id) or record
 
     def run(self, run_id: str) -> RunRecord | None:
         item = self._get(f"run#{run_id}", "run")
@@ -191,8 +196,8 @@ class Ledger:
             instance_id=item["instance_id"],
             region=item["region"],
             image_name=item["image_name"],
+            started=item.get("started", ""),
             ended=item["ended"] == "true",
-            clean=item["clean"] == "true",
             finalizing=item["finalizing"] == "true",
             status=item.get("status", ""),
             delivered=tuple(
@@ -200,22 +205,51 @@ class Ledger:
             ),
         )
 
+    def claim_ending(self, run_id: str, by: str) -> str:
+        """Who ends the run when Finalize and the janitor could both (an execution stopped during
+        Finalize): the first to claim it; returns the winner. Conditional, so exactly one wins."""
+        try:
+            with translated_errors("UpdateItem"):
+                self._db.update_item(
+                    TableName=self._table,
+                    Key=_encode({"pk": f"run#{run_id}", "sk": "run"}),
+                    UpdateExpression="SET ending_by = :by",
+                    ConditionExpression="attribute_exists(pk) AND (attribute_not_exists(ending_by) OR ending_by = :by)",
+                    ExpressionAttributeValues=_encode({":by": by}),
+                )
+        except ClientError as error:
+            if error_code(error) != CONDITION_FAILED:
+                raise
+            item = self._get(f"run#{run_id}", "run")
+            return item.get("ending_by", "") if item else ""
+        return by
+
     def finalizing(self, run_id: str, delivered: dict[str, str], status: str) -> None:
         """Finalize's first word: which Region images the run delivered and how it went (a janitor
-        completing a crashed Finalize keeps them, removes the rest, and says the same)."""
+        completing a crashed Finalize keeps them, removes the rest, and says the same). The delivered
+        images and their Regions' parameters are settled: nothing will remove or roll them back."""
         pairs = ",".join(f"{region}:{image}" for region, image in sorted(delivered.items()))
         self._set(f"run#{run_id}", "run", {"finalizing": "true", "delivered": pairs, "status": status})
+        for made in self.made_by(run_id):
+            if made.kind == "image" and delivered.get(made.region) == made.resource_id:
+                self._set(f"run#{run_id}", f"made#{made.region}#{made.resource_id}", {"settled": "true"})
+        for write in self.parameter_writes(run_id):
+            if write.region in delivered:
+                self._set(f"run#{run_id}", f"parameter#{write.region}#{write.name}", {"settled": "true"})
 
-    def ended(self, run_id: str, clean: bool) -> None:
-        """The run has ended (its own way, or the janitor's); ``clean``: nothing was left."""
-        self._set(f"run#{run_id}", "run", {"ended": "true", "clean": "true" if clean else "false"})
+    def ended(self, run_id: str) -> None:
+        """The run has ended, its own way or the janitor's (what it left stays unsettled)."""
+        self._set(f"run#{run_id}", "run", {"ended": "true", "settled": "true"})
 
-    def runs_not_clean(self) -> list[str]:
-        """Runs not yet ended, ended with something left, or that recorded something after they ended
-        (a task of a stopped execution finishing late): what the daily sweep looks at."""
-        not_clean = {item["pk"] for item in self._scan("run", clean="false")}
-        made_and_kept = {item["pk"] for item in self._scan("made#", removed="false")}
-        return sorted(pk.removeprefix("run#") for pk in not_clean | made_and_kept)
+    def unsettled(self, run_id: str) -> list[Item]:
+        """The run's records still to be acted on: what it made and has not removed or delivered,
+        parameters not rolled back or kept, instances not put back, the run itself if it has not ended."""
+        return [item for item in self._query(f"run#{run_id}") if item.get("settled") == "false"]
+
+    def runs_not_settled(self) -> list[str]:
+        """Runs with something unsettled: not ended, ended with something left, or with a record a
+        late task wrote after the run ended. What the sweep looks at."""
+        return sorted({item["pk"].removeprefix("run#") for item in self._scan("", settled="false")})
 
     def record_stop(self, run_id: str, stop: Stop) -> Stop:
         """Record the intent to stop before stopping; a retried step keeps (and gets back) the first record."""
@@ -226,6 +260,7 @@ class Ledger:
                 "region": stop.region,
                 "instance_id": stop.instance_id,
                 "original_state": stop.original_state,
+                "settled": "false",
             }
         )
         recorded = self.stop_of(run_id, stop.region, stop.instance_id)
@@ -236,7 +271,12 @@ class Ledger:
         return _stop(item) if item else None
 
     def stops(self, run_id: str) -> list[Stop]:
-        return [_stop(item) for item in self._query(f"run#{run_id}", "stop#")]
+        """The instances the run stopped and has not put back yet."""
+        return [_stop(item) for item in self._query(f"run#{run_id}", "stop#") if item.get("settled") != "true"]
+
+    def put_back(self, run_id: str, stop: Stop) -> None:
+        """The instance is as it was: no later ending (Finalize, a sweep) starts it again."""
+        self._set(f"run#{run_id}", f"stop#{stop.region}#{stop.instance_id}", {"settled": "true"})
 
     def made_by(self, run_id: str) -> list[Made]:
         """Everything the run recorded, in the order DynamoDB keeps it (Region, then id)."""
@@ -263,7 +303,11 @@ class Ledger:
         self._set(
             f"run#{run_id}",
             f"made#{made.region}#{made.resource_id}",
-            {"snapshots": ",".join(made.snapshots), "removed": "true" if made.removed else "false"},
+            {
+                "snapshots": ",".join(made.snapshots),
+                "removed": "true" if made.removed else "false",
+                "settled": "true" if made.removed else "false",
+            },
         )
         return made
 
@@ -274,7 +318,14 @@ class Ledger:
         """The value a parameter had before the run first wrote it (none: it did not exist), so the
         run can put it back. A retried write keeps the first record: by then the value is the run's own."""
         item = {"pk": f"run#{run_id}", "sk": f"parameter#{region}#{name}", "region": region, "name": name}
-        self._put_once({**item, "previous": previous or "", "existed": "true" if previous is not None else "false"})
+        self._put_once(
+            {
+                **item,
+                "previous": previous or "",
+                "existed": "true" if previous is not None else "false",
+                "settled": "false",
+            }
+        )
 
     def parameter_writes(self, run_id: str) -> list[ParameterWrite]:
         return [
@@ -288,7 +339,7 @@ class Ledger:
         ]
 
     def parameter_rolled_back(self, run_id: str, write: ParameterWrite) -> None:
-        self._set(f"run#{run_id}", f"parameter#{write.region}#{write.name}", {"rolled_back": "true"})
+        self._set(f"run#{run_id}", f"parameter#{write.region}#{write.name}", {"rolled_back": "true", "settled": "true"})
 
     # --- families' images, for retention -----------------------------------------------------
 
@@ -458,13 +509,20 @@ class Ledger:
 
     def _scan(self, sk_prefix: str, **equal: str) -> list[Item]:
         """Items whose sort key starts with ``sk_prefix`` and whose attributes are ``equal``, across the table."""
-        condition = " AND ".join(["begins_with(#sk, :prefix)", *(f"#{name} = :{name}" for name in equal)])
-        values = {":prefix": sk_prefix, **{f":{name}": value for name, value in equal.items()}}
+        tests = [*(["begins_with(#sk, :prefix)"] if sk_prefix else []), *(f"#{name} = :{name}" for name in equal)]
+        condition = " AND ".join(tests)
+        values = {
+            **({":prefix": sk_prefix} if sk_prefix else {}),
+            **{f":{name}": value for name, value in equal.items()},
+        }
         with translated_errors("Scan"):
             pages = self._db.get_paginator("scan").paginate(
                 TableName=self._table,
                 FilterExpression=condition,
-                ExpressionAttributeNames={"#sk": "sk", **{f"#{name}": name for name in equal}},
+                ExpressionAttributeNames={
+                    **({"#sk": "sk"} if sk_prefix else {}),
+                    **{f"#{name}": name for name in equal},
+                },
                 ExpressionAttributeValues=_encode(values),
                 ConsistentRead=True,
             )
@@ -475,12 +533,16 @@ class Ledger:
             found = self._db.get_item(TableName=self._table, Key=_encode({"pk": pk, "sk": sk}), ConsistentRead=True)
         return _decode(found["Item"]) if "Item" in found else None
 
-    def _query(self, pk: str, sk_prefix: str) -> list[Item]:
+    def _query(self, pk: str, sk_prefix: str = "") -> list[Item]:
+        """The partition's items whose sort key starts with ``sk_prefix`` (all of them without one:
+        DynamoDB refuses an empty string in a key condition)."""
+        condition = "pk = :pk AND begins_with(sk, :prefix)" if sk_prefix else "pk = :pk"
+        values = {":pk": pk, **({":prefix": sk_prefix} if sk_prefix else {})}
         with translated_errors("Query"):
             pages = self._db.get_paginator("query").paginate(
                 TableName=self._table,
-                KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
-                ExpressionAttributeValues=_encode({":pk": pk, ":prefix": sk_prefix}),
+                KeyConditionExpression=condition,
+                ExpressionAttributeValues=_encode(values),
                 ConsistentRead=True,
             )
             return [_decode(item) for page in pages for item in page["Items"]]

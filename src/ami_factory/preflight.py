@@ -16,6 +16,7 @@ from .errors import (
     KeyAccessError,
     PublicImageLimitError,
     PublicSharingBlockedError,
+    RunNameTakenError,
     UnsupportedInstanceError,
 )
 from .ledger import FamilyOwner, Holder, Ledger, RunRecord
@@ -92,13 +93,22 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         run_id=event.run_id,
     )
     check_family(family, asking, request.adopt_family)
+    _require_new_run_name(event.run_id, event.execution_started_at)
     # Last: a run that holds the instance has passed every check.
     hold_instance(
         region, request.instance_id, Holder(event.run_id, execution_arn(event.state_machine_arn, event.run_id))
     )
     name = image_name(settings.image_name_prefix, family, event.run_id)
     # From here the run has something to end, however its execution ends (the janitor reads this).
-    Ledger().open_run(RunRecord(run_id=event.run_id, instance_id=request.instance_id, region=region, image_name=name))
+    record = RunRecord(
+        run_id=event.run_id,
+        instance_id=request.instance_id,
+        region=region,
+        image_name=name,
+        started=event.execution_started_at,
+    )
+    if Ledger().open_run(record).started != record.started:  # another execution of the name, just now
+        _require_new_run_name(event.run_id, event.execution_started_at)
     metrics.add_metric(name="RunsStarted", unit=MetricUnit.Count, value=1)
     return Plan(
         run_id=event.run_id,
@@ -137,6 +147,18 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         windows=request.windows,
         clone_overrides=request.clone,
     )
+
+
+def _require_new_run_name(run_id: str, started: str) -> None:
+    """Run ids are execution names, and Step Functions allows a name again 90 days after its execution
+    ended: a new execution must never inherit an earlier run's ledger (its images, its parameters,
+    the instances it stopped)."""
+    earlier = Ledger().run(run_id)
+    if earlier is not None and earlier.started != started:
+        raise RunNameTakenError(
+            f"execution name {run_id} was the name of an earlier run (started {earlier.started or 'before'}), whose "
+            f"records AMI Factory keeps: start this run under another name"
+        )
 
 
 def _require_public_sharing_possible(regions: list[RegionTarget], instance: InstanceTypeDef, encrypt: bool) -> None:

@@ -22,7 +22,7 @@ from .contracts import (
     RunStatus,
     Summary,
 )
-from .errors import AmiFactoryError, ImageFailedError, UnsupportedInstanceError, error_message
+from .errors import AmiFactoryError, ImageFailedError, RunEndedError, UnsupportedInstanceError, error_message
 from .ledger import FamilyImage, Ledger, RunRecord, Stop
 from .observability import MetricUnit, logger, metrics
 from .polling import waited
@@ -165,6 +165,10 @@ def finalize(plan: FinalizeInput) -> Summary:
     status: RunStatus = (
         "SUCCEEDED" if not failed else ("FAILED" if len(failed) == len(plan.distribution) else "PARTIAL")
     )
+    if ledger.claim_ending(plan.run_id, "finalize") != "finalize":
+        raise RunEndedError(
+            f"run {plan.run_id}'s execution has ended and the janitor has ended the run; Finalize does nothing"
+        )
     ledger.finalizing(plan.run_id, delivered, status)  # from here a janitor completes this, keeping the same
     run = _run_of(plan)
     ending = end_run(run, delivered)
@@ -197,7 +201,7 @@ def finalize(plan: FinalizeInput) -> Summary:
         ),
         plan.source_region,
     )
-    ledger.ended(plan.run_id, clean=not ending.left)
+    ledger.ended(plan.run_id)
     return summary
 
 
@@ -229,5 +233,5 @@ def handle_failure(plan: HandleFailureInput) -> Summary:
         ),
         plan.source_region,
     )
-    Ledger().ended(plan.run_id, clean=not ending.left)
+    Ledger().ended(plan.run_id)
     return summary

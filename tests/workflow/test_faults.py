@@ -17,6 +17,8 @@ from tests.helpers import (
     encrypting_emulator,
     instance,
     instance_tags,
+    invoke,
+    invoke_error,
     ledger_items,
     run_images,
     sample,
@@ -245,9 +247,9 @@ def test_a_finalize_that_never_ran_is_undone_by_the_janitor(make_emulator, encry
 
 
 def test_a_finalize_that_fails_after_recording_its_result_is_completed_by_the_janitor(emu: Emulator) -> None:
-    """Finalize recorded what the run delivered, then could not go on (its instance check kept being
-    throttled): the janitor keeps the images and says the run succeeded."""
-    emu.world.after_call("UpdateItem", lambda: emu.world.throttle("DescribeInstances", times=7, region="us-east-1"))
+    """Finalize recorded what the run delivered, then could not go on (EventBridge kept throttling its
+    announcement, past the step's retries): the janitor keeps the images and says the run succeeded."""
+    emu.world.refuse("PutEvents", times=7, code="ThrottlingException")
     instance_id = emu.launch_instance(name="web")
     result = emu.run(sample("request-basic.json", instance_id=instance_id), name="late")
     assert result.status == "FAILED" and result.error == "ThrottledError"
@@ -370,3 +372,127 @@ def test_a_run_that_outgrows_its_history_fails_with_no_catch_and_the_janitor_end
     assert instance(emu, instance_id)["State"]["Name"] == "running"
     assert_nothing_of_the_run_left(emu, "too-long")
     assert_told_and_tagged(emu, "too-long", instance_id, "FAILED")
+
+
+# --- what the janitor and a late task could do to each other ----------------------------------------
+
+
+def scheduled_payload(result: Any, function: str) -> dict[str, Any]:
+    """The input Step Functions sent a task of the run (its last invocation of ``function``)."""
+    scheduled = [
+        json.loads(event["taskScheduledEventDetails"]["parameters"])
+        for event in result.history
+        if event["type"] == "TaskScheduled"
+        and f"-{function}Function" in event["taskScheduledEventDetails"]["parameters"]
+    ]
+    payload: dict[str, Any] = scheduled[-1]["Payload"]
+    return payload
+
+
+def test_a_finalize_that_runs_after_the_janitor_does_nothing(make_emulator) -> None:
+    """The execution was stopped during Finalize, whose Lambda went on: the janitor ended the run first,
+    so the late Finalize neither keeps nor announces anything."""
+    emu = make_emulator()
+    emu.runtime.crash("FinalizeFunction", times=1)
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="raced")
+    (janitor,) = janitor_summaries(emu)
+    assert janitor["status"] == "FAILED"
+    late = invoke_error(emu, "Finalize", scheduled_payload(result, "Finalize"))
+    assert late["errorType"] == "RunEndedError"
+    assert_nothing_of_the_run_left(emu, "raced")
+    assert_told_and_tagged(emu, "raced", instance_id, "FAILED")
+    assert len(emu.world.sent("PutEvents")) == 1, "one ending, told once"
+
+
+def test_a_task_that_finishes_after_the_janitor_leaves_nothing_the_sweep_misses(emu: Emulator) -> None:
+    """A task of a stopped execution whose Lambda outlives it (here a launch check started late) records
+    what it made after the janitor ended the run: the sweep removes it."""
+    emu.world.images_take(1200)
+    instance_id = emu.launch_instance(name="web")
+    stop_when(emu, "CopyImage", "late-task")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="late-task")
+    assert result.status in ("ABORTED", "FAILED")
+    assert_nothing_of_the_run_left(emu, "late-task")
+    base = {"region": "us-east-1", "image_id": instance(emu, instance_id)["ImageId"]}
+    late = invoke(emu, "StartLaunchCheck", {"run_id": "late-task", "image": base})
+    assert [item["resource_id"] for item in left_in_ledger(emu, "late-task")] == [late["instance_id"]]
+    (sweep,) = emu.fire_scheduled_rules()
+    assert [ended["cleaned_up"] for ended in sweep["ended"]] == [[f"us-east-1:{late['instance_id']}"]]
+    assert_nothing_of_the_run_left(emu, "late-task")
+    assert len(emu.world.sent("Publish")) == 1, "the run was told once, by the janitor"
+
+
+def test_an_instance_its_owner_stops_after_the_run_stays_stopped_through_every_sweep(emu: Emulator) -> None:
+    """The run put the instance back once; a later sweep (here for an image in its protection cooldown)
+    never starts it again."""
+    emu.world.refuse("PutParameter", times=10, code="AccessDeniedException", region="eu-west-1")
+    instance_id = emu.launch_instance(name="web")
+    protection = {"deregistration_protection": True, "cooldown": True}
+    result = emu.run(sample("request-basic.json", instance_id=instance_id, protection=protection), name="owned")
+    assert result.output["status"] == "PARTIAL" and len(result.output["left_over"]) == 1
+    emu.client("ec2").stop_instances(InstanceIds=[instance_id])
+    emu.world.calm()
+    emu.clock.advance(86400 + 60)
+    (sweep,) = emu.fire_scheduled_rules()
+    assert [len(ended["cleaned_up"]) for ended in sweep["ended"]] == [1]
+    assert instance(emu, instance_id)["State"]["Name"] == "stopped", "the owner's stop stands"
+    assert len(emu.world.sent("StartInstances")) == 1
+
+
+def test_a_rollback_that_is_refused_keeps_the_image_latest_still_names(make_emulator) -> None:
+    """latest is never left naming a removed image: where it cannot be rolled back yet, its image
+    stays (listed as left), and the sweep finishes both once the refusal is over."""
+    emu = make_emulator()
+    emu.runtime.crash("FinalizeFunction", times=1)
+    emu.world.after_call(
+        "PutParameter",
+        lambda: emu.world.refuse("DeleteParameter", times=10, code="AccessDeniedException", region="eu-west-1"),
+    )
+    instance_id = emu.launch_instance(name="web")
+    emu.run(sample("request-basic.json", instance_id=instance_id), name="pinned")
+    (janitor,) = janitor_summaries(emu)
+    assert sorted(left.split(" ")[0] for left in janitor["left_over"]) == [
+        "eu-west-1:/ami-factory/web/latest",
+        f"eu-west-1:{latest(emu, 'eu-west-1')}",
+    ]
+    assert_latest_valid_everywhere(emu)
+    emu.world.calm()
+    emu.fire_scheduled_rules()
+    assert_nothing_of_the_run_left(emu, "pinned")
+    assert [latest(emu, region) for region in REGIONS] == [None, None, None]
+
+
+def test_an_execution_reusing_an_earlier_runs_name_inherits_nothing(emu: Emulator) -> None:
+    """Step Functions allows a name again 90 days after its execution: the earlier run's ledger records
+    (what it made, the parameters it moved, the instance it stopped) are never the new run's."""
+    owner = emu.launch_instance(name="db", state="stopped")
+    old_image = emu.client("ec2").create_image(InstanceId=owner, Name="db-image")["ImageId"]
+    table = "ami-factory-local-LedgerTable"
+    earlier = {"pk": "run#nightly", "started": "2026-08-01T03:00:00+00:00", "instance_id": owner}
+    for item in (
+        {
+            **earlier,
+            "sk": "run",
+            "region": "us-east-1",
+            "image_name": "db",
+            "ended": "true",
+            "finalizing": "true",
+            "delivered": "",
+            "settled": "true",
+        },
+        {"pk": "run#nightly", "sk": f"made#us-east-1#{old_image}", "region": "us-east-1", "kind": "image"},
+        {"pk": "run#nightly", "sk": f"stop#us-east-1#{owner}", "region": "us-east-1", "instance_id": owner},
+    ):
+        defaults = {"resource_id": old_image, "role": "image", "removed": "false", "settled": "false"}
+        full = {**defaults, "original_state": "running", **item}
+        emu.client("dynamodb").put_item(TableName=table, Item={k: {"S": v} for k, v in full.items()})
+    emu.world.images_fail()
+    victim_of_nothing = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=victim_of_nothing), name="nightly")
+    assert result.status == "FAILED" and result.error == "RunNameTakenError"
+    assert "execution name nightly was the name of an earlier run (started 2026-08-01" in result.cause
+    assert instance(emu, owner)["State"]["Name"] == "stopped", "the earlier run's stop is not this run's to undo"
+    assert emu.client("ec2").describe_images(ImageIds=[old_image])["Images"], "its image is not this run's"
+    assert emu.world.sent("StartInstances") == [] and emu.world.sent("DeregisterImage") == []
+    assert len(emu.world.sent("StopInstances")) == 1 and len(emu.world.sent("CreateImage")) == 1, "the test's own"

@@ -50,6 +50,7 @@ from typing import Any, cast
 from unittest import mock
 
 import yaml
+from moto.core.exceptions import JsonRESTError
 from moto.core.responses import ActionResult, BaseResponse
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import ec2_backends
@@ -73,6 +74,15 @@ def _request_params(response: BaseResponse) -> dict[str, Any]:
         return dict(response._get_params())
     except (ValueError, TypeError, AttributeError):  # the operation's name is still recorded
         return {}
+
+
+def _refused(response: BaseResponse, code: str, message: str) -> Any:
+    """An error answer for a JSON service (EventBridge, DynamoDB, Step Functions, ...), as moto makes one."""
+    error = JsonRESTError(code, message)
+    headers: dict[str, Any] = dict(error.get_headers() or [])
+    headers["status"] = error.code
+    status, headers, body = response._transform_response(response.response_headers, (error.description, headers))
+    return status, *response._enrich_response(headers, body)
 
 
 def service_protocol(response: BaseResponse) -> str:
@@ -395,7 +405,7 @@ class World:
     def refuse(
         self, operation: str, times: int, code: str = "UnauthorizedOperation", region: str | None = None
     ) -> None:
-        """The next ``times`` calls of ``operation`` (EC2 or SSM; in ``region``, or in each Region) fail
+        """The next ``times`` calls of ``operation`` (any service; in ``region``, or in each Region) fail
         with ``code``, changing nothing: a permission missing in one Region, a service saying no."""
         with self._lock:
             self._refusals.append((_Throttle(operation, region, times), code))
@@ -676,6 +686,8 @@ class World:
             with world._lock:
                 world.requests.append(Request(service, operation, response.region, params, world.clock.now()))
                 answer: Any = None
+                if service not in ("ec2", "ssm") and (code := world._refusal(operation, response.region)):
+                    return _refused(response, code, f"{operation} refused ({code})")
                 if service == "ec2":
                     answer = world._intercept(response, operation, params)
                 elif service == "ssm":
