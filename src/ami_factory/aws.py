@@ -50,6 +50,12 @@ def error_text(error: ClientError) -> str:
     return f"{error_code(error)}: {error.response.get('Error', {}).get('Message', '')}"
 
 
+def refusal_text(error: Exception) -> str:
+    """What a refusal says, for a person reading what was left and why: AWS's code and message, or our
+    error's name and message."""
+    return error_text(error) if isinstance(error, ClientError) else f"{type(error).__name__}: {error}"
+
+
 @contextmanager
 def translated_errors(operation: str) -> Iterator[None]:
     """Turn the AWS errors that retrying can fix into the names the ASL retries."""

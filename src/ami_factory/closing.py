@@ -13,7 +13,7 @@ from typing import Any, cast
 
 from botocore.exceptions import ClientError
 
-from .aws import Ec2, Notifications, Ssm, StepFunctions, error_text
+from .aws import Ec2, Notifications, Ssm, StepFunctions, refusal_text
 from .contracts import EndedRuns, ExecutionStatusChange, ExecutionStatusChangeEvent, RegionResult, RunStatus, Summary
 from .errors import RETRYABLE_ERRORS, AmiFactoryError, InstanceStateConflictError, ThrottledError
 from .ledger import Ledger, RunRecord
@@ -32,10 +32,6 @@ class Ending:
     instance_state: str | None = None
     removed: list[str] = field(default_factory=list)
     left: list[str] = field(default_factory=list)
-
-
-def reason(error: Exception) -> str:
-    return error_text(error) if isinstance(error, ClientError) else f"{type(error).__name__}: {error}"
 
 
 def put_back(run_id: str) -> dict[str, str]:
@@ -93,8 +89,8 @@ def roll_back_parameters(run_id: str, delivered_regions: set[str]) -> tuple[list
                     ssm.put_image_parameter(write.name, previous, f"Latest AMI Factory image ({previous}), put back")
             ledger.parameter_rolled_back(run_id, write)
         except (ClientError, AmiFactoryError) as error:
-            logger.warning("could not roll back %s in %s: %s", write.name, write.region, reason(error))
-            left.append(f"{write.region}:{write.name} (parameter): {reason(error)}")
+            logger.warning("could not roll back %s in %s: %s", write.name, write.region, refusal_text(error))
+            left.append(f"{write.region}:{write.name} (parameter): {refusal_text(error)}")
             blocked.add(write.region)
     return left, blocked
 
@@ -109,7 +105,7 @@ def end_run(run: RunRecord, delivered: dict[str, str]) -> Ending:
     except RETRYABLE_ERRORS:
         raise
     except (ClientError, AmiFactoryError) as error:
-        ending.left.append(f"{run.region}:{run.instance_id} (instance): not started again: {reason(error)}")
+        ending.left.append(f"{run.region}:{run.instance_id} (instance): not started again: {refusal_text(error)}")
     not_rolled_back, blocked = roll_back_parameters(run.run_id, set(delivered))
     ending.left += not_rolled_back
     # An image a parameter that could not be rolled back may still name stays until it can be.
@@ -132,11 +128,11 @@ def end_run(run: RunRecord, delivered: dict[str, str]) -> Ending:
     try:
         ledger.release_lock(run.region, run.instance_id, run.run_id)
     except (ClientError, AmiFactoryError) as error:  # a stale lock is taken over by the next run
-        logger.warning("could not release the lock on %s: %s", run.instance_id, reason(error))
+        logger.warning("could not release the lock on %s: %s", run.instance_id, refusal_text(error))
     try:
         ending.instance_state = state_of(run.region, run.instance_id, known)
     except (ClientError, AmiFactoryError) as error:
-        logger.warning("could not read the state of %s: %s", run.instance_id, reason(error))
+        logger.warning("could not read the state of %s: %s", run.instance_id, refusal_text(error))
     if ending.left:
         metrics.add_metric(name="ResourcesLeft", unit=MetricUnit.Count, value=len(ending.left))
     return ending
@@ -159,8 +155,8 @@ def tag_result(run: RunRecord, status: str, image_id: str | None, error: str | N
         ec2.tag_resource(run.instance_id, tags)
         ec2.untag_resource(run.instance_id, [load_settings().trigger_tag_key])
     except (ClientError, AmiFactoryError) as failure:
-        logger.warning("could not tag %s with the result: %s", run.instance_id, reason(failure))
-        return [f"{run.region}:{run.instance_id} (tags): {reason(failure)}"]
+        logger.warning("could not tag %s with the result: %s", run.instance_id, refusal_text(failure))
+        return [f"{run.region}:{run.instance_id} (tags): {refusal_text(failure)}"]
     return []
 
 
@@ -231,7 +227,13 @@ def clean_up_after(change: ExecutionStatusChange) -> Summary | None:
     if change.stateMachineArn != settings.state_machine_arn:
         logger.warning("not this deployment's state machine: %s", change.stateMachineArn)
         return None
-    return end_ended_run(change.name, change.error or ENDED_BADLY.get(change.status, "ExecutionFailed"), change.cause)
+    return end_ended_run(change.name, ending_error(change), change.cause)
+
+
+def ending_error(change: ExecutionStatusChange) -> str:
+    """The error a run that ended without its own ending is tagged and told with: the execution's own
+    (a Fail state's, States.Runtime), else what its status says."""
+    return change.error or ENDED_BADLY.get(change.status, "ExecutionFailed")
 
 
 def end_ended_run(run_id: str, error: str, cause: str | None) -> Summary | None:
@@ -293,7 +295,7 @@ def sweep() -> list[Summary]:
         try:
             summary = end_ended_run(run_id, "ExecutionFailed", None)
         except (ClientError, AmiFactoryError) as error:
-            logger.warning("the sweep could not end run %s: %s", run_id, reason(error))
+            logger.warning("the sweep could not end run %s: %s", run_id, refusal_text(error))
             continue
         if summary is not None:
             swept.append(summary)

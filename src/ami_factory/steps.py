@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from botocore.exceptions import ClientError
 
-from .aws import Ec2, StepFunctions, error_text, snapshots_of
+from .aws import Ec2, StepFunctions, refusal_text, snapshots_of
 from .contracts import ImageRef, Polled
 from .errors import AmiFactoryError, FamilyOwnedError, NotMadeByRunError, RunInProgressError, WaitTimeoutError
 from .ledger import FamilyOwner, Holder, Ledger, Made, Role
@@ -176,7 +176,7 @@ def remove_made(run_id: str, which: Callable[[Made], bool]) -> Removal:
         try:
             removal.removed.append(remove_one(ledger, run_id, made))
         except (ClientError, AmiFactoryError) as error:
-            reason = error_text(error) if isinstance(error, ClientError) else f"{type(error).__name__}: {error}"
+            reason = refusal_text(error)
             logger.warning("could not remove %s %s in %s: %s", made.role, made.resource_id, made.region, reason)
             removal.left.append(f"{made.region}:{made.resource_id} ({made.role}): {reason}")
     if removal.removed:

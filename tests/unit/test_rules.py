@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ami_factory.closing import ending_error
+from ami_factory.contracts import ExecutionStatusChange
 from ami_factory.errors import (
     InvalidRequestError,
     PublicSharingBlockedError,
@@ -338,3 +340,21 @@ def test_request_tags_that_pass_fit_ec2(tags: dict[str, str]) -> None:
         assert len(key.strip()) >= 1 and len(key) <= 128 and len(value) <= 256
         assert not key.strip().casefold().startswith(("aws:", "ami-factory:"))
         assert not any(ord(c) < 32 or 127 <= ord(c) <= 159 for c in key + value)
+
+
+@pytest.mark.parametrize(
+    "status, error, named",
+    [
+        ("ABORTED", None, "ExecutionAborted"),
+        ("TIMED_OUT", None, "ExecutionTimedOut"),
+        ("FAILED", None, "ExecutionFailed"),
+        ("FAILED", "States.Runtime", "States.Runtime"),
+        ("ABORTED", "Stopped.ByOperator", "Stopped.ByOperator"),
+    ],
+)
+def test_a_run_the_janitor_ends_is_tagged_with_its_executions_own_error(
+    status: str, error: str | None, named: str
+) -> None:
+    arn = "arn:aws:states:us-east-1:123456789012:execution:m:run"
+    change = ExecutionStatusChange(executionArn=arn, stateMachineArn="m", name="run", status=status, error=error)
+    assert ending_error(change) == named

@@ -236,6 +236,7 @@ def test_a_finalize_that_never_ran_is_undone_by_the_janitor(make_emulator, encry
     assert result.status == "FAILED" and result.error == "Runtime.ExitError"
     (janitor,) = janitor_summaries(emu)
     assert janitor["status"] == "FAILED" and janitor["error"] == "Runtime.ExitError"
+    assert janitor["cause"] == "Runtime exited with error: signal: killed", "the execution's own cause, one line"
     assert len(janitor["cleaned_up"]) == (4 if encrypt else 3), "every Region's image, and the encrypt capture"
     assert_nothing_of_the_run_left(emu, "no-finalize")
     assert [latest(emu, region) for region in REGIONS] == [None, None, None], "rolled back: there was none"
@@ -496,3 +497,22 @@ def test_an_execution_reusing_an_earlier_runs_name_inherits_nothing(emu: Emulato
     assert emu.client("ec2").describe_images(ImageIds=[old_image])["Images"], "its image is not this run's"
     assert emu.world.sent("StartInstances") == [] and emu.world.sent("DeregisterImage") == []
     assert len(emu.world.sent("StopInstances")) == 1 and len(emu.world.sent("CreateImage")) == 1, "the test's own"
+
+
+def test_a_run_whose_status_change_never_reached_the_janitor_is_ended_by_the_sweep(emu: Emulator) -> None:
+    """The janitor crashed on the event (or EventBridge gave up): the hourly sweep ends the run, with the
+    error its execution left unsaid; a run already settled is left alone by both."""
+    emu.runtime.crash("EndRunFunction", times=1)
+    emu.runtime.crash("FinalizeFunction", times=1)
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="missed")
+    assert result.status == "FAILED" and "Runtime.ExitError" in emu.status_changes[0]["error"]
+    assert left_in_ledger(emu, "missed"), "nothing ended the run yet"
+    (sweep,) = emu.fire_scheduled_rules()
+    (ended,) = sweep["ended"]
+    assert (ended["status"], ended["error"]) == ("FAILED", "ExecutionFailed") and len(ended["cleaned_up"]) == 3
+    assert_nothing_of_the_run_left(emu, "missed")
+    assert_told_and_tagged(emu, "missed", instance_id, "FAILED")
+    assert emu.fire_scheduled_rules() == [{"ended": []}], "settled: the next sweep finds nothing"
+    change = {**emu.status_changes[0]["event"], "detail": {**emu.status_changes[0]["event"]["detail"]}}
+    assert invoke(emu, "EndRun", change) == {"ended": []}, "nor does a late status change"
