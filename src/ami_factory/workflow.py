@@ -8,7 +8,7 @@ from __future__ import annotations
 from botocore.exceptions import ClientError
 
 from .aws import Ec2
-from .closing import RUNNING_STATES, announced, end_run, put_back, state_of, tag_result
+from .closing import FINALIZE, RUNNING_STATES, announced, end_run, put_back, state_of, tag_result
 from .contracts import (
     CheckImageInput,
     CheckInstanceInput,
@@ -165,7 +165,7 @@ def finalize(plan: FinalizeInput) -> Summary:
     status: RunStatus = (
         "SUCCEEDED" if not failed else ("FAILED" if len(failed) == len(plan.distribution) else "PARTIAL")
     )
-    if ledger.claim_ending(plan.run_id, "finalize") != "finalize":
+    if ledger.claim_ending(plan.run_id, FINALIZE) != FINALIZE:
         raise RunEndedError(
             f"run {plan.run_id}'s execution has ended and the janitor has ended the run; Finalize does nothing"
         )
