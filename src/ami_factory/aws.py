@@ -524,13 +524,8 @@ class StepFunctions:
 
     def is_running(self, execution_arn: str) -> bool:
         """Whether the execution is still going (a lock held by one that is not can be taken over)."""
-        try:
-            with translated_errors("DescribeExecution"):
-                return self._sfn.describe_execution(executionArn=execution_arn)["status"] == "RUNNING"
-        except ClientError as error:
-            if error_code(error) == "ExecutionDoesNotExist":
-                return False
-            raise
+        found = self.execution(execution_arn)
+        return found is not None and found[0] == "RUNNING"
 
     def execution(self, execution_arn: str) -> tuple[str, datetime] | None:
         """(status, start date) of the execution, or None when there is none."""

@@ -251,8 +251,9 @@ class Ledger:
         late task wrote after the run ended. What the sweep looks at."""
         return sorted({item["pk"].removeprefix("run#") for item in self._scan("", settled="false")})
 
-    def record_stop(self, run_id: str, stop: Stop) -> Stop:
-        """Record the intent to stop before stopping; a retried step keeps (and gets back) the first record."""
+    def record_stop(self, run_id: str, stop: Stop) -> None:
+        """Record the intent to stop before stopping; a retried step keeps the first record (the caller
+        read it with ``stop_of`` first)."""
         self._put_once(
             {
                 "pk": f"run#{run_id}",
@@ -263,8 +264,6 @@ class Ledger:
                 "settled": "false",
             }
         )
-        recorded = self.stop_of(run_id, stop.region, stop.instance_id)
-        return recorded or stop
 
     def stop_of(self, run_id: str, region: str, instance_id: str) -> Stop | None:
         item = self._get(f"run#{run_id}", f"stop#{region}#{instance_id}")
@@ -281,11 +280,6 @@ class Ledger:
     def made_by(self, run_id: str) -> list[Made]:
         """Everything the run recorded, in the order DynamoDB keeps it (Region, then id)."""
         return [_made(item) for item in self._query(f"run#{run_id}", "made#")]
-
-    def find(self, run_id: str, region: str, kind: Kind, roles: set[str]) -> list[Made]:
-        return [
-            made for made in self.made_by(run_id) if made.region == region and made.kind == kind and made.role in roles
-        ]
 
     def made_as(self, run_id: str, region: str, resource_id: str, role: Role) -> Made | None:
         """The record of ``resource_id`` as the run's ``role`` in ``region``, if the run made it so."""
