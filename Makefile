@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN := env PYTHONPATH=src:tools AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 PATH=$(CURDIR)/$(BIN):$$PATH
 
-.PHONY: demo demo-generalize test unit lint mutation mutation-score bench serve build schema asl documents lock clean
+.PHONY: demo demo-generalize test unit lint mutation mutation-score iam-report bench serve build schema asl documents lock clean
 
 $(BIN)/.installed: requirements-dev.txt src/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ mutation: $(BIN)/.installed
 
 mutation-score: $(BIN)/.installed
 	$(BIN)/python tools/mutation_score.py
+
+# Over-privilege: the suite runs with every role's grants and uses recorded, then each role's grants
+# that no test path used are listed (with the justification, or UNUSED).
+iam-report: $(BIN)/.installed
+	rm -rf .iam-usage && mkdir .iam-usage
+	$(RUN) AMI_FACTORY_IAM_USAGE=$(CURDIR)/.iam-usage $(BIN)/python -m pytest -n 2 -q tests/workflow tests/security tests/handlers tests/cli
+	$(RUN) $(BIN)/python tools/iam_report.py .iam-usage
 
 bench: $(BIN)/.installed
 	$(RUN) $(BIN)/python -m ami_factory_local bench

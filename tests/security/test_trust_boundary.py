@@ -22,6 +22,7 @@ from tests.helpers import (
     invoke_error,
     launch_tagged,
     ledger_items,
+    run_images,
     tag_event,
     wait_all,
     wait_until,
@@ -252,9 +253,9 @@ def test_the_operator_may_open_a_privileged_setting_to_tags_by_name(make_emulato
 # --- the clone's identity is the stack's ----------------------------------------------------------
 
 
-def admin_profile(emu: Emulator, name: str = "AdminProfile") -> str:
+def admin_profile(emu: Emulator, name: str = "AdminProfile", path: str = "/") -> str:
     iam = emu.client("iam")
-    iam.create_role(RoleName=name, AssumeRolePolicyDocument="{}")
+    iam.create_role(RoleName=name, Path=path, AssumeRolePolicyDocument="{}")
     iam.create_instance_profile(InstanceProfileName=name)
     iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
     return name
@@ -287,9 +288,32 @@ def test_a_clone_profile_outside_the_allow_list_is_refused_by_request_and_by_ope
     assert refused.status == "FAILED" and refused.error == "CloneProfileNotAllowedError"
     assert "AllowedCloneInstanceProfiles ['BuildProfile']" in refused.cause_message
     untouched(emu, source)
-    allowed = emu.run({**request, "clone": {"instance_profile": admin_profile(emu, "BuildProfile")}}, name="ok")
+    # An allowed profile's role must be on the path the functions may pass (the README says so).
+    build_profile = admin_profile(emu, "BuildProfile", path="/ami-factory-clone/")
+    allowed = emu.run({**request, "clone": {"instance_profile": build_profile}}, name="ok")
     assert allowed.status == "SUCCEEDED", allowed.cause
     assert clone_launch(emu)["IamInstanceProfile"] == {"Name": "BuildProfile"}
+
+
+def test_an_allowed_profile_whose_role_is_off_the_clone_path_is_refused_by_iam_and_nothing_is_left(
+    make_emulator,
+) -> None:
+    """The operator allows a profile by name, but its role is not on /ami-factory-clone/: the template
+    lets the functions pass only those roles, so IAM refuses the PassRole (as on AWS), the run fails
+    saying so, and the source and the run's seed image are as they were before."""
+    emu: Emulator = make_emulator(AllowedCloneInstanceProfiles="AdminProfile")
+    source = emu.launch_instance(name="golden")
+    emu.world.ssm_manage(source, "Linux")
+    request = {"instance_id": source, "mode": "generalize", "clone": {"instance_profile": admin_profile(emu)}}
+    refused = emu.run(request, name="off-path")
+    assert refused.status == "FAILED" and refused.error == "CloneLaunchError", refused.cause
+    assert "iam:PassRole" in refused.cause_message and "role/AdminProfile" in refused.cause_message
+    (refusal,) = emu.authorizer.refusals
+    assert (refusal.role, refusal.decision.action) == ("LaunchCloneFunctionRole", "iam:PassRole")
+    calls = touched(emu, source)
+    assert calls["StopInstances"] == calls["TerminateInstances"] == calls["SendCommand"] == []
+    assert [i["State"]["Name"] for i in all_instances(emu) if i["InstanceId"] == source] == ["running"]
+    assert run_images(emu, "us-east-1", "off-path") == [], "the seed image is removed"
 
 
 # --- who may trigger by tag is the operator's choice ------------------------------------------------

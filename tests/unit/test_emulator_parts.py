@@ -81,8 +81,15 @@ def test_resolver_substitutes_what_sam_would_and_refuses_the_rest() -> None:
     assert resolver.resolve({"Fn::Sub": "${AWS::Region}:${ParameterPrefix}"}) == "us-east-1:/ami-factory"
     assert resolver.resolve({"Fn::GetAtt": ["CreateImageFunction", "Arn"]}) == "arn:fn"
     assert resolver.resolve({"a": [{"Ref": "ParameterPrefix"}]}) == {"a": ["/ami-factory"]}
-    with pytest.raises(NotImplementedError, match="Fn::If"):
-        resolver.resolve({"Fn::If": ["c", 1, 2]})
+    resolver.conditions = {"Yes": {"Fn::Equals": ["a", "a"]}, "No": {"Fn::Equals": ["a", "b"]}}
+    no_value = {"Ref": "AWS::NoValue"}
+    assert resolver.resolve({"Fn::If": ["Yes", 1, 2]}) == 1
+    assert resolver.resolve([{"Fn::If": ["No", "x", no_value]}, "y"]) == ["y"], "NoValue leaves the item out"
+    assert resolver.resolve({"k": {"Fn::If": ["No", "x", no_value]}}) == {}
+    assert resolver.resolve({"Fn::Split": [",", {"Fn::Sub": "${AWS::Region},eu-west-1"}]}) == ["us-east-1", "eu-west-1"]
+    assert resolver.resolve({"Fn::Join": ["-", ["a", {"Ref": "AWS::Region"}]]}) == "a-us-east-1"
+    with pytest.raises(NotImplementedError, match="Fn::Select"):
+        resolver.resolve({"Fn::Select": [0, ["a"]]})
 
 
 def test_the_world_honours_copy_client_tokens_and_refuses_duplicate_names() -> None:

@@ -415,7 +415,10 @@ def test_a_task_that_finishes_after_the_janitor_leaves_nothing_the_sweep_misses(
     result = emu.run(sample("request-basic.json", instance_id=instance_id), name="late-task")
     assert result.status in ("ABORTED", "FAILED")
     assert_nothing_of_the_run_left(emu, "late-task")
-    base = {"region": "us-east-1", "image_id": instance(emu, instance_id)["ImageId"]}
+    image_id = instance(emu, instance_id)["ImageId"]
+    # The launch check may launch only the tool's own images (its role's condition): this one plays one.
+    emu.client("ec2").create_tags(Resources=[image_id], Tags=[{"Key": "ami-factory:managed", "Value": "true"}])
+    base = {"region": "us-east-1", "image_id": image_id}
     late = invoke(emu, "StartLaunchCheck", {"run_id": "late-task", "image": base})
     assert [item["resource_id"] for item in left_in_ledger(emu, "late-task")] == [late["instance_id"]]
     (sweep,) = emu.fire_scheduled_rules()

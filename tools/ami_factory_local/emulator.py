@@ -38,7 +38,10 @@ from moto.stepfunctions.parser.models import StepFunctionsParserBackend
 from ami_factory.clients import use_client_factory
 from ami_factory.errors import error_message
 
+from .authorization import Authorizer, roles_of, translated
 from .clock import VirtualClock
+from .iam import Call, evaluate
+from .iam import Resource as IamResource
 from .runtime import FunctionCode, InProcessRuntime
 from .template import Resolver, functions, load_template, parameter_values, resources_of_type
 from .world import World
@@ -47,6 +50,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT_ID = "123456789012"
 STACK_NAME = "ami-factory-local"
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
+IAM_USAGE_VARIABLE = "AMI_FACTORY_IAM_USAGE"
 HISTORY_QUOTA = 25_000  # events in a Standard execution's history; Step Functions fails it past that
 ENDING_EVENTS = {
     HistoryEventType.ExecutionFailed,
@@ -98,6 +102,7 @@ class Emulator:
         region: str = "us-east-1",
         project_root: Path = PROJECT_ROOT,
         log_level: str = "WARNING",
+        enforce_iam: bool = True,
     ) -> None:
         self.region = region
         self.project_root = project_root
@@ -105,6 +110,10 @@ class Emulator:
         self.log_level = log_level
         self.clock = VirtualClock()
         self.world = World(self.clock, account_id=ACCOUNT_ID)
+        # IAM is evaluated for every call a function or the state machine makes; enforce_iam=False
+        # (no test uses it) only records what would be refused.
+        self.authorizer = Authorizer(ACCOUNT_ID, enforcing=enforce_iam)
+        self.world.authorizer = self.authorizer
         self.runtime = InProcessRuntime()
         self.deployment: Deployment | None = None
         self._schedules: dict[str, dict[str, Any]] = {}
@@ -184,7 +193,16 @@ class Emulator:
             finally:
                 self._stack.close()
                 self._stack = None
+                self._record_iam_usage()
         use_client_factory(None)
+
+    def _record_iam_usage(self) -> None:
+        """With AMI_FACTORY_IAM_USAGE=DIR (``make iam-report``), what each role was granted and used, one
+        file per process (test workers run side by side)."""
+        folder = os.environ.get(IAM_USAGE_VARIABLE)
+        if folder:
+            with open(Path(folder) / f"usage-{os.getpid()}.jsonl", "a", encoding="utf-8") as usage:
+                usage.writelines(json.dumps(role) + "\n" for role in self.authorizer.usage())
 
     def _finish_runs(self, timeout: float = 60.0) -> None:
         if self.deployment is None:
@@ -301,10 +319,17 @@ class Emulator:
             AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
         )["Role"]["Arn"]
         attributes: dict[tuple[str, str], str] = {}
-        for logical_id, role in resources_of_type(template, "AWS::IAM::Role").items():
+        cfn = translated(template, self.region)  # what `sam deploy` sends: the functions' roles included
+        for logical_id, role in resources_of_type(cfn, "AWS::IAM::Role").items():
             path = role["Properties"].get("Path", "/")
             attributes[(logical_id, "Arn")] = f"arn:aws:iam::{ACCOUNT_ID}:role{path}{STACK_NAME}-{logical_id}"
             attributes[(logical_id, "Ref")] = f"{STACK_NAME}-{logical_id}"
+        for logical_id in resources_of_type(cfn, "AWS::IAM::ManagedPolicy"):
+            attributes[(logical_id, "Ref")] = f"arn:aws:iam::{ACCOUNT_ID}:policy/{STACK_NAME}-{logical_id}"
+        for logical_id in resources_of_type(cfn, "AWS::Events::Rule"):
+            attributes[(logical_id, "Arn")] = (
+                f"arn:aws:events:{self.region}:{ACCOUNT_ID}:rule/{STACK_NAME}-{logical_id}"
+            )
         resolver = Resolver(parameters, pseudo, attributes, template.get("Conditions", {}))
         self._deploy_tables(template, resolver, attributes)
         self._deploy_instance_profiles(template, resolver, attributes)
@@ -337,10 +362,14 @@ class Emulator:
             name=f"{STACK_NAME}-{machine_id}", definition=definition, roleArn=role_arn, type="STANDARD"
         )["stateMachineArn"]
         attributes[(machine_id, "Ref")] = state_machine_arn
+        attributes[(machine_id, "Name")] = f"{STACK_NAME}-{machine_id}"
+        self.runtime.state_machine_role = resolver.resolve(machine["Properties"]["Role"]).rsplit("/", 1)[-1]
         layer_dirs = [
             self.project_root / layer["Properties"]["ContentUri"]
             for layer in resources_of_type(template, "AWS::Serverless::LayerVersion").values()
         ]
+        self._cfn = cfn
+        self._deploy_roles(resolver)
         for logical_id, properties in merged.items():
             self._register_function(logical_id, properties, resolver, layer_dirs)
         self._deployed = (pseudo, attributes, layer_dirs)
@@ -354,6 +383,23 @@ class Emulator:
             state_machine_arn=state_machine_arn,
             topic_arns={key[0]: value for key, value in attributes.items() if key[1] == "Ref" and ":sns:" in value},
         )
+
+    def _deploy_roles(self, resolver: Resolver) -> None:
+        """Every role's policies as SAM deploys them, for the authorizer; who may invoke what."""
+        roles = roles_of(self._cfn, resolver.resolve, lambda logical_id: f"{STACK_NAME}-{logical_id}", ACCOUNT_ID)
+        self.authorizer.roles = {role.name: role for role in roles.values()}
+        self._function_roles = {
+            logical_id: resolver.resolve(function["Properties"]["Role"]).rsplit("/", 1)[-1]
+            for logical_id, function in resources_of_type(self._cfn, "AWS::Lambda::Function").items()
+        }
+        permissions: dict[str, set[str]] = {}
+        for permission in resources_of_type(self._cfn, "AWS::Lambda::Permission").values():
+            if not resolver.condition_holds(permission.get("Condition")):
+                continue
+            properties = resolver.resolve(permission["Properties"])
+            if properties["Principal"] == "events.amazonaws.com" and properties["Action"] == "lambda:InvokeFunction":
+                permissions.setdefault(properties["FunctionName"], set()).add(properties["SourceArn"])
+        self.runtime.invoke_permissions = permissions
 
     def _deploy_tables(
         self, template: dict[str, Any], resolver: Resolver, attributes: dict[tuple[str, str], str]
@@ -433,6 +479,7 @@ class Emulator:
             layer_dirs=layer_dirs,
             timeout=int(properties.get("Timeout", 3)),
             memory=int(properties.get("MemorySize", 128)),
+            role=self._function_roles[logical_id],
         )
         self.runtime.register(code)
 
@@ -460,6 +507,7 @@ class Emulator:
         resolver = Resolver(
             parameter_values(template, self.parameter_overrides), pseudo, attributes, template.get("Conditions", {})
         )
+        self._deploy_roles(resolver)
         for logical_id, properties in functions(template).items():
             self._register_function(logical_id, properties, resolver, layer_dirs)
 
@@ -482,15 +530,29 @@ class Emulator:
                 .replace("<aws.scheduler.attempt-number>", str(attempt))
             )
             name = target["Arn"].split(":function:")[-1]
+            self._scheduler_may_invoke(target)
             results.append(self.runtime.invoke_checked(name, json.loads(payload)))
         return results
+
+    def _scheduler_may_invoke(self, target: dict[str, Any]) -> None:
+        """EventBridge Scheduler assumes the target's RoleArn to invoke it: that role must allow it."""
+        role = self.authorizer.roles.get(str(target["RoleArn"]).rsplit("/", 1)[-1])
+        call = Call("lambda:InvokeFunction", (IamResource(target["Arn"]),))
+        decision = evaluate(role.statements if role else [], call)
+        if not decision.allowed:
+            raise RuntimeError(
+                f"EventBridge Scheduler cannot invoke {target['Arn']} as {target['RoleArn']}: {decision.reason()}"
+            )
 
     def fire_scheduled_rules(self) -> list[Any]:
         """EventBridge firing every deployed scheduled rule (the janitor's daily sweep) with its Input."""
         return [
-            self.runtime.invoke_checked(target["Arn"].split(":function:")[-1], json.loads(target.get("Input", "{}")))
-            for rule in self._scheduled_rules.values()
+            self.runtime.invoke_checked(name, json.loads(target.get("Input", "{}")))
+            for logical_id, rule in self._scheduled_rules.items()
             for target in rule["Targets"]
+            if self.runtime.may_invoke(
+                self._deployed[1][(logical_id, "Arn")], name := target["Arn"].split(":function:")[-1]
+            )
         ]
 
     # --- how executions end -------------------------------------------------------------------

@@ -27,6 +27,8 @@ from moto.awslambda_simple.models import LambdaSimpleBackend
 from moto.events.models import Rule
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 
+from .authorization import acting_as, mark_principal
+
 
 @dataclass
 class FunctionCode:
@@ -38,6 +40,7 @@ class FunctionCode:
     layer_dirs: list[Path]
     timeout: int = 60
     memory: int = 256
+    role: str = ""  # the function's execution role (its name as deployed): every call it makes is that role's
 
 
 @dataclass
@@ -61,6 +64,11 @@ class InProcessRuntime:
     _handlers: dict[str, Callable[..., Any]] = field(default_factory=dict)
     _crashes: dict[str, int] = field(default_factory=dict)  # function name suffix -> invocations left to crash
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    refused_deliveries: list[tuple[str, str]] = field(default_factory=list)  # (rule ARN, function name)
+    state_machine_role: str = ""  # the interpreter's Lambda invocations are made by this role
+    # What may invoke a function besides a role (Lambda's resource policy): function name -> the
+    # ARNs of the EventBridge rules its AWS::Lambda::Permission names.
+    invoke_permissions: dict[str, set[str]] = field(default_factory=dict)
 
     def register(self, code: FunctionCode) -> None:
         self.functions[code.name] = code
@@ -101,7 +109,8 @@ class InProcessRuntime:
             try:
                 handler = self._load(code)
                 context = LambdaContext(code.name, code.arn, code.memory)
-                return False, handler(payload, context)
+                with acting_as(code.role, code.name):
+                    return False, handler(payload, context)
             except Exception as error:  # Lambda reports any exception this way
                 return True, {
                     "errorType": type(error).__name__,
@@ -126,7 +135,19 @@ class InProcessRuntime:
         if not rule.event_pattern.matches_event(event):
             return []
         names = [target["Arn"].split(":function:")[-1] for target in rule.targets if ":function:" in target["Arn"]]
-        return [self.invoke_checked(name, event) for name in names if name in self.functions]
+        return [
+            self.invoke_checked(name, event)
+            for name in names
+            if name in self.functions and self.may_invoke(rule.arn, name)
+        ]
+
+    def may_invoke(self, rule_arn: str, name: str) -> bool:
+        """Whether the function's resource policy lets EventBridge invoke it for this rule (as Lambda
+        checks an AWS::Lambda::Permission); a rule without one fails its delivery, as on AWS."""
+        if rule_arn in self.invoke_permissions.get(name, set()):
+            return True
+        self.refused_deliveries.append((rule_arn, name))
+        return False
 
     @contextmanager
     def installed(self) -> Iterator[InProcessRuntime]:
@@ -158,7 +179,8 @@ class InProcessRuntime:
             # moto's interpreter builds a new boto3 client for every Lambda task (tens of ms each).
             key = (region, service)
             if key not in clients:
-                clients[key] = make_client(region=region, service=service, state_credentials=state_credentials)
+                made = make_client(region=region, service=service, state_credentials=state_credentials)
+                clients[key] = mark_principal(made, runtime.state_machine_role, "states")
             return clients[key]
 
         def send_to_targets(rule: Rule, event: dict[str, Any], transform_input: bool = True) -> list[Any]:

@@ -1,8 +1,9 @@
 """Reads ``template.yaml`` the way CloudFormation would, for what the emulator deploys.
 
 Only what the emulator needs is resolved: parameters, the function properties merged with
-``Globals``, and ``Ref``/``Fn::Sub``/``Fn::GetAtt`` in environment variables and the state machine's
-``DefinitionSubstitutions``. Anything else raises, so a template change the emulator does not
+``Globals``, and ``Ref``/``Fn::Sub``/``Fn::GetAtt``/``Fn::If``/``Fn::Split``/``Fn::Join`` (and
+``AWS::NoValue``) in environment variables, the state machine's ``DefinitionSubstitutions`` and the
+roles' policies. Anything else raises, so a template change the emulator does not
 understand is loud, not silently wrong.
 """
 
@@ -48,6 +49,9 @@ def _parsed_template(text: str) -> dict[str, Any]:
     return parsed
 
 
+NO_VALUE: Any = object()  # what ``!Ref AWS::NoValue`` resolves to: the property or list item is left out
+
+
 @dataclass
 class Resolver:
     parameters: dict[str, str]
@@ -62,7 +66,16 @@ class Resolver:
         if isinstance(value, dict) and len(value) == 1:
             ((key, arg),) = value.items()
             if key == "Ref":
-                return self._ref(arg)
+                return NO_VALUE if arg == "AWS::NoValue" else self._ref(arg)
+            if key == "Fn::If":
+                condition, when_true, when_false = arg
+                return self.resolve(when_true if self.condition_holds(condition) else when_false)
+            if key == "Fn::Split":
+                delimiter, text = arg
+                return str(self.resolve(text)).split(delimiter)
+            if key == "Fn::Join":
+                delimiter, parts = arg
+                return delimiter.join(str(part) for part in self.resolve(parts))
             if key == "Fn::GetAtt":
                 return self.attributes[(arg[0], arg[1])]
             if key == "Fn::Sub":
@@ -75,9 +88,10 @@ class Resolver:
             if key.startswith("Fn::"):
                 raise NotImplementedError(f"the emulator does not resolve {key}")
         if isinstance(value, dict):
-            return {key: self.resolve(item) for key, item in value.items()}
+            resolved = {key: self.resolve(item) for key, item in value.items()}
+            return {key: item for key, item in resolved.items() if item is not NO_VALUE}
         if isinstance(value, list):
-            return [self.resolve(item) for item in value]
+            return [item for item in (self.resolve(item) for item in value) if item is not NO_VALUE]
         return value
 
     def _ref(self, name: str) -> str:

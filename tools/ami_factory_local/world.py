@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from unittest import mock
+from urllib.parse import unquote
 
 import yaml
 from moto.core.exceptions import JsonRESTError
@@ -63,6 +64,8 @@ from moto.ssm.models import ssm_backends
 
 from ami_factory.commands import GENERALIZE_COMMENT
 
+from .authorization import IAM_ACTIONS, IAM_PREFIX, Authorizer, as_operator, current_principal, refusal_error
+from .authorization import Request as AuthorizationRequest
 from .clock import VirtualClock
 
 
@@ -369,6 +372,9 @@ class World:
     image_references: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # image -> (type, ARN)
     _last_created: dict[str, datetime] = field(default_factory=dict)  # region -> newest image's CreationDate
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    # IAM: each call of a function or the state machine is evaluated against its role (the emulator
+    # sets the roles from template.yaml); calls of the test or script driving the world are not.
+    authorizer: Authorizer | None = None
 
     # --- what a test asks of the world ---------------------------------------------------------
 
@@ -502,6 +508,23 @@ class World:
 
     # --- the hooks -----------------------------------------------------------------------------
 
+    def _unauthorized(self, response: BaseResponse, service: str, operation: str, params: dict[str, Any]) -> Any:
+        """The service's refusal when the calling role may not make this call, else None."""
+        principal = current_principal(response.headers)
+        if self.authorizer is None or principal is None:
+            return None
+        prefix = IAM_PREFIX.get(service, service)
+        action = IAM_ACTIONS.get((prefix, operation), operation)
+        refusal = self.authorizer.check(
+            principal, AuthorizationRequest(self.account_id, response.region, prefix, action, params)
+        )
+        if refusal is None:
+            return None
+        code, message = refusal_error(service, refusal)
+        if service == "ec2":
+            return response.serialized(ActionResult(EC2ClientError(code, message)))
+        return _refused(response, code, message)
+
     def _refusal(self, operation: str, region: str) -> str | None:
         """The error code of the first matching refusal, using up one of its calls."""
         with self._lock:
@@ -516,7 +539,8 @@ class World:
             for entry in due:
                 self._after_calls.remove(entry)
         for _, action in due:
-            action()
+            with as_operator():  # what the test does in the middle of a call is the test's, not the caller's
+                action()
 
     def _take(self, rules: list[_Throttle], operation: str, region: str) -> bool:
         """Use up one call of the first matching rule."""
@@ -683,8 +707,14 @@ class World:
             service = getattr(response, "service_name", "") or ""
             operation = response._get_action()
             params = _request_params(response)
+            if (
+                service in ("lambda", "awslambda") and operation == "Invoke"
+            ):  # the function is named in the path, not the body
+                params = {"FunctionName": unquote(response.path.split("/functions/")[-1].split("/")[0])}
             with world._lock:
                 world.requests.append(Request(service, operation, response.region, params, world.clock.now()))
+                if refused := world._unauthorized(response, service, operation, params):
+                    return refused
                 answer: Any = None
                 if service not in ("ec2", "ssm") and (code := world._refusal(operation, response.region)):
                     return _refused(response, code, f"{operation} refused ({code})")

@@ -1,0 +1,258 @@
+"""The emulator proves the template's IAM: take one grant away and the path that needs it is refused.
+
+Each case copies the project with a template that lacks one action for one role (or one resource of
+it), runs the path that needs it, and shows the call refused as AWS refuses it, naming the role and
+the action, and the run failing. The rest of the suite passes with every call evaluated, so each grant
+these cases remove is one a real path uses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ami_factory_local import Emulator
+from ami_factory_local.authorization import Refusal
+from ami_factory_local.template import load_template
+from tests.helpers import ROOT, TEST_PARAMETERS, launch_tagged, sample, tag_event, wait_all
+
+Scenario = Callable[[Emulator], dict[str, Any]]
+
+
+def _statements(template: dict[str, Any], owner: str) -> Iterator[dict[str, Any]]:
+    """The policy statements of a function, role or managed policy (an ``!If`` statement's own)."""
+    properties = template["Resources"][owner]["Properties"]
+    documents: list[Any] = []
+    if "PolicyDocument" in properties:
+        documents.append(properties["PolicyDocument"])
+    for policy in properties.get("Policies", []):
+        if isinstance(policy, dict) and "Ref" in policy:
+            documents.append(template["Resources"][policy["Ref"]]["Properties"]["PolicyDocument"])
+        else:
+            documents.append(policy.get("PolicyDocument", policy))
+    for document in documents:
+        for statement in document["Statement"]:
+            branches = statement["Fn::If"][1:] if "Fn::If" in statement else [statement]
+            yield from (branch for branch in branches if "Action" in branch)
+
+
+def project_without(tmp_path: Path, owner: str, action: str, resource: str | None = None) -> Path:
+    """A copy of the project whose template lacks ``action`` in ``owner``'s policies (only for the
+    resource whose text contains ``resource``, when given)."""
+    template = load_template(ROOT / "template.yaml")
+    removed = 0
+    for statement in _statements(template, owner):
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if action not in actions:
+            continue
+        if resource is None:
+            statement["Action"] = [a for a in actions if a != action] or ["none:NoAction"]
+            removed += 1
+        else:
+            kept = [r for r in statement["Resource"] if resource not in json.dumps(r)]
+            removed += len(statement["Resource"]) - len(kept)
+            statement["Resource"] = kept
+    assert removed, f"{owner} grants no {action} to remove: the case no longer matches template.yaml"
+    for name in ("functions", "src", "statemachine", "events"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    (tmp_path / "template.yaml").write_text(yaml.safe_dump(template, sort_keys=False))
+    return tmp_path
+
+
+def refusal(emu: Emulator, role: str, action: str) -> Refusal:
+    found = [r for r in emu.authorizer.refusals if r.role == role and r.decision.action == action]
+    assert found, f"no refusal of {action} for {role}: {[(r.role, r.decision.action) for r in emu.authorizer.refusals]}"
+    return found[0]
+
+
+# --- the paths -----------------------------------------------------------------------------------
+
+
+def basic(emu: Emulator) -> dict[str, Any]:
+    return sample("request-basic.json", instance_id=emu.launch_instance(name="web"))
+
+
+def distribution(emu: Emulator) -> dict[str, Any]:
+    return sample("request-distribution.json", instance_id=emu.launch_instance(name="web"), regions=["eu-west-1"])
+
+
+def cleanup(emu: Emulator) -> dict[str, Any]:
+    instance_id = emu.launch_instance(name="web")
+    emu.world.ssm_manage(instance_id, "Linux")
+    return sample("request-cleanup.json", instance_id=instance_id)
+
+
+def generalize(emu: Emulator) -> dict[str, Any]:
+    instance_id = emu.launch_instance(name="golden")
+    emu.world.ssm_manage(instance_id, "Linux")
+    return {"instance_id": instance_id, "mode": "generalize", "regions": []}
+
+
+def slow_stop(emu: Emulator) -> dict[str, Any]:
+    emu.world.instances_take_to_stop(150)
+    return basic(emu)
+
+
+def failing(emu: Emulator) -> dict[str, Any]:
+    emu.world.images_fail()
+    return basic(emu)
+
+
+RUNS: list[tuple[str, str, Scenario]] = [
+    ("ResolveRequestFunction", "ec2:DescribeInstances", basic),
+    ("PrepareInstanceFunction", "ec2:StopInstances", basic),
+    ("CheckInstanceFunction", "ec2:DescribeInstances", slow_stop),
+    # CreateImage with TagSpecifications is also a CreateTags (ec2:CreateAction = CreateImage).
+    ("CreateImageFunction", "ec2:CreateTags", basic),
+    ("CheckImageFunction", "ec2:DescribeImages", basic),
+    ("RestoreInstanceFunction", "ec2:StartInstances", basic),
+    ("CopyImageFunction", "ec2:CopyImage", basic),
+    ("ShareImageFunction", "ec2:ModifyImageAttribute", basic),
+    ("PublishParameterFunction", "ssm:PutParameter", basic),
+    ("ProtectImageFunction", "ec2:EnableImageDeregistrationProtection", distribution),
+    ("StartLaunchCheckFunction", "ec2:RunInstances", distribution),
+    ("CheckLaunchFunction", "ec2:DescribeInstanceStatus", distribution),
+    ("RunCleanupFunction", "ssm:SendCommand", cleanup),
+    ("CheckCommandFunction", "ssm:GetCommandInvocation", cleanup),
+    ("CreateSeedImageFunction", "ec2:CreateImage", generalize),
+    ("LaunchCloneFunction", "iam:PassRole", generalize),
+    ("CheckCloneFunction", "ssm:DescribeInstanceInformation", generalize),
+    ("GeneralizeFunction", "ssm:SendCommand", generalize),
+    ("CheckGeneralizeFunction", "ssm:GetCommandInvocation", generalize),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("function", "action", "scenario"), RUNS, ids=[f"{f}-{a}" for f, a, _ in RUNS])
+def test_a_run_fails_when_a_step_loses_a_grant_it_uses(
+    tmp_path: Path, function: str, action: str, scenario: Scenario
+) -> None:
+    with Emulator(parameters=TEST_PARAMETERS, project_root=project_without(tmp_path, function, action)) as emu:
+        result = emu.run(scenario(emu), name="lost-grant")
+        refused = refusal(emu, f"{function}Role", action)
+        assert f"not authorized to perform: {action}" in refused.message
+        assert result.status == "FAILED" or (result.output or {}).get("status") in ("PARTIAL", "FAILED"), result.cause
+        assert refused.message in failures(result), "the run's history says which call was refused, and whose"
+
+
+def failures(result: Any) -> str:
+    """Every task failure's cause in the run's history (the Lambda error bodies), as text."""
+    failed = [event for event in result.history if event["type"] in ("TaskFailed", "LambdaFunctionFailed")]
+    return json.dumps(failed, default=str)
+
+
+@pytest.mark.slow
+def test_a_launch_check_that_cannot_terminate_is_ended_by_the_run_ending(tmp_path: Path) -> None:
+    """EndLaunchCheck losing TerminateInstances is refused; the run's ending (its own grant, limited to
+    instances tagged as launch checks) terminates the instance, so nothing is left running."""
+    project = project_without(tmp_path, "EndLaunchCheckFunction", "ec2:TerminateInstances")
+    with Emulator(parameters=TEST_PARAMETERS, project_root=project) as emu:
+        result = emu.run(distribution(emu), name="lost-grant")
+        refusal(emu, "EndLaunchCheckFunctionRole", "ec2:TerminateInstances")
+        assert result.output and len(result.output["cleaned_up"]) == 2, result.output
+        assert {r.region for r in emu.world.sent("RunInstances")} == {"eu-west-1", "us-east-1"}
+        assert {r.region for r in emu.world.sent("TerminateInstances")} == {"eu-west-1", "us-east-1"}, (
+            "the ending terminated both launch checks"
+        )
+
+
+@pytest.mark.slow
+def test_the_run_ending_policy_is_needed_to_put_the_instance_back(tmp_path: Path) -> None:
+    """Finalize, HandleFailure and the janitor share RunEndingPolicy: without StartInstances a failed
+    run's ending is refused, and the instance is left stopped (what the grant is there for)."""
+    project = project_without(tmp_path, "RunEndingPolicy", "ec2:StartInstances")
+    with Emulator(parameters=TEST_PARAMETERS, project_root=project) as emu:
+        result = emu.run(failing(emu), name="lost-grant")
+        assert result.status == "FAILED"
+        refused = refusal(emu, "HandleFailureFunctionRole", "ec2:StartInstances")
+        assert "instance/i-" in refused.decision.resource
+
+
+@pytest.mark.slow
+def test_the_janitor_needs_to_read_the_execution_it_ends(tmp_path: Path) -> None:
+    project = project_without(tmp_path, "EndRunFunction", "states:DescribeExecution")
+    with Emulator(parameters=TEST_PARAMETERS, project_root=project) as emu:
+        request = basic(emu)
+        emu.world.after_call(
+            "CreateImage",
+            lambda: emu.client("stepfunctions").stop_execution(
+                executionArn=f"{emu.state_machine_arn.replace(':stateMachine:', ':execution:')}:stopped"
+            ),
+        )
+        assert emu.run(request, name="stopped").status == "ABORTED"
+        refusal(emu, "EndRunFunctionRole", "states:DescribeExecution")
+        assert any("error" in change for change in emu.status_changes), "the janitor's invocation failed"
+
+
+@pytest.mark.slow
+def test_the_tag_trigger_needs_to_start_the_execution(tmp_path: Path) -> None:
+    project = project_without(tmp_path, "StartRunFunction", "states:StartExecution")
+    with Emulator(parameters=TEST_PARAMETERS, project_root=project) as emu:
+        instance_id = launch_tagged(emu)
+        with pytest.raises(RuntimeError, match="states:StartExecution"):
+            emu.deliver_event(tag_event(emu, instance_id))
+        refusal(emu, "StartRunFunctionRole", "states:StartExecution")
+
+
+@pytest.mark.slow
+def test_retention_needs_to_deregister(tmp_path: Path) -> None:
+    project = project_without(tmp_path, "ApplyRetentionFunction", "ec2:DeregisterImage")
+    with Emulator(parameters={**TEST_PARAMETERS, "RetentionKeepNewest": "1"}, project_root=project) as emu:
+        instance_id = emu.launch_instance(name="web")
+        for run in ("r1", "r2"):
+            assert (
+                emu.run(sample("request-basic.json", instance_id=instance_id, regions=[]), name=run).status
+                == "SUCCEEDED"
+            )
+        with pytest.raises(RuntimeError, match="not authorized to perform: ec2:DeregisterImage"):
+            emu.runtime.invoke_checked("ami-factory-local-ApplyRetentionFunction", {"dry_run": False})
+        refusal(emu, "ApplyRetentionFunctionRole", "ec2:DeregisterImage")
+
+
+# --- the orchestrators -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_state_machine_may_invoke_only_the_functions_its_role_names(tmp_path: Path) -> None:
+    project = project_without(
+        tmp_path, "ImagingStateMachineRole", "lambda:InvokeFunction", resource="CopyImageFunction"
+    )
+    with Emulator(parameters=TEST_PARAMETERS, project_root=project) as emu:
+        result = emu.run(basic(emu), name="lost-grant")
+        refused = refusal(emu, "ImagingStateMachineRole", "lambda:InvokeFunction")
+        assert refused.decision.resource.endswith(":function:ami-factory-local-CopyImageFunction")
+        assert result.output and result.output["status"] == "PARTIAL", result.cause
+        assert {"ap-southeast-2", "eu-west-1"} <= set(result.output["failed_regions"]), result.output
+        assert "lambda:InvokeFunction" in failures(result)
+
+
+@pytest.mark.slow
+def test_the_schedule_needs_its_role_to_invoke_the_start_function(tmp_path: Path) -> None:
+    project = project_without(tmp_path, "SchedulerRole", "lambda:InvokeFunction")
+    with (
+        Emulator(
+            parameters={**TEST_PARAMETERS, "ScheduleExpression": "cron(0 3 ? * SUN *)"}, project_root=project
+        ) as emu,
+        pytest.raises(RuntimeError, match=r"Scheduler cannot invoke .*StartRunFunction"),
+    ):
+        emu.fire_schedule("2026-11-29T03:00:00Z")
+
+
+@pytest.mark.slow
+def test_eventbridge_needs_the_lambda_permission_to_reach_the_janitor(tmp_path: Path) -> None:
+    template = load_template(ROOT / "template.yaml")
+    del template["Resources"]["RunEndedPermission"]
+    for name in ("functions", "src", "statemachine", "events"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    (tmp_path / "template.yaml").write_text(yaml.safe_dump(template, sort_keys=False))
+    with Emulator(parameters=TEST_PARAMETERS, project_root=tmp_path) as emu:
+        emu.runtime.crash("FinalizeFunction", times=1)
+        assert emu.run(basic(emu), name="crashed").status == "FAILED"
+        wait_all(emu)
+        assert [name for _, name in emu.runtime.refused_deliveries] == ["ami-factory-local-EndRunFunction"]
+        assert all(not change["results"] for change in emu.status_changes), "no janitor ran"

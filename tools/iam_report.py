@@ -1,0 +1,89 @@
+"""Over-privilege, measured: per role, what template.yaml grants against what the test suite used.
+
+``make iam-report`` runs the suite with every emulator recording, per role, the statements of its
+policies and which of them allowed a call (``AMI_FACTORY_IAM_USAGE``), then prints this report. A
+grant no path used is listed with its justification, or as UNUSED: remove it, or justify it here.
+
+    python tools/iam_report.py USAGE_DIR [--strict]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# Grants no handler call can use, and why they stay. Keys: (role logical id or "*", action).
+JUSTIFIED: dict[tuple[str, str], str] = {
+    ("*", "logs:*"): "Lambda's runtime writes the function's logs (AWSLambdaBasicExecutionRole, added by SAM)",
+    ("*", "xray:*"): "Tracing: Active - Lambda sends the traces (AWSXrayWriteOnlyAccess, added by SAM)",
+    ("ImagingStateMachineRole", "logs:*"): "Step Functions sets up its log delivery when the stack deploys",
+    ("ImagingStateMachineRole", "xray:*"): "Step Functions sends the state machine's traces",
+    ("CloneRole", "*"): "the clone's instance role: the SSM agent on the clone uses it, not a function",
+    ("*", "kms:*"): "EC2 uses the KmsKeyIds keys for the caller (encrypted copies and launch checks) only when keys are configured",
+    ("*", "ec2:CreateTags"): "EC2 asks for it with the TagSpecifications of the call that creates the resource",
+}
+
+
+def justification(role: str, action: str) -> str | None:
+    service = action.split(":", 1)[0]
+    for key in ((role, action), ("*", action), (role, f"{service}:*"), ("*", f"{service}:*"), (role, "*")):
+        if key in JUSTIFIED:
+            return JUSTIFIED[key]
+    return None
+
+
+def load(folder: Path) -> dict[str, dict[str, set[tuple[str, str]]]]:
+    """Per role: granted (statement, action) pairs and used (statement, action) pairs, over every emulator."""
+    roles: dict[str, dict[str, set[tuple[str, str]]]] = {}
+    for path in sorted(folder.glob("usage-*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            role = roles.setdefault(record["role"], {"granted": set(), "used": set()})
+            for grant in record["granted"]:
+                role["granted"] |= {(grant["statement"], action) for action in grant["actions"]}
+            role["used"] |= {(statement, action) for action, statement in record["used"]}
+    return roles
+
+
+def covers(grant: str, action: str) -> bool:
+    from ami_factory_local.iam import like
+
+    return like(grant, action, ignore_case=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("usage", type=Path)
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a grant is unused and unjustified")
+    args = parser.parse_args()
+    roles = load(args.usage)
+    if not roles:
+        print(f"no usage recorded in {args.usage}", file=sys.stderr)
+        return 1
+    unjustified = 0
+    for role in sorted(roles):
+        granted, used = roles[role]["granted"], roles[role]["used"]
+        used_actions = sorted({action for _, action in used})
+        print(f"{role}: {len({a for _, a in granted})} actions granted, {len(used_actions)} used")
+        for action in used_actions:
+            print(f"    used    {action}")
+        kept: dict[str, list[str]] = {}
+        for statement, grant in sorted(granted, key=lambda pair: (pair[1], pair[0])):
+            if any(s == statement and covers(grant, action) for s, action in used):
+                continue
+            why = justification(role, grant)
+            if why:
+                kept.setdefault(why, []).append(grant)
+            else:
+                unjustified += 1
+                print(f"    UNUSED  {grant} ({statement})")
+        for why, grants in kept.items():
+            print(f"    kept    {', '.join(sorted(set(grants)))}: {why}")
+    print(f"{unjustified} grant(s) no test path used and nothing justifies")
+    return 1 if args.strict and unjustified else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
