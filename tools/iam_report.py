@@ -21,7 +21,7 @@ JUSTIFIED: dict[tuple[str, str], str] = {
     ("ImagingStateMachineRole", "logs:*"): "Step Functions sets up its log delivery when the stack deploys",
     ("ImagingStateMachineRole", "xray:*"): "Step Functions sends the state machine's traces",
     ("CloneRole", "*"): "the clone's instance role: the SSM agent on the clone uses it, not a function",
-    ("*", "kms:*"): "EC2 uses the KmsKeyIds keys for the caller (encrypted copies and launch checks) only when keys are configured",
+    ("*", "kms:*"): "EC2 uses the KmsKeyIds keys for the caller (encrypted copies, launch checks) when keys are set",
     ("*", "ec2:CreateTags"): "EC2 asks for it with the TagSpecifications of the call that creates the resource",
 }
 

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 import yaml
+from botocore.exceptions import ClientError
 
 from ami_factory_local import Emulator
-from ami_factory_local.authorization import Refusal
+from ami_factory_local.authorization import Refusal, acting_as
 from ami_factory_local.template import load_template
 from tests.helpers import ROOT, TEST_PARAMETERS, launch_tagged, sample, tag_event, wait_all
 
@@ -256,3 +257,77 @@ def test_eventbridge_needs_the_lambda_permission_to_reach_the_janitor(tmp_path: 
         wait_all(emu)
         assert [name for _, name in emu.runtime.refused_deliveries] == ["ami-factory-local-EndRunFunction"]
         assert all(not change["results"] for change in emu.status_changes), "no janitor ran"
+
+
+@pytest.mark.slow
+def test_finalize_needs_to_claim_the_ending(tmp_path: Path) -> None:
+    """Finalize shares RunEndingPolicy with HandleFailure and the janitor: without UpdateItem it cannot
+    claim the run's ending, and the run fails saying so."""
+    project = project_without(tmp_path, "RunEndingPolicy", "dynamodb:UpdateItem")
+    with Emulator(parameters=TEST_PARAMETERS, project_root=project) as emu:
+        result = emu.run(basic(emu), name="lost-grant")
+        refused = refusal(emu, "FinalizeFunctionRole", "dynamodb:UpdateItem")
+        assert result.status == "FAILED"
+        assert refused.message in failures(result)
+
+
+# --- tags as AWS applies them ----------------------------------------------------------------------
+
+
+def as_function(emu: Emulator, function: str) -> Any:
+    """The block's calls are made by the deployed function's role, as the function would make them."""
+    return acting_as(f"ami-factory-local-{function}Role", f"ami-factory-local-{function}")
+
+
+def test_a_request_tag_counts_only_in_the_tag_specifications_of_the_creating_call(emu: Emulator) -> None:
+    """LaunchClone may launch only instances tagged ami-factory:role=clone at launch: launching untagged
+    and tagging afterwards is refused at the launch, as on AWS."""
+    ec2 = emu.client("ec2")
+    seed = ec2.register_image(Name="seed", RootDeviceName="/dev/xvda")["ImageId"]
+    ec2.create_tags(Resources=[seed], Tags=[{"Key": "ami-factory:role", "Value": "seed"}])
+    clone_tags = [{"Key": "ami-factory:role", "Value": "clone"}]
+    with as_function(emu, "LaunchCloneFunction"):
+        with pytest.raises(ClientError, match="UnauthorizedOperation") as refused:
+            ec2.run_instances(ImageId=seed, MinCount=1, MaxCount=1, InstanceType="t3.micro")
+        assert "ec2:RunInstances on resource: arn:aws:ec2:us-east-1:123456789012:instance/*" in str(refused.value)
+        specs = [{"ResourceType": kind, "Tags": clone_tags} for kind in ("instance", "volume")]
+        launched = ec2.run_instances(
+            ImageId=seed, MinCount=1, MaxCount=1, InstanceType="t3.micro", TagSpecifications=specs
+        )
+    assert launched["Instances"][0]["InstanceId"].startswith("i-")
+
+
+def test_create_tags_is_allowed_only_as_part_of_the_call_that_creates(emu: Emulator) -> None:
+    """CreateImage's role may tag images only through CreateImage's TagSpecifications (ec2:CreateAction):
+    it cannot retag an image that exists, e.g. to make someone else's image look like the tool's."""
+    ec2 = emu.client("ec2")
+    instance_id = emu.launch_instance(name="web")
+    image_id = ec2.register_image(Name="someone-elses", RootDeviceName="/dev/xvda")["ImageId"]
+    with as_function(emu, "CreateImageFunction"):
+        with pytest.raises(ClientError, match="UnauthorizedOperation"):
+            ec2.create_tags(Resources=[image_id], Tags=[{"Key": "ami-factory:managed", "Value": "true"}])
+        tags = [{"Key": "ami-factory:managed", "Value": "true"}]
+        specs = [{"ResourceType": kind, "Tags": tags} for kind in ("image", "snapshot")]
+        made = ec2.create_image(InstanceId=instance_id, Name="mine", NoReboot=True, TagSpecifications=specs)
+    assert made["ImageId"].startswith("ami-")
+    (refused,) = emu.authorizer.refusals
+    assert (refused.role, refused.decision.action) == ("CreateImageFunctionRole", "ec2:CreateTags")
+
+
+def test_a_refusal_is_answered_as_each_service_answers(emu: Emulator) -> None:
+    """EC2's UnauthorizedOperation carries an encoded message; JSON services say AccessDeniedException."""
+    instance_id = emu.launch_instance(name="web")
+    with as_function(emu, "CheckImageFunction"):
+        with pytest.raises(ClientError) as ec2_refusal:
+            emu.client("ec2").stop_instances(InstanceIds=[instance_id])
+        with pytest.raises(ClientError, match="does not model the resources of ec2:RegisterImage"):
+            emu.client("ec2").register_image(Name="not-modelled", RootDeviceName="/dev/xvda")  # fails closed
+        with pytest.raises(ClientError) as ssm_refusal:
+            emu.client("ssm").get_parameter(Name="/ami-factory/web/latest")
+        with pytest.raises(ClientError) as table_refusal:
+            emu.client("dynamodb").scan(TableName="ami-factory-local-LedgerTable")
+    assert ec2_refusal.value.response["Error"]["Code"] == "UnauthorizedOperation"
+    assert "Encoded authorization failure message: " in ec2_refusal.value.response["Error"]["Message"]
+    assert ssm_refusal.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert table_refusal.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert "ami-factory-local-CheckImageFunctionRole/ami-factory-local-CheckImageFunction" in str(table_refusal.value)

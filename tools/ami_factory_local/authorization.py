@@ -549,7 +549,16 @@ class Authorizer:
             refusal = Refusal(role_name, principal_arn, decision)
         else:
             refusal = None
-            for call in calls_for(request):
+            try:
+                calls = calls_for(request)
+            except KeyError as unmodelled:  # an action or its resources the emulator does not know: fail closed
+                calls = []
+                refusal = Refusal(
+                    role.logical_id,
+                    principal_arn,
+                    Decision(False, request.action, "*", unmodelled=(str(unmodelled.args[0]),)),
+                )
+            for call in calls:
                 decision = evaluate(role.statements, call)
                 if not decision.allowed:
                     refusal = Refusal(role.logical_id, principal_arn, decision)
