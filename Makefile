@@ -41,11 +41,11 @@ mutation-score: $(BIN)/.installed
 	$(BIN)/python tools/mutation_score.py
 
 # Over-privilege: the suite runs with every role's grants and uses recorded, then each role's grants
-# that no test path used are listed (with the justification, or UNUSED).
+# that no test path used are listed (with the justification, or UNUSED: then it fails).
 iam-report: $(BIN)/.installed
 	rm -rf .iam-usage && mkdir .iam-usage
 	$(RUN) AMI_FACTORY_IAM_USAGE=$(CURDIR)/.iam-usage $(BIN)/python -m pytest -n 2 -q tests/workflow tests/security tests/handlers tests/cli
-	$(RUN) $(BIN)/python tools/iam_report.py .iam-usage
+	$(RUN) $(BIN)/python tools/iam_report.py --strict .iam-usage
 
 bench: $(BIN)/.installed
 	$(RUN) $(BIN)/python -m ami_factory_local bench

@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 
 from ami_factory_local import Emulator
 from ami_factory_local.authorization import Refusal, acting_as
+from ami_factory_local.emulator import IAM_USAGE_VARIABLE
 from ami_factory_local.template import load_template
 from tests.helpers import ROOT, TEST_PARAMETERS, launch_tagged, sample, tag_event, wait_all
 
@@ -63,6 +64,12 @@ def project_without(tmp_path: Path, owner: str, action: str, resource: str | Non
         (tmp_path / name).symlink_to(ROOT / name)
     (tmp_path / "template.yaml").write_text(yaml.safe_dump(template, sort_keys=False))
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _not_in_the_iam_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A template with a grant taken away is not the stack: what its roles used is not reported."""
+    monkeypatch.delenv(IAM_USAGE_VARIABLE, raising=False)
 
 
 def refusal(emu: Emulator, role: str, action: str) -> Refusal:
@@ -331,3 +338,13 @@ def test_a_refusal_is_answered_as_each_service_answers(emu: Emulator) -> None:
     assert ssm_refusal.value.response["Error"]["Code"] == "AccessDeniedException"
     assert table_refusal.value.response["Error"]["Code"] == "AccessDeniedException"
     assert "ami-factory-local-CheckImageFunctionRole/ami-factory-local-CheckImageFunction" in str(table_refusal.value)
+
+
+def test_each_schedule_reaches_its_function_through_its_own_role(make_emulator: Any) -> None:
+    emu: Emulator = make_emulator(
+        ScheduleExpression="cron(0 3 ? * SUN *)", RetentionScheduleExpression="cron(0 4 * * ? *)"
+    )
+    fired = emu.fire_schedule("2026-11-29T03:00:00Z")
+    assert len(fired) == 2 and emu.authorizer.refusals == []
+    used = {(role, action) for role, action, _ in emu.authorizer.used}
+    assert {("SchedulerRole", "lambda:InvokeFunction"), ("RetentionSchedulerRole", "lambda:InvokeFunction")} <= used

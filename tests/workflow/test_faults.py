@@ -247,6 +247,22 @@ def test_a_finalize_that_never_ran_is_undone_by_the_janitor(make_emulator, encry
     assert_told_and_tagged(emu, "no-finalize", instance_id, "FAILED")
 
 
+def test_an_undone_run_puts_the_previous_image_back_as_latest(emu: Emulator) -> None:
+    """The family's latest named the last good run's image before this run moved it: undoing the run
+    writes that image back (PutParameter from the ledger's record), in every Region."""
+    instance_id = emu.launch_instance(name="web")
+    good = emu.run(sample("request-basic.json", instance_id=instance_id), name="good")
+    assert good.status == "SUCCEEDED", good.cause
+    before = {region: latest(emu, region) for region in REGIONS}
+    emu.runtime.crash("FinalizeFunction", times=1)
+    assert emu.run(sample("request-basic.json", instance_id=instance_id), name="undone").status == "FAILED"
+    (janitor,) = janitor_summaries(emu)
+    assert janitor["status"] == "FAILED" and janitor["left_over"] == []
+    assert {region: latest(emu, region) for region in REGIONS} == before
+    assert all(image is not None for image in before.values())
+    assert_nothing_of_the_run_left(emu, "undone")
+
+
 def test_a_finalize_that_fails_after_recording_its_result_is_completed_by_the_janitor(emu: Emulator) -> None:
     """Finalize recorded what the run delivered, then could not go on (EventBridge kept throttling its
     announcement, past the step's retries): the janitor keeps the images and says the run succeeded."""

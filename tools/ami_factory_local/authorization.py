@@ -33,6 +33,7 @@ from moto.ec2.models import ec2_backends
 from moto.kms.models import kms_backends
 
 from .iam import Call, Decision, Resource, Statement, evaluate, statements
+from .template import NO_VALUE
 
 # The AWS managed policies SAM attaches (execution logs, X-Ray), as AWS publishes them: the emulator
 # has no IAM service to read them from. A template naming any other managed policy fails to deploy.
@@ -164,12 +165,21 @@ def translated(template: dict[str, Any], region: str) -> dict[str, Any]:
     return result
 
 
+def _resolved(document: dict[str, Any], resolve: Callable[[Any], Any]) -> dict[str, Any]:
+    """The policy document resolved statement by statement: a statement ``!If`` leaves out stays as
+    None, so every statement keeps its number in the template whatever the parameters (the report
+    joins runs of differently configured stacks by it)."""
+    listed = document["Statement"] if isinstance(document["Statement"], list) else [document["Statement"]]
+    kept = [resolve(statement) for statement in listed]
+    return {**document, "Statement": [None if statement is NO_VALUE else statement for statement in kept]}
+
+
 def roles_of(
     cfn: dict[str, Any], resolve: Callable[[Any], Any], name_of: Callable[[str], str], account: str
 ) -> dict[str, Role]:
     """Each AWS::IAM::Role of the translated template, with its inline and managed policies resolved."""
     managed = {
-        logical_id: resolve(resource["Properties"]["PolicyDocument"])
+        logical_id: _resolved(resource["Properties"]["PolicyDocument"], resolve)
         for logical_id, resource in cfn["Resources"].items()
         if resource["Type"] == "AWS::IAM::ManagedPolicy"
     }
@@ -181,7 +191,7 @@ def roles_of(
         properties = resource["Properties"]
         policies: dict[str, dict[str, Any]] = {}
         for policy in properties.get("Policies", []):
-            policies[policy["PolicyName"]] = resolve(policy["PolicyDocument"])
+            policies[policy["PolicyName"]] = _resolved(policy["PolicyDocument"], resolve)
         for arn in properties.get("ManagedPolicyArns", []):
             resolved = resolve(arn)
             if resolved in managed_arns:
@@ -570,6 +580,15 @@ class Authorizer:
         self.refusals.append(refusal)
         self.log(f"IAM refused {session} ({refusal.role}): {refusal.message}")
         return refusal if self.enforcing else None
+
+    def allows(self, role_name: str, call: Call) -> Decision:
+        """A service acting with a role (EventBridge Scheduler with its target's RoleArn)."""
+        role = self.roles.get(role_name)
+        decision = evaluate(role.statements if role else [], call)
+        if role is not None:
+            for statement in decision.allowed_by:
+                self.used[(role.logical_id, call.action, statement.label)] += 1
+        return decision
 
     def usage(self) -> list[dict[str, Any]]:
         """Per role: every action its statements grant (as written) and the ones calls were allowed by."""

@@ -40,7 +40,7 @@ from ami_factory.errors import error_message
 
 from .authorization import Authorizer, roles_of, translated
 from .clock import VirtualClock
-from .iam import Call, evaluate
+from .iam import Call
 from .iam import Resource as IamResource
 from .runtime import FunctionCode, InProcessRuntime
 from .template import Resolver, functions, load_template, parameter_values, resources_of_type
@@ -536,9 +536,8 @@ class Emulator:
 
     def _scheduler_may_invoke(self, target: dict[str, Any]) -> None:
         """EventBridge Scheduler assumes the target's RoleArn to invoke it: that role must allow it."""
-        role = self.authorizer.roles.get(str(target["RoleArn"]).rsplit("/", 1)[-1])
         call = Call("lambda:InvokeFunction", (IamResource(target["Arn"]),))
-        decision = evaluate(role.statements if role else [], call)
+        decision = self.authorizer.allows(str(target["RoleArn"]).rsplit("/", 1)[-1], call)
         if not decision.allowed:
             raise RuntimeError(
                 f"EventBridge Scheduler cannot invoke {target['Arn']} as {target['RoleArn']}: {decision.reason()}"

@@ -107,12 +107,13 @@ class Decision:
 
 
 def statements(policies: Mapping[str, Mapping[str, Any]]) -> list[Statement]:
-    """Every statement of the named policy documents."""
+    """Every statement of the named policy documents (numbered as written; a None left out)."""
     found = []
     for name, document in policies.items():
         listed = document.get("Statement", [])
         for index, statement in enumerate(listed if isinstance(listed, list) else [listed]):
-            found.append(Statement(name, index, statement))
+            if statement is not None:
+                found.append(Statement(name, index, statement))
     return found
 
 
