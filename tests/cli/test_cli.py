@@ -261,6 +261,8 @@ def test_bench_reports_counts_per_run() -> None:
         images = 2 if section.startswith("generalize") else 1  # the clone's seed, then the image
         assert re.search(rf"CreateImage\s+{images}$", section, re.MULTILINE)
         assert re.search(r"virtual elapsed: [\d.]+ min; images' own time: [\d.]+ min", section)
+        checked = int(re.search(r"IAM: (\d+) grants checked, 0 calls refused", section).group(1))
+        assert checked > invocations, "every call of every function was evaluated"
     assert re.search(r"RunInstances\s+1$", sections[3], re.MULTILINE)
     assert re.search(r"TerminateInstances\s+1$", sections[3], re.MULTILINE)
 

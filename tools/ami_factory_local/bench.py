@@ -92,6 +92,8 @@ def main(out: TextIO, scenarios: list[Scenario] = SCENARIOS) -> int:
                 f"{emu.world.images_own_time() / 60:.1f} min",
                 file=out,
             )
+            evaluated = sum(emu.authorizer.used.values())
+            print(f"   IAM: {evaluated} grants checked, {len(emu.authorizer.refusals)} calls refused", file=out)
             print(f"   EC2 calls: {sum(calls.values())}", file=out)
             for operation, count in sorted(calls.items(), key=lambda item: (-item[1], item[0])):
                 print(f"     {operation:<24}{count:>5}", file=out)
