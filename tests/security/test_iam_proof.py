@@ -198,6 +198,17 @@ def test_the_janitor_needs_to_read_the_execution_it_ends(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
+def test_only_the_janitor_reads_the_whole_ledger_and_its_sweep_needs_to(tmp_path: Path) -> None:
+    project = project_without(tmp_path, "EndRunFunction", "dynamodb:Scan")
+    with Emulator(parameters=TEST_PARAMETERS, project_root=project) as emu:
+        with pytest.raises(RuntimeError, match="not authorized to perform: dynamodb:Scan"):
+            emu.fire_scheduled_rules()
+        refusal(emu, "EndRunFunctionRole", "dynamodb:Scan")
+        finalize = emu.authorizer.roles["ami-factory-local-FinalizeFunctionRole"]
+        assert not any("dynamodb:Scan" in str(s.document.get("Action")) for s in finalize.statements)
+
+
+@pytest.mark.slow
 def test_the_tag_trigger_needs_to_start_the_execution(tmp_path: Path) -> None:
     project = project_without(tmp_path, "StartRunFunction", "states:StartExecution")
     with Emulator(parameters=TEST_PARAMETERS, project_root=project) as emu:
