@@ -359,3 +359,19 @@ def test_each_schedule_reaches_its_function_through_its_own_role(make_emulator: 
     assert len(fired) == 2 and emu.authorizer.refusals == []
     used = {(role, action) for role, action, _ in emu.authorizer.used}
     assert {("SchedulerRole", "lambda:InvokeFunction"), ("RetentionSchedulerRole", "lambda:InvokeFunction")} <= used
+
+
+@pytest.mark.parametrize("function", ["StartRunFunction", "FinalizeFunction"])
+def test_a_delete_tags_without_keys_which_would_remove_every_tag_is_refused(emu: Emulator, function: str) -> None:
+    """ForAllValues holds for a request with no tag keys, and DeleteTags without keys removes them all:
+    the roles that may remove one tag cannot strip an instance of every tag."""
+    instance_id = emu.launch_instance(
+        name="web", tags={"owner": "team-a", "ami-factory:error": "x", "ami-factory:create": "true"}
+    )
+    key = "ami-factory:error" if function == "StartRunFunction" else "ami-factory:create"
+    with as_function(emu, function):
+        with pytest.raises(ClientError, match="UnauthorizedOperation"):
+            emu.client("ec2").delete_tags(Resources=[instance_id])
+        emu.client("ec2").delete_tags(Resources=[instance_id], Tags=[{"Key": key}])
+    left = {tag["Key"] for tag in emu.client("ec2").describe_tags()["Tags"] if tag["ResourceId"] == instance_id}
+    assert "owner" in left and key not in left

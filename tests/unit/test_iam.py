@@ -15,7 +15,7 @@ INSTANCE = "arn:aws:ec2:us-east-1:123456789012:instance/i-1"
 def decide(
     *listed: dict[str, Any],
     action: str = "ec2:DeregisterImage",
-    resources: tuple[Resource, ...] = (Resource(IMAGE),),
+    resources: tuple[Resource, ...] = (Resource(IMAGE, tags_known=True),),
     **context: list[str],
 ) -> Any:
     policy = {"Version": "2012-10-17", "Statement": list(listed)}
@@ -32,7 +32,7 @@ def allow(
 
 
 def tagged(**tags: str) -> Resource:
-    return Resource(IMAGE, {f"aws:resourcetag/{key}": [value] for key, value in tags.items()})
+    return Resource(IMAGE, {f"aws:resourcetag/{key}": [value] for key, value in tags.items()}, tags_known=True)
 
 
 def test_nothing_allows_by_default_and_the_reason_names_the_action() -> None:
@@ -96,7 +96,16 @@ def test_a_resource_tag_condition_reads_the_resource_own_tags() -> None:
     statement = allow(StringEquals={"aws:ResourceTag/ami-factory:managed": "true"})
     assert decide(statement, resources=(tagged(**{"ami-factory:managed": "true"}),)).allowed
     assert not decide(statement, resources=(tagged(**{"ami-factory:managed": "false"}),)).allowed
-    assert not decide(statement, resources=(Resource(IMAGE),)).allowed  # a missing key never equals
+    assert not decide(statement, resources=(tagged(),)).allowed  # a missing key never equals
+
+
+def test_a_tag_condition_on_a_resource_whose_tags_the_emulator_does_not_read_fails_closed() -> None:
+    table = Resource("arn:aws:dynamodb:us-east-1:123456789012:table/ledger")
+    statement = allow(action="dynamodb:PutItem", resource="*", StringNotEquals={"aws:ResourceTag/env": "prod"})
+    refused = decide(statement, action="dynamodb:PutItem", resources=(table,))
+    assert not refused.allowed and "aws:ResourceTag/env" in refused.reason()
+    known = Resource(table.arn, tags_known=True)
+    assert decide(statement, action="dynamodb:PutItem", resources=(known,)).allowed
 
 
 def test_condition_key_names_match_without_case() -> None:
@@ -139,6 +148,32 @@ def test_for_any_value_needs_one_match() -> None:
         allow(action="ec2:CreateTags"), deny, action="ec2:CreateTags", **{"aws:tagkeys": ["Name", "ami-factory:x"]}
     ).allowed
     assert decide(allow(action="ec2:CreateTags"), deny, action="ec2:CreateTags", **{"aws:tagkeys": ["Name"]}).allowed
+
+
+@pytest.mark.parametrize(
+    ("operator", "values", "holds"),
+    [
+        ("ForAllValues:StringNotEquals", ["x", "y"], True),
+        ("ForAllValues:StringNotEquals", ["a", "x"], False),
+        ("ForAllValues:StringNotEquals", [], True),
+        ("ForAnyValue:StringNotEquals", ["a", "x"], True),
+        ("ForAnyValue:StringNotEquals", ["a"], False),
+        ("ForAnyValue:StringNotEquals", [], False),
+        ("ForAnyValue:StringEquals", [], False),
+    ],
+)
+def test_negated_set_operators_apply_the_negation_to_each_value(operator: str, values: list[str], holds: bool) -> None:
+    statement = allow(action="ec2:CreateTags", **{operator: {"aws:TagKeys": ["a"]}})
+    context = {"aws:tagkeys": values} if values else {}
+    assert decide(statement, action="ec2:CreateTags", **context).allowed is holds
+
+
+def test_arn_operators_match_with_wildcards() -> None:
+    statement = allow(
+        action="iam:PassRole", resource="*", ArnEquals={"lambda:FunctionArn": "arn:aws:lambda:*:*:function:f"}
+    )
+    arn = {"lambda:functionarn": ["arn:aws:lambda:us-east-1:123456789012:function:f"]}
+    assert decide(statement, action="iam:PassRole", **arn).allowed
 
 
 def test_bool_and_null() -> None:

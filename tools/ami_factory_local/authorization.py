@@ -254,13 +254,13 @@ class Request:
         """An EC2 resource that exists: its tags are the resource's condition keys."""
         tags = ec2_backends[self.account][region or self.region].tags.get(resource_id, {})
         prefixes = ("aws:ResourceTag/", "ec2:ResourceTag/")
-        return Resource(self.ec2_arn(kind, resource_id, region), _tags(tags, prefixes))
+        return Resource(self.ec2_arn(kind, resource_id, region), _tags(tags, prefixes), tags_known=True)
 
     def created(self, kind: str) -> Resource:
         """An EC2 resource the call creates: its TagSpecifications are the request's tags for it."""
         tags = self.specified_tags(kind)
         context = _tags(tags, ("aws:RequestTag/",)) | {"aws:tagkeys": list(tags)}
-        return Resource(self.ec2_arn(kind, "*"), context)
+        return Resource(self.ec2_arn(kind, "*"), context, tags_known=True)
 
     def specified_tags(self, kind: str) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -286,7 +286,14 @@ def calls_for(request: Request) -> list[Call]:
             base | {"ec2:region": [request.region]} if request.prefix == "ec2" else base,
         )
     ]
-    return calls + [Call(call.action, call.resources, base | dict(call.context)) for call in extra]
+    return calls + [
+        Call(
+            call.action,
+            call.resources,
+            base | ({"ec2:region": [request.region]} if call.action.startswith("ec2:") else {}) | dict(call.context),
+        )
+        for call in extra
+    ]
 
 
 def _ec2(request: Request) -> tuple[list[Resource], list[Call]]:
@@ -296,6 +303,13 @@ def _ec2(request: Request) -> tuple[list[Resource], list[Call]]:
     created: list[str] = []
     if operation in ("StopInstances", "StartInstances", "TerminateInstances"):
         resources = [request.existing("instance", i) for i in params.get("InstanceIds", [])]
+        if operation == "StartInstances":  # EC2 attaches the volumes again: a grant on each one's key
+            implied += [
+                call
+                for instance_id in params.get("InstanceIds", [])
+                for key in _volume_keys(request, str(instance_id))
+                for call in _kms_calls(request, key, request.region, ("CreateGrant",))
+            ]
     elif operation in (
         "ModifyImageAttribute",
         "EnableImageDeprecation",
@@ -314,7 +328,8 @@ def _ec2(request: Request) -> tuple[list[Resource], list[Call]]:
             f"ec2:{change}/group".lower(): [str(group) for group in params.get("GroupNames", [])],
             f"ec2:{change}/userId".lower(): [str(user) for user in params.get("UserIds", [])],
         }
-        resources = [Resource(snapshot.arn, {**snapshot.context, **{k: v for k, v in changed.items() if v}})]
+        changes = {k: v for k, v in changed.items() if v}
+        resources = [Resource(snapshot.arn, {**snapshot.context, **changes}, tags_known=True)]
     elif operation in ("CreateTags", "DeleteTags"):
         tags = _tag_list(params.get("Tags", []))
         context: dict[str, list[str]] = {"aws:tagkeys": list(tags)}
@@ -322,7 +337,7 @@ def _ec2(request: Request) -> tuple[list[Resource], list[Call]]:
             context |= _tags(tags, ("aws:RequestTag/",))
         for resource_id in params.get("Resources", []):
             found = request.existing(_ec2_kind(str(resource_id)), str(resource_id))
-            resources.append(Resource(found.arn, {**found.context, **context}))
+            resources.append(Resource(found.arn, {**found.context, **context}, tags_known=True))
     elif operation == "CreateImage":
         resources = [
             request.existing("instance", str(params.get("InstanceId", ""))),
@@ -375,7 +390,7 @@ def _run_instances(request: Request) -> tuple[list[Resource], list[Call]]:
         request.existing("image", image_id),
         request.created("instance"),
         request.created("volume"),
-        Resource(request.ec2_arn("network-interface", "*")),
+        request.created("network-interface"),
         request.existing("subnet", subnet_id),
         *(request.existing("security-group", group) for group in groups),
     ]
@@ -468,9 +483,23 @@ def _key_arn(account: str, region: str, key: str) -> str:
 
 
 def _aws_managed(account: str, region: str, key_arn: str) -> bool:
+    """aws/ebs and its kind (moto makes them customer managed: the alias tells)."""
     with contextlib.suppress(Exception):
-        return str(kms_backends[account][region].describe_key(key_arn).key_manager) == "AWS"
+        key = kms_backends[account][region].describe_key(key_arn)
+        return str(key.key_manager) == "AWS" or any(alias.startswith("alias/aws/") for alias in key.aliases)
     return False
+
+
+def _volume_keys(request: Request, instance_id: str) -> list[str]:
+    """The customer managed keys of an instance's encrypted EBS volumes."""
+    backend = ec2_backends[request.account][request.region]
+    keys = set()
+    with contextlib.suppress(Exception):
+        for device in backend.get_instance(instance_id).block_device_mapping.values():
+            volume = backend.get_volume(device.volume_id)
+            if volume.encrypted and volume.kms_key_id:
+                keys.add(_key_arn(request.account, request.region, str(volume.kms_key_id)))
+    return sorted(keys)
 
 
 def _ssm(request: Request) -> tuple[list[Resource], list[Call]]:
@@ -482,11 +511,17 @@ def _ssm(request: Request) -> tuple[list[Resource], list[Call]]:
         for instance_id in params.get("InstanceIds", []):
             found = request.existing("instance", str(instance_id))
             tags = ec2_backends[request.account][request.region].tags.get(str(instance_id), {})
-            instances.append(Resource(found.arn, {**found.context, **_tags(tags, ("ssm:resourceTag/",))}))
+            ssm_tags = _tags(tags, ("ssm:resourceTag/",))
+            instances.append(Resource(found.arn, {**found.context, **ssm_tags}, tags_known=True))
         return [document, *instances], []
     if operation in ("GetParameter", "PutParameter", "DeleteParameter"):
         name = str(params.get("Name", ""))
-        return [Resource(f"{base}:parameter{name if name.startswith('/') else '/' + name}")], []
+        parameter = [Resource(f"{base}:parameter{name if name.startswith('/') else '/' + name}")]
+        if operation == "PutParameter" and params.get("DataType") == "aws:ec2:image":
+            # SSM checks the image id as the caller: without DescribeImages AWS takes the call and
+            # silently never stores the value; the emulator refuses it, so the loss is loud.
+            return parameter, [Call("ec2:DescribeImages", (), {"ec2:region": [request.region]})]
+        return parameter, []
     return [], []
 
 

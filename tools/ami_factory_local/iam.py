@@ -61,6 +61,9 @@ class Resource:
 
     arn: str
     context: Mapping[str, list[str]] = field(default_factory=dict)
+    # Whether the emulator computed this resource's tag keys (EC2 resources): where it did not, a
+    # condition on a tag key fails closed instead of reading as "no such tag".
+    tags_known: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ def evaluate(policy_statements: Iterable[Statement], call: Call) -> Decision:
                 _action_matches(statement.document, call.action) and _resource_matches(statement.document, resource.arn)
             ):
                 continue
-            holds, missing = _conditions_hold(statement.document.get("Condition", {}), context)
+            holds, missing = _conditions_hold(statement.document.get("Condition", {}), context, resource.tags_known)
             unmodelled.extend(missing)
             if statement.effect == "Deny" and (holds or missing):
                 return Decision(False, call.action, resource.arn, explicit_deny=statement)
@@ -188,8 +191,8 @@ _COMPARISONS: dict[str, tuple[Compare, bool]] = {  # operator -> (compare(policy
     "StringNotEqualsIgnoreCase": (lambda p, v: p.lower() == v.lower(), True),
     "StringLike": (like, False),
     "StringNotLike": (like, True),
-    "ArnEquals": (lambda p, v: p == v, False),
-    "ArnNotEquals": (lambda p, v: p == v, True),
+    "ArnEquals": (_arn_like, False),  # IAM matches ARNs part by part with wildcards in all four
+    "ArnNotEquals": (_arn_like, True),
     "ArnLike": (_arn_like, False),
     "ArnNotLike": (_arn_like, True),
     "Bool": (lambda p, v: p.lower() == v.lower(), False),
@@ -197,9 +200,19 @@ _COMPARISONS: dict[str, tuple[Compare, bool]] = {  # operator -> (compare(policy
 OPERATORS = (*_COMPARISONS, "Null")
 
 
-def _conditions_hold(block: Mapping[str, Mapping[str, Any]], context: Context) -> tuple[bool, list[str]]:
+TAG_KEYS = ("aws:resourcetag/", "ec2:resourcetag/", "ssm:resourcetag/", "aws:requesttag/", "aws:tagkeys")
+
+
+def _conditions_hold(
+    block: Mapping[str, Mapping[str, Any]], context: Context, tags_known: bool
+) -> tuple[bool, list[str]]:
     """(whether every condition holds, the keys or operators the emulator does not model)."""
-    unmodelled = [key for keys in block.values() for key in keys if not is_modelled(key)]
+    unmodelled = [
+        key
+        for keys in block.values()
+        for key in keys
+        if not is_modelled(key) or (not tags_known and key.lower().startswith(TAG_KEYS))
+    ]
     unmodelled += [operator for operator in block if _parse_operator(operator) is None]
     if unmodelled:
         return False, unmodelled
@@ -227,10 +240,15 @@ def _condition_holds(operator: str, key: str, wanted: list[str], values: list[st
     if base == "Null":
         return (values is None or values == []) == (wanted[0].lower() == "true")
     compare, negated = _COMPARISONS[base]
-    if qualifier == "ForAllValues":
-        # Every value in the request matches one the policy names; true for none (IAM's rule).
-        matches = all(any(compare(p, v) for p in wanted) for v in values or [])
-        return not matches if negated else matches
+
+    def holds_for(value: str) -> bool:  # the operator on one request value: any policy value matches
+        matched = any(compare(p, value) for p in wanted)
+        return not matched if negated else matched
+
+    if qualifier == "ForAllValues":  # every request value satisfies it; true for none (IAM's rule)
+        return all(holds_for(value) for value in values or [])
+    if qualifier == "ForAnyValue":  # some request value satisfies it; false for none
+        return any(holds_for(value) for value in values or [])
     if values is None or values == []:
         return if_exists or negated
     matched = any(compare(p, v) for p in wanted for v in values)

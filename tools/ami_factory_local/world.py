@@ -753,6 +753,7 @@ class World:
                 tag_specifications=[spec for spec in specs if spec["ResourceType"] == "image"],
             )
             world._apply_tags(image.ebs_snapshot, specs, "snapshot")
+            world._encrypt_like_root(response.ec2_backend, image)
             with world._lock:
                 world._new_image(response.region, image)
             return ActionResult({"ImageId": image.id})
@@ -794,6 +795,19 @@ class World:
         owned = response.ec2_backend.describe_images(owners=["self"], filters={"name": [name]})
         if owned:
             raise EC2ClientError("InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI {owned[0].id}")
+
+    @staticmethod
+    def _encrypt_like_root(backend: Any, image: Any) -> None:
+        """An image's snapshot is encrypted with its instance's root volume key, as on AWS (moto
+        snapshots a fresh unencrypted volume)."""
+        instance = backend.get_instance(image.instance_id)
+        mapping = instance.block_device_mapping
+        # moto names the root /dev/sda1 whatever device the image's volume is on: the first is the root.
+        root = mapping.get(instance.root_device_name) or next(iter(mapping.values()), None)
+        volume = backend.get_volume(root.volume_id) if root is not None else None
+        if volume is not None and volume.encrypted:
+            image.ebs_snapshot.encrypted = True
+            image.ebs_snapshot.kms_key_id = volume.kms_key_id
 
     @staticmethod
     def _apply_tags(resource: Any, specs: list[dict[str, Any]], resource_type: str) -> None:
