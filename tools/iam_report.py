@@ -20,10 +20,6 @@ JUSTIFIED: dict[tuple[str, str], str] = {
     ("*", "xray:*"): "Tracing: Active - Lambda sends the traces (AWSXrayWriteOnlyAccess, added by SAM)",
     ("ImagingStateMachineRole", "logs:*"): "Step Functions sets up its log delivery when the stack deploys",
     ("ImagingStateMachineRole", "xray:*"): "Step Functions sends the state machine's traces",
-    ("LaunchCloneFunctionRole", "kms:*"): (
-        "EC2 uses the key for the caller when the clone launches from an encrypted seed image "
-        "(no test generalizes an encrypted instance yet)"
-    ),
 }
 
 

@@ -261,3 +261,16 @@ def test_windows_options_on_a_linux_instance_are_refused(emu: Emulator) -> None:
     assert result.status == "FAILED" and result.error == "InvalidRequestError"
     assert "runs Linux" in result.cause_message
     nothing_was_changed(emu)
+
+
+def test_an_instance_on_a_kms_key_ids_key_is_generalized_on_a_clone_launched_with_that_key(make_emulator) -> None:
+    """The seed image carries the source's key, so EC2 uses it for LaunchClone when the clone boots
+    (CreateGrant, Decrypt, ... via EC2): the KmsKeyIds statements of LaunchClone's role are what allow it."""
+    emu = helpers.encrypting_emulator(make_emulator, regions=[REGION])
+    keys = helpers.create_keys(emu, [helpers.ALLOWED_ACCOUNT], regions=[REGION])
+    source = emu.launch_instance(name="golden", encrypted=True, kms_key_id=keys[REGION])
+    emu.world.ssm_manage(source, "Linux")
+    result = emu.run({"instance_id": source, "mode": "generalize", "regions": []}, name="gen-cmk")
+    assert result.status == "SUCCEEDED", result.cause
+    used = {action for role, action, _ in emu.authorizer.used if role == "LaunchCloneFunctionRole"}
+    assert {"kms:CreateGrant", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext"} <= used
