@@ -54,3 +54,17 @@ def test_nothing_is_looked_up_by_tag_but_the_instances_a_schedule_selects() -> N
     assert uses == {
         ("aws.py", 'return self._instances([{"Name": "tag-key", "Values": [key]}], ["running", "stopped"])')
     }
+
+
+def test_no_test_or_tool_turns_iam_enforcement_off() -> None:
+    """IAM is evaluated in every emulator run; the flag that only records refusals is for a person
+    exploring, never for a test, the demo, the bench or the server."""
+    root = PACKAGE.parents[1]
+    flag = "enforce_iam" + "="
+    users = [
+        str(path.relative_to(root))
+        for folder in ("tests", "tools")
+        for path in (root / folder).rglob("*.py")
+        if flag in path.read_text()
+    ]
+    assert users == ["tools/ami_factory_local/emulator.py"]
