@@ -305,3 +305,72 @@ def test_a_launch_check_goes_to_the_configured_subnet_and_a_refusal_fails_its_re
         f"could not launch an instance from {image['image_id']} in us-east-1 (InvalidSubnetID.NotFound: "
     )
     assert error["errorMessage"].endswith("set LaunchCheckSubnets for Regions without a default VPC")
+
+
+# --- the generalize waits' own decisions --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", ["stopping", "stopped", "shutting-down", "terminated"])
+def test_a_clone_that_goes_down_before_it_is_generalized_fails_saying_so(emu: Emulator, state: str) -> None:
+    clone = emu.launch_instance(name="clone")
+    emu.world.set_instance_state("us-east-1", clone, state)
+    error = invoke_error(emu, "CheckClone", {"clone": {"instance_id": clone, "region": "us-east-1"}, "max_polls": 5})
+    assert error["errorType"] == "UnsupportedInstanceError"
+    assert error["errorMessage"].startswith(f"the clone {clone} is {state} before it was generalized")
+
+
+def test_a_clone_ssm_never_reaches_names_the_limit_and_the_fix(emu: Emulator) -> None:
+    clone = emu.launch_instance(name="clone")  # running, but not managed by SSM
+    ref = {"instance_id": clone, "region": "us-east-1", "polls": 4}
+    error = invoke_error(emu, "CheckClone", {"clone": ref, "max_polls": 5})
+    assert error["errorType"] == "WaitTimeoutError"
+    assert error["errorMessage"].startswith(f"clone {clone} is still running and not yet reachable through SSM")
+    assert "raise GeneralizeMaxWaitSeconds or check that its instance profile allows SSM" in error["errorMessage"]
+
+
+def generalizing(emu: Emulator, plan: dict[str, Any]) -> dict[str, Any]:
+    source = emu.launch_instance(name="managed")
+    emu.world.ssm_manage(source, "Linux")
+    return invoke(
+        emu, "Generalize", {**plan, "instance_id": source, "platform": "linux", "mode": "generalize-in-place"}
+    )
+
+
+@pytest.mark.parametrize(("then_stops", "said"), [(True, " and the instance shut down anyway"), (False, "")])
+def test_a_failed_generalize_command_fails_the_wait_whether_or_not_the_instance_stopped(
+    emu: Emulator, plan: dict[str, Any], then_stops: bool, said: str
+) -> None:
+    emu.world.generalize_fails(0, then_stops=then_stops)
+    command = generalizing(emu, plan)
+    emu.clock.advance(60)
+    error = invoke_error(emu, "CheckGeneralize", {"command": command, "max_polls": 5})
+    assert error["errorType"] == "CommandFailedError"
+    assert f"ended Failed{said}: it did not complete, so nothing is imaged" in error["errorMessage"]
+
+
+@pytest.mark.parametrize("state", ["shutting-down", "terminated"])
+def test_an_instance_terminating_while_generalizing_fails_the_wait(
+    emu: Emulator, plan: dict[str, Any], state: str
+) -> None:
+    emu.world.generalize_never_stops()
+    command = generalizing(emu, plan)
+    emu.world.set_instance_state("us-east-1", command["instance_id"], state)
+    error = invoke_error(emu, "CheckGeneralize", {"command": command, "max_polls": 5})
+    assert (error["errorType"], error["errorMessage"]) == (
+        "UnsupportedInstanceError",
+        f"instance {command['instance_id']} is {state} while generalizing",
+    )
+
+
+def test_a_generalize_that_never_shuts_the_instance_down_names_the_limit_and_where_to_look(
+    emu: Emulator, plan: dict[str, Any]
+) -> None:
+    emu.world.generalize_never_stops()
+    command = generalizing(emu, plan)
+    error = invoke_error(emu, "CheckGeneralize", {"command": {**command, "polls": 4}, "max_polls": 5})
+    assert error["errorType"] == "WaitTimeoutError"
+    assert error["errorMessage"] == (
+        f"instance {command['instance_id']} (generalizing) is still running after 5 checks; raise "
+        "GeneralizeMaxWaitSeconds or read the command's output in SSM Run Command history: sysprep/sanitize "
+        "did not shut it down"
+    )

@@ -274,3 +274,24 @@ def test_an_instance_on_a_kms_key_ids_key_is_generalized_on_a_clone_launched_wit
     assert result.status == "SUCCEEDED", result.cause
     used = {action for role, action, _ in emu.authorizer.used if role == "LaunchCloneFunctionRole"}
     assert {"kms:CreateGrant", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext"} <= used
+
+
+def test_without_overrides_the_clone_runs_in_the_sources_network_named_after_the_run(emu: Emulator) -> None:
+    """The clone goes where the source is (its subnet and security groups, so it reaches what the
+    source reaches), is named after the family and the run, and is launched with the run's own token."""
+    from ami_factory.steps import client_token
+
+    source = launch_managed(emu, "Linux")
+    ec2 = emu.client("ec2")
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    group = ec2.create_security_group(GroupName="app", Description="the app's", VpcId=vpc)["GroupId"]
+    ec2.modify_instance_attribute(InstanceId=source, Groups=[group])
+    described = ec2.describe_instances(InstanceIds=[source])["Reservations"][0]["Instances"][0]
+    result = emu.run({"instance_id": source, "mode": "generalize", "regions": [], "image_name": "web"}, name="gen-net")
+    assert result.status == "SUCCEEDED", result.cause
+    (launch,) = [r.params for r in emu.world.sent("RunInstances") if "clone" in str(r.params.get("TagSpecifications"))]
+    assert launch["SubnetId"] == described["SubnetId"]
+    assert launch["SecurityGroupIds"] == [g["GroupId"] for g in described["SecurityGroups"]] == [group]
+    assert launch["ClientToken"] == client_token("gen-net", "clone")
+    (instance_spec,) = [spec for spec in launch["TagSpecifications"] if spec["ResourceType"] == "instance"]
+    assert {"Key": "Name", "Value": "web clone (AMI Factory run gen-net)"} in instance_spec["Tags"]
