@@ -110,3 +110,73 @@ def test_keys_are_judged_by_who_manages_them_and_who_holds_grants() -> None:
             KeyId=key, GranteePrincipal="arn:aws:iam::444455556666:root", Operations=["Decrypt", "CreateGrant"]
         )
         assert kms.grantees(key) == ["arn:aws:iam::444455556666:root"]
+
+
+@pytest.fixture
+def stubbed_ec2() -> Any:
+    """The adapter's EC2 client with botocore's Stubber: the request is checked against what is expected,
+    the answer is the one given (shapes validated against EC2's model)."""
+    import boto3
+    from botocore.stub import Stubber
+
+    from ami_factory.clients import use_client_factory
+
+    ec2 = boto3.client("ec2", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    with Stubber(ec2) as stubber:
+        use_client_factory(lambda service, region: ec2)
+        try:
+            yield stubber
+            stubber.assert_no_pending_responses()
+        finally:
+            use_client_factory(None)
+
+
+def test_deregistering_asks_ec2_to_delete_the_snapshots_and_returns_those_it_did_not(stubbed_ec2: Any) -> None:
+    from ami_factory.aws import Ec2
+
+    results = [
+        {"SnapshotId": "snap-a", "ReturnCode": "success"},
+        {"SnapshotId": "snap-b", "ReturnCode": "missing-permissions"},
+    ]
+    stubbed_ec2.add_response(
+        "deregister_image",
+        {"Return": True, "DeleteSnapshotResults": results},
+        {"ImageId": "ami-1", "DeleteAssociatedSnapshots": True},
+    )
+    assert Ec2("us-east-1").deregister_image("ami-1", ["snap-a", "snap-b", "snap-c"]) == ["snap-b", "snap-c"]
+
+
+@pytest.mark.parametrize(
+    ("profile", "sent"),
+    [
+        ("arn:aws:iam::123456789012:instance-profile/p", {"Arn": "arn:aws:iam::123456789012:instance-profile/p"}),
+        ("p", {"Name": "p"}),
+    ],
+)
+def test_a_launch_is_one_instance_with_its_profile_by_arn_or_name_and_answers_its_state(
+    stubbed_ec2: Any, profile: str, sent: dict[str, str]
+) -> None:
+    from ami_factory.aws import Ec2
+
+    expected = {
+        "ImageId": "ami-1",
+        "InstanceType": "t3.micro",
+        "MinCount": 1,
+        "MaxCount": 1,
+        "ClientToken": "token",
+        "TagSpecifications": tag_specifications({"ami-factory:role": "clone"}, ("instance", "volume")),
+        "IamInstanceProfile": sent,
+    }
+    stubbed_ec2.add_response(
+        "run_instances", {"Instances": [{"InstanceId": "i-1", "State": {"Name": "pending", "Code": 0}}]}, expected
+    )
+    launched = Ec2("us-east-1").launch_instance(
+        image_id="ami-1",
+        instance_type="t3.micro",
+        subnet_id=None,
+        security_group_ids=[],
+        instance_profile=profile,
+        client_token="token",
+        tags={"ami-factory:role": "clone"},
+    )
+    assert launched == ("i-1", "pending")
