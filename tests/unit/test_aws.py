@@ -112,23 +112,32 @@ def test_keys_are_judged_by_who_manages_them_and_who_holds_grants() -> None:
         assert kms.grantees(key) == ["arn:aws:iam::444455556666:root"]
 
 
-@pytest.fixture
-def stubbed_ec2() -> Any:
-    """The adapter's EC2 client with botocore's Stubber: the request is checked against what is expected,
-    the answer is the one given (shapes validated against EC2's model)."""
+def _stubbed(service: str) -> Any:
+    """The adapters' client of ``service`` with botocore's Stubber: each request is checked against what
+    is expected, the answer is the one given (shapes validated against the service's model)."""
     import boto3
     from botocore.stub import Stubber
 
     from ami_factory.clients import use_client_factory
 
-    ec2 = boto3.client("ec2", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
-    with Stubber(ec2) as stubber:
-        use_client_factory(lambda service, region: ec2)
+    made = boto3.client(service, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    with Stubber(made) as stubber:
+        use_client_factory(lambda asked, region: made)
         try:
             yield stubber
             stubber.assert_no_pending_responses()
         finally:
             use_client_factory(None)
+
+
+@pytest.fixture
+def stubbed_ec2() -> Any:
+    yield from _stubbed("ec2")
+
+
+@pytest.fixture
+def stubbed_ssm() -> Any:
+    yield from _stubbed("ssm")
 
 
 def test_deregistering_asks_ec2_to_delete_the_snapshots_and_returns_those_it_did_not(stubbed_ec2: Any) -> None:
@@ -180,3 +189,54 @@ def test_a_launch_is_one_instance_with_its_profile_by_arn_or_name_and_answers_it
         tags={"ami-factory:role": "clone"},
     )
     assert launched == ("i-1", "pending")
+
+
+def test_own_images_are_asked_for_in_batches_of_100_of_the_accounts_own(stubbed_ec2: Any) -> None:
+    from ami_factory.aws import Ec2
+
+    ids = [f"ami-{n:017x}" for n in range(150)]
+    for batch in (ids[:100], ids[100:]):
+        stubbed_ec2.add_response(
+            "describe_images",
+            {"Images": [{"ImageId": batch[0]}]},
+            {"Owners": ["self"], "Filters": [{"Name": "image-id", "Values": batch}]},
+        )
+    assert sorted(Ec2("us-east-1").own_images(ids)) == [ids[0], ids[100]]
+
+
+def test_an_image_that_is_gone_is_none_and_any_other_refusal_is_raised(stubbed_ec2: Any) -> None:
+    from ami_factory.aws import Ec2
+
+    stubbed_ec2.add_client_error("describe_images", "InvalidAMIID.NotFound", expected_params={"ImageIds": ["ami-1"]})
+    stubbed_ec2.add_client_error("describe_images", "UnauthorizedOperation", expected_params={"ImageIds": ["ami-1"]})
+    ec2 = Ec2("us-east-1")
+    assert ec2.image("ami-1") is None
+    with pytest.raises(ClientError, match="UnauthorizedOperation"):
+        ec2.image("ami-1")
+
+
+def test_a_command_ssm_does_not_know_yet_is_pending_and_other_refusals_are_raised(stubbed_ssm: Any) -> None:
+    from ami_factory.aws import Ssm
+
+    asked = {"CommandId": "11111111-2222-3333-4444-555555555555", "InstanceId": "i-1"}
+    stubbed_ssm.add_client_error("get_command_invocation", "InvocationDoesNotExist", expected_params=asked)
+    stubbed_ssm.add_client_error("get_command_invocation", "AccessDeniedException", expected_params=asked)
+    ssm = Ssm("us-east-1")
+    assert ssm.command_status("11111111-2222-3333-4444-555555555555", "i-1") == "Pending"
+    with pytest.raises(ClientError, match="AccessDeniedException"):
+        ssm.command_status("11111111-2222-3333-4444-555555555555", "i-1")
+
+
+def test_latest_is_a_string_parameter_of_type_aws_ec2_image_with_a_description_ssm_accepts(stubbed_ssm: Any) -> None:
+    from ami_factory.aws import Ssm
+
+    expected = {
+        "Name": "/ami-factory/web/latest",
+        "Value": "ami-1",
+        "Type": "String",
+        "DataType": "aws:ec2:image",
+        "Description": "d" * 1024,
+        "Overwrite": True,
+    }
+    stubbed_ssm.add_response("put_parameter", {"Version": 3}, expected)
+    assert Ssm("us-east-1").put_image_parameter("/ami-factory/web/latest", "ami-1", "d" * 2000) == 3

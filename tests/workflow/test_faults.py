@@ -535,3 +535,19 @@ def test_a_run_whose_status_change_never_reached_the_janitor_is_ended_by_the_swe
     assert emu.fire_scheduled_rules() == [{"ended": []}], "settled: the next sweep finds nothing"
     change = {**emu.status_changes[0]["event"], "detail": {**emu.status_changes[0]["event"]["detail"]}}
     assert invoke(emu, "EndRun", change) == {"ended": []}, "nor does a late status change"
+
+
+def test_a_family_taken_between_preflight_and_publish_is_refused_at_publish_naming_both(emu: Emulator) -> None:
+    """The owner check runs again where latest moves: a publish for another instance (a family claimed
+    by a run that started in between) is refused with who owns it and who asked, and latest stays."""
+    owner = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=owner, regions=[]), name="owner-run")
+    assert result.status == "SUCCEEDED", result.cause
+    other = emu.launch_instance(name="web")
+    payload = {**scheduled_payload(result, "PublishParameter"), "instance_id": other}
+    refused = invoke_error(emu, "PublishParameter", payload)
+    assert refused["errorType"] == "FamilyOwnedError"
+    assert refused["errorMessage"].startswith(
+        f"image family web belongs to instance {owner} (us-east-1, account 123456789012); {other} may not move"
+    )
+    assert latest(emu, "us-east-1") == payload["image"]["image_id"]
