@@ -201,19 +201,35 @@ def test_mutating_ec2_calls_in_other_regions_stay_in_the_allowed_regions(templat
 
 
 def test_kms_is_only_the_deployments_keys_and_grants_only_for_ec2s_own_use(template: dict[str, Any]) -> None:
-    granting = [s for _, s in function_statements(template) if "kms:CreateGrant" in s["Action"]]
+    """Keys are used (copies, launches) only when they are the deployment's; the one wider grant is
+    CreateGrant for restarting the source, whatever key its volumes use (restore first never depends on
+    KmsKeyIds), and then only for EC2 in the stack's Region, for AWS resources, on this account's keys."""
+    statements_ = function_statements(template)
+    granting = [(name, s) for name, s in statements_ if "kms:CreateGrant" in s["Action"]]
     assert granting, "encrypted copies need grants"
     using = [
         statement
-        for _, statement in function_statements(template)
-        if any(a.startswith("kms:") and not a[4:].startswith(("Describe", "Get", "List")) for a in statement["Action"])
+        for _, statement in statements_
+        if any(
+            a.startswith("kms:") and not a[4:].startswith(("Describe", "Get", "List", "CreateGrant"))
+            for a in statement["Action"]
+        )
     ]
+    assert using
     for statement in using:  # reading a key's policy and grants (ResolveRequest) is not using it
         assert statement["Resource"] == {"Fn::Split": [",", {"Ref": "KmsKeyIds"}]}, "only the deployment's keys"
-    for statement in granting:
+    restarting = {"RestoreInstanceFunction", "FinalizeFunction", "HandleFailureFunction", "EndRunFunction"}
+    for name, statement in granting:
         assert statement["Action"] == ["kms:CreateGrant"]
         assert statement["Condition"]["Bool"]["kms:GrantIsForAWSResource"] == "true"
-        assert statement["Condition"]["StringLike"]["kms:ViaService"] == "ec2.*.amazonaws.com"
+        if statement["Resource"] == {"Fn::Split": [",", {"Ref": "KmsKeyIds"}]}:
+            assert statement["Condition"]["StringLike"]["kms:ViaService"] == "ec2.*.amazonaws.com"
+            continue
+        assert name in restarting, f"{name} may grant on keys beyond KmsKeyIds"
+        assert statement["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:kms:${AWS::Region}:${AWS::AccountId}:key/*"}
+        assert statement["Condition"]["StringEquals"]["kms:ViaService"] == {
+            "Fn::Sub": "ec2.${AWS::Region}.amazonaws.com"
+        }
 
 
 def test_a_snapshot_is_never_made_public_when_public_sharing_is_off(template: dict[str, Any]) -> None:

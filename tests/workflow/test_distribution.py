@@ -336,3 +336,21 @@ def test_a_region_whose_image_fails_its_launch_check_is_failed_and_cleaned_up(em
         Filters=[{"Name": "tag:ami-factory:role", "Values": ["launch-check"]}]
     )["Reservations"]
     assert [i["State"]["Name"] for r in checks for i in r["Instances"]] == ["terminated"]
+
+
+def test_an_instance_on_a_key_outside_kms_key_ids_is_imaged_in_place_and_started_again(make_emulator) -> None:
+    """Restore first never depends on KmsKeyIds: the source's own key, whatever it is, may be granted to
+    EC2 to start the instance again (without it AWS would leave the server stopped)."""
+    emu = make_emulator()
+    key = emu.client("kms").create_key(Description="the team's own")["KeyMetadata"]["Arn"]
+    instance_id = emu.launch_instance(name="web", encrypted=True, kms_key_id=key)
+    result = emu.run({"instance_id": instance_id, "regions": [], "mode": "stop"}, name="own-key")
+    assert result.status == "SUCCEEDED", result.cause
+    assert (
+        emu.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"][
+            "Name"
+        ]
+        == "running"
+    )
+    granted = {(role, action) for role, action, _ in emu.authorizer.used}
+    assert ("RestoreInstanceFunctionRole", "kms:CreateGrant") in granted and emu.authorizer.refusals == []
