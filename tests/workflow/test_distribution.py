@@ -354,3 +354,21 @@ def test_an_instance_on_a_key_outside_kms_key_ids_is_imaged_in_place_and_started
     )
     granted = {(role, action) for role, action, _ in emu.authorizer.used}
     assert ("RestoreInstanceFunctionRole", "kms:CreateGrant") in granted and emu.authorizer.refusals == []
+
+
+def test_a_failed_run_starts_an_instance_on_its_own_key_again(make_emulator) -> None:
+    """The same for a run that fails after the stop: its ending (RunEndingPolicy) restarts the source."""
+    emu = make_emulator()
+    key = emu.client("kms").create_key(Description="the team's own")["KeyMetadata"]["Arn"]
+    instance_id = emu.launch_instance(name="web", encrypted=True, kms_key_id=key)
+    emu.world.images_fail()
+    result = emu.run({"instance_id": instance_id, "regions": [], "mode": "stop"}, name="own-key-failed")
+    assert result.status == "FAILED"
+    assert (
+        emu.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"][
+            "Name"
+        ]
+        == "running"
+    )
+    granted = {(role, action) for role, action, _ in emu.authorizer.used}
+    assert ("HandleFailureFunctionRole", "kms:CreateGrant") in granted and emu.authorizer.refusals == []
