@@ -338,37 +338,25 @@ def test_a_region_whose_image_fails_its_launch_check_is_failed_and_cleaned_up(em
     assert [i["State"]["Name"] for r in checks for i in r["Instances"]] == ["terminated"]
 
 
-def test_an_instance_on_a_key_outside_kms_key_ids_is_imaged_in_place_and_started_again(make_emulator) -> None:
+@pytest.mark.parametrize(
+    ("image_fails", "status", "starter"),
+    [(False, "SUCCEEDED", "RestoreInstanceFunctionRole"), (True, "FAILED", "HandleFailureFunctionRole")],
+    ids=["restored", "failed run ended"],
+)
+def test_an_instance_on_a_key_outside_kms_key_ids_is_started_again(
+    make_emulator, image_fails: bool, status: str, starter: str
+) -> None:
     """Restore first never depends on KmsKeyIds: the source's own key, whatever it is, may be granted to
-    EC2 to start the instance again (without it AWS would leave the server stopped)."""
+    EC2 to start the instance again (without it AWS would leave the server stopped), by RestoreInstance
+    or, when the run fails after the stop, by its ending (RunEndingPolicy)."""
     emu = make_emulator()
     key = emu.client("kms").create_key(Description="the team's own")["KeyMetadata"]["Arn"]
     instance_id = emu.launch_instance(name="web", encrypted=True, kms_key_id=key)
+    if image_fails:
+        emu.world.images_fail()
     result = emu.run({"instance_id": instance_id, "regions": [], "mode": "stop"}, name="own-key")
-    assert result.status == "SUCCEEDED", result.cause
-    assert (
-        emu.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"][
-            "Name"
-        ]
-        == "running"
-    )
+    assert result.status == status, result.cause
+    described = emu.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    assert described["State"]["Name"] == "running"
     granted = {(role, action) for role, action, _ in emu.authorizer.used}
-    assert ("RestoreInstanceFunctionRole", "kms:CreateGrant") in granted and emu.authorizer.refusals == []
-
-
-def test_a_failed_run_starts_an_instance_on_its_own_key_again(make_emulator) -> None:
-    """The same for a run that fails after the stop: its ending (RunEndingPolicy) restarts the source."""
-    emu = make_emulator()
-    key = emu.client("kms").create_key(Description="the team's own")["KeyMetadata"]["Arn"]
-    instance_id = emu.launch_instance(name="web", encrypted=True, kms_key_id=key)
-    emu.world.images_fail()
-    result = emu.run({"instance_id": instance_id, "regions": [], "mode": "stop"}, name="own-key-failed")
-    assert result.status == "FAILED"
-    assert (
-        emu.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"][
-            "Name"
-        ]
-        == "running"
-    )
-    granted = {(role, action) for role, action, _ in emu.authorizer.used}
-    assert ("HandleFailureFunctionRole", "kms:CreateGrant") in granted and emu.authorizer.refusals == []
+    assert (starter, "kms:CreateGrant") in granted and emu.authorizer.refusals == []
