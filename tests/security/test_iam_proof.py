@@ -60,6 +60,11 @@ def project_without(tmp_path: Path, owner: str, action: str, resource: str | Non
             removed += len(statement["Resource"]) - len(kept)
             statement["Resource"] = kept
     assert removed, f"{owner} grants no {action} to remove: the case no longer matches template.yaml"
+    return project_with(tmp_path, template)
+
+
+def project_with(tmp_path: Path, template: dict[str, Any]) -> Path:
+    """The project at ``tmp_path``: its code as it is, ``template`` as its template.yaml."""
     for name in ("functions", "src", "statemachine", "events"):
         (tmp_path / name).symlink_to(ROOT / name)
     (tmp_path / "template.yaml").write_text(yaml.safe_dump(template, sort_keys=False))
@@ -266,10 +271,7 @@ def test_the_schedule_needs_its_role_to_invoke_the_start_function(tmp_path: Path
 def test_eventbridge_needs_the_lambda_permission_to_reach_the_janitor(tmp_path: Path) -> None:
     template = load_template(ROOT / "template.yaml")
     del template["Resources"]["RunEndedPermission"]
-    for name in ("functions", "src", "statemachine", "events"):
-        (tmp_path / name).symlink_to(ROOT / name)
-    (tmp_path / "template.yaml").write_text(yaml.safe_dump(template, sort_keys=False))
-    with Emulator(parameters=TEST_PARAMETERS, project_root=tmp_path) as emu:
+    with Emulator(parameters=TEST_PARAMETERS, project_root=project_with(tmp_path, template)) as emu:
         emu.runtime.crash("FinalizeFunction", times=1)
         assert emu.run(basic(emu), name="crashed").status == "FAILED"
         wait_all(emu)
@@ -344,10 +346,13 @@ def test_a_refusal_is_answered_as_each_service_answers(emu: Emulator) -> None:
             emu.client("ssm").get_parameter(Name="/ami-factory/web/latest")
         with pytest.raises(ClientError) as table_refusal:
             emu.client("dynamodb").scan(TableName="ami-factory-local-LedgerTable")
+        with pytest.raises(ClientError) as topic_refusal:
+            emu.client("sns").publish(TopicArn=emu.deployment.topic_arns["NotificationTopic"], Message="x")
     assert ec2_refusal.value.response["Error"]["Code"] == "UnauthorizedOperation"
     assert "Encoded authorization failure message: " in ec2_refusal.value.response["Error"]["Message"]
     assert ssm_refusal.value.response["Error"]["Code"] == "AccessDeniedException"
     assert table_refusal.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert topic_refusal.value.response["Error"]["Code"] == "AuthorizationError"
     assert "ami-factory-local-CheckImageFunctionRole/ami-factory-local-CheckImageFunction" in str(table_refusal.value)
 
 

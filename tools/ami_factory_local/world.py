@@ -59,6 +59,7 @@ from moto.ec2.responses.amis import AmisResponse
 from moto.events.models import EventPattern, events_backends
 from moto.events.utils import EventMessageType
 from moto.kms.models import kms_backends
+from moto.sns.exceptions import SNSException
 from moto.ssm.exceptions import InvalidDocument, SSMException
 from moto.ssm.models import ssm_backends
 
@@ -80,7 +81,10 @@ def _request_params(response: BaseResponse) -> dict[str, Any]:
 
 
 def _refused(response: BaseResponse, code: str, message: str) -> Any:
-    """An error answer for a JSON service (EventBridge, DynamoDB, Step Functions, ...), as moto makes one."""
+    """An error answer as the service gives one: XML for SNS (a query protocol service), JSON for the
+    others (EventBridge, DynamoDB, Step Functions, ...), as moto makes them."""
+    if getattr(response, "service_name", "") == "sns":
+        return response.serialized(ActionResult(SNSException(code, message)))
     error = JsonRESTError(code, message)
     headers: dict[str, Any] = dict(error.get_headers() or [])
     headers["status"] = error.code
