@@ -77,8 +77,7 @@ IAM_ACTIONS = {("lambda", "Invoke"): "InvokeFunction"}
 @dataclass
 class Role:
     logical_id: str
-    name: str
-    arn: str
+    name: str  # as deployed
     policies: dict[str, dict[str, Any]]  # policy name -> document
     statements: list[Statement] = field(default_factory=list)
 
@@ -107,25 +106,23 @@ PRINCIPAL_HEADER = "x-emulator-principal"  # set on the state machine's own clie
 
 
 @contextlib.contextmanager
-def acting_as(role: str, session: str) -> Iterator[None]:
+def _principal(principal: tuple[str, str] | None) -> Iterator[None]:
+    previous = getattr(_acting, "principal", None)
+    _acting.principal = principal
+    try:
+        yield
+    finally:
+        _acting.principal = previous
+
+
+def acting_as(role: str, session: str) -> contextlib.AbstractContextManager[None]:
     """Calls made in this thread, inside the block, are made by ``role`` (session = e.g. the function)."""
-    previous = getattr(_acting, "principal", None)
-    _acting.principal = (role, session)
-    try:
-        yield
-    finally:
-        _acting.principal = previous
+    return _principal((role, session))
 
 
-@contextlib.contextmanager
-def as_operator() -> Iterator[None]:
+def as_operator() -> contextlib.AbstractContextManager[None]:
     """Calls made in the block are the operator's (the test's), whoever the thread was acting for."""
-    previous = getattr(_acting, "principal", None)
-    _acting.principal = None
-    try:
-        yield
-    finally:
-        _acting.principal = previous
+    return _principal(None)
 
 
 def current_principal(headers: Mapping[str, str]) -> tuple[str, str] | None:
@@ -176,7 +173,7 @@ def _resolved(document: dict[str, Any], resolve: Callable[[Any], Any]) -> dict[s
 
 def roles_of(
     cfn: dict[str, Any], resolve: Callable[[Any], Any], name_of: Callable[[str], str], account: str
-) -> dict[str, Role]:
+) -> dict[str, Role]:  # account: the ARNs of the stack's own managed policies
     """Each AWS::IAM::Role of the translated template, with its inline and managed policies resolved."""
     managed = {
         logical_id: _resolved(resource["Properties"]["PolicyDocument"], resolve)
@@ -200,10 +197,7 @@ def roles_of(
                 policies[resolved.rsplit("/", 1)[-1]] = AWS_MANAGED_POLICIES[resolved]
             else:
                 raise KeyError(f"{logical_id}: the emulator has no copy of the managed policy {resolved}")
-        path = properties.get("Path", "/")
-        roles[logical_id] = Role(
-            logical_id, name_of(logical_id), f"arn:aws:iam::{account}:role{path}{name_of(logical_id)}", policies
-        )
+        roles[logical_id] = Role(logical_id, name_of(logical_id), policies)
     return roles
 
 
@@ -250,10 +244,15 @@ class Request:
         owner = "" if kind in ("image", "snapshot") else self.account
         return f"arn:aws:ec2:{region or self.region}:{owner}:{kind}/{resource_id}"
 
-    def existing(self, kind: str, resource_id: str, region: str | None = None) -> Resource:
-        """An EC2 resource that exists: its tags are the resource's condition keys."""
+    def existing(
+        self,
+        kind: str,
+        resource_id: str,
+        region: str | None = None,
+        prefixes: tuple[str, ...] = ("aws:ResourceTag/", "ec2:ResourceTag/"),
+    ) -> Resource:
+        """An EC2 resource that exists: its tags are the resource's condition keys (under ``prefixes``)."""
         tags = ec2_backends[self.account][region or self.region].tags.get(resource_id, {})
-        prefixes = ("aws:ResourceTag/", "ec2:ResourceTag/")
         return Resource(self.ec2_arn(kind, resource_id, region), _tags(tags, prefixes), tags_known=True)
 
     def created(self, kind: str) -> Resource:
@@ -272,28 +271,22 @@ class Request:
 
 def calls_for(request: Request) -> list[Call]:
     """What IAM authorizes for the request: its own action first, then what AWS does on its behalf."""
-    base = {"aws:requestedregion": [request.region]}
     builder = _BUILDERS.get(request.prefix)
     if builder is None:
         raise KeyError(f"the emulator does not model the resources of {request.prefix} calls")
     resources, extra = builder(request)
     if resource_types(request.prefix, request.operation) and not resources:
         raise KeyError(f"the emulator does not model the resources of {request.action}")
-    calls = [
-        Call(
-            request.action,
-            tuple(resources),
-            base | {"ec2:region": [request.region]} if request.prefix == "ec2" else base,
-        )
+    return [
+        Call(call.action, call.resources, _request_context(request, call.action) | dict(call.context))
+        for call in [Call(request.action, tuple(resources)), *extra]
     ]
-    return calls + [
-        Call(
-            call.action,
-            call.resources,
-            base | ({"ec2:region": [request.region]} if call.action.startswith("ec2:") else {}) | dict(call.context),
-        )
-        for call in extra
-    ]
+
+
+def _request_context(request: Request, action: str) -> dict[str, list[str]]:
+    """The keys every call of the request carries: its Region (and EC2's own name for it)."""
+    context = {"aws:requestedregion": [request.region]}
+    return context | {"ec2:region": [request.region]} if action.startswith("ec2:") else context
 
 
 def _ec2(request: Request) -> tuple[list[Resource], list[Call]]:
@@ -398,12 +391,7 @@ def _run_instances(request: Request) -> tuple[list[Resource], list[Call]]:
     profile = params.get("IamInstanceProfile") or {}
     if profile:
         implied.append(_pass_role(request, profile))
-    implied += _kms_for_image(
-        request,
-        image_id,
-        request.region,
-        ("CreateGrant", "Decrypt", "GenerateDataKeyWithoutPlaintext", "ReEncryptFrom", "ReEncryptTo", "DescribeKey"),
-    )
+    implied += _kms_for_image(request, image_id, request.region, KMS_EC2_USES)
     return resources, implied
 
 
@@ -423,7 +411,7 @@ def _pass_role(request: Request, profile: Mapping[str, Any]) -> Call:
     )
 
 
-KMS_FOR_COPY = (
+KMS_EC2_USES = (  # what EC2 does with a customer managed key for the caller: copy, launch
     "CreateGrant",
     "Decrypt",
     "DescribeKey",
@@ -443,7 +431,7 @@ def _kms_for_copy(request: Request, source_region: str) -> list[Call]:
     )
     key = request.params.get("KmsKeyId")
     if key:
-        calls += _kms_calls(request, _key_arn(request.account, request.region, str(key)), request.region, KMS_FOR_COPY)
+        calls += _kms_calls(request, _key_arn(request.account, request.region, str(key)), request.region, KMS_EC2_USES)
     return calls
 
 
@@ -455,8 +443,7 @@ def _kms_for_image(request: Request, image_id: str, region: str, operations: tup
         return []
     snapshot = getattr(image, "ebs_snapshot", None)
     key = getattr(snapshot, "kms_key_id", None) or getattr(getattr(snapshot, "volume", None), "kms_key_id", None)
-    keys = {_key_arn(request.account, region, str(key))} if key else set()
-    return [call for key in sorted(keys) for call in _kms_calls(request, key, region, operations)]
+    return _kms_calls(request, _key_arn(request.account, region, str(key)), region, operations) if key else []
 
 
 def _kms_calls(request: Request, key_arn: str, region: str, operations: tuple[str, ...]) -> list[Call]:
@@ -507,12 +494,8 @@ def _ssm(request: Request) -> tuple[list[Resource], list[Call]]:
     base = f"arn:aws:ssm:{request.region}:{request.account}"
     if operation == "SendCommand":
         document = Resource(f"{base}:document/{params.get('DocumentName', '')}")
-        instances = []
-        for instance_id in params.get("InstanceIds", []):
-            found = request.existing("instance", str(instance_id))
-            tags = ec2_backends[request.account][request.region].tags.get(str(instance_id), {})
-            ssm_tags = _tags(tags, ("ssm:resourceTag/",))
-            instances.append(Resource(found.arn, {**found.context, **ssm_tags}, tags_known=True))
+        prefixes = ("aws:ResourceTag/", "ec2:ResourceTag/", "ssm:resourceTag/")
+        instances = [request.existing("instance", str(i), prefixes=prefixes) for i in params.get("InstanceIds", [])]
         return [document, *instances], []
     if operation in ("GetParameter", "PutParameter", "DeleteParameter"):
         name = str(params.get("Name", ""))
