@@ -240,3 +240,123 @@ def test_latest_is_a_string_parameter_of_type_aws_ec2_image_with_a_description_s
     }
     stubbed_ssm.add_response("put_parameter", {"Version": 3}, expected)
     assert Ssm("us-east-1").put_image_parameter("/ami-factory/web/latest", "ami-1", "d" * 2000) == 3
+
+
+@pytest.fixture
+def stubbed_kms() -> Any:
+    yield from _stubbed("kms")
+
+
+def test_an_image_or_mapping_without_volumes_has_no_snapshots_and_no_size() -> None:
+    assert snapshots_of({}) == [] and volume_gib({}) == 0
+    # A mapping EC2 answers without a size (an instance-store or an unfinished one) adds nothing.
+    assert volume_gib({"BlockDeviceMappings": [{"Ebs": {"SnapshotId": "snap-1"}}, {"Ebs": {"VolumeSize": 8}}]}) == 8
+
+
+@pytest.mark.parametrize("method", ["terminate_instance", "delete_snapshots"])
+def test_a_resource_already_gone_is_fine_and_any_other_refusal_is_raised(stubbed_ec2: Any, method: str) -> None:
+    from ami_factory.aws import Ec2
+
+    operation, gone, argument, asked = {
+        "terminate_instance": ("terminate_instances", "InvalidInstanceID.NotFound", "i-1", {"InstanceIds": ["i-1"]}),
+        "delete_snapshots": ("delete_snapshot", "InvalidSnapshot.NotFound", ["snap-1"], {"SnapshotId": "snap-1"}),
+    }[method]
+    stubbed_ec2.add_client_error(operation, gone, expected_params=asked)
+    stubbed_ec2.add_client_error(operation, "UnauthorizedOperation", expected_params=asked)
+    ec2 = Ec2("us-east-1")
+    getattr(ec2, method)(argument)
+    with pytest.raises(ClientError, match="UnauthorizedOperation"):
+        getattr(ec2, method)(argument)
+
+
+def test_a_parameter_already_gone_is_fine_and_any_other_refusal_is_raised(stubbed_ssm: Any) -> None:
+    from ami_factory.aws import Ssm
+
+    stubbed_ssm.add_client_error("delete_parameter", "ParameterNotFound", expected_params={"Name": "/p"})
+    stubbed_ssm.add_client_error("delete_parameter", "AccessDeniedException", expected_params={"Name": "/p"})
+    ssm = Ssm("us-east-1")
+    ssm.delete_parameter("/p")
+    with pytest.raises(ClientError, match="AccessDeniedException"):
+        ssm.delete_parameter("/p")
+
+
+def test_image_references_are_asked_for_ten_images_at_a_time_of_every_resource_type(stubbed_ec2: Any) -> None:
+    from ami_factory.aws import Ec2
+
+    ids = [f"ami-{n:017x}" for n in range(12)]
+    reference = {"ImageId": ids[0], "ResourceType": "ssm:Parameter", "Arn": "arn:aws:ssm:us-east-1:1:parameter/p"}
+    stubbed_ec2.add_response(
+        "describe_image_references",
+        {"ImageReferences": [reference]},
+        {"ImageIds": ids[:10], "IncludeAllResourceTypes": True},
+    )
+    stubbed_ec2.add_response("describe_image_references", {}, {"ImageIds": ids[10:], "IncludeAllResourceTypes": True})
+    assert Ec2("us-east-1").image_references(ids) == {ids[0]: ["ssm:Parameter arn:aws:ssm:us-east-1:1:parameter/p"]}
+
+
+@pytest.mark.parametrize(("public", "groups"), [(True, ["all"]), (False, [])])
+def test_snapshot_permissions_name_the_accounts_and_all_only_when_public(
+    stubbed_ec2: Any, public: bool, groups: list[str]
+) -> None:
+    from ami_factory.aws import Ec2
+
+    asked = {
+        "SnapshotId": "snap-1",
+        "Attribute": "createVolumePermission",
+        "OperationType": "add",
+        "UserIds": ["111122223333"],
+        "GroupNames": groups,
+    }
+    stubbed_ec2.add_response("modify_snapshot_attribute", {}, asked)
+    Ec2("us-east-1").add_snapshot_permissions(["snap-1"], ["111122223333"], public)
+
+
+def test_encrypted_volumes_are_read_with_their_keys_and_an_instance_without_volumes_asks_nothing(
+    stubbed_ec2: Any,
+) -> None:
+    from ami_factory.aws import Ec2
+
+    ec2 = Ec2("us-east-1")
+    assert ec2.encrypted_volumes({"InstanceId": "i-1"}) == {}
+    stubbed_ec2.add_response(
+        "describe_volumes",
+        {
+            "Volumes": [
+                {"VolumeId": "vol-1", "Encrypted": True, "KmsKeyId": "arn:aws:kms:us-east-1:1:key/k"},
+                {"VolumeId": "vol-2", "Encrypted": True},
+                {"VolumeId": "vol-3", "Encrypted": False},
+            ]
+        },
+        {"VolumeIds": ["vol-1", "vol-2", "vol-3"]},
+    )
+    mappings = [{"DeviceName": f"/dev/xvd{n}", "Ebs": {"VolumeId": f"vol-{n}"}} for n in (1, 2, 3)]
+    instance: Any = {"InstanceId": "i-1", "BlockDeviceMappings": [*mappings, {"DeviceName": "/dev/sdb"}]}
+    # An encrypted volume EC2 names no key for uses the Region's default key: the empty id says so.
+    assert ec2.encrypted_volumes(instance) == {"vol-1": "arn:aws:kms:us-east-1:1:key/k", "vol-2": ""}
+
+
+COMMAND_ID = "11111111-2222-3333-4444-555555555555"
+
+
+def test_a_command_comment_is_cut_to_the_100_characters_ssm_accepts(stubbed_ssm: Any) -> None:
+    from ami_factory.aws import Ssm
+
+    asked = {
+        "InstanceIds": ["i-1"],
+        "DocumentName": "AWS-RunShellScript",
+        "Parameters": {"commands": ["true"]},
+        "Comment": "c" * 100,
+    }
+    stubbed_ssm.add_response("send_command", {"Command": {"CommandId": COMMAND_ID}}, asked)
+    assert Ssm("us-east-1").send_command("i-1", "AWS-RunShellScript", {"commands": ["true"]}, "c" * 150) == COMMAND_ID
+
+
+def test_a_grant_without_a_grantee_names_no_one(stubbed_kms: Any) -> None:
+    from ami_factory.aws import Kms
+
+    arn = "arn:aws:kms:us-east-1:111122223333:key/k"
+    stubbed_kms.add_response("describe_key", {"KeyMetadata": {"KeyId": "k", "Arn": arn}}, {"KeyId": "k"})
+    stubbed_kms.add_response(
+        "list_grants", {"Grants": [{"GranteePrincipal": "ec2.amazonaws.com"}, {"GrantId": "g"}]}, {"KeyId": arn}
+    )
+    assert Kms("us-east-1").grantees("k") == ["ec2.amazonaws.com", ""]
