@@ -207,3 +207,26 @@ def test_who_may_trigger_is_matched_by_arn_and_a_role_covers_its_sessions(
     caller: str, allowed: tuple[str, ...], expected: bool
 ) -> None:
     assert trigger_principal_allowed(caller, allowed) is expected
+
+
+def test_a_rule_across_a_group_names_every_tag_of_the_group_the_instance_carries() -> None:
+    tags = {"ami-factory:protection-cooldown": "true", "ami-factory:deprecate-after-days": "90"}
+    with pytest.raises(InvalidRequestError) as raised:
+        request_from_tags(INSTANCE, tags, OPEN)
+    assert "tags ami-factory:deprecate-after-days and ami-factory:protection-cooldown: " in str(raised.value)
+    retention = {"ami-factory:keep-newest": "3", "ami-factory:max-age-days": "30"}
+    with pytest.raises(PrivilegedSettingError) as refused:
+        request_from_tags(INSTANCE, retention, SETTINGS)
+    assert str(refused.value).startswith("ami-factory:keep-newest and ami-factory:max-age-days ask for retention")
+
+
+def test_an_error_no_tag_caused_names_the_tags_not_a_field() -> None:
+    # Not reachable from a trigger (an id EC2 does not know is skipped before its tags are read), but a
+    # field with no tag of its own is never named as if it were one.
+    with pytest.raises(InvalidRequestError, match="invalid: the tags: String should match"):
+        request_from_tags("i-0123456789", {}, SETTINGS)
+
+
+def test_a_flag_that_is_not_true_or_false_is_quoted_up_to_40_characters() -> None:
+    with pytest.raises(InvalidRequestError, match=f"tag ami-factory:encrypt is '{'y' * 40}': use true or false"):
+        request_from_tags(INSTANCE, {"ami-factory:encrypt": "y" * 60}, SETTINGS)
