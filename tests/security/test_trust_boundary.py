@@ -4,6 +4,7 @@ asserts that the victim (instance, image, ``latest``) is untouched and that the 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -350,6 +351,41 @@ def test_with_the_cloudtrail_trigger_only_allowed_principals_start_runs(make_emu
     (run,) = wait_all(emu)
     assert run.status == "SUCCEEDED", run.cause
     assert run.output["regions"][0]["shared_with"] == ["111122223333"], "the instance's tags are its settings"
+
+
+def test_a_cloudtrail_call_starts_only_instances_it_set_the_trigger_tag_true_on_and_counts_refusals(
+    make_emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emu: Emulator = make_emulator(
+        TriggerSource="cloudtrail", AllowedTriggerPrincipals="arn:aws:iam::123456789012:role/ImageBuilders"
+    )
+    source, other = (launch_tagged(emu, **{"ami-factory:regions": ""}) for _ in range(2))
+    intruder = cloudtrail_event(source, "arn:aws:sts::123456789012:assumed-role/Developers/mallory")
+    intruder["detail"]["requestParameters"]["resourcesSet"]["items"].append({"resourceId": other})
+    assert emu.deliver_event(intruder)[0]["started"] == []
+    refused = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"TriggersRefused"' in line]
+    assert [
+        (document["TriggersRefused"], document["_aws"]["CloudWatchMetrics"][0]["Metrics"]) for document in refused
+    ] == [([2.0], [{"Name": "TriggersRefused", "Unit": "Count"}])]
+    # The rule matches the key; a false trigger tag beside another tag set true starts nothing.
+    not_true = cloudtrail_event(source, ALICE)
+    not_true["detail"]["requestParameters"]["tagSet"]["items"] = [
+        {"key": "ami-factory:create", "value": "false"},
+        {"key": "Backup", "value": "true"},
+    ]
+    assert emu.deliver_event(not_true) == [{"started": [], "skipped": [], "rejected": []}]
+    # One call over an instance that is gone and one that is not starts the one that is.
+    both = cloudtrail_event("i-0000000000000dead", ALICE)
+    both["detail"]["requestParameters"]["resourcesSet"]["items"].append({"resourceId": source})
+    assert emu.deliver_event(both)[0]["started"] == [f"{source}-ct-3f1b2c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"]
+    assert [run.status for run in wait_all(emu)] == ["SUCCEEDED"]
+
+
+def test_a_cloudtrail_record_without_a_caller_or_tags_reads_as_nobody_setting_nothing() -> None:
+    from ami_factory.triggers import CloudTrailCreateTags
+
+    call = CloudTrailCreateTags.from_detail({"eventName": "CreateTags", "eventID": "e"})
+    assert (call.caller, call.resources, call.tags) == ("", [], [])
 
 
 def test_the_tag_guard_policy_denies_every_ami_factory_tag_key() -> None:
