@@ -111,6 +111,35 @@ def test_a_trigger_while_a_run_is_in_flight_is_skipped_and_the_log_names_the_hol
     assert len(executions(emu)) == 1
 
 
+def test_a_trigger_that_loses_the_race_for_the_lock_is_skipped_naming_the_winner(emu: Emulator, function_logs) -> None:
+    instance_id = launch_tagged(emu)
+    won: list[dict[str, Any]] = []
+    # Another trigger takes the lock between this one's look at it and its own conditional write.
+    rival = tag_event(emu, instance_id, event_id="99999999-0000-0000-0000-000000000000")
+    emu.world.after_call("GetItem", lambda: won.extend(emu.deliver_event(rival)))
+    (outcome,) = emu.deliver_event(tag_event(emu, instance_id))
+    (winner,) = won[0]["started"]
+    assert outcome == {
+        "started": [],
+        "skipped": [{"instance_id": instance_id, "reason": "run in flight", "held_by": winner}],
+        "rejected": [],
+    }
+    assert f"is being imaged by run {winner} (" in function_logs.text
+    assert function_logs.text.rstrip().endswith("this trigger is skipped")
+    assert [run.status for run in wait_all(emu)] == ["SUCCEEDED"]
+
+
+def test_a_firing_goes_on_past_an_instance_whose_lock_it_lost(make_emulator) -> None:
+    emu: Emulator = make_emulator(ScheduleExpression="rate(7 days)")
+    first, second = (emu.launch_instance(tags={"ami-factory:schedule": "true"}) for _ in range(2))
+    rival = tag_event(emu, first)  # a tag trigger for the first instance takes its lock mid-firing
+    emu.world.after_call("GetItem", lambda: emu.deliver_event(rival))
+    (outcome,) = emu.fire_schedule("2026-11-29T03:00:00Z")
+    assert [skipped["instance_id"] for skipped in outcome["skipped"]] == [first]
+    assert outcome["started"] == [f"{second}-schedule-20261129T030000Z"], "the firing went on to the next"
+    assert sorted(run.status for run in wait_all(emu)) == ["SUCCEEDED", "SUCCEEDED"]
+
+
 def test_a_bad_tag_starts_nothing_and_says_what_to_fix_on_the_instance(emu: Emulator) -> None:
     instance_id = launch_tagged(emu, **{"ami-factory:regions": "eu-west-1 mars-east-1"})
     (outcome,) = emu.deliver_event(tag_event(emu, instance_id))
