@@ -29,6 +29,17 @@ def emitted(out: str) -> list[dict[str, Any]]:
     ]
 
 
+def units(out: str) -> dict[str, str]:
+    """The unit each metric was declared with, by name."""
+    documents = [json.loads(line) for line in out.splitlines() if line.startswith("{") and '"_aws"' in line]
+    return {
+        metric["Name"]: metric["Unit"]
+        for document in documents
+        for declared in document["_aws"]["CloudWatchMetrics"]
+        for metric in declared["Metrics"]
+    }
+
+
 def test_a_run_reports_its_start_end_images_and_wait_times(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
     instance_id = emu.launch_instance(name="web")
     emu.world.images_take(20 * 60)
@@ -47,4 +58,6 @@ def test_a_failed_run_is_counted(emu: Emulator, capsys: pytest.CaptureFixture[st
     instance_id = emu.launch_instance(name="web")
     emu.world.images_fail()
     assert emu.run(sample("request-basic.json", instance_id=instance_id), name="counted").status == "FAILED"
-    assert {"RunsFailed": 1.0} in emitted(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert {"RunsFailed": 1.0} in emitted(out)
+    assert units(out)["RunsFailed"] == "Count"
