@@ -359,6 +359,20 @@ def test_an_unexpected_crash_in_a_check_fails_the_run_cleanly(emu: Emulator) -> 
     assert_told_and_tagged(emu, "crash", instance_id, "FAILED")
 
 
+def test_an_image_someone_else_deregistered_mid_run_fails_the_run_and_is_settled_as_removed(emu: Emulator) -> None:
+    instance_id = emu.launch_instance(name="web")
+    ec2 = emu.client("ec2")
+    emu.world.after_call(
+        "CreateImage", lambda: ec2.deregister_image(ImageId=run_images(emu, "us-east-1", "gone")[0]["ImageId"])
+    )
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="gone")
+    assert result.status == "FAILED"
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+    (removed,) = told(emu)["cleaned_up"]
+    assert removed.startswith("us-east-1:ami-") and told(emu)["left_over"] == []
+    assert_nothing_of_the_run_left(emu, "gone")
+
+
 # --- the emulator starts executions as Step Functions does ---------------------------------------------
 
 
