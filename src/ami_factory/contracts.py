@@ -134,7 +134,7 @@ class LaunchedInstance(Polled):
 
     instance_id: str
     region: str
-    state: str = "pending"
+    state: str  # as RunInstances answered; each check reads it again
     ready: bool = False
 
 

@@ -55,6 +55,11 @@ class Made:
     snapshots: tuple[str, ...] = ()  # an image's, recorded before it is deregistered
     removed: bool = False
 
+    def __post_init__(self) -> None:
+        # Clean-up decides what to call by kind and role: a record it could not read is never written or read.
+        if self.kind not in get_args(Kind) or self.role not in get_args(Role):
+            raise DeploymentError(f"the ledger records an unknown kind or role: {self.kind!r} {self.role!r}")
+
 
 @dataclass(frozen=True)
 class Holder:
@@ -547,7 +552,7 @@ def _made(item: Item) -> Made:
         region=item["region"],
         kind=cast("Kind", item["kind"]),
         resource_id=item["resource_id"],
-        role=_role(item["role"]),
+        role=cast("Role", item["role"]),
         snapshots=tuple(snapshot for snapshot in item.get("snapshots", "").split(",") if snapshot),
         removed=item.get("removed") == "true",
     )
@@ -555,9 +560,3 @@ def _made(item: Item) -> Made:
 
 def _stop(item: Item) -> Stop:
     return Stop(region=item["region"], instance_id=item["instance_id"], original_state=item["original_state"])
-
-
-def _role(value: str) -> Role:
-    if value not in get_args(Role):
-        raise DeploymentError(f"the ledger records an unknown role {value!r}")
-    return cast("Role", value)

@@ -314,14 +314,16 @@ def test_a_launch_check_goes_to_the_configured_subnet_and_a_refusal_fails_its_re
 def test_a_clone_that_goes_down_before_it_is_generalized_fails_saying_so(emu: Emulator, state: str) -> None:
     clone = emu.launch_instance(name="clone")
     emu.world.set_instance_state("us-east-1", clone, state)
-    error = invoke_error(emu, "CheckClone", {"clone": {"instance_id": clone, "region": "us-east-1"}, "max_polls": 5})
+    error = invoke_error(
+        emu, "CheckClone", {"clone": {"instance_id": clone, "region": "us-east-1", "state": "pending"}, "max_polls": 5}
+    )
     assert error["errorType"] == "UnsupportedInstanceError"
     assert error["errorMessage"].startswith(f"the clone {clone} is {state} before it was generalized")
 
 
 def test_a_clone_ssm_never_reaches_names_the_limit_and_the_fix(emu: Emulator) -> None:
     clone = emu.launch_instance(name="clone")  # running, but not managed by SSM
-    ref = {"instance_id": clone, "region": "us-east-1", "polls": 4}
+    ref = {"instance_id": clone, "region": "us-east-1", "state": "pending", "polls": 4}
     error = invoke_error(emu, "CheckClone", {"clone": ref, "max_polls": 5})
     assert error["errorType"] == "WaitTimeoutError"
     assert error["errorMessage"].startswith(f"clone {clone} is still running and not yet reachable through SSM")

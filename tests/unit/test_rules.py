@@ -358,3 +358,13 @@ def test_a_run_the_janitor_ends_is_tagged_with_its_executions_own_error(
     arn = "arn:aws:states:us-east-1:123456789012:execution:m:run"
     change = ExecutionStatusChange(executionArn=arn, stateMachineArn="m", name="run", status=status, error=error)
     assert ending_error(change) == named
+
+
+@pytest.mark.parametrize(("kind", "role"), [("IMAGE", "image"), ("image", "XXseedXX"), ("volume", "clone")])
+def test_the_ledger_never_holds_a_made_record_clean_up_could_not_read(kind: str, role: str) -> None:
+    from ami_factory.errors import DeploymentError
+    from ami_factory.ledger import Made
+
+    with pytest.raises(DeploymentError, match="unknown kind or role"):
+        Made(region="us-east-1", kind=kind, resource_id="ami-1", role=role)  # type: ignore[arg-type]
+    assert Made(region="us-east-1", kind="image", resource_id="ami-1", role="seed").role == "seed"

@@ -92,6 +92,13 @@ def test_generalize_on_a_clone_images_the_clone_and_leaves_the_instance_untouche
 
     (seed_create, final_create) = emu.world.sent("CreateImage")
     assert seed_create.params["InstanceId"] == source and seed_create.params["NoReboot"] in (True, "true")
+    seed_tags = {
+        tag["Key"]: tag["Value"]
+        for spec in seed_create.params["TagSpecifications"]
+        if spec["ResourceType"] == "image"
+        for tag in spec["Tags"]
+    }
+    assert seed_tags["Name"] == seed_create.params["Name"] and seed_tags["ami-factory:role"] == "seed"
     assert final_create.params["InstanceId"] == clone_id and final_create.params["NoReboot"] in (True, "true")
     assert emu.world.sent("StopInstances") == [], "the instance is never stopped"
     assert instances(emu)[source]["State"]["Name"] == "running"
