@@ -83,6 +83,7 @@ def test_protected_referenced_launched_and_latest_images_are_skipped_and_the_rep
         ("ap-southeast-2", made["r1"]["ap-southeast-2"]),
     }
     assert made["r1"]["eu-west-1"] in image_ids(emu, "eu-west-1")
+    assert report["kept"] == 6 + 4, "the newest two in each Region, and the four skipped"
 
 
 def test_a_familys_own_retention_comes_from_its_request_and_wins(make_emulator) -> None:
