@@ -47,10 +47,16 @@ def main() -> int:
     for module, counts in found.items():
         caught, total = score(counts)
         everything += counts
-        print(f"{module:32} {caught:5}/{total:<5} {100 * caught / max(total, 1):5.1f}%  survived {counts['survived']}")
+        print(
+            f"{module:32} {caught:5}/{total:<5} {100 * caught / max(total, 1):5.1f}%  survived {counts['survived']:<3}"
+            f" not checked {counts['not checked']}"
+        )
     caught, total = score(everything)
     percent = 100 * caught / max(total, 1)
     print(f"{'mutation score':32} {caught:5}/{total:<5} {percent:5.1f}%  (`mutmut results` lists the survivors)")
+    if everything["not checked"]:
+        # mutmut keeps each result until its function changes: `make mutation` again goes on from here.
+        print(f"{everything['not checked']} mutants not checked yet: the score is of those checked")
     return 1 if percent < args.min else 0
 
 
