@@ -130,7 +130,7 @@ def test_steps_refuse_ids_their_run_did_not_make_whatever_the_state_says(emu: Em
         emu, "ResolveRequest", {"request": request, "run_id": "r", "state_machine_arn": emu.state_machine_arn}
     )
     foreign_image = emu.client("ec2").create_image(InstanceId=victim, Name="victims-image")["ImageId"]
-    as_clone = {"instance_id": victim, "region": "us-east-1"}
+    as_clone = {"instance_id": victim, "region": "us-east-1", "state": "running"}
     refusals = [
         invoke_error(emu, "Generalize", {**plan, "clone": as_clone}),
         invoke_error(emu, "CreateImage", {**plan, "clone": as_clone}),
