@@ -218,3 +218,62 @@ def test_the_world_refuses_commands_ssm_would() -> None:
         ):
             with pytest.raises(ClientError, match="InvalidParameters"):
                 ssm.send_command(InstanceIds=[instance_id], DocumentName=sysprep, Parameters=refused)
+
+
+def test_ec2_buckets_are_per_action_kind_and_refill_with_virtual_time() -> None:
+    from ami_factory_local.limits import DESCRIBE, MUTATING, OWN_BUCKETS, UNFILTERED_DESCRIBE, TokenBucket, bucket_of
+
+    assert bucket_of("DescribeImages", {"ImageIds": ["ami-1"]}) == ("describe", DESCRIBE)
+    assert bucket_of("DescribeInstances", {}) == ("unfiltered-describe", UNFILTERED_DESCRIBE)
+    assert bucket_of("DescribeInstances", {"InstanceIds": ["i-1"]}) == ("describe", DESCRIBE)
+    assert bucket_of("CopyImage", {}) == ("CopyImage", OWN_BUCKETS["CopyImage"])
+    assert bucket_of("EnableImageDeprecation", {}) == ("mutating", MUTATING)
+    bucket = TokenBucket(OWN_BUCKETS["RunInstances"], tokens=5, filled_at=0.0)
+    assert [bucket.take(0.0) for _ in range(6)] == [True] * 5 + [False]
+    assert bucket.take(0.4) is False, "2 a second: not a whole token after 0.4 s"
+    assert bucket.take(0.5) is True
+    assert bucket.take(0.2) is False, "a thread behind the bucket's time adds nothing"
+    assert [bucket.take(1000.0) for _ in range(6)] == [True] * 5 + [False], "never more than the bucket holds"
+
+
+def test_copies_in_flight_are_capped_per_destination_and_per_source() -> None:
+    from ami_factory_local.limits import copy_quota_refusal
+
+    half = ["us-east-1"] * 24 + ["us-west-2"] * 25
+    assert copy_quota_refusal("eu-west-1", "us-east-1", half) is None
+    assert "25 concurrent AMI copies from us-west-2" in str(copy_quota_refusal("eu-west-1", "us-west-2", half))
+    full = str(copy_quota_refusal("eu-west-1", "ap-south-1", [*half, "us-east-1"]))
+    assert "maximum of 50 concurrent AMI copies into eu-west-1" in full
+
+
+def test_the_world_throttles_a_functions_calls_as_ec2_does_and_caps_copies_in_flight() -> None:
+    from ami_factory_local.authorization import acting_as
+
+    with Emulator() as emu:
+        emu.world.images_take(3600)
+        instance_id = emu.launch_instance()
+        source = emu.client("ec2").create_image(InstanceId=instance_id, Name="source-image")["ImageId"]
+        role = emu._function_roles["CopyImageFunction"]
+        ec2 = emu.client("ec2", "eu-west-1")
+
+        def copy(n: int, token: str | None = None) -> str:
+            asked = {"SourceImageId": source, "SourceRegion": "us-east-1", "Name": f"copy-{n}"}
+            return str(ec2.copy_image(**asked, ClientToken=token or f"token-{n}")["ImageId"])
+
+        with acting_as(role, "CopyImageFunction"):
+            copies = [copy(n) for n in range(25)]
+            with pytest.raises(ClientError, match="ResourceLimitExceeded") as refused:
+                copy(25)
+            assert "25 concurrent AMI copies from us-east-1 into eu-west-1" in str(refused.value)
+            assert copy(0, token="token-0") == copies[0], "a retry EC2 already took starts no new copy"
+            emu.clock.advance(3600)  # the copies finish; the bucket has refilled meanwhile
+            assert emu.world.copies_in_flight("eu-west-1") == []
+            emu.world.images_take(0)
+            for n in range(26, 126):  # a full bucket: 100 at once, then one a second
+                copy(n)
+            with pytest.raises(ClientError, match="RequestLimitExceeded"):
+                copy(126)
+            emu.clock.advance(1)
+            copy(127)
+        assert emu.world.limits.refused == 1
+        copy(128)  # the test's own calls are not throttled

@@ -8,6 +8,8 @@ The world fixes exactly that, driven by the virtual clock, and lets a test ask f
 - images stay ``pending`` for a while, end ``failed``, or never become available;
 - a stopped instance is ``stopping`` for a while first;
 - an operation is throttled (``RequestLimitExceeded``) for its next N calls (in a Region, or in each);
+  besides, every EC2 call of a deployed function draws on EC2's token buckets, and CopyImage meets the
+  concurrent-copy quota (``limits.py``);
 - a new image is invisible (``InvalidAMIID.NotFound``) for its first N DescribeImages;
 - an operation's response is lost: the call takes effect, the caller sees a throttling error.
 
@@ -68,6 +70,7 @@ from ami_factory.commands import GENERALIZE_COMMENT
 from .authorization import IAM_ACTIONS, IAM_PREFIX, Authorizer, as_operator, current_principal, refusal_error
 from .authorization import Request as AuthorizationRequest
 from .clock import VirtualClock
+from .limits import Ec2Limits, copy_quota_refusal
 
 
 def _request_params(response: BaseResponse) -> dict[str, Any]:
@@ -354,6 +357,9 @@ class World:
     _hidden_describes: int = 0
     _hidden: dict[str, int] = field(default_factory=dict)
     _copy_tokens: dict[tuple[str, str], str] = field(default_factory=dict)
+    _copy_routes: dict[str, tuple[str, str]] = field(default_factory=dict)  # copy -> (destination, source Region)
+    # EC2's token buckets (for the deployed functions' calls) and copy quota.
+    limits: Ec2Limits = field(default_factory=Ec2Limits)
     image_lifetimes: dict[str, tuple[float, float]] = field(default_factory=dict)  # image -> (created, settled)
     _managed: dict[str, dict[str, str]] = field(default_factory=dict)  # instance -> SSM InstanceInformation
     _command_seconds: float = 0.0
@@ -636,8 +642,16 @@ class World:
         self._tick(response.region)
         if self._take(self._throttles, operation, response.region):
             return EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
+        # The buckets count the deployed functions' calls; the test or script setting the world up (a
+        # person's calls, made before or beside the runs) is not throttled.
+        if current_principal(response.headers) is not None and (
+            throttled := self.limits.admit(response.region, operation, params, self.clock.now())
+        ):
+            return throttled
         if code := self._refusal(operation, response.region):
             return EC2ClientError(code, f"You are not authorized to perform this operation ({operation}).")
+        if operation == "CopyImage" and (refused := self._copy_quota(response.region, params)):
+            return refused
         if unknown := unknown_filters(operation, params):
             return EC2ClientError("InvalidParameterValue", f"The filter '{unknown[0]}' is invalid")
         if problem := invalid_tags(operation, params):
@@ -691,6 +705,22 @@ class World:
                     self._hidden[image_id] -= 1
                     return EC2ClientError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
         return None
+
+    def _copy_quota(self, destination: str, params: dict[str, Any]) -> EC2ClientError | None:
+        """EC2's concurrent-copy quota; a retry with a ClientToken EC2 already took starts no copy."""
+        if (destination, str(params.get("ClientToken") or "")) in self._copy_tokens:
+            return None
+        return copy_quota_refusal(destination, str(params.get("SourceRegion", "")), self.copies_in_flight(destination))
+
+    def copies_in_flight(self, destination: str) -> list[str]:
+        """The source Regions of the copies into ``destination`` that EC2 counts against its quota at the
+        caller's time: not finished yet, and not deregistered (which cancels a copy)."""
+        now, amis = self.clock.now(), ec2_backends[self.account_id][destination].amis
+        return [
+            source
+            for image_id, (into, source) in self._copy_routes.items()
+            if into == destination and image_id in amis and self.image_lifetimes[image_id][1] > now
+        ]
 
     def _after(self, region: str, operation: str, params: dict[str, Any]) -> EC2ClientError | None:
         """Runs after moto handled an EC2 call: the world's consequences, and a lost answer if asked for."""
@@ -786,6 +816,7 @@ class World:
                 if token:
                     world._copy_tokens[(response.region, token)] = image.id
                 world._new_image(response.region, image)
+                world._copy_routes[image.id] = (response.region, response._get_param("SourceRegion"))
             return ActionResult({"ImageId": image.id})
 
         with ExitStack() as stack:
