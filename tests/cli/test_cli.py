@@ -249,10 +249,13 @@ def test_bench_reports_counts_per_run() -> None:
     out = io.StringIO()
     # `make bench` also runs 9 Regions and the launch check: the same paths, more of them.
     chosen = [scenario for scenario in bench.SCENARIOS if not scenario.name.startswith(("9 Regions", "launch check"))]
-    assert bench.main(out, chosen) == 0
+    assert bench.main(out, chosen, import_samples=1) == 0
     report = out.getvalue()
-    sections = report.split("\n== ")[1:]
+    *sections, imports = report.split("\n== ")[1:]
     assert len(sections) == len(chosen) == 4
+    assert imports.startswith("handler import time (median of 1), against import boto3: ")
+    timed = re.findall(r"^   (\w+) +\d+ ms +\d+\.\d\dx$", imports, re.MULTILINE)
+    assert sorted(timed) == sorted(path.parent.name for path in (ROOT / "functions").glob("*/app.py"))
     assert "(PARTIAL)" in sections[2]
     for section in sections:
         transitions = int(re.search(r"state transitions: (\d+)", section).group(1))

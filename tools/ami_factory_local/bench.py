@@ -2,18 +2,26 @@
 
 Per run: EC2 API calls by operation, Step Functions state transitions (what Standard workflows
 bill), Lambda invocations, and virtual elapsed time against the images' own time (how long EC2
-itself took to make and copy them): the gap is what polling adds.
+itself took to make and copy them): the gap is what polling adds. Then each handler's import time
+(what a cold start pays before the first line of the step runs) against ``import boto3`` alone,
+measured in fresh interpreters in the same run.
 """
 
 from __future__ import annotations
 
+import statistics
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from .emulator import Emulator
 
+ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = "111122223333"
+IMPORT_SAMPLES = 7
 REGIONS = ["eu-west-1", "ap-southeast-2"]
 
 
@@ -71,7 +79,33 @@ SCENARIOS = [
 ]
 
 
-def main(out: TextIO, scenarios: list[Scenario] = SCENARIOS) -> int:
+def import_seconds(module: str, cwd: Path, samples: int) -> float:
+    """The median time a fresh interpreter takes to import ``module`` (interpreter start not counted)."""
+    timing = f"import time; start = time.perf_counter(); import {module}; print(time.perf_counter() - start)"
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "", "AWS_DEFAULT_REGION": "us-east-1"}
+    taken = [
+        float(
+            subprocess.run(
+                [sys.executable, "-c", timing], cwd=cwd, env=env, check=True, capture_output=True, text=True
+            ).stdout
+        )
+        for _ in range(samples)
+    ]
+    return statistics.median(taken)
+
+
+def cold_starts(out: TextIO, samples: int = IMPORT_SAMPLES) -> None:
+    baseline = import_seconds("boto3", ROOT, samples)
+    print(
+        f"\n== handler import time (median of {samples}), against import boto3: {baseline * 1000:.0f} ms",
+        file=out,
+    )
+    for function in sorted(path.parent for path in (ROOT / "functions").glob("*/app.py")):
+        seconds = import_seconds("app", function, samples)
+        print(f"   {function.name:<22}{seconds * 1000:>6.0f} ms  {seconds / baseline:4.2f}x", file=out)
+
+
+def main(out: TextIO, scenarios: list[Scenario] = SCENARIOS, import_samples: int = IMPORT_SAMPLES) -> int:
     for scenario in scenarios:
         with Emulator(parameters={"AllowedShareAccounts": ACCOUNT}) as emu:
             instance_id = emu.launch_instance(name="bench")
@@ -97,4 +131,5 @@ def main(out: TextIO, scenarios: list[Scenario] = SCENARIOS) -> int:
             print(f"   EC2 calls: {sum(calls.values())}", file=out)
             for operation, count in sorted(calls.items(), key=lambda item: (-item[1], item[0])):
                 print(f"     {operation:<24}{count:>5}", file=out)
+    cold_starts(out, import_samples)
     return 0
