@@ -18,7 +18,8 @@ from .request import CloneOptions, Mode, ProtectionOptions, RetentionOptions, Sh
 class Contract(BaseModel):
     """Step inputs ignore fields they do not use: the ASL passes whole state objects."""
 
-    model_config = ConfigDict(extra="ignore")
+    # Schemas are built at a model's first use, not at import: a handler uses two or three of them.
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
 
 RetentionAction = Literal["deleted", "would delete", "skipped"]

@@ -92,8 +92,7 @@ def launch_clone(event: LaunchCloneInput) -> LaunchedInstance:
             image_id=event.seed.image_id,
             instance_type=overrides.instance_type or source["InstanceType"],
             subnet_id=overrides.subnet_id or source.get("SubnetId"),
-            security_group_ids=overrides.security_group_ids
-            or [group["GroupId"] for group in source["SecurityGroups"]],
+            security_group_ids=overrides.security_group_ids or [group["GroupId"] for group in source["SecurityGroups"]],
             instance_profile=overrides.instance_profile or settings.clone_instance_profile,
             client_token=client_token(event.run_id, "clone"),
             tags={**event.tags, "Name": f"{event.family} clone (AMI Factory run {event.run_id})", ROLE_TAG: "clone"},

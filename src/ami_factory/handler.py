@@ -36,9 +36,7 @@ def correlation_keys(model: BaseModel) -> dict[str, str]:
 def lambda_handler(run: Callable[[dict[str, Any]], BaseModel]) -> Handler:
     """A Lambda handler around ``run``: Powertools logging and tracing, JSON in, JSON out."""
 
-    @logger.inject_lambda_context(clear_state=True)
-    @tracer.capture_lambda_handler
-    def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    def traced(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         try:
             result = run(event).model_dump(mode="json")
         finally:
@@ -47,6 +45,11 @@ def lambda_handler(run: Callable[[dict[str, Any]], BaseModel]) -> Handler:
                 metrics.flush_metrics()
         logger.info("done", extra={"result": result})
         return result
+
+    @logger.inject_lambda_context(clear_state=True)
+    def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        traced_now: Handler = tracer().capture_lambda_handler(traced)
+        return traced_now(event, context)
 
     return handler
 

@@ -1,12 +1,32 @@
 """One Powertools Logger, Tracer and Metrics for the whole package: every module logs through them,
 so each line is JSON with the function's context and the run's correlation keys, and metrics go out
-as CloudWatch embedded metric format in the same log stream (namespace ``AMIFactory``)."""
+as CloudWatch embedded metric format in the same log stream (namespace ``AMIFactory``).
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+The Tracer is made at a handler's first call, not at import: making it imports the X-Ray SDK and
+patches botocore, about a fifth of a cold start's import time, which the first call pays instead
+(``make bench`` measures the import)."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING
+
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-logger = Logger(service="ami-factory")
-tracer = Tracer(service="ami-factory")
-metrics = Metrics(namespace="AMIFactory", service="ami-factory")
+if TYPE_CHECKING:
+    from aws_lambda_powertools import Tracer
+
+SERVICE = "ami-factory"
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace="AMIFactory", service=SERVICE)
+
+
+@cache
+def tracer() -> Tracer:
+    from aws_lambda_powertools import Tracer
+
+    return Tracer(service=SERVICE)
+
 
 __all__ = ["MetricUnit", "logger", "metrics", "tracer"]

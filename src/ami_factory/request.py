@@ -58,7 +58,7 @@ RegionName = Annotated[str, StringConstraints(min_length=1, max_length=32)]
 
 
 class ShareTargets(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     accounts: list[AccountId] = Field(default_factory=list, description="12-digit AWS account ids")
     organizations: list[OrganizationArn] = Field(default_factory=list, description="organization ARNs")
@@ -91,7 +91,7 @@ MAX_PUBLIC_DEPRECATION_DAYS = 730  # EC2: public images at most 2 years
 class ProtectionOptions(BaseModel):
     """What keeps the image from being used too long or deleted too soon (each Region's image)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     deprecate_after_days: Annotated[int, Field(ge=1, le=MAX_DEPRECATION_DAYS)] | None = Field(
         None, description="deprecate the image this many days after it is made (public images: at most 730)"
@@ -109,7 +109,7 @@ class ProtectionOptions(BaseModel):
 class WindowsOptions(BaseModel):
     """How sysprep leaves the Administrator account (EC2Launch's setting, applied before sysprep)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     admin_password: AdminPassword = Field(
         "random",
@@ -138,7 +138,7 @@ class WindowsOptions(BaseModel):
 class CloneOptions(BaseModel):
     """What the temporary clone of mode generalize changes from the source instance."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     instance_type: Annotated[str, StringConstraints(pattern=INSTANCE_TYPE)] | None = Field(
         None, description="default: the source's instance type"
@@ -159,7 +159,7 @@ class CloneOptions(BaseModel):
 class RetentionOptions(BaseModel):
     """How many of this family's images the scheduled clean-up keeps, per Region (overrides the deployment's)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     keep_newest: Annotated[int, Field(ge=1, le=1000)] | None = Field(None, description="keep the newest N images")
     max_age_days: Annotated[int, Field(ge=1, le=3650)] | None = Field(
@@ -170,7 +170,7 @@ class RetentionOptions(BaseModel):
 class RetentionInput(BaseModel):
     """What the scheduled clean-up is asked: a dry run lists what would go and why, changing nothing."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     dry_run: bool = False
     regions: list[str] | None = None  # default: every Region the ledger records published images in
@@ -179,7 +179,7 @@ class RetentionInput(BaseModel):
 class ImagingRequest(BaseModel):
     """What a user asks for: the execution input of the state machine."""
 
-    model_config = ConfigDict(extra="forbid", title="ImagingRequest")
+    model_config = ConfigDict(extra="forbid", title="ImagingRequest", defer_build=True)
 
     instance_id: Annotated[str, StringConstraints(pattern=INSTANCE_ID)] = Field(
         description="the EC2 instance to image, in the stack's Region (i-0123456789abcdef0)"

@@ -26,6 +26,6 @@ def test_correlation_keys_follow_the_steps_inputs() -> None:
     )
     assert correlation_keys(copy) == {"execution": "run-1", "image": "ami-1", "region": "ap-southeast-2"}
     clone = CheckCloneInput.model_validate(
-        {"clone": {"instance_id": "i-0fedcba9876543210", "region": "us-east-1"}, "max_polls": 3}
+        {"clone": {"instance_id": "i-0fedcba9876543210", "region": "us-east-1", "state": "pending"}, "max_polls": 3}
     )
     assert correlation_keys(clone) == {"clone": "i-0fedcba9876543210", "region": "us-east-1"}
