@@ -251,10 +251,9 @@ def end_ended_run(run_id: str, error: str, cause: str | None) -> Summary | None:
     execution = StepFunctions(settings.region).execution(execution_arn(settings.state_machine_arn, run_id))
     if execution is None or execution[0] == "RUNNING":
         return None
-    # Start times agree to the millisecond; a second either way is the same execution, `>` or `>=`.
-    if (
-        run.started and abs((datetime.fromisoformat(run.started) - execution[1]).total_seconds()) > 1
-    ):  # pragma: no mutate
+    # Start times agree to the millisecond: any tolerance of a second or two, `>` or `>=`, is the same.
+    apart = abs((datetime.fromisoformat(run.started) - execution[1]).total_seconds()) if run.started else 0.0
+    if apart > 1:  # pragma: no mutate
         # The name's execution now is a later one (names are reusable 90 days on): not this run's to end.
         logger.warning("run %s's records belong to an earlier execution of its name; not ending it", run_id)
         return None
@@ -263,7 +262,7 @@ def end_ended_run(run_id: str, error: str, cause: str | None) -> Summary | None:
     # any other ending undoes the whole run.
     if not run.ended and ledger.claim_ending(run_id, JANITOR) != JANITOR:
         run = ledger.run(run_id) or run
-    finalized = run.finalizing and bool(run.status)
+    finalized = run.finalizing  # recorded with its status, in one write
     delivered = dict(run.delivered) if finalized else {}
     status = cast("RunStatus", run.status) if finalized else "FAILED"
     ending = end_run(run, delivered)
