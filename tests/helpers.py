@@ -135,9 +135,13 @@ def launch_tagged(emu: Emulator, **extra: str) -> str:
 
 
 def ledger_items(emu: Emulator) -> list[dict[str, str]]:
-    """Every item of the run ledger, its attributes as strings."""
+    """Every item of the run ledger, its attributes as strings (a string set joined by commas)."""
     pages = emu.client("dynamodb").get_paginator("scan").paginate(TableName="ami-factory-local-LedgerTable")
-    return [{key: value["S"] for key, value in item.items()} for page in pages for item in page["Items"]]
+    return [
+        {key: value["S"] if "S" in value else ",".join(sorted(value["SS"])) for key, value in item.items()}
+        for page in pages
+        for item in page["Items"]
+    ]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:

@@ -28,7 +28,7 @@ from ami_factory.contracts import (
     PublishParameterOutput,
     ShareImageOutput,
 )
-from ami_factory.errors import RETRYABLE_ERRORS, InstanceStateConflictError
+from ami_factory.errors import RETRYABLE_ERRORS, CopySlotBusyError, InstanceStateConflictError
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "statemachine" / "imaging.asl.json"
@@ -67,6 +67,17 @@ PATIENT_RETRY: State = {
     "BackoffRate": 1.5,
     "MaxAttempts": 10,
     "MaxDelaySeconds": 120,
+}
+
+
+# A copy waits for a slot of the destination Region's semaphore (CopySlotsPerRegion): every 6 minutes,
+# for up to 2 hours (two waves of copies), apart from the transient errors' short back-off. Each attempt
+# writes 3 history events: the history budget (tests/workflow/test_history_budget.py) counts them.
+COPY_SLOT_RETRY: State = {
+    "ErrorEquals": [CopySlotBusyError.__name__],
+    "IntervalSeconds": 360,
+    "BackoffRate": 1.0,
+    "MaxAttempts": 20,
 }
 
 
@@ -135,6 +146,7 @@ def task(
     error_path: str = "$.error",
     explained: bool = False,
     patient: bool = False,
+    waits_for: State | None = None,
     next_state: str,
 ) -> State:
     """A Lambda step. ``payload``: field -> JSONPath (default: the whole state); ``result`` with
@@ -156,6 +168,8 @@ def task(
     if output_path is not None:
         state["OutputPath"] = output_path
     state["Retry"] = [PATIENT_RETRY, TRANSIENT_RETRY, LAMBDA_RETRY] if patient else [TRANSIENT_RETRY, LAMBDA_RETRY]
+    if waits_for is not None:
+        state["Retry"].insert(0, waits_for)
     state["Catch"] = catch(on_error, error_path, explained)
     state["Next"] = next_state
     return state
@@ -256,10 +270,11 @@ def region_states() -> States:
         },
         "CopyImage": task(
             "CopyImage",
-            comment="CopyImage in the item's Region, with a ClientToken",
+            comment="CopyImage in the item's Region, with a ClientToken, once a copy slot there is free",
             result=ImageRef,
             result_path="$.image",
             on_error="RegionFailed",
+            waits_for=COPY_SLOT_RETRY,
             next_state="WaitForCopy",
         ),
         **poll(
@@ -267,7 +282,12 @@ def region_states() -> States:
             check_state="CheckCopy",
             choice_state="IsCopyAvailable",
             function="CheckImage",
-            payload={"image": "$.image", "max_polls": "$.max_polls", "poll_seconds": "$.poll_seconds"},
+            payload={
+                "image": "$.image",
+                "max_polls": "$.max_polls",
+                "poll_seconds": "$.poll_seconds",
+                "copy_slot_of": "$.run_id",
+            },
             result=ImageRef,
             result_path="$.image",
             done=when("$.image.state", "StringEquals", "available", "NeedsLaunchCheck"),

@@ -129,6 +129,11 @@ def end_run(run: RunRecord, delivered: dict[str, str]) -> Ending:
         ledger.release_lock(run.region, run.instance_id, run.run_id)
     except (ClientError, AmiFactoryError) as error:  # a stale lock is taken over by the next run
         logger.warning("could not release the lock on %s: %s", run.instance_id, refusal_text(error))
+    for region in sorted({made.region for made in ledger.made_by(run.run_id) if made.role == "image"}):
+        try:
+            ledger.release_copy_slot(region, run.run_id)
+        except (ClientError, AmiFactoryError) as error:  # a copy that takes a slot frees an ended run's
+            logger.warning("could not give back the copy slot in %s: %s", region, refusal_text(error))
     try:
         ending.instance_state = state_of(run.region, run.instance_id, known)
     except (ClientError, AmiFactoryError) as error:

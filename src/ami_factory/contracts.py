@@ -175,6 +175,7 @@ class ImageRef(Polled):
 
 class CheckImageInput(CheckInput):
     image: ImageRef
+    copy_slot_of: str | None = None  # a copy's wait: the run whose copy slot is given back when it settles
 
 
 class CopyImageInput(Contract):

@@ -22,7 +22,14 @@ from .contracts import (
     ShareImageInput,
     ShareImageOutput,
 )
-from .errors import AmiFactoryError, EncryptionKeyError, InvalidRequestError, LaunchCheckFailedError
+from .errors import (
+    AmiFactoryError,
+    CopySlotBusyError,
+    EncryptionKeyError,
+    InvalidRequestError,
+    LaunchCheckFailedError,
+    ThrottledError,
+)
 from .ledger import FamilyOwner, Ledger, Made
 from .observability import logger
 from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX, check_share_targets
@@ -40,18 +47,43 @@ def copy_image(event: CopyImageInput) -> ImageRef:
         image = ImageRef(region=region, image_id=existing["ImageId"], state=existing["State"])
         Ledger().record(event.run_id, Made(region=region, kind="image", resource_id=image.image_id, role="image"))
         return image
-    image_id = ec2.copy_image(
-        source_region=event.source_image.region,
-        source_image_id=event.source_image.image_id,
-        name=event.image_name,
-        description=event.description,
-        client_token=client_token(event.run_id, region),
-        tags={**event.tags, f"{TAG_PREFIX}source-image": event.source_image.image_id},
-        completion_minutes=event.copy_completion_minutes,
-        kms_key_id=_region_key(region) if event.encrypt else None,
-    )
-    Ledger().record(event.run_id, Made(region=region, kind="image", resource_id=image_id, role="image"))
+    ledger, slots = Ledger(), load_settings().copy_slots_per_region
+    # All runs share EC2's copy quota into a Region: a copy starts only with a slot, given back when it
+    # settles (CheckImage) or when the run ends (however it ends).
+    if not ledger.take_copy_slot(region, event.run_id, slots) and not (
+        _free_slots_of_ended_runs(ledger, region) and ledger.take_copy_slot(region, event.run_id, slots)
+    ):
+        raise CopySlotBusyError(
+            f"waiting for a copy slot in {region}: {slots} copies of AMI Factory runs are in flight there "
+            f"(CopySlotsPerRegion); the copy starts when one settles"
+        )
+    try:
+        image_id = ec2.copy_image(
+            source_region=event.source_image.region,
+            source_image_id=event.source_image.image_id,
+            name=event.image_name,
+            description=event.description,
+            client_token=client_token(event.run_id, region),
+            tags={**event.tags, f"{TAG_PREFIX}source-image": event.source_image.image_id},
+            completion_minutes=event.copy_completion_minutes,
+            kms_key_id=_region_key(region) if event.encrypt else None,
+        )
+    except ThrottledError:
+        raise  # retried soon, with the slot: a throttled answer may hide a copy that started
+    except (AmiFactoryError, ClientError):
+        ledger.release_copy_slot(region, event.run_id)
+        raise
+    ledger.record(event.run_id, Made(region=region, kind="image", resource_id=image_id, role="image"))
     return ImageRef(region=region, image_id=image_id)
+
+
+def _free_slots_of_ended_runs(ledger: Ledger, region: str) -> bool:
+    """Slots whose runs have ended (a step that crashed between taking a slot and recording its copy):
+    given back, so a lost slot never shrinks the Region's share for good. Whether any was freed."""
+    ended = [holder for holder in ledger.copy_slot_holders(region) if (run := ledger.run(holder)) is None or run.ended]
+    for holder in ended:
+        ledger.release_copy_slot(region, holder)
+    return bool(ended)
 
 
 def start_launch_check(event: LaunchCheckInput) -> LaunchedInstance:

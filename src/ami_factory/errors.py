@@ -129,6 +129,11 @@ class ThrottledError(AmiFactoryError):
     """EC2/SSM throttled the call (RequestLimitExceeded and friends)."""
 
 
+class CopySlotBusyError(AmiFactoryError):
+    """Every copy slot of the destination Region is held (CopySlotsPerRegion): the copy waits for one.
+    Retried apart from the transient errors, every few minutes for up to a day."""
+
+
 class ImageNotVisibleYetError(AmiFactoryError):
     """InvalidAMIID.NotFound just after CreateImage/CopyImage: eventual consistency."""
 

@@ -426,6 +426,50 @@ class Ledger:
             if error_code(error) != CONDITION_FAILED:
                 raise
 
+    # --- copy slots: one semaphore per destination Region, shared by every run ------------------
+
+    def take_copy_slot(self, region: str, run_id: str, limit: int) -> bool:
+        """A slot for ``run_id``'s copy into ``region``, if fewer than ``limit`` are held (or it holds one
+        already: a retried step takes no second slot). The holders are a string set in one item, so the
+        check and the take are one conditional write."""
+        try:
+            with translated_errors("UpdateItem"):
+                self._db.update_item(
+                    TableName=self._table,
+                    Key=_encode({"pk": f"copy-slots#{region}", "sk": "slots"}),
+                    UpdateExpression="ADD holders :holder",
+                    ConditionExpression=(
+                        "attribute_not_exists(holders) OR contains(holders, :run) OR size(holders) < :limit"
+                    ),
+                    ExpressionAttributeValues={
+                        ":holder": {"SS": [run_id]},
+                        ":run": {"S": run_id},
+                        ":limit": {"N": str(limit)},
+                    },
+                )
+        except ClientError as error:
+            if error_code(error) != CONDITION_FAILED:
+                raise
+            return False
+        return True
+
+    def release_copy_slot(self, region: str, run_id: str) -> None:
+        """Give the slot back; a run that holds none changes nothing."""
+        with translated_errors("UpdateItem"):
+            self._db.update_item(
+                TableName=self._table,
+                Key=_encode({"pk": f"copy-slots#{region}", "sk": "slots"}),
+                UpdateExpression="DELETE holders :holder",
+                ExpressionAttributeValues={":holder": {"SS": [run_id]}},
+            )
+
+    def copy_slot_holders(self, region: str) -> list[str]:
+        with translated_errors("GetItem"):
+            item = self._db.get_item(
+                TableName=self._table, Key=_encode({"pk": f"copy-slots#{region}", "sk": "slots"})
+            ).get("Item", {})
+        return sorted(item.get("holders", {}).get("SS", []))
+
     # --- families ----------------------------------------------------------------------------
 
     def family_owner(self, family: str) -> FamilyOwner | None:

@@ -105,6 +105,8 @@ def check_image(event: CheckImageInput) -> ImageRef:
     described = Ec2(image.region).describe_image(image.image_id)
     image.state = described["State"]
     counted(image, event.poll_seconds)
+    if event.copy_slot_of and image.state in ("available", *FAILED_IMAGE_STATES):
+        Ledger().release_copy_slot(image.region, event.copy_slot_of)
     if image.state in FAILED_IMAGE_STATES:
         reason = described.get("StateReason", {}).get("Message") or "no reason given"
         raise ImageFailedError(f"image {image.image_id} in {image.region} is {image.state}: {reason}")

@@ -13,6 +13,7 @@ from ami_factory.rules import MAX_REGIONS
 from ami_factory_local import Emulator
 from ami_factory_local.template import load_template
 from tests.helpers import ALLOWED_ACCOUNT, ROOT, create_keys, key_arn
+from write_asl import COPY_SLOT_RETRY
 
 HISTORY_QUOTA = 25_000
 EVENTS_PER_CHECK = (
@@ -20,11 +21,14 @@ EVENTS_PER_CHECK = (
 )
 FIXED_EVENTS = 60  # what every run writes once: resolve, clean-up, prepare, seed, clone, generalize, image, finalize
 FIXED_EVENTS_PER_REGION = 40  # a Region's item: copy, launch check, share, protect, publish, the Map's own
+EVENTS_PER_SLOT_WAIT = 3  # a copy's attempt while its Region has no free slot: scheduled, started, failed
 RETRY_MARGIN = 1_000  # what the worst case leaves for retries (3 events each) and what the model misses
 
 
-def history_bound(checks: int, regions: int) -> int:
-    return FIXED_EVENTS + FIXED_EVENTS_PER_REGION * regions + EVENTS_PER_CHECK * checks
+def history_bound(checks: int, regions: int, slot_waits: int = 0) -> int:
+    return (
+        FIXED_EVENTS + FIXED_EVENTS_PER_REGION * regions + EVENTS_PER_CHECK * checks + EVENTS_PER_SLOT_WAIT * slot_waits
+    )
 
 
 def worst_checks(poll_seconds: int, max_wait: int, generalize_wait: int, launch_check_wait: int, regions: int) -> int:
@@ -57,6 +61,7 @@ def worst_case() -> tuple[int, int]:
                     MAX_REGIONS,
                 ),
                 MAX_REGIONS,
+                MAX_REGIONS * COPY_SLOT_RETRY["MaxAttempts"],  # every copy waits as long as it may for a slot
             ),
             poll,
         )
