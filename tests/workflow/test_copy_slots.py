@@ -3,9 +3,11 @@ many runs at once never ask EC2 for more copies into a Region than CopySlotsPerR
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
+from ami_factory_cli import cli
 from ami_factory_local import Emulator
 from tests.helpers import ledger_items, sample
 
@@ -112,3 +114,19 @@ def test_a_failed_or_refused_copy_gives_its_slot_back(emu: Emulator) -> None:
         "ap-southeast-2": "FAILED",
     }
     assert holders(emu, "eu-west-1") == holders(emu, "ap-southeast-2") == ""
+
+
+def test_the_cli_says_once_that_a_copy_waits_for_a_slot(make_emulator) -> None:
+    emu: Emulator = make_emulator(CopySlotsPerRegion="1")
+    hold_slot(emu, "eu-west-1", "other-run", ended=False)
+    release_after(emu, "eu-west-1", "other-run", seconds=600)
+    instance_id = emu.launch_instance(name="web")
+    execution_arn = emu.start_run(sample("request-basic.json", instance_id=instance_id), name="followed")
+    out = io.StringIO()
+    described = cli.follow(emu.client("stepfunctions"), execution_arn, out, poll_seconds=0.01)
+    assert described["status"] == "SUCCEEDED"
+    said = [line for line in out.getvalue().splitlines() if "copy slot" in line]
+    assert said == [
+        "  [eu-west-1] waiting for a copy slot in eu-west-1: 1 copies of AMI Factory runs are in flight there "
+        "(CopySlotsPerRegion); the copy starts when one settles"
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -118,8 +119,16 @@ UNTIL = {
 }
 
 
+SLOT_WAIT = re.compile(r"^waiting for a copy slot in (\S+):")
+
+
 def describe_event(event: HistoryEventTypeDef) -> str | None:
     """One line for each step a user cares about, with the Region when it runs inside Distribute."""
+    failed = event.get("taskFailedEventDetails", {})
+    if failed.get("error") == "CopySlotBusyError":  # the copy waits for its Region's semaphore
+        message = error_message(failed.get("cause")) or "waiting for a copy slot"
+        waiting = SLOT_WAIT.match(message)
+        return f"  [{waiting.group(1)}] {message}" if waiting else f"  {message}"
     details = event.get("stateEnteredEventDetails")
     if not details:
         return None
@@ -150,13 +159,16 @@ def follow(
     sfn: SFNClient, execution_arn: str, out: TextIO, poll_seconds: float, sleep: Callable[[float], None] = time.sleep
 ) -> DescribeExecutionOutputTypeDef:
     last_id = 0
+    said: set[str] = set()  # a copy waiting for a slot tries every few minutes: said once
     while True:
         described = sfn.describe_execution(executionArn=execution_arn)
         for event in new_events(sfn, execution_arn, last_id):
             last_id = event["id"]
             line = describe_event(event)
-            if line:
+            if line and line not in said:
                 print(line, file=out, flush=True)
+            if line and "waiting for a copy slot" in line:
+                said.add(line)
         if described["status"] in TERMINAL:
             return described
         sleep(poll_seconds)
