@@ -125,6 +125,9 @@ RUNS: list[tuple[str, str, Scenario]] = [
     ("CheckImageFunction", "ec2:DescribeImages", basic),
     ("RestoreInstanceFunction", "ec2:StartInstances", basic),
     ("CopyImageFunction", "ec2:CopyImage", basic),
+    # The copy slots: taken by CopyImage, given back by CheckImage when the copy settles.
+    ("CopyImageFunction", "dynamodb:UpdateItem", basic),
+    ("CheckImageFunction", "dynamodb:UpdateItem", basic),
     ("ShareImageFunction", "ec2:ModifyImageAttribute", basic),
     ("PublishParameterFunction", "ssm:PutParameter", basic),
     ("ProtectImageFunction", "ec2:EnableImageDeregistrationProtection", distribution),
