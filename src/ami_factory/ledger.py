@@ -213,21 +213,16 @@ class Ledger:
     def claim_ending(self, run_id: str, by: str) -> str:
         """Who ends the run when Finalize and the janitor could both (an execution stopped during
         Finalize): the first to claim it; returns the winner. Conditional, so exactly one wins."""
-        try:
-            with translated_errors("UpdateItem"):
-                self._db.update_item(
-                    TableName=self._table,
-                    Key=_encode({"pk": f"run#{run_id}", "sk": "run"}),
-                    UpdateExpression="SET ending_by = :by",
-                    ConditionExpression="attribute_exists(pk) AND (attribute_not_exists(ending_by) OR ending_by = :by)",
-                    ExpressionAttributeValues=_encode({":by": by}),
-                )
-        except ClientError as error:
-            if error_code(error) != CONDITION_FAILED:
-                raise
-            item = self._get(f"run#{run_id}", "run")
-            return item.get("ending_by", "") if item else ""
-        return by
+        if self._update_if(
+            f"run#{run_id}",
+            "run",
+            "SET ending_by = :by",
+            "attribute_exists(pk) AND (attribute_not_exists(ending_by) OR ending_by = :by)",
+            _encode({":by": by}),
+        ):
+            return by
+        item = self._get(f"run#{run_id}", "run")
+        return item.get("ending_by", "") if item else ""
 
     def finalizing(self, run_id: str, delivered: dict[str, str], status: str) -> None:
         """Finalize's first word: which Region images the run delivered and how it went (a janitor
@@ -432,26 +427,13 @@ class Ledger:
         """A slot for ``run_id``'s copy into ``region``, if fewer than ``limit`` are held (or it holds one
         already: a retried step takes no second slot). The holders are a string set in one item, so the
         check and the take are one conditional write."""
-        try:
-            with translated_errors("UpdateItem"):
-                self._db.update_item(
-                    TableName=self._table,
-                    Key=_encode({"pk": f"copy-slots#{region}", "sk": "slots"}),
-                    UpdateExpression="ADD holders :holder",
-                    ConditionExpression=(
-                        "attribute_not_exists(holders) OR contains(holders, :run) OR size(holders) < :limit"
-                    ),
-                    ExpressionAttributeValues={
-                        ":holder": {"SS": [run_id]},
-                        ":run": {"S": run_id},
-                        ":limit": {"N": str(limit)},
-                    },
-                )
-        except ClientError as error:
-            if error_code(error) != CONDITION_FAILED:
-                raise
-            return False
-        return True
+        return self._update_if(
+            f"copy-slots#{region}",
+            "slots",
+            "ADD holders :holder",
+            "attribute_not_exists(holders) OR contains(holders, :run) OR size(holders) < :limit",
+            {":holder": {"SS": [run_id]}, ":run": {"S": run_id}, ":limit": {"N": str(limit)}},
+        )
 
     def release_copy_slot(self, region: str, run_id: str) -> None:
         """Give the slot back; a run that holds none changes nothing."""
@@ -527,6 +509,25 @@ class Ledger:
         return None
 
     # --- DynamoDB ----------------------------------------------------------------------------
+
+    def _update_if(
+        self, pk: str, sk: str, update: str, condition: str, values: dict[str, UniversalAttributeValueTypeDef]
+    ) -> bool:
+        """One conditional UpdateItem; whether the condition held (and so the update was made)."""
+        try:
+            with translated_errors("UpdateItem"):
+                self._db.update_item(
+                    TableName=self._table,
+                    Key=_encode({"pk": pk, "sk": sk}),
+                    UpdateExpression=update,
+                    ConditionExpression=condition,
+                    ExpressionAttributeValues=values,
+                )
+        except ClientError as error:
+            if error_code(error) != CONDITION_FAILED:
+                raise
+            return False
+        return True
 
     def _put_once(self, item: Item) -> None:
         try:
