@@ -46,10 +46,13 @@ def lambda_handler(run: Callable[[dict[str, Any]], BaseModel]) -> Handler:
         logger.info("done", extra={"result": result})
         return result
 
+    wrapped: list[Handler] = []  # traced by the Tracer made at the first call, then kept
+
     @logger.inject_lambda_context(clear_state=True)
     def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-        traced_now: Handler = tracer().capture_lambda_handler(traced)
-        return traced_now(event, context)
+        if not wrapped:
+            wrapped.append(tracer().capture_lambda_handler(traced))
+        return wrapped[0](event, context)
 
     return handler
 
