@@ -269,7 +269,9 @@ def end_ended_run(run_id: str, error: str, cause: str | None) -> Summary | None:
         run = ledger.run(run_id) or run
     finalized = run.finalizing  # recorded with its status, in one write
     delivered = dict(run.delivered) if finalized else {}
-    status = cast("RunStatus", run.status) if finalized else "FAILED"
+    status: RunStatus = "FAILED"
+    if finalized:
+        status = cast("RunStatus", run.status)  # pragma: no mutate (the cast's type is for mypy)
     ending = end_run(run, delivered)
     summary = Summary(
         status=status,

@@ -272,6 +272,9 @@ def test_a_finalize_that_fails_after_recording_its_result_is_completed_by_the_ja
     assert result.status == "FAILED" and result.error == "ThrottledError"
     (janitor,) = janitor_summaries(emu)
     assert janitor["status"] == "SUCCEEDED" and janitor["error"] is None
+    assert janitor["image_name"] == "ami-factory-web-late" and janitor["instance_state"] == "running"
+    delivered = {entry["region"]: (entry["status"], entry["image_id"]) for entry in janitor["regions"]}
+    assert delivered == {region: ("AVAILABLE", run_images(emu, region, "late")[0]["ImageId"]) for region in REGIONS}
     for region in REGIONS:
         assert latest(emu, region) == run_images(emu, region, "late")[0]["ImageId"]
     assert instance(emu, instance_id)["State"]["Name"] == "running"
