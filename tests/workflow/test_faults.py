@@ -554,6 +554,21 @@ def test_a_run_whose_status_change_never_reached_the_janitor_is_ended_by_the_swe
     assert invoke(emu, "EndRun", change) == {"ended": []}, "nor does a late status change"
 
 
+def test_the_sweep_goes_on_past_a_run_it_cannot_end_and_ends_it_next_time(emu: Emulator) -> None:
+    emu.runtime.crash("EndRunFunction", times=2)
+    emu.runtime.crash("FinalizeFunction", times=2)
+    for name in ("missed-1", "missed-2"):
+        instance_id = emu.launch_instance(name=name)
+        assert emu.run(sample("request-basic.json", instance_id=instance_id), name=name).status == "FAILED"
+    emu.world.refuse("DescribeExecution", times=1, code="AccessDeniedException")  # the first run's look
+    (sweep,) = emu.fire_scheduled_rules()
+    (ended,) = sweep["ended"]
+    (later,) = emu.fire_scheduled_rules()[0]["ended"]
+    assert {ended["run_id"], later["run_id"]} == {"missed-1", "missed-2"}
+    for name in ("missed-1", "missed-2"):
+        assert_nothing_of_the_run_left(emu, name)
+
+
 def test_a_family_taken_between_preflight_and_publish_is_refused_at_publish_naming_both(emu: Emulator) -> None:
     """The owner check runs again where latest moves: a publish for another instance (a family claimed
     by a run that started in between) is refused with who owns it and who asked, and latest stays."""
