@@ -350,6 +350,26 @@ def test_a_failed_generalize_command_fails_the_wait_whether_or_not_the_instance_
     assert f"ended Failed{said}: it did not complete, so nothing is imaged" in error["errorMessage"]
 
 
+def test_a_generalize_command_that_timed_out_fails_the_wait_unless_the_instance_shut_down(
+    emu: Emulator, plan: dict[str, Any]
+) -> None:
+    """A command that timed out while its instance still runs did not generalize it; one that timed out
+    because the instance shut down is what sysprep looks like (the agent stops reporting)."""
+    emu.world.generalize_fails(0, then_stops=False, status="TimedOut")
+    command = generalizing(emu, plan)
+    emu.clock.advance(60)
+    error = invoke_error(emu, "CheckGeneralize", {"command": command, "max_polls": 5})
+    assert (error["errorType"], error["errorMessage"].split(":")[0]) == (
+        "CommandFailedError",
+        f"the generalize command {command['command_id']} on instance {command['instance_id']} ended TimedOut",
+    )
+    emu.world.generalize_fails(0, then_stops=True, status="TimedOut")
+    shut_down = generalizing(emu, plan)
+    emu.clock.advance(60)
+    checked = invoke(emu, "CheckGeneralize", {"command": shut_down, "max_polls": 5})
+    assert (checked["status"], checked["instance_state"]) == ("TimedOut", "stopped")
+
+
 @pytest.mark.parametrize("state", ["shutting-down", "terminated"])
 def test_an_instance_terminating_while_generalizing_fails_the_wait(
     emu: Emulator, plan: dict[str, Any], state: str

@@ -470,9 +470,10 @@ class World:
     def generalize_never_stops(self) -> None:
         self._generalize_seconds, self._generalize_outcome = None, "InProgress"
 
-    def generalize_fails(self, seconds: float = 60, then_stops: bool = False) -> None:
-        """The generalize command ends Failed after ``seconds``; with ``then_stops`` the instance shuts down anyway."""
-        self._generalize_seconds, self._generalize_outcome = seconds, "Failed"
+    def generalize_fails(self, seconds: float = 60, then_stops: bool = False, status: str = "Failed") -> None:
+        """The generalize command ends ``status`` (Failed, TimedOut, ...) after ``seconds``; with
+        ``then_stops`` the instance shuts down anyway."""
+        self._generalize_seconds, self._generalize_outcome = seconds, status
         self._generalize_stops_when_failing = then_stops
 
     def status_checks_take(self, seconds: float) -> None:
@@ -890,7 +891,7 @@ class World:
                 if not generalizing:
                     self._commands[key] = _Pending(region, now + self._command_seconds, self._command_outcome)
                     continue
-                failing = self._generalize_outcome == "Failed"
+                failing = self._generalize_outcome != "InProgress"
                 ends_at = now + (self._generalize_seconds if self._generalize_seconds is not None else math.inf)
                 self._commands[key] = _Pending(region, ends_at if failing else math.inf, self._generalize_outcome)
                 if ends_at != math.inf and (not failing or self._generalize_stops_when_failing):
