@@ -308,6 +308,12 @@ def test_launch_check_passing_in_every_region(emu: Emulator) -> None:
         assert region["launch_checked"] is True
         (check,) = [r for r in launched if r.region == region["region"]]
         assert check.params["ImageId"] == region["image_id"], "the check boots the Region's own image"
+        (instance_tags,) = [
+            spec["Tags"] for spec in check.params["TagSpecifications"] if spec["ResourceType"] == "instance"
+        ]
+        assert {"Key": "ami-factory:managed", "Value": "true"} in instance_tags, (
+            "marked as AMI Factory's own, like all it makes"
+        )
     assert len(emu.world.sent("TerminateInstances")) == 3
     checked = [
         json.loads(e["stateEnteredEventDetails"]["input"])["launched"]["region"]
