@@ -436,14 +436,15 @@ class Ledger:
         )
 
     def release_copy_slot(self, region: str, run_id: str) -> None:
-        """Give the slot back; a run that holds none changes nothing."""
-        with translated_errors("UpdateItem"):
-            self._db.update_item(
-                TableName=self._table,
-                Key=_encode({"pk": f"copy-slots#{region}", "sk": "slots"}),
-                UpdateExpression="DELETE holders :holder",
-                ExpressionAttributeValues={":holder": {"SS": [run_id]}},
-            )
+        """Give the slot back; a run that holds none changes nothing (and writes nothing: an UpdateItem
+        without the condition would create an empty slots item in every Region a run ends in)."""
+        self._update_if(
+            f"copy-slots#{region}",
+            "slots",
+            "DELETE holders :holder",
+            "contains(holders, :run)",
+            {":holder": {"SS": [run_id]}, ":run": {"S": run_id}},
+        )
 
     def copy_slot_holders(self, region: str) -> list[str]:
         with translated_errors("GetItem"):

@@ -91,6 +91,8 @@ def test_a_copy_waits_for_a_free_slot_says_so_and_then_goes_on(make_emulator) ->
     assert copies == {"eu-west-1", "ap-southeast-2"}, "one copy per Region, each once it had its slot"
     assert seen_at_share["eu-west-1"] == seen_at_share["ap-southeast-2"] == "", "given back as the copy settled"
     assert holders(emu, "eu-west-1") == holders(emu, "ap-southeast-2") == ""
+    slot_items = {item["pk"] for item in ledger_items(emu) if item["pk"].startswith("copy-slots#")}
+    assert slot_items == {"copy-slots#eu-west-1", "copy-slots#ap-southeast-2"}, "giving back none writes none"
 
 
 def test_a_slot_of_a_run_that_has_ended_is_freed_by_the_next_copy(make_emulator) -> None:

@@ -165,9 +165,10 @@ def follow(
         for event in new_events(sfn, execution_arn, last_id):
             last_id = event["id"]
             line = describe_event(event)
-            if line and line not in said:
-                print(line, file=out, flush=True)
-            if line and "waiting for a copy slot" in line:
+            if not line or line in said:
+                continue
+            print(line, file=out, flush=True)
+            if "waiting for a copy slot" in line:
                 said.add(line)
         if described["status"] in TERMINAL:
             return described
