@@ -28,7 +28,7 @@ from ami_factory.contracts import (
     PublishParameterOutput,
     ShareImageOutput,
 )
-from ami_factory.errors import RETRYABLE_ERRORS, CopySlotBusyError, InstanceStateConflictError
+from ami_factory.errors import RETRYABLE_ERRORS, CopySlotBusyError, InstanceStateConflictError, WaitTimeoutError
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "statemachine" / "imaging.asl.json"
@@ -244,6 +244,54 @@ def poll(
     return loop
 
 
+def image_wait(
+    *,
+    wait_state: str,
+    image_path: str,
+    done_next: str,
+    on_error: str,
+    copy_slot_of: str | None = None,
+    comment: str,
+) -> States:
+    """A wait for an image that ends on EC2's ``EC2 AMI State Change`` event: one ``.waitForTaskToken``
+    task, whose Lambda (WatchImage) records the token under the image's id and looks once; SettleWait
+    ends it with the image (available) or ImageFailedError when the event comes, or when the fallback
+    sweep finds the image settled (a lost event). The task's timeout is the wait's bound
+    (MaxWaitSeconds): it fails the wait with WaitTimeoutError. Six history events, however long."""
+    payload = {"image": image_path, "task_token": "$$.Task.Token"}
+    if copy_slot_of:
+        payload["copy_slot_of"] = copy_slot_of
+    timed_out = f"{wait_state}TimedOut"
+    return {
+        wait_state: {
+            "Type": "Task",
+            "Comment": comment,
+            "Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken",
+            "Parameters": {"FunctionName": function_arn("WatchImage"), "Payload": paths(payload)},
+            "TimeoutSecondsPath": "$.max_wait_seconds",
+            "ResultPath": image_path,
+            "Retry": [TRANSIENT_RETRY, LAMBDA_RETRY],
+            "Catch": [
+                {"ErrorEquals": ["States.Timeout"], "ResultPath": "$.error", "Next": timed_out},
+                *catch(on_error),
+            ],
+            "Next": done_next,
+        },
+        timed_out: {
+            "Type": "Pass",
+            "Comment": "The wait's bound: the error a bounded wait raises, with what to do about it.",
+            "Parameters": {
+                "Error": WaitTimeoutError.__name__,
+                "Cause.$": "States.Format('image {} in {} is still not available after MaxWaitSeconds ({} s); raise "
+                f"MaxWaitSeconds or check the image in the EC2 console', {image_path}.image_id, {image_path}.region, "
+                "$.max_wait_seconds)",
+            },
+            "ResultPath": "$.error",
+            "Next": on_error,
+        },
+    }
+
+
 def region_states() -> States:
     """One Region's item of the Distribute map: copy (unless it is the source), launch check, share,
     publish, protect. Any failure is caught in the item, so the other Regions go on."""
@@ -277,21 +325,13 @@ def region_states() -> States:
             waits_for=COPY_SLOT_RETRY,
             next_state="WaitForCopy",
         ),
-        **poll(
+        **image_wait(
             wait_state="WaitForCopy",
-            check_state="CheckCopy",
-            choice_state="IsCopyAvailable",
-            function="CheckImage",
-            payload={
-                "image": "$.image",
-                "max_polls": "$.max_polls",
-                "poll_seconds": "$.poll_seconds",
-                "copy_slot_of": "$.run_id",
-            },
-            result=ImageRef,
-            result_path="$.image",
-            done=when("$.image.state", "StringEquals", "available", "NeedsLaunchCheck"),
+            image_path="$.image",
+            done_next="NeedsLaunchCheck",
             on_error="RegionFailed",
+            copy_slot_of="$.run_id",
+            comment="Until EC2's event says the copy is available (or failed); the copy's slot is given back then.",
         ),
         "NeedsLaunchCheck": choice(
             [when("$.launch_check", "BooleanEquals", True, "StartLaunchCheck")],
@@ -421,7 +461,7 @@ REGION_ITEM_FIELDS = [
     "share",
     "parameter_name",
     "poll_seconds",
-    "max_polls",
+    "max_wait_seconds",
     "protection",
     "copy_completion_minutes",
     "encrypt",
@@ -533,17 +573,12 @@ def definition() -> State:
             on_error="HandleFailure",
             next_state="WaitForSeed",
         ),
-        **poll(
+        **image_wait(
             wait_state="WaitForSeed",
-            check_state="CheckSeed",
-            choice_state="IsSeedAvailable",
-            function="CheckImage",
-            comment="Bounded: raises WaitTimeoutError after max_polls, ImageFailedError when EC2 gives up.",
-            payload={"image": "$.seed", "max_polls": "$.max_polls", "poll_seconds": "$.poll_seconds"},
-            result=ImageRef,
-            result_path="$.seed",
-            done=when("$.seed.state", "StringEquals", "available", "LaunchClone"),
+            image_path="$.seed",
+            done_next="LaunchClone",
             on_error="HandleFailure",
+            comment="Until EC2's event says the seed image is available (or failed).",
         ),
         "LaunchClone": task(
             "LaunchClone",
@@ -609,17 +644,12 @@ def definition() -> State:
             on_error="HandleFailure",
             next_state="WaitForImage",
         ),
-        **poll(
+        **image_wait(
             wait_state="WaitForImage",
-            check_state="CheckImage",
-            choice_state="IsImageAvailable",
-            function="CheckImage",
-            comment="Bounded: raises WaitTimeoutError after max_polls, ImageFailedError when EC2 gives up.",
-            payload={"image": "$.image", "max_polls": "$.max_polls", "poll_seconds": "$.poll_seconds"},
-            result=ImageRef,
-            result_path="$.image",
-            done=when("$.image.state", "StringEquals", "available", "RestoreInstance"),
+            image_path="$.image",
+            done_next="RestoreInstance",
             on_error="HandleFailure",
+            comment="Until EC2's event says the image is available (or failed).",
         ),
         "RestoreInstance": task(
             "RestoreInstance",

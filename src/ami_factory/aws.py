@@ -152,6 +152,14 @@ class Ec2:
         with translated_errors("DeleteTags"):
             self._ec2.delete_tags(Resources=[resource_id], Tags=[{"Key": key} for key in keys])
 
+    def enabled_regions(self) -> list[str]:
+        """The Regions enabled in the account (opted in, or not needing it)."""
+        with translated_errors("DescribeRegions"):
+            described = self._ec2.describe_regions(
+                Filters=[{"Name": "opt-in-status", "Values": ["opt-in-not-required", "opted-in"]}]
+            )
+        return sorted(region["RegionName"] for region in described["Regions"])
+
     def instances_tagged(self, key: str) -> list[InstanceTypeDef]:
         """Running or stopped instances carrying the tag ``key``, whatever its value (EC2 matches
         values case-sensitively; the caller decides what a value means)."""
@@ -549,3 +557,48 @@ class StepFunctions:
                 return False
             raise
         return True
+
+    def end_task(self, token: str, output: str | None = None, error: str = "", cause: str = "") -> bool:
+        """End a waiting task: with ``output`` (SendTaskSuccess) or with ``error`` and ``cause``
+        (SendTaskFailure). False when the task is over already (a duplicate or late event, or the
+        fallback check got there first): Step Functions answers TaskTimedOut, TaskDoesNotExist or
+        InvalidToken, and none of them is a failure here."""
+        try:
+            if output is not None:
+                with translated_errors("SendTaskSuccess"):
+                    self._sfn.send_task_success(taskToken=token, output=output)
+            else:
+                with translated_errors("SendTaskFailure"):
+                    self._sfn.send_task_failure(taskToken=token, error=error, cause=cause)
+        except ClientError as error_:
+            if error_code(error_) in ("TaskTimedOut", "TaskDoesNotExist", "InvalidToken"):
+                return False
+            raise
+        return True
+
+
+class EventRules:
+    """EventBridge rules on a Region's default bus (the forwarding of AWS's events to the home Region)."""
+
+    def __init__(self, region: str) -> None:
+        self._events = client("events", region)
+
+    def forward(self, rule: str, pattern: Mapping[str, Any], bus_arn: str, role_arn: str, description: str) -> None:
+        """The rule sends what ``pattern`` matches to ``bus_arn`` as ``role_arn`` (made or replaced)."""
+        with translated_errors("PutRule"):
+            self._events.put_rule(Name=rule, EventPattern=json.dumps(pattern), State="ENABLED", Description=description)
+        with translated_errors("PutTargets"):
+            answer = self._events.put_targets(Rule=rule, Targets=[{"Id": "home", "Arn": bus_arn, "RoleArn": role_arn}])
+        if answer.get("FailedEntryCount"):
+            raise RuntimeError(f"EventBridge refused the target of {rule}: {answer['FailedEntries']}")
+
+    def remove(self, rule: str) -> None:
+        """The rule and its target, if they exist."""
+        try:
+            with translated_errors("RemoveTargets"):
+                self._events.remove_targets(Rule=rule, Ids=["home"])
+            with translated_errors("DeleteRule"):
+                self._events.delete_rule(Name=rule)
+        except ClientError as error:
+            if error_code(error) != "ResourceNotFoundException":
+                raise

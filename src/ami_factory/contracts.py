@@ -83,6 +83,7 @@ class Plan(Contract):
     poll_seconds: int
     max_polls: int
     generalize_max_polls: int
+    max_wait_seconds: int  # the bound on an image or copy wait (they end on EC2's events)
     windows: WindowsOptions
     clone_overrides: CloneOptions
     protection: ProtectionOptions
@@ -173,9 +174,46 @@ class ImageRef(Polled):
     state: str = "pending"
 
 
-class CheckImageInput(CheckInput):
+class WatchImageInput(Contract):
+    """The Lambda of an image's ``.waitForTaskToken`` wait: the image and the task's token."""
+
     image: ImageRef
+    task_token: str
     copy_slot_of: str | None = None  # a copy's wait: the run whose copy slot is given back when it settles
+
+
+class AmiStateChange(Contract):
+    """The ``detail`` of EC2's ``EC2 AMI State Change`` event."""
+
+    ImageId: str
+    State: str
+    ErrorMessage: str = ""
+
+
+class AwsEvent(Contract):
+    """An EventBridge event from AWS (the fields a wait's settling reads)."""
+
+    detail_type: str = Field(alias="detail-type")
+    region: str
+    time: str = ""
+    detail: dict[str, Any]
+
+
+class WaitSettled(BaseModel):
+    """What an event did to the wait for its resource: ``ended`` is False for an event of no wait (a
+    resource no run waits for, a duplicate, a late event) or of a state that ends none."""
+
+    region: str
+    resource_id: str
+    state: str
+    ended: bool
+
+
+class WaitSweep(BaseModel):
+    """The fallback sweep: how many waits were open, and the images whose waits it ended."""
+
+    open: int
+    settled: list[str]
 
 
 class CopyImageInput(Contract):

@@ -49,7 +49,7 @@ def copy_image(event: CopyImageInput) -> ImageRef:
         return image
     ledger, slots = Ledger(), load_settings().copy_slots_per_region
     # All runs share EC2's copy quota into a Region: a copy starts only with a slot, given back when it
-    # settles (CheckImage) or when the run ends (however it ends).
+    # settles (its event, or the fallback sweep) or when the run ends (however it ends).
     if not ledger.take_copy_slot(region, event.run_id, slots) and not (
         _free_slots_of_ended_runs(ledger, region) and ledger.take_copy_slot(region, event.run_id, slots)
     ):

@@ -17,7 +17,9 @@ Items (``pk``, ``sk``):
 - ``run#RUN`` / ``parameter#REGION#NAME``: the value a parameter had before the run wrote it;
 - ``instance#REGION#ID`` / ``lock``: the run that holds the instance (one run per instance);
 - ``family#FAMILY`` / ``owner``: the instance whose runs may move the family's ``latest``;
-- ``family#FAMILY`` / ``image#REGION#ID``: an image a run published, with its request's retention.
+- ``family#FAMILY`` / ``image#REGION#ID``: an image a run published, with its request's retention;
+- ``wait#REGION#ID`` / ``token``: the step waiting for a resource to settle (its task token, the
+  reference it waits with, since when), so that AWS's event about the resource ends that step.
 
 Writes are conditional where two writers could race (locks, owners, first records), so a retried
 step finds what it wrote instead of writing it twice.
@@ -114,6 +116,20 @@ class ParameterWrite:
     name: str
     previous: str | None
     rolled_back: bool = False
+
+
+@dataclass(frozen=True)
+class Wait:
+    """A step waiting for a resource to settle: AWS's event about the resource ends it with ``token``.
+    ``ref`` is the step's reference (JSON) that the event completes; ``copy_slot_of``: a copy's wait,
+    whose run gives its copy slot back when the copy settles."""
+
+    region: str
+    resource_id: str
+    token: str
+    ref: str
+    copy_slot_of: str | None = None
+    since: str = ""  # when the first round of the wait began (ISO 8601, UTC)
 
 
 @dataclass(frozen=True)
@@ -452,6 +468,72 @@ class Ledger:
                 TableName=self._table, Key=_encode({"pk": f"copy-slots#{region}", "sk": "slots"})
             ).get("Item", {})
         return sorted(item.get("holders", {}).get("SS", []))
+
+    # --- waits: the task token of the step waiting for a resource, found by the resource's event ---
+
+    def await_settling(self, wait: Wait) -> Wait:
+        """Record (or replace: a new round of the wait has a new token) the step waiting for a resource;
+        the first round's start is kept. Returns the wait as recorded."""
+        values: Item = {"token": wait.token, "ref": wait.ref, "now": _now()}
+        update = "SET #token = :token, #ref = :ref, #since = if_not_exists(#since, :now)"
+        if wait.copy_slot_of:
+            values["copy_slot_of"] = wait.copy_slot_of
+            update += ", #copy_slot_of = :copy_slot_of"
+        with translated_errors("UpdateItem"):
+            answer = self._db.update_item(
+                TableName=self._table,
+                Key=_encode({"pk": f"wait#{wait.region}#{wait.resource_id}", "sk": "token"}),
+                UpdateExpression=update,
+                ExpressionAttributeNames={f"#{name}": name for name in values if name != "now"} | {"#since": "since"},
+                ExpressionAttributeValues=_encode({f":{name}": value for name, value in values.items()}),
+                ReturnValues="ALL_NEW",
+            )
+        return replace(wait, since=_decode(answer["Attributes"])["since"])
+
+    def waiting_on(self, region: str, resource_id: str) -> Wait | None:
+        """The step waiting for the resource, if any (an event about anything else finds none)."""
+        item = self._get(f"wait#{region}#{resource_id}", "token")
+        if item is None:
+            return None
+        return Wait(
+            region=region,
+            resource_id=resource_id,
+            token=item["token"],
+            ref=item["ref"],
+            copy_slot_of=item.get("copy_slot_of"),
+            since=item["since"],
+        )
+
+    def open_waits(self) -> list[Wait]:
+        """Every wait some step is in (the fallback sweep's list)."""
+        return [
+            Wait(
+                region=item["pk"].split("#")[1],
+                resource_id=item["pk"].split("#")[2],
+                token=item["token"],
+                ref=item["ref"],
+                copy_slot_of=item.get("copy_slot_of"),
+                since=item["since"],
+            )
+            for item in self._scan("token")
+        ]
+
+    def end_wait(self, wait: Wait) -> bool:
+        """Forget the wait, if it is still the one read (a new round has a new token); whether it was."""
+        try:
+            with translated_errors("DeleteItem"):
+                self._db.delete_item(
+                    TableName=self._table,
+                    Key=_encode({"pk": f"wait#{wait.region}#{wait.resource_id}", "sk": "token"}),
+                    ConditionExpression="#token = :token",
+                    ExpressionAttributeNames={"#token": "token"},
+                    ExpressionAttributeValues=_encode({":token": wait.token}),
+                )
+        except ClientError as error:
+            if error_code(error) != CONDITION_FAILED:
+                raise
+            return False
+        return True
 
     # --- families ----------------------------------------------------------------------------
 

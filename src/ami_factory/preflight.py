@@ -144,6 +144,7 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         poll_seconds=settings.poll_seconds,
         max_polls=settings.max_polls,
         generalize_max_polls=settings.generalize_max_polls,
+        max_wait_seconds=settings.max_wait_seconds,
         windows=request.windows,
         clone_overrides=request.clone,
     )

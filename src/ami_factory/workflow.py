@@ -10,7 +10,6 @@ from botocore.exceptions import ClientError
 from .aws import Ec2
 from .closing import FINALIZE, RUNNING_STATES, announced, end_run, put_back, state_of, tag_result
 from .contracts import (
-    CheckImageInput,
     CheckInstanceInput,
     CreateImageInput,
     FinalizeInput,
@@ -22,16 +21,13 @@ from .contracts import (
     RunStatus,
     Summary,
 )
-from .errors import AmiFactoryError, ImageFailedError, RunEndedError, UnsupportedInstanceError, error_message
+from .errors import AmiFactoryError, RunEndedError, UnsupportedInstanceError, error_message
 from .ledger import FamilyImage, Ledger, RunRecord, Stop
 from .observability import MetricUnit, logger, metrics
-from .polling import waited
 from .pricing import CostEstimate, Prices, estimate_images, load_prices
 from .rules import ROLE_TAG
 from .settings import load_settings
 from .steps import counted, create_image_once, give_up_after, remove_made, require_made
-
-FAILED_IMAGE_STATES = frozenset({"failed", "invalid", "error", "deregistered"})
 
 
 def prepare_instance(plan: Plan) -> InstanceRef:
@@ -98,31 +94,6 @@ def create_image(event: CreateImageInput) -> ImageRef:
         tags,
         made_for=(event.run_id, event.started_at, "capture" if event.encrypt else "image"),
     )
-
-
-def check_image(event: CheckImageInput) -> ImageRef:
-    image = event.image.model_copy()
-    described = Ec2(image.region).describe_image(image.image_id)
-    image.state = described["State"]
-    counted(image, event.poll_seconds)
-    if event.copy_slot_of and image.state in ("available", *FAILED_IMAGE_STATES):
-        Ledger().release_copy_slot(image.region, event.copy_slot_of)
-    if image.state in FAILED_IMAGE_STATES:
-        reason = described.get("StateReason", {}).get("Message") or "no reason given"
-        raise ImageFailedError(f"image {image.image_id} in {image.region} is {image.state}: {reason}")
-    give_up_after(
-        event.max_polls,
-        image.polls,
-        image.state,
-        "available",
-        f"image {image.image_id} in {image.region}",
-        "check the image in the EC2 console",
-    )
-    if image.state == "available":
-        metrics.add_metric(
-            name="ImageWaitSeconds", unit=MetricUnit.Seconds, value=waited(image.polls, event.poll_seconds)
-        )
-    return image
 
 
 def restore_instance(event: RestoreInstanceInput) -> InstanceRef:

@@ -53,7 +53,7 @@ def test_demo_ends_succeeded_with_an_ami_in_each_of_three_regions_and_the_instan
     assert len({image for _, image in rows}) == 3
     assert re.search(r"instance i-[0-9a-f]+ is running", out)
     assert "[eu-west-1] CopyImage" in out, "the run is followed live, Region by Region"
-    assert re.search(r"^  waiting for ami-[0-9a-f]+ \(pending\), checking every 60 s$", out, re.MULTILINE)
+    assert re.search(r"^  waiting for ami-[0-9a-f]+ \(pending\) until EC2 says it is available$", out, re.MULTILINE)
     assert re.search(r"^  \[ap-southeast-2\] done: ami-[0-9a-f]+$", out, re.MULTILINE)
     assert re.search(
         r"^keeping these images: \$\d+\.\d\d/month \(\d+ GiB of snapshots at most, in 3 Regions", out, re.MULTILINE

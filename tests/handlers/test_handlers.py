@@ -7,7 +7,16 @@ from typing import Any
 import pytest
 
 from ami_factory_local import Emulator
-from tests.helpers import ALLOWED_ACCOUNT, OTHER_ACCOUNT, all_instances, invoke, invoke_error, sample
+from tests.helpers import (
+    ALLOWED_ACCOUNT,
+    OTHER_ACCOUNT,
+    all_instances,
+    event,
+    invoke,
+    invoke_error,
+    ledger_items,
+    sample,
+)
 
 
 @pytest.fixture
@@ -66,14 +75,40 @@ def test_share_refuses_a_target_outside_the_allow_list_even_from_tampered_state(
     assert shared == {"shared_with": [ALLOWED_ACCOUNT]}
 
 
-def test_check_image_names_each_outcome(emu: Emulator, plan: dict[str, Any]) -> None:
+def ami_event(image_id: str, state: str, region: str = "us-east-1") -> dict[str, Any]:
+    """EC2's event about an image (events/ami-state-change.json), for ``image_id`` in ``region``."""
+    sample_event = event("ami-state-change.json")
+    sample_event["region"] = region
+    sample_event["resources"] = [f"arn:aws:ec2:{region}::image/{image_id}"]
+    sample_event["detail"] |= {"ImageId": image_id, "State": state}
+    return sample_event
+
+
+def test_watch_image_records_the_wait_and_its_event_ends_it_once(emu: Emulator, plan: dict[str, Any]) -> None:
     emu.world.images_take(600)
     image = invoke(emu, "CreateImage", plan)
-    assert invoke(emu, "CheckImage", {"image": image, "max_polls": 5}) | {"polls": 0} == image | {"polls": 0}
-    timeout = invoke_error(emu, "CheckImage", {"image": {**image, "polls": 4}, "max_polls": 5})
-    assert timeout["errorType"] == "WaitTimeoutError"
-    missing = invoke_error(emu, "CheckImage", {"image": {**image, "image_id": "ami-0000000000000dead"}, "max_polls": 5})
-    assert missing["errorType"] == "ImageNotVisibleYetError"
+    watched = invoke(emu, "WatchImage", {"image": image, "task_token": "token-1"})
+    assert watched["state"] == "pending"
+    (wait,) = [item for item in ledger_items(emu) if item["pk"].startswith("wait#")]
+    assert wait["pk"] == f"wait#us-east-1#{image['image_id']}" and wait["token"] == "token-1"
+    # The event ends the wait (the token belongs to no task here: Step Functions says so, and it is no failure).
+    (settled,) = emu.deliver_event(ami_event(image["image_id"], "available"))
+    assert settled == {"region": "us-east-1", "resource_id": image["image_id"], "state": "available", "ended": False}
+    assert [item for item in ledger_items(emu) if item["pk"].startswith("wait#")] == [], "the wait is over"
+    assert emu.world.sent("SendTaskSuccess") != [], "the task was told"
+    # A duplicate finds no wait; so does an event about an image no run waits for. Neither changes anything.
+    before = ledger_items(emu)
+    (duplicate,) = emu.deliver_event(ami_event(image["image_id"], "available"))
+    (stranger,) = emu.deliver_event(ami_event("ami-0000000000000beef", "failed"))
+    assert duplicate["ended"] is False and stranger["ended"] is False
+    assert ledger_items(emu) == before
+    assert len(emu.world.sent("SendTaskSuccess")) == 1 and emu.world.sent("SendTaskFailure") == []
+
+
+def test_watch_image_of_an_image_not_visible_yet_is_retried(emu: Emulator) -> None:
+    missing = {"region": "us-east-1", "image_id": "ami-0000000000000dead"}
+    error = invoke_error(emu, "WatchImage", {"image": missing, "task_token": "token-2"})
+    assert error["errorType"] == "ImageNotVisibleYetError"
 
 
 def test_handle_failure_removes_only_what_the_run_made(emu: Emulator, plan: dict[str, Any]) -> None:
@@ -140,7 +175,6 @@ def test_every_wait_ends_well_when_ready_on_its_last_allowed_poll(emu: Emulator,
     prepared = invoke(emu, "PrepareInstance", plan)  # stop mode: the instance is stopped at once here
     assert last_poll(emu, "CheckInstance", "instance", prepared)["state"] == "stopped"
     image = invoke(emu, "CreateImage", plan)
-    assert last_poll(emu, "CheckImage", "image", image)["state"] == "available"
 
     source = emu.launch_instance(name="managed")
     emu.world.ssm_manage(source, "Linux")

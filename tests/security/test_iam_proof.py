@@ -122,12 +122,14 @@ RUNS: list[tuple[str, str, Scenario]] = [
     ("CheckInstanceFunction", "ec2:DescribeInstances", slow_stop),
     # CreateImage with TagSpecifications is also a CreateTags (ec2:CreateAction = CreateImage).
     ("CreateImageFunction", "ec2:CreateTags", basic),
-    ("CheckImageFunction", "ec2:DescribeImages", basic),
+    # An image wait records its token, looks, and (an image settled already) ends its own task.
+    ("WatchImageFunction", "ec2:DescribeImages", basic),
+    ("WatchImageFunction", "dynamodb:UpdateItem", basic),
+    ("WatchImageFunction", "states:SendTaskSuccess", basic),
     ("RestoreInstanceFunction", "ec2:StartInstances", basic),
     ("CopyImageFunction", "ec2:CopyImage", basic),
-    # The copy slots: taken by CopyImage, given back by CheckImage when the copy settles.
+    # The copy slots: taken by CopyImage, given back when the copy settles.
     ("CopyImageFunction", "dynamodb:UpdateItem", basic),
-    ("CheckImageFunction", "dynamodb:UpdateItem", basic),
     ("ShareImageFunction", "ec2:ModifyImageAttribute", basic),
     ("PublishParameterFunction", "ssm:PutParameter", basic),
     ("ProtectImageFunction", "ec2:EnableImageDeregistrationProtection", distribution),
@@ -210,7 +212,7 @@ def test_only_the_janitor_reads_the_whole_ledger_and_its_sweep_needs_to(tmp_path
     project = project_without(tmp_path, "EndRunFunction", "dynamodb:Scan")
     with Emulator(parameters=TEST_PARAMETERS, project_root=project) as emu:
         with pytest.raises(RuntimeError, match="not authorized to perform: dynamodb:Scan"):
-            emu.fire_scheduled_rules()
+            emu.fire_scheduled_rule()
         refusal(emu, "EndRunFunctionRole", "dynamodb:Scan")
         finalize = emu.authorizer.roles["ami-factory-local-FinalizeFunctionRole"]
         assert not any("dynamodb:Scan" in str(s.document.get("Action")) for s in finalize.statements)
@@ -340,7 +342,7 @@ def test_create_tags_is_allowed_only_as_part_of_the_call_that_creates(emu: Emula
 def test_a_refusal_is_answered_as_each_service_answers(emu: Emulator) -> None:
     """EC2's UnauthorizedOperation carries an encoded message; JSON services say AccessDeniedException."""
     instance_id = emu.launch_instance(name="web")
-    with as_function(emu, "CheckImageFunction"):
+    with as_function(emu, "WatchImageFunction"):
         with pytest.raises(ClientError) as ec2_refusal:
             emu.client("ec2").stop_instances(InstanceIds=[instance_id])
         with pytest.raises(ClientError, match="does not model the resources of ec2:RegisterImage"):
@@ -356,7 +358,7 @@ def test_a_refusal_is_answered_as_each_service_answers(emu: Emulator) -> None:
     assert ssm_refusal.value.response["Error"]["Code"] == "AccessDeniedException"
     assert table_refusal.value.response["Error"]["Code"] == "AccessDeniedException"
     assert topic_refusal.value.response["Error"]["Code"] == "AuthorizationError"
-    assert "ami-factory-local-CheckImageFunctionRole/ami-factory-local-CheckImageFunction" in str(table_refusal.value)
+    assert "ami-factory-local-WatchImageFunctionRole/ami-factory-local-WatchImageFunction" in str(table_refusal.value)
 
 
 def test_each_schedule_reaches_its_function_through_its_own_role(make_emulator: Any) -> None:
@@ -383,3 +385,37 @@ def test_a_delete_tags_without_keys_which_would_remove_every_tag_is_refused(emu:
         emu.client("ec2").delete_tags(Resources=[instance_id], Tags=[{"Key": key}])
     left = {tag["Key"] for tag in emu.client("ec2").describe_tags()["Tags"] if tag["ResourceId"] == instance_id}
     assert "owner" in left and key not in left
+
+
+@pytest.mark.slow
+def test_an_image_event_ends_its_wait_only_through_settle_waits_grant(tmp_path: Path) -> None:
+    """Without SendTaskSuccess, EC2's event (and the fallback sweep) cannot end the wait: the run fails
+    at the wait's bound with WaitTimeoutError, the instance put back, each refusal naming the role."""
+    project = project_without(tmp_path, "SettleWaitFunction", "states:SendTaskSuccess")
+    with Emulator(parameters={**TEST_PARAMETERS, "MaxWaitSeconds": "3600"}, project_root=project) as emu:
+        emu.world.images_take(20 * 60)
+        instance_id = emu.launch_instance(name="web")
+        result = emu.run({"instance_id": instance_id, "regions": []}, name="lost-grant")
+        assert result.status == "FAILED" and result.error == "WaitTimeoutError", result.error
+        assert "still not available after MaxWaitSeconds (3600 s)" in (result.cause or "")
+        refused = refusal(emu, "SettleWaitFunctionRole", "states:SendTaskSuccess")
+        assert any(refused.message in error for _, error in emu.failed_deliveries)
+        (described,) = emu.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]
+        assert described["State"]["Name"] == "running"
+
+
+@pytest.mark.slow
+def test_a_copy_event_reaches_the_stacks_region_only_through_the_forwarding_roles_grant(tmp_path: Path) -> None:
+    """Without events:PutEvents on the home bus, EventBridge cannot forward a copy's event: the copy's
+    wait ends at the fallback sweep instead, and the refused forwarding is recorded."""
+    project = project_without(tmp_path, "AmiEventForwardingRole", "events:PutEvents")
+    with Emulator(parameters=TEST_PARAMETERS, project_root=project) as emu:
+        emu.world.images_take(45 * 60)
+        instance_id = emu.launch_instance(name="web")
+        result = emu.run({"instance_id": instance_id, "regions": ["eu-west-1"]}, name="lost-grant")
+        assert result.status == "SUCCEEDED", result.cause
+        assert ("arn:aws:events:eu-west-1:123456789012:rule/ami-factory-local-ami-events") in {
+            rule for rule, _ in emu.runtime.refused_deliveries
+        }
+        swept = [out for name, out in emu.runtime.results if name.endswith("SettleWaitFunction") and "settled" in out]
+        assert [image for out in swept for image in out["settled"]] != []

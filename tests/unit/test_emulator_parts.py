@@ -131,7 +131,8 @@ def test_execution_history_pages_like_step_functions() -> None:
 
 
 def test_a_run_with_parallel_branches_is_the_same_run_every_time() -> None:
-    """Branches poll, retry with jitter and race each other; what each sees depends on its own waits only."""
+    """Branches poll, retry with jitter, wait for EC2's events and race each other (to fire the fallback
+    sweep, too); what each sees depends on its own waits only."""
     outcomes = []
     for _ in range(3):
         with Emulator(parameters=TEST_PARAMETERS) as emu:
@@ -147,7 +148,7 @@ def test_a_run_with_parallel_branches_is_the_same_run_every_time() -> None:
             outcomes.append((entered, emu.clock.elapsed(), emu.world.calls("ec2")))
     assert outcomes[0] == outcomes[1] == outcomes[2]
     entered = outcomes[0][0]
-    assert entered["CheckCopy"] == 2 * 20 and entered["CheckLaunch"] == 3 * 3
+    assert entered["WaitForCopy"] == 2 and entered["CheckLaunch"] == 3 * 3, "each copy's wait ends on its event"
 
 
 def test_the_world_refuses_a_filter_ec2_does_not_know() -> None:

@@ -211,7 +211,7 @@ def test_a_failed_regions_protected_image_is_removed_at_once_or_after_its_cooldo
         assert left.startswith("eu-west-1:ami-") and "deregistration protection" in left
         emu.world.calm()
         emu.clock.advance(86400 + 60)
-        (sweep,) = emu.fire_scheduled_rules()
+        (sweep,) = emu.fire_scheduled_rule()
         (ended,) = sweep["ended"]
         assert ended["status"] == "PARTIAL" and len(ended["cleaned_up"]) == 1
     assert_only_delivered_left(emu, "guarded", ["us-east-1", "ap-southeast-2"])
@@ -326,7 +326,7 @@ def test_a_clone_whose_termination_keeps_being_throttled_never_costs_the_image(e
     (left,) = result.output["left_over"]
     assert "(clone)" in left and "ThrottledError" in left
     emu.world.calm()
-    (sweep,) = emu.fire_scheduled_rules()
+    (sweep,) = emu.fire_scheduled_rule()
     assert [len(ended["cleaned_up"]) for ended in sweep["ended"]] == [1]
     delivered = [region["region"] for region in result.output["regions"]]
     assert_only_delivered_left(emu, "sticky", delivered, family="win2022-base")
@@ -343,7 +343,7 @@ def test_a_launch_check_whose_termination_keeps_being_throttled_never_fails_the_
     (left,) = result.output["left_over"]
     assert left.startswith("ap-southeast-2:i-") and "(launch-check)" in left
     emu.world.calm()
-    emu.fire_scheduled_rules()
+    emu.fire_scheduled_rule()
     checks = emu.client("ec2", "ap-southeast-2").describe_instances(
         Filters=[{"Name": "tag:ami-factory:role", "Values": ["launch-check"]}]
     )["Reservations"]
@@ -351,8 +351,8 @@ def test_a_launch_check_whose_termination_keeps_being_throttled_never_fails_the_
     assert_told_and_tagged(emu, "checked", instance_id, "SUCCEEDED")
 
 
-def test_an_unexpected_crash_in_a_check_fails_the_run_cleanly(emu: Emulator) -> None:
-    emu.runtime.crash("CheckImageFunction", times=1)
+def test_an_unexpected_crash_in_a_wait_fails_the_run_cleanly(emu: Emulator) -> None:
+    emu.runtime.crash("WatchImageFunction", times=1)
     instance_id = emu.launch_instance(name="web")
     result = emu.run(sample("request-basic.json", instance_id=instance_id), name="crash")
     assert result.status == "FAILED" and result.error == "Runtime.ExitError"
@@ -396,9 +396,10 @@ def test_a_run_that_outgrows_its_history_fails_with_no_catch_and_the_janitor_end
     """The emulator holds executions to the history quota, as Step Functions does (lowered here so a
     short run reaches it): the run fails where no Catch runs, and the janitor ends it."""
     emu.history_quota = 120
-    emu.world.images_take(3600)
+    emu.world.commands_take(3600)  # a clean-up command polled every minute
     instance_id = emu.launch_instance(name="web")
-    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="too-long")
+    emu.world.ssm_manage(instance_id, "Linux")
+    result = emu.run(sample("request-cleanup.json", instance_id=instance_id), name="too-long")
     assert result.status == "FAILED" and result.error == "States.Runtime"
     assert "reached 120 events, the Step Functions quota" in (result.cause or "")
     (janitor,) = janitor_summaries(emu)
@@ -454,7 +455,7 @@ def test_a_task_that_finishes_after_the_janitor_leaves_nothing_the_sweep_misses(
     base = {"region": "us-east-1", "image_id": image_id}
     late = invoke(emu, "StartLaunchCheck", {"run_id": "late-task", "image": base})
     assert [item["resource_id"] for item in left_in_ledger(emu, "late-task")] == [late["instance_id"]]
-    (sweep,) = emu.fire_scheduled_rules()
+    (sweep,) = emu.fire_scheduled_rule()
     assert [ended["cleaned_up"] for ended in sweep["ended"]] == [[f"us-east-1:{late['instance_id']}"]]
     assert_nothing_of_the_run_left(emu, "late-task")
     assert len(emu.world.sent("Publish")) == 1, "the run was told once, by the janitor"
@@ -471,7 +472,7 @@ def test_an_instance_its_owner_stops_after_the_run_stays_stopped_through_every_s
     emu.client("ec2").stop_instances(InstanceIds=[instance_id])
     emu.world.calm()
     emu.clock.advance(86400 + 60)
-    (sweep,) = emu.fire_scheduled_rules()
+    (sweep,) = emu.fire_scheduled_rule()
     assert [len(ended["cleaned_up"]) for ended in sweep["ended"]] == [1]
     assert instance(emu, instance_id)["State"]["Name"] == "stopped", "the owner's stop stands"
     assert len(emu.world.sent("StartInstances")) == 1
@@ -495,7 +496,7 @@ def test_a_rollback_that_is_refused_keeps_the_image_latest_still_names(make_emul
     ]
     assert_latest_valid_everywhere(emu)
     emu.world.calm()
-    emu.fire_scheduled_rules()
+    emu.fire_scheduled_rule()
     assert_nothing_of_the_run_left(emu, "pinned")
     assert [latest(emu, region) for region in REGIONS] == [None, None, None]
 
@@ -544,12 +545,12 @@ def test_a_run_whose_status_change_never_reached_the_janitor_is_ended_by_the_swe
     result = emu.run(sample("request-basic.json", instance_id=instance_id), name="missed")
     assert result.status == "FAILED" and "Runtime.ExitError" in emu.status_changes[0]["error"]
     assert left_in_ledger(emu, "missed"), "nothing ended the run yet"
-    (sweep,) = emu.fire_scheduled_rules()
+    (sweep,) = emu.fire_scheduled_rule()
     (ended,) = sweep["ended"]
     assert (ended["status"], ended["error"]) == ("FAILED", "ExecutionFailed") and len(ended["cleaned_up"]) == 3
     assert_nothing_of_the_run_left(emu, "missed")
     assert_told_and_tagged(emu, "missed", instance_id, "FAILED")
-    assert emu.fire_scheduled_rules() == [{"ended": []}], "settled: the next sweep finds nothing"
+    assert emu.fire_scheduled_rule() == [{"ended": []}], "settled: the next sweep finds nothing"
     change = {**emu.status_changes[0]["event"], "detail": {**emu.status_changes[0]["event"]["detail"]}}
     assert invoke(emu, "EndRun", change) == {"ended": []}, "nor does a late status change"
 
@@ -561,9 +562,9 @@ def test_the_sweep_goes_on_past_a_run_it_cannot_end_and_ends_it_next_time(emu: E
         instance_id = emu.launch_instance(name=name)
         assert emu.run(sample("request-basic.json", instance_id=instance_id), name=name).status == "FAILED"
     emu.world.refuse("DescribeExecution", times=1, code="AccessDeniedException")  # the first run's look
-    (sweep,) = emu.fire_scheduled_rules()
+    (sweep,) = emu.fire_scheduled_rule()
     (ended,) = sweep["ended"]
-    (later,) = emu.fire_scheduled_rules()[0]["ended"]
+    (later,) = emu.fire_scheduled_rule()[0]["ended"]
     assert {ended["run_id"], later["run_id"]} == {"missed-1", "missed-2"}
     for name in ("missed-1", "missed-2"):
         assert_nothing_of_the_run_left(emu, name)

@@ -50,8 +50,9 @@ def test_a_run_reports_its_start_end_images_and_wait_times(emu: Emulator, capsys
     assert {"RunsStarted": 1.0} in documents
     assert {"RunsPartial": 1.0, "ImagesAvailable": 2.0, "RegionsFailed": 1.0} in documents
     waits = [document["ImageWaitSeconds"] for document in documents if "ImageWaitSeconds" in document]
-    # The source image and the one copy that became available each took 20 minutes: 20 checks a minute apart.
-    assert waits == [20 * 60, 20 * 60]
+    # The source image and the one copy that became available, each measured from its wait's start to
+    # EC2's event (the emulator stamps events with the wall clock the functions see: seconds, not 20 minutes).
+    assert len(waits) == 2 and all(0 <= wait < 60 for wait in waits), waits
 
 
 def test_a_failed_run_is_counted(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:

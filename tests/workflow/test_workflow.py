@@ -50,18 +50,15 @@ def test_happy_path_three_regions_shared_published_and_instance_running(emu: Emu
     assert emu.world.sent("StopInstances") and emu.world.sent("StartInstances")
 
 
-def test_image_pending_for_several_polls_then_available(emu: Emulator) -> None:
-    emu.world.images_take(10 * 60)  # 10 polls of 60 s
+def test_a_slow_image_is_waited_for_until_ec2_says_it_is_available(emu: Emulator) -> None:
+    emu.world.images_take(45 * 60)
     instance_id = emu.launch_instance()
     result = emu.run({"instance_id": instance_id, "regions": []}, name="slow")
     assert result.status == "SUCCEEDED", result.cause
-    checks = [
-        event
-        for event in result.history
-        if event["type"] == "TaskStateEntered" and event["stateEnteredEventDetails"]["name"] == "CheckImage"
-    ]
-    assert len(checks) == 10
-    assert emu.clock.elapsed() >= 10 * 60
+    entered = [e["stateEnteredEventDetails"]["name"] for e in result.history if "stateEnteredEventDetails" in e]
+    assert entered.count("WaitForImage") == 1, "one wait, ended by EC2's event: no polling"
+    assert 45 * 60 <= emu.clock.elapsed() <= 45 * 60 + 60, "the run goes on as soon as the event comes"
+    assert len(emu.world.sent("DescribeImages")) <= 3
     assert run_images(emu, "us-east-1", "slow")[0]["State"] == "available"
 
 

@@ -111,6 +111,8 @@ WAITS = {
     "WaitForGeneralize": "generalize",
     "WaitForLaunch": "launched",
 }
+# Waits that end on EC2's own event (a callback task), not on a check every poll interval.
+EVENT_WAITS = {"WaitForImage", "WaitForCopy", "WaitForSeed"}
 UNTIL = {
     "WaitForSeed": "(the seed image for the clone)",
     "WaitForClone": "(the clone) to come online in SSM",
@@ -148,6 +150,8 @@ def describe_event(event: HistoryEventTypeDef) -> str | None:
         if subject.get("polls", 0) == 0:  # announce a wait once, not every poll
             what = subject.get("image_id") or subject.get("instance_id")
             until = UNTIL.get(name, f"({subject.get('state')})")
+            if name in EVENT_WAITS:
+                return f"{prefix}waiting for {what} {until} until EC2 says it is available"
             return f"{prefix}waiting for {what} {until}, checking every {state_input.get('poll_seconds')} s"
         return None
     if kind != "Task" or name.startswith("Check"):

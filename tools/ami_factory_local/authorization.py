@@ -528,7 +528,19 @@ def _sns(request: Request) -> tuple[list[Resource], list[Call]]:
     return [Resource(str(request.params.get("TopicArn", "")))], []
 
 
+EVENT_RULE_OPERATIONS = ("PutRule", "PutTargets", "RemoveTargets", "DeleteRule", "DescribeRule", "ListTargetsByRule")
+
+
 def _events(request: Request) -> tuple[list[Resource], list[Call]]:
+    if request.operation in EVENT_RULE_OPERATIONS:
+        # A rule on the default bus; a target's role is passed to EventBridge.
+        rule = str(request.params.get("Name") or request.params.get("Rule"))
+        implied = [
+            Call("iam:PassRole", (Resource(str(target["RoleArn"])),), {"iam:passedtoservice": ["events.amazonaws.com"]})
+            for target in request.params.get("Targets", [])
+            if target.get("RoleArn")
+        ]
+        return [Resource(f"arn:aws:events:{request.region}:{request.account}:rule/{rule}")], implied
     buses = {str(entry.get("EventBusName") or "default") for entry in request.params.get("Entries", [])}
     return [
         Resource(

@@ -71,6 +71,16 @@ class VirtualClock:
             self._world = max(self._world, local)
             self.waits += 1
 
+    def advance_to(self, at: float) -> None:
+        """The calling thread waits until ``at`` (nothing if it is there already)."""
+        with self._lock:
+            if at > self._time_of(threading.current_thread()):
+                self.advance(at - self._time_of(threading.current_thread()))
+
+    @property
+    def started_at(self) -> float:
+        return self._start
+
     def catch_up_with_children(self) -> None:
         """The calling thread goes on from the latest time its (finished) child threads reached."""
         with self._lock:

@@ -13,7 +13,9 @@ import copy
 import functools
 import io
 import json
+import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -26,6 +28,7 @@ from unittest import mock
 
 import boto3
 from moto import mock_aws
+from moto.dynamodb.models import dynamodb_backends
 from moto.events.models import events_backends
 from moto.stepfunctions.exceptions import InvalidExecutionInput
 from moto.stepfunctions.parser.api import HistoryEventType
@@ -39,7 +42,10 @@ from ami_factory.clients import use_client_factory
 from ami_factory.errors import error_message
 
 from .authorization import Authorizer, roles_of, translated
+from .callbacks import event_driven_waits
 from .clock import VirtualClock
+from .cloudformation import CustomResourceAnswers
+from .events import ScheduledEvent
 from .iam import Call
 from .iam import Resource as IamResource
 from .runtime import FunctionCode, InProcessRuntime
@@ -126,6 +132,12 @@ class Emulator:
         self.history_quota = HISTORY_QUOTA  # a test may lower it to play an execution outgrowing its history
         self._deployed: tuple[dict[str, str], dict[tuple[str, str], str], list[Path]] = ({}, {}, [])
         self._stack: ExitStack | None = None
+        self.custom_resource_answers = CustomResourceAnswers()
+        self._custom_resources: dict[str, dict[str, Any]] = {}  # logical id -> the properties it was made with
+        self._firings: set[tuple[str, int]] = set()  # (scheduled rule, which of its firings) fired on the virtual clock
+        self._firing_lock = threading.Lock()
+        # AWS events and scheduled firings whose target failed (EventBridge retries, then drops them).
+        self.failed_deliveries: list[tuple[dict[str, Any], str]] = []
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -181,6 +193,13 @@ class Emulator:
         stack.enter_context(self.clock.installed())
         stack.enter_context(self.world.installed())
         stack.enter_context(self.runtime.installed())
+        stack.enter_context(
+            event_driven_waits(
+                self.clock, self.world.events, self._waited_for, self._deliver_scheduled, self._next_firing
+            )
+        )
+        stack.enter_context(self.custom_resource_answers.running())
+        self.runtime.may_put_events = self._may_put_events
         self._stack = stack
         self.deployment = self._deploy()
 
@@ -374,6 +393,7 @@ class Emulator:
             self._register_function(logical_id, properties, resolver, layer_dirs)
         self._deployed = (pseudo, attributes, layer_dirs)
         self._deploy_rules(template, resolver)
+        self._deploy_custom_resources(template, resolver)
         self._schedules = {
             logical_id: resolver.resolve(schedule["Properties"])
             for logical_id, schedule in resources_of_type(template, "AWS::Scheduler::Schedule").items()
@@ -490,13 +510,48 @@ class Emulator:
             if not resolver.condition_holds(rule.get("Condition")):
                 continue
             properties = resolver.resolve(rule["Properties"])
-            if "ScheduleExpression" in properties:  # fired by fire_scheduled_rules
+            if "ScheduleExpression" in properties:  # fired by fire_scheduled_rule
                 self._scheduled_rules[logical_id] = properties
                 continue
             pattern = properties["EventPattern"]
             name = f"{STACK_NAME}-{logical_id}"
             events.put_rule(Name=name, EventPattern=pattern if isinstance(pattern, str) else json.dumps(pattern))
             events.put_targets(Rule=name, Targets=[{"Id": t["Id"], "Arn": t["Arn"]} for t in properties["Targets"]])
+
+    def _deploy_custom_resources(self, template: dict[str, Any], resolver: Resolver) -> None:
+        """CloudFormation's requests to each custom resource: Create the first time, Update when its
+        properties changed (with the old ones), nothing when they did not."""
+        for logical_id, resource in template["Resources"].items():
+            if not str(resource["Type"]).startswith("Custom::"):
+                continue
+            properties = resolver.resolve(resource["Properties"])
+            old = self._custom_resources.get(logical_id)
+            if old == properties:
+                continue
+            self._custom_resources[logical_id] = properties
+            self.custom_resource_request("Create" if old is None else "Update", logical_id, properties, old)
+
+    def custom_resource_request(
+        self, request_type: str, logical_id: str, properties: dict[str, Any], old: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Send a custom resource's function CloudFormation's request; its answer (FAILED raises)."""
+        stack_id = f"arn:aws:cloudformation:{self.region}:{ACCOUNT_ID}:stack/{STACK_NAME}/local"
+        request = self.custom_resource_answers.request(request_type, logical_id, stack_id, properties, old)
+        self.runtime.invoke_checked(str(properties["ServiceToken"]).split(":function:")[-1], request)
+        return self.custom_resource_answers.outcome(request)
+
+    def delete_custom_resources(self) -> None:
+        """What deleting the stack asks of its custom resources."""
+        for logical_id, properties in self._custom_resources.items():
+            self.custom_resource_request("Delete", logical_id, properties)
+        self._custom_resources.clear()
+
+    def _may_put_events(self, role_arn: str, bus_arn: str) -> bool:
+        """Whether EventBridge, as a rule target's role, may put events on the bus."""
+        decision = self.authorizer.allows(
+            role_arn.rsplit("/", 1)[-1], Call("events:PutEvents", (IamResource(bus_arn),))
+        )
+        return decision.allowed
 
     def reconfigure(self, **parameters: str) -> None:
         """A stack update that changes only parameters (e.g. KmsKeyIds once the keys exist): every
@@ -510,6 +565,59 @@ class Emulator:
         self._deploy_roles(resolver)
         for logical_id, properties in functions(template).items():
             self._register_function(logical_id, properties, resolver, layer_dirs)
+        self._deploy_custom_resources(template, resolver)
+
+    # --- AWS's events about the world -----------------------------------------------------------
+
+    def _waited_for(self, token: str) -> str | None:
+        """The resource a task token waits for, as the run ledger records it (read from moto's table
+        directly: the emulator's look is not one of the product's calls)."""
+        table = dynamodb_backends[ACCOUNT_ID][self.region].get_table(self._deployed[1][("LedgerTable", "Ref")])
+        for item in table.all_items():
+            found = item.attrs.get("token")
+            if found is not None and found.value == token and item.hash_key.value.startswith("wait#"):
+                return str(item.hash_key.value).rsplit("#", 1)[-1]
+        return None
+
+    def _next_firing(self) -> tuple[float, Any] | None:
+        """The next time after the calling thread's own that a rate() rule fires on the virtual clock
+        (counted from the clock's start), and what fires it (once, whichever thread gets there first):
+        EventBridge's schedule, while a wait has no event to come."""
+        now = self.clock.now()
+        due: list[tuple[float, str, int]] = []
+        with self._firing_lock:
+            for logical_id, rule in self._scheduled_rules.items():
+                period = rate_seconds(str(rule["ScheduleExpression"]))
+                if period is None:
+                    continue
+                count = math.floor((now - self.clock.started_at) / period) + 1
+                while (logical_id, count) in self._firings:
+                    count += 1
+                due.append((self.clock.started_at + count * period, logical_id, count))
+        if not due:
+            return None
+        at, logical_id, count = min(due)
+        return at, functools.partial(self._fire, logical_id, count)
+
+    def _fire(self, logical_id: str, count: int) -> None:
+        with self._firing_lock:
+            if (logical_id, count) in self._firings:
+                return
+            self._firings.add((logical_id, count))
+        try:
+            self.fire_scheduled_rule(logical_id)
+        except Exception as error:  # a failed firing is the schedule's problem, not the waiting task's
+            self.failed_deliveries.append(({"rule": logical_id}, f"{type(error).__name__}: {error}"))
+
+    def _deliver_scheduled(self, scheduled: ScheduledEvent) -> None:
+        """EventBridge delivering an AWS event in its own Region: its rules there (a forwarding rule
+        passes it on to the home Region's bus) run their targets."""
+        # Stamped when it is delivered, on the wall clock that moto's and the functions' own times use.
+        event = {**scheduled.event, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        try:
+            self.runtime.deliver(event, events_backends[ACCOUNT_ID][scheduled.region])
+        except Exception as error:  # EventBridge gives up on a target that keeps failing; the wait goes on
+            self.failed_deliveries.append((event, f"{type(error).__name__}: {error}"))
 
     # --- triggers -----------------------------------------------------------------------------
 
@@ -543,11 +651,12 @@ class Emulator:
                 f"EventBridge Scheduler cannot invoke {target['Arn']} as {target['RoleArn']}: {decision.reason()}"
             )
 
-    def fire_scheduled_rules(self) -> list[Any]:
-        """EventBridge firing every deployed scheduled rule (the janitor's daily sweep) with its Input."""
+    def fire_scheduled_rule(self, logical_id: str = "RunSweepRule") -> list[Any]:
+        """EventBridge firing a deployed scheduled rule (by default the janitor's hourly sweep) with its
+        Input; what its targets returned."""
+        rule = self._scheduled_rules[logical_id]
         return [
             self.runtime.invoke_checked(name, json.loads(target.get("Input", "{}")))
-            for logical_id, rule in self._scheduled_rules.items()
             for target in rule["Targets"]
             if self.runtime.may_invoke(
                 self._deployed[1][(logical_id, "Arn")], name := target["Arn"].split(":function:")[-1]
@@ -617,6 +726,15 @@ class Emulator:
         except Exception as error:  # an execution thread must not die of its janitor: the test reads this
             record["error"] = f"{type(error).__name__}: {error}"
         self.status_changes.append(record)
+
+
+def rate_seconds(expression: str) -> float | None:
+    """``rate(10 minutes)`` -> 600.0; None for a cron() expression."""
+    match = re.fullmatch(r"rate\((\d+) (minute|minutes|hour|hours|day|days)\)", expression.strip())
+    if match is None:
+        return None
+    unit = {"minute": 60, "hour": 3600, "day": 86400}[match.group(2).rstrip("s")]
+    return float(int(match.group(1)) * unit)
 
 
 def render_definition(project_root: Path, properties: dict[str, Any], resolver: Resolver) -> str:

@@ -24,7 +24,7 @@ from unittest import mock
 
 from moto.awslambda.models import LambdaBackend
 from moto.awslambda_simple.models import LambdaSimpleBackend
-from moto.events.models import Rule
+from moto.events.models import Rule, events_backends
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 
 from .authorization import acting_as, mark_principal
@@ -61,6 +61,7 @@ class LambdaContext:
 class InProcessRuntime:
     functions: dict[str, FunctionCode] = field(default_factory=dict)
     invocations: list[str] = field(default_factory=list)
+    results: list[tuple[str, Any]] = field(default_factory=list)  # (function, what it returned), for tests
     _handlers: dict[str, Callable[..., Any]] = field(default_factory=dict)
     _crashes: dict[str, int] = field(default_factory=dict)  # function name suffix -> invocations left to crash
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -69,6 +70,8 @@ class InProcessRuntime:
     # What may invoke a function besides a role (Lambda's resource policy): function name -> the
     # ARNs of the EventBridge rules its AWS::Lambda::Permission names.
     invoke_permissions: dict[str, set[str]] = field(default_factory=dict)
+    # Whether a role (a rule target's RoleArn) may put events on a bus: set by the emulator from IAM.
+    may_put_events: Callable[[str, str], bool] | None = None
 
     def register(self, code: FunctionCode) -> None:
         self.functions[code.name] = code
@@ -110,7 +113,9 @@ class InProcessRuntime:
                 handler = self._load(code)
                 context = LambdaContext(code.name, code.arn, code.memory)
                 with acting_as(code.role, code.name):
-                    return False, handler(payload, context)
+                    result = handler(payload, context)
+                self.results.append((name, result))
+                return False, result
             except Exception as error:  # Lambda reports any exception this way
                 return True, {
                     "errorType": type(error).__name__,
@@ -124,10 +129,10 @@ class InProcessRuntime:
             raise RuntimeError(f"{name} failed: {result['errorType']}: {result['errorMessage']}")
         return result
 
-    def deliver(self, event: dict[str, Any], events_backend: Any) -> list[Any]:
-        """Offer ``event`` to every rule on the default bus; returns what the matched targets returned."""
+    def deliver(self, event: dict[str, Any], events_backend: Any, bus: str = "default") -> list[Any]:
+        """Offer ``event`` to every rule on the bus; returns what the matched targets returned."""
         results: list[Any] = []
-        for rule in events_backend.event_buses["default"].rules.values():
+        for rule in list(events_backend.event_buses[bus].rules.values()):
             results.extend(rule.send_to_targets(event, transform_input=False) or [])
         return results
 
@@ -135,11 +140,25 @@ class InProcessRuntime:
         if not rule.event_pattern.matches_event(event):
             return []
         names = [target["Arn"].split(":function:")[-1] for target in rule.targets if ":function:" in target["Arn"]]
-        return [
+        results = [
             self.invoke_checked(name, event)
             for name in names
             if name in self.functions and self.may_invoke(rule.arn, name)
         ]
+        for target in rule.targets:
+            if ":event-bus/" in target["Arn"]:
+                results.extend(self._forward(rule, target, event))
+        return results
+
+    def _forward(self, rule: Any, target: dict[str, Any], event: dict[str, Any]) -> list[Any]:
+        """A rule whose target is another Region's bus passes the event on unchanged (its Region, source
+        and id are the original's), if the target's role may put events on that bus."""
+        arn = str(target["Arn"])
+        if self.may_put_events is None or not self.may_put_events(str(target.get("RoleArn", "")), arn):
+            self.refused_deliveries.append((rule.arn, arn))
+            return []
+        _, _, _, region, account, resource = arn.split(":", 5)
+        return self.deliver(event, events_backends[account][region], resource.split("/", 1)[1])
 
     def may_invoke(self, rule_arn: str, name: str) -> bool:
         """Whether the function's resource policy lets EventBridge invoke it for this rule (as Lambda

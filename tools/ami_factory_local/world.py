@@ -70,6 +70,7 @@ from ami_factory.commands import GENERALIZE_COMMENT
 from .authorization import IAM_ACTIONS, IAM_PREFIX, Authorizer, as_operator, current_principal, refusal_error
 from .authorization import Request as AuthorizationRequest
 from .clock import VirtualClock
+from .events import EventSchedule
 from .limits import Ec2Limits, copy_quota_refusal
 
 
@@ -360,6 +361,8 @@ class World:
     _copy_routes: dict[str, tuple[str, str]] = field(default_factory=dict)  # copy -> (destination, source Region)
     # EC2's token buckets (for the deployed functions' calls) and copy quota.
     limits: Ec2Limits = field(default_factory=Ec2Limits)
+    # The events AWS sends about what happens here (EC2 AMI State Change), for the emulator to deliver.
+    events: EventSchedule = field(init=False)
     image_lifetimes: dict[str, tuple[float, float]] = field(default_factory=dict)  # image -> (created, settled)
     _managed: dict[str, dict[str, str]] = field(default_factory=dict)  # instance -> SSM InstanceInformation
     _command_seconds: float = 0.0
@@ -385,6 +388,9 @@ class World:
     # IAM: each call of a function or the state machine is evaluated against its role (the emulator
     # sets the roles from template.yaml); calls of the test or script driving the world are not.
     authorizer: Authorizer | None = None
+
+    def __post_init__(self) -> None:
+        self.events = EventSchedule(self.account_id)
 
     # --- what a test asks of the world ---------------------------------------------------------
 
@@ -607,6 +613,8 @@ class World:
         if ready_at > self.clock.now() or final_state != "available":
             ami.state = "pending"
             self._images[ami.id] = _Pending(region, ready_at, final_state)
+        if ready_at != math.inf:
+            self.events.image_state_changed(region, ami.id, final_state, ready_at)
         if self._hidden_describes:
             self._hidden[ami.id] = self._hidden_describes
 
@@ -692,6 +700,8 @@ class World:
                 return EC2ClientError(
                     "InvalidParameterValue", f"Image {image_id} has deregistration protection enabled"
                 )
+        if operation == "DescribeRegions":
+            return self._regions(response.region, params)
         if operation == "DescribeImageReferences":
             return {
                 "ImageReferences": [
@@ -706,6 +716,22 @@ class World:
                     self._hidden[image_id] -= 1
                     return EC2ClientError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
         return None
+
+    def _regions(self, region: str, params: dict[str, Any]) -> dict[str, Any]:
+        """DescribeRegions as EC2 answers it: the partition's Regions only (moto lists China's and
+        GovCloud's too), enabled ones unless AllRegions, and the opt-in-status filter applied (moto
+        ignores filters)."""
+        wanted = {value for f in params.get("Filters", []) if f["Name"] == "opt-in-status" for value in f["Values"]}
+        everything = str(params.get("AllRegions", "")).lower() == "true"
+        return {
+            "Regions": [
+                {"RegionName": known.name, "Endpoint": known.endpoint, "OptInStatus": known.opt_in_status}
+                for known in ec2_backends[self.account_id][region].describe_regions(params.get("RegionNames"))
+                if not known.name.startswith(("cn-", "us-gov-", "us-iso"))
+                and (everything or known.opt_in_status != "not-opted-in")
+                and (not wanted or known.opt_in_status in wanted)
+            ]
+        }
 
     def _copy_quota(self, destination: str, params: dict[str, Any]) -> EC2ClientError | None:
         """EC2's concurrent-copy quota; a retry with a ClientToken EC2 already took starts no copy."""
@@ -729,6 +755,8 @@ class World:
             self._after_stop(region, params)
         if operation in ("CreateTags", "DeleteTags"):
             self._emit_tag_changes(region, params)
+        if operation == "DeregisterImage":
+            self.events.image_state_changed(region, params["ImageId"], "deregistered", self.clock.now())
         if self._take(self._lost, operation, region):
             return EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
         return None

@@ -1,0 +1,153 @@
+"""Image and copy waits end on EC2's own events (``EC2 AMI State Change``), forwarded to the stack's
+Region by rules the stack makes in the Regions it copies to; a lost event is covered by the fallback
+sweep, a duplicate or an event about anything else changes nothing, and a wait costs the same
+history however long EC2 takes."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from ami_factory_local import Emulator
+from ami_factory_local.events import AMI_STATE_CHANGE
+from tests.helpers import TEST_PARAMETERS, instance, run_images, sample
+
+REQUEST_REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
+
+
+def entered(result: Any) -> Counter[str]:
+    return Counter(e["stateEnteredEventDetails"]["name"] for e in result.history if "stateEnteredEventDetails" in e)
+
+
+def settled_results(emu: Emulator) -> list[tuple[str, dict[str, Any]]]:
+    """What SettleWait returned, each time it ran (an event, or the fallback sweep)."""
+    return [(name, out) for name, out in emu.runtime.results if name.endswith("SettleWaitFunction")]
+
+
+def forwarding_rules(emu: Emulator) -> dict[str, list[dict[str, Any]]]:
+    """Region -> the targets of the stack's AMI event forwarding rule there (Regions with one)."""
+    found = {}
+    for region in emu.client("ec2").describe_regions()["Regions"]:
+        name = region["RegionName"]
+        events = emu.client("events", name)
+        rules = events.list_rules(NamePrefix="ami-factory-local-ami-events")["Rules"]
+        if rules:
+            (rule,) = rules
+            assert json.loads(rule["EventPattern"])["detail-type"] == [AMI_STATE_CHANGE]
+            found[name] = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
+    return found
+
+
+def run_basic(emu: Emulator, name: str, **changes: Any) -> Any:
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id, **changes), name=name)
+    assert result.status == "SUCCEEDED", result.cause
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+    return result
+
+
+def test_the_image_and_its_copies_end_on_ec2s_events_as_soon_as_they_come(emu: Emulator) -> None:
+    emu.world.images_take(20 * 60)
+    emu.world.images_take(45 * 60, region="eu-west-1")
+    emu.world.images_take(45 * 60, region="ap-southeast-2")
+    result = run_basic(emu, "evented")
+    states = entered(result)
+    assert states["WaitForImage"] == 1 and states["WaitForCopy"] == 2, "one wait each, no polling loop"
+    ends = [summary for name, summary in settled_results(emu)]
+    assert sorted(e["region"] for e in ends) == sorted(REQUEST_REGIONS) and all(e["ended"] for e in ends)
+    # EC2's own critical path (20 + 45 minutes) and the events' few seconds: nothing waits on a timer.
+    assert 65 * 60 <= emu.clock.elapsed() <= 65 * 60 + 30
+    for region in REQUEST_REGIONS:
+        (image,) = run_images(emu, region, "evented")
+        ready_at = emu.world.image_lifetimes[image["ImageId"]][1]
+        looks = [
+            r
+            for r in emu.world.sent("DescribeImages", region)
+            if r.params.get("ImageIds") == [image["ImageId"]] and r.at < ready_at
+        ]
+        assert len(looks) == 1, "each wait looked once, when it began"
+    assert emu.failed_deliveries == [] and emu.runtime.refused_deliveries == []
+
+
+def test_a_lost_event_is_covered_by_the_fallback_sweep(emu: Emulator) -> None:
+    emu.world.images_take(25 * 60)
+    emu.world.events.lose(AMI_STATE_CHANGE, times=1)  # the image's
+    result = run_basic(emu, "lost", regions=[])
+    sweeps = [out for _, out in settled_results(emu) if "settled" in out]
+    assert sweeps[-1]["settled"] == [run_images(emu, "us-east-1", "lost")[0]["ImageId"]]
+    assert all(out["settled"] == [] for out in sweeps[:-1]), "nothing to settle before the image was ready"
+    # Ready at 25 minutes, seen by the sweep at 30 (every EventFallbackMinutes=10 of the schedule).
+    assert 30 * 60 <= emu.clock.elapsed() < 31 * 60
+    assert entered(result)["WaitForImage"] == 1
+
+
+def test_a_duplicated_event_changes_nothing(emu: Emulator) -> None:
+    emu.world.images_take(20 * 60)
+    emu.world.events.duplicate(AMI_STATE_CHANGE, times=3)
+    result = run_basic(emu, "twice")
+    ends = [out for _, out in settled_results(emu)]
+    assert len(ends) == 6 and sum(out["ended"] for out in ends) == 3, "each wait ended once, by the first copy"
+    for region in REQUEST_REGIONS:
+        assert len(run_images(emu, region, "twice")) == 1
+    assert result.output["status"] == "SUCCEEDED"
+    assert emu.failed_deliveries == []
+
+
+def test_an_image_ec2_gives_up_on_fails_its_wait_with_the_reason(emu: Emulator) -> None:
+    emu.world.images_take(20 * 60)
+    emu.world.images_fail("us-east-1")
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="given-up")
+    assert result.status == "FAILED" and result.error == "ImageFailedError"
+    assert "is failed" in (result.cause or "")
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+    assert run_images(emu, "us-east-1", "given-up") == []
+    (end,) = [out for _, out in settled_results(emu)]
+    assert end["state"] == "failed" and end["ended"] is True
+
+
+def test_a_run_writes_the_same_history_however_long_ec2_takes() -> None:
+    lengths = []
+    for minutes in (20, 20 * 60):
+        with Emulator(parameters={**TEST_PARAMETERS, "MaxWaitSeconds": "86400"}) as emu:
+            emu.world.images_take(minutes * 60)
+            result = run_basic(emu, f"took-{minutes}")
+            lengths.append(len(result.history))
+    assert lengths[0] == lengths[1] <= 500, lengths
+
+
+def test_the_forwarding_rules_follow_the_regions_the_stack_may_copy_to(make_emulator) -> None:
+    emu: Emulator = make_emulator(AllowedRegions="us-east-1,eu-west-1,ap-southeast-2")
+    rules = forwarding_rules(emu)
+    assert sorted(rules) == ["ap-southeast-2", "eu-west-1"], "every other Region it may copy to; not its own"
+    for targets in rules.values():
+        (target,) = targets
+        assert target["Arn"] == "arn:aws:events:us-east-1:123456789012:event-bus/default"
+        assert target["RoleArn"].endswith(":role/ami-factory-local-AmiEventForwardingRole")
+    # A stack update that changes the Regions: the one added gets its rule, the one dropped loses it.
+    emu.reconfigure(AllowedRegions="us-east-1,eu-west-1,eu-central-1")
+    assert sorted(forwarding_rules(emu)) == ["eu-central-1", "eu-west-1"]
+    emu.delete_custom_resources()
+    assert forwarding_rules(emu) == {}, "deleting the stack removes them all"
+
+
+def test_with_any_region_allowed_every_enabled_region_forwards(emu: Emulator) -> None:
+    rules = forwarding_rules(emu)
+    enabled = {
+        r["RegionName"]
+        for r in emu.client("ec2").describe_regions(
+            Filters=[{"Name": "opt-in-status", "Values": ["opt-in-not-required", "opted-in"]}]
+        )["Regions"]
+    }
+    assert set(rules) == enabled - {"us-east-1"} and "eu-west-1" in rules
+
+
+def test_a_copy_into_a_region_whose_rule_was_removed_ends_at_the_sweep(emu: Emulator) -> None:
+    events = emu.client("events", "eu-west-1")
+    events.remove_targets(Rule="ami-factory-local-ami-events", Ids=["home"])
+    events.delete_rule(Name="ami-factory-local-ami-events")
+    emu.world.images_take(45 * 60)
+    run_basic(emu, "unforwarded", regions=["eu-west-1"])
+    swept = [image for _, out in settled_results(emu) if "settled" in out for image in out["settled"]]
+    assert swept == [run_images(emu, "eu-west-1", "unforwarded")[0]["ImageId"]]

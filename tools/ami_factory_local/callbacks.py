@@ -1,0 +1,115 @@
+"""Callback tasks (``.waitForTaskToken``) on the virtual clock, ended by the world's events.
+
+moto's interpreter waits for SendTaskSuccess/SendTaskFailure on a threading Event for the task's
+TimeoutSeconds in real time. Here the wait is virtual: the waiting task's thread looks up which
+resource its token waits for (the run ledger's ``wait#`` item, as the event handler does), moves its
+clock to the next event the world has scheduled about that resource, and delivers it through the
+Region's rules, so the deployed handler ends the task as on AWS. When no event will come (it was
+lost), the scheduled rules (the fallback sweep) fire on the same clock, each firing once, whichever
+waiting thread reaches it first; with nothing due before the timeout, the clock moves to the
+timeout and the task times out (``States.Timeout``). Scheduled rules fire only then: on AWS the
+sweep also runs while every event arrives, and finds nothing to do (the bench counts its cost per
+deployment); here it would make a run's counts depend on how the threads are scheduled.
+
+Two of Step Functions' rules that moto leaves out are kept: a task that is over refuses its token
+(SendTaskSuccess answers TaskTimedOut; moto would take a second outcome), and SendTaskFailure's
+``cause`` reaches the execution (moto's response handler drops it). The thread that ran a task's
+work may have moved its clock; the state's thread goes on from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+from unittest import mock
+
+from moto.core.responses import EmptyResult
+from moto.stepfunctions.parser.asl.component.state.exec.execute_state import ExecutionState
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (
+    StateTaskServiceCallback,
+)
+from moto.stepfunctions.parser.asl.eval.callback.callback import (
+    CallbackConsumerTimeout,
+    CallbackEndpoint,
+    CallbackOutcome,
+)
+from moto.stepfunctions.responses import StepFunctionResponse
+
+from .clock import VirtualClock
+from .events import EventSchedule, ScheduledEvent
+
+Watched = Callable[[str], str | None]  # task token -> the id of the resource it waits for
+Deliver = Callable[[ScheduledEvent], None]
+# The next firing of a scheduled rule (its virtual time, and what fires it once), if any.
+NextFiring = Callable[[], tuple[float, Callable[[], None]] | None]
+
+
+@contextmanager
+def event_driven_waits(
+    clock: VirtualClock, events: EventSchedule, watched: Watched, deliver: Deliver, next_firing: NextFiring
+) -> Iterator[None]:
+    def wait_for_token(_task: Any, timeout_seconds: int, endpoint: CallbackEndpoint) -> CallbackOutcome | None:
+        """Until the task has its outcome or times out: the clock moves to the next event about the
+        resource the token waits for and delivers it; with none to come, to the scheduled rules'
+        firings (the fallback sweep), then to the timeout."""
+        began = clock.now()
+        deadline = began + timeout_seconds
+        while endpoint.get_outcome() is None:
+            resource = watched(endpoint.callback_id)
+            scheduled = events.next_for(resource, began, deadline) if resource else None
+            if scheduled is not None:
+                clock.advance_to(scheduled.at)
+                for _ in range(scheduled.copies if events.take(scheduled) else 0):
+                    deliver(scheduled)
+                continue
+            # No event will come (lost, or none by the deadline): the schedule's firings run until the
+            # fallback sweep ends the wait or the timeout does.
+            firing = next_firing()
+            if firing is None or firing[0] > deadline:
+                clock.advance_to(deadline)
+                break
+            clock.advance_to(firing[0])
+            firing[1]()
+        # Ended by another thread (its sweep): this one goes on from when that happened.
+        clock.advance_to(getattr(endpoint, "notified_at", 0.0))
+        return endpoint.get_outcome()
+
+    original_notify = CallbackEndpoint.notify
+
+    def notify_at_the_notifiers_time(endpoint: Any, outcome: CallbackOutcome) -> None:
+        endpoint.notified_at = clock.now()
+        original_notify(endpoint, outcome)
+
+    original_pattern = StateTaskServiceCallback._eval_integration_pattern
+
+    def closing_the_token(task: Any, env: Any, *args: Any, **kwargs: Any) -> None:
+        token = env.states.context_object.context_object_data.get("Task", {}).get("Token")
+        endpoint = env.callback_pool_manager.get(token) if token else None
+        try:
+            original_pattern(task, env, *args, **kwargs)
+        finally:
+            if endpoint is not None:
+                endpoint.report(CallbackConsumerTimeout())  # SendTask* for it now answers TaskTimedOut
+
+    original_evaluate = ExecutionState._evaluate_with_timeout
+
+    def catching_up(state: Any, env: Any) -> None:
+        try:
+            original_evaluate(state, env)
+        finally:
+            clock.catch_up_with_children()
+
+    def send_task_failure(response: Any) -> Any:
+        response.stepfunction_backend.send_task_failure(
+            response._get_param("taskToken"), error=response._get_param("error"), cause=response._get_param("cause")
+        )
+        return EmptyResult()
+
+    with ExitStack() as stack:
+        stack.enter_context(mock.patch.object(StateTaskServiceCallback, "_wait_for_task_token_timeout", wait_for_token))
+        stack.enter_context(mock.patch.object(StateTaskServiceCallback, "_eval_integration_pattern", closing_the_token))
+        stack.enter_context(mock.patch.object(ExecutionState, "_evaluate_with_timeout", catching_up))
+        stack.enter_context(mock.patch.object(StepFunctionResponse, "send_task_failure", send_task_failure))
+        stack.enter_context(mock.patch.object(CallbackEndpoint, "notify", notify_at_the_notifiers_time))
+        yield
