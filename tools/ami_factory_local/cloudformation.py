@@ -43,7 +43,8 @@ class CustomResourceAnswers:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-        thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for it, and every emulator stops its server.
+        thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         thread.start()
         try:
             yield self
