@@ -210,10 +210,12 @@ class WaitSettled(BaseModel):
 
 
 class WaitSweep(BaseModel):
-    """The fallback sweep: how many waits were open, and the images whose waits it ended."""
+    """The fallback sweep: how many waits were open, the images whose waits it ended, and those whose
+    wait records it dropped as older than any wait may last."""
 
     open: int
     settled: list[str]
+    expired: list[str] = Field(default_factory=list)
 
 
 class CopyImageInput(Contract):

@@ -20,7 +20,7 @@ and only events from ``aws.ec2`` reach the handler (no one else may send them).
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from .aws import Ec2, StepFunctions
 from .contracts import AmiStateChange, AwsEvent, ImageRef, WaitSettled, WaitSweep, WatchImageInput
@@ -32,6 +32,7 @@ from .settings import load_settings
 AVAILABLE = "available"
 # The states in which an image will never become available: its wait ends with ImageFailedError.
 FAILED_IMAGE_STATES = frozenset({"failed", "invalid", "error", "deregistered", "disabled"})
+EXPIRY_MARGIN_SECONDS = 3600
 
 
 def watch_image(event: WatchImageInput) -> ImageRef:
@@ -62,12 +63,20 @@ def settle_waits(raw: dict[str, object]) -> WaitSettled | WaitSweep:
 
 def sweep_waits() -> WaitSweep:
     """The fallback for lost events: every open wait's image, looked at (one DescribeImages per Region
-    for all of them); those that settled are settled as their event would have."""
+    for all of them); those that settled are settled as their event would have. A wait older than its
+    bound (MaxWaitSeconds, and an hour's margin) is over whatever happened: its task timed out and its
+    image was removed, so its record is dropped rather than looked at forever."""
     ledger = Ledger()
-    by_region: dict[str, list[Wait]] = {}
-    for wait in ledger.open_waits():
-        by_region.setdefault(wait.region, []).append(wait)
     now = datetime.now(UTC)
+    expired_before = now - timedelta(seconds=load_settings().max_wait_seconds + EXPIRY_MARGIN_SECONDS)
+    by_region: dict[str, list[Wait]] = {}
+    expired: list[str] = []
+    for wait in ledger.open_waits():
+        if datetime.fromisoformat(wait.since) < expired_before:
+            ledger.end_wait(wait)
+            expired.append(wait.resource_id)
+        else:
+            by_region.setdefault(wait.region, []).append(wait)
     settled: list[str] = []
     for region, waits in sorted(by_region.items()):
         found = Ec2(region).own_images([wait.resource_id for wait in waits])
@@ -78,7 +87,7 @@ def sweep_waits() -> WaitSweep:
                 continue
             if settle(wait, image["State"], image.get("StateReason", {}).get("Message", ""), now):
                 settled.append(wait.resource_id)
-    return WaitSweep(open=sum(len(waits) for waits in by_region.values()), settled=settled)
+    return WaitSweep(open=sum(len(waits) for waits in by_region.values()), settled=settled, expired=expired)
 
 
 def settle_wait(raw: dict[str, object]) -> WaitSettled:

@@ -11,7 +11,7 @@ from typing import Any
 
 from ami_factory_local import Emulator
 from ami_factory_local.events import AMI_STATE_CHANGE
-from tests.helpers import TEST_PARAMETERS, instance, run_images, sample
+from tests.helpers import TEST_PARAMETERS, instance, ledger_items, run_images, sample
 
 REQUEST_REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
 
@@ -151,3 +151,25 @@ def test_a_copy_into_a_region_whose_rule_was_removed_ends_at_the_sweep(emu: Emul
     run_basic(emu, "unforwarded", regions=["eu-west-1"])
     swept = [image for _, out in settled_results(emu) if "settled" in out for image in out["settled"]]
     assert swept == [run_images(emu, "eu-west-1", "unforwarded")[0]["ImageId"]]
+
+
+def test_a_wait_that_timed_out_is_dropped_by_the_sweep_once_older_than_any_wait(make_emulator) -> None:
+    emu: Emulator = make_emulator(MaxWaitSeconds="3600")
+    emu.world.images_never_ready()
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run({"instance_id": instance_id, "regions": []}, name="forever")
+    assert result.status == "FAILED" and result.error == "WaitTimeoutError"
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+    (wait,) = [item for item in ledger_items(emu) if item["pk"].startswith("wait#")]
+    (kept,) = emu.fire_scheduled_rule("WaitSweepRule")
+    assert kept["open"] == 1 and kept["expired"] == [], "younger than MaxWaitSeconds and a margin: kept"
+    # The same record, recorded three hours ago (past 3600 s and the hour's margin).
+    emu.client("dynamodb").update_item(
+        TableName="ami-factory-local-LedgerTable",
+        Key={"pk": {"S": wait["pk"]}, "sk": {"S": "token"}},
+        UpdateExpression="SET since = :then",
+        ExpressionAttributeValues={":then": {"S": "2020-01-01T00:00:00Z"}},
+    )
+    (dropped,) = emu.fire_scheduled_rule("WaitSweepRule")
+    assert dropped["expired"] == [wait["pk"].rsplit("#", 1)[-1]] and dropped["open"] == 0
+    assert [item for item in ledger_items(emu) if item["pk"].startswith("wait#")] == []
