@@ -561,7 +561,7 @@ class StepFunctions:
     def end_task(self, token: str, output: str | None = None, error: str = "", cause: str = "") -> bool:
         """End a waiting task: with ``output`` (SendTaskSuccess) or with ``error`` and ``cause``
         (SendTaskFailure). False when the task is over already (a duplicate or late event, or the
-        fallback check got there first): Step Functions answers TaskTimedOut, TaskDoesNotExist or
+        fallback sweep got there first): Step Functions answers TaskTimedOut, TaskDoesNotExist or
         InvalidToken, and none of them is a failure here."""
         try:
             if output is not None:

@@ -2,13 +2,13 @@
 
 A copy settles in its destination Region, and EC2 sends ``EC2 AMI State Change`` only there. A
 CloudFormation stack lives in one Region, so its custom resource (``AmiEventForwarding``) puts a rule
-in each other Region the stack may copy to (``AllowedRegions``; when that is empty, any Region may be
-asked for, so every Region enabled in the account) that sends those events to the home Region's default bus, where ``ImageStateRule`` hands
-them to SettleWait. A stack update that changes the Regions adds and removes rules to match; deleting
-the stack removes them all. A copy into a Region without a rule still completes: its wait ends at
-the fallback check (EventFallbackSeconds) instead of on the event; a Region enabled later gets its
-rule at the next stack update that changes ``AllowedRegions`` (or, with it empty, at any update of
-the custom resource, e.g. after adding the Region to a new parameter value).
+in each other Region the stack may copy to (``AllowedRegions``; when that is empty any Region may be
+asked for, so every Region enabled in the account) that sends those events to the home Region's
+default bus, where ``ImageStateRule`` hands them to SettleWait. A stack update that changes the
+Regions adds and removes rules to match; deleting the stack removes them all. A copy into a Region
+without a rule still completes: its wait ends at the fallback sweep (EventFallbackMinutes) instead of
+on the event. A Region added to ``AllowedRegions`` gets its rule at that stack update; with it empty,
+a Region enabled later gets one at the next update of this resource.
 """
 
 from __future__ import annotations
@@ -71,14 +71,16 @@ def forward_ami_events(raw: dict[str, Any]) -> CustomResourceResponse:
     wanted = request.ResourceProperties
     status: Literal["SUCCESS", "FAILED"] = "SUCCESS"
     reason = ""
+    regions: set[str] = set()
     try:
+        regions = wanted.regions()
         old = request.OldResourceProperties
         if request.RequestType == "Delete":
-            _remove(wanted.RuleName, wanted.regions())
+            _remove(wanted.RuleName, regions)
         else:
             if old is not None:  # an update: the Regions no longer asked for lose their rule
-                _remove(old.RuleName, old.regions() - wanted.regions())
-            for region in sorted(wanted.regions()):
+                _remove(old.RuleName, old.regions() - regions)
+            for region in sorted(regions):
                 EventRules(region).forward(
                     wanted.RuleName,
                     AMI_STATE_PATTERN,
@@ -96,7 +98,7 @@ def forward_ami_events(raw: dict[str, Any]) -> CustomResourceResponse:
         StackId=request.StackId,
         RequestId=request.RequestId,
         LogicalResourceId=request.LogicalResourceId,
-        Data={"Regions": ",".join(sorted(wanted.regions()))},
+        Data={"Regions": ",".join(sorted(regions))},
     )
     _answer(request.ResponseURL, response)
     return response

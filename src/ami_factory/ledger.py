@@ -493,30 +493,11 @@ class Ledger:
     def waiting_on(self, region: str, resource_id: str) -> Wait | None:
         """The step waiting for the resource, if any (an event about anything else finds none)."""
         item = self._get(f"wait#{region}#{resource_id}", "token")
-        if item is None:
-            return None
-        return Wait(
-            region=region,
-            resource_id=resource_id,
-            token=item["token"],
-            ref=item["ref"],
-            copy_slot_of=item.get("copy_slot_of"),
-            since=item["since"],
-        )
+        return _wait(item) if item is not None else None
 
     def open_waits(self) -> list[Wait]:
         """Every wait some step is in (the fallback sweep's list)."""
-        return [
-            Wait(
-                region=item["pk"].split("#")[1],
-                resource_id=item["pk"].split("#")[2],
-                token=item["token"],
-                ref=item["ref"],
-                copy_slot_of=item.get("copy_slot_of"),
-                since=item["since"],
-            )
-            for item in self._scan("token")
-        ]
+        return [_wait(item) for item in self._scan("token")]
 
     def end_wait(self, wait: Wait) -> bool:
         """Forget the wait, if it is still the one read (a new round has a new token); whether it was."""
@@ -683,6 +664,18 @@ def _made(item: Item) -> Made:
         role=cast("Role", item["role"]),
         snapshots=tuple(snapshot for snapshot in item.get("snapshots", "").split(",") if snapshot),
         removed=item.get("removed") == "true",
+    )
+
+
+def _wait(item: Item) -> Wait:
+    _, region, resource_id = item["pk"].split("#")
+    return Wait(
+        region=region,
+        resource_id=resource_id,
+        token=item["token"],
+        ref=item["ref"],
+        copy_slot_of=item.get("copy_slot_of"),
+        since=item["since"],
     )
 
 
