@@ -414,7 +414,7 @@ def test_a_copy_event_reaches_the_stacks_region_only_through_the_forwarding_role
         instance_id = emu.launch_instance(name="web")
         result = emu.run({"instance_id": instance_id, "regions": ["eu-west-1"]}, name="lost-grant")
         assert result.status == "SUCCEEDED", result.cause
-        assert ("arn:aws:events:eu-west-1:123456789012:rule/ami-factory-local-ami-events") in {
+        assert ("arn:aws:events:eu-west-1:123456789012:rule/ami-factory-local-us-east-1-ami-events") in {
             rule for rule, _ in emu.runtime.refused_deliveries
         }
         swept = [out for name, out in emu.runtime.results if name.endswith("SettleWaitFunction") and "settled" in out]

@@ -31,9 +31,11 @@ def forwarding_rules(emu: Emulator) -> dict[str, list[dict[str, Any]]]:
     for region in emu.client("ec2").describe_regions()["Regions"]:
         name = region["RegionName"]
         events = emu.client("events", name)
-        rules = events.list_rules(NamePrefix="ami-factory-local-ami-events")["Rules"]
+        rules = [r for r in events.list_rules(NamePrefix="ami-factory-local-")["Rules"] if "ami-events" in r["Name"]]
         if rules:
             (rule,) = rules
+            # Named for the stack and its home Region: a stack of the same name at home elsewhere has its own.
+            assert rule["Name"] == "ami-factory-local-us-east-1-ami-events"
             assert json.loads(rule["EventPattern"])["detail-type"] == [AMI_STATE_CHANGE]
             found[name] = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
     return found
@@ -145,8 +147,8 @@ def test_with_any_region_allowed_every_enabled_region_forwards(emu: Emulator) ->
 
 def test_a_copy_into_a_region_whose_rule_was_removed_ends_at_the_sweep(emu: Emulator) -> None:
     events = emu.client("events", "eu-west-1")
-    events.remove_targets(Rule="ami-factory-local-ami-events", Ids=["home"])
-    events.delete_rule(Name="ami-factory-local-ami-events")
+    events.remove_targets(Rule="ami-factory-local-us-east-1-ami-events", Ids=["home"])
+    events.delete_rule(Name="ami-factory-local-us-east-1-ami-events")
     emu.world.images_take(45 * 60)
     run_basic(emu, "unforwarded", regions=["eu-west-1"])
     swept = [image for _, out in settled_results(emu) if "settled" in out for image in out["settled"]]
