@@ -14,7 +14,7 @@ import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -250,7 +250,8 @@ def image_wait(
     image_path: str,
     done_next: str,
     on_error: str,
-    copy_slot_of: str | None = None,
+    role: Literal["seed", "image"],
+    copy_slot: bool = False,
     comment: str,
 ) -> States:
     """A wait for an image that ends on EC2's ``EC2 AMI State Change`` event: one ``.waitForTaskToken``
@@ -258,16 +259,18 @@ def image_wait(
     ends it with the image (available) or ImageFailedError when the event comes, or when the fallback
     sweep finds the image settled (a lost event). The task's timeout is the wait's bound
     (MaxWaitSeconds): it fails the wait with WaitTimeoutError. Six history events, however long."""
-    payload = {"image": image_path, "task_token": "$$.Task.Token"}
-    if copy_slot_of:
-        payload["copy_slot_of"] = copy_slot_of
+    payload = {
+        **paths({"run_id": "$.run_id", "image": image_path, "task_token": "$$.Task.Token"}),
+        "role": role,
+        "copy_slot": copy_slot,
+    }
     timed_out = f"{wait_state}TimedOut"
     return {
         wait_state: {
             "Type": "Task",
             "Comment": comment,
             "Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken",
-            "Parameters": {"FunctionName": function_arn("WatchImage"), "Payload": paths(payload)},
+            "Parameters": {"FunctionName": function_arn("WatchImage"), "Payload": payload},
             "TimeoutSecondsPath": "$.max_wait_seconds",
             "ResultPath": image_path,
             "Retry": [TRANSIENT_RETRY, LAMBDA_RETRY],
@@ -330,7 +333,8 @@ def region_states() -> States:
             image_path="$.image",
             done_next="NeedsLaunchCheck",
             on_error="RegionFailed",
-            copy_slot_of="$.run_id",
+            role="image",
+            copy_slot=True,
             comment="Until EC2's event says the copy is available (or failed); the copy's slot is given back then.",
         ),
         "NeedsLaunchCheck": choice(
@@ -578,6 +582,7 @@ def definition() -> State:
             image_path="$.seed",
             done_next="LaunchClone",
             on_error="HandleFailure",
+            role="seed",
             comment="Until EC2's event says the seed image is available (or failed).",
         ),
         "LaunchClone": task(
@@ -649,6 +654,7 @@ def definition() -> State:
             image_path="$.image",
             done_next="RestoreInstance",
             on_error="HandleFailure",
+            role="image",
             comment="Until EC2's event says the image is available (or failed).",
         ),
         "RestoreInstance": task(

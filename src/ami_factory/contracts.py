@@ -175,11 +175,15 @@ class ImageRef(Polled):
 
 
 class WatchImageInput(Contract):
-    """The Lambda of an image's ``.waitForTaskToken`` wait: the image and the task's token."""
+    """The Lambda of an image's ``.waitForTaskToken`` wait: the run, the image as the run's ``role``
+    (its ledger must hold it so), and the task's token. ``copy_slot``: a copy's wait, whose run gives
+    its copy slot in the image's Region back when the copy settles."""
 
+    run_id: str
+    role: Literal["seed", "image"]
     image: ImageRef
     task_token: str
-    copy_slot_of: str | None = None  # a copy's wait: the run whose copy slot is given back when it settles
+    copy_slot: bool = False
 
 
 class AmiStateChange(Contract):
@@ -210,12 +214,14 @@ class WaitSettled(BaseModel):
 
 
 class WaitSweep(BaseModel):
-    """The fallback sweep: how many waits were open, the images whose waits it ended, and those whose
-    wait records it dropped as older than any wait may last."""
+    """The fallback sweep: how many waits were open, the images whose waits it ended, those whose
+    wait records it dropped as older than any wait may last, and those it could not look at (their
+    errors are logged; the next sweep tries again, and the other waits are not held up)."""
 
     open: int
     settled: list[str]
     expired: list[str] = Field(default_factory=list)
+    failed: list[str] = Field(default_factory=list)
 
 
 class CopyImageInput(Contract):

@@ -18,8 +18,9 @@ Items (``pk``, ``sk``):
 - ``instance#REGION#ID`` / ``lock``: the run that holds the instance (one run per instance);
 - ``family#FAMILY`` / ``owner``: the instance whose runs may move the family's ``latest``;
 - ``family#FAMILY`` / ``image#REGION#ID``: an image a run published, with its request's retention;
-- ``wait#REGION#ID`` / ``token``: the step waiting for a resource to settle (its task token, the
-  reference it waits with, since when), so that AWS's event about the resource ends that step.
+- ``wait`` / ``REGION#ID``: the step of a run waiting for a resource to settle (its run, task token,
+  the reference it waits with, since when), so that AWS's event about the resource ends that step;
+  one partition, so the fallback sweep reads every open wait with one Query.
 
 Writes are conditional where two writers could race (locks, owners, first records), so a retried
 step finds what it wrote instead of writing it twice.
@@ -35,7 +36,7 @@ from botocore.exceptions import ClientError
 
 from .aws import error_code, translated_errors
 from .clients import client
-from .errors import DeploymentError
+from .errors import DeploymentError, NotMadeByRunError
 from .settings import load_settings
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 Kind = Literal["instance", "image"]
 Role = Literal["seed", "clone", "capture", "image", "launch-check"]
 CONDITION_FAILED = "ConditionalCheckFailedException"
+WAIT_PARTITION = "wait"  # every open wait, in one partition: the fallback sweep reads them with one Query
 
 
 @dataclass(frozen=True)
@@ -120,15 +122,16 @@ class ParameterWrite:
 
 @dataclass(frozen=True)
 class Wait:
-    """A step waiting for a resource to settle: AWS's event about the resource ends it with ``token``.
-    ``ref`` is the step's reference (JSON) that the event completes; ``copy_slot_of``: a copy's wait,
-    whose run gives its copy slot back when the copy settles."""
+    """A step of ``run_id`` waiting for a resource to settle: AWS's event about the resource ends it
+    with ``token``. ``ref`` is the step's reference (JSON) that the event completes; ``copy_slot``: a
+    copy's wait, whose run gives its copy slot back when the copy settles."""
 
+    run_id: str
     region: str
     resource_id: str
     token: str
     ref: str
-    copy_slot_of: str | None = None
+    copy_slot: bool = False
     since: str = ""  # when the first round of the wait began (ISO 8601, UTC)
 
 
@@ -472,32 +475,47 @@ class Ledger:
     # --- waits: the task token of the step waiting for a resource, found by the resource's event ---
 
     def await_settling(self, wait: Wait) -> Wait:
-        """Record (or replace: a new round of the wait has a new token) the step waiting for a resource;
-        the first round's start is kept. Returns the wait as recorded."""
-        values: Item = {"token": wait.token, "ref": wait.ref, "now": _now()}
-        update = "SET #token = :token, #ref = :ref, #since = if_not_exists(#since, :now)"
-        if wait.copy_slot_of:
-            values["copy_slot_of"] = wait.copy_slot_of
-            update += ", #copy_slot_of = :copy_slot_of"
-        with translated_errors("UpdateItem"):
-            answer = self._db.update_item(
-                TableName=self._table,
-                Key=_encode({"pk": f"wait#{wait.region}#{wait.resource_id}", "sk": "token"}),
-                UpdateExpression=update,
-                ExpressionAttributeNames={f"#{name}": name for name in values if name != "now"} | {"#since": "since"},
-                ExpressionAttributeValues=_encode({f":{name}": value for name, value in values.items()}),
-                ReturnValues="ALL_NEW",
-            )
+        """Record (or replace: a new round of the wait has a new token) the run's step waiting for a
+        resource; the first round's start is kept. A wait another run recorded is never replaced
+        (NotMadeByRunError). Returns the wait as recorded."""
+        values: Item = {
+            "run_id": wait.run_id,
+            "token": wait.token,
+            "ref": wait.ref,
+            "copy_slot": "true" if wait.copy_slot else "false",
+        }
+        try:
+            with translated_errors("UpdateItem"):
+                answer = self._db.update_item(
+                    TableName=self._table,
+                    Key=_encode(_wait_key(wait.region, wait.resource_id)),
+                    UpdateExpression="SET "
+                    + ", ".join(f"#{name} = :{name}" for name in values)
+                    + ", #since = if_not_exists(#since, :now)",
+                    ConditionExpression="attribute_not_exists(pk) OR #run_id = :run_id",
+                    ExpressionAttributeNames={f"#{name}": name for name in [*values, "since"]},
+                    ExpressionAttributeValues=_encode(
+                        {**{f":{name}": value for name, value in values.items()}, ":now": _now()}
+                    ),
+                    ReturnValues="ALL_NEW",
+                )
+        except ClientError as error:
+            if error_code(error) != CONDITION_FAILED:
+                raise
+            raise NotMadeByRunError(
+                f"{wait.resource_id} in {wait.region} is awaited by another run: run {wait.run_id} may not wait for it"
+            ) from None
         return replace(wait, since=_decode(answer["Attributes"])["since"])
 
     def waiting_on(self, region: str, resource_id: str) -> Wait | None:
         """The step waiting for the resource, if any (an event about anything else finds none)."""
-        item = self._get(f"wait#{region}#{resource_id}", "token")
+        key = _wait_key(region, resource_id)
+        item = self._get(key["pk"], key["sk"])
         return _wait(item) if item is not None else None
 
     def open_waits(self) -> list[Wait]:
         """Every wait some step is in (the fallback sweep's list)."""
-        return [_wait(item) for item in self._scan("token")]
+        return [_wait(item) for item in self._query(WAIT_PARTITION)]
 
     def end_wait(self, wait: Wait) -> bool:
         """Forget the wait, if it is still the one read (a new round has a new token); whether it was."""
@@ -505,7 +523,7 @@ class Ledger:
             with translated_errors("DeleteItem"):
                 self._db.delete_item(
                     TableName=self._table,
-                    Key=_encode({"pk": f"wait#{wait.region}#{wait.resource_id}", "sk": "token"}),
+                    Key=_encode(_wait_key(wait.region, wait.resource_id)),
                     ConditionExpression="#token = :token",
                     ExpressionAttributeNames={"#token": "token"},
                     ExpressionAttributeValues=_encode({":token": wait.token}),
@@ -667,14 +685,19 @@ def _made(item: Item) -> Made:
     )
 
 
+def _wait_key(region: str, resource_id: str) -> Item:
+    return {"pk": WAIT_PARTITION, "sk": f"{region}#{resource_id}"}
+
+
 def _wait(item: Item) -> Wait:
-    _, region, resource_id = item["pk"].split("#")
+    region, resource_id = item["sk"].split("#")
     return Wait(
+        run_id=item["run_id"],
         region=region,
         resource_id=resource_id,
         token=item["token"],
         ref=item["ref"],
-        copy_slot_of=item.get("copy_slot_of"),
+        copy_slot=item.get("copy_slot") == "true",
         since=item["since"],
     )
 

@@ -87,14 +87,16 @@ def ami_event(image_id: str, state: str, region: str = "us-east-1") -> dict[str,
 def test_watch_image_records_the_wait_and_its_event_ends_it_once(emu: Emulator, plan: dict[str, Any]) -> None:
     emu.world.images_take(600)
     image = invoke(emu, "CreateImage", plan)
-    watched = invoke(emu, "WatchImage", {"image": image, "task_token": "token-1"})
+    watched = invoke(emu, "WatchImage", {"run_id": "run-7", "role": "image", "image": image, "task_token": "token-1"})
     assert watched["state"] == "pending"
-    (wait,) = [item for item in ledger_items(emu) if item["pk"].startswith("wait#")]
-    assert wait["pk"] == f"wait#us-east-1#{image['image_id']}" and wait["token"] == "token-1"
-    # The event ends the wait (the token belongs to no task here: Step Functions says so, and it is no failure).
+    (wait,) = [item for item in ledger_items(emu) if item["pk"] == "wait"]
+    assert wait["sk"] == f"us-east-1#{image['image_id']}" and wait["token"] == "token-1" and wait["run_id"] == "run-7"
+    # The event ends the wait once EC2 says so (the token belongs to no task here: Step Functions says
+    # so, and it is no failure).
+    emu.clock.advance(600)
     (settled,) = emu.deliver_event(ami_event(image["image_id"], "available"))
     assert settled == {"region": "us-east-1", "resource_id": image["image_id"], "state": "available", "ended": False}
-    assert [item for item in ledger_items(emu) if item["pk"].startswith("wait#")] == [], "the wait is over"
+    assert [item for item in ledger_items(emu) if item["pk"] == "wait"] == [], "the wait is over"
     assert emu.world.sent("SendTaskSuccess") != [], "the task was told"
     # A duplicate finds no wait; so does an event about an image no run waits for. Neither changes anything.
     before = ledger_items(emu)
@@ -105,10 +107,52 @@ def test_watch_image_records_the_wait_and_its_event_ends_it_once(emu: Emulator, 
     assert len(emu.world.sent("SendTaskSuccess")) == 1 and emu.world.sent("SendTaskFailure") == []
 
 
-def test_watch_image_of_an_image_not_visible_yet_is_retried(emu: Emulator) -> None:
+def test_watch_image_of_an_image_not_visible_yet_waits_for_its_event(emu: Emulator, plan: dict[str, Any]) -> None:
+    """Right after CreateImage an image may not be visible yet: the wait is recorded all the same (its
+    event, or the fallback sweep, ends it), rather than retried until the retries run out."""
+    emu.world.hide_new_images(describes=5)
+    image = invoke(emu, "CreateImage", plan)
+    watched = invoke(emu, "WatchImage", {"run_id": "run-7", "role": "image", "image": image, "task_token": "token-2"})
+    assert watched["image_id"] == image["image_id"]
+    (wait,) = [item for item in ledger_items(emu) if item["pk"] == "wait"]
+    assert wait["token"] == "token-2"
     missing = {"region": "us-east-1", "image_id": "ami-0000000000000dead"}
-    error = invoke_error(emu, "WatchImage", {"image": missing, "task_token": "token-2"})
-    assert error["errorType"] == "ImageNotVisibleYetError"
+    error = invoke_error(emu, "WatchImage", {"run_id": "run-7", "role": "image", "image": missing, "task_token": "t"})
+    assert error["errorType"] == "NotMadeByRunError", "an image the run never made is never waited for"
+
+
+def test_the_sweep_settles_every_wait_it_can_even_when_one_region_fails(emu: Emulator, plan: dict[str, Any]) -> None:
+    """One Region that cannot be looked at (a permission missing there, an outage) holds up no other
+    Region's waits; its own are settled by the next sweep."""
+    emu.world.images_take(600)
+    image = invoke(emu, "CreateImage", plan)
+    item = {**plan, "region": {"name": "eu-west-1", "is_source": False}, "source_image": image}
+    copy = invoke(emu, "CopyImage", item)
+    for ref, copy_slot in ((image, False), (copy, True)):
+        invoke(
+            emu,
+            "WatchImage",
+            {"run_id": "run-7", "role": "image", "image": ref, "task_token": ref["image_id"], "copy_slot": copy_slot},
+        )
+    emu.clock.advance(1800)  # the image, and its copy after it
+    emu.world.refuse("DescribeImages", times=1, region="us-east-1")
+    (first,) = emu.fire_scheduled_rule("WaitSweepRule")
+    # (The tokens belong to no task here, so Step Functions answers that they are over: "settled" lists
+    # the tasks a sweep ended; what the sweep did shows in its calls and the ledger.)
+    assert first["failed"] == [image["image_id"]] and first["open"] == 2
+    assert [item["sk"] for item in ledger_items(emu) if item["pk"] == "wait"] == [f"us-east-1#{image['image_id']}"]
+    assert [call.params["taskToken"] for call in emu.world.sent("SendTaskSuccess")] == [copy["image_id"]]
+    assert (
+        emu.client("dynamodb")
+        .get_item(
+            TableName="ami-factory-local-LedgerTable", Key={"pk": {"S": "copy-slots#eu-west-1"}, "sk": {"S": "slots"}}
+        )["Item"]
+        .get("holders")
+        is None
+    ), "the settled copy gave its slot back"
+    (second,) = emu.fire_scheduled_rule("WaitSweepRule")
+    assert second["failed"] == [] and second["open"] == 1
+    assert [item for item in ledger_items(emu) if item["pk"] == "wait"] == []
 
 
 def test_handle_failure_removes_only_what_the_run_made(emu: Emulator, plan: dict[str, Any]) -> None:

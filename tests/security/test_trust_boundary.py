@@ -148,6 +148,51 @@ def test_steps_refuse_ids_their_run_did_not_make_whatever_the_state_says(emu: Em
     assert emu.world.sent("PutParameter") == [] and len(emu.world.sent("CreateImage")) == 1, "the test's own"
 
 
+def ami_event(image_id: str, state: str) -> dict[str, Any]:
+    """EC2's event about an image (events/ami-state-change.json), as anyone could forge it."""
+    forged = event("ami-state-change.json")
+    forged["region"] = "us-east-1"
+    forged["detail"] |= {"ImageId": image_id, "State": state}
+    return forged
+
+
+def waits(emu: Emulator) -> list[dict[str, Any]]:
+    return [item for item in ledger_items(emu) if item["pk"] == "wait"]
+
+
+def test_a_wait_belongs_to_its_run_and_ends_only_on_what_ec2_says(emu: Emulator) -> None:
+    """Whoever can invoke the wait functions directly can neither take over another run's wait (its
+    token, its copy slot) nor end it with a forged event: a wait is the run's, recorded only for an
+    image the run's ledger holds, and an event is a reason to look, never the answer."""
+    emu.world.images_take(600)
+    source = emu.launch_instance(name="golden")
+    plan = invoke(
+        emu,
+        "ResolveRequest",
+        {"request": {"instance_id": source, "regions": []}, "run_id": "r", "state_machine_arn": emu.state_machine_arn},
+    )
+    image = invoke(emu, "CreateImage", plan)
+    invoke(emu, "WatchImage", {"run_id": "r", "role": "image", "image": image, "task_token": "token-r"})
+    (wait,) = waits(emu)
+    takeover = invoke_error(
+        emu, "WatchImage", {"run_id": "evil", "role": "image", "image": image, "task_token": "token-evil"}
+    )
+    assert takeover["errorType"] == "NotMadeByRunError"
+    assert "not recorded in run evil's ledger" in takeover["errorMessage"]
+    assert waits(emu) == [wait], "the run's token is still the one its event ends"
+    # Forged events while the image is pending: EC2 is asked, and says pending, so nothing ends.
+    for state in ("available", "failed"):
+        (settled,) = emu.deliver_event(ami_event(image["image_id"], state))
+        assert settled["ended"] is False and settled["state"] == "pending"
+    assert emu.world.sent("SendTaskSuccess") == [] and emu.world.sent("SendTaskFailure") == []
+    assert waits(emu) == [wait]
+    emu.clock.advance(600)
+    (settled,) = emu.deliver_event(ami_event(image["image_id"], "available"))
+    assert settled["state"] == "available" and waits(emu) == []
+    (told,) = emu.world.sent("SendTaskSuccess")
+    assert told.params["taskToken"] == "token-r"
+
+
 # --- family takeover: a tag or a name that moves another family's latest -----------------------
 
 

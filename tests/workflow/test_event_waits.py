@@ -162,16 +162,16 @@ def test_a_wait_that_timed_out_is_dropped_by_the_sweep_once_older_than_any_wait(
     result = emu.run({"instance_id": instance_id, "regions": []}, name="forever")
     assert result.status == "FAILED" and result.error == "WaitTimeoutError"
     assert instance(emu, instance_id)["State"]["Name"] == "running"
-    (wait,) = [item for item in ledger_items(emu) if item["pk"].startswith("wait#")]
+    (wait,) = [item for item in ledger_items(emu) if item["pk"] == "wait"]
     (kept,) = emu.fire_scheduled_rule("WaitSweepRule")
     assert kept["open"] == 1 and kept["expired"] == [], "younger than MaxWaitSeconds and a margin: kept"
     # The same record, recorded three hours ago (past 3600 s and the hour's margin).
     emu.client("dynamodb").update_item(
         TableName="ami-factory-local-LedgerTable",
-        Key={"pk": {"S": wait["pk"]}, "sk": {"S": "token"}},
+        Key={"pk": {"S": "wait"}, "sk": {"S": wait["sk"]}},
         UpdateExpression="SET since = :then",
         ExpressionAttributeValues={":then": {"S": "2020-01-01T00:00:00Z"}},
     )
     (dropped,) = emu.fire_scheduled_rule("WaitSweepRule")
-    assert dropped["expired"] == [wait["pk"].rsplit("#", 1)[-1]] and dropped["open"] == 0
-    assert [item for item in ledger_items(emu) if item["pk"].startswith("wait#")] == []
+    assert dropped["expired"] == [wait["sk"].rsplit("#", 1)[-1]] and dropped["open"] == 0
+    assert [item for item in ledger_items(emu) if item["pk"] == "wait"] == []

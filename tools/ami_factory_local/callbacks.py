@@ -2,7 +2,7 @@
 
 moto's interpreter waits for SendTaskSuccess/SendTaskFailure on a threading Event for the task's
 TimeoutSeconds in real time. Here the wait is virtual: the waiting task's thread looks up which
-resource its token waits for (the run ledger's ``wait#`` item, as the event handler does), moves its
+resource its token waits for (the run ledger's ``wait`` item, as the event handler does), moves its
 clock to the next event the world has scheduled about that resource, and delivers it through the
 Region's rules, so the deployed handler ends the task as on AWS. When no event will come (it was
 lost), the scheduled rules (the fallback sweep) fire on the same clock, each firing once, whichever

@@ -575,8 +575,8 @@ class Emulator:
         table = dynamodb_backends[ACCOUNT_ID][self.region].get_table(self._deployed[1][("LedgerTable", "Ref")])
         for item in table.all_items():
             found = item.attrs.get("token")
-            if found is not None and found.value == token and item.hash_key.value.startswith("wait#"):
-                return str(item.hash_key.value).rsplit("#", 1)[-1]
+            if found is not None and found.value == token and item.hash_key.value == "wait" and item.range_key:
+                return str(item.range_key.value).rsplit("#", 1)[-1]
         return None
 
     def _next_firing(self) -> tuple[float, Any] | None:
