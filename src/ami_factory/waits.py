@@ -25,11 +25,12 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from .aws import Ec2, StepFunctions
 from .contracts import AmiStateChange, AwsEvent, ImageRef, WaitSettled, WaitSweep, WatchImageInput
 from .errors import ImageFailedError, ImageNotVisibleYetError
-from .ledger import Ledger, Wait
+from .ledger import Ledger, Role, Wait
 from .observability import MetricUnit, logger, metrics
 from .settings import load_settings
 from .steps import require_made
@@ -45,7 +46,7 @@ def watch_image(event: WatchImageInput) -> ImageRef:
     run's ledger holds as its ``role`` (a wait is the run's: no one else's token or copy slot is
     touched). The state machine ignores what this returns; the task ends by its token."""
     image = event.image
-    require_made(event.run_id, image.region, image.image_id, event.role)
+    _require_awaited_image(event.run_id, image, event.role)
     wait = Ledger().await_settling(
         Wait(
             run_id=event.run_id,
@@ -58,6 +59,15 @@ def watch_image(event: WatchImageInput) -> ImageRef:
     )
     state, _ = look(wait, datetime.now(UTC))
     return image.model_copy(update={"state": state or image.state})
+
+
+def _require_awaited_image(run_id: str, image: ImageRef, role: Literal["seed", "image"]) -> None:
+    """The run's ledger holds the image as its seed, or as its image (with encrypt, the capture the
+    Regions copy from is the image the run waits for)."""
+    roles: tuple[Role, ...] = ("image", "capture") if role == "image" else ("seed",)
+    made = {(made.region, made.resource_id, made.role) for made in Ledger().made_by(run_id)}
+    if not any((image.region, image.image_id, each) in made for each in roles):
+        require_made(run_id, image.region, image.image_id, role)  # refused, with its message
 
 
 def settle_waits(raw: dict[str, object]) -> WaitSettled | WaitSweep:

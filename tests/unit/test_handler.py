@@ -11,8 +11,10 @@ def test_correlation_keys_follow_the_steps_inputs() -> None:
         {"command": {"command_id": "c-1", "instance_id": "i-0123456789abcdef0", "region": "us-east-1"}, "max_polls": 3}
     )
     assert correlation_keys(command) == {"instance": "i-0123456789abcdef0", "region": "us-east-1"}
-    image = WatchImageInput.model_validate({"image": {"region": "eu-west-1", "image_id": "ami-1"}, "task_token": "t"})
-    assert correlation_keys(image) == {"image": "ami-1", "region": "eu-west-1"}
+    image = WatchImageInput.model_validate(
+        {"run_id": "run-1", "role": "image", "image": {"region": "eu-west-1", "image_id": "ami-1"}, "task_token": "t"}
+    )
+    assert correlation_keys(image) == {"execution": "run-1", "image": "ami-1", "region": "eu-west-1"}
     copy = CopyImageInput.model_validate(
         {
             "run_id": "run-1",
