@@ -244,35 +244,36 @@ def poll(
     return loop
 
 
-def image_wait(
+def event_wait(
     *,
     wait_state: str,
-    image_path: str,
+    function: str,
+    payload: Mapping[str, object],
+    result_path: str,
     done_next: str,
     on_error: str,
-    role: Literal["seed", "image"],
-    copy_slot: bool = False,
     comment: str,
+    timeout_path: str = "$.max_wait_seconds",
+    timed_out_cause: str,
 ) -> States:
-    """A wait for an image that ends on EC2's ``EC2 AMI State Change`` event: one ``.waitForTaskToken``
-    task, whose Lambda (WatchImage) records the token under the image's id and looks once; SettleWait
-    ends it with the image (available) or ImageFailedError when the event comes, or when the fallback
-    sweep finds the image settled (a lost event). The task's timeout is the wait's bound
-    (MaxWaitSeconds): it fails the wait with WaitTimeoutError. Six history events, however long."""
-    payload = {
-        **paths({"run_id": "$.run_id", "image": image_path, "task_token": "$$.Task.Token"}),
-        "role": role,
-        "copy_slot": copy_slot,
-    }
+    """A wait that ends on AWS's own event about what it waits for: one ``.waitForTaskToken`` task,
+    whose Lambda (``function``: WatchImage, WatchInstance) records the token under the resource's id
+    and looks once; SettleWait ends it with the step's reference, or the step's error, when the event
+    comes, or when the fallback sweep finds it settled (a lost event). The task's timeout is the
+    wait's bound (``timeout_path``): it fails the wait with WaitTimeoutError and ``timed_out_cause``
+    (a States.Format expression). Six history events, however long the wait."""
     timed_out = f"{wait_state}TimedOut"
     return {
         wait_state: {
             "Type": "Task",
             "Comment": comment,
             "Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken",
-            "Parameters": {"FunctionName": function_arn("WatchImage"), "Payload": payload},
-            "TimeoutSecondsPath": "$.max_wait_seconds",
-            "ResultPath": image_path,
+            "Parameters": {
+                "FunctionName": function_arn(function),
+                "Payload": {**payload, **paths({"run_id": "$.run_id", "task_token": "$$.Task.Token"})},
+            },
+            "TimeoutSecondsPath": timeout_path,
+            "ResultPath": result_path,
             "Retry": [TRANSIENT_RETRY, LAMBDA_RETRY],
             "Catch": [
                 {"ErrorEquals": ["States.Timeout"], "ResultPath": "$.error", "Next": timed_out},
@@ -283,16 +284,37 @@ def image_wait(
         timed_out: {
             "Type": "Pass",
             "Comment": "The wait's bound: the error a bounded wait raises, with what to do about it.",
-            "Parameters": {
-                "Error": WaitTimeoutError.__name__,
-                "Cause.$": "States.Format('image {} in {} is still not available after MaxWaitSeconds ({} s); raise "
-                f"MaxWaitSeconds or check the image in the EC2 console', {image_path}.image_id, {image_path}.region, "
-                "$.max_wait_seconds)",
-            },
+            "Parameters": {"Error": WaitTimeoutError.__name__, "Cause.$": timed_out_cause},
             "ResultPath": "$.error",
             "Next": on_error,
         },
     }
+
+
+def image_wait(
+    *,
+    wait_state: str,
+    image_path: str,
+    done_next: str,
+    on_error: str,
+    role: Literal["seed", "image"],
+    copy_slot: bool = False,
+    comment: str,
+) -> States:
+    """A wait for an image that ends on EC2's ``EC2 AMI State Change`` event: available, or
+    ImageFailedError with EC2's reason."""
+    return event_wait(
+        wait_state=wait_state,
+        function="WatchImage",
+        payload={**paths({"image": image_path}), "role": role, "copy_slot": copy_slot},
+        result_path=image_path,
+        done_next=done_next,
+        on_error=on_error,
+        comment=comment,
+        timed_out_cause="States.Format('image {} in {} is still not available after MaxWaitSeconds ({} s); raise "
+        f"MaxWaitSeconds or check the image in the EC2 console', {image_path}.image_id, {image_path}.region, "
+        "$.max_wait_seconds)",
+    )
 
 
 def region_states() -> States:
@@ -532,17 +554,16 @@ def definition() -> State:
             on_error="HandleFailure",
             next_state="WaitForCleanup",
         ),
-        **poll(
+        **event_wait(
             wait_state="WaitForCleanup",
-            check_state="CheckCleanup",
-            choice_state="IsCleanupDone",
-            function="CheckCommand",
-            comment="Bounded: raises CommandFailedError when the command fails, WaitTimeoutError after max_polls.",
-            payload={"command": "$.command", "max_polls": "$.max_polls"},
-            result=CommandRef,
+            function="WatchInstance",
+            comment="Until Systems Manager's event says the command ended: CommandFailedError unless it succeeded.",
+            payload=paths({"command": "$.command"}),
             result_path="$.command",
-            done=when("$.command.status", "StringEquals", "Success", "PrepareInstance"),
+            done_next="PrepareInstance",
             on_error="HandleFailure",
+            timed_out_cause="States.Format('command {} on instance {} has not ended after MaxWaitSeconds ({} s); see "
+            "it in SSM Run Command history', $.command.command_id, $.command.instance_id, $.max_wait_seconds)",
         ),
         "PrepareInstance": task(
             "PrepareInstance",
@@ -615,31 +636,36 @@ def definition() -> State:
             on_error="HandleFailure",
             next_state="WaitForGeneralize",
         ),
-        **poll(
+        **event_wait(
             wait_state="WaitForGeneralize",
-            check_state="CheckGeneralize",
-            choice_state="IsGeneralized",
-            function="CheckGeneralize",
-            comment="Bounded: done when the instance has stopped; CommandFailedError if the command failed, even if "
-            "it then stopped.",
-            payload={"command": "$.generalize", "max_polls": "$.generalize_max_polls"},
-            result=GeneralizeRef,
+            function="WatchInstance",
+            comment="Until EC2's event says the instance shut itself down (or Systems Manager's that the command "
+            "failed: CommandFailedError, even if it then stopped).",
+            payload=paths({"generalize": "$.generalize"}),
             result_path="$.generalize",
-            done=when("$.generalize.instance_state", "StringEquals", "stopped", "CreateImage"),
+            done_next="CreateImage",
             on_error="HandleFailure",
+            timeout_path="$.generalize_max_wait_seconds",
+            timed_out_cause="States.Format('instance {} (generalizing) has not shut down after "
+            "GeneralizeMaxWaitSeconds ({} s): read the command output in SSM Run Command history (sysprep/sanitize "
+            "did not shut it down), or raise GeneralizeMaxWaitSeconds', $.generalize.instance_id, "
+            "$.generalize_max_wait_seconds)",
         ),
-        **poll(
+        "IsInstanceStopped": choice(
+            [when("$.instance.state", "StringEquals", "stopped", "CreateImage")],
+            default="WaitForInstanceStop",
+            comment="The instance may be stopped already.",
+        ),
+        **event_wait(
             wait_state="WaitForInstanceStop",
-            check_state="CheckInstance",
-            choice_state="IsInstanceStopped",
-            function="CheckInstance",
-            comment="Bounded: raises WaitTimeoutError after max_polls.",
-            payload={"instance": "$.instance", "max_polls": "$.max_polls"},
-            result=InstanceRef,
+            function="WatchInstance",
+            comment="Until EC2's event says the instance stopped (UnsupportedInstanceError if it went away).",
+            payload=paths({"instance": "$.instance"}),
             result_path="$.instance",
-            done=when("$.instance.state", "StringEquals", "stopped", "CreateImage"),
+            done_next="CreateImage",
             on_error="HandleFailure",
-            enter_at_choice=True,  # the instance may be stopped already
+            timed_out_cause="States.Format('instance {} is still stopping after MaxWaitSeconds ({} s); find out why it "
+            "does not stop', $.instance.instance_id, $.max_wait_seconds)",
         ),
         "CreateImage": task(
             "CreateImage",

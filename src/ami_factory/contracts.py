@@ -81,9 +81,9 @@ class Plan(Contract):
     parameter_name: str
     tags: dict[str, str]
     poll_seconds: int
-    max_polls: int
     generalize_max_polls: int
-    max_wait_seconds: int  # the bound on an image or copy wait (they end on EC2's events)
+    max_wait_seconds: int  # the bound on a wait that ends on AWS's events: an image, a copy, a stop, a command
+    generalize_max_wait_seconds: int  # the bound on sysprep/sanitize shutting the instance down
     windows: WindowsOptions
     clone_overrides: CloneOptions
     protection: ProtectionOptions
@@ -113,10 +113,6 @@ class InstanceRef(Polled):
     stopped_by_us: bool = False
 
 
-class CheckInstanceInput(CheckInput):
-    instance: InstanceRef
-
-
 class CommandRef(Polled):
     """An SSM Run Command invocation on one instance, and how far it got."""
 
@@ -124,10 +120,6 @@ class CommandRef(Polled):
     instance_id: str
     region: str
     status: str = "Pending"
-
-
-class CheckCommandInput(CheckInput):
-    command: CommandRef
 
 
 class LaunchedInstance(Polled):
@@ -148,10 +140,6 @@ class GeneralizeRef(CommandRef):
     """The sysprep/sanitize command, and the state of the instance it shuts down."""
 
     instance_state: str = "running"
-
-
-class CheckGeneralizeInput(CheckInput):
-    command: GeneralizeRef
 
 
 class GeneralizeInput(Plan):
@@ -184,6 +172,32 @@ class WatchImageInput(Contract):
     image: ImageRef
     task_token: str
     copy_slot: bool = False
+
+
+class WatchInstanceInput(Contract):
+    """The Lambda of a ``.waitForTaskToken`` wait on the run's instance (or its clone): exactly one of
+    mode stop's ``instance`` (until it has stopped), the clean-up ``command`` (until it has ended) and
+    ``generalize`` (until the instance has shut itself down, or the command failed)."""
+
+    run_id: str
+    task_token: str
+    instance: InstanceRef | None = None
+    command: CommandRef | None = None
+    generalize: GeneralizeRef | None = None
+
+
+class InstanceStateChange(Contract):
+    """The ``detail`` of EC2's ``EC2 Instance State-change Notification`` event."""
+
+    instance_id: str = Field(alias="instance-id")
+    state: str
+
+
+class CommandStatusChange(Contract):
+    """The ``detail`` of Systems Manager's ``EC2 Command Status-change Notification`` event."""
+
+    command_id: str = Field(alias="command-id")
+    status: str
 
 
 class AmiStateChange(Contract):

@@ -9,8 +9,6 @@ from .aws import Ec2, Ssm, error_text
 from .commands import GENERALIZE_COMMENT, cleanup_command, generalize_command
 from .contracts import (
     CheckCloneInput,
-    CheckCommandInput,
-    CheckGeneralizeInput,
     CommandRef,
     GeneralizeInput,
     GeneralizeRef,
@@ -41,23 +39,17 @@ def run_cleanup(plan: Plan) -> CommandRef:
     return CommandRef(command_id=command_id, instance_id=plan.instance_id, region=plan.source_region)
 
 
-def check_command(event: CheckCommandInput) -> CommandRef:
-    command = event.command.model_copy()
-    command.status = Ssm(command.region).command_status(command.command_id, command.instance_id)
-    counted(command, event.poll_seconds)
+def look_at_command(command: CommandRef) -> CommandRef:
+    """The clean-up command's wait, one look: its status as SSM reports it (``Success`` ends the wait;
+    a failed command fails it, and nothing is imaged)."""
+    command = command.model_copy(
+        update={"status": Ssm(command.region).command_status(command.command_id, command.instance_id)}
+    )
     if command.status in FAILED_COMMAND_STATES:
         raise CommandFailedError(
             f"command {command.command_id} on instance {command.instance_id} ended {command.status}; its output is "
             f"in SSM Run Command history. Nothing was imaged"
         )
-    give_up_after(
-        event.max_polls,
-        command.polls,
-        command.status,
-        "Success",
-        f"command {command.command_id} on instance {command.instance_id}",
-        "check the command in SSM",
-    )
     return command
 
 
@@ -151,13 +143,16 @@ def generalize(event: GeneralizeInput) -> GeneralizeRef:
     return GeneralizeRef(command_id=command_id, instance_id=target, region=event.source_region)
 
 
-def check_generalize(event: CheckGeneralizeInput) -> GeneralizeRef:
-    """Done when the instance has shut itself down, and the command did not fail on the way: the
-    command's own status may never say Success, because the shutdown stops the agent reporting it."""
-    command = event.command.model_copy()
-    command.instance_state = Ec2(command.region).instance_state(command.instance_id)
-    command.status = Ssm(command.region).command_status(command.command_id, command.instance_id)
-    counted(command, event.poll_seconds)
+def look_at_generalize(command: GeneralizeRef) -> GeneralizeRef:
+    """Generalizing's wait, one look: done when the instance has shut itself down, and the command did
+    not fail on the way. The command's own status may never say Success, because the shutdown stops
+    the agent reporting it."""
+    command = command.model_copy(
+        update={
+            "instance_state": Ec2(command.region).instance_state(command.instance_id),
+            "status": Ssm(command.region).command_status(command.command_id, command.instance_id),
+        }
+    )
     stopped = command.instance_state == "stopped"
     if command.status in SCRIPT_FAILED_STATES or (command.status in FAILED_COMMAND_STATES and not stopped):
         raise CommandFailedError(
@@ -167,13 +162,4 @@ def check_generalize(event: CheckGeneralizeInput) -> GeneralizeRef:
         )
     if command.instance_state in ("shutting-down", "terminated"):
         raise UnsupportedInstanceError(f"instance {command.instance_id} is {command.instance_state} while generalizing")
-    give_up_after(
-        event.max_polls,
-        command.polls,
-        command.instance_state,
-        "stopped",
-        f"instance {command.instance_id} (generalizing)",
-        "read the command's output in SSM Run Command history: sysprep/sanitize did not shut it down",
-        limit="GeneralizeMaxWaitSeconds",
-    )
     return command

@@ -21,7 +21,7 @@ def correlation_keys(model: BaseModel) -> dict[str, str]:
     for field, key in (("run_id", "execution"), ("instance_id", "instance"), ("source_region", "region")):
         if isinstance(value := getattr(model, field, None), str):
             keys[key] = value
-    for ref in ("image", "seed", "instance", "source_image", "command", "clone"):
+    for ref in ("image", "seed", "instance", "source_image", "command", "generalize", "clone"):
         if (nested := getattr(model, ref, None)) is not None:
             if hasattr(nested, "image_id"):
                 keys["image"] = nested.image_id

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 Kind = Literal["instance", "image"]
 Role = Literal["seed", "clone", "capture", "image", "launch-check"]
+WaitKind = Literal["image", "stop", "command", "generalize"]
 CONDITION_FAILED = "ConditionalCheckFailedException"
 WAIT_PARTITION = "wait"  # every open wait, in one partition: the fallback sweep reads them with one Query
 
@@ -123,14 +124,18 @@ class ParameterWrite:
 @dataclass(frozen=True)
 class Wait:
     """A step of ``run_id`` waiting for a resource to settle: AWS's event about the resource ends it
-    with ``token``. ``ref`` is the step's reference (JSON) that the event completes; ``copy_slot``: a
-    copy's wait, whose run gives its copy slot back when the copy settles."""
+    with ``token``. ``kind`` says what settled means (see ``waits``); ``ref`` is the step's reference
+    (JSON) that the event completes; ``also``: a second resource whose events end the same wait (the
+    generalize command, besides the instance it shuts down); ``copy_slot``: a copy's wait, whose run
+    gives its copy slot back when the copy settles."""
 
     run_id: str
     region: str
     resource_id: str
     token: str
     ref: str
+    kind: WaitKind = "image"
+    also: str = ""
     copy_slot: bool = False
     since: str = ""  # when the first round of the wait began (ISO 8601, UTC)
 
@@ -478,17 +483,24 @@ class Ledger:
         """Record (or replace: a new round of the wait has a new token) the run's step waiting for a
         resource; the first round's start is kept. A wait another run recorded is never replaced
         (NotMadeByRunError). Returns the wait as recorded."""
+        recorded = [self._await(wait, resource_id) for resource_id in (wait.resource_id, wait.also) if resource_id]
+        return recorded[0]
+
+    def _await(self, wait: Wait, resource_id: str) -> Wait:
         values: Item = {
             "run_id": wait.run_id,
             "token": wait.token,
             "ref": wait.ref,
+            "kind": wait.kind,
+            "main": wait.resource_id,
+            "also": wait.also,
             "copy_slot": "true" if wait.copy_slot else "false",
         }
         try:
             with translated_errors("UpdateItem"):
                 answer = self._db.update_item(
                     TableName=self._table,
-                    Key=_encode(_wait_key(wait.region, wait.resource_id)),
+                    Key=_encode(_wait_key(wait.region, resource_id)),
                     UpdateExpression="SET "
                     + ", ".join(f"#{name} = :{name}" for name in values)
                     + ", #since = if_not_exists(#since, :now)",
@@ -503,7 +515,7 @@ class Ledger:
             if error_code(error) != CONDITION_FAILED:
                 raise
             raise NotMadeByRunError(
-                f"{wait.resource_id} in {wait.region} is awaited by another run: run {wait.run_id} may not wait for it"
+                f"{resource_id} in {wait.region} is awaited by another run: run {wait.run_id} may not wait for it"
             ) from None
         return replace(wait, since=_decode(answer["Attributes"])["since"])
 
@@ -514,16 +526,21 @@ class Ledger:
         return _wait(item) if item is not None else None
 
     def open_waits(self) -> list[Wait]:
-        """Every wait some step is in (the fallback sweep's list)."""
-        return [_wait(item) for item in self._query(WAIT_PARTITION)]
+        """Every wait some step is in (the fallback sweep's list), each once."""
+        return [_wait(item) for item in self._query(WAIT_PARTITION) if item["sk"].endswith("#" + item["main"])]
 
     def end_wait(self, wait: Wait) -> bool:
-        """Forget the wait, if it is still the one read (a new round has a new token); whether it was."""
+        """Forget the wait (under each resource it was recorded for), if it is still the one read (a
+        new round has a new token); whether it was."""
+        ended = [self._end(wait, resource_id) for resource_id in (wait.resource_id, wait.also) if resource_id]
+        return ended[0]
+
+    def _end(self, wait: Wait, resource_id: str) -> bool:
         try:
             with translated_errors("DeleteItem"):
                 self._db.delete_item(
                     TableName=self._table,
-                    Key=_encode(_wait_key(wait.region, wait.resource_id)),
+                    Key=_encode(_wait_key(wait.region, resource_id)),
                     ConditionExpression="#token = :token",
                     ExpressionAttributeNames={"#token": "token"},
                     ExpressionAttributeValues=_encode({":token": wait.token}),
@@ -690,13 +707,16 @@ def _wait_key(region: str, resource_id: str) -> Item:
 
 
 def _wait(item: Item) -> Wait:
-    region, resource_id = item["sk"].split("#")
+    """The wait an item records (found under either of its resources, it is the same wait)."""
+    region = item["sk"].split("#")[0]
     return Wait(
         run_id=item["run_id"],
         region=region,
-        resource_id=resource_id,
+        resource_id=item["main"],
         token=item["token"],
         ref=item["ref"],
+        kind=cast("WaitKind", item["kind"]),
+        also=item.get("also", ""),
         copy_slot=item.get("copy_slot") == "true",
         since=item["since"],
     )

@@ -142,9 +142,9 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         protection=request.protection,
         copy_completion_minutes=request.copy_completion_minutes,
         poll_seconds=settings.poll_seconds,
-        max_polls=settings.max_polls,
         generalize_max_polls=settings.generalize_max_polls,
         max_wait_seconds=settings.max_wait_seconds,
+        generalize_max_wait_seconds=settings.generalize_max_wait_seconds,
         windows=request.windows,
         clone_overrides=request.clone,
     )

@@ -93,10 +93,6 @@ class Settings:
     copy_slots_per_region: int = 40  # copies all runs may have in flight into one Region (EC2 allows 50)
 
     @property
-    def max_polls(self) -> int:
-        return self.polls_within(self.max_wait_seconds)
-
-    @property
     def launch_check_max_polls(self) -> int:
         return self.polls_within(self.launch_check_max_wait_seconds)
 

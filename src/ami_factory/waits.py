@@ -1,44 +1,81 @@
 """Waits that end on AWS's own events instead of polling.
 
-A step that waits for an image (the seed, the image, each copy) is a ``.waitForTaskToken`` task. Its
-Lambda (``watch_image``) records the task token in the ledger under the image's id (only for an
-image the run's own ledger holds, and never over another run's wait) and only then looks at the
-image once, so an event that comes after the look finds the token; an image that has settled
-already ends the task at once. Otherwise EC2's ``EC2 AMI State Change`` event (forwarded to the home
-Region from the image's own) reaches ``settle_wait``, which finds the wait by the image's id, asks
-EC2 about the image (the event is a reason to look, not the answer: it could be forged by whoever
-may invoke the function) and ends the task with the state EC2 gives.
+A step that waits for something to settle is a ``.waitForTaskToken`` task: an image (the seed, the
+image, each copy: ``EC2 AMI State Change``), the instance stopping in mode stop (``EC2 Instance
+State-change Notification``), the clean-up command (``EC2 Command Status-change Notification``) and
+generalizing (the instance shutting itself down, or the command failing: either event). Its Lambda
+(``watch_image``, ``watch_instance``) records the task token in the ledger under the resource's id
+(only for what the run's own ledger holds, and never over another run's wait) and only then looks
+once, so an event that comes after the look finds the token; what has settled already ends the task
+at once. Otherwise the event (forwarded to the home Region from a copy's own) reaches
+``settle_wait``, which finds the wait by the resource's id, looks (the event is a reason to look,
+not the answer: it could be forged by whoever may invoke the function) and ends the task with what
+AWS says: the step's reference, or the step's error (ImageFailedError, CommandFailedError, ...).
 
 What can go wrong is harmless by construction: a duplicate or late event finds no wait, or a task
-that is over (Step Functions answers TaskTimedOut); an event about an image no run waits for finds
+that is over (Step Functions answers TaskTimedOut); an event about anything no run waits for finds
 no wait. Events are best effort, so a lost one is covered by the fallback sweep: every
-EventFallbackMinutes a schedule runs ``sweep_waits``, which looks at every image some run still waits
-for (one DescribeImages per Region) and settles those that settled. The sweep is one per deployment,
-not one per wait: a run's cost does not grow with how long EC2 takes. The task's own timeout is the
-bound on the wait (MaxWaitSeconds). An event cannot end a wait for anything but the image it names,
-and the rule passes only events from ``aws.ec2`` in the stack's account.
+EventFallbackMinutes a schedule runs ``sweep_waits``, which looks at everything some run still waits
+for (one DescribeImages per Region for the images) and settles what settled. The sweep is one per
+deployment, not one per wait: a run's cost does not grow with how long AWS takes. The task's own
+timeout is the bound on the wait (MaxWaitSeconds, GeneralizeMaxWaitSeconds). The rules pass only
+``aws.ec2`` and ``aws.ssm`` events of the stack's account.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel
 
 from .aws import Ec2, StepFunctions
-from .contracts import AmiStateChange, AwsEvent, ImageRef, WaitSettled, WaitSweep, WatchImageInput
-from .errors import ImageFailedError, ImageNotVisibleYetError
-from .ledger import Ledger, Role, Wait
+from .contracts import (
+    AmiStateChange,
+    AwsEvent,
+    CommandRef,
+    CommandStatusChange,
+    GeneralizeRef,
+    ImageRef,
+    InstanceRef,
+    InstanceStateChange,
+    WaitSettled,
+    WaitSweep,
+    WatchImageInput,
+    WatchInstanceInput,
+)
+from .errors import AmiFactoryError, ImageFailedError, ImageNotVisibleYetError, InvalidRequestError
+from .generalize import look_at_command, look_at_generalize
+from .ledger import Ledger, Role, Wait, WaitKind
 from .observability import MetricUnit, logger, metrics
 from .settings import load_settings
 from .steps import require_made
+from .workflow import look_at_stop
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2.type_defs import ImageTypeDef
 
 AVAILABLE = "available"
 # The states in which an image will never become available: its wait ends with ImageFailedError.
 FAILED_IMAGE_STATES = frozenset({"failed", "invalid", "error", "deregistered", "disabled"})
 EXPIRY_MARGIN_SECONDS = 3600
+AMI_STATE_CHANGE = "EC2 AMI State Change"
+INSTANCE_STATE_CHANGE = "EC2 Instance State-change Notification"
+COMMAND_STATUS_CHANGE = "EC2 Command Status-change Notification"
+
+
+@dataclass(frozen=True)
+class Look:
+    """What one look at a waited-for resource found: its state as AWS gave it (None: not visible
+    yet), and, once the wait is over, the task's output (the step's reference) or its error."""
+
+    state: str | None
+    output: BaseModel | None = None
+    error: AmiFactoryError | None = None
 
 
 def watch_image(event: WatchImageInput) -> ImageRef:
@@ -57,8 +94,43 @@ def watch_image(event: WatchImageInput) -> ImageRef:
             copy_slot=event.copy_slot,
         )
     )
-    state, _ = look(wait, datetime.now(UTC))
+    state, _ = look_and_settle(wait, datetime.now(UTC))
     return image.model_copy(update={"state": state or image.state})
+
+
+def watch_instance(event: WatchInstanceInput) -> BaseModel:
+    """The first thing a wait on the run's instance (or its clone) does: record the token under the
+    instance (mode stop), the command (clean-up) or both (generalize), then look once. Only for an
+    instance the run holds (its lock) or made (its clone)."""
+    kind, ref, instance_id, (resource_id, also) = _watched_on_instance(event)
+    _require_runs_instance(event.run_id, ref.region, instance_id)
+    wait = Ledger().await_settling(
+        Wait(
+            run_id=event.run_id,
+            region=ref.region,
+            resource_id=resource_id,
+            token=event.task_token,
+            ref=ref.model_dump_json(),
+            kind=kind,
+            also=also,
+        )
+    )
+    look_and_settle(wait, datetime.now(UTC))
+    return ref
+
+
+def _watched_on_instance(
+    event: WatchInstanceInput,
+) -> tuple[WaitKind, InstanceRef | CommandRef, str, tuple[str, str]]:
+    """(kind, reference, the instance concerned, the resources whose events end the wait)."""
+    if event.instance is not None:
+        return "stop", event.instance, event.instance.instance_id, (event.instance.instance_id, "")
+    if event.generalize is not None:
+        command = event.generalize
+        return "generalize", command, command.instance_id, (command.instance_id, command.command_id)
+    if event.command is not None:
+        return "command", event.command, event.command.instance_id, (event.command.command_id, "")
+    raise InvalidRequestError("WatchInstance needs one of instance, command or generalize: nothing to wait for")
 
 
 def _require_awaited_image(run_id: str, image: ImageRef, role: Literal["seed", "image"]) -> None:
@@ -70,46 +142,60 @@ def _require_awaited_image(run_id: str, image: ImageRef, role: Literal["seed", "
         require_made(run_id, image.region, image.image_id, role)  # refused, with its message
 
 
+def _require_runs_instance(run_id: str, region: str, instance_id: str) -> None:
+    """The run holds the instance (the lock every run takes on its own) or made it (its clone)."""
+    holder = Ledger().lock_holder(region, instance_id)
+    if holder is None or holder.run_id != run_id:
+        require_made(run_id, region, instance_id, "clone")  # refused, with its message, unless it is
+
+
 def settle_waits(raw: dict[str, object]) -> WaitSettled | WaitSweep:
-    """SettleWait's two callers: EC2's event about an image, and the fallback sweep's schedule."""
+    """SettleWait's two callers: AWS's events about what runs wait for, and the fallback sweep's schedule."""
     if raw.get("sweep") is True:
         return sweep_waits()
     return settle_wait(raw)
 
 
 def sweep_waits() -> WaitSweep:
-    """The fallback for lost events: every open wait's image, looked at (one DescribeImages per Region
-    for all of them); those that settled are settled as their event would have. A wait older than its
-    bound (MaxWaitSeconds, and an hour's margin) is over whatever happened: its task timed out and its
-    image was removed, so its record is dropped rather than looked at forever. One wait (or Region)
-    that cannot be looked at or settled holds up no other: it is logged and reported as failed."""
+    """The fallback for lost events: every open wait looked at (the images with one DescribeImages per
+    Region for all of them); those that settled are settled as their event would have. A wait older
+    than its bound (MaxWaitSeconds, and an hour's margin) is over whatever happened: its task timed
+    out, so its record is dropped rather than looked at forever. One wait (or Region) that cannot be
+    looked at or settled holds up no other: it is logged and reported as failed."""
     ledger = Ledger()
     now = datetime.now(UTC)
-    expired_before = now - timedelta(seconds=load_settings().max_wait_seconds + EXPIRY_MARGIN_SECONDS)
-    by_region: dict[str, list[Wait]] = {}
+    settings = load_settings()
+    longest = max(settings.max_wait_seconds, settings.generalize_max_wait_seconds)
+    expired_before = now - timedelta(seconds=longest + EXPIRY_MARGIN_SECONDS)
+    images: dict[str, list[Wait]] = {}
+    others: list[Wait] = []
     expired: list[str] = []
     for wait in ledger.open_waits():
         if datetime.fromisoformat(wait.since) < expired_before:
             ledger.end_wait(wait)
             expired.append(wait.resource_id)
+        elif wait.kind == "image":
+            images.setdefault(wait.region, []).append(wait)
         else:
-            by_region.setdefault(wait.region, []).append(wait)
+            others.append(wait)
     settled: list[str] = []
     failed: list[str] = []
-    for region, waits in sorted(by_region.items()):
+    for region, waits in sorted(images.items()):
         with _each_failure_logged(failed, [wait.resource_id for wait in waits]):
             found = Ec2(region).own_images([wait.resource_id for wait in waits])
             for wait in waits:
                 # An image not listed is not taken as gone: a new one may not be visible yet, and a
                 # deregistration has its own event (and the wait its bound).
-                if (image := found.get(wait.resource_id)) is None:
-                    continue
-                with _each_failure_logged(failed, [wait.resource_id]):
-                    if settle(wait, image["State"], image.get("StateReason", {}).get("Message", ""), now):
-                        settled.append(wait.resource_id)
-    return WaitSweep(
-        open=sum(len(waits) for waits in by_region.values()), settled=settled, expired=expired, failed=failed
-    )
+                if wait.resource_id in found:
+                    with _each_failure_logged(failed, [wait.resource_id]):
+                        if settle(wait, _image_look(wait, found[wait.resource_id]), now):
+                            settled.append(wait.resource_id)
+    for wait in others:
+        with _each_failure_logged(failed, [wait.resource_id]):
+            if look_and_settle(wait, now)[1]:
+                settled.append(wait.resource_id)
+    opened = sum(len(waits) for waits in images.values()) + len(others)
+    return WaitSweep(open=opened, settled=settled, expired=expired, failed=failed)
 
 
 @contextmanager
@@ -125,52 +211,108 @@ def _each_failure_logged(failed: list[str], resource_ids: list[str]) -> Iterator
 
 
 def settle_wait(raw: dict[str, object]) -> WaitSettled:
-    """The handler of EC2's ``EC2 AMI State Change``: if a run waits for the image, look at it and end
-    the wait if EC2 says it settled. The event is a reason to look, never the answer: whoever can
-    invoke this function could write any event, but not what EC2 answers."""
+    """The handler of AWS's events about what runs wait for: if a run waits for the resource the event
+    names, look at it and end the wait if it settled. Whoever can invoke this function could write
+    any event, but not what AWS answers."""
     event = AwsEvent.model_validate(raw)
-    change = AmiStateChange.model_validate(event.detail)
-    logger.append_keys(image=change.ImageId, region=event.region)
-    wait = Ledger().waiting_on(event.region, change.ImageId)
+    resource_id, claimed = _named_in(event)
+    logger.append_keys(resource=resource_id, region=event.region)
+    wait = Ledger().waiting_on(event.region, resource_id)
     if wait is None:
-        logger.info("no run waits for this image", extra={"state": change.State})
-        return WaitSettled(region=event.region, resource_id=change.ImageId, state=change.State, ended=False)
+        logger.info("no run waits for this resource", extra={"state": claimed})
+        return WaitSettled(region=event.region, resource_id=resource_id, state=claimed, ended=False)
     at = datetime.fromisoformat(event.time) if event.time else datetime.now(UTC)
-    state, ended = look(wait, at)
-    return WaitSettled(region=event.region, resource_id=change.ImageId, state=state or change.State, ended=ended)
+    state, ended = look_and_settle(wait, at)
+    return WaitSettled(region=event.region, resource_id=resource_id, state=state or claimed, ended=ended)
 
 
-def look(wait: Wait, at: datetime) -> tuple[str | None, bool]:
-    """Ask EC2 about the wait's image and settle the wait if it has settled: the state EC2 gave (None:
-    not visible yet, right after CreateImage or CopyImage: its event, or the sweep, will come), and
-    whether this ended the task."""
+def _named_in(event: AwsEvent) -> tuple[str, str]:
+    """The resource an event is about, and the state it claims."""
+    if event.detail_type == INSTANCE_STATE_CHANGE:
+        instance = InstanceStateChange.model_validate(event.detail)
+        return instance.instance_id, instance.state
+    if event.detail_type == COMMAND_STATUS_CHANGE:
+        command = CommandStatusChange.model_validate(event.detail)
+        return command.command_id, command.status
+    change = AmiStateChange.model_validate(event.detail)
+    return change.ImageId, change.State
+
+
+def look_and_settle(wait: Wait, at: datetime) -> tuple[str | None, bool]:
+    """Look at what the wait is for and settle it if it has settled: the state AWS gave (None: an
+    image not visible yet, right after CreateImage or CopyImage: its event, or the sweep, will come),
+    and whether this ended the task."""
+    found = LOOKS[wait.kind](wait)
+    return found.state, settle(wait, found, at)
+
+
+def _look_at_image(wait: Wait) -> Look:
     try:
         described = Ec2(wait.region).describe_image(wait.resource_id)
     except ImageNotVisibleYetError:
-        return None, False
-    reason = described.get("StateReason", {}).get("Message", "")
-    return described["State"], settle(wait, described["State"], reason, at)
+        return Look(state=None)
+    return _image_look(wait, described)
 
 
-def settle(wait: Wait, state: str, reason: str, at: datetime) -> bool:
-    """End the wait if the image has settled: its copy slot back first (a settled copy holds none),
-    then the task (with the image, or with ImageFailedError), then the ledger's record of the wait.
-    Whether this ended the task (False: not settled yet, or the task was over already)."""
-    if state != AVAILABLE and state not in FAILED_IMAGE_STATES:
+def _image_look(wait: Wait, described: ImageTypeDef) -> Look:
+    image = ImageRef.model_validate_json(wait.ref).model_copy(update={"state": described["State"]})
+    if image.state == AVAILABLE:
+        return Look(image.state, output=image)
+    if image.state in FAILED_IMAGE_STATES:
+        reason = described.get("StateReason", {}).get("Message", "") or "no reason given"
+        error = ImageFailedError(f"image {image.image_id} in {image.region} is {image.state}: {reason}")
+        return Look(image.state, error=error)
+    return Look(image.state)
+
+
+def _looking_with(
+    model: type[InstanceRef] | type[CommandRef] | type[GeneralizeRef],
+    look: Callable[..., InstanceRef | CommandRef | GeneralizeRef],
+    state_of: Callable[..., str],
+    done: str,
+) -> Callable[[Wait], Look]:
+    """A look at an instance or a command: the step's own look (which raises the step's error when it
+    failed), done when ``state_of`` its answer is ``done``."""
+
+    def looking(wait: Wait) -> Look:
+        try:
+            found = look(model.model_validate_json(wait.ref))
+        except AmiFactoryError as error:
+            return Look("failed", error=error)
+        state = state_of(found)
+        return Look(state, output=found if state == done else None)
+
+    return looking
+
+
+LOOKS: dict[WaitKind, Callable[[Wait], Look]] = {
+    "image": _look_at_image,
+    "stop": _looking_with(InstanceRef, look_at_stop, lambda instance: instance.state, "stopped"),
+    "command": _looking_with(CommandRef, look_at_command, lambda command: command.status, "Success"),
+    "generalize": _looking_with(GeneralizeRef, look_at_generalize, lambda command: command.instance_state, "stopped"),
+}
+
+
+def settle(wait: Wait, found: Look, at: datetime) -> bool:
+    """End the wait if what it waits for has settled: its copy slot back first (a settled copy holds
+    none), then the task (with the step's reference, or its error), then the ledger's record of the
+    wait. Whether this ended the task (False: not settled yet, or the task was over already)."""
+    output, error = found.output, found.error
+    if output is None and error is None:
         return False
     ledger = Ledger()
     if wait.copy_slot:
         ledger.release_copy_slot(wait.region, wait.run_id)
-    image = ImageRef.model_validate_json(wait.ref).model_copy(update={"state": state})
     steps = StepFunctions(load_settings().region)
-    if state == AVAILABLE:
-        waited = max(0.0, (at - datetime.fromisoformat(wait.since)).total_seconds())
-        metrics.add_metric(name="ImageWaitSeconds", unit=MetricUnit.Seconds, value=waited)
-        ended = steps.end_task(wait.token, output=image.model_dump_json())
-    else:
-        message = f"image {image.image_id} in {image.region} is {state}: {reason or 'no reason given'}"
+    ended = False
+    if error is not None:
         # The Cause a Lambda error has (its error body), so the run's failure reads the same either way.
-        cause = json.dumps({"errorType": ImageFailedError.__name__, "errorMessage": message})
-        ended = steps.end_task(wait.token, error=ImageFailedError.__name__, cause=cause)
+        cause = json.dumps({"errorType": type(error).__name__, "errorMessage": str(error)})
+        ended = steps.end_task(wait.token, error=type(error).__name__, cause=cause)
+    elif output is not None:
+        if wait.kind == "image":
+            waited = max(0.0, (at - datetime.fromisoformat(wait.since)).total_seconds())
+            metrics.add_metric(name="ImageWaitSeconds", unit=MetricUnit.Seconds, value=waited)
+        ended = steps.end_task(wait.token, output=output.model_dump_json())
     ledger.end_wait(wait)
     return ended

@@ -10,7 +10,6 @@ from botocore.exceptions import ClientError
 from .aws import Ec2
 from .closing import FINALIZE, RUNNING_STATES, announced, end_run, put_back, state_of, tag_result
 from .contracts import (
-    CheckInstanceInput,
     CreateImageInput,
     FinalizeInput,
     HandleFailureInput,
@@ -27,7 +26,7 @@ from .observability import MetricUnit, logger, metrics
 from .pricing import CostEstimate, Prices, estimate_images, load_prices
 from .rules import ROLE_TAG
 from .settings import load_settings
-from .steps import counted, create_image_once, give_up_after, remove_made, require_made
+from .steps import create_image_once, remove_made, require_made
 
 
 def prepare_instance(plan: Plan) -> InstanceRef:
@@ -45,7 +44,6 @@ def prepare_instance(plan: Plan) -> InstanceRef:
         region=plan.source_region,
         original_state=original,
         state=state,
-        wait_seconds=plan.poll_seconds,  # the stop's wait loop is entered at its Choice, then waits this long
     )
     # The generalize command shuts the instance down in place; it is started again afterwards.
     if plan.mode in ("stop", "generalize-in-place") and original in RUNNING_STATES:
@@ -57,22 +55,14 @@ def prepare_instance(plan: Plan) -> InstanceRef:
     return instance
 
 
-def check_instance(event: CheckInstanceInput) -> InstanceRef:
-    instance = event.instance.model_copy()
-    instance.state = Ec2(instance.region).instance_state(instance.instance_id)
-    counted(instance, event.poll_seconds)
+def look_at_stop(instance: InstanceRef) -> InstanceRef:
+    """Mode stop's wait, one look: the instance as EC2 describes it (``stopped`` ends the wait). An
+    instance that is going away instead fails it: there is nothing left to image."""
+    instance = instance.model_copy(update={"state": Ec2(instance.region).instance_state(instance.instance_id)})
     if instance.state in ("shutting-down", "terminated"):
         raise UnsupportedInstanceError(
             f"instance {instance.instance_id} is {instance.state}: there is nothing left to image"
         )
-    give_up_after(
-        event.max_polls,
-        instance.polls,
-        instance.state,
-        "stopped",
-        f"instance {instance.instance_id}",
-        "find out why it does not stop",
-    )
     return instance
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -34,7 +35,7 @@ def test_resolve_request_turns_a_sample_request_into_a_plan(plan: dict[str, Any]
     assert plan["regions"][0]["is_source"] is True
     assert plan["parameter_name"] == "/ami-factory/web/latest"
     assert plan["tags"]["ami-factory:managed"] == "true"
-    assert plan["max_polls"] == 58, "two hours: 50 checks a minute apart, then backing off"
+    assert plan["max_wait_seconds"] == 7200, "the sample deployment's bound on a wait that ends on AWS's events"
 
 
 def test_create_image_retried_makes_one_image(emu: Emulator, plan: dict[str, Any]) -> None:
@@ -169,13 +170,41 @@ def test_handle_failure_removes_only_what_the_run_made(emu: Emulator, plan: dict
     assert bystander in remaining and image["image_id"] not in remaining
 
 
-def test_check_instance_stops_waiting_for_a_terminated_instance(emu: Emulator, plan: dict[str, Any]) -> None:
+def watch(emu: Emulator, run_id: str, field: str, ref: dict[str, Any]) -> dict[str, Any]:
+    """WatchInstance's first look at ``ref`` (``instance``, ``command`` or ``generalize``), as what it
+    told Step Functions: {"output": the step's reference} or {"error", "cause"}; {} while not settled."""
+    token = f"token-{len(emu.world.sent('SendTaskSuccess')) + len(emu.world.sent('SendTaskFailure'))}-{field}"
+    invoke(emu, "WatchInstance", {"run_id": run_id, "task_token": token, field: ref})
+    for call in emu.world.sent("SendTaskSuccess"):
+        if call.params["taskToken"] == token:
+            return {"output": json.loads(call.params["output"])}
+    for call in emu.world.sent("SendTaskFailure"):
+        if call.params["taskToken"] == token:
+            return {"error": call.params["error"], "cause": json.loads(call.params["cause"])["errorMessage"]}
+    return {}
+
+
+def managed_plan(emu: Emulator, run_id: str, **request: Any) -> dict[str, Any]:
+    """A plan for a new SSM-managed Linux instance (the run holds its lock)."""
+    source = emu.launch_instance(name="managed")
+    emu.world.ssm_manage(source, "Linux")
+    return invoke(
+        emu,
+        "ResolveRequest",
+        {
+            "request": {"instance_id": source, "regions": [], **request},
+            "run_id": run_id,
+            "state_machine_arn": emu.state_machine_arn,
+        },
+    )
+
+
+def test_a_stop_wait_ends_with_an_error_for_a_terminated_instance(emu: Emulator, plan: dict[str, Any]) -> None:
     prepared = invoke(emu, "PrepareInstance", plan)
     assert prepared["stopped_by_us"] is True and prepared["original_state"] == "running"
     emu.client("ec2").terminate_instances(InstanceIds=[plan["instance_id"]])
-    error = invoke_error(emu, "CheckInstance", {"instance": prepared, "max_polls": 10})
-    assert error["errorType"] == "UnsupportedInstanceError"
-    assert "terminated" in error["errorMessage"]
+    ended = watch(emu, "run-7", "instance", prepared)
+    assert ended["error"] == "UnsupportedInstanceError" and "terminated" in ended["cause"]
 
 
 def test_launch_clone_retried_finds_its_clone_and_scaffolding_removal_touches_only_the_scaffolding(
@@ -215,20 +244,19 @@ def last_poll(emu: Emulator, function: str, field: str, ref: dict[str, Any], max
     return invoke(emu, function, {field: {**ref, "polls": max_polls - 1}, "max_polls": max_polls})
 
 
-def test_every_wait_ends_well_when_ready_on_its_last_allowed_poll(emu: Emulator, plan: dict[str, Any]) -> None:
+def test_every_wait_ends_well_when_what_it_waits_for_is_ready(emu: Emulator, plan: dict[str, Any]) -> None:
     prepared = invoke(emu, "PrepareInstance", plan)  # stop mode: the instance is stopped at once here
-    assert last_poll(emu, "CheckInstance", "instance", prepared)["state"] == "stopped"
+    assert watch(emu, "run-7", "instance", prepared)["output"]["state"] == "stopped"
     image = invoke(emu, "CreateImage", plan)
 
-    source = emu.launch_instance(name="managed")
-    emu.world.ssm_manage(source, "Linux")
     emu.world.status_checks_take(0)
-    managed_plan = {**plan, "instance_id": source, "platform": "linux"}
-    command = invoke(emu, "RunCleanup", managed_plan)
-    assert last_poll(emu, "CheckCommand", "command", command)["status"] == "Success"
+    cleaning = managed_plan(emu, "run-c")
+    command = invoke(emu, "RunCleanup", cleaning)
+    assert watch(emu, "run-c", "command", command)["output"]["status"] == "Success"
     emu.world.generalize_takes(0)
-    generalizing = invoke(emu, "Generalize", {**managed_plan, "mode": "generalize-in-place"})
-    assert last_poll(emu, "CheckGeneralize", "command", generalizing)["instance_state"] == "stopped"
+    in_place = managed_plan(emu, "run-g", mode="generalize-in-place", confirm_generalize_in_place=True)
+    generalizing = invoke(emu, "Generalize", in_place)
+    assert watch(emu, "run-g", "generalize", generalizing)["output"]["instance_state"] == "stopped"
 
     launched = invoke(emu, "StartLaunchCheck", {"run_id": "run-7", "image": image})
     assert last_poll(emu, "CheckLaunch", "launched", launched)["ready"] is True
@@ -245,34 +273,54 @@ def test_the_clone_ready_on_its_last_allowed_poll_is_generalized(emu: Emulator) 
     assert last_poll(emu, "CheckClone", "clone", clone)["ready"] is True
 
 
-def test_a_wait_not_ready_before_its_last_poll_goes_on_and_says_what_to_do_when_it_runs_out(
-    emu: Emulator, plan: dict[str, Any]
-) -> None:
+def test_a_wait_on_the_instance_not_settled_yet_is_left_to_its_event(emu: Emulator, plan: dict[str, Any]) -> None:
     emu.world.instances_take_to_stop(3600)
     prepared = invoke(emu, "PrepareInstance", plan)
-    assert invoke(emu, "CheckInstance", {"instance": {**prepared, "polls": 3}, "max_polls": 5})["polls"] == 4
-    timeout = invoke_error(emu, "CheckInstance", {"instance": {**prepared, "polls": 4}, "max_polls": 5})
-    assert timeout["errorMessage"] == (
-        f"instance {plan['instance_id']} is still stopping after 5 checks; raise MaxWaitSeconds or find out why it "
-        f"does not stop"
-    )
-    source = emu.launch_instance(name="managed")
-    emu.world.ssm_manage(source, "Linux")
+    assert watch(emu, "run-7", "instance", prepared) == {}
     emu.world.commands_take(3600)
-    command = invoke(emu, "RunCleanup", {**plan, "instance_id": source, "platform": "linux"})
-    assert invoke(emu, "CheckCommand", {"command": {**command, "polls": 3}, "max_polls": 5})["polls"] == 4
-    timeout = invoke_error(emu, "CheckCommand", {"command": {**command, "polls": 4}, "max_polls": 5})
-    assert timeout["errorMessage"] == (
-        f"command {command['command_id']} on instance {source} is still InProgress after 5 checks; raise "
-        f"MaxWaitSeconds or check the command in SSM"
-    )
+    cleaning = managed_plan(emu, "run-c")
+    command = invoke(emu, "RunCleanup", cleaning)
+    assert watch(emu, "run-c", "command", command) == {}
+    waits = {item["sk"]: item["run_id"] for item in ledger_items(emu) if item["pk"] == "wait"}
+    assert waits == {f"us-east-1#{plan['instance_id']}": "run-7", f"us-east-1#{command['command_id']}": "run-c"}
+    # Another run cannot wait on (or take over the wait for) an instance it does not hold.
+    error = invoke_error(emu, "WatchInstance", {"run_id": "run-c", "task_token": "t", "instance": prepared})
+    assert error["errorType"] == "NotMadeByRunError"
+
+
+def test_the_instance_and_command_events_end_their_waits(emu: Emulator, plan: dict[str, Any]) -> None:
+    """events/instance-state-change.json and events/command-status-change.json, through the stack's
+    rules: each ends the wait for what it names once EC2 or Systems Manager confirms it."""
+    emu.world.instances_take_to_stop(600)
+    prepared = invoke(emu, "PrepareInstance", plan)
+    assert watch(emu, "run-7", "instance", prepared) == {}
+    stopped = event("instance-state-change.json")
+    stopped["detail"]["instance-id"] = plan["instance_id"]
+    assert emu.deliver_event({**stopped, "detail": {**stopped["detail"], "state": "stopping"}}) == [], "not a rule's"
+    (early,) = emu.deliver_event(stopped)
+    assert early["ended"] is False and early["state"] == "stopping", "EC2 says it is still stopping"
+    emu.clock.advance(600)
+    (settled,) = emu.deliver_event(stopped)
+    assert settled == {"region": "us-east-1", "resource_id": plan["instance_id"], "state": "stopped", "ended": False}
+    (told,) = emu.world.sent("SendTaskSuccess")
+    assert json.loads(told.params["output"])["state"] == "stopped"
+
+    emu.world.commands_take(600)
+    command = invoke(emu, "RunCleanup", managed_plan(emu, "run-c"))
+    assert watch(emu, "run-c", "command", command) == {}
+    ended = event("command-status-change.json")
+    ended["detail"]["command-id"] = command["command_id"]
+    emu.clock.advance(600)
+    (settled,) = emu.deliver_event(ended)
+    assert settled["resource_id"] == command["command_id"] and settled["state"] == "Success"
+    assert [item for item in ledger_items(emu) if item["pk"] == "wait"] == [], "both waits are over"
 
 
 def test_an_instance_shutting_down_is_not_waited_for(emu: Emulator, plan: dict[str, Any]) -> None:
     prepared = invoke(emu, "PrepareInstance", plan)
     emu.world.set_instance_state("us-east-1", plan["instance_id"], "shutting-down")
-    error = invoke_error(emu, "CheckInstance", {"instance": prepared, "max_polls": 10})
-    assert error["errorType"] == "UnsupportedInstanceError" and "shutting-down" in error["errorMessage"]
+    ended = watch(emu, "run-7", "instance", prepared)
+    assert ended["error"] == "UnsupportedInstanceError" and "shutting-down" in ended["cause"]
 
 
 def test_protection_dates_deprecation_ahead_in_utc_whatever_the_local_zone(
@@ -408,69 +456,61 @@ def test_a_clone_ssm_never_reaches_names_the_limit_and_the_fix(emu: Emulator) ->
     assert "raise GeneralizeMaxWaitSeconds or check that its instance profile allows SSM" in error["errorMessage"]
 
 
-def generalizing(emu: Emulator, plan: dict[str, Any]) -> dict[str, Any]:
-    source = emu.launch_instance(name="managed")
-    emu.world.ssm_manage(source, "Linux")
+def generalizing(emu: Emulator) -> dict[str, Any]:
+    """Run run-g generalizes a new managed instance in place: its command."""
     return invoke(
-        emu, "Generalize", {**plan, "instance_id": source, "platform": "linux", "mode": "generalize-in-place"}
+        emu, "Generalize", managed_plan(emu, "run-g", mode="generalize-in-place", confirm_generalize_in_place=True)
     )
 
 
 @pytest.mark.parametrize(("then_stops", "said"), [(True, " and the instance shut down anyway"), (False, "")])
 def test_a_failed_generalize_command_fails_the_wait_whether_or_not_the_instance_stopped(
-    emu: Emulator, plan: dict[str, Any], then_stops: bool, said: str
+    emu: Emulator, then_stops: bool, said: str
 ) -> None:
     emu.world.generalize_fails(0, then_stops=then_stops)
-    command = generalizing(emu, plan)
+    command = generalizing(emu)
     emu.clock.advance(60)
-    error = invoke_error(emu, "CheckGeneralize", {"command": command, "max_polls": 5})
-    assert error["errorType"] == "CommandFailedError"
-    assert f"ended Failed{said}: it did not complete, so nothing is imaged" in error["errorMessage"]
+    ended = watch(emu, "run-g", "generalize", command)
+    assert ended["error"] == "CommandFailedError"
+    assert f"ended Failed{said}: it did not complete, so nothing is imaged" in ended["cause"]
 
 
-def test_a_generalize_command_that_timed_out_fails_the_wait_unless_the_instance_shut_down(
-    emu: Emulator, plan: dict[str, Any]
-) -> None:
+def test_a_generalize_command_that_timed_out_fails_the_wait_unless_the_instance_shut_down(emu: Emulator) -> None:
     """A command that timed out while its instance still runs did not generalize it; one that timed out
     because the instance shut down is what sysprep looks like (the agent stops reporting)."""
     emu.world.generalize_fails(0, then_stops=False, status="TimedOut")
-    command = generalizing(emu, plan)
+    command = generalizing(emu)
     emu.clock.advance(60)
-    error = invoke_error(emu, "CheckGeneralize", {"command": command, "max_polls": 5})
-    assert (error["errorType"], error["errorMessage"].split(":")[0]) == (
+    ended = watch(emu, "run-g", "generalize", command)
+    assert (ended["error"], ended["cause"].split(":")[0]) == (
         "CommandFailedError",
         f"the generalize command {command['command_id']} on instance {command['instance_id']} ended TimedOut",
     )
     emu.world.generalize_fails(0, then_stops=True, status="TimedOut")
-    shut_down = generalizing(emu, plan)
+    shut_down = generalizing(emu)
     emu.clock.advance(60)
-    checked = invoke(emu, "CheckGeneralize", {"command": shut_down, "max_polls": 5})
+    checked = watch(emu, "run-g", "generalize", shut_down)["output"]
     assert (checked["status"], checked["instance_state"]) == ("TimedOut", "stopped")
 
 
 @pytest.mark.parametrize("state", ["shutting-down", "terminated"])
-def test_an_instance_terminating_while_generalizing_fails_the_wait(
-    emu: Emulator, plan: dict[str, Any], state: str
-) -> None:
+def test_an_instance_terminating_while_generalizing_fails_the_wait(emu: Emulator, state: str) -> None:
     emu.world.generalize_never_stops()
-    command = generalizing(emu, plan)
+    command = generalizing(emu)
     emu.world.set_instance_state("us-east-1", command["instance_id"], state)
-    error = invoke_error(emu, "CheckGeneralize", {"command": command, "max_polls": 5})
-    assert (error["errorType"], error["errorMessage"]) == (
+    ended = watch(emu, "run-g", "generalize", command)
+    assert (ended["error"], ended["cause"]) == (
         "UnsupportedInstanceError",
         f"instance {command['instance_id']} is {state} while generalizing",
     )
 
 
-def test_a_generalize_that_never_shuts_the_instance_down_names_the_limit_and_where_to_look(
-    emu: Emulator, plan: dict[str, Any]
-) -> None:
+def test_a_generalize_wait_is_recorded_under_the_instance_and_the_command(emu: Emulator) -> None:
+    """Either event ends it: the instance shutting down, or the command failing before it does."""
     emu.world.generalize_never_stops()
-    command = generalizing(emu, plan)
-    error = invoke_error(emu, "CheckGeneralize", {"command": {**command, "polls": 4}, "max_polls": 5})
-    assert error["errorType"] == "WaitTimeoutError"
-    assert error["errorMessage"] == (
-        f"instance {command['instance_id']} (generalizing) is still running after 5 checks; raise "
-        "GeneralizeMaxWaitSeconds or read the command's output in SSM Run Command history: sysprep/sanitize "
-        "did not shut it down"
-    )
+    command = generalizing(emu)
+    assert watch(emu, "run-g", "generalize", command) == {}
+    waits = sorted(item["sk"] for item in ledger_items(emu) if item["pk"] == "wait")
+    assert waits == sorted([f"us-east-1#{command['instance_id']}", f"us-east-1#{command['command_id']}"])
+    (swept,) = emu.fire_scheduled_rule("WaitSweepRule")
+    assert swept["open"] == 1, "one wait, however many resources it is recorded under"

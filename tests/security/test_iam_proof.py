@@ -119,7 +119,8 @@ def failing(emu: Emulator) -> dict[str, Any]:
 RUNS: list[tuple[str, str, Scenario]] = [
     ("ResolveRequestFunction", "ec2:DescribeInstances", basic),
     ("PrepareInstanceFunction", "ec2:StopInstances", basic),
-    ("CheckInstanceFunction", "ec2:DescribeInstances", slow_stop),
+    # A wait on the instance records its token and looks once (the event, or the look, ends it).
+    ("WatchInstanceFunction", "ec2:DescribeInstances", slow_stop),
     # CreateImage with TagSpecifications is also a CreateTags (ec2:CreateAction = CreateImage).
     ("CreateImageFunction", "ec2:CreateTags", basic),
     # An image wait records its token, looks, and (an image settled already) ends its own task.
@@ -136,12 +137,13 @@ RUNS: list[tuple[str, str, Scenario]] = [
     ("StartLaunchCheckFunction", "ec2:RunInstances", distribution),
     ("CheckLaunchFunction", "ec2:DescribeInstanceStatus", distribution),
     ("RunCleanupFunction", "ssm:SendCommand", cleanup),
-    ("CheckCommandFunction", "ssm:GetCommandInvocation", cleanup),
+    ("WatchInstanceFunction", "ssm:GetCommandInvocation", cleanup),
     ("CreateSeedImageFunction", "ec2:CreateImage", generalize),
     ("LaunchCloneFunction", "iam:PassRole", generalize),
     ("CheckCloneFunction", "ssm:DescribeInstanceInformation", generalize),
     ("GeneralizeFunction", "ssm:SendCommand", generalize),
-    ("CheckGeneralizeFunction", "ssm:GetCommandInvocation", generalize),
+    # Generalizing on a clone: the run made it (its ledger, queried), then one look at both.
+    ("WatchInstanceFunction", "dynamodb:Query", generalize),
 ]
 
 

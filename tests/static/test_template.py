@@ -308,7 +308,8 @@ def test_every_lambda_task_has_timeout_retry_and_catch(asl: dict[str, Any]) -> N
         assert task["Resource"] in ("arn:aws:states:::lambda:invoke", CALLBACK), name
         assert "Payload.$" in task["Parameters"] or "Payload" in task["Parameters"], name
         if task["Resource"] == CALLBACK:  # bounded by the wait's own bound, which fails it with a clear error
-            assert task["TimeoutSecondsPath"] == "$.max_wait_seconds", name
+            bound = "$.generalize_max_wait_seconds" if name == "WaitForGeneralize" else "$.max_wait_seconds"
+            assert task["TimeoutSecondsPath"] == bound, name
             assert task["Catch"][0]["ErrorEquals"] == ["States.Timeout"], name
         else:
             assert 0 < task.get("TimeoutSeconds", 0) <= 900, f"{name} needs TimeoutSeconds"
@@ -363,18 +364,23 @@ def test_result_selectors_name_exactly_the_fields_of_the_step_outputs(asl: dict[
 
 
 def test_waits_are_bounded(asl: dict[str, Any]) -> None:
-    """Every Wait leads to a check whose input carries max_polls: no unbounded loop. The image waits
-    are callbacks that end on EC2's events, bounded by their timeout (the test above)."""
+    """Every Wait leads to a check whose input carries max_polls: no unbounded loop. The other waits
+    are callbacks that end on AWS's events, bounded by their timeout (the test above)."""
     states = _states(asl)
     waits = {name: state for name, state in states.items() if state["Type"] == "Wait"}
-    assert len(waits) == 9, (
-        "five wait loops, each with its first wait and the one it comes back to (the stop has no first)"
-    )
+    assert len(waits) == 4, "two wait loops (the clone online in SSM, the launch check's status checks), each twice"
     for name, wait in waits.items():
         check = states[wait["Next"]]
         assert check["Type"] == "Task" and "max_polls.$" in check["Parameters"]["Payload"], name
     callbacks = sorted(name for name, state in states.items() if state.get("Resource") == CALLBACK)
-    assert callbacks == ["WaitForCopy", "WaitForImage", "WaitForSeed"]
+    assert callbacks == [
+        "WaitForCleanup",
+        "WaitForCopy",
+        "WaitForGeneralize",
+        "WaitForImage",
+        "WaitForInstanceStop",
+        "WaitForSeed",
+    ]
 
 
 def test_iam_never_grants_ec2_wildcard(template: dict[str, Any]) -> None:

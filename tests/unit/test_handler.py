@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from ami_factory.contracts import CheckCloneInput, CheckCommandInput, CopyImageInput, WatchImageInput
+from ami_factory.contracts import CheckCloneInput, CopyImageInput, WatchImageInput, WatchInstanceInput
 from ami_factory.handler import correlation_keys
 
 
 def test_correlation_keys_follow_the_steps_inputs() -> None:
-    command = CheckCommandInput.model_validate(
-        {"command": {"command_id": "c-1", "instance_id": "i-0123456789abcdef0", "region": "us-east-1"}, "max_polls": 3}
+    command = WatchInstanceInput.model_validate(
+        {
+            "run_id": "run-1",
+            "task_token": "t",
+            "command": {"command_id": "c-1", "instance_id": "i-0123456789abcdef0", "region": "us-east-1"},
+        }
     )
-    assert correlation_keys(command) == {"instance": "i-0123456789abcdef0", "region": "us-east-1"}
+    assert correlation_keys(command) == {"execution": "run-1", "instance": "i-0123456789abcdef0", "region": "us-east-1"}
     image = WatchImageInput.model_validate(
         {"run_id": "run-1", "role": "image", "image": {"region": "eu-west-1", "image_id": "ami-1"}, "task_token": "t"}
     )

@@ -142,7 +142,8 @@ def test_settings_are_read_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POLL_SECONDS", "60")
     settings = load_settings()
     assert settings.allowed_accounts == ("111122223333", "444455556666")
-    assert settings.max_polls == 54, "50 checks a minute apart (50 min), then 90, 135, 203 and 304 s"
+    assert settings.polls_within(3601) == 54, "50 checks a minute apart (50 min), then 90, 135, 203 and 304 s"
+    assert settings.max_wait_seconds == 3601
     assert settings.allow_public is False
 
 

@@ -37,12 +37,15 @@ def test_cleanup_runs_on_the_instance_before_it_is_stopped_and_imaged(
     assert "clean-up" in command.params["Comment"]
     sequence = operations(emu)
     assert sequence.index("SendCommand") < sequence.index("StopInstances") < sequence.index("CreateImage")
-    checks = [
+    waits = [
         e
         for e in result.history
-        if e["type"] == "TaskStateEntered" and e["stateEnteredEventDetails"]["name"] == "CheckCleanup"
+        if e["type"] == "TaskStateEntered" and e["stateEnteredEventDetails"]["name"] == "WaitForCleanup"
     ]
-    assert len(checks) == 3, "the command took 150 s: three checks a minute apart"
+    assert len(waits) == 1, "one wait, ended by Systems Manager's event: no polling"
+    settled = [out for name, out in emu.runtime.results if name.endswith("SettleWaitFunction")]
+    (sent,) = emu.client("ssm").list_commands()["Commands"]
+    assert settled[0] == {"region": "us-east-1", "resource_id": sent["CommandId"], "state": "Success", "ended": True}
 
 
 def test_a_failing_cleanup_stops_the_run_before_the_instance_is_touched(emu: Emulator) -> None:

@@ -396,10 +396,10 @@ def test_a_run_that_outgrows_its_history_fails_with_no_catch_and_the_janitor_end
     """The emulator holds executions to the history quota, as Step Functions does (lowered here so a
     short run reaches it): the run fails where no Catch runs, and the janitor ends it."""
     emu.history_quota = 120
-    emu.world.commands_take(3600)  # a clean-up command polled every minute
+    emu.world.clones_take_to_register(3600)  # a clone polled every minute until SSM reaches it
     instance_id = emu.launch_instance(name="web")
     emu.world.ssm_manage(instance_id, "Linux")
-    result = emu.run(sample("request-cleanup.json", instance_id=instance_id), name="too-long")
+    result = emu.run({"instance_id": instance_id, "regions": [], "mode": "generalize"}, name="too-long")
     assert result.status == "FAILED" and result.error == "States.Runtime"
     assert "reached 120 events, the Step Functions quota" in (result.cause or "")
     (janitor,) = janitor_summaries(emu)

@@ -1,6 +1,6 @@
 """No run can reach Step Functions' 25,000-event history, whatever the template's parameters allow:
 an execution that does is stopped where no Catch runs. A run's history is modelled as a fixed part,
-a part per Region, 6 events per image wait (a callback ended by EC2's event: the same however long
+a part per Region, 6 events per wait that ends on AWS's event (a callback: the same however long
 it lasts) and 9 events per check of a polling loop; the model is held to a real run here, and the
 worst case the template's bounds allow is computed from it and from the checks the back-off
 (``ami_factory.polling``) gives each polling wait."""
@@ -23,28 +23,29 @@ EVENTS_PER_CHECK = (
 FIXED_EVENTS = 60  # what every run writes once: resolve, clean-up, prepare, seed, clone, generalize, image, finalize
 FIXED_EVENTS_PER_REGION = 40  # a Region's item: copy, launch check, share, protect, publish, the Map's own
 EVENTS_PER_SLOT_WAIT = 3  # a copy's attempt while its Region has no free slot: scheduled, started, failed
-EVENTS_PER_IMAGE_WAIT = 6  # entered, scheduled, started, submitted, succeeded, exited: however long EC2 takes
+EVENTS_PER_EVENT_WAIT = 6  # entered, scheduled, started, submitted, succeeded, exited: however long AWS takes
 RETRY_MARGIN = 1_000  # what the worst case leaves for retries (3 events each) and what the model misses
 
 
 def history_bound(checks: int, regions: int, slot_waits: int = 0) -> int:
-    image_waits = 2 + regions  # the seed, the image, a copy into each Region (the source's when encrypting)
+    # The seed, the image, a copy into each Region (the source's when encrypting), the clean-up command,
+    # and the stop or generalizing (a run has one of them).
+    event_waits = 2 + regions + 2
     return (
         FIXED_EVENTS
         + FIXED_EVENTS_PER_REGION * regions
-        + EVENTS_PER_IMAGE_WAIT * image_waits
+        + EVENTS_PER_EVENT_WAIT * event_waits
         + EVENTS_PER_CHECK * checks
         + EVENTS_PER_SLOT_WAIT * slot_waits
     )
 
 
-def worst_checks(poll_seconds: int, max_wait: int, generalize_wait: int, launch_check_wait: int, regions: int) -> int:
-    """Every polling wait lasting as long as it may: the clean-up command and the stop (MaxWaitSeconds),
-    the clone and sysprep (GeneralizeMaxWaitSeconds), each launch check. Image waits end on events."""
-    stop = polls_within(max_wait, poll_seconds)
-    generalize = polls_within(generalize_wait, poll_seconds)
+def worst_checks(poll_seconds: int, generalize_wait: int, launch_check_wait: int, regions: int) -> int:
+    """Every polling wait lasting as long as it may: the clone until SSM reaches it
+    (GeneralizeMaxWaitSeconds), each launch check. Every other wait ends on AWS's events."""
+    clone = polls_within(generalize_wait, poll_seconds)
     launch_check = polls_within(launch_check_wait, poll_seconds)
-    return 2 * stop + 2 * generalize + regions * launch_check
+    return clone + regions * launch_check
 
 
 def bounds() -> dict[str, tuple[int, int]]:
@@ -62,7 +63,6 @@ def worst_case() -> tuple[int, int]:
             history_bound(
                 worst_checks(
                     poll,
-                    limits["MaxWaitSeconds"][1],
                     limits["GeneralizeMaxWaitSeconds"][1],
                     limits["LaunchCheckMaxWaitSeconds"][1],
                     MAX_REGIONS,

@@ -70,8 +70,10 @@ def test_instance_that_takes_time_to_stop_is_waited_for(emu: Emulator) -> None:
     result = emu.run({"instance_id": instance_id, "regions": []}, name="stopping")
     assert result.status == "SUCCEEDED", result.cause
     names = [e["stateEnteredEventDetails"]["name"] for e in result.history if e["type"] == "TaskStateEntered"]
-    assert names.count("CheckInstance") == 3
-    assert names.index("CreateImage") > names.index("CheckInstance")
+    assert names.count("WaitForInstanceStop") == 1, "one wait, ended by EC2's event: no polling"
+    assert names.index("CreateImage") > names.index("WaitForInstanceStop")
+    (stopped,) = [out for name, out in emu.runtime.results if name.endswith("SettleWaitFunction")][:1]
+    assert stopped["resource_id"] == instance_id and stopped["state"] == "stopped" and stopped["ended"] is True
     assert instance(emu, instance_id)["State"]["Name"] == "running"
 
 

@@ -103,6 +103,7 @@ def new_events(sfn: SFNClient, execution_arn: str, after_id: int) -> list[Histor
 
 
 WAITS = {
+    "WaitForCleanup": "command",
     "WaitForInstanceStop": "instance",
     "WaitForImage": "image",
     "WaitForCopy": "image",
@@ -111,9 +112,17 @@ WAITS = {
     "WaitForGeneralize": "generalize",
     "WaitForLaunch": "launched",
 }
-# Waits that end on EC2's own event (a callback task), not on a check every poll interval.
-EVENT_WAITS = {"WaitForImage", "WaitForCopy", "WaitForSeed"}
+# Waits that end on AWS's own event (a callback task), not on a check every poll interval: what it waits to hear.
+EVENT_WAITS = {
+    "WaitForImage": "until EC2 says it is available",
+    "WaitForCopy": "until EC2 says it is available",
+    "WaitForSeed": "until EC2 says it is available",
+    "WaitForInstanceStop": "until EC2 says it has stopped",
+    "WaitForGeneralize": "until EC2 says it has shut down",
+    "WaitForCleanup": "until Systems Manager says it has ended",
+}
 UNTIL = {
+    "WaitForCleanup": "(its clean-up command)",
     "WaitForSeed": "(the seed image for the clone)",
     "WaitForClone": "(the clone) to come online in SSM",
     "WaitForGeneralize": "to generalize and shut itself down",
@@ -151,7 +160,7 @@ def describe_event(event: HistoryEventTypeDef) -> str | None:
             what = subject.get("image_id") or subject.get("instance_id")
             until = UNTIL.get(name, f"({subject.get('state')})")
             if name in EVENT_WAITS:
-                return f"{prefix}waiting for {what} {until} until EC2 says it is available"
+                return f"{prefix}waiting for {what} {until} {EVENT_WAITS[name]}"
             return f"{prefix}waiting for {what} {until}, checking every {state_input.get('poll_seconds')} s"
         return None
     if kind != "Task" or name.startswith("Check"):

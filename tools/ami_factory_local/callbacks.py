@@ -39,7 +39,7 @@ from moto.stepfunctions.responses import StepFunctionResponse
 from .clock import VirtualClock
 from .events import EventSchedule, ScheduledEvent
 
-Watched = Callable[[str], str | None]  # task token -> the id of the resource it waits for
+Watched = Callable[[str], list[str]]  # task token -> the ids of the resources it waits for
 Deliver = Callable[[ScheduledEvent], None]
 # The next firing of a scheduled rule (its virtual time, and what fires it once), if any.
 NextFiring = Callable[[], tuple[float, Callable[[], None]] | None]
@@ -56,8 +56,8 @@ def event_driven_waits(
         began = clock.now()
         deadline = began + timeout_seconds
         while endpoint.get_outcome() is None:
-            resource = watched(endpoint.callback_id)
-            scheduled = events.next_for(resource, began, deadline) if resource else None
+            resources = watched(endpoint.callback_id)
+            scheduled = events.next_for(resources, began, deadline) if resources else None
             if scheduled is not None:
                 clock.advance_to(scheduled.at)
                 for _ in range(scheduled.copies if events.take(scheduled) else 0):

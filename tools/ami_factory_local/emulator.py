@@ -569,15 +569,16 @@ class Emulator:
 
     # --- AWS's events about the world -----------------------------------------------------------
 
-    def _waited_for(self, token: str) -> str | None:
-        """The resource a task token waits for, as the run ledger records it (read from moto's table
+    def _waited_for(self, token: str) -> list[str]:
+        """The resources a task token waits for, as the run ledger records them (read from moto's table
         directly: the emulator's look is not one of the product's calls)."""
         table = dynamodb_backends[ACCOUNT_ID][self.region].get_table(self._deployed[1][("LedgerTable", "Ref")])
+        found = []
         for item in table.all_items():
-            found = item.attrs.get("token")
-            if found is not None and found.value == token and item.hash_key.value == "wait" and item.range_key:
-                return str(item.range_key.value).rsplit("#", 1)[-1]
-        return None
+            recorded = item.attrs.get("token")
+            if recorded is not None and recorded.value == token and item.hash_key.value == "wait" and item.range_key:
+                found.append(str(item.range_key.value).rsplit("#", 1)[-1])
+        return found
 
     def _next_firing(self) -> tuple[float, Any] | None:
         """The next time after the calling thread's own that a rate() rule fires on the virtual clock

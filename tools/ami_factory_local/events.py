@@ -1,7 +1,9 @@
 """The events AWS sends about what the world does, on the virtual clock.
 
 EC2 sends ``EC2 AMI State Change`` when an image settles (available, failed) or is deregistered,
-in the image's own Region, a few seconds after the change. The world schedules each event when it
+in the image's own Region, a few seconds after the change; ``EC2 Instance State-change
+Notification`` when an instance stops; Systems Manager ``EC2 Command Status-change Notification``
+when a command ends (not when sysprep's shutdown cuts its agent off: then it never reports). The world schedules each event when it
 makes the change (a new image's settle time is known when it is created); the emulator delivers an
 event when a waiting task's virtual time reaches it (``Emulator`` patches the interpreter's callback
 wait), through the Region's rules, so forwarding rules and the home Region's rules see it as on AWS.
@@ -19,6 +21,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 AMI_STATE_CHANGE = "EC2 AMI State Change"
+INSTANCE_STATE_CHANGE = "EC2 Instance State-change Notification"
+COMMAND_STATUS_CHANGE = "EC2 Command Status-change Notification"
 DELIVERY_SECONDS = 5.0  # EC2's events reach EventBridge seconds after the change
 
 
@@ -59,16 +63,32 @@ class EventSchedule:
 
     def image_state_changed(self, region: str, image_id: str, state: str, at: float, reason: str = "") -> None:
         detail = {"ImageId": image_id, "State": state, "ErrorMessage": reason, "RequestId": str(uuid.uuid4())}
-        self._schedule(region, image_id, AMI_STATE_CHANGE, "aws.ec2", detail, at + DELIVERY_SECONDS)
+        resource = f"arn:aws:ec2:{region}::image/{image_id}"
+        self._schedule(region, image_id, AMI_STATE_CHANGE, "aws.ec2", detail, at + DELIVERY_SECONDS, resource)
 
-    def next_for(self, resource_id: str, after: float, until: float) -> ScheduledEvent | None:
-        """The first event about ``resource_id`` not delivered yet, due after ``after`` and by ``until``
-        (an event due before a wait began was delivered then, to no one waiting)."""
+    def instance_state_changed(self, region: str, instance_id: str, state: str, at: float) -> None:
+        detail = {"instance-id": instance_id, "state": state}
+        resource = f"arn:aws:ec2:{region}:{self.account_id}:instance/{instance_id}"
+        self._schedule(region, instance_id, INSTANCE_STATE_CHANGE, "aws.ec2", detail, at + DELIVERY_SECONDS, resource)
+
+    def command_status_changed(self, region: str, command_id: str, instance_id: str, status: str, at: float) -> None:
+        detail = {
+            "command-id": command_id,
+            "status": status,
+            "instance-ids": [instance_id],
+            "requested-date-time": datetime.fromtimestamp(at, UTC).isoformat(),
+        }
+        resource = f"arn:aws:ec2:{region}:{self.account_id}:instance/{instance_id}"
+        self._schedule(region, command_id, COMMAND_STATUS_CHANGE, "aws.ssm", detail, at + DELIVERY_SECONDS, resource)
+
+    def next_for(self, resource_ids: list[str], after: float, until: float) -> ScheduledEvent | None:
+        """The first event about any of ``resource_ids`` not delivered yet, due after ``after`` and by
+        ``until`` (an event due before a wait began was delivered then, to no one waiting)."""
         with self._lock:
             due = [
                 scheduled
                 for scheduled in self.scheduled
-                if scheduled.resource_id == resource_id and not scheduled.delivered and after < scheduled.at <= until
+                if scheduled.resource_id in resource_ids and not scheduled.delivered and after < scheduled.at <= until
             ]
             return min(due, key=lambda scheduled: scheduled.at) if due else None
 
@@ -81,7 +101,14 @@ class EventSchedule:
             return True
 
     def _schedule(
-        self, region: str, resource_id: str, detail_type: str, source: str, detail: dict[str, Any], at: float
+        self,
+        region: str,
+        resource_id: str,
+        detail_type: str,
+        source: str,
+        detail: dict[str, Any],
+        at: float,
+        resource_arn: str,
     ) -> None:
         event = {
             "version": "0",
@@ -91,7 +118,7 @@ class EventSchedule:
             "account": self.account_id,
             "time": datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "region": region,
-            "resources": [f"arn:aws:ec2:{region}::image/{resource_id}"],
+            "resources": [resource_arn],
             "detail": detail,
         }
         with self._lock:

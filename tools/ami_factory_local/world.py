@@ -757,6 +757,9 @@ class World:
             self._emit_tag_changes(region, params)
         if operation == "DeregisterImage":
             self.events.image_state_changed(region, params["ImageId"], "deregistered", self.clock.now())
+        if operation == "TerminateInstances":
+            for instance_id in params.get("InstanceIds", []):
+                self.events.instance_state_changed(region, instance_id, "terminated", self.clock.now())
         if self._take(self._lost, operation, region):
             return EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
         return None
@@ -917,13 +920,22 @@ class World:
             for instance_id in params.get("InstanceIds", []):
                 key = (command["CommandId"], instance_id)
                 if not generalizing:
-                    self._commands[key] = _Pending(region, now + self._command_seconds, self._command_outcome)
+                    ends_at = now + self._command_seconds
+                    self._commands[key] = _Pending(region, ends_at, self._command_outcome)
+                    self.events.command_status_changed(
+                        region, command["CommandId"], instance_id, self._command_outcome, ends_at
+                    )
                     continue
                 failing = self._generalize_outcome != "InProgress"
                 ends_at = now + (self._generalize_seconds if self._generalize_seconds is not None else math.inf)
                 self._commands[key] = _Pending(region, ends_at if failing else math.inf, self._generalize_outcome)
+                if failing and ends_at != math.inf:
+                    self.events.command_status_changed(
+                        region, command["CommandId"], instance_id, self._generalize_outcome, ends_at
+                    )
                 if ends_at != math.inf and (not failing or self._generalize_stops_when_failing):
                     self._shutdowns[instance_id] = _Pending(region, ends_at, "stopped")
+                    self.events.instance_state_changed(region, instance_id, "stopped", ends_at)
 
     def _instance_statuses(self, region: str, instance_ids: list[str]) -> dict[str, Any]:
         backend = ec2_backends[self.account_id][region]
@@ -997,13 +1009,13 @@ class World:
                     self._registrations[instance.id] = (self.clock.now() + self._registration_seconds, info, region)
 
     def _after_stop(self, region: str, params: dict[str, Any]) -> None:
-        if self.instance_stop_seconds <= 0:
-            return
+        stopped_at = self.clock.now() + max(0.0, self.instance_stop_seconds)
         with self._lock:
             for instance_id in params.get("InstanceIds", []):
                 instance = ec2_backends[self.account_id][region].get_instance(instance_id)
-                if instance._state.name == "stopped":
+                if instance._state.name != "stopped":
+                    continue
+                self.events.instance_state_changed(region, instance_id, "stopped", stopped_at)
+                if self.instance_stop_seconds > 0:
                     instance._state.name, instance._state.code = "stopping", 64
-                    self._stopping[instance_id] = _Pending(
-                        region, self.clock.now() + self.instance_stop_seconds, "stopped"
-                    )
+                    self._stopping[instance_id] = _Pending(region, stopped_at, "stopped")
