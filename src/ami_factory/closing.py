@@ -134,6 +134,10 @@ def end_run(run: RunRecord, delivered: dict[str, str]) -> Ending:
             ledger.release_copy_slot(region, run.run_id)
         except (ClientError, AmiFactoryError) as error:  # a copy that takes a slot frees an ended run's
             logger.warning("could not give back the copy slot in %s: %s", region, refusal_text(error))
+    try:  # the run's tasks are over: the sweep need not look at what they waited for
+        ledger.end_waits_of(run.run_id)
+    except (ClientError, AmiFactoryError) as error:  # the sweep drops them once older than any wait
+        logger.warning("could not forget the run's waits: %s", refusal_text(error))
     try:
         ending.instance_state = state_of(run.region, run.instance_id, known)
     except (ClientError, AmiFactoryError) as error:

@@ -13,6 +13,7 @@ a Region enabled later gets one at the next update of this resource.
 
 from __future__ import annotations
 
+import hashlib
 import urllib.request
 from typing import Any, Literal
 
@@ -22,6 +23,21 @@ from .aws import Ec2, EventRules
 from .contracts import Contract
 from .observability import logger
 from .settings import load_settings
+
+RULE_SUFFIX = "-ami-events"
+MAX_RULE_NAME = 64  # EventBridge's limit; a stack name alone may be 128 characters
+
+
+def rule_name(asked: str) -> str:
+    """The rule's name: as asked (the stack's name and Region, then ``-ami-events``), or, when that is
+    longer than EventBridge allows, shortened with a hash of the whole, so two long stack names that
+    share a beginning still get two rules. The suffix stays (the forwarding role trusts only it)."""
+    if len(asked) <= MAX_RULE_NAME:
+        return asked
+    digest = hashlib.sha256(asked.encode()).hexdigest()[:8]
+    keep = MAX_RULE_NAME - len(RULE_SUFFIX) - len(digest) - 1
+    return f"{asked.removesuffix(RULE_SUFFIX)[:keep]}-{digest}{RULE_SUFFIX}"
+
 
 AMI_STATE_PATTERN: dict[str, Any] = {
     "source": ["aws.ec2"],
@@ -69,6 +85,7 @@ def forward_ami_events(raw: dict[str, Any]) -> CustomResourceResponse:
     of waiting an hour)."""
     request = CustomResourceRequest.model_validate(raw)
     wanted = request.ResourceProperties
+    name = rule_name(wanted.RuleName)
     status: Literal["SUCCESS", "FAILED"] = "SUCCESS"
     reason = ""
     regions: set[str] = set()
@@ -76,13 +93,15 @@ def forward_ami_events(raw: dict[str, Any]) -> CustomResourceResponse:
         regions = wanted.regions()
         old = request.OldResourceProperties
         if request.RequestType == "Delete":
-            _remove(wanted.RuleName, regions)
+            # Wherever a rule of this name may be (Regions asked for, and every Region enabled now): a
+            # Region that cannot be reached any more must not hold up the stack's deletion.
+            _remove(name, regions | set(Ec2(load_settings().region).enabled_regions()) - {load_settings().region})
         else:
             if old is not None:  # an update: the Regions no longer asked for lose their rule
-                _remove(old.RuleName, old.regions() - regions)
+                _remove(rule_name(old.RuleName), old.regions() - regions)
             for region in sorted(regions):
                 EventRules(region).forward(
-                    wanted.RuleName,
+                    name,
                     AMI_STATE_PATTERN,
                     wanted.TargetBusArn,
                     wanted.RoleArn,
@@ -94,7 +113,7 @@ def forward_ami_events(raw: dict[str, Any]) -> CustomResourceResponse:
     response = CustomResourceResponse(
         Status=status,
         Reason=reason,
-        PhysicalResourceId=request.PhysicalResourceId or f"{wanted.RuleName}-forwarding",
+        PhysicalResourceId=request.PhysicalResourceId or f"{name}-forwarding",
         StackId=request.StackId,
         RequestId=request.RequestId,
         LogicalResourceId=request.LogicalResourceId,
@@ -105,8 +124,13 @@ def forward_ami_events(raw: dict[str, Any]) -> CustomResourceResponse:
 
 
 def _remove(rule: str, regions: set[str]) -> None:
+    """Each Region's rule, if it is there; a Region that refuses (turned off since, a permission
+    missing there) is logged and left, so the others are still removed."""
     for region in sorted(regions):
-        EventRules(region).remove(rule)
+        try:
+            EventRules(region).remove(rule)
+        except Exception:  # any failure: the other Regions' rules must still go
+            logger.exception("the forwarding rule could not be removed", extra={"rule": rule, "region": region})
 
 
 def _answer(url: str, response: CustomResourceResponse) -> None:

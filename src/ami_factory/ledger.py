@@ -529,6 +529,11 @@ class Ledger:
         """Every wait some step is in (the fallback sweep's list), each once."""
         return [_wait(item) for item in self._query(WAIT_PARTITION) if item["sk"].endswith("#" + item["main"])]
 
+    def end_waits_of(self, run_id: str) -> list[Wait]:
+        """Forget every wait of a run that has ended (its tasks are over): the waits it ended."""
+        waits = [wait for wait in self.open_waits() if wait.run_id == run_id]
+        return [wait for wait in waits if self.end_wait(wait)]
+
     def end_wait(self, wait: Wait) -> bool:
         """Forget the wait (under each resource it was recorded for), if it is still the one read (a
         new round has a new token); whether it was."""

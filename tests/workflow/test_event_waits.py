@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
+from ami_factory.forwarding import rule_name
 from ami_factory_local import Emulator
 from ami_factory_local.events import AMI_STATE_CHANGE
 from tests.helpers import TEST_PARAMETERS, instance, ledger_items, run_images, sample
@@ -134,6 +136,22 @@ def test_the_forwarding_rules_follow_the_regions_the_stack_may_copy_to(make_emul
     assert forwarding_rules(emu) == {}, "deleting the stack removes them all"
 
 
+def test_a_region_that_refuses_does_not_hold_up_the_stacks_deletion(make_emulator) -> None:
+    emu: Emulator = make_emulator(AllowedRegions="us-east-1,eu-west-1,ap-southeast-2")
+    emu.world.refuse("RemoveTargets", times=1, code="AccessDeniedException", region="eu-west-1")
+    emu.delete_custom_resources()  # a FAILED answer would raise
+    assert sorted(forwarding_rules(emu)) == ["eu-west-1"], "the others are removed; that one is logged and left"
+
+
+def test_a_long_stack_name_still_gets_a_rule_name_eventbridge_takes() -> None:
+    short = "ami-factory-us-east-1-ami-events"
+    assert rule_name(short) == short
+    long_a, long_b = (f"{'a' * 100}-{tail}-us-east-1-ami-events" for tail in ("one", "two"))
+    named = {rule_name(long_a), rule_name(long_b)}
+    assert len(named) == 2, "two long stack names with one beginning are two rules"
+    assert all(len(name) <= 64 and name.endswith("-ami-events") for name in named)
+
+
 def test_with_any_region_allowed_every_enabled_region_forwards(emu: Emulator) -> None:
     rules = forwarding_rules(emu)
     enabled = {
@@ -155,23 +173,31 @@ def test_a_copy_into_a_region_whose_rule_was_removed_ends_at_the_sweep(emu: Emul
     assert swept == [run_images(emu, "eu-west-1", "unforwarded")[0]["ImageId"]]
 
 
-def test_a_wait_that_timed_out_is_dropped_by_the_sweep_once_older_than_any_wait(make_emulator) -> None:
+def test_a_wait_that_timed_out_is_forgotten_by_its_run_or_else_by_the_sweep(make_emulator) -> None:
     emu: Emulator = make_emulator(MaxWaitSeconds="3600")
     emu.world.images_never_ready()
     instance_id = emu.launch_instance(name="web")
     result = emu.run({"instance_id": instance_id, "regions": []}, name="forever")
     assert result.status == "FAILED" and result.error == "WaitTimeoutError"
     assert instance(emu, instance_id)["State"]["Name"] == "running"
-    (wait,) = [item for item in ledger_items(emu) if item["pk"] == "wait"]
-    (kept,) = emu.fire_scheduled_rule("WaitSweepRule")
-    assert kept["open"] == 1 and kept["expired"] == [], "younger than MaxWaitSeconds and a margin: kept"
-    # The same record, recorded three hours ago (past 3600 s and the hour's margin).
-    emu.client("dynamodb").update_item(
-        TableName="ami-factory-local-LedgerTable",
-        Key={"pk": {"S": "wait"}, "sk": {"S": wait["sk"]}},
-        UpdateExpression="SET since = :then",
-        ExpressionAttributeValues={":then": {"S": "2020-01-01T00:00:00Z"}},
-    )
+    assert [item for item in ledger_items(emu) if item["pk"] == "wait"] == [], "the run's ending forgot its wait"
+    # A record its run could not forget (the ending crashed), recorded three hours ago (past 3600 s and
+    # the hour's margin), and a young one: the sweep drops the old one and keeps looking at the other.
+    table = emu.client("dynamodb")
+    for image_id, since in (("ami-00000000000000old", "2020-01-01T00:00:00Z"), ("ami-00000000000young", None)):
+        table.put_item(
+            TableName="ami-factory-local-LedgerTable",
+            Item={
+                "pk": {"S": "wait"},
+                "sk": {"S": f"us-east-1#{image_id}"},
+                "main": {"S": image_id},
+                "run_id": {"S": "crashed"},
+                "token": {"S": "t"},
+                "ref": {"S": json.dumps({"region": "us-east-1", "image_id": image_id})},
+                "kind": {"S": "image"},
+                "since": {"S": since or datetime.now(UTC).isoformat()},
+            },
+        )
     (dropped,) = emu.fire_scheduled_rule("WaitSweepRule")
-    assert dropped["expired"] == [wait["sk"].rsplit("#", 1)[-1]] and dropped["open"] == 0
-    assert [item for item in ledger_items(emu) if item["pk"] == "wait"] == []
+    assert dropped["expired"] == ["ami-00000000000000old"] and dropped["open"] == 1
+    assert [item["main"] for item in ledger_items(emu) if item["pk"] == "wait"] == ["ami-00000000000young"]
