@@ -26,50 +26,49 @@ def test_parallel_waits_overlap_like_map_branches() -> None:
     with clock.installed():
         clock.advance(100)  # the execution waited for its image first
 
-        all_started = threading.Barrier(3)
-
         def branch() -> None:
-            all_started.wait()
             for _ in range(5):
                 clock.advance(60)
 
-        threads = [threading.Thread(target=branch) for _ in range(3)]
-        for thread in threads:
-            thread.start()
+        with clock.held():  # all three start at the same time
+            threads = [clock.spawn(branch) for _ in range(3)]
         for thread in threads:
             thread.join()
     assert clock.elapsed() == 100 + 5 * 60, "three branches polling 5 times take 5 polls of time, not 15"
     assert clock.waits == 16
 
 
-def test_a_branch_sees_its_own_time_and_its_parent_goes_on_from_the_latest() -> None:
+def test_time_stands_still_while_any_participant_runs_and_a_waiter_goes_on_at_its_time() -> None:
+    """A step sees the world at its own time: no other thread's wait moves the clock while it runs;
+    one that waits for another participant goes on at the time that one released it."""
     clock = VirtualClock()
     seen: dict[str, float] = {}
     with clock.installed():
-        clock.advance(100)
-        fast_done = threading.Event()
+        both = threading.Barrier(2)
+        released = threading.Event()
 
-        def fast() -> None:
-            clock.advance(600)
-            fast_done.set()
+        def sleeper() -> None:
+            both.wait()
+            for _ in range(3):
+                clock.advance(60)
+            released.set()
 
-        def slow() -> None:
-            fast_done.wait()  # the other branch is far ahead already
-            clock.advance(60)
-            seen["slow"] = clock.now()
+        def worker() -> None:
+            both.wait()
+            seen["before"] = clock.now()
+            seen["work"] = float(sum(range(2_000_000)))  # real work, no virtual wait
+            seen["after"] = clock.now()
+            clock.advance(30)
+            seen["woke"] = clock.now()
+            released.wait()  # another participant's doing
+            seen["released"] = clock.now()
 
-        threads = [threading.Thread(target=fast), threading.Thread(target=slow)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
+        for thread in [clock.spawn(sleeper), clock.spawn(worker)]:
             thread.join()
-        seen["parent before"] = clock.now()
-        clock.catch_up_with_children()
-        seen["parent after"] = clock.now()
-    start = clock.now() - clock.elapsed()
-    assert seen["slow"] - start == 160, "one branch getting ahead does not move another branch's time"
-    assert seen["parent before"] - start == 100 and seen["parent after"] - start == 700
-    assert clock.elapsed() == 700
+    start = clock.started_at
+    assert seen["before"] == seen["after"] == start, "the sleeper's waits did not move time under the worker"
+    assert seen["woke"] - start == 30 and seen["released"] - start == 180
+    assert clock.elapsed() == 180
 
 
 def test_resolver_substitutes_what_sam_would_and_refuses_the_rest() -> None:

@@ -2,8 +2,8 @@
 
 moto's interpreter waits for SendTaskSuccess/SendTaskFailure on a threading Event for the task's
 TimeoutSeconds in real time. Here the wait is virtual: the waiting task's thread looks up which
-resource its token waits for (the run ledger's ``wait`` item, as the event handler does), moves its
-clock to the next event the world has scheduled about that resource, and delivers it through the
+resource its token waits for (the run ledger's ``wait`` item, as the event handler does), sleeps on
+the clock until the next event the world has scheduled about that resource, and delivers it through the
 Region's rules, so the deployed handler ends the task as on AWS. When no event will come (it was
 lost), the scheduled rules (the fallback sweep) fire on the same clock, each firing once, whichever
 waiting thread reaches it first; with nothing due before the timeout, the clock moves to the
@@ -13,19 +13,19 @@ deployment); here it would make a run's counts depend on how the threads are sch
 
 Two of Step Functions' rules that moto leaves out are kept: a task that is over refuses its token
 (SendTaskSuccess answers TaskTimedOut; moto would take a second outcome), and SendTaskFailure's
-``cause`` reaches the execution (moto's response handler drops it). The thread that ran a task's
-work may have moved its clock; the state's thread goes on from there.
+``cause`` reaches the execution (moto's response handler drops it). A task ended by another thread
+(a sweep) wakes at that thread's time.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 from unittest import mock
 
 from moto.core.responses import EmptyResult
-from moto.stepfunctions.parser.asl.component.state.exec.execute_state import ExecutionState
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (
     StateTaskServiceCallback,
 )
@@ -55,11 +55,16 @@ def event_driven_waits(
         firings (the fallback sweep), then to the timeout."""
         began = clock.now()
         deadline = began + timeout_seconds
-        while endpoint.get_outcome() is None:
+        endpoint.waiting_thread = threading.current_thread()  # type: ignore[attr-defined]
+
+        def ended() -> bool:
+            return endpoint.get_outcome() is not None
+
+        while not ended():
             resources = watched(endpoint.callback_id)
             scheduled = events.next_for(resources, began, deadline) if resources else None
             if scheduled is not None:
-                clock.advance_to(scheduled.at)
+                clock.advance_to(scheduled.at, woken=ended)
                 for _ in range(scheduled.copies if events.take(scheduled) else 0):
                     deliver(scheduled)
                 continue
@@ -67,19 +72,20 @@ def event_driven_waits(
             # fallback sweep ends the wait or the timeout does.
             firing = next_firing()
             if firing is None or firing[0] > deadline:
-                clock.advance_to(deadline)
+                clock.advance_to(deadline, woken=ended)
                 break
-            clock.advance_to(firing[0])
-            firing[1]()
-        # Ended by another thread (its sweep): this one goes on from when that happened.
-        clock.advance_to(getattr(endpoint, "notified_at", 0.0))
+            clock.advance_to(firing[0], woken=ended)
+            if not ended():
+                firing[1]()
         return endpoint.get_outcome()
 
     original_notify = CallbackEndpoint.notify
 
-    def notify_at_the_notifiers_time(endpoint: Any, outcome: CallbackOutcome) -> None:
-        endpoint.notified_at = clock.now()
+    def notify_and_wake(endpoint: Any, outcome: CallbackOutcome) -> None:
+        """Ended by another thread (its sweep, another wait's event): the waiting task goes on now."""
         original_notify(endpoint, outcome)
+        if (waiting := getattr(endpoint, "waiting_thread", None)) is not None:
+            clock.wake(waiting)
 
     original_pattern = StateTaskServiceCallback._eval_integration_pattern
 
@@ -92,14 +98,6 @@ def event_driven_waits(
             if endpoint is not None:
                 endpoint.report(CallbackConsumerTimeout())  # SendTask* for it now answers TaskTimedOut
 
-    original_evaluate = ExecutionState._evaluate_with_timeout
-
-    def catching_up(state: Any, env: Any) -> None:
-        try:
-            original_evaluate(state, env)
-        finally:
-            clock.catch_up_with_children()
-
     def send_task_failure(response: Any) -> Any:
         response.stepfunction_backend.send_task_failure(
             response._get_param("taskToken"), error=response._get_param("error"), cause=response._get_param("cause")
@@ -109,7 +107,6 @@ def event_driven_waits(
     with ExitStack() as stack:
         stack.enter_context(mock.patch.object(StateTaskServiceCallback, "_wait_for_task_token_timeout", wait_for_token))
         stack.enter_context(mock.patch.object(StateTaskServiceCallback, "_eval_integration_pattern", closing_the_token))
-        stack.enter_context(mock.patch.object(ExecutionState, "_evaluate_with_timeout", catching_up))
         stack.enter_context(mock.patch.object(StepFunctionResponse, "send_task_failure", send_task_failure))
-        stack.enter_context(mock.patch.object(CallbackEndpoint, "notify", notify_at_the_notifiers_time))
+        stack.enter_context(mock.patch.object(CallbackEndpoint, "notify", notify_and_wake))
         yield

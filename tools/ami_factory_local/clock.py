@@ -1,26 +1,23 @@
-"""Virtual time for the emulator: Wait states and Retry back-offs advance a clock instead of sleeping.
+"""Virtual time for the emulator: a conservative discrete-event clock.
 
-moto's Step Functions interpreter waits in real time (``WaitFunction._wait_interval`` and the
-``time.sleep`` in ``retrier_decl``); both are patched to advance this clock and return at once, so a
+moto's Step Functions interpreter waits in real time (``WaitFunction._wait_interval``, the
+``time.sleep`` in ``retrier_decl``, the callback wait); all are patched to wait on this clock, so a
 run that would take hours on AWS takes milliseconds, and the world model (images pending, instances
 stopping) moves on by the same virtual seconds.
 
-Parallel branches wait side by side, not one after the other, and each sees only its own time:
+There is one time for everyone. The threads that run executions (an execution's thread, and every
+thread it starts: its program, its states, its Map branches) are *participants*; each is either
+running (a step, a call) or blocked (sleeping until a virtual time, or waiting for another
+participant: a Map waiting for its branches, a state waiting for its task's thread). The clock moves
+only when no participant is running, and then to the earliest time a sleeper waits for; the sleepers
+due then are marked running before they wake, and so is every participant an event or a finishing
+thread releases, so the clock never moves while one of them is about to run. A step therefore sees
+the world exactly as it is at its own time, whatever the other runs do, and N concurrent runs make
+exactly N times the calls of one.
 
-- every thread that waits keeps its own time, and a thread starts at the time of the thread that
-  started it (a Map branch or a Task at its parent's time); threads that never wait (the test's, the
-  server's, an execution before its first wait) live at the world's time;
-- ``now()`` is the calling thread's time, so what the world answers a branch (is the copy available,
-  have the status checks passed) depends on that branch's own waits, never on how far the other
-  branches have got: a run is the same run however the threads are scheduled;
-- the world's time is the furthest any thread has got (``elapsed``): three Map branches that each
-  wait 60 s move the world on by 60 s, as on AWS;
-- when a Map's branches are done, the thread that waited for them carries on from the latest of
-  their times;
-- a retry's full jitter is its mean (half the back-off interval).
-
-So a run is the same run every time, whatever the machine's load: counts and times in tests and in
-``make bench`` are exact.
+Threads that are not participants (the test's, the server's) live at the clock's time; when one of
+them advances the clock (a handler test waiting for an image), the world's time moves with it.
+A retry's full jitter is its mean (half the back-off interval), so a run is the same run every time.
 """
 
 from __future__ import annotations
@@ -28,14 +25,14 @@ from __future__ import annotations
 import threading
 import types
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 from unittest import mock
 
 from moto.stepfunctions.parser.asl.component.common.retry import jitter_strategy_decl, retrier_decl
-from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration.job import JobPool
 from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import WaitFunction
+from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 
 START_EPOCH = 1_790_000_000.0  # a fixed instant, so runs are reproducible
 
@@ -43,65 +40,141 @@ START_EPOCH = 1_790_000_000.0  # a fixed instant, so runs are reproducible
 class VirtualClock:
     def __init__(self, start: float = START_EPOCH) -> None:
         self._start = start
-        self._world = start
-        self._lock = threading.RLock()
-        # Each thread's own time, and the threads it started (its parent reads them when they are done).
-        self._times: weakref.WeakKeyDictionary[threading.Thread, float] = weakref.WeakKeyDictionary()
-        self._children: weakref.WeakKeyDictionary[threading.Thread, list[threading.Thread]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._now = start
+        self._cv = threading.Condition(threading.RLock())
+        self._participants: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+        self._running: set[threading.Thread] = set()
+        self._sleepers: dict[threading.Thread, float] = {}
+        # What a blocked participant waits for (an Event, a Thread): whoever releases it marks it running.
+        self._blocked_on: dict[object, set[threading.Thread]] = {}
+        self._done: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self.waits = 0
 
     def now(self) -> float:
-        """The calling thread's time (the world's, for a thread that never waits)."""
-        with self._lock:
-            return self._time_of(threading.current_thread())
+        with self._cv:
+            return self._now
 
     def elapsed(self) -> float:
-        """How far the world has got: the furthest any thread has waited."""
-        with self._lock:
-            return self._world - self._start
-
-    def advance(self, seconds: float) -> None:
-        """The calling thread waits ``seconds``."""
-        with self._lock:
-            thread = threading.current_thread()
-            local = self._time_of(thread) + max(0.0, float(seconds))
-            self._times[thread] = local
-            self._world = max(self._world, local)
-            self.waits += 1
-
-    def advance_to(self, at: float) -> None:
-        """The calling thread waits until ``at`` (nothing if it is there already)."""
-        with self._lock:
-            if at > self._time_of(threading.current_thread()):
-                self.advance(at - self._time_of(threading.current_thread()))
+        with self._cv:
+            return self._now - self._start
 
     @property
     def started_at(self) -> float:
         return self._start
 
-    def catch_up_with_children(self) -> None:
-        """The calling thread goes on from the latest time its (finished) child threads reached."""
-        with self._lock:
-            thread = threading.current_thread()
-            self._times[thread] = max(self._time_of(thread), self._latest_below(thread))
+    def advance(self, seconds: float) -> None:
+        """The calling thread waits ``seconds`` of virtual time."""
+        self.advance_to(self.now() + max(0.0, float(seconds)))
 
-    def _time_of(self, thread: threading.Thread) -> float:
-        return self._times.get(thread, self._world)
+    def advance_to(self, at: float, woken: Callable[[], bool] = lambda: False) -> None:
+        """The calling thread waits until ``at`` (or until ``woken`` says so: see ``wake``). A participant
+        sleeps until the clock gets there; any other thread moves the clock there itself."""
+        thread = threading.current_thread()
+        with self._cv:
+            self.waits += 1
+            if thread not in self._participants:
+                self._move_to(max(self._now, at))
+                return
+            if at <= self._now or woken():
+                return
+            self._sleepers[thread] = at
+            self._running.discard(thread)
+            self._step()
+            while thread not in self._running:
+                self._cv.wait()
+            self._sleepers.pop(thread, None)
 
-    def _latest_below(self, thread: threading.Thread) -> float:
-        children = self._children.get(thread, [])
-        return max((max(self._time_of(child), self._latest_below(child)) for child in children), default=0.0)
+    def wake(self, thread: threading.Thread) -> None:
+        """``thread`` sleeps no longer (what it waited for happened now): it runs from this time."""
+        with self._cv:
+            if thread in self._sleepers:
+                del self._sleepers[thread]
+                self._running.add(thread)
+                self._cv.notify_all()
 
-    def _started(self, child: threading.Thread) -> None:
-        """A thread started by one that keeps time starts at its parent's time; one started by a thread
-        that never waited (the test's, the server's) lives at the world's time until it waits itself."""
-        with self._lock:
-            parent = threading.current_thread()
-            if parent in self._times:
-                self._times[child] = self._times[parent]
-                self._children.setdefault(parent, []).append(child)
+    def _move_to(self, at: float) -> None:
+        """The world's time becomes ``at``; every sleeper due by then runs again."""
+        self._now = at
+        for sleeper, wake_at in list(self._sleepers.items()):
+            if wake_at <= at:
+                del self._sleepers[sleeper]
+                self._running.add(sleeper)
+        self._cv.notify_all()
+
+    def _step(self) -> None:
+        """With no participant running, time moves to the earliest sleeper's."""
+        if not self._running and self._sleepers:
+            self._move_to(max(self._now, min(self._sleepers.values())))
+
+    # --- participants ------------------------------------------------------------------------------
+
+    def _joined(self, thread: threading.Thread) -> None:
+        """``thread`` takes part from now (marked running before it starts, so no time passes meanwhile)."""
+        with self._cv:
+            self._participants.add(thread)
+            self._running.add(thread)
+
+    def _left(self, thread: threading.Thread) -> None:
+        with self._cv:
+            self._done.add(thread)
+            self._release(thread)
+            self._running.discard(thread)
+            self._sleepers.pop(thread, None)
+            self._step()
+
+    def _blocking(self, on: object, ready: Callable[[], bool]) -> bool:
+        """The calling participant is about to wait for ``on``: False (do not count it blocked) for a
+        thread that is not one, or when ``on`` has happened already (checked under the clock's lock,
+        so a release cannot slip between the look and the wait)."""
+        thread = threading.current_thread()
+        with self._cv:
+            if thread not in self._participants or ready():
+                return False
+            self._blocked_on.setdefault(on, set()).add(thread)
+            self._running.discard(thread)
+            self._step()
+            return True
+
+    def _unblocked(self, on: object) -> None:
+        thread = threading.current_thread()
+        with self._cv:
+            waiting = self._blocked_on.get(on)
+            if waiting is not None:
+                waiting.discard(thread)
+                if not waiting:
+                    del self._blocked_on[on]
+            self._running.add(thread)
+
+    def _release(self, on: object) -> None:
+        """``on`` happened (an Event set, a thread finished): those waiting for it run again, now."""
+        with self._cv:
+            for thread in self._blocked_on.pop(on, set()):
+                self._running.add(thread)
+            self._cv.notify_all()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Time stands still while the context is open (the calling thread counts as running): what
+        starts in it (several executions at once) starts at the same time."""
+        holder = threading.current_thread()
+        with self._cv:
+            already = holder in self._running
+            self._running.add(holder)
+        try:
+            yield
+        finally:
+            with self._cv:
+                if not already:
+                    self._running.discard(holder)
+                self._step()
+
+    def spawn(self, target: Callable[[], None]) -> threading.Thread:
+        """A participant thread running ``target`` (what an execution's thread is to the interpreter)."""
+        thread = threading.Thread(target=target, daemon=True)
+        self._joined(thread)
+        thread._ami_factory_participant = True  # type: ignore[attr-defined]
+        thread.start()
+        return thread
 
     @contextmanager
     def installed(self) -> Iterator[VirtualClock]:
@@ -116,20 +189,59 @@ class VirtualClock:
         # retried run is the same run every time.
         mean_jitter = types.SimpleNamespace(uniform=lambda low, high: (low + high) / 2)
         start_thread = threading.Thread.start
-        await_jobs = JobPool.await_jobs
+        run_thread = threading.Thread.run
+        join_thread = threading.Thread.join
+        event_wait = threading.Event.wait
+        event_set = threading.Event.set
 
-        def start_at_parent_time(thread: threading.Thread) -> None:
-            clock._started(thread)
+        def start(thread: threading.Thread) -> None:
+            parent = threading.current_thread()
+            target = getattr(thread, "_target", None)
+            if getattr(thread, "_ami_factory_participant", False):
+                pass  # spawned: joined already
+            elif parent in clock._participants or isinstance(getattr(target, "__self__", None), ExecutionWorker):
+                clock._joined(thread)
             start_thread(thread)
 
-        def await_jobs_then_catch_up(pool: JobPool) -> None:
-            await_jobs(pool)
-            clock.catch_up_with_children()
+        def run(thread: threading.Thread) -> None:
+            try:
+                run_thread(thread)
+            finally:
+                if thread in clock._participants:
+                    clock._left(thread)
+
+        def join(thread: threading.Thread, timeout: float | None = None) -> None:
+            # Only a participant's end releases its joiner; joining any other thread counts as running.
+            over = lambda: thread in clock._done or thread not in clock._participants  # noqa: E731
+            if thread is threading.current_thread() or not clock._blocking(thread, over):
+                join_thread(thread, timeout)
+                return
+            try:
+                join_thread(thread)  # virtual time has no real-time limit
+            finally:
+                clock._unblocked(thread)
+
+        def wait(event: threading.Event, timeout: float | None = None) -> bool:
+            if not clock._blocking(event, event.is_set):
+                return event_wait(event, timeout)
+            try:
+                # Set by another participant (a real-time timeout here would be the interpreter's own,
+                # in seconds the run does not spend).
+                return event_wait(event)
+            finally:
+                clock._unblocked(event)
+
+        def set_event(event: threading.Event) -> None:
+            event_set(event)
+            clock._release(event)
 
         with ExitStack() as stack:
-            stack.enter_context(mock.patch.object(threading.Thread, "start", start_at_parent_time))
+            stack.enter_context(mock.patch.object(threading.Thread, "start", start))
+            stack.enter_context(mock.patch.object(threading.Thread, "run", run))
+            stack.enter_context(mock.patch.object(threading.Thread, "join", join))
+            stack.enter_context(mock.patch.object(threading.Event, "wait", wait))
+            stack.enter_context(mock.patch.object(threading.Event, "set", set_event))
             stack.enter_context(mock.patch.object(WaitFunction, "_wait_interval", wait_interval))
             stack.enter_context(mock.patch.object(retrier_decl, "time", virtual_time))
             stack.enter_context(mock.patch.object(jitter_strategy_decl, "random", mean_jitter))
-            stack.enter_context(mock.patch.object(JobPool, "await_jobs", await_jobs_then_catch_up))
             yield self

@@ -292,6 +292,12 @@ class Emulator:
         )
         return str(response["executionArn"])
 
+    def start_runs(self, requests: list[tuple[dict[str, Any], str]]) -> list[str]:
+        """Start several runs (request, name) at the same virtual time, as one schedule firing does:
+        none of them moves the clock before the last has started."""
+        with self.clock.held():
+            return [self.start_run(request, name) for request, name in requests]
+
     def wait(self, execution_arn: str, timeout: float = 60.0) -> RunResult:
         """Wait (real time, bounded) for the run to end; virtual time makes this quick."""
         sfn = self.client("stepfunctions")
