@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 
 from .clients import client
 from .errors import (
+    CopySlotBusyError,
     ImageNotVisibleYetError,
     InstanceNotFoundError,
     InstanceStateConflictError,
@@ -74,6 +75,22 @@ def translated_errors(operation: str) -> Iterator[None]:
         if code == "IncorrectInstanceState":
             raise InstanceStateConflictError(f"{operation}: the instance is changing state; retrying") from error
         raise
+
+
+@contextmanager
+def _copy_quota_full_is_a_busy_slot(region: str) -> Iterator[None]:
+    """EC2's copy quota into a Region is full (ResourceLimitExceeded: 50 copies in flight, or 25 from
+    one source Region), whoever holds it: no copy started, so the copy waits as for a copy slot rather
+    than as for a throttled call, whose few retries would fail its Region within minutes."""
+    try:
+        yield
+    except ClientError as error:
+        if error_code(error) != "ResourceLimitExceeded":
+            raise
+        raise CopySlotBusyError(
+            f"waiting for a copy slot in {region}: EC2's copy quota into {region} is full ({error_text(error)}); "
+            f"copies of other tools or stacks are in flight there, and the copy starts when one settles"
+        ) from error
 
 
 def tag_list(tags: Mapping[str, str]) -> list[TagTypeDef]:
@@ -312,7 +329,7 @@ class Ec2:
             request["SnapshotCopyCompletionDurationMinutes"] = completion_minutes
         if kms_key_id:
             request.update(Encrypted=True, KmsKeyId=kms_key_id)
-        with translated_errors("CopyImage"):
+        with translated_errors("CopyImage"), _copy_quota_full_is_a_busy_slot(self.region):
             response = self._ec2.copy_image(**request)
         return str(response["ImageId"])
 

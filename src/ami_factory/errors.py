@@ -130,8 +130,9 @@ class ThrottledError(AmiFactoryError):
 
 
 class CopySlotBusyError(AmiFactoryError):
-    """Every copy slot of the destination Region is held (CopySlotsPerRegion): the copy waits for one.
-    Retried apart from the transient errors, every few minutes for up to a day."""
+    """Every copy slot of the destination Region is held (CopySlotsPerRegion), or EC2's copy quota there
+    is full (other tools copying): the copy waits. Retried apart from the transient errors, every 6
+    minutes for up to 2 hours."""
 
 
 class ImageNotVisibleYetError(AmiFactoryError):

@@ -132,3 +132,16 @@ def test_the_cli_says_once_that_a_copy_waits_for_a_slot(make_emulator) -> None:
         "  [eu-west-1] waiting for a copy slot in eu-west-1: 1 copies of AMI Factory runs are in flight there "
         "(CopySlotsPerRegion); the copy starts when one settles"
     ]
+
+
+def test_a_copy_ec2_refuses_for_its_quota_waits_like_one_without_a_slot(emu: Emulator) -> None:
+    """Other tools (or stacks) may fill EC2's copy quota into a Region (ResourceLimitExceeded): the
+    copy started nothing, so it gives its slot back and waits as for a slot (every 6 minutes, up to 2
+    hours) instead of failing its Region after two minutes of throttling retries."""
+    emu.world.refuse("CopyImage", times=8, region="eu-west-1", code="ResourceLimitExceeded")
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="quota")
+    assert result.output["status"] == "SUCCEEDED", result.output
+    waits = slot_waits(result.history)
+    assert len(waits) == 8 and all("EC2's copy quota into eu-west-1 is full" in message for message in waits)
+    assert holders(emu, "eu-west-1") == ""
