@@ -249,7 +249,7 @@ def test_bench_reports_counts_per_run() -> None:
     out = io.StringIO()
     # `make bench` also runs 9 Regions and the launch check: the same paths, more of them.
     chosen = [scenario for scenario in bench.SCENARIOS if not scenario.name.startswith(("9 Regions", "launch check"))]
-    assert bench.main(out, chosen, import_samples=1) == 0
+    assert bench.main(out, chosen, import_samples=1, with_scale=False) == 0
     report = out.getvalue()
     *sections, imports = report.split("\n== ")[1:]
     assert len(sections) == len(chosen) == 4
@@ -268,6 +268,18 @@ def test_bench_reports_counts_per_run() -> None:
         assert checked > invocations, "every call of every function was evaluated"
     assert re.search(r"RunInstances\s+1$", sections[3], re.MULTILINE)
     assert re.search(r"TerminateInstances\s+1$", sections[3], re.MULTILINE)
+
+
+@pytest.mark.slow
+def test_bench_reports_a_firing_over_many_instances() -> None:
+    """The scale scenario's shape, small (`make bench` runs 100 instances to 10 Regions)."""
+    out = io.StringIO()
+    bench.scale(out, instances=6, destinations=["eu-west-1", "ap-southeast-2"])
+    report = out.getvalue()
+    assert "{'SUCCEEDED': 6}" in report
+    assert "failed Regions: 0; instances not running at the end: 0" in report
+    assert "most copies in flight into one Region: 6 (slots: 20)" in report
+    assert re.search(r"CopyImage\s+12$", report, re.MULTILINE)
 
 
 def test_cli_finds_the_state_machine_from_the_stack_outputs() -> None:

@@ -277,3 +277,13 @@ def test_the_world_throttles_a_functions_calls_as_ec2_does_and_caps_copies_in_fl
             copy(127)
         assert emu.world.limits.refused == 1
         copy(128)  # the test's own calls are not throttled
+
+
+def test_a_task_ended_twice_is_answered_as_step_functions_answers(emu: Emulator) -> None:
+    """moto builds these two answers without the message its error class needs (a TypeError reached
+    the caller instead): under the emulator they are Step Functions' own errors."""
+    from moto.stepfunctions.parser import models
+
+    for name in ("TaskTimedOut", "TaskDoesNotExist"):
+        error = getattr(models, name)()
+        assert (error.error_type, error.code) == (name, 400) and error.message

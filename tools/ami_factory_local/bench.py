@@ -9,15 +9,18 @@ measured in fresh interpreters in the same run.
 
 from __future__ import annotations
 
+import json
 import statistics
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from .emulator import Emulator
+from .template import load_template, parameter_values
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = "111122223333"
@@ -79,6 +82,64 @@ SCENARIOS = [
 ]
 
 
+SCALE_REGIONS = [*REGIONS, "us-west-2", "eu-central-1", "ap-northeast-1", "sa-east-1", "ca-central-1", "eu-north-1"]
+SCALE_SCENARIO = "one firing: 100 instances, each to 10 Regions (20 min image, 45 min copies)"
+
+
+def scale(out: TextIO, instances: int = 100, destinations: list[str] = SCALE_REGIONS[:9]) -> None:
+    """One firing over many instances at once: every run to the same Regions, all started at the same
+    virtual time (as a schedule's StartRun starts them), sharing each Region's copy slots."""
+    with Emulator(parameters={"AllowedShareAccounts": ACCOUNT, "AllowedRegions": ""}) as emu:
+        emu.world.instances_take_to_stop(90)
+        emu.world.images_take(20 * 60)
+        for region in destinations:
+            emu.world.images_take(45 * 60, region=region)
+        peak: dict[str, int] = {}
+
+        def count_copies() -> None:
+            region = emu.world.sent("CopyImage")[-1].region
+            peak[region] = max(peak.get(region, 0), len(emu.world.copies_in_flight(region)))
+            emu.world.after_call("CopyImage", count_copies)
+
+        emu.world.after_call("CopyImage", count_copies)
+        requests = [
+            ({"instance_id": emu.launch_instance(name=f"web{n}"), "regions": destinations}, f"firing-{n}")
+            for n in range(instances)
+        ]
+        before, invocations = emu.world.calls("ec2"), len(emu.runtime.invocations)
+        results = [emu.wait(arn, timeout=3600) for arn in emu.start_runs(requests)]
+        calls = emu.world.calls("ec2") - before
+        outcomes = Counter(str((result.output or {}).get("status", result.status)) for result in results)
+        failed_regions = sum(len((result.output or {}).get("failed_regions", [])) for result in results)
+        stopped = sum(
+            1
+            for reservation in emu.client("ec2").describe_instances()["Reservations"]
+            for instance in reservation["Instances"]
+            if instance["State"]["Name"] != "running"
+        )
+        throttled_results = sum("Throttled" in json.dumps(result.output or result.cause or "") for result in results)
+        slots = int(
+            parameter_values(load_template(ROOT / "template.yaml"), emu.parameter_overrides)["CopySlotsPerRegion"]
+        )
+        waves = -(-instances // slots)
+        critical_path = 90 + 20 * 60 + waves * 45 * 60
+        print(f"\n== {SCALE_SCENARIO}: {dict(outcomes)}", file=out)
+        print(f"   failed Regions: {failed_regions}; instances not running at the end: {stopped}", file=out)
+        print(f"   runs whose result mentions throttling: {throttled_results}", file=out)
+        print(f"   EC2 refusals by its token buckets (retried): {emu.world.limits.refused}", file=out)
+        print(f"   most copies in flight into one Region: {max(peak.values(), default=0)} (slots: {slots})", file=out)
+        print(
+            f"   virtual elapsed: {emu.clock.elapsed() / 60:.1f} min; critical path the copy slots allow "
+            f"({waves} waves of copies): {critical_path / 60:.1f} min",
+            file=out,
+        )
+        print(f"   state transitions: {sum(result.transitions for result in results)}", file=out)
+        print(f"   Lambda invocations: {len(emu.runtime.invocations) - invocations}", file=out)
+        print(f"   EC2 calls: {sum(calls.values())}", file=out)
+        for operation, count in sorted(calls.items(), key=lambda item: (-item[1], item[0])):
+            print(f"     {operation:<24}{count:>6}", file=out)
+
+
 def import_seconds(module: str, cwd: Path, samples: int) -> float:
     """The median time a fresh interpreter takes to import ``module`` (interpreter start not counted)."""
     timing = f"import time; start = time.perf_counter(); import {module}; print(time.perf_counter() - start)"
@@ -105,7 +166,9 @@ def cold_starts(out: TextIO, samples: int = IMPORT_SAMPLES) -> None:
         print(f"   {function.name:<22}{seconds * 1000:>6.0f} ms  {seconds / baseline:4.2f}x", file=out)
 
 
-def main(out: TextIO, scenarios: list[Scenario] = SCENARIOS, import_samples: int = IMPORT_SAMPLES) -> int:
+def main(
+    out: TextIO, scenarios: list[Scenario] = SCENARIOS, import_samples: int = IMPORT_SAMPLES, with_scale: bool = True
+) -> int:
     for scenario in scenarios:
         with Emulator(parameters={"AllowedShareAccounts": ACCOUNT}) as emu:
             instance_id = emu.launch_instance(name="bench")
@@ -131,5 +194,7 @@ def main(out: TextIO, scenarios: list[Scenario] = SCENARIOS, import_samples: int
             print(f"   EC2 calls: {sum(calls.values())}", file=out)
             for operation, count in sorted(calls.items(), key=lambda item: (-item[1], item[0])):
                 print(f"     {operation:<24}{count:>5}", file=out)
+    if with_scale:
+        scale(out)
     cold_starts(out, import_samples)
     return 0

@@ -26,6 +26,8 @@ from typing import Any
 from unittest import mock
 
 from moto.core.responses import EmptyResult
+from moto.stepfunctions.parser import api as sfn_api
+from moto.stepfunctions.parser import models as sfn_models
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (
     StateTaskServiceCallback,
 )
@@ -43,6 +45,13 @@ Watched = Callable[[str], list[str]]  # task token -> the ids of the resources i
 Deliver = Callable[[ScheduledEvent], None]
 # The next firing of a scheduled rule (its virtual time, and what fires it once), if any.
 NextFiring = Callable[[], tuple[float, Callable[[], None]] | None]
+
+
+def _with_message(name: str, message: str) -> Callable[..., None]:
+    def init(error: Any, *args: Any) -> None:
+        super(type(error), error).__init__(message, name)
+
+    return init
 
 
 @contextmanager
@@ -105,6 +114,18 @@ def event_driven_waits(
         return EmptyResult()
 
     with ExitStack() as stack:
+        # moto raises these without the message its own error class requires (a TypeError instead of
+        # the answer): a task ended twice (an event and a sweep at once) must hear TaskDoesNotExist.
+        for name, message in (
+            ("TaskTimedOut", "Task Timed Out"),
+            ("TaskDoesNotExist", "Task Does Not Exist"),
+        ):
+            error_class = getattr(sfn_api, name)
+            stack.enter_context(
+                mock.patch.object(
+                    sfn_models, name, type(name, (error_class,), {"__init__": _with_message(name, message)})
+                )
+            )
         stack.enter_context(mock.patch.object(StateTaskServiceCallback, "_wait_for_task_token_timeout", wait_for_token))
         stack.enter_context(mock.patch.object(StateTaskServiceCallback, "_eval_integration_pattern", closing_the_token))
         stack.enter_context(mock.patch.object(StepFunctionResponse, "send_task_failure", send_task_failure))
