@@ -117,7 +117,9 @@ def scale(out: TextIO, instances: int = 100, destinations: list[str] = SCALE_REG
             for instance in reservation["Instances"]
             if instance["State"]["Name"] != "running"
         )
-        throttled_results = sum("Throttled" in json.dumps(result.output or result.cause or "") for result in results)
+        throttled_results = sum(
+            "ThrottledError" in f"{result.error} {json.dumps(result.output or {})}" for result in results
+        )
         slots = int(
             parameter_values(load_template(ROOT / "template.yaml"), emu.parameter_overrides)["CopySlotsPerRegion"]
         )
@@ -125,7 +127,7 @@ def scale(out: TextIO, instances: int = 100, destinations: list[str] = SCALE_REG
         critical_path = 90 + 20 * 60 + waves * 45 * 60
         print(f"\n== {SCALE_SCENARIO}: {dict(outcomes)}", file=out)
         print(f"   failed Regions: {failed_regions}; instances not running at the end: {stopped}", file=out)
-        print(f"   runs whose result mentions throttling: {throttled_results}", file=out)
+        print(f"   runs failed or partial by throttling (ThrottledError): {throttled_results}", file=out)
         print(f"   EC2 refusals by its token buckets (retried): {emu.world.limits.refused}", file=out)
         print(f"   most copies in flight into one Region: {max(peak.values(), default=0)} (slots: {slots})", file=out)
         print(

@@ -273,6 +273,7 @@ def refused_command(account_id: str, region: str, params: dict[str, Any]) -> SSM
     return None
 
 
+VISIBLE_AFTER_SECONDS = 60  # how long a new image may answer InvalidAMIID.NotFound (hide_new_images)
 MAX_TAG_KEY, MAX_TAG_VALUE, MAX_TAGS_PER_RESOURCE = 128, 256, 50  # EC2's limits, which moto does not check
 
 
@@ -445,7 +446,9 @@ class World:
             self._after_calls.append((operation, action))
 
     def hide_new_images(self, describes: int) -> None:
-        """Each new image answers InvalidAMIID.NotFound to its first ``describes`` DescribeImages."""
+        """Each new image answers InvalidAMIID.NotFound to its first ``describes`` DescribeImages made
+        within VISIBLE_AFTER_SECONDS of its creation (EC2's eventual consistency lasts seconds: an
+        image looked at again when its event comes, minutes later, is visible)."""
         self._hidden_describes = describes
 
     def ssm_manage(self, instance_id: str, platform: str = "Linux", ping_status: str = "Online") -> None:
@@ -712,7 +715,8 @@ class World:
             }
         if operation == "DescribeImages":
             for image_id in params.get("ImageIds", []):
-                if self._hidden.get(image_id, 0) > 0:
+                created = self.image_lifetimes.get(image_id, (self.clock.now(), 0.0))[0]
+                if self._hidden.get(image_id, 0) > 0 and self.clock.now() - created < VISIBLE_AFTER_SECONDS:
                     self._hidden[image_id] -= 1
                     return EC2ClientError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
         return None
