@@ -137,9 +137,14 @@ def scale(out: TextIO, instances: int = 100, destinations: list[str] = SCALE_REG
         )
         print(f"   state transitions: {sum(result.transitions for result in results)}", file=out)
         print(f"   Lambda invocations: {len(emu.runtime.invocations) - invocations}", file=out)
-        print(f"   EC2 calls: {sum(calls.values())}", file=out)
-        for operation, count in sorted(calls.items(), key=lambda item: (-item[1], item[0])):
-            print(f"     {operation:<24}{count:>6}", file=out)
+        ec2_calls(out, calls)
+
+
+def ec2_calls(out: TextIO, calls: Counter[str]) -> None:
+    """The EC2 calls, in all and by operation (most first)."""
+    print(f"   EC2 calls: {sum(calls.values())}", file=out)
+    for operation, count in sorted(calls.items(), key=lambda item: (-item[1], item[0])):
+        print(f"     {operation:<24}{count:>5}", file=out)
 
 
 def import_seconds(module: str, cwd: Path, samples: int) -> float:
@@ -193,9 +198,7 @@ def main(
             )
             evaluated = sum(emu.authorizer.used.values())
             print(f"   IAM: {evaluated} grants checked, {len(emu.authorizer.refusals)} calls refused", file=out)
-            print(f"   EC2 calls: {sum(calls.values())}", file=out)
-            for operation, count in sorted(calls.items(), key=lambda item: (-item[1], item[0])):
-                print(f"     {operation:<24}{count:>5}", file=out)
+            ec2_calls(out, calls)
     if with_scale:
         scale(out)
     cold_starts(out, import_samples)

@@ -17,11 +17,14 @@ exactly N times the calls of one.
 
 Threads that are not participants (the test's, the server's) live at the clock's time; when one of
 them advances the clock (a handler test waiting for an image), the world's time moves with it.
-A retry's full jitter is its mean (half the back-off interval), so a run is the same run every time.
+A retry's full jitter is drawn from the retry itself (its execution, state, Map item and attempt),
+so runs retrying together spread out as on AWS and a run is the same run every time.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import types
 import weakref
@@ -30,11 +33,36 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 from unittest import mock
 
-from moto.stepfunctions.parser.asl.component.common.retry import jitter_strategy_decl, retrier_decl
+from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+from moto.stepfunctions.parser.asl.component.common.retry.jitter_strategy_decl import (
+    JitterStrategy,
+    JitterStrategyDecl,
+)
 from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import WaitFunction
 from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 
 START_EPOCH = 1_790_000_000.0  # a fixed instant, so runs are reproducible
+
+
+def seeded_jitter(decl: JitterStrategyDecl, env: Any) -> None:
+    """Full jitter, drawn from the retry itself: a fraction of the interval fixed by the execution, the
+    state, the Map item and the attempt. Runs retrying together spread out as real jitter spreads
+    them (a mean for everyone would retry a hundred throttled runs at one instant, again and again),
+    and a run is still the same run every time."""
+    if decl.jitter_strategy == JitterStrategy.NONE:
+        return
+    interval = env.stack.pop()
+    context = env.states.context_object.context_object_data
+    key = json.dumps(
+        [
+            context.get("Execution", {}).get("Name"),
+            context.get("State", {}).get("Name"),
+            context.get("State", {}).get("RetryCount"),
+            context.get("Map", {}).get("Item", {}).get("Index"),
+        ]
+    )
+    fraction = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32
+    env.stack.append(interval * fraction)
 
 
 class VirtualClock:
@@ -185,9 +213,6 @@ class VirtualClock:
             clock.advance(wait_seconds)
 
         virtual_time = types.SimpleNamespace(sleep=self.advance)
-        # Full jitter draws a back-off between 0 and the interval; the emulator takes its mean, so a
-        # retried run is the same run every time.
-        mean_jitter = types.SimpleNamespace(uniform=lambda low, high: (low + high) / 2)
         start_thread = threading.Thread.start
         run_thread = threading.Thread.run
         join_thread = threading.Thread.join
@@ -243,5 +268,5 @@ class VirtualClock:
             stack.enter_context(mock.patch.object(threading.Event, "set", set_event))
             stack.enter_context(mock.patch.object(WaitFunction, "_wait_interval", wait_interval))
             stack.enter_context(mock.patch.object(retrier_decl, "time", virtual_time))
-            stack.enter_context(mock.patch.object(jitter_strategy_decl, "random", mean_jitter))
+            stack.enter_context(mock.patch.object(JitterStrategyDecl, "_eval_body", seeded_jitter))
             yield self
