@@ -42,14 +42,11 @@ def copy_image(event: CopyImageInput) -> ImageRef:
     copy re-encrypts the capture); otherwise the ASL uses the source image as it is."""
     region = event.region.name
     ec2 = Ec2(region)
-    existing = found_again(ec2, event.image_name, event.run_id, event.started_at)
-    if existing:
-        image = ImageRef(region=region, image_id=existing["ImageId"], state=existing["State"])
-        Ledger().record(event.run_id, Made(region=region, kind="image", resource_id=image.image_id, role="image"))
-        return image
     ledger, slots = Ledger(), load_settings().copy_slots_per_region
     # All runs share EC2's copy quota into a Region: a copy starts only with a slot, given back when it
-    # settles (its event, or the fallback sweep) or when the run ends (however it ends).
+    # settles (its event, or the fallback sweep) or when the run ends (however it ends). The slot comes
+    # first, before any EC2 call: a hundred copies waiting for slots ask EC2 nothing. A copy that an
+    # earlier attempt started (its answer lost) still holds its slot, so it is found again below.
     if not ledger.take_copy_slot(region, event.run_id, slots) and not (
         _free_slots_of_ended_runs(ledger, region) and ledger.take_copy_slot(region, event.run_id, slots)
     ):
@@ -57,6 +54,11 @@ def copy_image(event: CopyImageInput) -> ImageRef:
             f"waiting for a copy slot in {region}: {slots} copies of AMI Factory runs are in flight there "
             f"(CopySlotsPerRegion); the copy starts when one settles"
         )
+    existing = found_again(ec2, event.image_name, event.run_id, event.started_at)
+    if existing:
+        image = ImageRef(region=region, image_id=existing["ImageId"], state=existing["State"])
+        ledger.record(event.run_id, Made(region=region, kind="image", resource_id=image.image_id, role="image"))
+        return image
     try:
         image_id = ec2.copy_image(
             source_region=event.source_image.region,
