@@ -44,24 +44,26 @@ from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 START_EPOCH = 1_790_000_000.0  # a fixed instant, so runs are reproducible
 
 
-def seeded_jitter(decl: JitterStrategyDecl, env: Any) -> None:
+def seeded_jitter(decl: JitterStrategyDecl, env: Any, draws: dict[str, int], lock: threading.Lock) -> None:
     """Full jitter, drawn from the retry itself: a fraction of the interval fixed by the execution, the
-    state, the Map item and the attempt. Runs retrying together spread out as real jitter spreads
-    them (a mean for everyone would retry a hundred throttled runs at one instant, again and again),
-    and a run is still the same run every time."""
+    state, the Map item and how many times that state has drawn before (its attempts come one after
+    another, so the sequence is the same every time). Runs retrying together spread out as real
+    jitter spreads them (a mean for everyone would retry a hundred throttled runs at one instant,
+    again and again), and a run is still the same run every time."""
     if decl.jitter_strategy == JitterStrategy.NONE:
         return
     interval = env.stack.pop()
     context = env.states.context_object.context_object_data
-    key = json.dumps(
+    retry = json.dumps(
         [
             context.get("Execution", {}).get("Name"),
             context.get("State", {}).get("Name"),
-            context.get("State", {}).get("RetryCount"),
             context.get("Map", {}).get("Item", {}).get("Index"),
         ]
     )
-    fraction = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32
+    with lock:
+        attempt = draws[retry] = draws.get(retry, 0) + 1
+    fraction = int(hashlib.sha256(f"{retry}#{attempt}".encode()).hexdigest()[:8], 16) / 2**32
     env.stack.append(interval * fraction)
 
 
@@ -268,5 +270,13 @@ class VirtualClock:
             stack.enter_context(mock.patch.object(threading.Event, "set", set_event))
             stack.enter_context(mock.patch.object(WaitFunction, "_wait_interval", wait_interval))
             stack.enter_context(mock.patch.object(retrier_decl, "time", virtual_time))
-            stack.enter_context(mock.patch.object(JitterStrategyDecl, "_eval_body", seeded_jitter))
+            draws: dict[str, int] = {}  # per emulator: a run of the same name elsewhere draws afresh
+            draws_lock = threading.Lock()
+            stack.enter_context(
+                mock.patch.object(
+                    JitterStrategyDecl,
+                    "_eval_body",
+                    lambda decl, env: seeded_jitter(decl, env, draws, draws_lock),
+                )
+            )
             yield self
