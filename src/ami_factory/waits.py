@@ -48,7 +48,14 @@ from .contracts import (
     WatchImageInput,
     WatchInstanceInput,
 )
-from .errors import AmiFactoryError, ImageFailedError, ImageNotVisibleYetError, InvalidRequestError
+from .errors import (
+    RETRYABLE_ERRORS,
+    AmiFactoryError,
+    ImageFailedError,
+    ImageNotVisibleYetError,
+    InvalidRequestError,
+    ThrottledError,
+)
 from .generalize import look_at_command, look_at_generalize
 from .ledger import Ledger, Role, Wait, WaitKind
 from .observability import MetricUnit, logger, metrics
@@ -94,7 +101,7 @@ def watch_image(event: WatchImageInput) -> ImageRef:
             copy_slot=event.copy_slot,
         )
     )
-    state, _ = look_and_settle(wait, datetime.now(UTC))
+    state = _first_look(wait)
     return image.model_copy(update={"state": state or image.state})
 
 
@@ -115,8 +122,20 @@ def watch_instance(event: WatchInstanceInput) -> BaseModel:
             also=also,
         )
     )
-    look_and_settle(wait, datetime.now(UTC))
+    _first_look(wait)
     return ref
+
+
+def _first_look(wait: Wait) -> str | None:
+    """The look a wait begins with, once its token is recorded. Throttled, it is not retried: the
+    wait is covered already (its event, or the fallback sweep, ends it), and retrying the look is what
+    a hundred runs starting at once cannot afford."""
+    try:
+        return look_and_settle(wait, datetime.now(UTC))[0]
+    except ThrottledError:
+        logger.warning("the first look was throttled; the event or the fallback sweep ends the wait")
+        metrics.add_metric(name="WaitLooksThrottled", unit=MetricUnit.Count, value=1)
+        return None
 
 
 def _watched_on_instance(
@@ -277,6 +296,8 @@ def _looking_with(
     def looking(wait: Wait) -> Look:
         try:
             found = look(model.model_validate_json(wait.ref))
+        except RETRYABLE_ERRORS:
+            raise  # throttled, mid-transition: not an answer about the step; looked at again
         except AmiFactoryError as error:
             return Look("failed", error=error)
         state = state_of(found)

@@ -316,6 +316,26 @@ def test_the_instance_and_command_events_end_their_waits(emu: Emulator, plan: di
     assert [item for item in ledger_items(emu) if item["pk"] == "wait"] == [], "both waits are over"
 
 
+def test_a_throttled_first_look_leaves_the_wait_to_its_event(emu: Emulator, plan: dict[str, Any]) -> None:
+    """The token is recorded before the look: a throttled look is not retried (at scale the retries
+    are what drains EC2's bucket), and the event ends the wait as it would have."""
+    emu.world.instances_take_to_stop(600)
+    prepared = invoke(emu, "PrepareInstance", plan)
+    emu.world.throttle("DescribeInstances", times=1)
+    assert watch(emu, "run-7", "instance", prepared) == {}, "no error, no outcome yet"
+    (wait,) = [item for item in ledger_items(emu) if item["pk"] == "wait"]
+    assert wait["sk"] == f"us-east-1#{plan['instance_id']}"
+    # A look throttled later (here the sweep's) is no answer about the instance either: the wait stays.
+    emu.world.throttle("DescribeInstances", times=1)
+    (swept,) = emu.fire_scheduled_rule("WaitSweepRule")
+    assert swept["failed"] == [plan["instance_id"]] and emu.world.sent("SendTaskFailure") == []
+    stopped = event("instance-state-change.json")
+    stopped["detail"]["instance-id"] = plan["instance_id"]
+    emu.clock.advance(600)
+    (settled,) = emu.deliver_event(stopped)
+    assert settled["state"] == "stopped" and len(emu.world.sent("SendTaskSuccess")) == 1
+
+
 def test_an_instance_shutting_down_is_not_waited_for(emu: Emulator, plan: dict[str, Any]) -> None:
     prepared = invoke(emu, "PrepareInstance", plan)
     emu.world.set_instance_state("us-east-1", plan["instance_id"], "shutting-down")
