@@ -272,7 +272,7 @@ def test_bench_reports_counts_per_run() -> None:
 
 @pytest.mark.slow
 def test_bench_reports_a_firing_over_many_instances() -> None:
-    """The scale scenario's shape, small (`make bench` runs 100 instances to 10 Regions)."""
+    """The scale scenario's shape, small (`make bench` runs 40 instances to 10 Regions)."""
     out = io.StringIO()
     bench.scale(out, instances=6, destinations=["eu-west-1", "ap-southeast-2"])
     report = out.getvalue()

@@ -83,10 +83,13 @@ SCENARIOS = [
 
 
 SCALE_REGIONS = [*REGIONS, "us-west-2", "eu-central-1", "ap-northeast-1", "sa-east-1", "ca-central-1", "eu-north-1"]
-SCALE_SCENARIO = "one firing: 100 instances, each to 10 Regions (20 min image, 45 min copies)"
+# The issue's scenario is 100 instances; 40 finish in about two minutes of real time, 100 took over
+# twenty once every run reached its copies (the emulator runs every step of every run on 2 cores).
+SCALE_INSTANCES = 40
+SCALE_SCENARIO = f"one firing: {SCALE_INSTANCES} instances, each to 10 Regions (20 min image, 45 min copies)"
 
 
-def scale(out: TextIO, instances: int = 100, destinations: list[str] = SCALE_REGIONS[:9]) -> None:
+def scale(out: TextIO, instances: int = SCALE_INSTANCES, destinations: list[str] = SCALE_REGIONS[:9]) -> None:
     """One firing over many instances at once: every run to the same Regions, all started at the same
     virtual time (as a schedule's StartRun starts them), sharing each Region's copy slots."""
     with Emulator(parameters={"AllowedShareAccounts": ACCOUNT, "AllowedRegions": ""}) as emu:
