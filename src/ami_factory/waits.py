@@ -54,7 +54,6 @@ from .errors import (
     ImageFailedError,
     ImageNotVisibleYetError,
     InvalidRequestError,
-    ThrottledError,
 )
 from .generalize import look_at_command, look_at_generalize
 from .ledger import Ledger, Role, Wait, WaitKind
@@ -132,7 +131,7 @@ def _first_look(wait: Wait) -> str | None:
     a hundred runs starting at once cannot afford."""
     try:
         return look_and_settle(wait, datetime.now(UTC))[0]
-    except ThrottledError:
+    except RETRYABLE_ERRORS:
         logger.warning("the first look was throttled; the event or the fallback sweep ends the wait")
         metrics.add_metric(name="WaitLooksThrottled", unit=MetricUnit.Count, value=1)
         return None

@@ -29,6 +29,7 @@ from unittest import mock
 import boto3
 from moto import mock_aws
 from moto.dynamodb.models import dynamodb_backends
+from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.events.models import events_backends
 from moto.stepfunctions.exceptions import InvalidExecutionInput
 from moto.stepfunctions.parser.api import HistoryEventType
@@ -579,12 +580,13 @@ class Emulator:
         """The resources a task token waits for, as the run ledger records them (read from moto's table
         directly: the emulator's look is not one of the product's calls)."""
         table = dynamodb_backends[ACCOUNT_ID][self.region].get_table(self._deployed[1][("LedgerTable", "Ref")])
-        found = []
-        for item in table.all_items():
-            recorded = item.attrs.get("token")
-            if recorded is not None and recorded.value == token and item.hash_key.value == "wait" and item.range_key:
-                found.append(str(item.range_key.value).rsplit("#", 1)[-1])
-        return found
+        # The wait partition only (every waiting task asks, each time it wakes: never the whole table).
+        waits = list(table.items.get(DynamoType({"S": "wait"}), {}).values())
+        return [
+            str(item.range_key.value).rsplit("#", 1)[-1]
+            for item in waits
+            if (recorded := item.attrs.get("token")) is not None and recorded.value == token and item.range_key
+        ]
 
     def _next_firing(self) -> tuple[float, Any] | None:
         """The next time after the calling thread's own that a rate() rule fires on the virtual clock
