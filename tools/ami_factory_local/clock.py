@@ -71,7 +71,11 @@ class VirtualClock:
     def __init__(self, start: float = START_EPOCH) -> None:
         self._start = start
         self._now = start
-        self._cv = threading.Condition(threading.RLock())
+        lock = threading.RLock()
+        self._cv = threading.Condition(lock)
+        self._lock = lock
+        # Each sleeper waits on its own alarm: waking one thread must not wake a thousand to look.
+        self._alarms: dict[threading.Thread, threading.Condition] = {}
         self._participants: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self._running: set[threading.Thread] = set()
         self._sleepers: dict[threading.Thread, float] = {}
@@ -108,19 +112,20 @@ class VirtualClock:
             if at <= self._now or woken():
                 return
             self._sleepers[thread] = at
+            alarm = self._alarms[thread] = threading.Condition(self._lock)
             self._running.discard(thread)
             self._step()
             while thread not in self._running:
-                self._cv.wait()
+                alarm.wait()
             self._sleepers.pop(thread, None)
+            self._alarms.pop(thread, None)
 
     def wake(self, thread: threading.Thread) -> None:
         """``thread`` sleeps no longer (what it waited for happened now): it runs from this time."""
         with self._cv:
             if thread in self._sleepers:
                 del self._sleepers[thread]
-                self._running.add(thread)
-                self._cv.notify_all()
+                self._run_again(thread)
 
     def _move_to(self, at: float) -> None:
         """The world's time becomes ``at``; every sleeper due by then runs again."""
@@ -128,8 +133,13 @@ class VirtualClock:
         for sleeper, wake_at in list(self._sleepers.items()):
             if wake_at <= at:
                 del self._sleepers[sleeper]
-                self._running.add(sleeper)
-        self._cv.notify_all()
+                self._run_again(sleeper)
+
+    def _run_again(self, sleeper: threading.Thread) -> None:
+        self._running.add(sleeper)
+        alarm = self._alarms.get(sleeper)
+        if alarm is not None:
+            alarm.notify()
 
     def _step(self) -> None:
         """With no participant running, time moves to the earliest sleeper's."""
@@ -178,9 +188,9 @@ class VirtualClock:
     def _release(self, on: object) -> None:
         """``on`` happened (an Event set, a thread finished): those waiting for it run again, now."""
         with self._cv:
+            # They wait for ``on`` itself (the Event, the thread), not for the clock.
             for thread in self._blocked_on.pop(on, set()):
                 self._running.add(thread)
-            self._cv.notify_all()
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -197,6 +207,28 @@ class VirtualClock:
                 if not already:
                     self._running.discard(holder)
                 self._step()
+
+    @contextmanager
+    def participating(self) -> Iterator[None]:
+        """The calling thread takes part while the context is open: what it waits for (a function pacing
+        its calls) passes only when every other participant waits too, as a run's steps do."""
+        thread = threading.current_thread()
+        with self._cv:
+            if thread in self._participants:
+                already = True
+            else:
+                already = False
+                self._participants.add(thread)
+                self._running.add(thread)
+        try:
+            yield
+        finally:
+            if not already:
+                with self._cv:
+                    self._participants.discard(thread)
+                    self._running.discard(thread)
+                    self._sleepers.pop(thread, None)
+                    self._step()
 
     def spawn(self, target: Callable[[], None]) -> threading.Thread:
         """A participant thread running ``target`` (what an execution's thread is to the interpreter)."""
