@@ -91,6 +91,7 @@ class Settings:
     ssm_documents: dict[str, str] = field(default_factory=dict)  # cleanup-linux, ... -> the stack's document
     allowed_trigger_principals: tuple[str, ...] = ()  # TriggerSource=cloudtrail: who may trigger by tag
     copy_slots_per_region: int = 20  # copies all runs may have in flight into one Region (EC2: 25 from one source)
+    run_starts_per_minute: int = 60  # how fast a firing over many instances starts their runs
 
     @property
     def launch_check_max_polls(self) -> int:
@@ -117,6 +118,7 @@ def load_settings() -> Settings:
         parameter_prefix=os.environ.get("PARAMETER_PREFIX", "/ami-factory").rstrip("/"),
         poll_seconds=_int("POLL_SECONDS", 60),
         copy_slots_per_region=_int("COPY_SLOTS_PER_REGION", 20),
+        run_starts_per_minute=_int("RUN_STARTS_PER_MINUTE", 60),
         max_wait_seconds=_int("MAX_WAIT_SECONDS", 4 * 3600),
         generalize_max_wait_seconds=_int("GENERALIZE_MAX_WAIT_SECONDS", 30 * 60),
         sdk_max_attempts=_int("SDK_MAX_ATTEMPTS", 5),

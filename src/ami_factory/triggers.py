@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from fnmatch import fnmatchcase
+from time import sleep
 from typing import Any, Literal
 
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
@@ -353,11 +354,32 @@ def _scheduled_candidates(firing: ScheduledFiring, settings: Settings) -> list[_
     ]
 
 
+# A firing's starts are spread over at most this long: StartRun's 15-minute timeout keeps the rest for its calls.
+STARTS_WITHIN_SECONDS = 600
+
+
+def start_spacing(candidates: int, per_minute: int) -> float:
+    """Seconds between two starts of one firing: the operator's rate, unless the firing is too big to
+    start at that rate within ``STARTS_WITHIN_SECONDS`` (then as fast as that takes)."""
+    spacing = 60 / per_minute
+    if candidates > 1 and spacing * (candidates - 1) > STARTS_WITHIN_SECONDS:
+        logger.warning(
+            "%d runs at %d a minute would take over %d s; starting them %.2f s apart instead",
+            candidates,
+            per_minute,
+            STARTS_WITHIN_SECONDS,
+            STARTS_WITHIN_SECONDS / (candidates - 1),
+        )
+        return STARTS_WITHIN_SECONDS / (candidates - 1)
+    return spacing
+
+
 def _start(candidates: list[_Candidate], settings: Settings) -> StartOutcome:
     outcome = StartOutcome()
     if not candidates:
         return outcome
     ec2, sfn = Ec2(settings.region), StepFunctions(settings.region)
+    spacing = start_spacing(len(candidates), settings.run_starts_per_minute)
     for candidate in candidates:
         holder = running_holder(settings.region, candidate.instance_id)
         if holder:
@@ -399,6 +421,8 @@ def _start(candidates: list[_Candidate], settings: Settings) -> StartOutcome:
             continue
         # The request holds only JSON types: the dump's mode is not a decision.
         payload = request.model_dump(mode="json", exclude_none=True)  # pragma: no mutate
+        if outcome.started:  # every run's first EC2 calls draw on one bucket: one start per spacing
+            sleep(spacing)
         if not sfn.start_execution(settings.state_machine_arn, candidate.execution_name, payload):
             outcome.skipped.append(
                 Skipped(instance_id=candidate.instance_id, reason="already started", held_by=candidate.execution_name)

@@ -12,7 +12,13 @@ from ami_factory.errors import (
     PublicSharingBlockedError,
     ShareTargetNotAllowedError,
 )
-from ami_factory.triggers import PRIVILEGED_SETTINGS, request_from_tags, trigger_principal_allowed
+from ami_factory.triggers import (
+    PRIVILEGED_SETTINGS,
+    STARTS_WITHIN_SECONDS,
+    request_from_tags,
+    start_spacing,
+    trigger_principal_allowed,
+)
 from tests.helpers import SETTINGS
 
 INSTANCE = "i-0123456789abcdef0"
@@ -230,3 +236,10 @@ def test_an_error_no_tag_caused_names_the_tags_not_a_field() -> None:
 def test_a_flag_that_is_not_true_or_false_is_quoted_up_to_40_characters() -> None:
     with pytest.raises(InvalidRequestError, match=f"tag ami-factory:encrypt is '{'y' * 40}': use true or false"):
         request_from_tags(INSTANCE, {"ami-factory:encrypt": "y" * 60}, SETTINGS)
+
+
+def test_a_firing_is_paced_at_the_operators_rate_unless_it_would_outlast_ten_minutes() -> None:
+    assert start_spacing(100, per_minute=60) == 1.0
+    assert start_spacing(1, per_minute=1) == 60.0  # one start never waits: the spacing is unused
+    # 1,000 instances at 60 a minute would take 16.7 minutes: StartRun's timeout is 15.
+    assert start_spacing(1001, per_minute=60) == STARTS_WITHIN_SECONDS / 1000

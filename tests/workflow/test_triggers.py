@@ -4,6 +4,7 @@ function to finished runs in the emulator."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from typing import Any
@@ -369,3 +370,18 @@ def test_tag_booleans_take_true_and_false_in_any_case(emu: Emulator) -> None:
     instance_id = launch_tagged(emu, **{"ami-factory:launch-check": " FALSE ", "ami-factory:encrypt": "False"})
     (outcome,) = emu.deliver_event(tag_event(emu, instance_id))
     assert outcome["started"] and outcome["rejected"] == [], outcome
+
+
+def test_a_firing_starts_its_runs_no_faster_than_the_start_rate(make_emulator) -> None:
+    """One firing over many instances spreads its StartExecutions (RunStartsPerMinute), so the runs'
+    first EC2 calls (StopInstances, CreateImage: EC2's mutating bucket refills 5 a second) do not all
+    land in the same second."""
+    emu: Emulator = make_emulator(ScheduleExpression="cron(0 3 ? * SUN *)", RunStartsPerMinute="20")
+    emu.world.images_take(120)
+    for n in range(4):
+        emu.launch_instance(name=f"web-{n}", tags={"ami-factory:schedule": "true"})
+    (outcome,) = emu.fire_schedule("2026-11-29T03:00:00Z")
+    runs = wait_all(emu)
+    assert len(outcome["started"]) == 4 and {run.status for run in runs} == {"SUCCEEDED"}
+    stops = sorted(request.at for request in emu.world.sent("StopInstances"))
+    assert [round(later - earlier) for earlier, later in itertools.pairwise(stops)] == [3, 3, 3]

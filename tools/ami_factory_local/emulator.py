@@ -192,6 +192,8 @@ class Emulator:
         )
         stack.enter_context(mock.patch.object(EventManager, "add_event", self._within_quota(EventManager.add_event)))
         stack.enter_context(self.clock.installed())
+        # StartRun paces a firing's starts (RunStartsPerMinute) in virtual time.
+        stack.enter_context(mock.patch("ami_factory.triggers.sleep", self._pause))
         stack.enter_context(self.world.installed())
         stack.enter_context(self.runtime.installed())
         stack.enter_context(
@@ -628,12 +630,17 @@ class Emulator:
         except Exception as error:  # EventBridge gives up on a target that keeps failing; the wait goes on
             self.failed_deliveries.append((event, f"{type(error).__name__}: {error}"))
 
+    def _pause(self, seconds: float) -> None:
+        with self.runtime.paused():
+            self.clock.advance(seconds)
+
     # --- triggers -----------------------------------------------------------------------------
 
     def deliver_event(self, event: dict[str, Any]) -> list[Any]:
         """EventBridge delivering ``event`` as it is (same id on a redelivery): every deployed rule
         whose pattern matches it invokes its Lambda targets. Returns their results (empty: no match)."""
-        return self.runtime.deliver(event, events_backends[ACCOUNT_ID][self.region])
+        with self.clock.participating():
+            return self.runtime.deliver(event, events_backends[ACCOUNT_ID][self.region])
 
     def fire_schedule(self, scheduled_time: str, attempt: int = 1) -> list[Any]:
         """EventBridge Scheduler firing every deployed schedule at ``scheduled_time`` (ISO 8601, UTC)."""
@@ -648,7 +655,8 @@ class Emulator:
             )
             name = target["Arn"].split(":function:")[-1]
             self._scheduler_may_invoke(target)
-            results.append(self.runtime.invoke_checked(name, json.loads(payload)))
+            with self.clock.participating():
+                results.append(self.runtime.invoke_checked(name, json.loads(payload)))
         return results
 
     def _scheduler_may_invoke(self, target: dict[str, Any]) -> None:

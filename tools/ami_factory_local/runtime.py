@@ -123,6 +123,17 @@ class InProcessRuntime:
                     "stackTrace": traceback.format_exception(error)[-5:],
                 }
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The calling function pauses (StartRun pacing its starts): other functions run meanwhile, as
+        other Lambda instances would. The environment comes back with the lock: each invocation puts
+        back what it found."""
+        state = self._lock._release_save()  # type: ignore[attr-defined]  # every level this thread holds
+        try:
+            yield
+        finally:
+            self._lock._acquire_restore(state)  # type: ignore[attr-defined]
+
     def invoke_checked(self, name: str, payload: Any) -> Any:
         errored, result = self.invoke(name, payload)
         if errored:
