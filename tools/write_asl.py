@@ -71,13 +71,14 @@ PATIENT_RETRY: State = {
 
 
 # A copy waits for a slot of the destination Region's semaphore (CopySlotsPerRegion): every 6 minutes,
-# for up to 2 hours (two waves of copies), apart from the transient errors' short back-off. Each attempt
+# for up to 4 hours (one firing over 100 instances with 20 slots copies in five waves: the last waits
+# three hours for its slot when copies take 45 minutes), apart from the transient errors' short back-off. Each attempt
 # writes 3 history events: the history budget (tests/workflow/test_history_budget.py) counts them.
 COPY_SLOT_RETRY: State = {
     "ErrorEquals": [CopySlotBusyError.__name__],
     "IntervalSeconds": 360,
     "BackoffRate": 1.0,
-    "MaxAttempts": 20,
+    "MaxAttempts": 40,
 }
 
 

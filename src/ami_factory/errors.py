@@ -132,7 +132,7 @@ class ThrottledError(AmiFactoryError):
 class CopySlotBusyError(AmiFactoryError):
     """Every copy slot of the destination Region is held (CopySlotsPerRegion), or EC2's copy quota there
     is full (other tools copying): the copy waits. Retried apart from the transient errors, every 6
-    minutes for up to 2 hours."""
+    minutes for up to 4 hours."""
 
 
 class ImageNotVisibleYetError(AmiFactoryError):

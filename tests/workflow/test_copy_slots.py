@@ -97,6 +97,18 @@ def test_a_copy_waits_for_a_free_slot_says_so_and_then_goes_on(make_emulator) ->
     assert slot_items == {"copy-slots#eu-west-1", "copy-slots#ap-southeast-2"}, "giving back none writes none"
 
 
+def test_a_copy_waits_for_its_slot_through_five_waves_of_copies(make_emulator) -> None:
+    """One firing over 100 instances with 20 slots copies in five waves: the last wave's copies wait
+    three hours (four waves of 45-minute copies) for a slot, and must not fail their Region meanwhile."""
+    emu: Emulator = make_emulator(CopySlotsPerRegion="1")
+    hold_slot(emu, "eu-west-1", "other-run", ended=False)
+    release_after(emu, "eu-west-1", "other-run", seconds=3 * 3600)
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="waits-long")
+    assert result.status == "SUCCEEDED" and result.output["status"] == "SUCCEEDED", result.output
+    assert len(slot_waits(result.history)) == 31, "tried at once, then every 6 minutes for three hours"
+
+
 def test_a_slot_of_a_run_that_has_ended_is_freed_by_the_next_copy(make_emulator) -> None:
     emu: Emulator = make_emulator(CopySlotsPerRegion="1")
     hold_slot(emu, "eu-west-1", "crashed-run", ended=True)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from ami_factory.rules import execution_arn
 from ami_factory_local import Emulator
 from tests.helpers import (
     REGIONS,
@@ -25,15 +26,12 @@ from tests.helpers import (
 )
 
 
-def execution_arn(emu: Emulator, name: str) -> str:
-    return f"{emu.state_machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
-
-
 def stop_when(emu: Emulator, operation: str, name: str) -> None:
     """StopExecution of run ``name`` right after its first ``operation`` took effect: deterministic,
     whatever the machine's speed."""
     emu.world.after_call(
-        operation, lambda: emu.client("stepfunctions").stop_execution(executionArn=execution_arn(emu, name))
+        operation,
+        lambda: emu.client("stepfunctions").stop_execution(executionArn=execution_arn(emu.state_machine_arn, name)),
     )
 
 
