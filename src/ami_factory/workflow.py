@@ -169,9 +169,13 @@ def finalize(plan: FinalizeInput) -> Summary:
 
 
 def image_cost(images: dict[str, str], source_region: str, prices: Prices) -> CostEstimate:
-    """What the images (one per Region) cost to keep, and what copying them cost once."""
-    sizes = {region: float(Ec2(region).image_gib(image_id)) for region, image_id in images.items()}
-    return estimate_images(sizes, source_region, prices)
+    """What the images (one per Region) cost to keep, and what copying them cost once. A copy has its
+    source's volumes, so one image's size is every Region's (one DescribeImages, not one per Region)."""
+    if not images:
+        return estimate_images({}, source_region, prices)
+    looked_at = source_region if source_region in images else next(iter(images))
+    size = float(Ec2(looked_at).image_gib(images[looked_at]))
+    return estimate_images(dict.fromkeys(images, size), source_region, prices)
 
 
 def handle_failure(plan: HandleFailureInput) -> Summary:
