@@ -409,6 +409,10 @@ def _start(candidates: list[_Candidate], settings: Settings) -> StartOutcome:
                 Rejected(instance_id=candidate.instance_id, error=type(error).__name__, message=str(error))
             )
             continue
+        # Every run's first EC2 calls draw on one bucket: one start per spacing. The pause comes before
+        # the lock, so a StartRun that dies pausing leaves no lock without an execution.
+        if outcome.started:
+            sleep(spacing)
         # The run's lock, taken before its execution starts: a trigger a moment later sees it.
         holder = Holder(candidate.execution_name, execution_arn(settings.state_machine_arn, candidate.execution_name))
         try:
@@ -421,8 +425,6 @@ def _start(candidates: list[_Candidate], settings: Settings) -> StartOutcome:
             continue
         # The request holds only JSON types: the dump's mode is not a decision.
         payload = request.model_dump(mode="json", exclude_none=True)  # pragma: no mutate
-        if outcome.started:  # every run's first EC2 calls draw on one bucket: one start per spacing
-            sleep(spacing)
         if not sfn.start_execution(settings.state_machine_arn, candidate.execution_name, payload):
             outcome.skipped.append(
                 Skipped(instance_id=candidate.instance_id, reason="already started", held_by=candidate.execution_name)
