@@ -118,7 +118,7 @@ def load_settings() -> Settings:
         parameter_prefix=os.environ.get("PARAMETER_PREFIX", "/ami-factory").rstrip("/"),
         poll_seconds=_int("POLL_SECONDS", 60),
         copy_slots_per_region=_int("COPY_SLOTS_PER_REGION", 20),
-        run_starts_per_minute=_int("RUN_STARTS_PER_MINUTE", 60),
+        run_starts_per_minute=max(1, _int("RUN_STARTS_PER_MINUTE", 60)),  # the template's MinValue
         max_wait_seconds=_int("MAX_WAIT_SECONDS", 4 * 3600),
         generalize_max_wait_seconds=_int("GENERALIZE_MAX_WAIT_SECONDS", 30 * 60),
         sdk_max_attempts=_int("SDK_MAX_ATTEMPTS", 5),

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from moto.events.models import EventPattern
 
+from ami_factory import triggers
 from ami_factory_local import Emulator
 from ami_factory_local.template import Resolver, load_template, parameter_values, resources_of_type
 from tests.helpers import (
@@ -372,16 +373,23 @@ def test_tag_booleans_take_true_and_false_in_any_case(emu: Emulator) -> None:
     assert outcome["started"] and outcome["rejected"] == [], outcome
 
 
-def test_a_firing_starts_its_runs_no_faster_than_the_start_rate(make_emulator) -> None:
+def test_a_firing_starts_its_runs_no_faster_than_the_start_rate(make_emulator, monkeypatch: pytest.MonkeyPatch) -> None:
     """One firing over many instances spreads its StartExecutions (RunStartsPerMinute), so the runs'
     first EC2 calls (StopInstances, CreateImage: EC2's mutating bucket refills 5 a second) do not all
-    land in the same second."""
+    land in the same second. Only a start waits for the one before it: the first, and instances
+    refused, do not."""
     emu: Emulator = make_emulator(ScheduleExpression="cron(0 3 ? * SUN *)", RunStartsPerMinute="20")
     emu.world.images_take(120)
+    emu.launch_instance(name="refused", tags={"ami-factory:schedule": "true", "ami-factory:regions": "mars-1"})
     for n in range(4):
         emu.launch_instance(name=f"web-{n}", tags={"ami-factory:schedule": "true"})
+    paused = triggers.sleep  # the emulator's: virtual time
+    pauses: list[float] = []
+    monkeypatch.setattr(triggers, "sleep", lambda seconds: (pauses.append(seconds), paused(seconds)))
     (outcome,) = emu.fire_schedule("2026-11-29T03:00:00Z")
     runs = wait_all(emu)
-    assert len(outcome["started"]) == 4 and {run.status for run in runs} == {"SUCCEEDED"}
+    assert len(outcome["started"]) == 4 and len(outcome["rejected"]) == 1
+    assert {run.status for run in runs} == {"SUCCEEDED"}
+    assert pauses == [3.0, 3.0, 3.0]
     stops = sorted(request.at for request in emu.world.sent("StopInstances"))
     assert [round(later - earlier) for earlier, later in itertools.pairwise(stops)] == [3, 3, 3]

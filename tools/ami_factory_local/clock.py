@@ -160,6 +160,7 @@ class VirtualClock:
             self._release(thread)
             self._running.discard(thread)
             self._sleepers.pop(thread, None)
+            self._alarms.pop(thread, None)
             self._step()
 
     def _blocking(self, on: object, ready: Callable[[], bool]) -> bool:
@@ -214,10 +215,9 @@ class VirtualClock:
         its calls) passes only when every other participant waits too, as a run's steps do."""
         thread = threading.current_thread()
         with self._cv:
-            if thread in self._participants:
-                already = True
-            else:
-                already = False
+            already = thread in self._participants
+            was_running = thread in self._running  # inside ``held``, it stays running
+            if not already:
                 self._participants.add(thread)
                 self._running.add(thread)
         try:
@@ -226,8 +226,10 @@ class VirtualClock:
             if not already:
                 with self._cv:
                     self._participants.discard(thread)
-                    self._running.discard(thread)
+                    if not was_running:
+                        self._running.discard(thread)
                     self._sleepers.pop(thread, None)
+                    self._alarms.pop(thread, None)
                     self._step()
 
     def spawn(self, target: Callable[[], None]) -> threading.Thread:

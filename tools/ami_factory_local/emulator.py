@@ -631,7 +631,7 @@ class Emulator:
             self.failed_deliveries.append((event, f"{type(error).__name__}: {error}"))
 
     def _pause(self, seconds: float) -> None:
-        with self.runtime.paused():
+        with self.clock.participating(), self.runtime.paused():
             self.clock.advance(seconds)
 
     # --- triggers -----------------------------------------------------------------------------

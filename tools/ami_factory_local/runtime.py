@@ -3,7 +3,8 @@
 moto without Docker only echoes payloads; this replaces its ``invoke`` for the functions the
 emulator deployed. Errors come back the way Lambda reports them (``x-amz-function-error`` and a body
 with ``errorType`` = the exception's class name), so the state machine's Retry/Catch on our error
-names behave as on AWS. Invocations are serialized: each one gets its function's environment.
+names behave as on AWS. Invocations are serialized (each one gets its function's environment), except
+while a function pauses (``paused``): then others run, each with its own environment.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class InProcessRuntime:
     _handlers: dict[str, Callable[..., Any]] = field(default_factory=dict)
     _crashes: dict[str, int] = field(default_factory=dict)  # function name suffix -> invocations left to crash
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    # Per thread, the environment each invocation found (innermost last): what a pausing function
+    # puts back while others run, so its variables never leak into theirs.
+    _outer_environments: dict[int, list[dict[str, str]]] = field(default_factory=dict)
     refused_deliveries: list[tuple[str, str]] = field(default_factory=list)  # (rule ARN, function name)
     state_machine_role: str = ""  # the interpreter's Lambda invocations are made by this role
     # What may invoke a function besides a role (Lambda's resource policy): function name -> the
@@ -100,7 +104,7 @@ class InProcessRuntime:
     def invoke(self, name: str, payload: Any) -> tuple[bool, Any]:
         """Run the function; returns (errored, result or Lambda error body)."""
         code = self.functions[name]
-        with self._lock, _environment(code):
+        with self._lock, self._entered(), _environment(code):
             self.invocations.append(name)
             crashing = next((f for f, left in self._crashes.items() if name.endswith(f) and left > 0), None)
             if crashing:
@@ -124,15 +128,31 @@ class InProcessRuntime:
                 }
 
     @contextmanager
+    def _entered(self) -> Iterator[None]:
+        stack = self._outer_environments.setdefault(threading.get_ident(), [])
+        stack.append(dict(os.environ))
+        try:
+            yield
+        finally:
+            stack.pop()
+
+    @contextmanager
     def paused(self) -> Iterator[None]:
         """The calling function pauses (StartRun pacing its starts): other functions run meanwhile, as
-        other Lambda instances would. The environment comes back with the lock: each invocation puts
-        back what it found."""
+        other Lambda instances would, in the environment from before this invocation; its own comes
+        back with the lock."""
+        outer = self._outer_environments.get(threading.get_ident())
+        if not self._lock._is_owned() or not outer:  # type: ignore[attr-defined]  # not inside an invocation
+            yield
+            return
+        own = dict(os.environ)
+        _replace_environment(outer[0])
         state = self._lock._release_save()  # type: ignore[attr-defined]  # every level this thread holds
         try:
             yield
         finally:
             self._lock._acquire_restore(state)  # type: ignore[attr-defined]
+            _replace_environment(own)
 
     def invoke_checked(self, name: str, payload: Any) -> Any:
         errored, result = self.invoke(name, payload)
@@ -223,6 +243,11 @@ class InProcessRuntime:
             for backend_class in originals:
                 stack.enter_context(mock.patch.object(backend_class, "invoke", make_invoke(backend_class)))
             yield self
+
+
+def _replace_environment(values: dict[str, str]) -> None:
+    os.environ.clear()
+    os.environ.update(values)
 
 
 @contextmanager
