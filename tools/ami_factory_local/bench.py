@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ami_factory.rules import execution_arn
+from ami_factory.triggers import start_spacing
 
 from .emulator import Emulator
 from .template import load_template, parameter_values
@@ -162,7 +163,8 @@ def scale(out: TextIO, instances: int = SCALE_INSTANCES, destinations: list[str]
             "ThrottledError" in f"{result.error} {json.dumps(result.output or {})}" for result in results
         )
         settings = parameter_values(load_template(ROOT / "template.yaml"), emu.parameter_overrides)
-        slots, spacing = int(settings["CopySlotsPerRegion"]), 60 / int(settings["RunStartsPerMinute"])
+        slots = int(settings["CopySlotsPerRegion"])
+        spacing = start_spacing(instances, int(settings["RunStartsPerMinute"]))
         waves = -(-instances // slots)
         # The first wave's last run starts (slots - 1) spacings after the first; each later wave's
         # copies start as the one before settles.
@@ -173,6 +175,8 @@ def scale(out: TextIO, instances: int = SCALE_INSTANCES, destinations: list[str]
             f"45 min copies), started {spacing:g} s apart: {dict(outcomes)}",
             file=out,
         )
+        not_started = len(firing["skipped"]) + len(firing["rejected"])
+        print(f"   instances the firing did not start: {not_started}", file=out)
         print(f"   failed Regions: {failed_regions}; instances not running at the end: {stopped}", file=out)
         print(f"   runs failed or partial by throttling (ThrottledError): {throttled_results}", file=out)
         print(f"   EC2 refusals by its token buckets (retried): {emu.world.limits.refused}", file=out)
