@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
 
 from ami_factory_local import Emulator
 from ami_factory_local.clock import VirtualClock
+from ami_factory_local.runtime import FunctionCode, InProcessRuntime
 from ami_factory_local.template import Resolver
 from tests.helpers import TEST_PARAMETERS, sample
 
@@ -287,3 +290,31 @@ def test_a_task_ended_twice_is_answered_as_step_functions_answers(emu: Emulator)
     for name in ("TaskTimedOut", "TaskDoesNotExist"):
         error = getattr(models, name)()
         assert (error.error_type, error.code) == (name, 400) and error.message
+
+
+def test_a_pausing_function_lets_others_run_without_its_environment(tmp_path: Path) -> None:
+    """StartRun pacing its starts releases the runtime to other functions (as other Lambda instances
+    run meanwhile); they must not see its variables, and it gets its own back."""
+    (tmp_path / "pauser.py").write_text(
+        "import os\n"
+        "def handler(event, context):\n"
+        "    with event['runtime'].paused():\n"
+        "        event['meanwhile']()\n"
+        "    return os.environ.get('WHO')\n"
+    )
+    (tmp_path / "other.py").write_text(
+        "import os\ndef handler(event, context):\n    return [os.environ.get('WHO'), os.environ.get('MINE')]\n"
+    )
+    runtime = InProcessRuntime()
+    for name, environment in (("pauser", {"WHO": "pauser"}), ("other", {"MINE": "other"})):
+        runtime.register(FunctionCode(name, f"arn:{name}", tmp_path, f"{name}.handler", environment, []))
+    seen: list[object] = []
+
+    def meanwhile() -> None:  # another invocation, on its own thread, while the first pauses
+        thread = threading.Thread(target=lambda: seen.append(runtime.invoke_checked("other", {})))
+        thread.start()
+        thread.join(timeout=10)
+
+    assert runtime.invoke_checked("pauser", {"runtime": runtime, "meanwhile": meanwhile}) == "pauser"
+    assert seen == [[None, "other"]], "the other function ran meanwhile, with its environment only"
+    assert "WHO" not in os.environ and "MINE" not in os.environ
