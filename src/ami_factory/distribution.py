@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from botocore.exceptions import ClientError
 
-from .aws import Ec2, Ssm, error_text, snapshots_of
+from .aws import Ec2, Ssm, error_code, error_text, snapshots_of
 from .contracts import (
     CheckLaunchInput,
     CopyImageInput,
@@ -28,13 +28,14 @@ from .errors import (
     EncryptionKeyError,
     InvalidRequestError,
     LaunchCheckFailedError,
+    NotMadeByRunError,
     ThrottledError,
 )
 from .ledger import FamilyOwner, Ledger, Made
 from .observability import logger
 from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX, check_share_targets
 from .settings import load_settings
-from .steps import client_token, counted, family_refusal, found_again, give_up_after, require_made
+from .steps import client_token, counted, family_refusal, give_up_after, require_made
 
 
 def copy_image(event: CopyImageInput) -> ImageRef:
@@ -46,7 +47,9 @@ def copy_image(event: CopyImageInput) -> ImageRef:
     # All runs share EC2's copy quota into a Region: a copy starts only with a slot, given back when it
     # settles (its event, or the fallback sweep) or when the run ends (however it ends). The slot comes
     # first, before any EC2 call: a hundred copies waiting for slots ask EC2 nothing. A copy that an
-    # earlier attempt started (its answer lost) still holds its slot, so it is found again below.
+    # earlier attempt started (its answer lost) still holds its slot, and EC2 answers the same
+    # ClientToken with the same image: never looked up by name, so an image someone else registered
+    # under the run's name is never taken for the run's copy (EC2 refuses the name instead).
     if not ledger.take_copy_slot(region, event.run_id, slots) and not (
         _free_slots_of_ended_runs(ledger, region) and ledger.take_copy_slot(region, event.run_id, slots)
     ):
@@ -54,11 +57,6 @@ def copy_image(event: CopyImageInput) -> ImageRef:
             f"waiting for a copy slot in {region}: {slots} copies of AMI Factory runs are in flight there "
             f"(CopySlotsPerRegion); the copy starts when one settles"
         )
-    existing = found_again(ec2, event.image_name, event.run_id, event.started_at)
-    if existing:
-        image = ImageRef(region=region, image_id=existing["ImageId"], state=existing["State"])
-        ledger.record(event.run_id, Made(region=region, kind="image", resource_id=image.image_id, role="image"))
-        return image
     try:
         image_id = ec2.copy_image(
             source_region=event.source_image.region,
@@ -72,8 +70,14 @@ def copy_image(event: CopyImageInput) -> ImageRef:
         )
     except ThrottledError:
         raise  # retried soon, with the slot: a throttled answer may hide a copy that started
-    except (AmiFactoryError, ClientError):
+    except (AmiFactoryError, ClientError) as error:
         ledger.release_copy_slot(region, event.run_id)
+        if isinstance(error, ClientError) and error_code(error) == "InvalidAMIName.Duplicate":
+            raise NotMadeByRunError(
+                f"{region} already has an image named {event.image_name} that is not this run's "
+                f"({error_text(error)}); nothing was copied there. Rename or deregister that image and re-run "
+                f"for {region}, or start the run under another name"
+            ) from error
         raise
     ledger.record(event.run_id, Made(region=region, kind="image", resource_id=image_id, role="image"))
     return ImageRef(region=region, image_id=image_id)

@@ -55,9 +55,13 @@ def test_copy_image_retried_makes_one_copy_with_token_and_tags(emu: Emulator, pl
     first = invoke(emu, "CopyImage", item)
     second = invoke(emu, "CopyImage", item)
     assert first["image_id"] == second["image_id"] and first["region"] == "eu-west-1"
-    (copy,) = emu.world.sent("CopyImage", "eu-west-1")
+    # The retry asks again with the same ClientToken (never a lookup by name), and EC2 answers with
+    # the copy it made: one copy.
+    copy, again = emu.world.sent("CopyImage", "eu-west-1")
     assert copy.params["SourceImageId"] == source["image_id"] and copy.params["SourceRegion"] == "us-east-1"
-    assert len(copy.params["ClientToken"]) == 64
+    assert len(copy.params["ClientToken"]) == 64 and again.params["ClientToken"] == copy.params["ClientToken"]
+    named = emu.client("ec2", "eu-west-1").describe_images(Filters=[{"Name": "name", "Values": [plan["image_name"]]}])
+    assert [image["ImageId"] for image in named["Images"]] == [first["image_id"]]
     (image,) = emu.client("ec2", "eu-west-1").describe_images(ImageIds=[first["image_id"]])["Images"]
     tags = {tag["Key"]: tag["Value"] for tag in image["Tags"]}
     assert tags["ami-factory:source-image"] == source["image_id"]

@@ -24,6 +24,7 @@ from tests.helpers import (
     launch_tagged,
     ledger_items,
     run_images,
+    sample,
     tag_event,
     wait_all,
     wait_until,
@@ -572,3 +573,25 @@ def test_the_ledger_records_each_thing_once_from_awss_answers_even_when_answers_
     ]
     assert len(images(emu)) == 1 and len(images(emu, "eu-west-1")) == 1, "no second image for a lost answer"
     assert len([i for i in all_instances(emu) if i["InstanceId"] != source]) == 1, "one clone"
+
+
+def test_an_image_of_the_runs_name_in_a_copy_region_is_never_taken_for_the_runs_copy(emu: Emulator) -> None:
+    """Someone registers an image under the name the run's copy will have, in a destination Region,
+    before the run: the copy is refused there by name (EC2 allows one image of a name per Region), that
+    Region fails saying so, and the other image is neither recorded, shared nor removed."""
+    emu.world.images_take(120)
+    instance_id = emu.launch_instance(name="web")
+    planted = emu.client("ec2", "eu-west-1").register_image(Name="ami-factory-web-planted", RootDeviceName="/dev/xvda")[
+        "ImageId"
+    ]
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="planted")
+    assert result.output["status"] == "PARTIAL" and result.output["failed_regions"] == ["eu-west-1"]
+    (failed,) = [region for region in result.output["regions"] if region["region"] == "eu-west-1"]
+    assert "NotMadeByRunError" in failed["error"]["Cause"], failed["error"]
+    assert "ami-factory-web-planted" in failed["error"]["Cause"] and "not this run's" in failed["error"]["Cause"]
+    (image,) = emu.client("ec2", "eu-west-1").describe_images(ImageIds=[planted])["Images"]
+    assert "LaunchPermissions" not in image or not image.get("Public")
+    assert not emu.client("ec2", "eu-west-1").describe_image_attribute(ImageId=planted, Attribute="launchPermission")[
+        "LaunchPermissions"
+    ], "the planted image is not shared"
+    assert planted not in {item.get("resource_id") for item in ledger_items(emu)}
