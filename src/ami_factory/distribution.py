@@ -74,9 +74,10 @@ def copy_image(event: CopyImageInput) -> ImageRef:
         ledger.release_copy_slot(region, event.run_id)
         if isinstance(error, ClientError) and error_code(error) == "InvalidAMIName.Duplicate":
             raise NotMadeByRunError(
-                f"{region} already has an image named {event.image_name} that is not this run's "
-                f"({error_text(error)}); nothing was copied there. Rename or deregister that image and re-run "
-                f"for {region}, or start the run under another name"
+                f"{region} already has an image named {event.image_name}, and EC2 refused this run's copy "
+                f"under that name ({error_text(error)}); nothing was copied there and that image is not taken "
+                f"for the run's (it is not in the run's ledger). Rename or deregister it and re-run for {region}, "
+                f"or start the run under another name"
             ) from error
         raise
     ledger.record(event.run_id, Made(region=region, kind="image", resource_id=image_id, role="image"))

@@ -588,7 +588,7 @@ def test_an_image_of_the_runs_name_in_a_copy_region_is_never_taken_for_the_runs_
     assert result.output["status"] == "PARTIAL" and result.output["failed_regions"] == ["eu-west-1"]
     (failed,) = [region for region in result.output["regions"] if region["region"] == "eu-west-1"]
     assert "NotMadeByRunError" in failed["error"]["Cause"], failed["error"]
-    assert "ami-factory-web-planted" in failed["error"]["Cause"] and "not this run's" in failed["error"]["Cause"]
+    assert "ami-factory-web-planted" in failed["error"]["Cause"] and "not taken" in failed["error"]["Cause"]
     (image,) = emu.client("ec2", "eu-west-1").describe_images(ImageIds=[planted])["Images"]
     assert "LaunchPermissions" not in image or not image.get("Public")
     assert not emu.client("ec2", "eu-west-1").describe_image_attribute(ImageId=planted, Attribute="launchPermission")[
