@@ -475,7 +475,6 @@ def region_states() -> States:
 # What each Region's item needs from the execution state (the Map's ItemSelector).
 REGION_ITEM_FIELDS = [
     "run_id",
-    "started_at",
     "account_id",
     "instance_id",
     "source_region",

@@ -242,7 +242,6 @@ class CopyImageInput(Contract):
     """One item of the Distribute Map: the plan's fields that a Region needs, and the source image."""
 
     run_id: str
-    started_at: str
     image_name: str
     description: str
     tags: dict[str, str]

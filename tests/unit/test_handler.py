@@ -22,7 +22,6 @@ def test_correlation_keys_follow_the_steps_inputs() -> None:
     copy = CopyImageInput.model_validate(
         {
             "run_id": "run-1",
-            "started_at": "2026-11-28T06:00:00+00:00",
             "image_name": "n",
             "description": "d",
             "tags": {},
