@@ -28,6 +28,7 @@ from ami_factory.contracts import (
     PublishParameterOutput,
     ShareImageOutput,
 )
+from ami_factory.copy_slots import COPY_SLOT_MAX_WAIT_SECONDS
 from ami_factory.errors import RETRYABLE_ERRORS, CopySlotBusyError, InstanceStateConflictError, WaitTimeoutError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,10 +71,10 @@ PATIENT_RETRY: State = {
 }
 
 
-# A copy waits for a slot of the destination Region's semaphore (CopySlotsPerRegion): every 6 minutes,
-# for up to 4 hours (one firing over 100 instances with 20 slots copies in five waves: the last waits
-# three hours for its slot when copies take 45 minutes), apart from the transient errors' short back-off. Each attempt
-# writes 3 history events: the history budget (tests/workflow/test_history_budget.py) counts them.
+# A copy waits for its slot in the step before CopyImage (a hand-off, see ami_factory.copy_slots). This
+# retry is for EC2's own copy quota into the Region, full of copies other tools started
+# (ResourceLimitExceeded): every 6 minutes, for up to 4 hours. Each attempt writes 3 history events:
+# the history budget (tests/workflow/test_history_budget.py) counts them.
 COPY_SLOT_RETRY: State = {
     "ErrorEquals": [CopySlotBusyError.__name__],
     "IntervalSeconds": 360,
@@ -250,19 +251,21 @@ def event_wait(
     wait_state: str,
     function: str,
     payload: Mapping[str, object],
-    result_path: str,
+    result_path: str | None,
     done_next: str,
     on_error: str,
     comment: str,
     timeout_path: str = "$.max_wait_seconds",
+    timeout_seconds: int | None = None,
     timed_out_cause: str,
 ) -> States:
     """A wait that ends on AWS's own event about what it waits for: one ``.waitForTaskToken`` task,
     whose Lambda (``function``: WatchImage, WatchInstance) records the token under the resource's id
     and looks once; SettleWait ends it with the step's reference, or the step's error, when the event
     comes, or when the fallback sweep finds it settled (a lost event). The task's timeout is the
-    wait's bound (``timeout_path``): it fails the wait with WaitTimeoutError and ``timed_out_cause``
-    (a States.Format expression). Six history events, however long the wait."""
+    wait's bound (``timeout_path``, or a fixed ``timeout_seconds``): it fails the wait with
+    WaitTimeoutError and ``timed_out_cause`` (a States.Format expression). Six history events, however
+    long the wait."""
     timed_out = f"{wait_state}TimedOut"
     return {
         wait_state: {
@@ -273,7 +276,7 @@ def event_wait(
                 "FunctionName": function_arn(function),
                 "Payload": {**payload, **paths({"run_id": "$.run_id", "task_token": "$$.Task.Token"})},
             },
-            "TimeoutSecondsPath": timeout_path,
+            **({"TimeoutSeconds": timeout_seconds} if timeout_seconds else {"TimeoutSecondsPath": timeout_path}),
             "ResultPath": result_path,
             "Retry": [TRANSIENT_RETRY, LAMBDA_RETRY],
             "Catch": [
@@ -332,7 +335,7 @@ def region_states() -> States:
                     "Next": "UseSourceImage",
                 }
             ],
-            default="CopyImage",
+            default="WaitForCopySlot",
             comment="The source Region has the image already, unless it must be re-encrypted (encrypt): then it is "
             "copied too.",
         ),
@@ -342,9 +345,23 @@ def region_states() -> States:
             "ResultPath": "$.image",
             "Next": "NeedsLaunchCheck",
         },
+        **event_wait(
+            wait_state="WaitForCopySlot",
+            function="AwaitCopySlot",
+            payload=paths({"region": "$.region.name"}),
+            result_path=None,
+            done_next="CopyImage",
+            on_error="RegionFailed",
+            timeout_seconds=COPY_SLOT_MAX_WAIT_SECONDS,
+            comment="Until a copy slot in the item's Region is free (CopySlotsPerRegion, shared by every run): the "
+            "Region's oldest waiting copy gets the next slot given back.",
+            timed_out_cause=f"States.Format('no copy slot in {{}} came free within {COPY_SLOT_MAX_WAIT_SECONDS // 3600} "
+            "hours: raise CopySlotsPerRegion (EC2 allows 50 copies in flight into a Region) or split the schedule "
+            "into smaller firings', $.region.name)",
+        ),
         "CopyImage": task(
             "CopyImage",
-            comment="CopyImage in the item's Region, with a ClientToken, once a copy slot there is free",
+            comment="CopyImage in the item's Region, with a ClientToken, with the copy slot its wait took",
             result=ImageRef,
             result_path="$.image",
             on_error="RegionFailed",

@@ -174,6 +174,25 @@ class WatchImageInput(Contract):
     copy_slot: bool = False
 
 
+class AwaitCopySlotInput(Contract):
+    """The Lambda of a copy's ``.waitForTaskToken`` wait for a copy slot in ``region`` (the Distribute
+    item's destination): the run and the task's token."""
+
+    run_id: str
+    region: str
+    task_token: str
+
+
+class CopySlot(BaseModel):
+    """A copy slot in ``region`` held for ``run_id``'s copy (the output its wait ends with), and, from the
+    wait's first step, whether the copy still waits for it and what it waits for (shown by the CLI)."""
+
+    region: str
+    run_id: str
+    waiting: bool = False
+    message: str = ""
+
+
 class WatchInstanceInput(Contract):
     """The Lambda of a ``.waitForTaskToken`` wait on the run's instance (or its clone): exactly one of
     mode stop's ``instance`` (until it has stopped), the clean-up ``command`` (until it has ended) and

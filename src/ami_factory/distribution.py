@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from botocore.exceptions import ClientError
 
+from . import copy_slots
 from .aws import Ec2, Ssm, error_code, error_text, snapshots_of
 from .contracts import (
     CheckLaunchInput,
@@ -43,19 +44,17 @@ def copy_image(event: CopyImageInput) -> ImageRef:
     copy re-encrypts the capture); otherwise the ASL uses the source image as it is."""
     region = event.region.name
     ec2 = Ec2(region)
-    ledger, slots = Ledger(), load_settings().copy_slots_per_region
-    # All runs share EC2's copy quota into a Region: a copy starts only with a slot, given back when it
-    # settles (its event, or the fallback sweep) or when the run ends (however it ends). The slot comes
-    # first, before any EC2 call: a hundred copies waiting for slots ask EC2 nothing. A copy that an
-    # earlier attempt started (its answer lost) still holds its slot, and EC2 answers the same
-    # ClientToken with the same image: never looked up by name, so an image someone else registered
-    # under the run's name is never taken for the run's copy (EC2 refuses the name instead).
-    if not ledger.take_copy_slot(region, event.run_id, slots) and not (
-        _free_slots_of_ended_runs(ledger, region) and ledger.take_copy_slot(region, event.run_id, slots)
-    ):
+    ledger = Ledger()
+    # All runs share EC2's copy quota into a Region: a copy gets here once its wait for a slot (the step
+    # before) has taken one, given back when the copy settles (its event, or the fallback sweep) or when
+    # the run ends (however it ends). A copy that an earlier attempt started (its answer lost) still
+    # holds its slot, and EC2 answers the same ClientToken with the same image: never looked up by
+    # name, so an image someone else registered under the run's name is never taken for the run's
+    # copy (EC2 refuses the name instead).
+    if not copy_slots.take(region, event.run_id, ledger):
         raise CopySlotBusyError(
-            f"waiting for a copy slot in {region}: {slots} copies of AMI Factory runs are in flight there "
-            f"(CopySlotsPerRegion); the copy starts when one settles"
+            f"waiting for a copy slot in {region}: the copy's slot was given back before it started; "
+            f"the copy starts when one is free"
         )
     try:
         image_id = ec2.copy_image(
@@ -70,8 +69,10 @@ def copy_image(event: CopyImageInput) -> ImageRef:
         )
     except ThrottledError:
         raise  # retried soon, with the slot: a throttled answer may hide a copy that started
+    except CopySlotBusyError:
+        raise  # EC2's own copy quota is full (other tools' copies): retried later, with the slot
     except (AmiFactoryError, ClientError) as error:
-        ledger.release_copy_slot(region, event.run_id)
+        copy_slots.give_back(region, event.run_id, ledger)
         if isinstance(error, ClientError) and error_code(error) == "InvalidAMIName.Duplicate":
             raise NotMadeByRunError(
                 f"{region} already has an image named {event.image_name}, and EC2 refused this run's copy "
@@ -82,15 +83,6 @@ def copy_image(event: CopyImageInput) -> ImageRef:
         raise
     ledger.record(event.run_id, Made(region=region, kind="image", resource_id=image_id, role="image"))
     return ImageRef(region=region, image_id=image_id)
-
-
-def _free_slots_of_ended_runs(ledger: Ledger, region: str) -> bool:
-    """Slots whose runs have ended (a step that crashed between taking a slot and recording its copy):
-    given back, so a lost slot never shrinks the Region's share for good. Whether any was freed."""
-    ended = [holder for holder in ledger.copy_slot_holders(region) if (run := ledger.run(holder)) is None or run.ended]
-    for holder in ended:
-        ledger.release_copy_slot(region, holder)
-    return bool(ended)
 
 
 def start_launch_check(event: LaunchCheckInput) -> LaunchedInstance:

@@ -20,7 +20,9 @@ Items (``pk``, ``sk``):
 - ``family#FAMILY`` / ``image#REGION#ID``: an image a run published, with its request's retention;
 - ``wait`` / ``REGION#ID``: the step of a run waiting for a resource to settle (its run, task token,
   the reference it waits with, since when), so that AWS's event about the resource ends that step;
-  one partition, so the fallback sweep reads every open wait with one Query.
+  one partition, so the fallback sweep reads every open wait with one Query. A copy waiting for a
+  copy slot in REGION is one too (``REGION#copy-slot/RUN``): the Region's queue, oldest first;
+- ``copy-slots#REGION`` / ``slots``: the runs holding a copy slot in REGION (the semaphore).
 
 Writes are conditional where two writers could race (locks, owners, first records), so a retried
 step finds what it wrote instead of writing it twice.
@@ -44,9 +46,10 @@ if TYPE_CHECKING:
 
 Kind = Literal["instance", "image"]
 Role = Literal["seed", "clone", "capture", "image", "launch-check"]
-WaitKind = Literal["image", "stop", "command", "generalize"]
+WaitKind = Literal["image", "stop", "command", "generalize", "copy-slot"]
 CONDITION_FAILED = "ConditionalCheckFailedException"
 WAIT_PARTITION = "wait"  # every open wait, in one partition: the fallback sweep reads them with one Query
+COPY_SLOT_WAIT = "copy-slot/"  # a wait for a copy slot is recorded under copy-slot/RUN, in its Region
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ class Wait:
     kind: WaitKind = "image"
     also: str = ""
     copy_slot: bool = False
-    since: str = ""  # when the first round of the wait began (ISO 8601, UTC)
+    since: str = ""  # when the first round of the wait began (ISO 8601, UTC, to the microsecond)
 
 
 @dataclass(frozen=True)
@@ -166,8 +169,9 @@ def _decode(item: dict[str, AttributeValueTypeDef]) -> Item:
     return {key: str(value.get("S", "")) for key, value in item.items()}
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _now(precise: bool = False) -> str:
+    now = datetime.now(UTC)
+    return now.isoformat(timespec="microseconds") if precise else now.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Ledger:
@@ -507,7 +511,8 @@ class Ledger:
                     ConditionExpression="attribute_not_exists(pk) OR #run_id = :run_id",
                     ExpressionAttributeNames={f"#{name}": name for name in [*values, "since"]},
                     ExpressionAttributeValues=_encode(
-                        {**{f":{name}": value for name, value in values.items()}, ":now": _now()}
+                        # To the microsecond: a Region's copies queue for slots in the order their waits began.
+                        {**{f":{name}": value for name, value in values.items()}, ":now": _now(precise=True)}
                     ),
                     ReturnValues="ALL_NEW",
                 )
@@ -528,6 +533,11 @@ class Ledger:
     def open_waits(self) -> list[Wait]:
         """Every wait some step is in (the fallback sweep's list), each once."""
         return [_wait(item) for item in self._query(WAIT_PARTITION) if item["sk"].endswith("#" + item["main"])]
+
+    def copy_slot_waits(self, region: str) -> list[Wait]:
+        """The copies waiting for a copy slot in ``region``, the longest waiting first."""
+        waits = [_wait(item) for item in self._query(WAIT_PARTITION, f"{region}#{COPY_SLOT_WAIT}")]
+        return sorted(waits, key=lambda wait: (wait.since, wait.run_id))
 
     def end_waits_of(self, run_id: str) -> list[Wait]:
         """Forget every wait of a run that has ended (its tasks are over): the waits it ended."""

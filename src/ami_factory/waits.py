@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 
+from . import copy_slots
 from .aws import Ec2, StepFunctions
 from .contracts import (
     AmiStateChange,
@@ -188,8 +189,11 @@ def sweep_waits() -> WaitSweep:
     images: dict[str, list[Wait]] = {}
     others: list[Wait] = []
     expired: list[str] = []
+    slot_waits: list[Wait] = []
     for wait in ledger.open_waits():
-        if datetime.fromisoformat(wait.since) < expired_before:
+        if wait.kind == "copy-slot":  # handed on below, and dropped there once past its bound
+            slot_waits.append(wait)
+        elif datetime.fromisoformat(wait.since) < expired_before:
             ledger.end_wait(wait)
             expired.append(wait.resource_id)
         elif wait.kind == "image":
@@ -212,7 +216,10 @@ def sweep_waits() -> WaitSweep:
         with _each_failure_logged(failed, [wait.resource_id]):
             if look_and_settle(wait, now)[1]:
                 settled.append(wait.resource_id)
-    opened = sum(len(waits) for waits in images.values()) + len(others)
+    with _each_failure_logged(failed, [wait.resource_id for wait in slot_waits]):
+        handed = copy_slots.sweep({wait.region for wait in slot_waits})
+        settled += [wait.resource_id for wait in slot_waits if wait.run_id in handed]
+    opened = sum(len(waits) for waits in images.values()) + len(others) + len(slot_waits)
     return WaitSweep(open=opened, settled=settled, expired=expired, failed=failed)
 
 
@@ -236,7 +243,7 @@ def settle_wait(raw: dict[str, object]) -> WaitSettled:
     resource_id, claimed = _named_in(event)
     logger.append_keys(resource=resource_id, region=event.region)
     wait = Ledger().waiting_on(event.region, resource_id)
-    if wait is None:
+    if wait is None or wait.kind == "copy-slot":  # a slot is handed on, never settled by an event
         logger.info("no run waits for this resource", extra={"state": claimed})
         return WaitSettled(region=event.region, resource_id=resource_id, state=claimed, ended=False)
     at = datetime.fromisoformat(event.time) if event.time else datetime.now(UTC)
@@ -322,7 +329,7 @@ def settle(wait: Wait, found: Look, at: datetime) -> bool:
         return False
     ledger = Ledger()
     if wait.copy_slot:
-        ledger.release_copy_slot(wait.region, wait.run_id)
+        copy_slots.give_back(wait.region, wait.run_id, ledger)
     steps = StepFunctions(load_settings().region)
     ended = False
     if error is not None:

@@ -128,8 +128,11 @@ RUNS: list[tuple[str, str, Scenario]] = [
     ("WatchImageFunction", "dynamodb:UpdateItem", basic),
     ("WatchImageFunction", "states:SendTaskSuccess", basic),
     ("RestoreInstanceFunction", "ec2:StartInstances", basic),
+    # A copy's wait for its slot queues its token, takes a free slot and ends its own task.
+    ("AwaitCopySlotFunction", "dynamodb:UpdateItem", basic),
+    ("AwaitCopySlotFunction", "states:SendTaskSuccess", basic),
     ("CopyImageFunction", "ec2:CopyImage", basic),
-    # The copy slots: taken by CopyImage, given back when the copy settles.
+    # The copy slot: held by CopyImage (a conditional write that finds it held), given back when the copy settles.
     ("CopyImageFunction", "dynamodb:UpdateItem", basic),
     ("ShareImageFunction", "ec2:ModifyImageAttribute", basic),
     ("PublishParameterFunction", "ssm:PutParameter", basic),

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from ami_factory import contracts
+from ami_factory.copy_slots import COPY_SLOT_MAX_WAIT_SECONDS
 from ami_factory.errors import RETRYABLE_ERRORS, all_error_names
 from ami_factory_local.emulator import render_definition
 from ami_factory_local.template import Resolver, functions, load_template, resources_of_type
@@ -308,8 +309,11 @@ def test_every_lambda_task_has_timeout_retry_and_catch(asl: dict[str, Any]) -> N
         assert task["Resource"] in ("arn:aws:states:::lambda:invoke", CALLBACK), name
         assert "Payload.$" in task["Parameters"] or "Payload" in task["Parameters"], name
         if task["Resource"] == CALLBACK:  # bounded by the wait's own bound, which fails it with a clear error
-            bound = "$.generalize_max_wait_seconds" if name == "WaitForGeneralize" else "$.max_wait_seconds"
-            assert task["TimeoutSecondsPath"] == bound, name
+            if name == "WaitForCopySlot":  # a copy waits up to 4 hours for its slot, whatever the request says
+                assert task["TimeoutSeconds"] == COPY_SLOT_MAX_WAIT_SECONDS == 4 * 3600
+            else:
+                bound = "$.generalize_max_wait_seconds" if name == "WaitForGeneralize" else "$.max_wait_seconds"
+                assert task["TimeoutSecondsPath"] == bound, name
             assert task["Catch"][0]["ErrorEquals"] == ["States.Timeout"], name
         else:
             assert 0 < task.get("TimeoutSeconds", 0) <= 900, f"{name} needs TimeoutSeconds"
@@ -376,6 +380,7 @@ def test_waits_are_bounded(asl: dict[str, Any]) -> None:
     assert callbacks == [
         "WaitForCleanup",
         "WaitForCopy",
+        "WaitForCopySlot",
         "WaitForGeneralize",
         "WaitForImage",
         "WaitForInstanceStop",
@@ -401,7 +406,7 @@ def test_iam_never_grants_ec2_wildcard(template: dict[str, Any]) -> None:
                     mutating
                     and statement["Resource"] == "*"
                     and not (through_ec2 and all(a.startswith("kms:") for a in mutating))
-                    and mutating != ["states:SendTaskSuccess", "states:SendTaskFailure"]
+                    and not set(mutating) <= {"states:SendTaskSuccess", "states:SendTaskFailure"}
                 ):
                     pytest.fail(f"{name} grants {mutating} on every resource")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from ami_factory_cli import cli
 from ami_factory_local import Emulator
-from tests.helpers import ledger_items, sample
+from tests.helpers import invoke, ledger_items, sample
 
 TABLE = "ami-factory-local-LedgerTable"
 
@@ -61,6 +61,17 @@ def release_after(emu: Emulator, region: str, run_id: str, seconds: float) -> No
 
 
 def slot_waits(history: list[dict[str, Any]]) -> list[str]:
+    """What each copy's wait for a slot said when it found none free (its Lambda's answer)."""
+    answers = [
+        json.loads(event["taskSubmittedEventDetails"]["output"])["Payload"]
+        for event in history
+        if event["type"] == "TaskSubmitted"
+    ]
+    return [answer["message"] for answer in answers if answer.get("waiting")]
+
+
+def slot_retries(history: list[dict[str, Any]]) -> list[str]:
+    """The messages of CopyImage attempts retried later for a slot (EC2's own copy quota full)."""
     causes = [
         json.loads(event["taskFailedEventDetails"]["cause"])
         for event in history
@@ -69,7 +80,17 @@ def slot_waits(history: list[dict[str, Any]]) -> list[str]:
     return [cause["errorMessage"] for cause in causes]
 
 
+def copy_waited(emu: Emulator, region: str) -> float:
+    """How long ``region``'s copy waited for its slot (virtual seconds): ap-southeast-2's copy took a
+    free slot at once, and both Regions' items begin together."""
+    (at,) = [request.at for request in emu.world.sent("CopyImage", region)]
+    (free,) = [request.at for request in emu.world.sent("CopyImage", "ap-southeast-2")]
+    return at - free
+
+
 def test_a_copy_waits_for_a_free_slot_says_so_and_then_goes_on(make_emulator) -> None:
+    """The other run's slot is given back by a write that does not hand it on (a lost hand-off): the
+    fallback sweep hands it to the waiting copy at its next firing (every 10 minutes)."""
     emu: Emulator = make_emulator(CopySlotsPerRegion="1")
     hold_slot(emu, "eu-west-1", "other-run", ended=False)
     release_after(emu, "eu-west-1", "other-run", seconds=600)
@@ -84,9 +105,12 @@ def test_a_copy_waits_for_a_free_slot_says_so_and_then_goes_on(make_emulator) ->
     instance_id = emu.launch_instance(name="web")
     result = emu.run(sample("request-basic.json", instance_id=instance_id), name="waits")
     assert result.status == "SUCCEEDED" and result.output["status"] == "SUCCEEDED", result.cause
-    waits = slot_waits(result.history)
-    assert waits and all(message.startswith("waiting for a copy slot in eu-west-1: 1 copies") for message in waits)
-    assert len(waits) == 3, "tried at once, then every 6 minutes until the other copy settled 10 minutes on"
+    assert slot_waits(result.history) == [
+        "waiting for a copy slot in eu-west-1: 1 copies of AMI Factory runs are in flight there "
+        "(CopySlotsPerRegion); the copy starts when one settles"
+    ], "said once, by the copy that found none free; ap-southeast-2 took its slot at once"
+    assert slot_retries(result.history) == [], "a waiting copy is handed its slot, never retried"
+    assert 600 <= copy_waited(emu, "eu-west-1") <= 1200, "at the first sweep after the slot came free"
     by_name = [request for request in emu.world.sent("DescribeImages", "eu-west-1") if "Filters" in request.params]
     assert by_name == [], "no attempt looks an image up by name: the ClientToken finds an earlier attempt's copy"
     copies = {request.region for request in emu.world.sent("CopyImage")}
@@ -95,6 +119,7 @@ def test_a_copy_waits_for_a_free_slot_says_so_and_then_goes_on(make_emulator) ->
     assert holders(emu, "eu-west-1") == holders(emu, "ap-southeast-2") == ""
     slot_items = {item["pk"] for item in ledger_items(emu) if item["pk"].startswith("copy-slots#")}
     assert slot_items == {"copy-slots#eu-west-1", "copy-slots#ap-southeast-2"}, "giving back none writes none"
+    assert not [item for item in ledger_items(emu) if item["pk"] == "wait"], "no wait is left in the queue"
 
 
 def test_a_copy_waits_for_its_slot_through_five_waves_of_copies(make_emulator) -> None:
@@ -106,15 +131,19 @@ def test_a_copy_waits_for_its_slot_through_five_waves_of_copies(make_emulator) -
     instance_id = emu.launch_instance(name="web")
     result = emu.run(sample("request-basic.json", instance_id=instance_id), name="waits-long")
     assert result.status == "SUCCEEDED" and result.output["status"] == "SUCCEEDED", result.output
-    assert len(slot_waits(result.history)) == 31, "tried at once, then every 6 minutes for three hours"
+    assert len(slot_waits(result.history)) == 1 and slot_retries(result.history) == []
+    again = emu.run(sample("request-basic.json", instance_id=instance_id), name="waits-none")
+    assert again.output["status"] == "SUCCEEDED" and slot_waits(again.history) == []
+    assert len(result.history) == len(again.history), "three hours of waiting cost no more history than none"
 
 
-def test_a_slot_of_a_run_that_has_ended_is_freed_by_the_next_copy(make_emulator) -> None:
+def test_a_slot_of_a_run_that_has_ended_is_freed_by_the_fallback_sweep(make_emulator) -> None:
     emu: Emulator = make_emulator(CopySlotsPerRegion="1")
     hold_slot(emu, "eu-west-1", "crashed-run", ended=True)
     instance_id = emu.launch_instance(name="web")
     result = emu.run(sample("request-basic.json", instance_id=instance_id), name="frees")
-    assert result.output["status"] == "SUCCEEDED" and slot_waits(result.history) == []
+    assert result.output["status"] == "SUCCEEDED" and len(slot_waits(result.history)) == 1
+    assert 0 < copy_waited(emu, "eu-west-1") <= 600, "at the sweep's first firing"
     assert holders(emu, "eu-west-1") == ""
 
 
@@ -132,7 +161,7 @@ def test_a_failed_or_refused_copy_gives_its_slot_back(emu: Emulator) -> None:
     assert holders(emu, "eu-west-1") == holders(emu, "ap-southeast-2") == ""
 
 
-def test_the_cli_says_once_that_a_copy_waits_for_a_slot(make_emulator) -> None:
+def test_the_cli_says_that_a_copy_waits_for_a_slot(make_emulator) -> None:
     emu: Emulator = make_emulator(CopySlotsPerRegion="1")
     hold_slot(emu, "eu-west-1", "other-run", ended=False)
     release_after(emu, "eu-west-1", "other-run", seconds=600)
@@ -148,14 +177,47 @@ def test_the_cli_says_once_that_a_copy_waits_for_a_slot(make_emulator) -> None:
     ]
 
 
-def test_a_copy_ec2_refuses_for_its_quota_waits_like_one_without_a_slot(emu: Emulator) -> None:
+def test_a_copy_ec2_refuses_for_its_quota_waits_with_its_slot(emu: Emulator) -> None:
     """Other tools (or stacks) may fill EC2's copy quota into a Region (ResourceLimitExceeded): the
-    copy started nothing, so it gives its slot back and waits as for a slot (every 6 minutes, up to 2
-    hours) instead of failing its Region after two minutes of throttling retries."""
+    copy started nothing, so it keeps its slot and tries again every 6 minutes (up to 4 hours)
+    instead of failing its Region after two minutes of throttling retries."""
     emu.world.refuse("CopyImage", times=8, region="eu-west-1", code="ResourceLimitExceeded")
     instance_id = emu.launch_instance(name="web")
     result = emu.run(sample("request-basic.json", instance_id=instance_id), name="quota")
     assert result.output["status"] == "SUCCEEDED", result.output
-    waits = slot_waits(result.history)
-    assert len(waits) == 8 and all("EC2's copy quota into eu-west-1 is full" in message for message in waits)
+    retries = slot_retries(result.history)
+    assert len(retries) == 8 and all("EC2's copy quota into eu-west-1 is full" in message for message in retries)
     assert holders(emu, "eu-west-1") == ""
+
+
+def test_a_slot_given_back_goes_to_the_copy_that_has_waited_longest(make_emulator) -> None:
+    """The Region's queue is first come, first served: a copy whose wait began again (its first step
+    retried, with a new token) keeps its place, and is handed the slot under its newest token."""
+    emu: Emulator = make_emulator(CopySlotsPerRegion="1")
+    hold_slot(emu, "eu-west-1", "holder", ended=False)
+
+    def await_slot(run_id: str, token: str) -> dict[str, Any]:
+        return invoke(emu, "AwaitCopySlot", {"run_id": run_id, "region": "eu-west-1", "task_token": token})
+
+    # Queued in this order, the reverse of their names.
+    answers = [await_slot(run_id, f"token-{run_id}") for run_id in ("zulu", "yankee", "xray")]
+    assert [answer["waiting"] for answer in answers] == [True, True, True]
+    assert answers[0]["message"].startswith("waiting for a copy slot in eu-west-1: 1 copies")
+    assert await_slot("yankee", "token-yankee-again")["waiting"] is True
+    assert emu.world.sent("SendTaskSuccess") == [], "no slot was free"
+
+    def slot_comes_free(run_id: str) -> list[str]:  # given back without a hand-off: the sweep hands it on
+        emu.client("dynamodb").update_item(
+            TableName=TABLE,
+            Key={"pk": {"S": "copy-slots#eu-west-1"}, "sk": {"S": "slots"}},
+            UpdateExpression="DELETE holders :holder",
+            ExpressionAttributeValues={":holder": {"SS": [run_id]}},
+        )
+        invoke(emu, "SettleWait", {"sweep": True})
+        return [request.params["taskToken"] for request in emu.world.sent("SendTaskSuccess")]
+
+    assert slot_comes_free("holder") == ["token-zulu"] and holders(emu, "eu-west-1") == "zulu"
+    assert slot_comes_free("zulu") == ["token-zulu", "token-yankee-again"]
+    assert holders(emu, "eu-west-1") == "yankee"
+    queued = [item["sk"] for item in ledger_items(emu) if item["pk"] == "wait"]
+    assert queued == ["eu-west-1#copy-slot/xray"]

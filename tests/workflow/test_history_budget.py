@@ -22,15 +22,15 @@ EVENTS_PER_CHECK = (
 )
 FIXED_EVENTS = 60  # what every run writes once: resolve, clean-up, prepare, seed, clone, generalize, image, finalize
 FIXED_EVENTS_PER_REGION = 40  # a Region's item: copy, launch check, share, protect, publish, the Map's own
-EVENTS_PER_SLOT_WAIT = 3  # a copy's attempt while its Region has no free slot: scheduled, started, failed
+EVENTS_PER_SLOT_WAIT = 3  # a copy's attempt while EC2's own copy quota is full: scheduled, started, failed
 EVENTS_PER_EVENT_WAIT = 6  # entered, scheduled, started, submitted, succeeded, exited: however long AWS takes
 RETRY_MARGIN = 1_000  # what the worst case leaves for retries (3 events each) and what the model misses
 
 
 def history_bound(checks: int, regions: int, slot_waits: int = 0) -> int:
-    # The seed, the image, a copy into each Region (the source's when encrypting), the clean-up command,
-    # and the stop or generalizing (a run has one of them).
-    event_waits = 2 + regions + 2
+    # The seed, the image, a copy slot and a copy in each Region (the source's when encrypting), the
+    # clean-up command, and the stop or generalizing (a run has one of them).
+    event_waits = 2 + 2 * regions + 2
     return (
         FIXED_EVENTS
         + FIXED_EVENTS_PER_REGION * regions
@@ -68,7 +68,7 @@ def worst_case() -> tuple[int, int]:
                     MAX_REGIONS,
                 ),
                 MAX_REGIONS,
-                MAX_REGIONS * COPY_SLOT_RETRY["MaxAttempts"],  # every copy waits as long as it may for a slot
+                MAX_REGIONS * COPY_SLOT_RETRY["MaxAttempts"],  # every copy waits as long as it may for EC2
             ),
             poll,
         )

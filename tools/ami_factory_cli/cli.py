@@ -135,8 +135,10 @@ SLOT_WAIT = re.compile(r"^waiting for a copy slot in (\S+):")
 
 def describe_event(event: HistoryEventTypeDef) -> str | None:
     """One line for each step a user cares about, with the Region when it runs inside Distribute."""
+    if (slot := _copy_slot_wait(event)) is not None:  # a copy queued for its Region's semaphore
+        return slot
     failed = event.get("taskFailedEventDetails", {})
-    if failed.get("error") == "CopySlotBusyError":  # the copy waits for its Region's semaphore
+    if failed.get("error") == "CopySlotBusyError":  # EC2's own copy quota is full: tried again later
         message = error_message(failed.get("cause")) or "waiting for a copy slot"
         waiting = SLOT_WAIT.match(message)
         return f"  [{waiting.group(1)}] {message}" if waiting else f"  {message}"
@@ -166,6 +168,19 @@ def describe_event(event: HistoryEventTypeDef) -> str | None:
     if kind != "Task" or name.startswith("Check"):
         return None
     return f"{prefix}{name}"
+
+
+def _copy_slot_wait(event: HistoryEventTypeDef) -> str | None:
+    """What a copy's wait for a slot said when it began, if it found none free (its Lambda's answer, in
+    the TaskSubmitted event); a copy that got its slot at once says nothing."""
+    submitted = event.get("taskSubmittedEventDetails", {})
+    try:
+        answer = json.loads(submitted.get("output") or "{}").get("Payload") or {}
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(answer, dict) or answer.get("waiting") is not True:
+        return None
+    return f"  [{answer.get('region')}] {answer.get('message') or 'waiting for a copy slot'}"
 
 
 def follow(

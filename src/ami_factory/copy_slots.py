@@ -1,0 +1,104 @@
+"""Copy slots: one semaphore per destination Region in the run ledger, shared by every run, so that
+many runs at once never ask EC2 for more copies into a Region than CopySlotsPerRegion.
+
+A copy first waits for its slot (``await_copy_slot``, a ``.waitForTaskToken`` task): it joins the
+Region's queue (a wait in the ledger, since when it began) and then hands slots on itself, so a
+free slot goes to the copy that has waited longest, which may be this one. Whoever gives a slot back
+(the copy's own wait when the copy settles, a copy EC2 refused, the run's ending) hands it on the
+same way: the slot is taken for the oldest waiting copy, and its task ends with it. So a wait costs
+its run six history events and no polling, however long it lasts. A hand-off that is lost (its
+Lambda died between giving back and handing on) is made by the fallback sweep, which also gives back
+the slots of runs that ended without giving theirs back, in every Region with a queue.
+
+Taking a slot is idempotent per run and Region (a run copies once into a Region), so two hand-offs
+racing for the same copy take one slot, and the second's SendTaskSuccess finds the task over. A
+slot is never given back on an answer from Step Functions: a slot taken for a copy whose task has
+gone (its run stopped) is given back when the run ends, or by the sweep once its run has ended.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from .aws import StepFunctions
+from .contracts import AwaitCopySlotInput, CopySlot
+from .ledger import COPY_SLOT_WAIT, Ledger, Wait
+from .observability import MetricUnit, logger, metrics
+from .settings import load_settings
+
+# How long a copy waits for its slot: one firing over 100 instances with 20 slots copies in five
+# waves, and the last waits three hours for its slot when copies take 45 minutes.
+COPY_SLOT_MAX_WAIT_SECONDS = 4 * 3600
+
+
+def await_copy_slot(event: AwaitCopySlotInput) -> CopySlot:
+    """Join the Region's queue, then hand slots on (to this copy, if it is the oldest waiting and a
+    slot is free). What it returns says whether the copy still waits; the task ends by its token."""
+    ledger = Ledger()
+    slot = CopySlot(region=event.region, run_id=event.run_id)
+    wait = ledger.await_settling(
+        Wait(
+            run_id=event.run_id,
+            region=event.region,
+            resource_id=COPY_SLOT_WAIT + event.run_id,
+            token=event.task_token,
+            ref=slot.model_dump_json(),
+            kind="copy-slot",
+        )
+    )
+    if wait.run_id in hand_on(event.region, ledger):
+        return slot
+    limit = load_settings().copy_slots_per_region
+    message = (
+        f"waiting for a copy slot in {event.region}: {limit} copies of AMI Factory runs are in flight there "
+        f"(CopySlotsPerRegion); the copy starts when one settles"
+    )
+    logger.info(message)
+    return slot.model_copy(update={"waiting": True, "message": message})
+
+
+def take(region: str, run_id: str, ledger: Ledger | None = None) -> bool:
+    """A slot in ``region`` for ``run_id``'s copy, if one is free (True also when it holds one already)."""
+    return (ledger or Ledger()).take_copy_slot(region, run_id, load_settings().copy_slots_per_region)
+
+
+def sweep(regions: set[str]) -> list[str]:
+    """The fallback for a lost hand-off, in each Region where copies wait: slots held by runs that have
+    ended (a run that crashed holding one) given back, then free slots handed on. The runs whose copies
+    got one."""
+    ledger = Ledger()
+    handed: list[str] = []
+    for region in sorted(regions):
+        for holder in ledger.copy_slot_holders(region):
+            if (run := ledger.run(holder)) is None or run.ended:
+                ledger.release_copy_slot(region, holder)
+        handed += hand_on(region, ledger)
+    return handed
+
+
+def give_back(region: str, run_id: str, ledger: Ledger | None = None) -> None:
+    """The run's slot in ``region`` back (a run that holds none changes nothing), handed on at once."""
+    ledger = ledger or Ledger()
+    ledger.release_copy_slot(region, run_id)
+    hand_on(region, ledger)
+
+
+def hand_on(region: str, ledger: Ledger | None = None) -> list[str]:
+    """Free slots in ``region`` to the copies that have waited longest, each wait ended with its slot;
+    the runs whose copies got one. A wait older than its bound is dropped: its task has timed out."""
+    ledger = ledger or Ledger()
+    now = datetime.now(UTC)
+    oldest_alive = now - timedelta(seconds=COPY_SLOT_MAX_WAIT_SECONDS)
+    handed: list[str] = []
+    for wait in ledger.copy_slot_waits(region):
+        if datetime.fromisoformat(wait.since) < oldest_alive:
+            ledger.end_wait(wait)
+            continue
+        if not take(region, wait.run_id, ledger):
+            break
+        if StepFunctions(load_settings().region).end_task(wait.token, output=wait.ref):
+            waited = max(0.0, (now - datetime.fromisoformat(wait.since)).total_seconds())
+            metrics.add_metric(name="CopySlotWaitSeconds", unit=MetricUnit.Seconds, value=waited)
+        ledger.end_wait(wait)
+        handed.append(wait.run_id)
+    return handed
