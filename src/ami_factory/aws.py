@@ -153,13 +153,17 @@ class Ec2:
     def instance_state(self, instance_id: str) -> str:
         return str(self.describe_instance(instance_id)["State"]["Name"])
 
-    def stop_instance(self, instance_id: str) -> None:
+    def stop_instance(self, instance_id: str) -> str:
+        """StopInstances; the state EC2 says the instance is in right after (``stopping``, or ``stopped``)."""
         with translated_errors("StopInstances"):
-            self._ec2.stop_instances(InstanceIds=[instance_id])
+            changes = self._ec2.stop_instances(InstanceIds=[instance_id])["StoppingInstances"]
+        return str(changes[0]["CurrentState"]["Name"])
 
-    def start_instance(self, instance_id: str) -> None:
+    def start_instance(self, instance_id: str) -> str:
+        """StartInstances; the state EC2 says the instance is in right after (``pending``)."""
         with translated_errors("StartInstances"):
-            self._ec2.start_instances(InstanceIds=[instance_id])
+            changes = self._ec2.start_instances(InstanceIds=[instance_id])["StartingInstances"]
+        return str(changes[0]["CurrentState"]["Name"])
 
     def tag_resource(self, resource_id: str, tags: Mapping[str, str]) -> None:
         with translated_errors("CreateTags"):

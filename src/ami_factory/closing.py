@@ -14,7 +14,7 @@ from typing import Any, cast
 from botocore.exceptions import ClientError
 
 from . import copy_slots
-from .aws import Ec2, Notifications, Ssm, StepFunctions, refusal_text
+from .aws import Ec2, Notifications, Ssm, StepFunctions, refusal_text, tags_of
 from .contracts import EndedRuns, ExecutionStatusChange, ExecutionStatusChangeEvent, RegionResult, RunStatus, Summary
 from .errors import RETRYABLE_ERRORS, AmiFactoryError, InstanceStateConflictError, ThrottledError
 from .ledger import Ledger, RunRecord, Wait
@@ -31,6 +31,7 @@ class Ending:
     """What ending a run did: the instance's state afterwards, what was removed, and what was left (why)."""
 
     instance_state: str | None = None
+    instance_tags: dict[str, str] | None = None  # as EC2 described them at the end (None: not described)
     removed: list[str] = field(default_factory=list)
     left: list[str] = field(default_factory=list)
 
@@ -45,14 +46,14 @@ def put_back(run_id: str) -> dict[str, str]:
         if stop.original_state not in RUNNING_STATES:
             continue
         ec2 = Ec2(stop.region)
-        state = ec2.instance_state(stop.instance_id)
-        if state == "stopping":
-            raise InstanceStateConflictError(
-                f"instance {stop.instance_id} is still stopping; starting it once it has stopped"
-            )
-        if state == "stopped":
-            ec2.start_instance(stop.instance_id)
+        try:  # EC2's answer says the state it is in now: starting one that runs changes nothing
+            state = ec2.start_instance(stop.instance_id)
+        except InstanceStateConflictError:  # stopping (started once it has stopped), or going away
             state = ec2.instance_state(stop.instance_id)
+            if state in ("stopping", "stopped"):
+                raise InstanceStateConflictError(
+                    f"instance {stop.instance_id} is still stopping; starting it once it has stopped"
+                ) from None
         # Put back once: a later ending never starts an instance its owner has stopped since.
         ledger.put_back(run_id, stop)
         states[stop.instance_id] = state
@@ -143,7 +144,11 @@ def end_run(run: RunRecord, delivered: dict[str, str]) -> Ending:
         except (ClientError, AmiFactoryError) as error:  # the fallback sweep gives back an ended run's
             logger.warning("could not give back the copy slot in %s: %s", region, refusal_text(error))
     try:
-        ending.instance_state = state_of(run.region, run.instance_id, known)
+        if run.instance_id in known:
+            ending.instance_state = known[run.instance_id]
+        else:
+            described = Ec2(run.region).describe_instance(run.instance_id)
+            ending.instance_state, ending.instance_tags = str(described["State"]["Name"]), tags_of(described)
     except (ClientError, AmiFactoryError) as error:
         logger.warning("could not read the state of %s: %s", run.instance_id, refusal_text(error))
     if ending.left:
@@ -151,22 +156,27 @@ def end_run(run: RunRecord, delivered: dict[str, str]) -> Ending:
     return ending
 
 
-def tag_result(run: RunRecord, status: str, image_id: str | None, error: str | None) -> list[str]:
+def tag_result(
+    run: RunRecord, status: str, image_id: str | None, error: str | None, tags: dict[str, str] | None
+) -> list[str]:
     """The run's result on the instance, and the trigger tag cleared (so setting it again starts the
-    next run). Returns what could not be done."""
-    tags = {
+    next run) unless ``tags``, the instance's as the run's ending found them, have none. Returns what
+    could not be done."""
+    result = {
         f"{TAG_PREFIX}last-run": run.run_id,
         f"{TAG_PREFIX}last-run-at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         f"{TAG_PREFIX}last-status": status,
     }
     if image_id:
-        tags[f"{TAG_PREFIX}last-image-id"] = image_id
+        result[f"{TAG_PREFIX}last-image-id"] = image_id
     # Always written, so a success clears the error a previous run left behind.
-    tags[f"{TAG_PREFIX}last-error"] = tag_value_keeping_advice(error or "")
+    result[f"{TAG_PREFIX}last-error"] = tag_value_keeping_advice(error or "")
     ec2 = Ec2(run.region)
     try:
-        ec2.tag_resource(run.instance_id, tags)
-        ec2.untag_resource(run.instance_id, [load_settings().trigger_tag_key])
+        ec2.tag_resource(run.instance_id, result)
+        trigger = load_settings().trigger_tag_key
+        if tags is None or trigger in tags:
+            ec2.untag_resource(run.instance_id, [trigger])
     except (ClientError, AmiFactoryError) as failure:
         logger.warning("could not tag %s with the result: %s", run.instance_id, refusal_text(failure))
         return [f"{run.region}:{run.instance_id} (tags): {refusal_text(failure)}"]
@@ -298,7 +308,7 @@ def end_ended_run(run_id: str, error: str, cause: str | None) -> Summary | None:
         else cause or "the run's execution ended before it could clean up after itself",
     )
     if not run.ended:
-        summary.left_over += tag_result(run, status, delivered.get(run.region), summary.error)
+        summary.left_over += tag_result(run, status, delivered.get(run.region), summary.error, ending.instance_tags)
         metrics.add_metric(name="RunsEndedByJanitor", unit=MetricUnit.Count, value=1)
         summary = announced(summary, run.region)
     ledger.ended(run_id)

@@ -96,6 +96,10 @@ class Polled(Contract):
 
     polls: int = 0
     wait_seconds: int = 60
+    # Set in motion by the call that returned this (an image made, an instance told to stop): its
+    # settling takes EC2 minutes, so no event about it can have come before its wait records the token,
+    # and the wait need not look first.
+    fresh: bool = False
 
 
 class CheckInput(Contract):

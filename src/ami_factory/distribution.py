@@ -56,6 +56,7 @@ def copy_image(event: CopyImageInput) -> ImageRef:
             f"waiting for a copy slot in {region}: the copy's slot was given back before it started; "
             f"the copy starts when one is free"
         )
+    fresh = ledger.first_attempt(event.run_id, f"copy#{region}")  # else an earlier attempt's copy may be older
     try:
         image_id = ec2.copy_image(
             source_region=event.source_image.region,
@@ -82,7 +83,7 @@ def copy_image(event: CopyImageInput) -> ImageRef:
             ) from error
         raise
     ledger.record(event.run_id, Made(region=region, kind="image", resource_id=image_id, role="image"))
-    return ImageRef(region=region, image_id=image_id)
+    return ImageRef(region=region, image_id=image_id, fresh=fresh)
 
 
 def start_launch_check(event: LaunchCheckInput) -> LaunchedInstance:

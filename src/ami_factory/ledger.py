@@ -141,6 +141,7 @@ class Wait:
     also: str = ""
     copy_slot: bool = False
     since: str = ""  # when the first round of the wait began (ISO 8601, UTC, to the microsecond)
+    first_round: bool = False  # as recorded by await_settling: this round is the wait's first
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,12 @@ class Ledger:
             "recorded_at": _now(),
         }
         self._put_once(item)
+
+    def first_attempt(self, run_id: str, call: str) -> bool:
+        """Whether this is the run's first attempt at ``call`` (e.g. ``create#REGION#NAME``), written
+        before the call is made: a retried step (or a redriven execution) finds it and knows an earlier
+        attempt may have made the call already."""
+        return self._put_once({"pk": f"run#{run_id}", "sk": f"attempt#{call}", "recorded_at": _now()})
 
     def open_run(self, record: RunRecord) -> RunRecord:
         """Record the run (once: a retried ResolveRequest gets the first record back, and so does an
@@ -491,6 +498,7 @@ class Ledger:
         return recorded[0]
 
     def _await(self, wait: Wait, resource_id: str) -> Wait:
+        now = _now(precise=True)
         values: Item = {
             "run_id": wait.run_id,
             "token": wait.token,
@@ -512,7 +520,7 @@ class Ledger:
                     ExpressionAttributeNames={f"#{name}": name for name in [*values, "since"]},
                     ExpressionAttributeValues=_encode(
                         # To the microsecond: a Region's copies queue for slots in the order their waits began.
-                        {**{f":{name}": value for name, value in values.items()}, ":now": _now(precise=True)}
+                        {**{f":{name}": value for name, value in values.items()}, ":now": now}
                     ),
                     ReturnValues="ALL_NEW",
                 )
@@ -522,7 +530,8 @@ class Ledger:
             raise NotMadeByRunError(
                 f"{resource_id} in {wait.region} is awaited by another run: run {wait.run_id} may not wait for it"
             ) from None
-        return replace(wait, since=_decode(answer["Attributes"])["since"])
+        since = _decode(answer["Attributes"])["since"]
+        return replace(wait, since=since, first_round=since == now)
 
     def waiting_on(self, region: str, resource_id: str) -> Wait | None:
         """The step waiting for the resource, if any (an event about anything else finds none)."""
@@ -643,7 +652,8 @@ class Ledger:
             return False
         return True
 
-    def _put_once(self, item: Item) -> None:
+    def _put_once(self, item: Item) -> bool:
+        """Write the item unless it exists; whether this wrote it."""
         try:
             with translated_errors("PutItem"):
                 self._db.put_item(
@@ -652,6 +662,8 @@ class Ledger:
         except ClientError as error:
             if error_code(error) != CONDITION_FAILED:
                 raise
+            return False
+        return True
 
     def _set(self, pk: str, sk: str, values: Item) -> None:
         """Set attributes of an item that exists (never creates one)."""

@@ -4,8 +4,9 @@ touched nothing."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from functools import cache
 
 from .aws import Ec2, Kms, Ssm, tags_of
 from .contracts import Plan, Platform, RegionTarget, ResolveRequestInput
@@ -41,8 +42,7 @@ from .rules import (
 from .settings import Settings, load_settings
 from .steps import check_family, hold_instance
 
-if TYPE_CHECKING:
-    from mypy_boto3_ec2.type_defs import InstanceTypeDef
+EncryptedVolumes = Callable[[], dict[str, str]]  # the instance's encrypted volumes and their keys, described once
 
 IMAGEABLE_INSTANCE_STATES = frozenset({"running", "stopped", "stopping", "pending"})
 
@@ -68,10 +68,11 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
             f"instance {request.instance_id} is {state}; only running or stopped instances can be imaged"
         )
     platform: Platform = "windows" if str(instance.get("Platform", "")).lower() == "windows" else "linux"
+    volumes = cache(lambda: Ec2(region).encrypted_volumes(instance))  # one DescribeVolumes, if any check needs it
     if request.share.public:
-        _require_public_sharing_possible(regions, instance, request.encrypt)
-    _require_listed_source_keys(request, instance, regions, settings)
-    _require_usable_encryption(request, instance, regions, settings)
+        _require_public_sharing_possible(regions, volumes, request.encrypt)
+    _require_listed_source_keys(request, volumes, regions, settings)
+    _require_usable_encryption(request, volumes, regions, settings)
     if request.cleanup:
         _require_ssm(request.instance_id, platform, region, "clean-up")
     if request.mode == "generalize-in-place":
@@ -162,9 +163,9 @@ def _require_new_run_name(run_id: str, started: str) -> None:
         )
 
 
-def _require_public_sharing_possible(regions: list[RegionTarget], instance: InstanceTypeDef, encrypt: bool) -> None:
+def _require_public_sharing_possible(regions: list[RegionTarget], volumes: EncryptedVolumes, encrypt: bool) -> None:
     """Public sharing fails late and half-done on AWS; here it fails before anything is changed."""
-    encrypted = sorted(Ec2(regions[0].name).encrypted_volumes(instance))
+    encrypted = sorted(volumes())
     if encrypt or encrypted:
         why = "encrypt is set" if encrypt else f"the instance's volumes {encrypted} are encrypted"
         raise InvalidRequestError(
@@ -188,7 +189,7 @@ def _require_public_sharing_possible(regions: list[RegionTarget], instance: Inst
 
 
 def _require_usable_encryption(
-    request: ImagingRequest, instance: InstanceTypeDef, regions: list[RegionTarget], settings: Settings
+    request: ImagingRequest, encrypted_volumes: EncryptedVolumes, regions: list[RegionTarget], settings: Settings
 ) -> None:
     """Every Region's image must be encrypted with a key its recipients can use, or they see an image
     they cannot launch. Checked before any copy: which keys, and whether each target may use them."""
@@ -206,7 +207,7 @@ def _require_usable_encryption(
         # (so `and` here would change nothing: the second half is an early exit, not a decision).
         if not request.share.describe() or request.share.public:  # pragma: no mutate
             return
-        volumes = Ec2(source).encrypted_volumes(instance)
+        volumes = encrypted_volumes()
         if not volumes:
             return
         aws_managed = sorted(volume for volume, key in volumes.items() if Kms(source).is_aws_managed(key))
@@ -238,7 +239,7 @@ def _require_usable_encryption(
 
 
 def _require_listed_source_keys(
-    request: ImagingRequest, instance: InstanceTypeDef, regions: list[RegionTarget], settings: Settings
+    request: ImagingRequest, encrypted_volumes: EncryptedVolumes, regions: list[RegionTarget], settings: Settings
 ) -> None:
     """AMI Factory's roles may use only the KmsKeyIds keys (through EC2). A run that launches from the
     instance's image (the clone, a launch check) or copies it (to other Regions, or to re-encrypt)
@@ -247,7 +248,7 @@ def _require_listed_source_keys(
     if not needs_the_key:
         return
     source = regions[0].name
-    volumes = Ec2(source).encrypted_volumes(instance)
+    volumes = encrypted_volumes()
     unlisted = sorted(
         {key for key in volumes.values() if key not in settings.kms_key_arns and not Kms(source).is_aws_managed(key)}
     )

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from botocore.exceptions import ClientError
 
-from .aws import Ec2, StepFunctions, refusal_text, snapshots_of
+from .aws import Ec2, StepFunctions, error_code, error_text, refusal_text, snapshots_of
 from .contracts import ImageRef, Polled
 from .errors import AmiFactoryError, FamilyOwnedError, NotMadeByRunError, RunInProgressError, WaitTimeoutError
 from .ledger import FamilyOwner, Holder, Ledger, Made, Role
@@ -79,17 +79,37 @@ def create_image_once(
     tags: dict[str, str],
     made_for: tuple[str, str, Role],
 ) -> ImageRef:
-    """CreateImage has no ClientToken: a retry finds the image by its name (``found_again``). Either
-    way the image is in the run's ledger before the step returns. ``made_for``: (run, started at, role)."""
+    """CreateImage has no ClientToken. The first attempt (the ledger says so, before the call) creates,
+    and a name EC2 says is taken is someone else's image, never taken for the run's; a retried step
+    finds the image an earlier attempt made by its name (``found_again``). Either way the image is in
+    the run's ledger before the step returns. ``made_for``: (run, started at, role)."""
     run_id, started_at, role = made_for
-    ec2 = Ec2(region)
-    existing = found_again(ec2, name, run_id, started_at)
-    if existing:
+    ec2, ledger = Ec2(region), Ledger()
+    if ledger.first_attempt(run_id, f"create#{region}#{name}"):
+        image = ImageRef(
+            region=region, image_id=_create(ec2, instance_id, name, description, no_reboot, tags), fresh=True
+        )
+    elif existing := found_again(ec2, name, run_id, started_at):
         image = ImageRef(region=region, image_id=existing["ImageId"], state=existing["State"])
     else:
-        image = ImageRef(region=region, image_id=ec2.create_image(instance_id, name, description, no_reboot, tags))
-    Ledger().record(run_id, Made(region=region, kind="image", resource_id=image.image_id, role=role))
+        image = ImageRef(
+            region=region, image_id=_create(ec2, instance_id, name, description, no_reboot, tags), fresh=True
+        )
+    ledger.record(run_id, Made(region=region, kind="image", resource_id=image.image_id, role=role))
     return image
+
+
+def _create(ec2: Ec2, instance_id: str, name: str, description: str, no_reboot: bool, tags: dict[str, str]) -> str:
+    try:
+        return ec2.create_image(instance_id, name, description, no_reboot, tags)
+    except ClientError as error:
+        if error_code(error) != "InvalidAMIName.Duplicate":
+            raise
+        raise NotMadeByRunError(
+            f"{ec2.region} already has an image named {name}, and EC2 refused this run's image under that name "
+            f"({error_text(error)}); no image was made and that one is not taken for the run's (it is not in the "
+            f"run's ledger). Rename or deregister it, or start the run under another name"
+        ) from error
 
 
 def require_made(run_id: str, region: str, resource_id: str, role: Role) -> Made:

@@ -97,10 +97,12 @@ def watch_image(event: WatchImageInput) -> ImageRef:
             region=image.region,
             resource_id=image.image_id,
             token=event.task_token,
-            ref=image.model_dump_json(),
+            ref=image.model_copy(update={"fresh": False}).model_dump_json(),
             copy_slot=event.copy_slot,
         )
     )
+    if image.fresh and wait.first_round:  # made a moment ago: its event is still to come
+        return image
     state = _first_look(wait)
     return image.model_copy(update={"state": state or image.state})
 
@@ -117,12 +119,13 @@ def watch_instance(event: WatchInstanceInput) -> BaseModel:
             region=ref.region,
             resource_id=resource_id,
             token=event.task_token,
-            ref=ref.model_dump_json(),
+            ref=ref.model_copy(update={"fresh": False}).model_dump_json(),
             kind=kind,
             also=also,
         )
     )
-    _first_look(wait)
+    if not (ref.fresh and wait.first_round):  # told to stop a moment ago: its event is still to come
+        _first_look(wait)
     return ref
 
 

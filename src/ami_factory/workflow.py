@@ -50,8 +50,8 @@ def prepare_instance(plan: Plan) -> InstanceRef:
         ledger.record_stop(plan.run_id, Stop(plan.source_region, plan.instance_id, original))
         instance.stopped_by_us = True
         if plan.mode == "stop" and state in RUNNING_STATES:
-            ec2.stop_instance(plan.instance_id)
-            instance.state = ec2.instance_state(plan.instance_id)
+            instance.state = ec2.stop_instance(plan.instance_id)
+            instance.fresh = instance.state == "stopping"  # its stopped event is still to come
     return instance
 
 
@@ -138,7 +138,7 @@ def finalize(plan: FinalizeInput) -> Summary:
     errors = (
         "; ".join(f"{result.region}: {result.error.Error if result.error else 'failed'}" for result in failed) or None
     )
-    ending.left += tag_result(run, status, delivered.get(plan.source_region), errors)
+    ending.left += tag_result(run, status, delivered.get(plan.source_region), errors, ending.instance_tags)
     cost = None
     try:
         cost = image_cost(delivered, plan.source_region, load_prices(load_settings().price_overrides))
@@ -184,7 +184,7 @@ def handle_failure(plan: HandleFailureInput) -> Summary:
     left recorded in the ledger for the janitor."""
     run = _run_of(plan)
     ending = end_run(run, delivered={})
-    ending.left += tag_result(run, "FAILED", None, plan.error.Error)
+    ending.left += tag_result(run, "FAILED", None, plan.error.Error, ending.instance_tags)
     metrics.add_metric(name="RunsFailed", unit=MetricUnit.Count, value=1)
     summary = announced(
         Summary(

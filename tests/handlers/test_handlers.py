@@ -280,7 +280,13 @@ def test_the_clone_ready_on_its_last_allowed_poll_is_generalized(emu: Emulator) 
 def test_a_wait_on_the_instance_not_settled_yet_is_left_to_its_event(emu: Emulator, plan: dict[str, Any]) -> None:
     emu.world.instances_take_to_stop(3600)
     prepared = invoke(emu, "PrepareInstance", plan)
+    described = len(emu.world.sent("DescribeInstances"))
     assert watch(emu, "run-7", "instance", prepared) == {}
+    assert len(emu.world.sent("DescribeInstances")) == described, (
+        "told to stop a moment ago (StopInstances answered stopping): its event is still to come, so no look"
+    )
+    assert watch(emu, "run-7", "instance", prepared) == {}
+    assert len(emu.world.sent("DescribeInstances")) == described + 1, "a second round looks: the event may be past"
     emu.world.commands_take(3600)
     cleaning = managed_plan(emu, "run-c")
     command = invoke(emu, "RunCleanup", cleaning)
@@ -325,8 +331,11 @@ def test_a_throttled_first_look_leaves_the_wait_to_its_event(emu: Emulator, plan
     are what drains EC2's bucket), and the event ends the wait as it would have."""
     emu.world.instances_take_to_stop(600)
     prepared = invoke(emu, "PrepareInstance", plan)
+    assert prepared["state"] == "stopping" and prepared["fresh"] is True, "as StopInstances answered"
+    # A wait that did not just set its instance in motion (a retried round) looks first.
     emu.world.throttle("DescribeInstances", times=1)
-    assert watch(emu, "run-7", "instance", prepared) == {}, "no error, no outcome yet"
+    assert watch(emu, "run-7", "instance", {**prepared, "fresh": False}) == {}, "no error, no outcome yet"
+    assert len(emu.world.sent("DescribeInstances")) == 3, "the plan's, PrepareInstance's, the look (throttled)"
     (wait,) = [item for item in ledger_items(emu) if item["pk"] == "wait"]
     assert wait["sk"] == f"us-east-1#{plan['instance_id']}"
     # A look throttled later (here the sweep's) is no answer about the instance either: the wait stays.

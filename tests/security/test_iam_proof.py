@@ -111,6 +111,19 @@ def slow_stop(emu: Emulator) -> dict[str, Any]:
     return basic(emu)
 
 
+def stop_answer_lost(emu: Emulator) -> dict[str, Any]:
+    """The retried PrepareInstance finds the instance stopping: its wait did not set it in motion, so it looks."""
+    emu.world.instances_take_to_stop(150)
+    emu.world.lose_responses("StopInstances", times=1)
+    return basic(emu)
+
+
+def image_answer_lost(emu: Emulator) -> dict[str, Any]:
+    """The retried CreateImage finds the image by name: its wait looks first, and finds it available."""
+    emu.world.lose_responses("CreateImage", times=1)
+    return basic(emu)
+
+
 def failing(emu: Emulator) -> dict[str, Any]:
     emu.world.images_fail()
     return basic(emu)
@@ -120,13 +133,14 @@ RUNS: list[tuple[str, str, Scenario]] = [
     ("ResolveRequestFunction", "ec2:DescribeInstances", basic),
     ("PrepareInstanceFunction", "ec2:StopInstances", basic),
     # A wait on the instance records its token and looks once (the event, or the look, ends it).
-    ("WatchInstanceFunction", "ec2:DescribeInstances", slow_stop),
+    ("WatchInstanceFunction", "ec2:DescribeInstances", stop_answer_lost),
     # CreateImage with TagSpecifications is also a CreateTags (ec2:CreateAction = CreateImage).
     ("CreateImageFunction", "ec2:CreateTags", basic),
-    # An image wait records its token, looks, and (an image settled already) ends its own task.
-    ("WatchImageFunction", "ec2:DescribeImages", basic),
+    # An image wait records its token and, unless its image was made a moment ago, looks, and (an image
+    # settled already) ends its own task.
+    ("WatchImageFunction", "ec2:DescribeImages", image_answer_lost),
     ("WatchImageFunction", "dynamodb:UpdateItem", basic),
-    ("WatchImageFunction", "states:SendTaskSuccess", basic),
+    ("WatchImageFunction", "states:SendTaskSuccess", image_answer_lost),
     ("RestoreInstanceFunction", "ec2:StartInstances", basic),
     # A copy's wait for its slot queues its token, takes a free slot and ends its own task.
     ("AwaitCopySlotFunction", "dynamodb:UpdateItem", basic),

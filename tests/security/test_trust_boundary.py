@@ -595,3 +595,30 @@ def test_an_image_of_the_runs_name_in_a_copy_region_is_never_taken_for_the_runs_
         "LaunchPermissions"
     ], "the planted image is not shared"
     assert planted not in {item.get("resource_id") for item in ledger_items(emu)}
+
+
+def test_an_image_of_the_runs_name_made_during_the_run_is_never_taken_for_the_runs_image(emu: Emulator) -> None:
+    """Someone who may create images registers one under the run's image name while the run stops the
+    instance: CreateImage's first attempt looks nothing up by name, so EC2 refuses the run's image by
+    name and the run fails saying so; the other image is neither recorded, shared nor removed, and the
+    instance is put back. (A name lookup, as a retried attempt makes, would have found it: it was made
+    after the run began.)"""
+    instance_id = emu.launch_instance(name="web")
+    planted: list[str] = []
+    emu.world.after_call(
+        "StopInstances",
+        lambda: planted.append(
+            emu.client("ec2").register_image(Name="ami-factory-web-during", RootDeviceName="/dev/xvda")["ImageId"]
+        ),
+    )
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="during")
+    assert result.status == "FAILED" and result.error == "NotMadeByRunError", result.cause
+    assert "ami-factory-web-during" in result.cause and "not taken" in result.cause
+    (image,) = emu.client("ec2").describe_images(ImageIds=planted)["Images"]
+    assert image["State"] == "available", "not deregistered by the run's ending"
+    assert not emu.client("ec2").describe_image_attribute(ImageId=planted[0], Attribute="launchPermission")[
+        "LaunchPermissions"
+    ]
+    assert planted[0] not in {item.get("resource_id") for item in ledger_items(emu)}
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
+    assert emu.world.sent("CopyImage") == []

@@ -126,7 +126,9 @@ def test_a_lost_stop_answer_still_restores_the_instance(emu: Emulator) -> None:
 
 
 def test_prepare_failing_after_the_stop_restores_the_instance(emu: Emulator) -> None:
-    """The stop went through, then the step fails for good: HandleFailure has no $.instance."""
+    """The stop went through but its answer was lost, and the retried step fails for good: HandleFailure
+    has no $.instance, and the ledger's record of the stop is what puts the instance back."""
+    emu.world.lose_responses("StopInstances", times=1, region="us-east-1")
     emu.world.after_call("StopInstances", lambda: emu.world.refuse("DescribeInstances", times=1, region="us-east-1"))
     instance_id = emu.launch_instance(name="web")
     result = emu.run(sample("request-basic.json", instance_id=instance_id), name="half-prepared")

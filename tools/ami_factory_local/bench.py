@@ -189,8 +189,9 @@ def scale(out: TextIO, instances: int = SCALE_INSTANCES, destinations: list[str]
         print(f"   state transitions: {sum(result.transitions for result in results)}", file=out)
         by_function = Counter(name.rsplit("-", 1)[-1] for name in emu.runtime.invocations[invocations:])
         print(
-            f"   Lambda invocations: {sum(by_function.values())} (CopyImage {by_function['CopyImageFunction']}: "
-            "a copy waiting for its slot tries every 6 minutes)",
+            f"   Lambda invocations: {sum(by_function.values())} (AwaitCopySlot "
+            f"{by_function['AwaitCopySlotFunction']}, CopyImage {by_function['CopyImageFunction']}: a copy waiting "
+            "for its slot is handed one, never retried)",
             file=out,
         )
         print(f"   history events per run: median {histories[len(histories) // 2]}, most {histories[-1]}", file=out)

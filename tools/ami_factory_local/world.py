@@ -273,6 +273,18 @@ def refused_command(account_id: str, region: str, params: dict[str, Any]) -> SSM
     return None
 
 
+INSTANCE_STATE_CODES = {
+    "pending": 0,
+    "running": 16,
+    "shutting-down": 32,
+    "terminated": 48,
+    "stopping": 64,
+    "stopped": 80,
+}
+# The calls EC2 answers with each instance's state right after it (the answer's list of changes).
+STATE_CHANGES = {"StopInstances": "StoppingInstances", "StartInstances": "StartingInstances"}
+CAN_START = ("stopped", "pending", "running")  # starting one that runs changes nothing
+CAN_STOP = ("running", "stopping", "stopped")
 VISIBLE_AFTER_SECONDS = 60  # how long a new image may answer InvalidAMIID.NotFound (hide_new_images)
 MAX_TAG_KEY, MAX_TAG_VALUE, MAX_TAGS_PER_RESOURCE = 128, 256, 50  # EC2's limits, which moto does not check
 
@@ -503,9 +515,53 @@ class World:
 
     def set_instance_state(self, region: str, instance_id: str, state: str) -> None:
         """Put an instance in a state moto passes through at once (``shutting-down``, ``stopping``)."""
-        codes = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64, "stopped": 80}
         instance = ec2_backends[self.account_id][region].get_instance(instance_id)
-        instance._state.name, instance._state.code = state, codes[state]
+        instance._state.name, instance._state.code = state, INSTANCE_STATE_CODES[state]
+
+    def _instance_states(self, region: str, operation: str, params: dict[str, Any]) -> dict[str, str]:
+        """Before StopInstances or StartInstances: the state of each instance named that exists (moto
+        answers for one that does not)."""
+        if operation not in STATE_CHANGES:
+            return {}
+        known = {
+            instance.id: instance._state.name for instance in ec2_backends[self.account_id][region].all_instances()
+        }
+        return {
+            instance_id: known[instance_id] for instance_id in params.get("InstanceIds", []) if instance_id in known
+        }
+
+    def _incorrect_state(self, region: str, operation: str, params: dict[str, Any]) -> EC2ClientError | None:
+        """EC2 refuses to start or stop an instance on its way somewhere else (moto starts a stopping,
+        even a terminated, instance)."""
+        allowed = CAN_START if operation == "StartInstances" else CAN_STOP
+        for instance_id, state in self._instance_states(region, operation, params).items():
+            if state not in allowed:
+                verb = "started" if operation == "StartInstances" else "stopped"
+                return EC2ClientError(
+                    "IncorrectInstanceState",
+                    f"The instance '{instance_id}' is not in a state from which it can be {verb}.",
+                )
+        return None
+
+    def _state_change(self, region: str, operation: str, before: dict[str, str]) -> dict[str, Any]:
+        """StopInstances and StartInstances answered as EC2 answers them: each instance's state right
+        after the call (``stopping``, ``pending``), where moto names the state it ends in. A stop the
+        world makes take no time is ``stopped`` at once; the world starts instances at once, so an
+        instance described after ``pending`` is ``running``, as it soon is on AWS."""
+        backend = ec2_backends[self.account_id][region]
+        changes = []
+        for instance_id, previous in before.items():
+            current = backend.get_instance(instance_id)._state.name
+            if operation == "StartInstances" and previous in ("stopped", "stopping") and current == "running":
+                current = "pending"
+            changes.append(
+                {
+                    "InstanceId": instance_id,
+                    "PreviousState": {"Code": INSTANCE_STATE_CODES[previous], "Name": previous},
+                    "CurrentState": {"Code": INSTANCE_STATE_CODES[current], "Name": current},
+                }
+            )
+        return {STATE_CHANGES[operation]: changes}
 
     def set_root_device_type(self, region: str, instance_id: str, root_device_type: str) -> None:
         ec2_backends[self.account_id][region].get_instance(instance_id).root_device_type = root_device_type
@@ -664,6 +720,8 @@ class World:
             return EC2ClientError(code, f"You are not authorized to perform this operation ({operation}).")
         if operation == "CopyImage" and (refused := self._copy_quota(response.region, params)):
             return refused
+        if operation in STATE_CHANGES and (refused := self._incorrect_state(response.region, operation, params)):
+            return refused
         if unknown := unknown_filters(operation, params):
             return EC2ClientError("InvalidParameterValue", f"The filter '{unknown[0]}' is invalid")
         if problem := invalid_tags(operation, params):
@@ -800,6 +858,7 @@ class World:
                     )
             if answer is not None:
                 return response.serialized(ActionResult(answer))
+            states_before = world._instance_states(response.region, operation, params) if service == "ec2" else {}
             result = original_call_action(response)
             world._run_after_calls(operation)
             if service == "ssm" and operation == "SendCommand":
@@ -809,7 +868,11 @@ class World:
                 world._record_image_launch(response.region, params.get("ImageId", ""))
                 world._record_launches(response.region)
             lost = world._after(response.region, operation, params) if service == "ec2" else None
-            return response.serialized(ActionResult(lost)) if lost is not None else result
+            if lost is not None:
+                return response.serialized(ActionResult(lost))
+            if states_before and result[0] == 200:
+                return response.serialized(ActionResult(world._state_change(response.region, operation, states_before)))
+            return result
 
         def create_image(response: AmisResponse) -> ActionResult:
             specs = response._get_param("TagSpecifications", [])
