@@ -15,7 +15,6 @@ from fnmatch import fnmatchcase
 from time import sleep
 from typing import Any, Literal
 
-from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .aws import Ec2, StepFunctions, tags_of
@@ -118,7 +117,17 @@ class TagChangeDetail(BaseModel):
     resource_type: str = Field(alias="resource-type")
 
 
-class TagChangeEvent(EventBridgeModel):
+class TagChangeEvent(BaseModel):
+    """EventBridge's envelope of a ``Tag Change on Resource`` event: the fields of it that the trigger reads
+    and checks (Powertools' EventBridgeModel has them too, but importing its models costs every cold start)."""
+
+    id: str
+    source: str
+    account: str
+    time: str
+    region: str
+    resources: list[str]
+    detail_type: str = Field(alias="detail-type")
     detail: TagChangeDetail
 
 
