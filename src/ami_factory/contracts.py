@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from .model import Model
 from .pricing import CostEstimate
 from .request import CloneOptions, Mode, ProtectionOptions, RetentionOptions, ShareTargets, WindowsOptions
 
 
-class Contract(BaseModel):
+class Contract(Model):
     """Step inputs ignore fields they do not use: the ASL passes whole state objects."""
 
     # Schemas are built at a model's first use, not at import: a handler uses two or three of them.
@@ -25,7 +26,7 @@ class Contract(BaseModel):
 RetentionAction = Literal["deleted", "would delete", "skipped"]
 
 
-class RetentionDecision(BaseModel):
+class RetentionDecision(Model):
     region: str
     image_id: str
     family: str
@@ -33,7 +34,7 @@ class RetentionDecision(BaseModel):
     reason: str
 
 
-class RetentionReport(BaseModel):
+class RetentionReport(Model):
     dry_run: bool
     decisions: list[RetentionDecision] = Field(default_factory=list)
     kept: int = 0
@@ -46,7 +47,7 @@ class ResolveRequestInput(Contract):
     state_machine_arn: str
 
 
-class RegionTarget(BaseModel):
+class RegionTarget(Model):
     name: str
     is_source: bool
 
@@ -187,7 +188,7 @@ class AwaitCopySlotInput(Contract):
     task_token: str
 
 
-class CopySlot(BaseModel):
+class CopySlot(Model):
     """A copy slot in ``region`` held for ``run_id``'s copy (the output its wait ends with), and, from the
     wait's first step, whether the copy still waits for it and what it waits for (shown by the CLI)."""
 
@@ -240,7 +241,7 @@ class AwsEvent(Contract):
     detail: dict[str, Any]
 
 
-class WaitSettled(BaseModel):
+class WaitSettled(Model):
     """What an event did to the wait for its resource: ``ended`` is False for an event of no wait (a
     resource no run waits for, a duplicate, a late event) or of a state that ends none."""
 
@@ -250,7 +251,7 @@ class WaitSettled(BaseModel):
     ended: bool
 
 
-class WaitSweep(BaseModel):
+class WaitSweep(Model):
     """The fallback sweep: how many waits were open, the images whose waits it ended, those whose
     wait records it dropped as older than any wait may last, and those it could not look at (their
     errors are logged; the next sweep tries again, and the other waits are not held up)."""
@@ -279,7 +280,7 @@ class ShareImageInput(Contract):
     share: ShareTargets
 
 
-class ShareImageOutput(BaseModel):
+class ShareImageOutput(Model):
     shared_with: list[str]
 
 
@@ -302,7 +303,7 @@ class ProtectImageInput(Contract):
     protection: ProtectionOptions
 
 
-class ProtectImageOutput(BaseModel):
+class ProtectImageOutput(Model):
     deprecate_at: str | None = None
     deregistration_protection: bool = False
 
@@ -321,19 +322,19 @@ class PublishParameterInput(Contract):
     source_region: str
 
 
-class PublishParameterOutput(BaseModel):
+class PublishParameterOutput(Model):
     parameter_name: str
     version: int
 
 
-class StepError(BaseModel):
+class StepError(Model):
     """What a Catch puts at ``$.error``: Step Functions' own shape."""
 
     Error: str
     Cause: str | None = None
 
 
-class RegionResult(BaseModel):
+class RegionResult(Model):
     region: str
     status: Literal["AVAILABLE", "FAILED"]
     image_id: str | None = None
@@ -369,7 +370,7 @@ class HandleFailureInput(Plan):
 RunStatus = Literal["SUCCEEDED", "PARTIAL", "FAILED"]
 
 
-class Summary(BaseModel):
+class Summary(Model):
     status: RunStatus
     run_id: str
     instance_id: str
@@ -400,7 +401,7 @@ class ExecutionStatusChangeEvent(Contract):
     detail: ExecutionStatusChange
 
 
-class EndedRuns(BaseModel):
+class EndedRuns(Model):
     """What the janitor ended: one run (a status change), or every run the daily sweep found."""
 
     ended: list[Summary] = Field(default_factory=list)

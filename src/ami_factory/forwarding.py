@@ -17,10 +17,11 @@ import hashlib
 import urllib.request
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from .aws import Ec2, EventRules
 from .contracts import Contract
+from .model import Model
 from .observability import logger
 from .settings import load_settings
 
@@ -69,7 +70,7 @@ class CustomResourceRequest(Contract):
     OldResourceProperties: ForwardingProperties | None = None
 
 
-class CustomResourceResponse(BaseModel):
+class CustomResourceResponse(Model):
     Status: Literal["SUCCESS", "FAILED"]
     Reason: str = ""
     PhysicalResourceId: str

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from pydantic import BaseModel
+from .model import Model
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def load_prices(overrides: str | Mapping[str, float] | None) -> Prices:
     return replace(Prices(), **{name: float(value) for name, value in given.items()})
 
 
-class RegionCost(BaseModel):
+class RegionCost(Model):
     region: str
     snapshot_gib: float
     monthly_standard: float
@@ -47,7 +47,7 @@ class RegionCost(BaseModel):
     copy_transfer: float  # once, for the copy into this Region (0 in the source Region)
 
 
-class CostEstimate(BaseModel):
+class CostEstimate(Model):
     regions: list[RegionCost]
     monthly_standard: float
     monthly_archive: float

@@ -15,7 +15,7 @@ from fnmatch import fnmatchcase
 from time import sleep
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from .aws import Ec2, StepFunctions, tags_of
 from .errors import (
@@ -26,6 +26,7 @@ from .errors import (
     RunInProgressError,
 )
 from .ledger import FamilyOwner, Holder
+from .model import Model
 from .observability import MetricUnit, logger, metrics
 from .request import CloneOptions, ImagingRequest, RetentionOptions
 from .rules import (
@@ -108,7 +109,7 @@ PRIVILEGED_SETTINGS: dict[str, tuple[Callable[[ImagingRequest], bool], tuple[str
 RESULT_TAGS = {"error", "last-run", "last-run-at", "last-status", "last-image-id", "last-error"}
 
 
-class TagChangeDetail(BaseModel):
+class TagChangeDetail(Model):
     model_config = ConfigDict(populate_by_name=True)
 
     changed_tag_keys: list[str] = Field(alias="changed-tag-keys")
@@ -117,7 +118,7 @@ class TagChangeDetail(BaseModel):
     resource_type: str = Field(alias="resource-type")
 
 
-class TagChangeEvent(BaseModel):
+class TagChangeEvent(Model):
     """EventBridge's envelope of a ``Tag Change on Resource`` event: the fields of it that the trigger reads
     and checks (Powertools' EventBridgeModel has them too, but importing its models costs every cold start)."""
 
@@ -131,12 +132,12 @@ class TagChangeEvent(BaseModel):
     detail: TagChangeDetail
 
 
-class CloudTrailTag(BaseModel):
+class CloudTrailTag(Model):
     key: str
     value: str = ""
 
 
-class CloudTrailCreateTags(BaseModel):
+class CloudTrailCreateTags(Model):
     """The parts of a CloudTrail record of CreateTags that the trigger reads."""
 
     model_config = ConfigDict(populate_by_name=True)
@@ -161,7 +162,7 @@ class CloudTrailCreateTags(BaseModel):
         )
 
 
-class ScheduledFiring(BaseModel):
+class ScheduledFiring(Model):
     """The input the EventBridge Scheduler schedule in template.yaml sends."""
 
     source: Literal["ami-factory.schedule"]
@@ -169,25 +170,25 @@ class ScheduledFiring(BaseModel):
     execution_id: str | None = None
 
 
-class Skipped(BaseModel):
+class Skipped(Model):
     instance_id: str
     reason: str
     held_by: str | None = None
 
 
-class Rejected(BaseModel):
+class Rejected(Model):
     instance_id: str | None
     error: str
     message: str
 
 
-class StartOutcome(BaseModel):
+class StartOutcome(Model):
     started: list[str] = Field(default_factory=list)
     skipped: list[Skipped] = Field(default_factory=list)
     rejected: list[Rejected] = Field(default_factory=list)
 
 
-class _Candidate(BaseModel):
+class _Candidate(Model):
     instance_id: str
     tags: dict[str, str]
     execution_name: str
