@@ -271,6 +271,10 @@ def test_bench_reports_counts_per_run() -> None:
             r"virtual elapsed: [\d.]+ min; EC2's own critical path \(stop, image, copies\): [\d.]+ min", section
         )
         assert int(re.search(r"history events: (\d+)", section).group(1)) > transitions
+        dollars = float(
+            re.search(rf"Step Functions \+ Lambda: \$([\d.]+) \({transitions} transitions, ", section).group(1)
+        )
+        assert 0 < dollars < 0.01, "a run's orchestration costs a fraction of a cent"
         checked = int(re.search(r"IAM: (\d+) grants checked, 0 calls refused", section).group(1))
         assert checked > invocations, "every call of every function was evaluated"
     assert re.search(r"RunInstances\s+1$", sections[4], re.MULTILINE)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from ami_factory.pricing import Prices, orchestration_cost
 from ami_factory.rules import execution_arn
 from ami_factory.triggers import start_spacing
 
@@ -28,6 +29,9 @@ from .template import load_template, parameter_values
 ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = "111122223333"
 IMPORT_SAMPLES = 7
+# The emulator runs handlers in-process, so Lambda's billed duration is assumed: each invocation a
+# second at the template's 256 MB (most take a fraction of that; StartRun's pacing is not counted).
+ASSUMED_INVOCATION_GB_SECONDS = 1.0 * 0.25
 REGIONS = ["eu-west-1", "ap-southeast-2"]
 
 
@@ -195,7 +199,18 @@ def scale(out: TextIO, instances: int = SCALE_INSTANCES, destinations: list[str]
             file=out,
         )
         print(f"   history events per run: median {histories[len(histories) // 2]}, most {histories[-1]}", file=out)
+        orchestration(out, sum(result.transitions for result in results), sum(by_function.values()))
         ec2_calls(out, calls)
+
+
+def orchestration(out: TextIO, transitions: int, invocations: int) -> None:
+    """What Step Functions and Lambda bill for the work, at list prices (``ami_factory.pricing``)."""
+    dollars = orchestration_cost(transitions, invocations, invocations * ASSUMED_INVOCATION_GB_SECONDS, Prices())
+    print(
+        f"   Step Functions + Lambda: ${dollars:.4f} ({transitions} transitions, {invocations} invocations of "
+        "1 s at 256 MB assumed)",
+        file=out,
+    )
 
 
 def ec2_calls(out: TextIO, calls: Counter[str], minimum: dict[str, int] | None = None) -> None:
@@ -267,6 +282,7 @@ def main(
             print(f"   history events: {len(result.history)}", file=out)
             evaluated = sum(emu.authorizer.used.values())
             print(f"   IAM: {evaluated} grants checked, {len(emu.authorizer.refusals)} calls refused", file=out)
+            orchestration(out, result.transitions, len(emu.runtime.invocations) - invocations)
             ec2_calls(out, calls, scenario.minimum)
     if with_scale:
         scale(out)
