@@ -274,7 +274,10 @@ def event_wait(
             "Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken",
             "Parameters": {
                 "FunctionName": function_arn(function),
-                "Payload": {**payload, **paths({"run_id": "$.run_id", "task_token": "$$.Task.Token"})},
+                "Payload": {
+                    **payload,
+                    **paths({"run_id": "$.run_id", "task_token": "$$.Task.Token", "attempt": "$$.State.RetryCount"}),
+                },
             },
             **({"TimeoutSeconds": timeout_seconds} if timeout_seconds else {"TimeoutSecondsPath": timeout_path}),
             "ResultPath": result_path,

@@ -17,7 +17,7 @@ from . import copy_slots
 from .aws import Ec2, Notifications, Ssm, StepFunctions, refusal_text, tags_of
 from .contracts import EndedRuns, ExecutionStatusChange, ExecutionStatusChangeEvent, RegionResult, RunStatus, Summary
 from .errors import RETRYABLE_ERRORS, AmiFactoryError, InstanceStateConflictError, ThrottledError
-from .ledger import Ledger, RunRecord, Wait
+from .ledger import Ledger, RunRecord
 from .observability import MetricUnit, logger, metrics
 from .rules import TAG_PREFIX, execution_arn, tag_value_keeping_advice
 from .settings import load_settings
@@ -131,14 +131,13 @@ def end_run(run: RunRecord, delivered: dict[str, str]) -> Ending:
         ledger.release_lock(run.region, run.instance_id, run.run_id)
     except (ClientError, AmiFactoryError) as error:  # a stale lock is taken over by the next run
         logger.warning("could not release the lock on %s: %s", run.instance_id, refusal_text(error))
-    waited: list[Wait] = []
     try:  # the run's tasks are over: the sweep need not look at what they waited for
-        waited = ledger.end_waits_of(run.run_id)
+        ledger.end_waits_of(run.run_id)
     except (ClientError, AmiFactoryError) as error:  # the sweep drops them once older than any wait
         logger.warning("could not forget the run's waits: %s", refusal_text(error))
-    # A slot is held from the hand-off to the copy's settling: where the run copied, or still waited.
-    copied = {made.region for made in ledger.made_by(run.run_id) if made.role == "image"}
-    for region in sorted(copied | {wait.region for wait in waited if wait.kind == "copy-slot"}):
+    # A slot is held from the hand-off to the copy's settling, whatever became of the copy: given back
+    # in every Region where the run asked for one (a hand-off racing this ending is the sweep's).
+    for region in sorted(ledger.copy_slot_regions(run.run_id)):
         try:
             copy_slots.give_back(region, run.run_id, ledger)
         except (ClientError, AmiFactoryError) as error:  # the fallback sweep gives back an ended run's

@@ -177,6 +177,7 @@ class WatchImageInput(Contract):
     image: ImageRef
     task_token: str
     copy_slot: bool = False
+    attempt: int = 0  # the wait's retry count ($$.State.RetryCount): a retried wait may have missed its event
 
 
 class AwaitCopySlotInput(Contract):
@@ -205,6 +206,7 @@ class WatchInstanceInput(Contract):
 
     run_id: str
     task_token: str
+    attempt: int = 0  # the wait's retry count ($$.State.RetryCount): a retried wait may have missed its event
     instance: InstanceRef | None = None
     command: CommandRef | None = None
     generalize: GeneralizeRef | None = None

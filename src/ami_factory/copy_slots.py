@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 from .aws import StepFunctions
 from .contracts import AwaitCopySlotInput, CopySlot
+from .errors import NotMadeByRunError
 from .ledger import COPY_SLOT_WAIT, Ledger, Wait
 from .observability import MetricUnit, logger, metrics
 from .settings import load_settings
@@ -35,7 +36,11 @@ def await_copy_slot(event: AwaitCopySlotInput) -> CopySlot:
     """Join the Region's queue, then hand slots on (to this copy, if it is the oldest waiting and a
     slot is free). What it returns says whether the copy still waits; the task ends by its token."""
     ledger = Ledger()
+    run = ledger.run(event.run_id)
+    if run is None or run.ended:  # a slot is for a run's copy: an invented or ended run queues for none
+        raise NotMadeByRunError(f"run {event.run_id} is not an open run of this stack: it may not wait for a copy slot")
     slot = CopySlot(region=event.region, run_id=event.run_id)
+    ledger.may_hold_copy_slot(event.run_id, event.region)
     wait = ledger.await_settling(
         Wait(
             run_id=event.run_id,
@@ -80,7 +85,11 @@ def give_back(region: str, run_id: str, ledger: Ledger | None = None) -> None:
     """The run's slot in ``region`` back (a run that holds none changes nothing), handed on at once."""
     ledger = ledger or Ledger()
     ledger.release_copy_slot(region, run_id)
-    hand_on(region, ledger)
+    try:
+        hand_on(region, ledger)
+    except Exception:  # another run's hand-off must not fail this step: the fallback sweep makes it
+        logger.exception("could not hand the copy slot in %s on; the fallback sweep will", region)
+        metrics.add_metric(name="CopySlotHandOffsFailed", unit=MetricUnit.Count, value=1)
 
 
 def hand_on(region: str, ledger: Ledger | None = None) -> list[str]:

@@ -56,7 +56,7 @@ def copy_image(event: CopyImageInput) -> ImageRef:
             f"waiting for a copy slot in {region}: the copy's slot was given back before it started; "
             f"the copy starts when one is free"
         )
-    fresh = ledger.first_attempt(event.run_id, f"copy#{region}")  # else an earlier attempt's copy may be older
+    fresh = ledger.attempt(event.run_id, f"copy#{region}")[1]  # else an earlier attempt's copy may be older
     try:
         image_id = ec2.copy_image(
             source_region=event.source_image.region,

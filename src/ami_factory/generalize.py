@@ -64,7 +64,7 @@ def create_seed_image(plan: Plan) -> ImageRef:
         description,
         True,
         tags,
-        made_for=(plan.run_id, plan.started_at, "seed"),
+        made_for=(plan.run_id, "seed"),
     )
 
 

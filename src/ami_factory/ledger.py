@@ -15,6 +15,8 @@ Items (``pk``, ``sk``):
 - ``run#RUN`` / ``stop#REGION#ID``: the state an instance was in before the run stopped it, written
   before StopInstances is sent, so whatever happens next the instance is put back;
 - ``run#RUN`` / ``parameter#REGION#NAME``: the value a parameter had before the run wrote it;
+- ``run#RUN`` / ``slot#REGION``: the run may hold a copy slot in REGION (noted before it first asks);
+- ``run#RUN`` / ``attempt#CALL``: a call (CreateImage, CopyImage) the run has attempted, noted before it;
 - ``instance#REGION#ID`` / ``lock``: the run that holds the instance (one run per instance);
 - ``family#FAMILY`` / ``owner``: the instance whose runs may move the family's ``latest``;
 - ``family#FAMILY`` / ``image#REGION#ID``: an image a run published, with its request's retention;
@@ -30,6 +32,7 @@ step finds what it wrote instead of writing it twice.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal, cast, get_args
@@ -201,11 +204,15 @@ class Ledger:
         }
         self._put_once(item)
 
-    def first_attempt(self, run_id: str, call: str) -> bool:
-        """Whether this is the run's first attempt at ``call`` (e.g. ``create#REGION#NAME``), written
-        before the call is made: a retried step (or a redriven execution) finds it and knows an earlier
-        attempt may have made the call already."""
-        return self._put_once({"pk": f"run#{run_id}", "sk": f"attempt#{call}", "recorded_at": _now()})
+    def attempt(self, run_id: str, call: str) -> tuple[str, bool]:
+        """The run's secret token for ``call`` (e.g. ``create#REGION#NAME``), written before the first
+        attempt at the call is made, and whether this is that first attempt: a retried step (or a
+        redriven execution) finds the token, and knows an earlier attempt may have made the call."""
+        token = secrets.token_hex(16)
+        if self._put_once({"pk": f"run#{run_id}", "sk": f"attempt#{call}", "token": token, "recorded_at": _now()}):
+            return token, True
+        item = self._get(f"run#{run_id}", f"attempt#{call}")
+        return (item or {}).get("token", ""), False
 
     def open_run(self, record: RunRecord) -> RunRecord:
         """Record the run (once: a retried ResolveRequest gets the first record back, and so does an
@@ -480,6 +487,15 @@ class Ledger:
             "contains(holders, :run)",
             {":holder": {"SS": [run_id]}, ":run": {"S": run_id}},
         )
+
+    def may_hold_copy_slot(self, run_id: str, region: str) -> None:
+        """Note, before the run first asks, that it may come to hold a slot in ``region``: its ending
+        gives back the slot in every Region noted, whatever became of the copy."""
+        self._put_once({"pk": f"run#{run_id}", "sk": f"slot#{region}", "recorded_at": _now()})
+
+    def copy_slot_regions(self, run_id: str) -> list[str]:
+        """The Regions where the run may hold a copy slot."""
+        return [item["sk"].removeprefix("slot#") for item in self._query(f"run#{run_id}", "slot#")]
 
     def copy_slot_holders(self, region: str) -> list[str]:
         with translated_errors("GetItem"):

@@ -37,6 +37,7 @@ KEY_USE_ACTIONS = (
 
 TAG_PREFIX = "ami-factory:"
 RUN_TAG = f"{TAG_PREFIX}run"
+CREATE_TOKEN_TAG = f"{TAG_PREFIX}create-token"  # the secret a run's CreateImage puts on its image (steps.found_again)
 ROLE_TAG = f"{TAG_PREFIX}role"  # what a run removes: its "clone" instance, its "seed" and "capture" images
 MAX_IMAGE_NAME = 128
 MAX_PUBLIC_IMAGES_PER_REGION = 5  # EC2 quota: public AMIs per Region

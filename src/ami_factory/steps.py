@@ -7,17 +7,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from botocore.exceptions import ClientError
 
-from .aws import Ec2, StepFunctions, error_code, error_text, refusal_text, snapshots_of
+from .aws import Ec2, StepFunctions, error_code, refusal_text, snapshots_of, tags_of
 from .contracts import ImageRef, Polled
 from .errors import AmiFactoryError, FamilyOwnedError, NotMadeByRunError, RunInProgressError, WaitTimeoutError
 from .ledger import FamilyOwner, Holder, Ledger, Made, Role
 from .observability import logger
 from .polling import wait_after
+from .rules import CREATE_TOKEN_TAG
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import ImageTypeDef
@@ -48,23 +48,18 @@ def client_token(run_id: str, scope: str) -> str:
     return hashlib.sha256(f"{run_id}/{scope}".encode()).hexdigest()  # 64 characters, ClientToken's limit
 
 
-def made_since(image: ImageTypeDef, started_at: str) -> bool:
-    """Whether EC2 says the image was created at or after ``started_at`` (both ISO 8601, UTC; EC2's to the second)."""
-    created = datetime.fromisoformat(image["CreationDate"])
-    return created >= datetime.fromisoformat(started_at).replace(microsecond=0)
-
-
-def found_again(ec2: Ec2, name: str, run_id: str, started_at: str) -> ImageTypeDef | None:
-    """The image a retried step made already: owned by this account (the lookup asks only for its
-    own), named for this run, and created after the run began. Never found by tag."""
+def found_again(ec2: Ec2, name: str, run_id: str, token: str) -> ImageTypeDef | None:
+    """The image an earlier attempt of this step made: owned by this account (the lookup asks only for
+    its own), named for this run, and carrying the attempt's token (``CREATE_TOKEN_TAG``, a secret
+    the ledger keeps: a name anyone may take, the token only the run's CreateImage writes)."""
     existing = ec2.find_image_by_name(name)
     if existing is None:
         return None
-    if not made_since(existing, started_at):
+    if tags_of(existing).get(CREATE_TOKEN_TAG) != token:
         raise NotMadeByRunError(
-            f"image {existing['ImageId']} in {ec2.region} is named {name}, this run's name, but was created "
-            f"{existing['CreationDate']}, before run {run_id} began ({started_at}): it is not this run's. "
-            f"Rename or deregister it, or start the run again under another name"
+            f"{ec2.region} already has an image named {name}, this run's name ({existing['ImageId']}), and it was "
+            f"not made by run {run_id}; it is not taken for the run's (it is not in the run's ledger). Rename or "
+            f"deregister it, or start the run under another name"
         )
     logger.info("image %s already exists for this run; not creating another", existing["ImageId"])
     return existing
@@ -77,39 +72,35 @@ def create_image_once(
     description: str,
     no_reboot: bool,
     tags: dict[str, str],
-    made_for: tuple[str, str, Role],
+    made_for: tuple[str, Role],
 ) -> ImageRef:
-    """CreateImage has no ClientToken. The first attempt (the ledger says so, before the call) creates,
-    and a name EC2 says is taken is someone else's image, never taken for the run's; a retried step
-    finds the image an earlier attempt made by its name (``found_again``). Either way the image is in
-    the run's ledger before the step returns. ``made_for``: (run, started at, role)."""
-    run_id, started_at, role = made_for
+    """CreateImage has no ClientToken, so the run makes one: a secret token, kept in the ledger before
+    the first attempt and put on the image as a tag. The first attempt looks nothing up; a retried one
+    (or an SDK retry of a call whose answer was lost, refused for the name) adopts the image of the
+    run's name only if it carries the token, and an image of that name without it is someone else's,
+    never taken for the run's. Either way the image is in the run's ledger before the step returns.
+    ``made_for``: (run, role)."""
+    run_id, role = made_for
     ec2, ledger = Ec2(region), Ledger()
-    if ledger.first_attempt(run_id, f"create#{region}#{name}"):
-        image = ImageRef(
-            region=region, image_id=_create(ec2, instance_id, name, description, no_reboot, tags), fresh=True
-        )
-    elif existing := found_again(ec2, name, run_id, started_at):
+    token, first = ledger.attempt(run_id, f"create#{region}#{name}")
+    tags = {**tags, CREATE_TOKEN_TAG: token}
+    existing = None if first else found_again(ec2, name, run_id, token)
+    if existing:
         image = ImageRef(region=region, image_id=existing["ImageId"], state=existing["State"])
     else:
-        image = ImageRef(
-            region=region, image_id=_create(ec2, instance_id, name, description, no_reboot, tags), fresh=True
-        )
+        try:
+            image = ImageRef(
+                region=region, image_id=ec2.create_image(instance_id, name, description, no_reboot, tags), fresh=True
+            )
+        except ClientError as error:
+            if error_code(error) != "InvalidAMIName.Duplicate":
+                raise
+            found = found_again(ec2, name, run_id, token)  # the run's own, if an SDK retry lost the answer
+            if found is None:
+                raise
+            image = ImageRef(region=region, image_id=found["ImageId"], state=found["State"])
     ledger.record(run_id, Made(region=region, kind="image", resource_id=image.image_id, role=role))
     return image
-
-
-def _create(ec2: Ec2, instance_id: str, name: str, description: str, no_reboot: bool, tags: dict[str, str]) -> str:
-    try:
-        return ec2.create_image(instance_id, name, description, no_reboot, tags)
-    except ClientError as error:
-        if error_code(error) != "InvalidAMIName.Duplicate":
-            raise
-        raise NotMadeByRunError(
-            f"{ec2.region} already has an image named {name}, and EC2 refused this run's image under that name "
-            f"({error_text(error)}); no image was made and that one is not taken for the run's (it is not in the "
-            f"run's ledger). Rename or deregister it, or start the run under another name"
-        ) from error
 
 
 def require_made(run_id: str, region: str, resource_id: str, role: Role) -> Made:

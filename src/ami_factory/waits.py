@@ -101,7 +101,7 @@ def watch_image(event: WatchImageInput) -> ImageRef:
             copy_slot=event.copy_slot,
         )
     )
-    if image.fresh and wait.first_round:  # made a moment ago: its event is still to come
+    if image.fresh and event.attempt == 0 and wait.first_round:  # made a moment ago: its event is still to come
         return image
     state = _first_look(wait)
     return image.model_copy(update={"state": state or image.state})
@@ -124,7 +124,7 @@ def watch_instance(event: WatchInstanceInput) -> BaseModel:
             also=also,
         )
     )
-    if not (ref.fresh and wait.first_round):  # told to stop a moment ago: its event is still to come
+    if not (ref.fresh and event.attempt == 0 and wait.first_round):  # told to stop a moment ago: no event yet
         _first_look(wait)
     return ref
 

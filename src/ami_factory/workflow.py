@@ -82,7 +82,7 @@ def create_image(event: CreateImageInput) -> ImageRef:
         event.description,
         no_reboot,
         tags,
-        made_for=(event.run_id, event.started_at, "capture" if event.encrypt else "image"),
+        made_for=(event.run_id, "capture" if event.encrypt else "image"),
     )
 
 

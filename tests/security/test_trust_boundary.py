@@ -599,9 +599,9 @@ def test_an_image_of_the_runs_name_in_a_copy_region_is_never_taken_for_the_runs_
 
 def test_an_image_of_the_runs_name_made_during_the_run_is_never_taken_for_the_runs_image(emu: Emulator) -> None:
     """Someone who may create images registers one under the run's image name while the run stops the
-    instance: CreateImage's first attempt looks nothing up by name, so EC2 refuses the run's image by
-    name and the run fails saying so; the other image is neither recorded, shared nor removed, and the
-    instance is put back. (A name lookup, as a retried attempt makes, would have found it: it was made
+    instance: EC2 refuses the run's image by name, and the image of that name lacks the run's create
+    token, so the run fails saying so; the other image is neither recorded, shared nor removed, and
+    the instance is put back. (The name lookup before CreateImage took it for the run's: it was made
     after the run began.)"""
     instance_id = emu.launch_instance(name="web")
     planted: list[str] = []

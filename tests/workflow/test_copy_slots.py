@@ -9,14 +9,24 @@ from typing import Any
 
 from ami_factory_cli import cli
 from ami_factory_local import Emulator
-from tests.helpers import invoke, ledger_items, sample
+from tests.helpers import invoke, invoke_error, ledger_items, sample
 
 TABLE = "ami-factory-local-LedgerTable"
 
 
 def hold_slot(emu: Emulator, region: str, run_id: str, ended: bool) -> None:
     """Another run (its ledger record, running or ended) holds a copy slot in ``region``."""
-    db = emu.client("dynamodb")
+    open_run(emu, run_id, ended)
+    emu.client("dynamodb").update_item(
+        TableName=TABLE,
+        Key={"pk": {"S": f"copy-slots#{region}"}, "sk": {"S": "slots"}},
+        UpdateExpression="ADD holders :holder",
+        ExpressionAttributeValues={":holder": {"SS": [run_id]}},
+    )
+
+
+def open_run(emu: Emulator, run_id: str, ended: bool = False) -> None:
+    """Another run's ledger record (running, or ended)."""
     record = {
         "pk": f"run#{run_id}",
         "sk": "run",
@@ -27,13 +37,7 @@ def hold_slot(emu: Emulator, region: str, run_id: str, ended: bool) -> None:
         "finalizing": "false",
         "delivered": "",
     }
-    db.put_item(TableName=TABLE, Item={key: {"S": value} for key, value in record.items()})
-    db.update_item(
-        TableName=TABLE,
-        Key={"pk": {"S": f"copy-slots#{region}"}, "sk": {"S": "slots"}},
-        UpdateExpression="ADD holders :holder",
-        ExpressionAttributeValues={":holder": {"SS": [run_id]}},
-    )
+    emu.client("dynamodb").put_item(TableName=TABLE, Item={key: {"S": value} for key, value in record.items()})
 
 
 def holders(emu: Emulator, region: str) -> str:
@@ -207,6 +211,9 @@ def test_a_slot_given_back_goes_to_the_copy_that_has_waited_longest(make_emulato
     def await_slot(run_id: str, token: str) -> dict[str, Any]:
         return invoke(emu, "AwaitCopySlot", {"run_id": run_id, "region": "eu-west-1", "task_token": token})
 
+    for run_id in ("zulu", "yankee", "xray"):
+        open_run(emu, run_id)
+
     # Queued in this order, the reverse of their names.
     answers = [await_slot(run_id, f"token-{run_id}") for run_id in ("zulu", "yankee", "xray")]
     assert [answer["waiting"] for answer in answers] == [True, True, True]
@@ -229,3 +236,29 @@ def test_a_slot_given_back_goes_to_the_copy_that_has_waited_longest(make_emulato
     assert holders(emu, "eu-west-1") == "yankee"
     queued = [item["sk"] for item in ledger_items(emu) if item["pk"] == "wait"]
     assert queued == ["eu-west-1#copy-slot/xray"]
+
+
+def test_a_slot_whose_copy_never_started_is_given_back_when_the_run_ends(emu: Emulator) -> None:
+    """The hand-off took the slot, then CopyImage failed for good (throttled past its retries): no copy
+    is recorded, and the run's ending still gives the slot back, not a sweep some time later."""
+    emu.world.throttle("CopyImage", times=50, region="eu-west-1")
+    holders_at_end: list[str] = []
+    emu.world.after_call("Publish", lambda: holders_at_end.append(holders(emu, "eu-west-1")))
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="never-copied")
+    assert result.output["status"] == "PARTIAL" and result.output["failed_regions"] == ["eu-west-1"], [
+        region.get("error") for region in result.output["regions"]
+    ]
+    assert holders_at_end == [""], "given back by Finalize, before it told anyone"
+    assert emu.world.sent("CopyImage", "eu-west-1") != [] and holders(emu, "eu-west-1") == ""
+
+
+def test_only_an_open_run_may_wait_for_a_copy_slot(emu: Emulator) -> None:
+    """Whoever may invoke AwaitCopySlot could queue invented runs to fill a Region's slots (the sweep
+    frees those only at its next firing), or an ended run's: each is refused, leaving nothing behind."""
+    open_run(emu, "over", ended=True)
+    for run_id in ("invented", "over"):
+        error = invoke_error(emu, "AwaitCopySlot", {"run_id": run_id, "region": "eu-west-1", "task_token": "t"})
+        assert error["errorType"] == "NotMadeByRunError" and run_id in error["errorMessage"]
+    assert holders(emu, "eu-west-1") == ""
+    assert [item for item in ledger_items(emu) if item["pk"] == "wait" or item["sk"].startswith("slot#")] == []

@@ -12,7 +12,7 @@ from typing import Any
 
 from ami_factory.forwarding import rule_name
 from ami_factory_local import Emulator
-from ami_factory_local.events import AMI_STATE_CHANGE
+from ami_factory_local.events import AMI_STATE_CHANGE, INSTANCE_STATE_CHANGE
 from tests.helpers import TEST_PARAMETERS, instance, ledger_items, run_images, sample
 
 REQUEST_REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
@@ -201,3 +201,22 @@ def test_a_wait_that_timed_out_is_forgotten_by_its_run_or_else_by_the_sweep(make
     (dropped,) = emu.fire_scheduled_rule("WaitSweepRule")
     assert dropped["expired"] == ["ami-00000000000000old"] and dropped["open"] == 1
     assert [item["main"] for item in ledger_items(emu) if item["pk"] == "wait"] == ["ami-00000000000young"]
+
+
+def test_a_retried_wait_looks_first_even_on_what_its_step_just_set_in_motion(emu: Emulator) -> None:
+    """The stop wait's first attempt is throttled before it records its token, and the instance stops
+    before the retry (its event finds no wait: on AWS it is gone, here it is dropped, since the emulator
+    would hold it for the next waiter): the retry looks, and the run goes on at once, not at the
+    fallback sweep's next firing."""
+    emu.world.instances_take_to_stop(0.1)
+    emu.world.events.lose(INSTANCE_STATE_CHANGE, times=1)
+    emu.world.after_call(
+        "StopInstances", lambda: emu.world.refuse("GetItem", times=1, code="ThrottlingException", region="us-east-1")
+    )
+    instance_id = emu.launch_instance(name="web")
+    imaged_at: list[float] = []
+    emu.world.after_call("CreateImage", lambda: imaged_at.append(emu.clock.elapsed()))
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="retried-wait")
+    assert result.output["status"] == "SUCCEEDED", result.cause
+    (imaged_after,) = imaged_at
+    assert imaged_after < 60, f"CreateImage {imaged_after:.0f} s in: the retried wait looked and found it stopped"

@@ -584,3 +584,24 @@ def test_a_family_taken_between_preflight_and_publish_is_refused_at_publish_nami
         f"image family web belongs to instance {owner} (us-east-1, account 123456789012); {other} may not move"
     )
     assert latest(emu, "us-east-1") == payload["image"]["image_id"]
+
+
+def test_createimage_whose_answer_the_sdk_lost_is_found_by_its_token_not_refused_as_anothers(
+    monkeypatch: pytest.MonkeyPatch, make_emulator: Any
+) -> None:
+    """Deployed, boto3 retries a call whose answer was lost: CreateImage made the image, and the SDK's
+    retry is refused for the name. The image carries the run's create token, so it is the run's own:
+    adopted and recorded (not refused as another's, and not left behind unrecorded)."""
+    from ami_factory_local import emulator
+
+    monkeypatch.setitem(emulator.EMULATOR_ENVIRONMENT, "SDK_MAX_ATTEMPTS", "2")
+    emu: Emulator = make_emulator()
+    emu.world.lose_responses("CreateImage", times=1, region="us-east-1")
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="sdk-retry")
+    assert result.output["status"] == "SUCCEEDED", result.cause
+    assert len(emu.world.sent("CreateImage")) == 2, "the SDK's retry reached EC2, which refused the name"
+    (image,) = run_images(emu, "us-east-1", "sdk-retry")
+    assert result.output["regions"][0]["image_id"] == image["ImageId"]
+    recorded = {item.get("resource_id") for item in ledger_items(emu)}
+    assert image["ImageId"] in recorded
