@@ -262,3 +262,29 @@ def test_only_an_open_run_may_wait_for_a_copy_slot(emu: Emulator) -> None:
         assert error["errorType"] == "NotMadeByRunError" and run_id in error["errorMessage"]
     assert holders(emu, "eu-west-1") == ""
     assert [item for item in ledger_items(emu) if item["pk"] == "wait" or item["sk"].startswith("slot#")] == []
+
+
+def test_a_hand_off_step_functions_refuses_does_not_fail_the_step_giving_its_slot_back(make_emulator) -> None:
+    """CopyImage is refused (UnauthorizedOperation) and gives its slot back; handing it to the waiting
+    copy meets a throttled SendTaskSuccess. The step still fails with EC2's refusal (not as throttled,
+    which would retry it and take the slot again), and the sweep hands the slot on."""
+    emu: Emulator = make_emulator(CopySlotsPerRegion="1")
+    instance_id = emu.launch_instance(name="web")
+    request = sample("request-basic.json", instance_id=instance_id)
+    plan = invoke(
+        emu, "ResolveRequest", {"request": request, "run_id": "run-7", "state_machine_arn": emu.state_machine_arn}
+    )
+    source = invoke(emu, "CreateImage", plan)
+    mine = invoke(emu, "AwaitCopySlot", {"run_id": "run-7", "region": "eu-west-1", "task_token": "token-7"})
+    open_run(emu, "other")
+    theirs = invoke(emu, "AwaitCopySlot", {"run_id": "other", "region": "eu-west-1", "task_token": "token-other"})
+    assert (mine["waiting"], theirs["waiting"]) == (False, True) and holders(emu, "eu-west-1") == "run-7"
+    emu.world.refuse("CopyImage", times=1, region="eu-west-1")
+    emu.world.refuse("SendTaskSuccess", times=1, code="ThrottlingException")
+    item = {**plan, "region": {"name": "eu-west-1", "is_source": False}, "source_image": source}
+    error = invoke_error(emu, "CopyImage", item)
+    assert error["errorType"] == "ClientError" and "UnauthorizedOperation" in error["errorMessage"], error
+    assert holders(emu, "eu-west-1") == "other", "taken for the waiting copy before its task was told"
+    invoke(emu, "SettleWait", {"sweep": True})
+    told = [request.params["taskToken"] for request in emu.world.sent("SendTaskSuccess")]
+    assert told[-1] == "token-other", told
