@@ -95,7 +95,7 @@ def give_back(region: str, run_id: str, ledger: Ledger | None = None) -> None:
 def hand_on(region: str, ledger: Ledger | None = None) -> list[str]:
     """Free slots in ``region`` to the copies that have waited longest, each wait ended with its slot;
     the runs whose copies got one. A wait older than its bound is dropped: its task has timed out."""
-    ledger = ledger or Ledger()
+    ledger, steps = ledger or Ledger(), StepFunctions(load_settings().region)
     now = datetime.now(UTC)
     oldest_alive = now - timedelta(seconds=COPY_SLOT_MAX_WAIT_SECONDS)
     handed: list[str] = []
@@ -105,7 +105,7 @@ def hand_on(region: str, ledger: Ledger | None = None) -> list[str]:
             continue
         if not take(region, wait.run_id, ledger):
             break
-        if StepFunctions(load_settings().region).end_task(wait.token, output=wait.ref):
+        if steps.end_task(wait.token, output=wait.ref):
             waited = max(0.0, (now - datetime.fromisoformat(wait.since)).total_seconds())
             metrics.add_metric(name="CopySlotWaitSeconds", unit=MetricUnit.Seconds, value=waited)
         ledger.end_wait(wait)
