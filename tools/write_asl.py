@@ -689,7 +689,8 @@ def definition() -> State:
         ),
         "CreateImage": task(
             "CreateImage",
-            comment="The final image (of the clone in mode generalize), looked up by its deterministic name first.",
+            comment="The final image (of the clone in mode generalize); a retried attempt finds it by its name and the run's "
+            "create token.",
             result=ImageRef,
             result_path="$.image",
             on_error="HandleFailure",

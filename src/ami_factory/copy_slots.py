@@ -51,6 +51,9 @@ def await_copy_slot(event: AwaitCopySlotInput) -> CopySlot:
             kind="copy-slot",
         )
     )
+    if (run := ledger.run(event.run_id)) is None or run.ended:  # ended while this queued: the sweep's
+        ledger.end_wait(wait)
+        raise NotMadeByRunError(f"run {event.run_id} ended while its copy queued for a slot in {event.region}")
     if wait.run_id in hand_on(event.region, ledger):
         return slot
     limit = load_settings().copy_slots_per_region

@@ -13,7 +13,14 @@ from botocore.exceptions import ClientError
 
 from .aws import Ec2, StepFunctions, error_code, refusal_text, snapshots_of, tags_of
 from .contracts import ImageRef, Polled
-from .errors import AmiFactoryError, FamilyOwnedError, NotMadeByRunError, RunInProgressError, WaitTimeoutError
+from .errors import (
+    AmiFactoryError,
+    FamilyOwnedError,
+    ImageNotVisibleYetError,
+    NotMadeByRunError,
+    RunInProgressError,
+    WaitTimeoutError,
+)
 from .ledger import FamilyOwner, Holder, Ledger, Made, Role
 from .observability import logger
 from .polling import wait_after
@@ -48,14 +55,17 @@ def client_token(run_id: str, scope: str) -> str:
     return hashlib.sha256(f"{run_id}/{scope}".encode()).hexdigest()  # 64 characters, ClientToken's limit
 
 
-def found_again(ec2: Ec2, name: str, run_id: str, token: str) -> ImageTypeDef | None:
+def found_again(ec2: Ec2, name: str, made_of: tuple[str, str], token: str) -> ImageTypeDef | None:
     """The image an earlier attempt of this step made: owned by this account (the lookup asks only for
-    its own), named for this run, and carrying the attempt's token (``CREATE_TOKEN_TAG``, a secret
-    the ledger keeps: a name anyone may take, the token only the run's CreateImage writes)."""
+    its own), named for this run, made from ``made_of``'s instance (run, instance), and carrying the
+    attempt's token (``CREATE_TOKEN_TAG``, a secret the ledger keeps: a name anyone may take, and a
+    throttled CreateImage's request, token included, is in CloudTrail before any image exists)."""
+    run_id, instance_id = made_of
     existing = ec2.find_image_by_name(name)
     if existing is None:
         return None
-    if tags_of(existing).get(CREATE_TOKEN_TAG) != token:
+    ours = existing.get("SourceInstanceId") == instance_id and tags_of(existing).get(CREATE_TOKEN_TAG) == token
+    if not token or not ours:
         raise NotMadeByRunError(
             f"{ec2.region} already has an image named {name}, this run's name ({existing['ImageId']}), and it was "
             f"not made by run {run_id}; it is not taken for the run's (it is not in the run's ledger). Rename or "
@@ -84,7 +94,7 @@ def create_image_once(
     ec2, ledger = Ec2(region), Ledger()
     token, first = ledger.attempt(run_id, f"create#{region}#{name}")
     tags = {**tags, CREATE_TOKEN_TAG: token}
-    existing = None if first else found_again(ec2, name, run_id, token)
+    existing = None if first else found_again(ec2, name, (run_id, instance_id), token)
     if existing:
         image = ImageRef(region=region, image_id=existing["ImageId"], state=existing["State"])
     else:
@@ -95,9 +105,13 @@ def create_image_once(
         except ClientError as error:
             if error_code(error) != "InvalidAMIName.Duplicate":
                 raise
-            found = found_again(ec2, name, run_id, token)  # the run's own, if an SDK retry lost the answer
-            if found is None:
-                raise
+            found = found_again(
+                ec2, name, (run_id, instance_id), token
+            )  # the run's own, if an SDK retry lost the answer
+            if found is None:  # taken, but not listed yet: the retried step looks again
+                raise ImageNotVisibleYetError(
+                    f"{region} refused the name {name} as taken, and no image of it is listed yet"
+                ) from error
             image = ImageRef(region=region, image_id=found["ImageId"], state=found["State"])
     ledger.record(run_id, Made(region=region, kind="image", resource_id=image.image_id, role=role))
     return image

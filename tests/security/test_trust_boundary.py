@@ -622,3 +622,30 @@ def test_an_image_of_the_runs_name_made_during_the_run_is_never_taken_for_the_ru
     assert planted[0] not in {item.get("resource_id") for item in ledger_items(emu)}
     assert instance(emu, instance_id)["State"]["Name"] == "running"
     assert emu.world.sent("CopyImage") == []
+
+
+def test_an_image_carrying_the_runs_create_token_but_not_made_from_its_instance_is_never_taken(
+    emu: Emulator,
+) -> None:
+    """The create token is in CloudTrail once CreateImage is called (a throttled call too): someone who
+    read it and may create images registers the run's name with the token before the run's image
+    exists. It was not made from the run's instance, so it is refused like any other."""
+    instance_id = emu.launch_instance(name="web")
+    planted: list[str] = []
+
+    def plant_with_the_token() -> None:
+        tokens = [item["token"] for item in ledger_items(emu) if item["sk"].startswith("attempt#create#")]
+        if not tokens or planted:
+            emu.world.after_call("PutItem", plant_with_the_token)
+            return
+        ec2 = emu.client("ec2")
+        planted.append(ec2.register_image(Name="ami-factory-web-stolen", RootDeviceName="/dev/xvda")["ImageId"])
+        ec2.create_tags(Resources=planted, Tags=[{"Key": "ami-factory:create-token", "Value": tokens[0]}])
+
+    emu.world.after_call("PutItem", plant_with_the_token)
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="stolen")
+    assert planted, "planted before the run's CreateImage"
+    assert result.status == "FAILED" and result.error == "NotMadeByRunError", result.cause
+    assert planted[0] in result.cause and "not taken" in result.cause
+    assert planted[0] not in {item.get("resource_id") for item in ledger_items(emu)}
+    assert instance(emu, instance_id)["State"]["Name"] == "running"

@@ -288,3 +288,23 @@ def test_a_hand_off_step_functions_refuses_does_not_fail_the_step_giving_its_slo
     invoke(emu, "SettleWait", {"sweep": True})
     told = [request.params["taskToken"] for request in emu.world.sent("SendTaskSuccess")]
     assert told[-1] == "token-other", told
+
+
+def test_a_run_that_ends_while_its_copy_queues_leaves_no_wait_to_hand_a_slot_to(emu: Emulator) -> None:
+    """The janitor ends the run between AwaitCopySlot's check and its queueing: the wait it just
+    recorded is dropped again, so no hand-off takes a slot for a run that has ended."""
+    open_run(emu, "ending")
+
+    def janitor_ends_it() -> None:  # right after the run's slot Region is noted, before it queues
+        emu.client("dynamodb").update_item(
+            TableName=TABLE,
+            Key={"pk": {"S": "run#ending"}, "sk": {"S": "run"}},
+            UpdateExpression="SET ended = :true",
+            ExpressionAttributeValues={":true": {"S": "true"}},
+        )
+
+    emu.world.after_call("PutItem", janitor_ends_it)
+    error = invoke_error(emu, "AwaitCopySlot", {"run_id": "ending", "region": "eu-west-1", "task_token": "t"})
+    assert error["errorType"] == "NotMadeByRunError" and "ended while its copy queued" in error["errorMessage"]
+    assert [item for item in ledger_items(emu) if item["pk"] == "wait"] == []
+    assert holders(emu, "eu-west-1") == ""

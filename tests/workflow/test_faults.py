@@ -605,3 +605,22 @@ def test_createimage_whose_answer_the_sdk_lost_is_found_by_its_token_not_refused
     assert result.output["regions"][0]["image_id"] == image["ImageId"]
     recorded = {item.get("resource_id") for item in ledger_items(emu)}
     assert image["ImageId"] in recorded
+
+
+def test_createimage_whose_answer_the_sdk_lost_waits_for_its_image_to_be_listed(
+    monkeypatch: pytest.MonkeyPatch, make_emulator: Any
+) -> None:
+    """The SDK's retry is refused for the name while the image is not listed by name yet (EC2's
+    eventual consistency): the step is retried, and then finds its own image by name and token."""
+    from ami_factory_local import emulator
+
+    monkeypatch.setitem(emulator.EMULATOR_ENVIRONMENT, "SDK_MAX_ATTEMPTS", "2")
+    emu: Emulator = make_emulator()
+    emu.world.lose_responses("CreateImage", times=1, region="us-east-1")
+    emu.world.hide_new_images(describes=1)
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="sdk-unlisted")
+    assert result.output["status"] == "SUCCEEDED", result.cause
+    (image,) = run_images(emu, "us-east-1", "sdk-unlisted")
+    assert image["ImageId"] in {item.get("resource_id") for item in ledger_items(emu)}
+    assert len(emu.world.sent("CreateImage")) == 2

@@ -459,8 +459,9 @@ class World:
 
     def hide_new_images(self, describes: int) -> None:
         """Each new image answers InvalidAMIID.NotFound to its first ``describes`` DescribeImages made
-        within VISIBLE_AFTER_SECONDS of its creation (EC2's eventual consistency lasts seconds: an
-        image looked at again when its event comes, minutes later, is visible)."""
+        within VISIBLE_AFTER_SECONDS of its creation, and is not listed by a lookup by name (EC2's
+        eventual consistency lasts seconds: an image looked at again when its event comes, minutes
+        later, is visible)."""
         self._hidden_describes = describes
 
     def ssm_manage(self, instance_id: str, platform: str = "Linux", ping_status: str = "Online") -> None:
@@ -773,11 +774,23 @@ class World:
             }
         if operation == "DescribeImages":
             for image_id in params.get("ImageIds", []):
-                created = self.image_lifetimes.get(image_id, (self.clock.now(), 0.0))[0]
-                if self._hidden.get(image_id, 0) > 0 and self.clock.now() - created < VISIBLE_AFTER_SECONDS:
-                    self._hidden[image_id] -= 1
+                if self._still_hidden(image_id):
                     return EC2ClientError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
+            # A lookup by name lists nothing while the image is new (as EC2 may, for a few seconds).
+            names = {value for f in params.get("Filters", []) if f.get("Name") == "name" for value in f["Values"]}
+            amis = ec2_backends[self.account_id][response.region].amis
+            named = [image_id for image_id in list(self._hidden) if image_id in amis and amis[image_id].name in names]
+            if any(self._still_hidden(image_id) for image_id in named):
+                return {"Images": []}
         return None
+
+    def _still_hidden(self, image_id: str) -> bool:
+        """Whether this describe of a new image (hide_new_images) is one it does not answer; counts it."""
+        created = self.image_lifetimes.get(image_id, (self.clock.now(), 0.0))[0]
+        if self._hidden.get(image_id, 0) > 0 and self.clock.now() - created < VISIBLE_AFTER_SECONDS:
+            self._hidden[image_id] -= 1
+            return True
+        return False
 
     def _regions(self, region: str, params: dict[str, Any]) -> dict[str, Any]:
         """DescribeRegions as EC2 answers it: the partition's Regions only (moto lists China's and
