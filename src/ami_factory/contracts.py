@@ -19,8 +19,7 @@ from .request import CloneOptions, Mode, ProtectionOptions, RetentionOptions, Sh
 class Contract(Model):
     """Step inputs ignore fields they do not use: the ASL passes whole state objects."""
 
-    # Schemas are built at a model's first use, not at import: a handler uses two or three of them.
-    model_config = ConfigDict(extra="ignore", defer_build=True)
+    model_config = ConfigDict(extra="ignore")
 
 
 RetentionAction = Literal["deleted", "would delete", "skipped"]
