@@ -463,6 +463,7 @@ def region_states() -> States:
                 "account_id": "$.account_id",
                 "instance_id": "$.instance_id",
                 "source_region": "$.source_region",
+                "source_run_id": "$.source_run_id",
             },
             result=PublishParameterOutput,
             result_path="$.parameter",
@@ -480,6 +481,7 @@ def region_states() -> States:
                 "deprecate_at.$": "$.protected.deprecate_at",
                 "deregistration_protection.$": "$.protected.deregistration_protection",
                 "launch_checked.$": "$.launch_check",
+                "parameter_note.$": "$.parameter.note",
             },
             "End": True,
         },
@@ -513,6 +515,7 @@ REGION_ITEM_FIELDS = [
     "encrypt",
     "launch_check",
     "launch_check_max_polls",
+    "source_run_id",
 ]
 
 
@@ -562,10 +565,22 @@ def definition() -> State:
         ),
         **fail_explained("RequestRejected", "$.Error", "$.Cause", "A bad request: nothing was changed."),
         "ShouldCleanUp": choice(
-            [when("$.cleanup", "BooleanEquals", True, "RunCleanup")],
+            [
+                when("$.source_image_id", "IsString", True, "UseDeliveredImage"),
+                when("$.cleanup", "BooleanEquals", True, "RunCleanup"),
+            ],
             default="PrepareInstance",
-            comment="Optional clean-up through SSM, before the instance is stopped or imaged.",
+            comment="Optional clean-up through SSM, before the instance is stopped or imaged; none of it when the "
+            "run distributes an image an earlier run delivered.",
         ),
+        "UseDeliveredImage": {
+            "Type": "Pass",
+            "Comment": "source_image_id: ResolveRequest found it in the ledger as the family's, available; the "
+            "instance is never touched.",
+            "Parameters": {"region.$": "$.source_region", "image_id.$": "$.source_image_id", "state": "available"},
+            "ResultPath": "$.image",
+            "Next": "Distribute",
+        },
         "RunCleanup": task(
             "RunCleanup",
             comment="SSM Run Command: temp files and caches (Linux), temp files and the recycle bin (Windows).",

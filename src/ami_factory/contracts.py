@@ -88,6 +88,10 @@ class Plan(Contract):
     clone_overrides: CloneOptions
     protection: ProtectionOptions
     copy_completion_minutes: int | None
+    # Distributing an existing image (the request's source_image_id), delivered by run source_run_id:
+    # nothing before Distribute runs, and the instance is never touched.
+    source_image_id: str | None = None
+    source_run_id: str | None = None
 
 
 class Polled(Contract):
@@ -321,11 +325,15 @@ class PublishParameterInput(Contract):
     account_id: str
     instance_id: str
     source_region: str
+    source_run_id: str | None = None
 
 
 class PublishParameterOutput(Model):
+    """``version`` None: latest was left as it is, and ``note`` says why."""
+
     parameter_name: str
-    version: int
+    version: int | None = None
+    note: str | None = None
 
 
 class StepError(Model):
@@ -344,6 +352,7 @@ class RegionResult(Model):
     deprecate_at: str | None = None
     deregistration_protection: bool = False
     launch_checked: bool = False
+    parameter_note: str | None = None  # why latest was not moved to this image
     error: StepError | None = None
 
 
@@ -356,7 +365,7 @@ class RestoreInstanceInput(Contract):
 class FinalizeInput(Plan):
     """The whole execution state after Distribute."""
 
-    instance: InstanceRef
+    instance: InstanceRef | None = None  # None: distributing an existing image, the instance untouched
     image: ImageRef
     distribution: list[RegionResult]
 

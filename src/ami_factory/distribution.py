@@ -32,7 +32,7 @@ from .errors import (
     NotMadeByRunError,
     ThrottledError,
 )
-from .ledger import FamilyOwner, Ledger, Made
+from .ledger import FamilyImage, FamilyOwner, Ledger, Made
 from .observability import logger
 from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX, check_share_targets
 from .settings import load_settings
@@ -224,9 +224,29 @@ def publish_parameter(event: PublishParameterInput) -> PublishParameterOutput:
     owner = ledger.claim_family(event.family, asking, adopt=event.adopt_family)
     if owner is not None:
         raise family_refusal(event.family, owner, asking)
+    if event.source_run_id and (later := _delivered_after(event.family, region, event.source_run_id, ledger)):
+        note = (
+            f"latest stays on {later.image_id}, which run {later.run_id} delivered in {region} after run "
+            f"{event.source_run_id} made this image: an older image never replaces a newer one"
+        )
+        logger.warning(note)
+        return PublishParameterOutput(parameter_name=event.parameter_name, note=note)
     ssm = Ssm(region)
     ledger.record_parameter(event.run_id, region, event.parameter_name, ssm.parameter_value(event.parameter_name))
     version = ssm.put_image_parameter(
         event.parameter_name, event.image.image_id, f"Latest AMI Factory image ({event.image.image_id})"
     )
     return PublishParameterOutput(parameter_name=event.parameter_name, version=version)
+
+
+def _delivered_after(family: str, region: str, source_run_id: str, ledger: Ledger) -> FamilyImage | None:
+    """An image of the family still in ``region`` that a run started after ``source_run_id`` delivered
+    (distributing an older image again must not move latest back from it)."""
+    source = ledger.run(source_run_id)
+    if source is None or not source.started:
+        return None
+    for image in ledger.family_images_in(family, region):
+        run = None if image.removed else ledger.run(image.run_id)
+        if run is not None and run.started > source.started:
+            return image
+    return None

@@ -397,18 +397,15 @@ class Ledger:
 
     def family_images(self, include_removed: bool = False) -> list[FamilyImage]:
         items = self._scan("image#", **({} if include_removed else {"removed": "false"}))
-        return [
-            FamilyImage(
-                family=item["family"],
-                region=item["region"],
-                image_id=item["image_id"],
-                run_id=item["run_id"],
-                keep_newest=int(item["keep_newest"]),
-                max_age_days=int(item["max_age_days"]),
-                removed=item["removed"] == "true",
-            )
-            for item in items
-        ]
+        return [_family_image(item) for item in items]
+
+    def family_image(self, family: str, region: str, image_id: str) -> FamilyImage | None:
+        item = self._get(f"family#{family}", f"image#{region}#{image_id}")
+        return _family_image(item) if item else None
+
+    def family_images_in(self, family: str, region: str) -> list[FamilyImage]:
+        """The family's images in ``region`` the ledger records, removed ones included."""
+        return [_family_image(item) for item in self._query(f"family#{family}", f"image#{region}#")]
 
     def family_image_removed(self, image: FamilyImage) -> None:
         self._set(f"family#{image.family}", f"image#{image.region}#{image.image_id}", {"removed": "true"})
@@ -732,6 +729,18 @@ class Ledger:
                 ConsistentRead=True,
             )
             return [_decode(item) for page in pages for item in page["Items"]]
+
+
+def _family_image(item: Item) -> FamilyImage:
+    return FamilyImage(
+        family=item["family"],
+        region=item["region"],
+        image_id=item["image_id"],
+        run_id=item["run_id"],
+        keep_newest=int(item["keep_newest"]),
+        max_age_days=int(item["max_age_days"]),
+        removed=item["removed"] == "true",
+    )
 
 
 def _made(item: Item) -> Made:

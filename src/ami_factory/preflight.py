@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cache
+from typing import TYPE_CHECKING
 
 from .aws import Ec2, Kms, Ssm, tags_of
 from .contracts import Plan, Platform, RegionTarget, ResolveRequestInput
@@ -20,7 +21,7 @@ from .errors import (
     RunNameTakenError,
     UnsupportedInstanceError,
 )
-from .ledger import FamilyOwner, Holder, Ledger, RunRecord
+from .ledger import FamilyImage, FamilyOwner, Holder, Ledger, RunRecord
 from .observability import MetricUnit, metrics
 from .request import ImagingRequest, WindowsOptions
 from .rules import (
@@ -42,6 +43,9 @@ from .rules import (
 from .settings import Settings, load_settings
 from .steps import check_family, hold_instance
 
+if TYPE_CHECKING:
+    from mypy_boto3_ec2.type_defs import InstanceTypeDef
+
 EncryptedVolumes = Callable[[], dict[str, str]]  # the instance's encrypted volumes and their keys, described once
 
 IMAGEABLE_INSTANCE_STATES = frozenset({"running", "stopped", "stopping", "pending"})
@@ -57,16 +61,10 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
     regions = target_regions(request, region, settings)
     started_at = datetime.now(UTC).isoformat()
     instance = Ec2(region).describe_instance(request.instance_id)
-    if instance.get("RootDeviceType") != "ebs":
-        raise UnsupportedInstanceError(
-            f"instance {request.instance_id} has an {instance.get('RootDeviceType')} root device; only EBS-backed "
-            f"instances can be imaged with CreateImage. Move the instance to an EBS root volume first"
-        )
+    distributing = request.source_image_id is not None  # an existing image: the instance is only read
+    if not distributing:
+        _require_imageable(request.instance_id, instance)
     state = instance["State"]["Name"]
-    if state not in IMAGEABLE_INSTANCE_STATES:
-        raise UnsupportedInstanceError(
-            f"instance {request.instance_id} is {state}; only running or stopped instances can be imaged"
-        )
     platform: Platform = "windows" if str(instance.get("Platform", "")).lower() == "windows" else "linux"
     volumes = cache(lambda: Ec2(region).encrypted_volumes(instance))  # one DescribeVolumes, if any check needs it
     if request.share.public:
@@ -94,11 +92,12 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         run_id=event.run_id,
     )
     check_family(family, asking, request.adopt_family)
+    source = _require_delivered_image(request.source_image_id, family, region) if request.source_image_id else None
     _require_new_run_name(event.run_id, event.execution_started_at)
-    # Last: a run that holds the instance has passed every check.
-    hold_instance(
-        region, request.instance_id, Holder(event.run_id, execution_arn(event.state_machine_arn, event.run_id))
-    )
+    if not distributing:  # last: a run that holds the instance has passed every check
+        hold_instance(
+            region, request.instance_id, Holder(event.run_id, execution_arn(event.state_machine_arn, event.run_id))
+        )
     name = image_name(settings.image_name_prefix, family, event.run_id)
     # From here the run has something to end, however its execution ends (the janitor reads this).
     record = RunRecord(
@@ -148,7 +147,43 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         generalize_max_wait_seconds=settings.generalize_max_wait_seconds,
         windows=request.windows,
         clone_overrides=request.clone,
+        source_image_id=source.image_id if source else None,
+        source_run_id=source.run_id if source else None,
     )
+
+
+def _require_imageable(instance_id: str, instance: InstanceTypeDef) -> None:
+    if instance.get("RootDeviceType") != "ebs":
+        raise UnsupportedInstanceError(
+            f"instance {instance_id} has an {instance.get('RootDeviceType')} root device; only EBS-backed "
+            f"instances can be imaged with CreateImage. Move the instance to an EBS root volume first"
+        )
+    state = instance["State"]["Name"]
+    if state not in IMAGEABLE_INSTANCE_STATES:
+        raise UnsupportedInstanceError(
+            f"instance {instance_id} is {state}; only running or stopped instances can be imaged"
+        )
+
+
+def _require_delivered_image(image_id: str, family: str, region: str) -> FamilyImage:
+    """Only an image the ledger records as delivered for this family here is distributed again: a tag,
+    a name or a description can be set by anyone, and an image of another family would move this
+    family's latest to it in every Region."""
+    delivered = Ledger().family_image(family, region, image_id)
+    if delivered is None or delivered.removed:
+        raise InvalidRequestError(
+            f"image {image_id} is not an image AMI Factory delivered for family {family} in {region} (or retention has "
+            f"removed it): give the image_id of a run's summary for {region}, e.g. with ami_factory_cli redrive "
+            f"EXECUTION"
+        )
+    image = Ec2(region).image(image_id)
+    state = image.get("State") if image else None
+    if state != "available":
+        raise InvalidRequestError(
+            f"image {image_id} in {region} is {state or 'gone'}, not available: only an available image can be "
+            f"distributed; start a new run to image the instance again"
+        )
+    return delivered
 
 
 def _require_new_run_name(run_id: str, started: str) -> None:
@@ -193,7 +228,7 @@ def _require_usable_encryption(
 ) -> None:
     """Every Region's image must be encrypted with a key its recipients can use, or they see an image
     they cannot launch. Checked before any copy: which keys, and whether each target may use them."""
-    source = regions[0].name
+    source = settings.region
     if request.encrypt:
         without_key = [region.name for region in regions if region.name not in settings.kms_keys]
         if without_key:
@@ -217,7 +252,7 @@ def _require_usable_encryption(
                 f"aws/ebs, which no other account can use: set encrypt to true to re-encrypt every Region's image "
                 f"with the deployment's KmsKeyIds keys (in {source} through a same-Region copy), or share it with nobody"
             )
-        if len(regions) > 1:
+        if _copies(regions):
             raise EncryptionKeyError(
                 f"volumes {sorted(volumes)} of instance {request.instance_id} are encrypted, and a copy to another "
                 f"Region without a key uses that Region's aws/ebs key, which recipients cannot use: set encrypt to "
@@ -238,16 +273,20 @@ def _require_usable_encryption(
             )
 
 
+def _copies(regions: list[RegionTarget]) -> bool:
+    return any(not region.is_source for region in regions)
+
+
 def _require_listed_source_keys(
     request: ImagingRequest, encrypted_volumes: EncryptedVolumes, regions: list[RegionTarget], settings: Settings
 ) -> None:
     """AMI Factory's roles may use only the KmsKeyIds keys (through EC2). A run that launches from the
     instance's image (the clone, a launch check) or copies it (to other Regions, or to re-encrypt)
     uses the key of its volumes: a customer managed key outside KmsKeyIds would fail half-way on AWS."""
-    needs_the_key = request.encrypt or request.mode == "generalize" or request.launch_check or len(regions) > 1
+    needs_the_key = request.encrypt or request.mode == "generalize" or request.launch_check or _copies(regions)
     if not needs_the_key:
         return
-    source = regions[0].name
+    source = settings.region
     volumes = encrypted_volumes()
     unlisted = sorted(
         {key for key in volumes.values() if key not in settings.kms_key_arns and not Kms(source).is_aws_managed(key)}

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 INSTANCE_ID = r"^i-[0-9a-f]{8}([0-9a-f]{9})?$"
+IMAGE_ID = r"^ami-[0-9a-f]{8}([0-9a-f]{9})?$"
 ACCOUNT_ID = r"^[0-9]{12}$"
 ORGANIZATION_ARN = r"^arn:aws[a-z-]*:organizations::[0-9]{12}:organization/o-[a-z0-9]{10,32}$"
 OU_ARN = r"^arn:aws[a-z-]*:organizations::[0-9]{12}:ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}$"
@@ -247,6 +248,14 @@ class ImagingRequest(BaseModel):
         description="before imaging, clean up through SSM Run Command: temp files and the recycle bin on Windows, "
         "temp files and package caches on Linux (the instance must be running and managed by SSM)",
     )
+    source_image_id: Annotated[str, StringConstraints(pattern=IMAGE_ID)] | None = Field(
+        None,
+        description="distribute this existing image instead of imaging the instance, which is not touched: an image "
+        "an AMI Factory run delivered for the instance's family in the stack's Region (a summary's image_id there). "
+        "regions then names where it goes (copy, launch check, share, protect, publish), the stack's Region "
+        "excluded; `ami_factory_cli redrive EXECUTION` builds this request from a PARTIAL run. StartExecution only, "
+        "never a tag",
+    )
 
     # Rules across fields are checked on the later field, so an error names a field (and, for a
     # tag-triggered run, the tag) to fix rather than the whole request.
@@ -304,6 +313,28 @@ class ImagingRequest(BaseModel):
                 except ValueError as error:
                     raise ValueError(f"tag {key!r} {error}") from None
         return tags
+
+    @field_validator("source_image_id")
+    @classmethod
+    def _distributing_touches_no_instance(cls, image_id: str | None, info: ValidationInfo) -> str | None:
+        if image_id is None:
+            return image_id
+        touching = [
+            name
+            for name, unchanged in (
+                ("mode", info.data.get("mode", "stop") == "stop"),
+                ("cleanup", not info.data.get("cleanup")),
+                ("windows", info.data.get("windows", WindowsOptions()) == WindowsOptions()),
+                ("clone", info.data.get("clone", CloneOptions()) == CloneOptions()),
+            )
+            if not unchanged
+        ]
+        if touching:
+            raise ValueError(
+                f"source_image_id distributes an image that exists and never touches the instance, so {touching} "
+                f"do not apply: drop them, or drop source_image_id to image the instance anew"
+            )
+        return image_id
 
     @field_validator("protection")
     @classmethod

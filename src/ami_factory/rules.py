@@ -118,13 +118,34 @@ def target_regions(request: ImagingRequest, source_region: str, settings: Settin
                 f"Region(s) {outside} are not in the deployment's AllowedRegions {list(settings.allowed_regions)}: "
                 f"pick from those, or redeploy with a wider AllowedRegions"
             )
-    ordered = [source_region] + [region for region in dict.fromkeys(wanted) if region != source_region]
+    if request.source_image_id is None:
+        ordered = [source_region] + [region for region in dict.fromkeys(wanted) if region != source_region]
+    else:
+        named = request.regions is not None  # the defaults may list the stack's Region: left out, not refused
+        ordered = _distribution_regions(
+            request.source_image_id, wanted if named else [r for r in wanted if r != source_region], source_region
+        )
     if len(ordered) > MAX_REGIONS:
         raise InvalidRequestError(
             f"{len(ordered)} Regions (the stack's {source_region} included): at most {MAX_REGIONS} per run, so that no "
             f"run can outgrow Step Functions' 25,000-event history. Split the Regions over two runs"
         )
     return [RegionTarget(name=region, is_source=(region == source_region)) for region in ordered]
+
+
+def _distribution_regions(image_id: str, wanted: list[str], source_region: str) -> list[str]:
+    """An existing image goes only where it is named, never back to the stack's Region, which has it."""
+    if source_region in wanted:
+        raise InvalidRequestError(
+            f"source_image_id {image_id} is already in {source_region}, the stack's Region: leave {source_region} "
+            f"out of regions (only the Regions to copy it to)"
+        )
+    if not wanted:
+        raise InvalidRequestError(
+            f"source_image_id {image_id}: name the Regions to distribute it to in regions (the deployment has no "
+            f"DefaultRegions besides {source_region})"
+        )
+    return list(dict.fromkeys(wanted))
 
 
 def _outside(requested: Iterable[str], allowed: Iterable[str]) -> list[str]:

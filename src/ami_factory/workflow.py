@@ -138,7 +138,8 @@ def finalize(plan: FinalizeInput) -> Summary:
     errors = (
         "; ".join(f"{result.region}: {result.error.Error if result.error else 'failed'}" for result in failed) or None
     )
-    ending.left += tag_result(run, status, delivered.get(plan.source_region), errors, ending.instance_tags)
+    if plan.source_image_id is None:  # distributing an existing image never touches the instance, tags included
+        ending.left += tag_result(run, status, delivered.get(plan.source_region), errors, ending.instance_tags)
     cost = None
     try:
         cost = image_cost(delivered, plan.source_region, load_prices(load_settings().price_overrides))
@@ -184,7 +185,8 @@ def handle_failure(plan: HandleFailureInput) -> Summary:
     left recorded in the ledger for the janitor."""
     run = _run_of(plan)
     ending = end_run(run, delivered={})
-    ending.left += tag_result(run, "FAILED", None, plan.error.Error, ending.instance_tags)
+    if plan.source_image_id is None:
+        ending.left += tag_result(run, "FAILED", None, plan.error.Error, ending.instance_tags)
     metrics.add_metric(name="RunsFailed", unit=MetricUnit.Count, value=1)
     summary = announced(
         Summary(

@@ -16,7 +16,7 @@ import pytest
 
 from ami_factory_cli import cli
 from ami_factory_local import Emulator, bench
-from tests.helpers import OTHER_ACCOUNT, ROOT
+from tests.helpers import OTHER_ACCOUNT, ROOT, executions, sample
 
 BIN = Path(sys.executable).parent
 
@@ -214,6 +214,43 @@ def test_cli_says_what_is_wrong_with_a_bad_request(make_emulator) -> None:
         f"ShareTargetNotAllowedError: account(s) ['{OTHER_ACCOUNT}'] are not in the deployment's AllowedShareAccounts"
         in text
     )
+
+
+def test_cli_redrives_a_partial_run_to_its_failed_region_only(make_emulator) -> None:
+    emu: Emulator = make_emulator()
+    instance_id = emu.launch_instance(name="web")
+    emu.world.refuse("CopyImage", 1, region="ap-southeast-2")
+    partial = emu.run(sample("request-basic.json", instance_id=instance_id), name="partial")
+    assert partial.output["status"] == "PARTIAL"
+    (source,) = [r["image_id"] for r in partial.output["regions"] if r["region"] == "us-east-1"]
+    stops, copies = len(emu.world.sent("StopInstances")), len(emu.world.sent("CopyImage"))
+    out = io.StringIO()
+
+    code = cli.redrive(cli.parser().parse_args(["redrive", partial.execution_arn, "--poll-seconds", "0.01"]), out)
+
+    text = out.getvalue()
+    assert code == 0, text
+    assert f"distributing {source} to ap-southeast-2" in text and "run status: SUCCEEDED" in text
+    assert [r.region for r in emu.world.sent("CopyImage")[copies:]] == ["ap-southeast-2"]
+    assert len(emu.world.sent("StopInstances")) == stops
+    (again,) = [e for e in executions(emu) if e["name"] != "partial"]
+    request = json.loads(emu.client("stepfunctions").describe_execution(executionArn=again["executionArn"])["input"])
+    assert request == {
+        "instance_id": instance_id,
+        "regions": ["ap-southeast-2"],
+        "share": {"accounts": ["111122223333"]},
+        "source_image_id": source,
+    }, "the run's own sharing, and nothing that touches the instance (its mode)"
+
+
+def test_cli_redrives_only_a_partial_run(make_emulator) -> None:
+    emu: Emulator = make_emulator()
+    instance_id = emu.launch_instance(name="web")
+    whole = emu.run(sample("request-basic.json", instance_id=instance_id), name="whole")
+    out = io.StringIO()
+    assert cli.redrive(cli.parser().parse_args(["redrive", whole.execution_arn]), out) == 1
+    assert "execution whole is SUCCEEDED, not PARTIAL" in out.getvalue()
+    assert [e["name"] for e in executions(emu)] == ["whole"], "nothing started"
 
 
 def test_cli_finds_the_state_machine_and_builds_the_request(make_emulator) -> None:

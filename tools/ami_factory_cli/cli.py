@@ -286,13 +286,63 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     sfn = session.client("stepfunctions", endpoint_url=args.endpoint_url)
     cloudformation = session.client("cloudformation", endpoint_url=args.endpoint_url) if args.stack_name else None
     arn = args.state_machine_arn or find_state_machine(sfn, args.stack_name, cloudformation)
-    request = build_request(args)
-    name = args.name or execution_name(args.instance_id)
-    execution_arn = sfn.start_execution(stateMachineArn=arn, name=name, input=json.dumps(request))["executionArn"]
+    return start(sfn, arn, build_request(args), args, out)
+
+
+def start(
+    sfn: SFNClient, state_machine_arn: str, request: dict[str, Any], args: argparse.Namespace, out: TextIO
+) -> int:
+    """Start a run of ``request``; with ``--follow`` (the default), say how it goes and how it ended."""
+    name = args.name or execution_name(request["instance_id"])
+    execution_arn = sfn.start_execution(stateMachineArn=state_machine_arn, name=name, input=json.dumps(request))[
+        "executionArn"
+    ]
     print(f"started {name}\n  {execution_arn}", file=out, flush=True)
     if not args.follow:
         return 0
     return report(follow(sfn, execution_arn, out, args.poll_seconds), out, sfn, load_prices(args.prices))
+
+
+# What only imaging the instance uses: a run that distributes an existing image never touches it.
+INSTANCE_FIELDS = ("mode", "cleanup", "confirm_generalize_in_place", "windows", "clone")
+
+
+def redistribution_request(described: DescribeExecutionOutputTypeDef) -> dict[str, Any]:
+    """The request that distributes a PARTIAL run's image to the Regions that failed, with the run's own
+    sharing, protection, tags and checks. Raises ValueError (what to do instead) for any other run."""
+    name, status = described["name"], described["status"]
+    summary = json.loads(described.get("output") or "{}") if status == "SUCCEEDED" else {}
+    if summary.get("status") != "PARTIAL":
+        raise ValueError(
+            f"execution {name} is {summary.get('status', status)}, not PARTIAL: only a run that delivered its image in "
+            f"some Regions is redriven. Start a new run (ami_factory_cli run) to image the instance again"
+        )
+    request = {key: value for key, value in json.loads(described["input"]).items() if key not in INSTANCE_FIELDS}
+    home = described["executionArn"].split(":")[3]
+    delivered = [r["image_id"] for r in summary["regions"] if r["region"] == home and r["status"] == "AVAILABLE"]
+    source = request.get("source_image_id") or next(iter(delivered), None)  # a redrive's own source, once more
+    if not source:
+        raise ValueError(
+            f"execution {name} has no image in {home}, the stack's Region, to copy from: start a new run "
+            f"(ami_factory_cli run) for the Regions {summary['failed_regions']}"
+        )
+    return {**request, "source_image_id": source, "regions": summary["failed_regions"]}
+
+
+def redrive(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    session = boto3.session.Session(region_name=args.region or args.execution_arn.split(":")[3])
+    sfn = session.client("stepfunctions", endpoint_url=args.endpoint_url)
+    described = sfn.describe_execution(executionArn=args.execution_arn)
+    try:
+        request = redistribution_request(described)
+    except ValueError as error:
+        print(f"cannot redrive: {error}", file=out)
+        return 1
+    print(f"distributing {request['source_image_id']} to {', '.join(request['regions'])}", file=out)
+    if args.dry_run:
+        print(json.dumps(request, indent=2), file=out)
+        return 0
+    return start(sfn, described["stateMachineArn"], request, args, out)
 
 
 def estimate(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -369,6 +419,17 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--no-follow", dest="follow", action="store_false", help="start and return")
     start.add_argument("--poll-seconds", type=float, default=5.0)
     start.add_argument("--prices", help="JSON price overrides (see src/ami_factory/pricing.py)")
+    again = commands.add_parser(
+        "redrive", help="distribute a PARTIAL run's image to the Regions that failed, without touching the instance"
+    )
+    again.add_argument("execution_arn", help="the PARTIAL run's execution ARN")
+    again.add_argument("--dry-run", action="store_true", help="print the request, start nothing")
+    again.add_argument("--name", help="execution name (default: INSTANCE-UTCTIMESTAMP)")
+    again.add_argument("--region", help="the stack's Region")
+    again.add_argument("--endpoint-url", help="e.g. http://127.0.0.1:5005 for the local emulator")
+    again.add_argument("--no-follow", dest="follow", action="store_false", help="start and return")
+    again.add_argument("--poll-seconds", type=float, default=5.0)
+    again.add_argument("--prices", help="JSON price overrides (see src/ami_factory/pricing.py)")
     cost = commands.add_parser("estimate", help="what existing images cost to keep")
     which = cost.add_mutually_exclusive_group(required=True)
     which.add_argument("--instance-id", help="every image AMI Factory made of this instance")
@@ -382,4 +443,5 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return estimate(args) if args.command == "estimate" else run(args)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {"estimate": estimate, "redrive": redrive, "run": run}
+    return commands[args.command](args)
