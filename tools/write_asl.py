@@ -388,7 +388,7 @@ def region_states() -> States:
         "StartLaunchCheck": task(
             "StartLaunchCheck",
             comment="A small instance from the new image (role=launch-check).",
-            payload={"run_id": "$.run_id", "image": "$.image"},
+            payload={"run_id": "$.run_id", "image": "$.image", "imds_support": "$.imds_support"},
             result=LaunchedInstance,
             result_path="$.launched",
             on_error="RegionFailed",
@@ -417,7 +417,7 @@ def region_states() -> States:
         ),
         "ShareImage": task(
             "ShareImage",
-            payload={"image": "$.image", "share": "$.share"},
+            payload={"image": "$.image", "share": "$.share", "imds_support": "$.imds_support"},
             result=ShareImageOutput,
             result_path="$.shared",
             on_error="RegionFailed",
@@ -481,6 +481,7 @@ def region_states() -> States:
                 "deprecate_at.$": "$.protected.deprecate_at",
                 "deregistration_protection.$": "$.protected.deregistration_protection",
                 "launch_checked.$": "$.launch_check",
+                "imds_support.$": "$.imds_support",
                 "parameter_note.$": "$.parameter.note",
             },
             "End": True,
@@ -516,6 +517,7 @@ REGION_ITEM_FIELDS = [
     "launch_check",
     "launch_check_max_polls",
     "source_run_id",
+    "imds_support",
 ]
 
 

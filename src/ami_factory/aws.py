@@ -206,6 +206,7 @@ class Ec2:
         instance_profile: str | None,
         client_token: str,
         tags: Mapping[str, str],
+        imdsv2_only: bool = False,
     ) -> tuple[str, str]:
         """(instance id, state) as EC2 answered: a repeated ClientToken answers with the instance it launched."""
         request: RunInstancesRequestTypeDef = {
@@ -221,6 +222,8 @@ class Ec2:
             request["SubnetId"] = subnet_id
         if security_group_ids:
             request["SecurityGroupIds"] = security_group_ids
+        if imdsv2_only:
+            request["MetadataOptions"] = {"HttpTokens": "required"}
         if instance_profile:
             by_arn = instance_profile.startswith("arn:")
             request["IamInstanceProfile"] = {"Arn": instance_profile} if by_arn else {"Name": instance_profile}
@@ -306,6 +309,11 @@ class Ec2:
                 TagSpecifications=tag_specifications(tags),
             )
         return str(response["ImageId"])
+
+    def require_imds_support(self, image_id: str, version: str) -> None:
+        """ImdsSupport: instances launched from the image get HttpTokens required. EC2 cannot unset it."""
+        with translated_errors("ModifyImageAttribute"):
+            self._ec2.modify_image_attribute(ImageId=image_id, ImdsSupport={"Value": version})
 
     def copy_image(
         self,

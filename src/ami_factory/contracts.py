@@ -92,6 +92,7 @@ class Plan(Contract):
     # nothing before Distribute runs, and the instance is never touched.
     source_image_id: str | None = None
     source_run_id: str | None = None
+    imds_support: Literal["v2.0"] | None = None
 
 
 class Polled(Contract):
@@ -283,6 +284,7 @@ class CopyImageInput(Contract):
 class ShareImageInput(Contract):
     image: ImageRef
     share: ShareTargets
+    imds_support: Literal["v2.0"] | None = None
 
 
 class ShareImageOutput(Model):
@@ -292,6 +294,7 @@ class ShareImageOutput(Model):
 class LaunchCheckInput(Contract):
     run_id: str
     image: ImageRef
+    imds_support: Literal["v2.0"] | None = None
 
 
 class CheckLaunchInput(CheckInput):
@@ -352,6 +355,7 @@ class RegionResult(Model):
     deprecate_at: str | None = None
     deregistration_protection: bool = False
     launch_checked: bool = False
+    imds_support: str | None = None
     parameter_note: str | None = None  # why latest was not moved to this image
     error: StepError | None = None
 

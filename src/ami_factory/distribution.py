@@ -101,6 +101,7 @@ def start_launch_check(event: LaunchCheckInput) -> LaunchedInstance:
             security_group_ids=[],
             instance_profile=None,
             client_token=client_token(event.run_id, f"launch-check/{region}"),
+            imdsv2_only=event.imds_support is not None,  # boots as instances of the shared image will
             tags={
                 "Name": f"AMI Factory launch check, run {event.run_id}",
                 f"{TAG_PREFIX}managed": "true",
@@ -179,6 +180,8 @@ def share_image(event: ShareImageInput) -> ShareImageOutput:
     # StartExecution can shape, and sharing is the step that must never overreach.
     check_share_targets(event.share, load_settings())
     ec2 = Ec2(event.image.region)
+    if event.imds_support:  # before anyone else may launch it
+        ec2.require_imds_support(event.image.image_id, event.imds_support)
     ec2.add_launch_permissions(event.image.image_id, event.share)
     if event.share.snapshot_permissions:
         image = ec2.describe_image(event.image.image_id)

@@ -147,6 +147,7 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         generalize_max_wait_seconds=settings.generalize_max_wait_seconds,
         windows=request.windows,
         clone_overrides=request.clone,
+        imds_support=request.imds_support,
         source_image_id=source.image_id if source else None,
         source_run_id=source.run_id if source else None,
     )

@@ -220,6 +220,12 @@ class ImagingRequest(BaseModel):
     protection: ProtectionOptions = Field(
         default_factory=ProtectionOptions, description="deprecation and deregistration protection"
     )
+    imds_support: Literal["v2.0"] | None = Field(
+        None,
+        description="v2.0: every Region's image requires IMDSv2 (instances launched from it get HttpTokens required; "
+        "EC2 cannot undo this on an image), set before the image is shared; a launch check then boots with IMDSv2 "
+        "required",
+    )
     launch_check: bool = Field(
         False,
         description="in every Region, launch an instance from the new image, wait until it runs and passes its "

@@ -75,6 +75,7 @@ SETTING_TAGS: dict[str, tuple[str, ...]] = {
     "copy-completion-minutes": ("copy_completion_minutes",),
     "encrypt": ("encrypt",),
     "launch-check": ("launch_check",),
+    "imds-support": ("imds_support",),
     "keep-newest": ("retention", "keep_newest"),
     "max-age-days": ("retention", "max_age_days"),
 }

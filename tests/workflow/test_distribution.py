@@ -366,3 +366,28 @@ def test_an_instance_on_a_key_outside_kms_key_ids_is_started_again(
     assert described["State"]["Name"] == "running"
     granted = {(role, action) for role, action, _ in emu.authorizer.used}
     assert (starter, "kms:CreateGrant") in granted and emu.authorizer.refusals == []
+
+
+def test_imds_support_v2_is_set_on_every_regions_image_before_it_is_shared(emu: Emulator) -> None:
+    instance_id = emu.launch_instance(name="web")
+    request = sample("request-basic.json", instance_id=instance_id, imds_support="v2.0", launch_check=True)
+    result = emu.run(request, name="imdsv2")
+    assert result.output["status"] == "SUCCEEDED", result.cause
+    for region in REGIONS:
+        (image,) = run_images(emu, region, "imdsv2")
+        assert image["ImdsSupport"] == "v2.0", region
+        modified = [
+            r for r in emu.world.sent("ModifyImageAttribute", region) if r.params["ImageId"] == image["ImageId"]
+        ]
+        assert ["ImdsSupport" in r.params for r in modified] == [True, False], "required before launch permissions"
+        (check,) = emu.world.sent("RunInstances", region)[-1:]
+        assert check.params["MetadataOptions"] == {"HttpTokens": "required"}, "the check boots as users' instances will"
+    assert all(r["imds_support"] == "v2.0" for r in result.output["regions"])
+
+
+def test_without_imds_support_images_are_left_as_ec2_makes_them(emu: Emulator) -> None:
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="plain")
+    assert result.output["status"] == "SUCCEEDED", result.cause
+    assert not [r for r in emu.world.sent("ModifyImageAttribute") if "ImdsSupport" in r.params]
+    assert all(r["imds_support"] is None for r in result.output["regions"])

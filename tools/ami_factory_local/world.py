@@ -737,6 +737,8 @@ class World:
             return self._instance_statuses(response.region, params.get("InstanceIds", []))
         if operation == "GetImageBlockPublicAccessState":
             return {"ImageBlockPublicAccessState": self._public_access.get(response.region, "block-new-sharing")}
+        if operation == "ModifyImageAttribute" and "ImdsSupport" in params:
+            return self._imds_support(response.region, params)
         if operation == "EnableImageDeprecation":
             self.deprecations[params["ImageId"]] = params["DeprecateAt"]
             return {"Return": True}
@@ -783,6 +785,17 @@ class World:
             if any(self._still_hidden(image_id) for image_id in named):
                 return {"Images": []}
         return None
+
+    def _imds_support(self, region: str, params: dict[str, Any]) -> EC2ClientError | dict[str, Any]:
+        """moto ignores ImdsSupport: EC2 takes only v2.0, and DescribeImages shows it from then on."""
+        value = (params["ImdsSupport"] or {}).get("Value")
+        if value != "v2.0":
+            return EC2ClientError("InvalidParameterValue", f"Value ({value}) for parameter imdsSupport is invalid")
+        ami: Any = ec2_backends[self.account_id][region].amis.get(params["ImageId"])
+        if ami is None:
+            return EC2ClientError("InvalidAMIID.NotFound", f"The image id '[{params['ImageId']}]' does not exist")
+        ami.imds_support = value
+        return {}
 
     def _still_hidden(self, image_id: str) -> bool:
         """Whether this describe of a new image (hide_new_images) is one it does not answer; counts it."""
