@@ -464,6 +464,7 @@ def region_states() -> States:
                 "instance_id": "$.instance_id",
                 "source_region": "$.source_region",
                 "source_run_id": "$.source_run_id",
+                "launch_templates": "$.launch_templates",
             },
             result=PublishParameterOutput,
             result_path="$.parameter",
@@ -482,6 +483,7 @@ def region_states() -> States:
                 "deregistration_protection.$": "$.protected.deregistration_protection",
                 "launch_checked.$": "$.launch_check",
                 "imds_support.$": "$.imds_support",
+                "launch_templates.$": "$.parameter.launch_templates",
                 "parameter_note.$": "$.parameter.note",
             },
             "End": True,
@@ -518,6 +520,7 @@ REGION_ITEM_FIELDS = [
     "launch_check_max_polls",
     "source_run_id",
     "imds_support",
+    "launch_templates",
 ]
 
 

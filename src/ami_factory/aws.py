@@ -20,6 +20,7 @@ from .errors import (
     ImageNotVisibleYetError,
     InstanceNotFoundError,
     InstanceStateConflictError,
+    InvalidRequestError,
     ThrottledError,
 )
 from .request import ShareTargets
@@ -309,6 +310,52 @@ class Ec2:
                 TagSpecifications=tag_specifications(tags),
             )
         return str(response["ImageId"])
+
+    def launch_template_default_version(self, launch_template_id: str) -> int:
+        missing = f"launch template {launch_template_id} does not exist in {self.region}: check its id and Region"
+        try:
+            with translated_errors("DescribeLaunchTemplates"):
+                found = self._ec2.describe_launch_templates(LaunchTemplateIds=[launch_template_id])["LaunchTemplates"]
+        except ClientError as error:
+            if error_code(error).startswith("InvalidLaunchTemplateId"):
+                raise InvalidRequestError(missing) from error
+            raise
+        if not found:
+            raise InvalidRequestError(missing)
+        return int(found[0]["DefaultVersionNumber"])
+
+    def create_launch_template_version(
+        self, launch_template_id: str, source_version: int, image_id: str, client_token: str, description: str
+    ) -> int:
+        """A new version of the template: its ``source_version`` with the image; a repeated ClientToken
+        answers with the version it made."""
+        with translated_errors("CreateLaunchTemplateVersion"):
+            response = self._ec2.create_launch_template_version(
+                LaunchTemplateId=launch_template_id,
+                SourceVersion=str(source_version),
+                LaunchTemplateData={"ImageId": image_id},
+                ClientToken=client_token,
+                VersionDescription=description,
+            )
+        return int(response["LaunchTemplateVersion"]["VersionNumber"])
+
+    def set_launch_template_default(self, launch_template_id: str, version: int) -> None:
+        with translated_errors("ModifyLaunchTemplate"):
+            self._ec2.modify_launch_template(LaunchTemplateId=launch_template_id, DefaultVersion=str(version))
+
+    def delete_launch_template_version(self, launch_template_id: str, version: int) -> None:
+        """EC2 answers refusals per version in a successful call: one that no longer exists is gone."""
+        with translated_errors("DeleteLaunchTemplateVersions"):
+            response = self._ec2.delete_launch_template_versions(
+                LaunchTemplateId=launch_template_id, Versions=[str(version)]
+            )
+        for refused in response.get("UnsuccessfullyDeletedLaunchTemplateVersions", []):
+            code = refused.get("ResponseError", {}).get("Code", "")
+            if code != "launchTemplateVersionDoesNotExist":
+                raise InvalidRequestError(
+                    f"EC2 would not delete version {version} of launch template {launch_template_id} ({code}: "
+                    f"{refused.get('ResponseError', {}).get('Message', '')})"
+                )
 
     def require_imds_support(self, image_id: str, version: str) -> None:
         """ImdsSupport: instances launched from the image get HttpTokens required. EC2 cannot unset it."""

@@ -97,6 +97,32 @@ def roll_back_parameters(run_id: str, delivered_regions: set[str]) -> tuple[list
     return left, blocked
 
 
+def roll_back_launch_templates(run_id: str, delivered_regions: set[str]) -> tuple[list[str], set[str]]:
+    """In every Region the run did not deliver, its launch template versions go: the default it
+    replaced is put back if its own version is still the default (one made default since is another
+    run's or a person's), then its version is deleted. Only versions EC2 answered the run with. Returns
+    what could not be taken back, and the Regions where a template may still name the run's image."""
+    ledger = Ledger()
+    left: list[str] = []
+    blocked: set[str] = set()
+    for version in ledger.template_versions(run_id):
+        if version.rolled_back or version.region in delivered_regions:
+            continue
+        try:
+            if version.version is not None:
+                ec2 = Ec2(version.region)
+                if ec2.launch_template_default_version(version.launch_template_id) == version.version:
+                    ec2.set_launch_template_default(version.launch_template_id, version.previous_default)
+                ec2.delete_launch_template_version(version.launch_template_id, version.version)
+            ledger.template_version_rolled_back(run_id, version)
+        except (ClientError, AmiFactoryError) as error:
+            what = f"{version.region}:{version.launch_template_id} version {version.version} (launch template)"
+            logger.warning("could not take back %s: %s", what, refusal_text(error))
+            left.append(f"{what}: {refusal_text(error)}")
+            blocked.add(version.region)
+    return left, blocked
+
+
 def end_run(run: RunRecord, delivered: dict[str, str]) -> Ending:
     """Put the instance back, roll back and remove everything but ``delivered`` (Region -> image),
     release the lock. Safe to repeat: what is done is recorded done."""
@@ -109,7 +135,9 @@ def end_run(run: RunRecord, delivered: dict[str, str]) -> Ending:
     except (ClientError, AmiFactoryError) as error:
         ending.left.append(f"{run.region}:{run.instance_id} (instance): not started again: {refusal_text(error)}")
     not_rolled_back, blocked = roll_back_parameters(run.run_id, set(delivered))
-    ending.left += not_rolled_back
+    templates_left, templates_blocked = roll_back_launch_templates(run.run_id, set(delivered))
+    ending.left += not_rolled_back + templates_left
+    blocked |= templates_blocked
     # An image a parameter that could not be rolled back may still name stays until it can be.
     removal = remove_made(
         run.run_id,
@@ -119,7 +147,7 @@ def end_run(run: RunRecord, delivered: dict[str, str]) -> Ending:
     )
     ending.removed, ending.left = removal.removed, ending.left + removal.left
     ending.left += [
-        f"{made.region}:{made.resource_id} ({made.role}): kept while latest may still name it"
+        f"{made.region}:{made.resource_id} ({made.role}): kept while latest or a launch template may still name it"
         for made in Ledger().made_by(run.run_id)
         if made.kind == "image"
         and not made.removed

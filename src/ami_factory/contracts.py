@@ -13,7 +13,15 @@ from pydantic import ConfigDict, Field
 
 from .model import Model
 from .pricing import CostEstimate
-from .request import CloneOptions, Mode, ProtectionOptions, RetentionOptions, ShareTargets, WindowsOptions
+from .request import (
+    CloneOptions,
+    LaunchTemplateTarget,
+    Mode,
+    ProtectionOptions,
+    RetentionOptions,
+    ShareTargets,
+    WindowsOptions,
+)
 
 
 class Contract(Model):
@@ -93,6 +101,7 @@ class Plan(Contract):
     source_image_id: str | None = None
     source_run_id: str | None = None
     imds_support: Literal["v2.0"] | None = None
+    launch_templates: list[LaunchTemplateTarget] = Field(default_factory=list)
 
 
 class Polled(Contract):
@@ -329,13 +338,21 @@ class PublishParameterInput(Contract):
     instance_id: str
     source_region: str
     source_run_id: str | None = None
+    launch_templates: list[LaunchTemplateTarget] = Field(default_factory=list)  # the run's, every Region's
+
+
+class LaunchTemplateVersionRef(Model):
+    launch_template_id: str
+    version: int
+    default: bool
 
 
 class PublishParameterOutput(Model):
-    """``version`` None: latest was left as it is, and ``note`` says why."""
+    """``version`` None: latest was left as it is (the launch templates too), and ``note`` says why."""
 
     parameter_name: str
     version: int | None = None
+    launch_templates: list[LaunchTemplateVersionRef] = Field(default_factory=list)
     note: str | None = None
 
 
@@ -356,6 +373,7 @@ class RegionResult(Model):
     deregistration_protection: bool = False
     launch_checked: bool = False
     imds_support: str | None = None
+    launch_templates: list[LaunchTemplateVersionRef] = Field(default_factory=list)
     parameter_note: str | None = None  # why latest was not moved to this image
     error: StepError | None = None
 

@@ -3,6 +3,7 @@ publish, protect."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from botocore.exceptions import ClientError
@@ -16,6 +17,7 @@ from .contracts import (
     ImageRef,
     LaunchCheckInput,
     LaunchedInstance,
+    LaunchTemplateVersionRef,
     ProtectImageInput,
     ProtectImageOutput,
     PublishParameterInput,
@@ -32,9 +34,10 @@ from .errors import (
     NotMadeByRunError,
     ThrottledError,
 )
-from .ledger import FamilyImage, FamilyOwner, Ledger, Made
+from .ledger import FamilyImage, FamilyOwner, Ledger, Made, TemplateVersion
 from .observability import logger
-from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX, check_share_targets
+from .request import LaunchTemplateTarget
+from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX, check_launch_templates, check_share_targets
 from .settings import load_settings
 from .steps import client_token, counted, family_refusal, give_up_after, require_made
 
@@ -230,7 +233,8 @@ def publish_parameter(event: PublishParameterInput) -> PublishParameterOutput:
     if event.source_run_id and (later := _delivered_after(event.family, region, event.source_run_id, ledger)):
         note = (
             f"latest stays on {later.image_id}, which run {later.run_id} delivered in {region} after run "
-            f"{event.source_run_id} made this image: an older image never replaces a newer one"
+            f"{event.source_run_id} made this image, and so do the launch templates: an older image never "
+            f"replaces a newer one"
         )
         logger.warning(note)
         return PublishParameterOutput(parameter_name=event.parameter_name, note=note)
@@ -239,7 +243,38 @@ def publish_parameter(event: PublishParameterInput) -> PublishParameterOutput:
     version = ssm.put_image_parameter(
         event.parameter_name, event.image.image_id, f"Latest AMI Factory image ({event.image.image_id})"
     )
-    return PublishParameterOutput(parameter_name=event.parameter_name, version=version)
+    templates = [
+        new_template_version(event.run_id, event.image, t, ledger) for t in event.launch_templates if t.region == region
+    ]
+    return PublishParameterOutput(parameter_name=event.parameter_name, version=version, launch_templates=templates)
+
+
+def new_template_version(
+    run_id: str, image: ImageRef, target: LaunchTemplateTarget, ledger: Ledger
+) -> LaunchTemplateVersionRef:
+    """A version of the template with the image, based on its default version, and (set_default) made
+    the default. The default it replaces is in the ledger first, and the version from EC2's answer, so
+    the run's ending can take both back in a Region that fails; a retry sends the same ClientToken and
+    gets the same version."""
+    # Checked again here: the state is data anyone with StartExecution can shape.
+    check_launch_templates([target], [image.region], load_settings())
+    ec2 = Ec2(image.region)
+    template_id = target.launch_template_id
+    recorded = ledger.record_template_version(
+        run_id, TemplateVersion(image.region, template_id, ec2.launch_template_default_version(template_id))
+    )
+    number = ec2.create_launch_template_version(
+        template_id,
+        recorded.previous_default,
+        image.image_id,
+        client_token=client_token(run_id, f"launch-template/{image.region}/{template_id}"),
+        description=f"AMI Factory run {run_id}: {image.image_id}"[:255],
+    )
+    made = replace(recorded, version=number, made_default=target.set_default)
+    ledger.template_version_made(run_id, made)
+    if target.set_default:
+        ec2.set_launch_template_default(template_id, number)
+    return LaunchTemplateVersionRef(launch_template_id=template_id, version=number, default=target.set_default)
 
 
 def _delivered_after(family: str, region: str, source_run_id: str, ledger: Ledger) -> FamilyImage | None:

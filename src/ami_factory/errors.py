@@ -29,6 +29,10 @@ class ShareTargetNotAllowedError(AmiFactoryError):
     """An account, organization or OU is outside the deploy-time allow-list."""
 
 
+class LaunchTemplateNotAllowedError(AmiFactoryError):
+    """A request names a launch template outside the deploy-time allow-list."""
+
+
 class CloneProfileNotAllowedError(AmiFactoryError):
     """A request names a clone instance profile outside the deploy-time allow-list."""
 

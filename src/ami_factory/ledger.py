@@ -128,6 +128,19 @@ class ParameterWrite:
 
 
 @dataclass(frozen=True)
+class TemplateVersion:
+    """A launch template version the run creates (``version`` None: asked for, EC2's answer not yet
+    recorded), the default it found, and whether it made its version the default."""
+
+    region: str
+    launch_template_id: str
+    previous_default: int
+    version: int | None = None
+    made_default: bool = False
+    rolled_back: bool = False
+
+
+@dataclass(frozen=True)
 class Wait:
     """A step of ``run_id`` waiting for a resource to settle: AWS's event about the resource ends it
     with ``token``. ``kind`` says what settled means (see ``waits``); ``ref`` is the step's reference
@@ -278,6 +291,9 @@ class Ledger:
         for write in self.parameter_writes(run_id):
             if write.region in delivered:
                 self._set(f"run#{run_id}", f"parameter#{write.region}#{write.name}", {"settled": "true"})
+        for version in self.template_versions(run_id):
+            if version.region in delivered:
+                self._set(f"run#{run_id}", _template_key(version), {"settled": "true"})
 
     def ended(self, run_id: str) -> None:
         """The run has ended, its own way or the janitor's (what it left stays unsettled)."""
@@ -376,6 +392,37 @@ class Ledger:
 
     def parameter_rolled_back(self, run_id: str, write: ParameterWrite) -> None:
         self._set(f"run#{run_id}", f"parameter#{write.region}#{write.name}", {"rolled_back": "true", "settled": "true"})
+
+    # --- launch template versions ------------------------------------------------------------
+
+    def record_template_version(self, run_id: str, version: TemplateVersion) -> TemplateVersion:
+        """Before the version is asked for, the default it replaces (the first record stands: a retry
+        finds the run's own version as the default); then, from EC2's answer, the version."""
+        self._put_once(
+            {
+                "pk": f"run#{run_id}",
+                "sk": _template_key(version),
+                "region": version.region,
+                "launch_template_id": version.launch_template_id,
+                "previous_default": str(version.previous_default),
+                "settled": "false",
+            }
+        )
+        return self.template_version(run_id, version.region, version.launch_template_id) or version
+
+    def template_version(self, run_id: str, region: str, launch_template_id: str) -> TemplateVersion | None:
+        item = self._get(f"run#{run_id}", f"template#{region}#{launch_template_id}")
+        return _template_version(item) if item else None
+
+    def template_versions(self, run_id: str) -> list[TemplateVersion]:
+        return [_template_version(item) for item in self._query(f"run#{run_id}", "template#")]
+
+    def template_version_made(self, run_id: str, version: TemplateVersion) -> None:
+        values = {"version": str(version.version), "made_default": "true" if version.made_default else "false"}
+        self._set(f"run#{run_id}", _template_key(version), values)
+
+    def template_version_rolled_back(self, run_id: str, version: TemplateVersion) -> None:
+        self._set(f"run#{run_id}", _template_key(version), {"rolled_back": "true", "settled": "true"})
 
     # --- families' images, for retention -----------------------------------------------------
 
@@ -729,6 +776,21 @@ class Ledger:
                 ConsistentRead=True,
             )
             return [_decode(item) for page in pages for item in page["Items"]]
+
+
+def _template_key(version: TemplateVersion) -> str:
+    return f"template#{version.region}#{version.launch_template_id}"
+
+
+def _template_version(item: Item) -> TemplateVersion:
+    return TemplateVersion(
+        region=item["region"],
+        launch_template_id=item["launch_template_id"],
+        previous_default=int(item["previous_default"]),
+        version=int(item["version"]) if item.get("version") else None,
+        made_default=item.get("made_default") == "true",
+        rolled_back=item.get("rolled_back") == "true",
+    )
 
 
 def _family_image(item: Item) -> FamilyImage:

@@ -28,6 +28,7 @@ from .rules import (
     MAX_PUBLIC_IMAGES_PER_REGION,
     account_of,
     check_clone_profile,
+    check_launch_templates,
     check_share_targets,
     execution_arn,
     family_asked_as,
@@ -59,6 +60,7 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
     check_share_targets(request.share, settings)
     check_clone_profile(request.clone, settings)
     regions = target_regions(request, region, settings)
+    check_launch_templates(request.launch_templates, [target.name for target in regions], settings)
     started_at = datetime.now(UTC).isoformat()
     instance = Ec2(region).describe_instance(request.instance_id)
     distributing = request.source_image_id is not None  # an existing image: the instance is only read
@@ -83,6 +85,8 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
             f"instance {request.instance_id} runs Linux: the windows options (administrator password) do not apply; "
             f"drop them from the request"
         )
+    for template in request.launch_templates:  # exists, before anything changes
+        Ec2(template.region).launch_template_default_version(template.launch_template_id)
     family = family_name(request, tags_of(instance))
     asking = FamilyOwner(
         account=account_of(event.state_machine_arn),
@@ -148,6 +152,7 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         windows=request.windows,
         clone_overrides=request.clone,
         imds_support=request.imds_support,
+        launch_templates=request.launch_templates,
         source_image_id=source.image_id if source else None,
         source_run_id=source.run_id if source else None,
     )

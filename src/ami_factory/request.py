@@ -21,6 +21,7 @@ from pydantic import (
 
 INSTANCE_ID = r"^i-[0-9a-f]{8}([0-9a-f]{9})?$"
 IMAGE_ID = r"^ami-[0-9a-f]{8}([0-9a-f]{9})?$"
+LAUNCH_TEMPLATE_ID = r"^lt-[0-9a-f]{17}$"
 ACCOUNT_ID = r"^[0-9]{12}$"
 ORGANIZATION_ARN = r"^arn:aws[a-z-]*:organizations::[0-9]{12}:organization/o-[a-z0-9]{10,32}$"
 OU_ARN = r"^arn:aws[a-z-]*:organizations::[0-9]{12}:ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}$"
@@ -157,6 +158,18 @@ class CloneOptions(BaseModel):
     )
 
 
+class LaunchTemplateTarget(BaseModel):
+    """A launch template in one of the run's Regions that gets a new version with that Region's image."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    region: RegionName = Field(description="the template's Region: one the run distributes to")
+    launch_template_id: Annotated[str, StringConstraints(pattern=LAUNCH_TEMPLATE_ID)] = Field(
+        description="lt-...: its ARN must be in the deployment's AllowedLaunchTemplates"
+    )
+    set_default: bool = Field(False, description="also make the new version the template's default")
+
+
 class RetentionOptions(BaseModel):
     """How many of this family's images the scheduled clean-up keeps, per Region (overrides the deployment's)."""
 
@@ -219,6 +232,13 @@ class ImagingRequest(BaseModel):
     )
     protection: ProtectionOptions = Field(
         default_factory=ProtectionOptions, description="deprecation and deregistration protection"
+    )
+    launch_templates: list[LaunchTemplateTarget] = Field(
+        default_factory=list,
+        max_length=50,
+        description="launch templates to point at the new image: each gets a new version (based on its default "
+        "version, with the Region's image) and, with set_default, becomes its default; a Region that fails takes "
+        "its templates' changes back",
     )
     imds_support: Literal["v2.0"] | None = Field(
         None,
@@ -319,6 +339,15 @@ class ImagingRequest(BaseModel):
                 except ValueError as error:
                     raise ValueError(f"tag {key!r} {error}") from None
         return tags
+
+    @field_validator("launch_templates")
+    @classmethod
+    def _each_template_once(cls, templates: list[LaunchTemplateTarget]) -> list[LaunchTemplateTarget]:
+        seen = [(t.region, t.launch_template_id) for t in templates]
+        twice = sorted({f"{region}:{template}" for region, template in seen if seen.count((region, template)) > 1})
+        if twice:
+            raise ValueError(f"launch templates {twice} are listed more than once: list each once")
+        return templates
 
     @field_validator("source_image_id")
     @classmethod

@@ -19,11 +19,12 @@ from .contracts import RegionTarget
 from .errors import (
     CloneProfileNotAllowedError,
     InvalidRequestError,
+    LaunchTemplateNotAllowedError,
     PublicSharingBlockedError,
     ShareTargetNotAllowedError,
     UnknownRegionError,
 )
-from .request import CloneOptions, ImagingRequest, RetentionOptions, ShareTargets
+from .request import CloneOptions, ImagingRequest, LaunchTemplateTarget, RetentionOptions, ShareTargets
 from .settings import Settings
 
 # What a recipient's account must be allowed on a customer managed key to launch an image encrypted with it.
@@ -181,6 +182,29 @@ def check_clone_profile(clone: CloneOptions, settings: Settings) -> None:
             f"clone.instance_profile {profile} is not in the deployment's AllowedCloneInstanceProfiles "
             f"{list(settings.allowed_clone_instance_profiles)}: drop it (the clone then uses the stack's own profile, "
             f"which has what SSM needs), or ask the operator to add it"
+        )
+
+
+def check_launch_templates(
+    templates: Iterable[LaunchTemplateTarget], regions: Iterable[str], settings: Settings
+) -> None:
+    """Each template must be the deployment's to change (AllowedLaunchTemplates, by ARN: its Region and
+    id), in a Region the run distributes to."""
+    allowed = {(arn.split(":")[3], arn.rsplit("/", 1)[-1]) for arn in settings.allowed_launch_templates}
+    outside = sorted(
+        f"{t.region}:{t.launch_template_id}" for t in templates if (t.region, t.launch_template_id) not in allowed
+    )
+    if outside:
+        raise LaunchTemplateNotAllowedError(
+            f"launch templates {outside} are not in the deployment's AllowedLaunchTemplates: drop them, or ask the "
+            f"operator to add their ARNs (arn:aws:ec2:REGION:ACCOUNT:launch-template/ID)"
+        )
+    distributed = set(regions)
+    elsewhere = sorted(f"{t.region}:{t.launch_template_id}" for t in templates if t.region not in distributed)
+    if elsewhere:
+        raise InvalidRequestError(
+            f"launch templates {elsewhere} are in Regions this run does not distribute to: add their Regions to "
+            f"regions, or drop them"
         )
 
 

@@ -88,6 +88,7 @@ class Settings:
     tag_privileged_settings: tuple[str, ...] = ()  # privileged options the operator lets tags ask for
     clone_instance_profile: str = ""  # the stack's own: what SSM needs, nothing else
     allowed_clone_instance_profiles: tuple[str, ...] = ()  # names a request may choose instead
+    allowed_launch_templates: tuple[str, ...] = ()  # launch template ARNs a run may add versions to
     ssm_documents: dict[str, str] = field(default_factory=dict)  # cleanup-linux, ... -> the stack's document
     allowed_trigger_principals: tuple[str, ...] = ()  # TriggerSource=cloudtrail: who may trigger by tag
     copy_slots_per_region: int = 20  # copies all runs may have in flight into one Region (EC2: 25 from one source)
@@ -141,6 +142,7 @@ def load_settings() -> Settings:
         tag_privileged_settings=_csv("TAG_PRIVILEGED_SETTINGS"),
         clone_instance_profile=os.environ.get("CLONE_INSTANCE_PROFILE", ""),
         allowed_clone_instance_profiles=_csv("ALLOWED_CLONE_INSTANCE_PROFILES"),
+        allowed_launch_templates=_csv("ALLOWED_LAUNCH_TEMPLATES"),
         ssm_documents=_pairs("SSM_DOCUMENTS"),
         allowed_trigger_principals=_csv("ALLOWED_TRIGGER_PRINCIPALS"),
     )

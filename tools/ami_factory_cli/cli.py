@@ -326,7 +326,15 @@ def redistribution_request(described: DescribeExecutionOutputTypeDef) -> dict[st
             f"execution {name} has no image in {home}, the stack's Region, to copy from: start a new run "
             f"(ami_factory_cli run) for the Regions {summary['failed_regions']}"
         )
-    return {**request, "source_image_id": source, "regions": summary["failed_regions"]}
+    failed = summary["failed_regions"]
+    templates = [t for t in request.get("launch_templates", []) if t.get("region") in failed]
+    request.pop("launch_templates", None)  # only the failed Regions' templates: the others have their version
+    return {
+        **request,
+        "source_image_id": source,
+        "regions": failed,
+        **({"launch_templates": templates} if templates else {}),
+    }
 
 
 def redrive(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:

@@ -312,6 +312,8 @@ def _ec2(request: Request) -> tuple[list[Resource], list[Call]]:
         "DeregisterImage",
     ):
         resources = [request.existing("image", str(params.get("ImageId", "")))]
+    elif operation in ("CreateLaunchTemplateVersion", "ModifyLaunchTemplate", "DeleteLaunchTemplateVersions"):
+        resources = [request.existing("launch-template", str(params.get("LaunchTemplateId", "")))]
     elif operation == "DeleteSnapshot":
         resources = [request.existing("snapshot", str(params.get("SnapshotId", "")))]
     elif operation == "ModifySnapshotAttribute":

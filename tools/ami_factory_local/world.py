@@ -71,7 +71,18 @@ from .authorization import IAM_ACTIONS, IAM_PREFIX, Authorizer, as_operator, cur
 from .authorization import Request as AuthorizationRequest
 from .clock import VirtualClock
 from .events import EventSchedule
+from .launch_templates import LaunchTemplates
 from .limits import Ec2Limits, copy_quota_refusal
+
+LAUNCH_TEMPLATE_CALLS = frozenset(
+    {
+        "CreateLaunchTemplateVersion",
+        "DeleteLaunchTemplateVersions",
+        "DescribeLaunchTemplates",
+        "DescribeLaunchTemplateVersions",
+        "ModifyLaunchTemplate",
+    }
+)
 
 
 def _request_params(response: BaseResponse) -> dict[str, Any]:
@@ -394,6 +405,7 @@ class World:
     _impaired_regions: set[str] = field(default_factory=set)
     _launched_at: dict[str, float] = field(default_factory=dict)  # instance -> virtual launch time
     deprecations: dict[str, str] = field(default_factory=dict)  # image -> DeprecateAt (moto lacks the call)
+    launch_templates: LaunchTemplates = field(default_factory=LaunchTemplates)
     protected: dict[str, bool] = field(default_factory=dict)  # image -> WithCooldown (moto lacks the call)
     image_references: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # image -> (type, ARN)
     _last_created: dict[str, datetime] = field(default_factory=dict)  # region -> newest image's CreationDate
@@ -737,6 +749,10 @@ class World:
             return self._instance_statuses(response.region, params.get("InstanceIds", []))
         if operation == "GetImageBlockPublicAccessState":
             return {"ImageBlockPublicAccessState": self._public_access.get(response.region, "block-new-sharing")}
+        if operation in LAUNCH_TEMPLATE_CALLS:
+            backend = ec2_backends[self.account_id][response.region]
+            if (answer := self.launch_templates.answer(backend, response.region, operation, params)) is not None:
+                return answer
         if operation == "ModifyImageAttribute" and "ImdsSupport" in params:
             return self._imds_support(response.region, params)
         if operation == "EnableImageDeprecation":
