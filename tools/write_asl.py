@@ -325,8 +325,8 @@ def image_wait(
 
 
 def region_states() -> States:
-    """One Region's item of the Distribute map: copy (unless it is the source), launch check, share,
-    publish, protect. Any failure is caught in the item, so the other Regions go on."""
+    """One Region's item of the Distribute map: copy (unless it is the source), launch check. Any
+    failure is caught in the item, so the other Regions go on. Nothing is shared or published yet."""
     return {
         "IsSourceRegion": choice(
             [
@@ -382,7 +382,7 @@ def region_states() -> States:
         ),
         "NeedsLaunchCheck": choice(
             [when("$.launch_check", "BooleanEquals", True, "StartLaunchCheck")],
-            default="ShareImage",
+            default="RegionCopied",
             comment="Before anyone can use the image: does it boot?",
         ),
         "StartLaunchCheck": task(
@@ -413,14 +413,53 @@ def region_states() -> States:
             result=LaunchedInstance,
             result_path="$.launched",
             on_error="RegionFailed",
-            next_state="ShareImage",
+            next_state="RegionCopied",
         ),
+        "RegionCopied": {
+            "Type": "Pass",
+            "Comment": "The Region's image is complete (and boots, with launch_check): ready to share and publish.",
+            "Parameters": {
+                "region.$": "$.region.name",
+                "status": "COPIED",
+                "image.$": "$.image",
+                "error": None,
+            },
+            "End": True,
+        },
+        "RegionFailed": {
+            "Type": "Pass",
+            "Comment": "One Region failing must not sink the others: record it, Finalize cleans it up.",
+            "Parameters": {
+                "region.$": "$.region.name",
+                "status": "FAILED",
+                "image": None,
+                "error.$": "$.error",
+            },
+            "End": True,
+        },
+    }
+
+
+def publish_states() -> States:
+    """One Region's item of the Publish map, after approval (if asked): share, protect, publish. A
+    Region that failed to copy passes through as failed; a failure here fails only this Region."""
+    return {
+        "IsCopied": choice(
+            [when("$.status", "StringEquals", "COPIED", "ShareImage")],
+            default="AlreadyFailed",
+            comment="A Region whose copy or launch check failed has nothing to share.",
+        ),
+        "AlreadyFailed": {
+            "Type": "Pass",
+            "Parameters": {"region.$": "$.region.name", "status": "FAILED", "error.$": "$.error"},
+            "End": True,
+        },
         "ShareImage": task(
             "ShareImage",
             payload={"image": "$.image", "share": "$.share", "imds_support": "$.imds_support"},
             result=ShareImageOutput,
             result_path="$.shared",
-            on_error="RegionFailed",
+            on_error="PublishFailed",
             next_state="NeedsProtection",
         ),
         "NeedsProtection": choice(
@@ -442,7 +481,7 @@ def region_states() -> States:
             payload={"image": "$.image", "protection": "$.protection"},
             result=ProtectImageOutput,
             result_path="$.protected",
-            on_error="RegionFailed",
+            on_error="PublishFailed",
             next_state="PublishParameter",
         ),
         "NoProtection": {
@@ -468,7 +507,7 @@ def region_states() -> States:
             },
             result=PublishParameterOutput,
             result_path="$.parameter",
-            on_error="RegionFailed",
+            on_error="PublishFailed",
             next_state="RegionSucceeded",
         ),
         "RegionSucceeded": {
@@ -488,7 +527,7 @@ def region_states() -> States:
             },
             "End": True,
         },
-        "RegionFailed": {
+        "PublishFailed": {
             "Type": "Pass",
             "Comment": "One Region failing must not sink the others: record it, Finalize cleans it up.",
             "Parameters": {"region.$": "$.region.name", "status": "FAILED", "error.$": "$.error"},
@@ -524,10 +563,38 @@ REGION_ITEM_FIELDS = [
 ]
 
 
+def publish() -> State:
+    return {
+        "Type": "Map",
+        "Comment": "One item per Region of Distribute's results: share, protect, publish the complete images.",
+        "ItemsPath": "$.distribution",
+        "MaxConcurrency": 20,
+        "ItemSelector": {
+            "region": {"name.$": "$$.Map.Item.Value.region"},
+            **paths(
+                {
+                    "status": "$$.Map.Item.Value.status",
+                    "image": "$$.Map.Item.Value.image",
+                    "error": "$$.Map.Item.Value.error",
+                    **{name: f"$.{name}" for name in REGION_ITEM_FIELDS},
+                }
+            ),
+        },
+        "ItemProcessor": {
+            "ProcessorConfig": {"Mode": "INLINE"},
+            "StartAt": "IsCopied",
+            "States": publish_states(),
+        },
+        "ResultPath": "$.distribution",
+        "Catch": catch("HandleFailure"),
+        "Next": "Finalize",
+    }
+
+
 def distribute() -> State:
     return {
         "Type": "Map",
-        "Comment": "One item per Region, the source Region included.",
+        "Comment": "One item per Region, the source Region included: copy and check, nothing shared yet.",
         "ItemsPath": "$.regions",
         "MaxConcurrency": 20,
         "ItemSelector": paths(
@@ -544,7 +611,7 @@ def distribute() -> State:
         },
         "ResultPath": "$.distribution",
         "Catch": catch("HandleFailure"),
-        "Next": "Finalize",
+        "Next": "NeedsApproval",
     }
 
 
@@ -736,6 +803,26 @@ def definition() -> State:
             next_state="Distribute",
         ),
         "Distribute": distribute(),
+        "NeedsApproval": choice(
+            [when("$.approval", "BooleanEquals", True, "WaitForApproval")],
+            default="Publish",
+            comment="approval: nobody gets the images (shared, published) until a person says yes.",
+        ),
+        **event_wait(
+            wait_state="WaitForApproval",
+            function="AwaitApproval",
+            comment="Until `ami_factory_cli approve` (SendTaskSuccess) or `reject` (SendTaskFailure: "
+            "ApprovalRejectedError); AwaitApproval tells the topic which images wait and how to answer.",
+            payload=paths({"images": "$.distribution", "execution_arn": "$$.Execution.Id"}),
+            result_path="$.approval_answer",
+            done_next="Publish",
+            on_error="HandleFailure",
+            timeout_path="$.approval_timeout_seconds",
+            timed_out_cause="States.Format('no one approved run {} within ApprovalTimeoutHours ({} s): its images "
+            "are removed; start a new run (or redrive) when someone can approve', $.run_id, "
+            "$.approval_timeout_seconds)",
+        ),
+        "Publish": publish(),
         "Finalize": task(
             "Finalize",
             comment="Keep what the run delivered, remove the rest, restore and tag the instance, tell; return the "

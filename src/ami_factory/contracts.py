@@ -102,6 +102,8 @@ class Plan(Contract):
     source_run_id: str | None = None
     imds_support: Literal["v2.0"] | None = None
     launch_templates: list[LaunchTemplateTarget] = Field(default_factory=list)
+    approval: bool = False
+    approval_timeout_seconds: int = 72 * 3600
 
 
 class Polled(Contract):
@@ -200,6 +202,29 @@ class AwaitCopySlotInput(Contract):
     run_id: str
     region: str
     task_token: str
+
+
+class CopiedRegion(Model):
+    """One Region's item after Distribute: its complete image (``COPIED``), or why it failed."""
+
+    region: str
+    status: Literal["COPIED", "FAILED"]
+    image: ImageRef | None = None
+    error: StepError | None = None
+
+
+class AwaitApprovalInput(Contract):
+    """The Lambda of the approval's ``.waitForTaskToken`` wait: the images that wait, and the token."""
+
+    run_id: str
+    execution_arn: str
+    images: list[CopiedRegion]
+    task_token: str
+
+
+class ApprovalRequested(Model):
+    waiting: list[str]  # "Region: image id"
+    message: str
 
 
 class CopySlot(Model):

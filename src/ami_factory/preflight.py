@@ -153,6 +153,8 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         clone_overrides=request.clone,
         imds_support=request.imds_support,
         launch_templates=request.launch_templates,
+        approval=request.approval,
+        approval_timeout_seconds=settings.approval_timeout_seconds,
         source_image_id=source.image_id if source else None,
         source_run_id=source.run_id if source else None,
     )

@@ -233,6 +233,13 @@ class ImagingRequest(BaseModel):
     protection: ProtectionOptions = Field(
         default_factory=ProtectionOptions, description="deprecation and deregistration protection"
     )
+    approval: bool = Field(
+        False,
+        description="pause before anyone gets the images: once every Region's image is copied (and checked), the "
+        "notification topic says which images wait and how to answer (ami_factory_cli approve|reject EXECUTION); "
+        "nothing is shared or published until someone approves; rejected, or not answered within the deployment's "
+        "ApprovalTimeoutHours, the images are removed as on any failure (the instance was given back before)",
+    )
     launch_templates: list[LaunchTemplateTarget] = Field(
         default_factory=list,
         max_length=50,

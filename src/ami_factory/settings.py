@@ -78,6 +78,7 @@ class Settings:
     launch_check_subnets: dict[str, str] = field(default_factory=dict)  # Region -> subnet; none: the default VPC
     launch_check_instance_type: str = "t3.micro"
     launch_check_max_wait_seconds: int = 900
+    approval_timeout_seconds: int = 72 * 3600
     price_overrides: str = ""  # JSON: see pricing.Prices
     notification_topic_arn: str = ""
     retention_keep_newest: int = 0  # 0: no count rule
@@ -132,6 +133,7 @@ def load_settings() -> Settings:
         launch_check_subnets=_pairs("LAUNCH_CHECK_SUBNETS"),
         launch_check_instance_type=os.environ.get("LAUNCH_CHECK_INSTANCE_TYPE") or "t3.micro",
         launch_check_max_wait_seconds=_int("LAUNCH_CHECK_MAX_WAIT_SECONDS", 900),
+        approval_timeout_seconds=_int("APPROVAL_TIMEOUT_HOURS", 72) * 3600,
         price_overrides=os.environ.get("PRICE_OVERRIDES", ""),
         notification_topic_arn=os.environ.get("NOTIFICATION_TOPIC_ARN", ""),
         retention_keep_newest=_int("RETENTION_KEEP_NEWEST", 0),

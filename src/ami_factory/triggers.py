@@ -76,11 +76,13 @@ SETTING_TAGS: dict[str, tuple[str, ...]] = {
     "encrypt": ("encrypt",),
     "launch-check": ("launch_check",),
     "imds-support": ("imds_support",),
+    "approval": ("approval",),
     "keep-newest": ("retention", "keep_newest"),
     "max-age-days": ("retention", "max_age_days"),
 }
 LIST_FIELDS = {"regions", "accounts", "organizations", "organizational_units", "security_group_ids"}
 BOOL_FIELDS = {
+    "approval",
     "public",
     "cleanup",
     "confirm_generalize_in_place",

@@ -312,7 +312,10 @@ def test_every_lambda_task_has_timeout_retry_and_catch(asl: dict[str, Any]) -> N
             if name == "WaitForCopySlot":  # a copy waits up to 4 hours for its slot, whatever the request says
                 assert task["TimeoutSeconds"] == COPY_SLOT_MAX_WAIT_SECONDS == 4 * 3600
             else:
-                bound = "$.generalize_max_wait_seconds" if name == "WaitForGeneralize" else "$.max_wait_seconds"
+                bound = {
+                    "WaitForGeneralize": "$.generalize_max_wait_seconds",
+                    "WaitForApproval": "$.approval_timeout_seconds",
+                }.get(name, "$.max_wait_seconds")
                 assert task["TimeoutSecondsPath"] == bound, name
             assert task["Catch"][0]["ErrorEquals"] == ["States.Timeout"], name
         else:
@@ -378,6 +381,7 @@ def test_waits_are_bounded(asl: dict[str, Any]) -> None:
         assert check["Type"] == "Task" and "max_polls.$" in check["Parameters"]["Payload"], name
     callbacks = sorted(name for name, state in states.items() if state.get("Resource") == CALLBACK)
     assert callbacks == [
+        "WaitForApproval",
         "WaitForCleanup",
         "WaitForCopy",
         "WaitForCopySlot",

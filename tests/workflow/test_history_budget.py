@@ -20,8 +20,9 @@ HISTORY_QUOTA = 25_000
 EVENTS_PER_CHECK = (
     9  # the Wait's entered/exited, the check task's 5 (entered, scheduled, started, succeeded, exited), the Choice's 2
 )
-FIXED_EVENTS = 60  # what every run writes once: resolve, clean-up, prepare, seed, clone, generalize, image, finalize
-FIXED_EVENTS_PER_REGION = 40  # a Region's item: copy, launch check, share, protect, publish, the Map's own
+FIXED_EVENTS = 66  # what every run writes once: resolve, clean-up, prepare, seed, clone, generalize, image,
+# the approval choice, the two Maps' own, finalize
+FIXED_EVENTS_PER_REGION = 46  # a Region's two items: copy and launch check; then share, protect, publish
 EVENTS_PER_SLOT_WAIT = 3  # a copy's attempt while EC2's own copy quota is full: scheduled, started, failed
 EVENTS_PER_EVENT_WAIT = 6  # entered, scheduled, started, submitted, succeeded, exited: however long AWS takes
 RETRY_MARGIN = 1_000  # what the worst case leaves for retries (3 events each) and what the model misses
@@ -29,8 +30,8 @@ RETRY_MARGIN = 1_000  # what the worst case leaves for retries (3 events each) a
 
 def history_bound(checks: int, regions: int, slot_waits: int = 0) -> int:
     # The seed, the image, a copy slot and a copy in each Region (the source's when encrypting), the
-    # clean-up command, and the stop or generalizing (a run has one of them).
-    event_waits = 2 + 2 * regions + 2
+    # clean-up command, the stop or generalizing (a run has one of them), and the approval.
+    event_waits = 2 + 2 * regions + 2 + 1
     return (
         FIXED_EVENTS
         + FIXED_EVENTS_PER_REGION * regions

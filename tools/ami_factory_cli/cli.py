@@ -337,6 +337,49 @@ def redistribution_request(described: DescribeExecutionOutputTypeDef) -> dict[st
     }
 
 
+def approval_token(sfn: SFNClient, execution_arn: str) -> str:
+    """The task token of the run's approval wait, from its history (the AwaitApproval task's input).
+    Raises ValueError (what to do instead) when the run is not waiting for approval."""
+    described = sfn.describe_execution(executionArn=execution_arn)
+    if described["status"] != "RUNNING":
+        raise ValueError(f"execution {described['name']} is {described['status']}: there is nothing to approve")
+    scheduled = [
+        json.loads(event["taskScheduledEventDetails"]["parameters"])
+        for page in sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn, reverseOrder=True)
+        for event in page["events"]
+        if event["type"] == "TaskScheduled"
+    ]
+    for parameters in scheduled:
+        if "AwaitApproval" in str(parameters.get("FunctionName", "")):
+            return str(parameters["Payload"]["task_token"])
+    raise ValueError(
+        f"execution {described['name']} is not waiting for approval (yet): its request has no approval, or its "
+        f"images are still being copied; try again when the topic says they wait"
+    )
+
+
+def answer(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """approve: the run shares and publishes its images; reject: they are removed as on a failure."""
+    session = boto3.session.Session(region_name=args.region or args.execution_arn.split(":")[3])
+    sfn = session.client("stepfunctions", endpoint_url=args.endpoint_url)
+    try:
+        token = approval_token(sfn, args.execution_arn)
+    except ValueError as error:
+        print(f"cannot {args.command}: {error}", file=out)
+        return 1
+    try:
+        if args.command == "approve":
+            sfn.send_task_success(taskToken=token, output=json.dumps({"approved": True}))
+        else:
+            reason = args.reason or "rejected with ami_factory_cli reject"
+            sfn.send_task_failure(taskToken=token, error="ApprovalRejectedError", cause=reason[:256])
+    except sfn.exceptions.TaskTimedOut:
+        print(f"cannot {args.command}: the approval wait is over (timed out, or already answered)", file=out)
+        return 1
+    print(f"{args.command}d {args.execution_arn}", file=out)
+    return 0
+
+
 def redrive(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     session = boto3.session.Session(region_name=args.region or args.execution_arn.split(":")[3])
     sfn = session.client("stepfunctions", endpoint_url=args.endpoint_url)
@@ -438,6 +481,13 @@ def parser() -> argparse.ArgumentParser:
     again.add_argument("--no-follow", dest="follow", action="store_false", help="start and return")
     again.add_argument("--poll-seconds", type=float, default=5.0)
     again.add_argument("--prices", help="JSON price overrides (see src/ami_factory/pricing.py)")
+    for verb, what in (("approve", "share and publish"), ("reject", "remove")):
+        decide = commands.add_parser(verb, help=f"{what} the images of a run that waits for approval")
+        decide.add_argument("execution_arn", help="the run's execution ARN (the approval notification names it)")
+        decide.add_argument("--region", help="the stack's Region (default: the ARN's)")
+        decide.add_argument("--endpoint-url", help="e.g. http://127.0.0.1:5005 for the local emulator")
+        if verb == "reject":
+            decide.add_argument("--reason", help="why, for the run's error (up to 256 characters)")
     cost = commands.add_parser("estimate", help="what existing images cost to keep")
     which = cost.add_mutually_exclusive_group(required=True)
     which.add_argument("--instance-id", help="every image AMI Factory made of this instance")
@@ -451,5 +501,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    commands: dict[str, Callable[[argparse.Namespace], int]] = {"estimate": estimate, "redrive": redrive, "run": run}
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "approve": answer,
+        "estimate": estimate,
+        "redrive": redrive,
+        "reject": answer,
+        "run": run,
+    }
     return commands[args.command](args)

@@ -1,0 +1,53 @@
+"""Approval before anyone gets the images: the run's ``.waitForTaskToken`` wait after Distribute,
+answered by a person (``ami_factory_cli approve|reject EXECUTION``: SendTaskSuccess, or
+SendTaskFailure with ``ApprovalRejectedError``) or ended by the deployment's ApprovalTimeoutHours."""
+
+from __future__ import annotations
+
+import json
+
+from botocore.exceptions import ClientError
+
+from .aws import Notifications, StepFunctions
+from .closing import EVENT_SOURCE
+from .contracts import ApprovalRequested, AwaitApprovalInput
+from .errors import AmiFactoryError, ThrottledError
+from .observability import logger
+from .settings import load_settings
+
+APPROVAL_REQUESTED = "AMI Factory Approval Requested"
+
+
+def await_approval(event: AwaitApprovalInput) -> ApprovalRequested:
+    """Tell the topic (people) and the bus (automation) which images wait and how to answer. A run
+    whose every Region failed has nothing to approve: its wait ends at once."""
+    settings = load_settings()
+    waiting = [f"{r.region}: {r.image.image_id}" for r in event.images if r.status == "COPIED" and r.image]
+    if not waiting:
+        StepFunctions(settings.region).end_task(event.task_token, output=json.dumps({"approved": "nothing to approve"}))
+        return ApprovalRequested(waiting=[], message="no Region has an image to approve")
+    cli = "PYTHONPATH=src:tools python -m ami_factory_cli"
+    message = "\n".join(
+        [
+            f"Run {event.run_id} waits for approval before its images are shared or published:",
+            *(f"  {line}" for line in waiting),
+            "",
+            f"Approve: {cli} approve {event.execution_arn}",
+            f"Reject:  {cli} reject {event.execution_arn} --reason '...'",
+            f"Unanswered for {settings.approval_timeout_seconds // 3600} hours (ApprovalTimeoutHours), the images "
+            f"are removed.",
+        ]
+    )
+    detail = json.dumps({"run_id": event.run_id, "execution_arn": event.execution_arn, "waiting": waiting})
+    try:
+        notifications = Notifications(settings.region)
+        if settings.notification_topic_arn:
+            notifications.publish(
+                settings.notification_topic_arn, f"AMI Factory: run {event.run_id} awaits approval", message
+            )
+        notifications.put_event(settings.event_bus_name, EVENT_SOURCE, APPROVAL_REQUESTED, detail, [])
+    except ThrottledError:
+        raise  # the state machine retries the step with backoff
+    except (ClientError, AmiFactoryError) as error:  # the run still waits: the CLI finds it by its history
+        logger.error("could not ask for approval: %s", error)
+    return ApprovalRequested(waiting=waiting, message=message)

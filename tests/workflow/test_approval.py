@@ -1,0 +1,95 @@
+"""Approval before anyone gets the images: a run with approval copies and checks, tells the topic
+which images wait and how to answer, shares and publishes nothing until a person approves; rejected
+or unanswered, its images are removed and the instance is as it was."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+from ami_factory_cli import cli
+from ami_factory_local import Emulator
+from ami_factory_local.emulator import ACCOUNT_ID
+from tests.helpers import all_instances, run_images, sample
+
+REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2")
+
+
+def execution(emu: Emulator, name: str) -> str:
+    return f"{emu.state_machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
+
+
+def answered_when_asked(emu: Emulator, name: str, *argv: str) -> io.StringIO:
+    """The person answers with the CLI when the topic asks (right after AwaitApproval publishes)."""
+    said = io.StringIO()
+
+    def person() -> None:
+        args = cli.parser().parse_args([*argv, execution(emu, name)])
+        assert cli.answer(args, said) == 0, said.getvalue()
+
+    emu.world.after_call("Publish", person)
+    return said
+
+
+def shared(emu: Emulator) -> list[str]:
+    return [r.params["ImageId"] for r in emu.world.sent("ModifyImageAttribute") if "LaunchPermission" in r.params]
+
+
+def test_nothing_is_shared_or_published_until_a_person_approves(emu: Emulator) -> None:
+    instance_id = emu.launch_instance(name="web")
+    said = answered_when_asked(emu, "approved", "approve")
+    published_before: list[str] = []
+    emu.world.after_call("Publish", lambda: published_before.extend(shared(emu)))
+
+    result = emu.run(sample("request-basic.json", instance_id=instance_id, approval=True), name="approved")
+
+    assert result.output["status"] == "SUCCEEDED", result.cause
+    assert said.getvalue().startswith("approved arn:aws:states:us-east-1:")
+    assert published_before == [], "no launch permission before the approval"
+    (asked,) = [r.params for r in emu.world.sent("Publish") if "awaits approval" in r.params.get("Subject", "")]
+    for region in REGIONS:
+        (image,) = run_images(emu, region, "approved")
+        assert f"{region}: {image['ImageId']}" in asked["Message"]
+        assert image["ImageId"] in shared(emu)
+    assert f"ami_factory_cli approve {execution(emu, 'approved')}" in asked["Message"]
+    assert f"ami_factory_cli reject {execution(emu, 'approved')}" in asked["Message"]
+
+
+def test_a_rejected_run_removes_its_images_and_leaves_the_instance_running(emu: Emulator) -> None:
+    instance_id = emu.launch_instance(name="web")
+    answered_when_asked(emu, "rejected", "reject", "--reason", "CVE-2026-1234 not patched")
+
+    result = emu.run(sample("request-basic.json", instance_id=instance_id, approval=True), name="rejected")
+
+    assert result.status == "FAILED" and result.error == "ApprovalRejectedError", result.cause
+    assert "CVE-2026-1234 not patched" in result.cause_message
+    for region in REGIONS:
+        assert run_images(emu, region, "rejected") == [], region
+    assert shared(emu) == []
+    (found,) = [i for i in all_instances(emu) if i["InstanceId"] == instance_id]
+    assert found["State"]["Name"] == "running"
+    assert not emu.client("ssm").get_parameters(Names=["/ami-factory/web/latest"])["Parameters"]
+
+
+def test_an_unanswered_run_times_out_and_removes_its_images(make_emulator: Callable[..., Emulator]) -> None:
+    emu = make_emulator(ApprovalTimeoutHours="2")
+    instance_id = emu.launch_instance(name="web")
+    started = emu.clock.now()
+
+    result = emu.run(sample("request-basic.json", instance_id=instance_id, approval=True), name="unanswered")
+
+    assert result.status == "FAILED" and result.error == "WaitTimeoutError", result.cause
+    assert "no one approved run unanswered within ApprovalTimeoutHours (7200 s)" in result.cause_message
+    assert emu.clock.now() - started >= 7200
+    for region in REGIONS:
+        assert run_images(emu, region, "unanswered") == [], region
+    assert shared(emu) == []
+
+
+def test_the_cli_refuses_to_answer_a_run_that_does_not_wait(emu: Emulator) -> None:
+    instance_id = emu.launch_instance(name="web")
+    emu.run(sample("request-basic.json", instance_id=instance_id), name="plain")
+    out = io.StringIO()
+    assert cli.answer(cli.parser().parse_args(["approve", execution(emu, "plain")]), out) == 1
+    assert "execution plain is SUCCEEDED: there is nothing to approve" in out.getvalue()
+    assert ACCOUNT_ID in execution(emu, "plain")
