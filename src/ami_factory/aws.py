@@ -7,7 +7,7 @@ transient ones and report the rest by name.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -23,11 +23,14 @@ from .errors import (
     InvalidRequestError,
     ThrottledError,
 )
-from .request import ShareTargets
+from .request import ShareTargets, VolumeChange
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.literals import InstanceTypeType, ResourceTypeType
     from mypy_boto3_ec2.type_defs import (
+        BlockDeviceMappingTypeDef,
+        CreateImageRequestTypeDef,
+        EbsBlockDeviceTypeDef,
         FilterTypeDef,
         ImageTypeDef,
         InstanceTypeDef,
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
         RunInstancesRequestTypeDef,
         TagSpecificationTypeDef,
         TagTypeDef,
+        VolumeTypeDef,
     )
     from mypy_boto3_ssm.type_defs import InstanceInformationTypeDef
 
@@ -96,6 +100,27 @@ def _copy_quota_full_is_a_busy_slot(region: str) -> Iterator[None]:
 
 def tag_list(tags: Mapping[str, str]) -> list[TagTypeDef]:
     return [{"Key": key, "Value": value} for key, value in tags.items()]
+
+
+def encrypted_keys(volumes: Mapping[str, VolumeTypeDef]) -> dict[str, str]:
+    """The encrypted volumes and their keys: an image's snapshots use the same keys."""
+    return {v["VolumeId"]: str(v.get("KmsKeyId", "")) for v in volumes.values() if v.get("Encrypted")}
+
+
+def block_device_mapping(volume: VolumeChange) -> BlockDeviceMappingTypeDef:
+    """CreateImage's word for a volume change: NoDevice leaves it out; Ebs overrides what is given."""
+    if volume.exclude:
+        return {"DeviceName": volume.device_name, "NoDevice": ""}
+    ebs: EbsBlockDeviceTypeDef = {}
+    if volume.size_gib is not None:
+        ebs["VolumeSize"] = volume.size_gib
+    if volume.volume_type is not None:
+        ebs["VolumeType"] = volume.volume_type
+    if volume.iops is not None:
+        ebs["Iops"] = volume.iops
+    if volume.throughput is not None:
+        ebs["Throughput"] = volume.throughput
+    return {"DeviceName": volume.device_name, "Ebs": ebs}
 
 
 def tags_of(resource: ImageTypeDef | InstanceTypeDef) -> dict[str, str]:
@@ -299,16 +324,25 @@ class Ec2:
         return images[0]
 
     def create_image(
-        self, instance_id: str, name: str, description: str, no_reboot: bool, tags: Mapping[str, str]
+        self,
+        instance_id: str,
+        name: str,
+        description: str,
+        no_reboot: bool,
+        tags: Mapping[str, str],
+        volumes: Sequence[VolumeChange] = (),
     ) -> str:
+        request: CreateImageRequestTypeDef = {
+            "InstanceId": instance_id,
+            "Name": name,
+            "Description": description,
+            "NoReboot": no_reboot,
+            "TagSpecifications": tag_specifications(tags),
+        }
+        if volumes:
+            request["BlockDeviceMappings"] = [block_device_mapping(volume) for volume in volumes]
         with translated_errors("CreateImage"):
-            response = self._ec2.create_image(
-                InstanceId=instance_id,
-                Name=name,
-                Description=description,
-                NoReboot=no_reboot,
-                TagSpecifications=tag_specifications(tags),
-            )
+            response = self._ec2.create_image(**request)
         return str(response["ImageId"])
 
     def launch_template_default_version(self, launch_template_id: str) -> int:
@@ -423,14 +457,23 @@ class Ec2:
             filters: list[FilterTypeDef] = [{"Name": "is-public", "Values": ["true"]}]
             return len(self._ec2.describe_images(Owners=["self"], Filters=filters)["Images"])
 
-    def encrypted_volumes(self, instance: InstanceTypeDef) -> dict[str, str]:
-        """The instance's encrypted EBS volumes and their keys: its image's snapshots will use the same keys."""
-        volume_ids = [m["Ebs"]["VolumeId"] for m in instance.get("BlockDeviceMappings", []) if "Ebs" in m]
-        if not volume_ids:
+    def volumes_by_device(self, instance: InstanceTypeDef) -> dict[str, VolumeTypeDef]:
+        """The instance's EBS volumes, by the device name it has them at (one DescribeVolumes)."""
+        devices = {m["Ebs"]["VolumeId"]: m["DeviceName"] for m in instance.get("BlockDeviceMappings", []) if "Ebs" in m}
+        if not devices:
             return {}
         with translated_errors("DescribeVolumes"):
-            volumes = self._ec2.describe_volumes(VolumeIds=volume_ids)["Volumes"]
-        return {volume["VolumeId"]: str(volume.get("KmsKeyId", "")) for volume in volumes if volume.get("Encrypted")}
+            volumes = self._ec2.describe_volumes(VolumeIds=list(devices))["Volumes"]
+        return {devices[volume["VolumeId"]]: volume for volume in volumes if volume["VolumeId"] in devices}
+
+    def encrypted_snapshots(self, image_id: str) -> dict[str, str]:
+        """The image's encrypted snapshots and their keys: its copies are encrypted as they are."""
+        snapshot_ids = snapshots_of(self.describe_image(image_id))
+        if not snapshot_ids:
+            return {}
+        with translated_errors("DescribeSnapshots"):
+            snapshots = self._ec2.describe_snapshots(SnapshotIds=snapshot_ids)["Snapshots"]
+        return {s["SnapshotId"]: str(s.get("KmsKeyId", "")) for s in snapshots if s.get("Encrypted")}
 
     def enable_deprecation(self, image_id: str, deprecate_at: str) -> None:
         with translated_errors("EnableImageDeprecation"):

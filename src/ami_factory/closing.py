@@ -335,7 +335,8 @@ def end_ended_run(run_id: str, error: str, cause: str | None) -> Summary | None:
         else cause or "the run's execution ended before it could clean up after itself",
     )
     if not run.ended:
-        summary.left_over += tag_result(run, status, delivered.get(run.region), summary.error, ending.instance_tags)
+        if not run.distributing:  # a run that distributes an existing image never touches the instance
+            summary.left_over += tag_result(run, status, delivered.get(run.region), summary.error, ending.instance_tags)
         metrics.add_metric(name="RunsEndedByJanitor", unit=MetricUnit.Count, value=1)
         summary = announced(summary, run.region)
     ledger.ended(run_id)

@@ -20,6 +20,7 @@ from .request import (
     ProtectionOptions,
     RetentionOptions,
     ShareTargets,
+    VolumeChange,
     WindowsOptions,
 )
 
@@ -104,6 +105,7 @@ class Plan(Contract):
     launch_templates: list[LaunchTemplateTarget] = Field(default_factory=list)
     approval: bool = False
     approval_timeout_seconds: int = 72 * 3600
+    volumes: list[VolumeChange] = Field(default_factory=list)
 
 
 class Polled(Contract):

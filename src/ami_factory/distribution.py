@@ -34,10 +34,10 @@ from .errors import (
     NotMadeByRunError,
     ThrottledError,
 )
-from .ledger import FamilyImage, FamilyOwner, Ledger, Made, TemplateVersion
+from .ledger import FamilyOwner, Ledger, Made, TemplateVersion
 from .observability import logger
 from .request import LaunchTemplateTarget
-from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX, check_launch_templates, check_share_targets
+from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX, check_launch_templates, check_share_targets, utc_instant
 from .settings import load_settings
 from .steps import client_token, counted, family_refusal, give_up_after, require_made
 
@@ -230,11 +230,19 @@ def publish_parameter(event: PublishParameterInput) -> PublishParameterOutput:
     owner = ledger.claim_family(event.family, asking, adopt=event.adopt_family)
     if owner is not None:
         raise family_refusal(event.family, owner, asking)
-    if event.source_run_id and (later := _delivered_after(event.family, region, event.source_run_id, ledger)):
+    # Forward only: the image's own run (an earlier run's, when distributing its image) against the run
+    # of the image latest names here, recorded by every publish (a concurrent run's included).
+    origin_run = ledger.run(event.source_run_id or event.run_id)
+    origin = utc_instant(origin_run.started) if origin_run else None
+    holder = (
+        ledger.claim_latest(event.family, region, origin, event.image.image_id, event.run_id)
+        if origin
+        else "an image of a run whose start the ledger does not know"
+    )
+    if holder:
         note = (
-            f"latest stays on {later.image_id}, which run {later.run_id} delivered in {region} after run "
-            f"{event.source_run_id} made this image, and so do the launch templates: an older image never "
-            f"replaces a newer one"
+            f"latest and the launch templates stay on {holder} in {region}: this image's run "
+            f"{event.source_run_id or event.run_id} started before it, and an older image never replaces a newer one"
         )
         logger.warning(note)
         return PublishParameterOutput(parameter_name=event.parameter_name, note=note)
@@ -275,16 +283,3 @@ def new_template_version(
     if target.set_default:
         ec2.set_launch_template_default(template_id, number)
     return LaunchTemplateVersionRef(launch_template_id=template_id, version=number, default=target.set_default)
-
-
-def _delivered_after(family: str, region: str, source_run_id: str, ledger: Ledger) -> FamilyImage | None:
-    """An image of the family still in ``region`` that a run started after ``source_run_id`` delivered
-    (distributing an older image again must not move latest back from it)."""
-    source = ledger.run(source_run_id)
-    if source is None or not source.started:
-        return None
-    for image in ledger.family_images_in(family, region):
-        run = None if image.removed else ledger.run(image.run_id)
-        if run is not None and run.started > source.started:
-            return image
-    return None

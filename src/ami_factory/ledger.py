@@ -169,6 +169,7 @@ class RunRecord:
     region: str
     image_name: str
     started: str = ""  # the execution's start time: a later execution of the same name is another run
+    distributing: bool = False  # an existing image (source_image_id): its ending never touches the instance
     ended: bool = False  # its own Finalize or HandleFailure ran (or the janitor ended it)
     delivered: tuple[tuple[str, str], ...] = ()  # (Region, image) Finalize kept; set before it removes anything
     finalizing: bool = False
@@ -238,6 +239,7 @@ class Ledger:
                 "region": record.region,
                 "image_name": record.image_name,
                 "started": record.started,
+                "distributing": "true" if record.distributing else "false",
                 "ended": "false",
                 "finalizing": "false",
                 "delivered": "",
@@ -257,6 +259,7 @@ class Ledger:
             region=item["region"],
             image_name=item["image_name"],
             started=item.get("started", ""),
+            distributing=item.get("distributing") == "true",
             ended=item["ended"] == "true",
             finalizing=item["finalizing"] == "true",
             status=item.get("status", ""),
@@ -450,9 +453,21 @@ class Ledger:
         item = self._get(f"family#{family}", f"image#{region}#{image_id}")
         return _family_image(item) if item else None
 
-    def family_images_in(self, family: str, region: str) -> list[FamilyImage]:
-        """The family's images in ``region`` the ledger records, removed ones included."""
-        return [_family_image(item) for item in self._query(f"family#{family}", f"image#{region}#")]
+    def claim_latest(self, family: str, region: str, origin: str, image_id: str, run_id: str) -> str | None:
+        """``latest`` of the family in ``region`` moves only forward: to an image whose run (``origin``,
+        its start, ISO 8601 UTC to the microsecond) started no earlier than the run of the image it
+        names. None when claimed; else the image that holds it, from a later run."""
+        claimed = self._update_if(
+            f"family#{family}",
+            f"latest#{region}",
+            "SET origin_started = :origin, image_id = :image, run_id = :run",
+            "attribute_not_exists(pk) OR origin_started <= :origin",
+            _encode({":origin": origin, ":image": image_id, ":run": run_id}),
+        )
+        if claimed:
+            return None
+        holder = self._get(f"family#{family}", f"latest#{region}")
+        return f"{holder['image_id']} (run {holder['run_id']}, started {holder['origin_started']})" if holder else "?"
 
     def family_image_removed(self, image: FamilyImage) -> None:
         self._set(f"family#{image.family}", f"image#{image.region}#{image.image_id}", {"removed": "true"})

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import TYPE_CHECKING
 
-from .aws import Ec2, Kms, Ssm, tags_of
+from .aws import Ec2, Kms, Ssm, encrypted_keys, tags_of
 from .contracts import Plan, Platform, RegionTarget, ResolveRequestInput
 from .errors import (
     EncryptionKeyError,
@@ -45,7 +45,7 @@ from .settings import Settings, load_settings
 from .steps import check_family, hold_instance
 
 if TYPE_CHECKING:
-    from mypy_boto3_ec2.type_defs import InstanceTypeDef
+    from mypy_boto3_ec2.type_defs import InstanceTypeDef, VolumeTypeDef
 
 EncryptedVolumes = Callable[[], dict[str, str]]  # the instance's encrypted volumes and their keys, described once
 
@@ -68,7 +68,21 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         _require_imageable(request.instance_id, instance)
     state = instance["State"]["Name"]
     platform: Platform = "windows" if str(instance.get("Platform", "")).lower() == "windows" else "linux"
-    volumes = cache(lambda: Ec2(region).encrypted_volumes(instance))  # one DescribeVolumes, if any check needs it
+    family = family_name(request, tags_of(instance))
+    asking = FamilyOwner(
+        account=account_of(event.state_machine_arn),
+        region=region,
+        instance_id=request.instance_id,
+        name=family_asked_as(request, tags_of(instance)),
+        run_id=event.run_id,
+    )
+    check_family(family, asking, request.adopt_family)
+    source = _require_delivered_image(request.source_image_id, family, region) if request.source_image_id else None
+    described = cache(lambda: Ec2(region).volumes_by_device(instance))  # one DescribeVolumes, if any check needs it
+    # What is copied is encrypted as its snapshots are: the instance's volumes, or the delivered image's.
+    volumes = cache(lambda: Ec2(region).encrypted_snapshots(source.image_id) if source else encrypted_keys(described()))
+    if request.volumes:
+        _require_possible_volume_changes(request, instance, described())
     if request.share.public:
         _require_public_sharing_possible(regions, volumes, request.encrypt)
     _require_listed_source_keys(request, volumes, regions, settings)
@@ -87,16 +101,6 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         )
     for template in request.launch_templates:  # exists, before anything changes
         Ec2(template.region).launch_template_default_version(template.launch_template_id)
-    family = family_name(request, tags_of(instance))
-    asking = FamilyOwner(
-        account=account_of(event.state_machine_arn),
-        region=region,
-        instance_id=request.instance_id,
-        name=family_asked_as(request, tags_of(instance)),
-        run_id=event.run_id,
-    )
-    check_family(family, asking, request.adopt_family)
-    source = _require_delivered_image(request.source_image_id, family, region) if request.source_image_id else None
     _require_new_run_name(event.run_id, event.execution_started_at)
     if not distributing:  # last: a run that holds the instance has passed every check
         hold_instance(
@@ -110,6 +114,7 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         region=region,
         image_name=name,
         started=event.execution_started_at,
+        distributing=distributing,
     )
     if Ledger().open_run(record).started != record.started:  # another execution of the name, just now
         _require_new_run_name(event.run_id, event.execution_started_at)
@@ -155,6 +160,7 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         launch_templates=request.launch_templates,
         approval=request.approval,
         approval_timeout_seconds=settings.approval_timeout_seconds,
+        volumes=request.volumes,
         source_image_id=source.image_id if source else None,
         source_run_id=source.run_id if source else None,
     )
@@ -171,6 +177,41 @@ def _require_imageable(instance_id: str, instance: InstanceTypeDef) -> None:
         raise UnsupportedInstanceError(
             f"instance {instance_id} is {state}; only running or stopped instances can be imaged"
         )
+
+
+THROUGHPUT_TYPES = ("gp3",)
+IOPS_TYPES = ("gp3", "io1", "io2")
+
+
+def _require_possible_volume_changes(
+    request: ImagingRequest, instance: InstanceTypeDef, volumes: dict[str, VolumeTypeDef]
+) -> None:
+    """What EC2 would refuse at CreateImage (after the instance stopped), refused here by name: a device
+    the instance does not have, the root left out, a volume shrunk, IOPS or throughput its type does
+    not take."""
+    root = instance.get("RootDeviceName")
+    for change in request.volumes:
+        device = change.device_name
+        volume = volumes.get(device)
+        if volume is None:
+            raise InvalidRequestError(
+                f"volumes: instance {request.instance_id} has no EBS volume at {device} (it has {sorted(volumes)}): "
+                f"use one of those device names"
+            )
+        if change.exclude and device == root:
+            raise InvalidRequestError(
+                f"volumes: {device} is instance {request.instance_id}'s root volume, which an image cannot leave out"
+            )
+        if change.size_gib is not None and change.size_gib < volume["Size"]:
+            raise InvalidRequestError(
+                f"volumes: {device} is {volume['Size']} GiB and EC2 cannot shrink a volume below its snapshot: "
+                f"size_gib must be at least {volume['Size']} (or leave size_gib out)"
+            )
+        kind = change.volume_type or volume.get("VolumeType", "")
+        if change.throughput is not None and kind not in THROUGHPUT_TYPES:
+            raise InvalidRequestError(f"volumes: {device} would be {kind}, which takes no throughput (gp3 does)")
+        if change.iops is not None and kind not in IOPS_TYPES:
+            raise InvalidRequestError(f"volumes: {device} would be {kind}, which takes no iops (gp3, io1, io2 do)")
 
 
 def _require_delivered_image(image_id: str, family: str, region: str) -> FamilyImage:

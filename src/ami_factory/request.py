@@ -158,6 +158,38 @@ class CloneOptions(BaseModel):
     )
 
 
+VolumeType = Literal["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"]
+DEVICE_NAME = r"^(/dev/[a-z0-9]{2,12}|xvd[a-z]{1,2})$"
+
+
+class VolumeChange(BaseModel):
+    """How one of the instance's volumes goes into the image (CreateImage's block device mapping)."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    device_name: Annotated[str, StringConstraints(pattern=DEVICE_NAME)] = Field(
+        description="the device as the instance has it (/dev/sdf, /dev/xvdb, xvdf)"
+    )
+    exclude: bool = Field(False, description="leave this data volume out of the image (never the root volume)")
+    size_gib: Annotated[int, Field(ge=1, le=65536)] | None = Field(None, description="grow it (never shrink)")
+    volume_type: VolumeType | None = Field(None, description="the image's volume type for it")
+    iops: Annotated[int, Field(ge=100, le=256000)] | None = Field(None, description="gp3, io1, io2 only")
+    throughput: Annotated[int, Field(ge=125, le=2000)] | None = Field(None, description="MiB/s, gp3 only")
+
+    @model_validator(mode="after")
+    def _one_kind_of_change(self) -> VolumeChange:
+        changes = [
+            name for name in ("size_gib", "volume_type", "iops", "throughput") if getattr(self, name) is not None
+        ]
+        if self.exclude and changes:
+            raise ValueError(f"{self.device_name}: a volume left out (exclude) takes no {changes}; drop them")
+        if not self.exclude and not changes:
+            raise ValueError(f"{self.device_name}: say what changes (exclude, size_gib, volume_type, iops, throughput)")
+        if self.volume_type in ("io1", "io2") and self.iops is None:
+            raise ValueError(f"{self.device_name}: volume_type {self.volume_type} needs iops")
+        return self
+
+
 class LaunchTemplateTarget(BaseModel):
     """A launch template in one of the run's Regions that gets a new version with that Region's image."""
 
@@ -232,6 +264,13 @@ class ImagingRequest(BaseModel):
     )
     protection: ProtectionOptions = Field(
         default_factory=ProtectionOptions, description="deprecation and deregistration protection"
+    )
+    volumes: list[VolumeChange] = Field(
+        default_factory=list,
+        max_length=40,
+        description="how the instance's volumes go into the image: leave a data volume out, grow one, change its "
+        "type, IOPS or throughput (checked against the instance before anything changes: unknown devices, "
+        "shrinking, the root left out and settings its type does not take are refused by name)",
     )
     approval: bool = Field(
         False,
@@ -347,6 +386,15 @@ class ImagingRequest(BaseModel):
                     raise ValueError(f"tag {key!r} {error}") from None
         return tags
 
+    @field_validator("volumes")
+    @classmethod
+    def _each_volume_once(cls, volumes: list[VolumeChange]) -> list[VolumeChange]:
+        names = [volume.device_name for volume in volumes]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"devices {twice} are listed more than once: one entry per device")
+        return volumes
+
     @field_validator("launch_templates")
     @classmethod
     def _each_template_once(cls, templates: list[LaunchTemplateTarget]) -> list[LaunchTemplateTarget]:
@@ -368,6 +416,7 @@ class ImagingRequest(BaseModel):
                 ("cleanup", not info.data.get("cleanup")),
                 ("windows", info.data.get("windows", WindowsOptions()) == WindowsOptions()),
                 ("clone", info.data.get("clone", CloneOptions()) == CloneOptions()),
+                ("volumes", not info.data.get("volumes")),
             )
             if not unchanged
         ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from functools import cache
 from typing import Any
@@ -206,6 +207,18 @@ def check_launch_templates(
             f"launch templates {elsewhere} are in Regions this run does not distribute to: add their Regions to "
             f"regions, or drop them"
         )
+
+
+def utc_instant(text: str) -> str | None:
+    """An ISO 8601 time as one fixed-width UTC string (``2026-11-29T07:00:00.123000Z``), which orders as
+    time does; None when there is none or it is not a time."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def execution_arn(state_machine_arn: str, run_id: str) -> str:

@@ -5,7 +5,7 @@ never from one another."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeVar
 
@@ -24,6 +24,7 @@ from .errors import (
 from .ledger import FamilyOwner, Holder, Ledger, Made, Role
 from .observability import logger
 from .polling import wait_after
+from .request import VolumeChange
 from .rules import CREATE_TOKEN_TAG
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ def create_image_once(
     no_reboot: bool,
     tags: dict[str, str],
     made_for: tuple[str, Role],
+    volumes: Sequence[VolumeChange] = (),
 ) -> ImageRef:
     """CreateImage has no ClientToken, so the run makes one: a secret token, kept in the ledger before
     the first attempt and put on the image as a tag. The first attempt looks nothing up; a retried one
@@ -100,7 +102,9 @@ def create_image_once(
     else:
         try:
             image = ImageRef(
-                region=region, image_id=ec2.create_image(instance_id, name, description, no_reboot, tags), fresh=True
+                region=region,
+                image_id=ec2.create_image(instance_id, name, description, no_reboot, tags, volumes),
+                fresh=True,
             )
         except ClientError as error:
             if error_code(error) != "InvalidAMIName.Duplicate":

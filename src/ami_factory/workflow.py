@@ -83,6 +83,7 @@ def create_image(event: CreateImageInput) -> ImageRef:
         no_reboot,
         tags,
         made_for=(event.run_id, "capture" if event.encrypt else "image"),
+        volumes=event.volumes,
     )
 
 

@@ -314,10 +314,10 @@ def test_snapshot_permissions_name_the_accounts_and_all_only_when_public(
 def test_encrypted_volumes_are_read_with_their_keys_and_an_instance_without_volumes_asks_nothing(
     stubbed_ec2: Any,
 ) -> None:
-    from ami_factory.aws import Ec2
+    from ami_factory.aws import Ec2, encrypted_keys
 
     ec2 = Ec2("us-east-1")
-    assert ec2.encrypted_volumes({"InstanceId": "i-1"}) == {}
+    assert encrypted_keys(ec2.volumes_by_device({"InstanceId": "i-1"})) == {}
     stubbed_ec2.add_response(
         "describe_volumes",
         {
@@ -332,7 +332,7 @@ def test_encrypted_volumes_are_read_with_their_keys_and_an_instance_without_volu
     mappings = [{"DeviceName": f"/dev/xvd{n}", "Ebs": {"VolumeId": f"vol-{n}"}} for n in (1, 2, 3)]
     instance: Any = {"InstanceId": "i-1", "BlockDeviceMappings": [*mappings, {"DeviceName": "/dev/sdb"}]}
     # An encrypted volume EC2 names no key for uses the Region's default key: the empty id says so.
-    assert ec2.encrypted_volumes(instance) == {"vol-1": "arn:aws:kms:us-east-1:1:key/k", "vol-2": ""}
+    assert encrypted_keys(ec2.volumes_by_device(instance)) == {"vol-1": "arn:aws:kms:us-east-1:1:key/k", "vol-2": ""}
 
 
 COMMAND_ID = "11111111-2222-3333-4444-555555555555"

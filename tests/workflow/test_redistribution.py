@@ -6,7 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 from ami_factory_local import Emulator
-from tests.helpers import instance_tags, launch_tagged, run_images, sample, tag_event
+from tests.helpers import (
+    ALLOWED_ACCOUNT,
+    create_keys,
+    encrypting_emulator,
+    instance_tags,
+    launch_tagged,
+    run_images,
+    sample,
+    tag_event,
+)
 
 FAMILY_PARAMETER = "/ami-factory/web/latest"
 
@@ -111,7 +120,7 @@ def test_an_older_image_distributed_again_never_moves_latest_back(emu: Emulator)
     assert result.output["status"] == "SUCCEEDED", result.cause
     (region,) = result.output["regions"]
     assert latest(emu, "ap-southeast-2") == newest
-    assert f"latest stays on {newest}, which run newer delivered" in region["parameter_note"]
+    assert f"latest and the launch templates stay on {newest} (run newer, started " in region["parameter_note"]
 
 
 def test_no_tag_can_make_a_run_distribute_an_image(emu: Emulator) -> None:
@@ -129,3 +138,66 @@ def test_no_tag_can_make_a_run_distribute_an_image(emu: Emulator) -> None:
         and "unknown tag(s) ['ami-factory:source-image-id']" in rejected["message"]
     )
     assert len(emu.world.sent("CopyImage")) == copies and not emu.world.sent("StopInstances", "us-east-1")[1:]
+
+
+def test_two_partial_runs_redriven_in_order_leave_latest_on_the_newer_image(emu: Emulator) -> None:
+    """latest moves by the start of the image's own run, not of the run that copied it."""
+    instance_id = emu.launch_instance(name="web")
+    older = image_in(partial_run(emu, instance_id, "older"), "us-east-1")
+    newer = image_in(partial_run(emu, instance_id, "newer"), "us-east-1")
+    again = {"instance_id": instance_id, "regions": ["ap-southeast-2"]}
+
+    first = emu.run({**again, "source_image_id": older}, name="older-again")
+    second = emu.run({**again, "source_image_id": newer}, name="newer-again")
+
+    assert first.output["status"] == second.output["status"] == "SUCCEEDED", (first.cause, second.cause)
+    (copy,) = run_images(emu, "ap-southeast-2", "newer-again")
+    assert latest(emu, "ap-southeast-2") == copy["ImageId"]
+    assert second.output["regions"][0]["parameter_note"] is None
+
+
+def test_an_ended_distribution_never_tags_the_instance_even_from_the_janitor(emu: Emulator) -> None:
+    instance_id = emu.launch_instance(name="web")
+    source = image_in(partial_run(emu, instance_id), "us-east-1")
+    tags_before = instance_tags(emu, instance_id)
+    emu.world.after_call(
+        "CopyImage",
+        lambda: emu.client("stepfunctions").stop_execution(
+            executionArn=f"{emu.state_machine_arn.replace(':stateMachine:', ':execution:')}:stopped"
+        ),
+    )
+
+    result = emu.run(
+        {"instance_id": instance_id, "regions": ["ap-southeast-2"], "source_image_id": source}, name="stopped"
+    )
+
+    assert result.status in ("ABORTED", "FAILED")
+    ended = [s for change in emu.status_changes for r in change["results"] for s in r["ended"]]
+    assert [s["run_id"] for s in ended] == ["stopped"], "the janitor ended the run"
+    assert run_images(emu, "ap-southeast-2", "stopped") == [], "its copy is removed"
+    assert instance_tags(emu, instance_id) == tags_before
+
+
+def test_a_delivered_images_encryption_is_judged_not_the_instances(make_emulator) -> None:
+    """An image made with encrypt has snapshots under the stack's key while the instance's volumes are
+    plain: distributing it to another Region without encrypt would copy it under that Region's
+    aws/ebs key, which the share targets cannot use."""
+    emu = encrypting_emulator(make_emulator)
+    create_keys(emu, [f"arn:aws:iam::{ALLOWED_ACCOUNT}:root"])
+    instance_id = emu.launch_instance(name="web")
+    emu.world.refuse("CopyImage", 1, region="ap-southeast-2")
+    partial = emu.run(sample("request-basic.json", instance_id=instance_id, encrypt=True), name="sealed")
+    assert partial.output["status"] == "PARTIAL", partial.cause
+    copies = len(emu.world.sent("CopyImage"))
+    request = {
+        "instance_id": instance_id,
+        "regions": ["ap-southeast-2"],
+        "share": {"accounts": [ALLOWED_ACCOUNT]},
+        "source_image_id": image_in(partial.output, "us-east-1"),
+    }
+
+    result = emu.run(request, name="unsealed")
+
+    assert result.status == "FAILED" and result.error == "EncryptionKeyError", result.cause
+    assert "set encrypt to true" in result.cause_message
+    assert len(emu.world.sent("CopyImage")) == copies

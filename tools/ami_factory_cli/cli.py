@@ -303,8 +303,9 @@ def start(
     return report(follow(sfn, execution_arn, out, args.poll_seconds), out, sfn, load_prices(args.prices))
 
 
-# What only imaging the instance uses: a run that distributes an existing image never touches it.
-INSTANCE_FIELDS = ("mode", "cleanup", "confirm_generalize_in_place", "windows", "clone")
+# What only imaging the instance uses (a run that distributes an existing image never touches it), and
+# adopt_family: redriving must never take a family back from an instance that adopted it since.
+NOT_REDRIVEN = ("mode", "cleanup", "confirm_generalize_in_place", "windows", "clone", "volumes", "adopt_family")
 
 
 def redistribution_request(described: DescribeExecutionOutputTypeDef) -> dict[str, Any]:
@@ -317,7 +318,7 @@ def redistribution_request(described: DescribeExecutionOutputTypeDef) -> dict[st
             f"execution {name} is {summary.get('status', status)}, not PARTIAL: only a run that delivered its image in "
             f"some Regions is redriven. Start a new run (ami_factory_cli run) to image the instance again"
         )
-    request = {key: value for key, value in json.loads(described["input"]).items() if key not in INSTANCE_FIELDS}
+    request = {key: value for key, value in json.loads(described["input"]).items() if key not in NOT_REDRIVEN}
     home = described["executionArn"].split(":")[3]
     delivered = [r["image_id"] for r in summary["regions"] if r["region"] == home and r["status"] == "AVAILABLE"]
     source = request.get("source_image_id") or next(iter(delivered), None)  # a redrive's own source, once more

@@ -256,6 +256,7 @@ class Emulator:
         region: str | None = None,
         encrypted: bool = False,
         kms_key_id: str | None = None,
+        data_volumes: dict[str, int] | None = None,
     ) -> str:
         """A small EBS-backed instance to image, launched from a base image the emulator registers
         (``encrypted``: its volume uses ``kms_key_id``, else the Region's aws/ebs key)."""
@@ -269,6 +270,11 @@ class Emulator:
         )
         key = {"KmsKeyId": kms_key_id} if kms_key_id else {}
         volumes = [{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8, "Encrypted": True, **key}}] if encrypted else []
+        if data_volumes:  # the root where moto says it is, then gp3 data volumes (device: GiB)
+            volumes = volumes or [{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 8}}]
+            volumes += [
+                {"DeviceName": d, "Ebs": {"VolumeSize": gib, "VolumeType": "gp3"}} for d, gib in data_volumes.items()
+            ]
         instance_id = ec2.run_instances(
             ImageId=base_image,
             MinCount=1,

@@ -57,6 +57,7 @@ from moto.core.exceptions import JsonRESTError
 from moto.core.responses import ActionResult, BaseResponse
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import ec2_backends
+from moto.ec2.models.amis import Ami
 from moto.ec2.responses.amis import AmisResponse
 from moto.events.models import EventPattern, events_backends
 from moto.events.utils import EventMessageType
@@ -67,6 +68,7 @@ from moto.ssm.models import ssm_backends
 
 from ami_factory.commands import GENERALIZE_COMMENT
 
+from . import block_devices
 from .authorization import IAM_ACTIONS, IAM_PREFIX, Authorizer, as_operator, current_principal, refusal_error
 from .authorization import Request as AuthorizationRequest
 from .clock import VirtualClock
@@ -406,6 +408,7 @@ class World:
     _launched_at: dict[str, float] = field(default_factory=dict)  # instance -> virtual launch time
     deprecations: dict[str, str] = field(default_factory=dict)  # image -> DeprecateAt (moto lacks the call)
     launch_templates: LaunchTemplates = field(default_factory=LaunchTemplates)
+    image_mappings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # images made with mappings
     protected: dict[str, bool] = field(default_factory=dict)  # image -> WithCooldown (moto lacks the call)
     image_references: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # image -> (type, ARN)
     _last_created: dict[str, datetime] = field(default_factory=dict)  # region -> newest image's CreationDate
@@ -919,8 +922,13 @@ class World:
         def create_image(response: AmisResponse) -> ActionResult:
             specs = response._get_param("TagSpecifications", [])
             name = response._get_param("Name")
+            mappings = response._get_param("BlockDeviceMappings", [])
             response.error_on_dryrun()
             world._refuse_duplicate_name(response, name)
+            if mappings and (
+                refused := block_devices.refusal(response.ec2_backend, response._get_param("InstanceId"), mappings)
+            ):
+                raise refused
             image = response.ec2_backend.create_image(
                 response._get_param("InstanceId"),
                 name,
@@ -929,6 +937,12 @@ class World:
             )
             world._apply_tags(image.ebs_snapshot, specs, "snapshot")
             world._encrypt_like_root(response.ec2_backend, image)
+            if mappings:
+                made = block_devices.created(response.ec2_backend, image.instance_id, image, mappings)
+                world.image_mappings[image.id] = made
+                for snapshot in block_devices.snapshots(response.ec2_backend, made):
+                    if snapshot is not image.ebs_snapshot:
+                        world._apply_tags(snapshot, specs, "snapshot")
             with world._lock:
                 world._new_image(response.region, image)
             return ActionResult({"ImageId": image.id})
@@ -950,9 +964,22 @@ class World:
             specs = response._get_param("TagSpecifications", [])
             world._apply_tags(image, specs, "image")
             world._apply_tags(image.ebs_snapshot, specs, "snapshot")
+            source_region, source_id = response._get_param("SourceRegion"), response._get_param("SourceImageId")
+            copied_snapshots = [image.ebs_snapshot]
+            if source_id in world.image_mappings:
+                source = ec2_backends[world.account_id][source_region].amis[source_id]
+                made = block_devices.copied(
+                    response.ec2_backend, source_region, image, source, world.image_mappings[source_id]
+                )
+                world.image_mappings[image.id] = made
+                copied_snapshots = block_devices.snapshots(response.ec2_backend, made)
+                for snapshot in copied_snapshots:
+                    if snapshot is not image.ebs_snapshot:
+                        world._apply_tags(snapshot, specs, "snapshot")
             if str(response._get_param("Encrypted", "")).lower() == "true":  # moto copies unencrypted
-                image.ebs_snapshot.encrypted = True
-                image.ebs_snapshot.kms_key_id = response._get_param("KmsKeyId")
+                for snapshot in copied_snapshots:
+                    snapshot.encrypted = True
+                    snapshot.kms_key_id = response._get_param("KmsKeyId")
             with world._lock:
                 if token:
                     world._copy_tokens[(response.region, token)] = image.id
@@ -965,6 +992,14 @@ class World:
             stack.enter_context(mock.patch.object(BaseResponse, "call_action", call_action))
             stack.enter_context(mock.patch.object(AmisResponse, "create_image", create_image))
             stack.enter_context(mock.patch.object(AmisResponse, "copy_image", copy_image))
+            original_mappings = Ami.block_device_mappings
+
+            def block_device_mappings(ami: Any) -> list[dict[str, Any]]:
+                """An image made with mappings is described with them (moto: one 15 GiB root)."""
+                made = world.image_mappings.get(ami.id)
+                return made if made is not None else cast(list[dict[str, Any]], original_mappings.fget(ami))  # type: ignore[attr-defined]
+
+            stack.enter_context(mock.patch.object(Ami, "block_device_mappings", property(block_device_mappings)))
             yield self
 
     def _refuse_duplicate_name(self, response: AmisResponse, name: str) -> None:

@@ -1,0 +1,74 @@
+"""Block device edits at CreateImage: leave a data volume out, grow one, change its type, IOPS or
+throughput; what EC2 would refuse after the stop is refused before anything changes, by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ami_factory_local import Emulator
+from tests.helpers import nothing_was_changed, run_images
+
+DATA = {"/dev/sdf": 100, "/dev/sdg": 50}
+
+
+def mappings(image: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["DeviceName"]: m["Ebs"] for m in image["BlockDeviceMappings"]}
+
+
+def test_volumes_are_left_out_grown_and_retyped_in_every_regions_image(emu: Emulator) -> None:
+    instance_id = emu.launch_instance(name="web", data_volumes=DATA)
+    volumes = [
+        {"device_name": "/dev/sdg", "exclude": True},
+        {"device_name": "/dev/sdf", "size_gib": 200, "volume_type": "gp3", "iops": 6000, "throughput": 500},
+        {"device_name": "/dev/sda1", "size_gib": 30},
+    ]
+    request = {"instance_id": instance_id, "regions": ["eu-west-1"], "volumes": volumes}
+
+    result = emu.run(request, name="volumes")
+
+    assert result.output["status"] == "SUCCEEDED", result.cause
+    (sent,) = emu.world.sent("CreateImage")
+    assert sent.params["BlockDeviceMappings"][0] == {"DeviceName": "/dev/sdg", "NoDevice": ""}
+    for region in ("us-east-1", "eu-west-1"):
+        (image,) = run_images(emu, region, "volumes")
+        found = mappings(image)
+        assert sorted(found) == ["/dev/sda1", "/dev/sdf"], region
+        assert (found["/dev/sdf"]["VolumeSize"], found["/dev/sdf"]["VolumeType"]) == (200, "gp3")
+        assert (found["/dev/sdf"]["Iops"], found["/dev/sdf"]["Throughput"]) == (6000, 500)
+        assert found["/dev/sda1"]["VolumeSize"] == 30
+
+
+def test_what_ec2_would_refuse_is_refused_before_the_instance_stops(emu: Emulator) -> None:
+    instance_id = emu.launch_instance(name="web", data_volumes=DATA)
+    for name, change, words in [
+        ("unknown", {"device_name": "/dev/sdz", "size_gib": 10}, "has no EBS volume at /dev/sdz"),
+        ("shrink", {"device_name": "/dev/sdf", "size_gib": 20}, "cannot shrink a volume below its snapshot"),
+        ("root", {"device_name": "/dev/sda1", "exclude": True}, "root volume, which an image cannot leave out"),
+        (
+            "throughput",
+            {"device_name": "/dev/sdf", "volume_type": "io2", "iops": 4000, "throughput": 300},
+            "io2, which takes no throughput",
+        ),
+        ("iops", {"device_name": "/dev/sdf", "volume_type": "st1", "iops": 500}, "st1, which takes no iops"),
+    ]:
+        result = emu.run({"instance_id": instance_id, "regions": [], "volumes": [change]}, name=name)
+        assert result.status == "FAILED" and result.error == "InvalidRequestError", (name, result.cause)
+        assert words in result.cause_message, (name, result.cause_message)
+    nothing_was_changed(emu)
+
+
+def test_the_world_refuses_a_shrink_as_ec2_does(emu: Emulator) -> None:
+    """Held to EC2's answer too: a CreateImage that shrinks a volume makes no image."""
+    instance_id = emu.launch_instance(name="web", data_volumes=DATA)
+    ec2 = emu.client("ec2")
+    try:
+        ec2.create_image(
+            InstanceId=instance_id,
+            Name="shrunk",
+            BlockDeviceMappings=[{"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 10}}],
+        )
+    except ec2.exceptions.ClientError as error:
+        assert error.response["Error"]["Code"] == "InvalidBlockDeviceMapping"
+    else:
+        raise AssertionError("EC2 refuses a volume smaller than its snapshot")
+    assert ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": ["shrunk"]}])["Images"] == []

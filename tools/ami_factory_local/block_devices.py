@@ -1,0 +1,89 @@
+"""An image's volumes as EC2 makes them, where moto 5.2.5 falls short: CreateImage ignores
+BlockDeviceMappings (every image is one 15 GiB root snapshot). For a CreateImage that sends
+mappings, the world refuses what EC2 refuses (a volume shrunk below its snapshot, the root left out,
+a change to a device the instance does not have), snapshots each volume kept, and describes the
+image with its real mappings; a copy of such an image has them too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moto.ec2.exceptions import EC2ClientError
+
+
+def refusal(backend: Any, instance_id: str, mappings: list[dict[str, Any]]) -> EC2ClientError | None:
+    """What EC2 answers to these mappings for this instance, before it makes anything."""
+    instance = backend.get_instance(instance_id)
+    attached = {device: backend.get_volume(bdt.volume_id) for device, bdt in instance.block_device_mapping.items()}
+    for mapping in mappings:
+        device = mapping["DeviceName"]
+        volume = attached.get(device)
+        if volume is None:
+            if "NoDevice" not in mapping and not (mapping.get("Ebs") or {}).get("VolumeSize"):
+                return EC2ClientError("InvalidBlockDeviceMapping", f"The device {device} has no volume to change")
+            continue
+        if "NoDevice" in mapping and device == instance.root_device_name:
+            return EC2ClientError("InvalidBlockDeviceMapping", f"The root device {device} cannot be left out")
+        size = int((mapping.get("Ebs") or {}).get("VolumeSize") or volume.size)
+        if size < volume.size:
+            return EC2ClientError(
+                "InvalidBlockDeviceMapping",
+                f"Volume of size {size}GB is smaller than snapshot of {device}, expect size >= {volume.size}GB",
+            )
+    return None
+
+
+def created(backend: Any, instance_id: str, image: Any, mappings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The image's mappings: each of the instance's volumes not left out, snapshotted, with the changes."""
+    instance = backend.get_instance(instance_id)
+    changes = {mapping["DeviceName"]: mapping for mapping in mappings}
+    result = []
+    for device, bdt in instance.block_device_mapping.items():
+        change = changes.get(device, {})
+        if "NoDevice" in change:
+            continue
+        volume = backend.get_volume(bdt.volume_id)
+        ebs = change.get("Ebs") or {}
+        is_root = device == instance.root_device_name
+        snapshot = (
+            image.ebs_snapshot
+            if is_root
+            else backend.create_snapshot(volume.id, f"Created by CreateImage({instance_id}) for {image.id}")
+        )
+        snapshot.encrypted, snapshot.kms_key_id = volume.encrypted, volume.kms_key_id
+        result.append(
+            {
+                "DeviceName": device,
+                "Ebs": {
+                    "SnapshotId": snapshot.id,
+                    "VolumeSize": int(ebs.get("VolumeSize") or volume.size),
+                    "VolumeType": ebs.get("VolumeType") or volume.volume_type,
+                    "DeleteOnTermination": True,
+                    "Encrypted": bool(volume.encrypted),
+                    **({"Iops": int(ebs["Iops"])} if ebs.get("Iops") else {}),
+                    **({"Throughput": int(ebs["Throughput"])} if ebs.get("Throughput") else {}),
+                },
+            }
+        )
+    return result
+
+
+def copied(
+    backend: Any, source_region: str, image: Any, source: Any, source_mappings: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """A copy's mappings: the source's, each snapshot copied (the root's is the copy's own)."""
+    result = []
+    for mapping in source_mappings:
+        ebs = dict(mapping["Ebs"])
+        if ebs["SnapshotId"] == source.ebs_snapshot.id:
+            ebs["SnapshotId"] = image.ebs_snapshot.id
+        else:
+            ebs["SnapshotId"] = backend.copy_snapshot(
+                ebs["SnapshotId"], source_region, f"Copied for {image.id}", None
+            ).id
+        result.append({**mapping, "Ebs": ebs})
+    return result
+
+
+def snapshots(backend: Any, mappings: list[dict[str, Any]]) -> list[Any]:
+    return [backend.snapshots[m["Ebs"]["SnapshotId"]] for m in mappings if m["Ebs"]["SnapshotId"] in backend.snapshots]
