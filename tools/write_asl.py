@@ -504,6 +504,7 @@ def publish_states() -> States:
                 "source_region": "$.source_region",
                 "source_run_id": "$.source_run_id",
                 "launch_templates": "$.launch_templates",
+                "fast_launch": "$.fast_launch",
             },
             result=PublishParameterOutput,
             result_path="$.parameter",
@@ -523,6 +524,7 @@ def publish_states() -> States:
                 "launch_checked.$": "$.launch_check",
                 "imds_support.$": "$.imds_support",
                 "launch_templates.$": "$.parameter.launch_templates",
+                "fast_launch.$": "$.parameter.fast_launch",
                 "parameter_note.$": "$.parameter.note",
             },
             "End": True,
@@ -560,6 +562,7 @@ REGION_ITEM_FIELDS = [
     "source_run_id",
     "imds_support",
     "launch_templates",
+    "fast_launch",
 ]
 
 

@@ -391,6 +391,25 @@ class Ec2:
                     f"{refused.get('ResponseError', {}).get('Message', '')})"
                 )
 
+    def enable_fast_launch(self, image_id: str, snapshot_count: int, max_parallel_launches: int) -> str:
+        """Windows fast launch: EC2 pre-provisions ``snapshot_count`` snapshots; returns its state."""
+        with translated_errors("EnableFastLaunch"):
+            response = self._ec2.enable_fast_launch(
+                ImageId=image_id,
+                ResourceType="snapshot",
+                SnapshotConfiguration={"TargetResourceCount": snapshot_count},
+                MaxParallelLaunches=max_parallel_launches,
+            )
+        return str(response.get("State", "enabling"))
+
+    def turn_off_fast_launch(self, image_id: str) -> None:
+        """Before the image goes: EC2 removes its pre-provisioned snapshots (Force: whatever it meets)."""
+        with translated_errors("DescribeFastLaunchImages"):
+            found = self._ec2.describe_fast_launch_images(ImageIds=[image_id])["FastLaunchImages"]
+        if any(image.get("State") in ("enabling", "enabled", "enabling-failed", "enabled-failed") for image in found):
+            with translated_errors("DisableFastLaunch"):
+                self._ec2.disable_fast_launch(ImageId=image_id, Force=True)
+
     def require_imds_support(self, image_id: str, version: str) -> None:
         """ImdsSupport: instances launched from the image get HttpTokens required. EC2 cannot unset it."""
         with translated_errors("ModifyImageAttribute"):

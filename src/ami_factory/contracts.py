@@ -15,6 +15,7 @@ from .model import Model
 from .pricing import CostEstimate
 from .request import (
     CloneOptions,
+    FastLaunchTarget,
     LaunchTemplateTarget,
     Mode,
     ProtectionOptions,
@@ -106,6 +107,7 @@ class Plan(Contract):
     approval: bool = False
     approval_timeout_seconds: int = 72 * 3600
     volumes: list[VolumeChange] = Field(default_factory=list)
+    fast_launch: list[FastLaunchTarget] = Field(default_factory=list)
 
 
 class Polled(Contract):
@@ -366,6 +368,7 @@ class PublishParameterInput(Contract):
     source_region: str
     source_run_id: str | None = None
     launch_templates: list[LaunchTemplateTarget] = Field(default_factory=list)  # the run's, every Region's
+    fast_launch: list[FastLaunchTarget] = Field(default_factory=list)  # the run's, every Region's
 
 
 class LaunchTemplateVersionRef(Model):
@@ -380,6 +383,7 @@ class PublishParameterOutput(Model):
     parameter_name: str
     version: int | None = None
     launch_templates: list[LaunchTemplateVersionRef] = Field(default_factory=list)
+    fast_launch: str | None = None  # EC2's state for the image's Windows fast launch, if asked
     note: str | None = None
 
 
@@ -401,6 +405,7 @@ class RegionResult(Model):
     launch_checked: bool = False
     imds_support: str | None = None
     launch_templates: list[LaunchTemplateVersionRef] = Field(default_factory=list)
+    fast_launch: str | None = None
     parameter_note: str | None = None  # why latest was not moved to this image
     error: StepError | None = None
 

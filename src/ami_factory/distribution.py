@@ -218,7 +218,8 @@ def publish_parameter(event: PublishParameterInput) -> PublishParameterOutput:
     (the first run to publish binds it; adopt_family takes it over), and the value it replaces is
     recorded in the run's ledger first."""
     region = event.image.region
-    require_made(event.run_id, region, event.image.image_id, "image")
+    made = require_made(event.run_id, region, event.image.image_id, "image")
+    ledger = Ledger()
     asking = FamilyOwner(
         account=event.account_id,
         region=event.source_region,
@@ -226,10 +227,16 @@ def publish_parameter(event: PublishParameterInput) -> PublishParameterOutput:
         name=event.family_asked_as,
         run_id=event.run_id,
     )
-    ledger = Ledger()
     owner = ledger.claim_family(event.family, asking, adopt=event.adopt_family)
     if owner is not None:
         raise family_refusal(event.family, owner, asking)
+    fast_launch = next((target for target in event.fast_launch if target.region == region), None)
+    fast_launch_state = None
+    if fast_launch is not None:  # recorded first: whatever answer is lost, removal turns it off
+        ledger.fast_launch_asked(event.run_id, made)
+        fast_launch_state = Ec2(region).enable_fast_launch(
+            event.image.image_id, fast_launch.snapshot_count, fast_launch.max_parallel_launches
+        )
     # Forward only: the image's own run (an earlier run's, when distributing its image) against the run
     # of the image latest names here, recorded by every publish (a concurrent run's included).
     origin_run = ledger.run(event.source_run_id or event.run_id)
@@ -245,7 +252,7 @@ def publish_parameter(event: PublishParameterInput) -> PublishParameterOutput:
             f"{event.source_run_id or event.run_id} started before it, and an older image never replaces a newer one"
         )
         logger.warning(note)
-        return PublishParameterOutput(parameter_name=event.parameter_name, note=note)
+        return PublishParameterOutput(parameter_name=event.parameter_name, note=note, fast_launch=fast_launch_state)
     ssm = Ssm(region)
     ledger.record_parameter(event.run_id, region, event.parameter_name, ssm.parameter_value(event.parameter_name))
     version = ssm.put_image_parameter(
@@ -254,7 +261,9 @@ def publish_parameter(event: PublishParameterInput) -> PublishParameterOutput:
     templates = [
         new_template_version(event.run_id, event.image, t, ledger) for t in event.launch_templates if t.region == region
     ]
-    return PublishParameterOutput(parameter_name=event.parameter_name, version=version, launch_templates=templates)
+    return PublishParameterOutput(
+        parameter_name=event.parameter_name, version=version, launch_templates=templates, fast_launch=fast_launch_state
+    )
 
 
 def new_template_version(

@@ -65,6 +65,7 @@ class Made:
     role: Role
     snapshots: tuple[str, ...] = ()  # an image's, recorded before it is deregistered
     removed: bool = False
+    fast_launch: bool = False  # Windows fast launch asked for (before the call): turned off before removal
 
     def __post_init__(self) -> None:
         # Clean-up decides what to call by kind and role: a record it could not read is never written or read.
@@ -365,6 +366,9 @@ class Ledger:
             },
         )
         return made
+
+    def fast_launch_asked(self, run_id: str, made: Made) -> None:
+        self._set(f"run#{run_id}", f"made#{made.region}#{made.resource_id}", {"fast_launch": "true"})
 
     def removed(self, run_id: str, made: Made) -> Made:
         return self.update(run_id, replace(made, removed=True))
@@ -828,6 +832,7 @@ def _made(item: Item) -> Made:
         role=cast("Role", item["role"]),
         snapshots=tuple(snapshot for snapshot in item.get("snapshots", "").split(",") if snapshot),
         removed=item.get("removed") == "true",
+        fast_launch=item.get("fast_launch") == "true",
     )
 
 

@@ -83,6 +83,8 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
     volumes = cache(lambda: Ec2(region).encrypted_snapshots(source.image_id) if source else encrypted_keys(described()))
     if request.volumes:
         _require_possible_volume_changes(request, instance, described())
+    if request.fast_launch:
+        _require_fast_launch_possible(request, platform, [target.name for target in regions])
     if request.share.public:
         _require_public_sharing_possible(regions, volumes, request.encrypt)
     _require_listed_source_keys(request, volumes, regions, settings)
@@ -161,6 +163,7 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         approval=request.approval,
         approval_timeout_seconds=settings.approval_timeout_seconds,
         volumes=request.volumes,
+        fast_launch=request.fast_launch,
         source_image_id=source.image_id if source else None,
         source_run_id=source.run_id if source else None,
     )
@@ -176,6 +179,18 @@ def _require_imageable(instance_id: str, instance: InstanceTypeDef) -> None:
     if state not in IMAGEABLE_INSTANCE_STATES:
         raise UnsupportedInstanceError(
             f"instance {instance_id} is {state}; only running or stopped instances can be imaged"
+        )
+
+
+def _require_fast_launch_possible(request: ImagingRequest, platform: Platform, regions: list[str]) -> None:
+    if platform != "windows":
+        raise InvalidRequestError(
+            f"fast_launch is Windows fast launch, and instance {request.instance_id} runs {platform}: drop fast_launch"
+        )
+    elsewhere = sorted(target.region for target in request.fast_launch if target.region not in regions)
+    if elsewhere:
+        raise InvalidRequestError(
+            f"fast_launch names {elsewhere}, which this run does not distribute to: add them to regions, or drop them"
         )
 
 

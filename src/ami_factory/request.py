@@ -190,6 +190,20 @@ class VolumeChange(BaseModel):
         return self
 
 
+class FastLaunchTarget(BaseModel):
+    """Windows fast launch for the image in one of the run's Regions: EC2 keeps pre-provisioned snapshots."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    region: RegionName = Field(description="a Region the run distributes to")
+    snapshot_count: Annotated[int, Field(ge=1, le=100)] = Field(
+        5, description="pre-provisioned snapshots EC2 keeps ready (each is an EBS snapshot you pay for)"
+    )
+    max_parallel_launches: Annotated[int, Field(ge=6, le=100)] = Field(
+        6, description="instances EC2 may launch at once to pre-provision them (at least 6)"
+    )
+
+
 class LaunchTemplateTarget(BaseModel):
     """A launch template in one of the run's Regions that gets a new version with that Region's image."""
 
@@ -271,6 +285,12 @@ class ImagingRequest(BaseModel):
         description="how the instance's volumes go into the image: leave a data volume out, grow one, change its "
         "type, IOPS or throughput (checked against the instance before anything changes: unknown devices, "
         "shrinking, the root left out and settings its type does not take are refused by name)",
+    )
+    fast_launch: list[FastLaunchTarget] = Field(
+        default_factory=list,
+        max_length=15,
+        description="Windows images only: turn on Windows fast launch for the image in these Regions (after it is "
+        "shared and protected, before latest moves); turned off before the image is ever removed",
     )
     approval: bool = Field(
         False,
@@ -394,6 +414,15 @@ class ImagingRequest(BaseModel):
         if twice:
             raise ValueError(f"devices {twice} are listed more than once: one entry per device")
         return volumes
+
+    @field_validator("fast_launch")
+    @classmethod
+    def _each_region_once(cls, targets: list[FastLaunchTarget]) -> list[FastLaunchTarget]:
+        regions = [target.region for target in targets]
+        twice = sorted({region for region in regions if regions.count(region) > 1})
+        if twice:
+            raise ValueError(f"fast_launch lists {twice} more than once: one entry per Region")
+        return targets
 
     @field_validator("launch_templates")
     @classmethod

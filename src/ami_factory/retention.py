@@ -122,6 +122,9 @@ def _judge_region(
                 )
                 continue
             if not dry_run:
+                made = Ledger().made_as(record.run_id, region, image["ImageId"], "image")
+                if made is not None and made.fast_launch:  # EC2's pre-provisioned snapshots go first
+                    ec2.turn_off_fast_launch(image["ImageId"])
                 ec2.disable_image(image["ImageId"])
                 ec2.delete_image(image)
                 Ledger().family_image_removed(record)

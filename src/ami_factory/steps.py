@@ -227,6 +227,8 @@ def remove_one(ledger: Ledger, run_id: str, made: Made) -> str:
             made = ledger.update(run_id, replace(made, snapshots=tuple(snapshots_of(image))))
         if image is not None and str(image.get("DeregistrationProtection")).startswith("enabled"):
             ec2.disable_deregistration_protection(made.resource_id)
+        if image is not None and made.fast_launch:
+            ec2.turn_off_fast_launch(made.resource_id)
         ec2.delete_snapshots(ec2.deregister_image(made.resource_id, list(made.snapshots)))
     ledger.removed(run_id, made)
     return f"{made.region}:{made.resource_id}"

@@ -310,6 +310,8 @@ def _ec2(request: Request) -> tuple[list[Resource], list[Call]]:
         "DisableImageDeregistrationProtection",
         "DisableImage",
         "DeregisterImage",
+        "EnableFastLaunch",
+        "DisableFastLaunch",
     ):
         resources = [request.existing("image", str(params.get("ImageId", "")))]
     elif operation in ("CreateLaunchTemplateVersion", "ModifyLaunchTemplate", "DeleteLaunchTemplateVersions"):

@@ -409,6 +409,7 @@ class World:
     deprecations: dict[str, str] = field(default_factory=dict)  # image -> DeprecateAt (moto lacks the call)
     launch_templates: LaunchTemplates = field(default_factory=LaunchTemplates)
     image_mappings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # images made with mappings
+    fast_launch: dict[str, dict[str, Any]] = field(default_factory=dict)  # image -> its Windows fast launch
     protected: dict[str, bool] = field(default_factory=dict)  # image -> WithCooldown (moto lacks the call)
     image_references: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # image -> (type, ARN)
     _last_created: dict[str, datetime] = field(default_factory=dict)  # region -> newest image's CreationDate
@@ -756,6 +757,13 @@ class World:
             backend = ec2_backends[self.account_id][response.region]
             if (answer := self.launch_templates.answer(backend, response.region, operation, params)) is not None:
                 return answer
+        if operation in ("EnableFastLaunch", "DisableFastLaunch", "DescribeFastLaunchImages"):
+            return self._fast_launch(response.region, operation, params)
+        if operation == "DeregisterImage" and params.get("ImageId") in self.fast_launch:
+            return EC2ClientError(
+                "InvalidParameterValue",
+                f"Windows fast launch is enabled for {params['ImageId']}: disable it before deregistering the image",
+            )
         if operation == "ModifyImageAttribute" and "ImdsSupport" in params:
             return self._imds_support(response.region, params)
         if operation == "EnableImageDeprecation":
@@ -804,6 +812,37 @@ class World:
             if any(self._still_hidden(image_id) for image_id in named):
                 return {"Images": []}
         return None
+
+    def _fast_launch(self, region: str, operation: str, params: dict[str, Any]) -> EC2ClientError | dict[str, Any]:
+        """moto lacks Windows fast launch: the world keeps each image's settings (enabled at once)."""
+        if operation == "DescribeFastLaunchImages":
+            wanted = params.get("ImageIds") or list(self.fast_launch)
+            return {"FastLaunchImages": [self.fast_launch[i] for i in wanted if i in self.fast_launch]}
+        image_id = params.get("ImageId", "")
+        ami: Any = ec2_backends[self.account_id][region].amis.get(image_id)
+        if ami is None:
+            return EC2ClientError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
+        if operation == "DisableFastLaunch":
+            settings = self.fast_launch.pop(image_id, None)
+            if settings is None:
+                return EC2ClientError("InvalidParameterValue", f"Windows fast launch is not enabled for {image_id}")
+            return {**settings, "State": "disabling"}
+        if str(ami.platform or "").lower() != "windows":
+            return EC2ClientError(
+                "InvalidParameterValue", f"{image_id} is not a Windows AMI: fast launch is for Windows"
+            )
+        parallel = int(params.get("MaxParallelLaunches") or 6)
+        if parallel < 6:
+            return EC2ClientError("InvalidParameterValue", "MaxParallelLaunches must be at least 6")
+        count = int((params.get("SnapshotConfiguration") or {}).get("TargetResourceCount") or 5)
+        self.fast_launch[image_id] = {
+            "ImageId": image_id,
+            "ResourceType": "snapshot",
+            "SnapshotConfiguration": {"TargetResourceCount": count},
+            "MaxParallelLaunches": parallel,
+            "State": "enabled",
+        }
+        return {**self.fast_launch[image_id], "State": "enabling"}
 
     def _imds_support(self, region: str, params: dict[str, Any]) -> EC2ClientError | dict[str, Any]:
         """moto ignores ImdsSupport: EC2 takes only v2.0, and DescribeImages shows it from then on."""
