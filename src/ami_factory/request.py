@@ -49,6 +49,14 @@ def no_control_characters(text: str) -> str:
 
 FreeText = Annotated[str, AfterValidator(no_control_characters)]
 
+
+def _once(field: str, keys: list[str]) -> None:
+    """A list whose entries each name one thing (a device, a Region, a template) names each once."""
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise ValueError(f"{field} lists {twice} more than once: one entry each")
+
+
 Mode = Literal["no-reboot", "stop", "generalize", "generalize-in-place"]
 GENERALIZING_MODES = ("generalize", "generalize-in-place")
 AdminPassword = Literal["random", "specify", "do-nothing"]
@@ -409,28 +417,19 @@ class ImagingRequest(BaseModel):
     @field_validator("volumes")
     @classmethod
     def _each_volume_once(cls, volumes: list[VolumeChange]) -> list[VolumeChange]:
-        names = [volume.device_name for volume in volumes]
-        twice = sorted({name for name in names if names.count(name) > 1})
-        if twice:
-            raise ValueError(f"devices {twice} are listed more than once: one entry per device")
+        _once("volumes", [volume.device_name for volume in volumes])
         return volumes
 
     @field_validator("fast_launch")
     @classmethod
     def _each_region_once(cls, targets: list[FastLaunchTarget]) -> list[FastLaunchTarget]:
-        regions = [target.region for target in targets]
-        twice = sorted({region for region in regions if regions.count(region) > 1})
-        if twice:
-            raise ValueError(f"fast_launch lists {twice} more than once: one entry per Region")
+        _once("fast_launch", [target.region for target in targets])
         return targets
 
     @field_validator("launch_templates")
     @classmethod
     def _each_template_once(cls, templates: list[LaunchTemplateTarget]) -> list[LaunchTemplateTarget]:
-        seen = [(t.region, t.launch_template_id) for t in templates]
-        twice = sorted({f"{region}:{template}" for region, template in seen if seen.count((region, template)) > 1})
-        if twice:
-            raise ValueError(f"launch templates {twice} are listed more than once: list each once")
+        _once("launch_templates", [f"{t.region}:{t.launch_template_id}" for t in templates])
         return templates
 
     @field_validator("source_image_id")

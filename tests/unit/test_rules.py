@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from ami_factory.closing import ending_error
 from ami_factory.contracts import ExecutionStatusChange
@@ -369,3 +370,20 @@ def test_the_ledger_never_holds_a_made_record_clean_up_could_not_read(kind: str,
     with pytest.raises(DeploymentError, match="unknown kind or role"):
         Made(region="us-east-1", kind=kind, resource_id="ami-1", role=role)  # type: ignore[arg-type]
     assert Made(region="us-east-1", kind="image", resource_id="ami-1", role="seed").role == "seed"
+
+
+def test_lists_that_name_one_thing_per_entry_refuse_a_repeat() -> None:
+    base = {"instance_id": "i-0123456789abcdef0"}
+    template = {"region": "eu-west-1", "launch_template_id": "lt-0123456789abcdef0"}
+    for field, entries, repeated in [
+        (
+            "volumes",
+            [{"device_name": "/dev/sdf", "exclude": True}, {"device_name": "/dev/sdf", "size_gib": 9}],
+            "/dev/sdf",
+        ),
+        ("fast_launch", [{"region": "eu-west-1"}, {"region": "eu-west-1", "snapshot_count": 2}], "eu-west-1"),
+        ("launch_templates", [template, {**template, "set_default": True}], "eu-west-1:lt-0123456789abcdef0"),
+    ]:
+        with pytest.raises(ValidationError, match=rf"{field} lists \['{repeated}'\] more than once"):
+            ImagingRequest.model_validate({**base, field: entries})
+        ImagingRequest.model_validate({**base, field: entries[:1]})

@@ -437,6 +437,16 @@ def estimate(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return 0
 
 
+def _starts_and_follows(command: argparse.ArgumentParser) -> None:
+    """The options of a command that starts a run and follows it."""
+    command.add_argument("--name", help="execution name (default: INSTANCE-UTCTIMESTAMP)")
+    command.add_argument("--region", help="the stack's Region")
+    command.add_argument("--endpoint-url", help="e.g. http://127.0.0.1:5005 for the local emulator")
+    command.add_argument("--no-follow", dest="follow", action="store_false", help="start and return")
+    command.add_argument("--poll-seconds", type=float, default=5.0)
+    command.add_argument("--prices", help="JSON price overrides (see src/ami_factory/pricing.py)")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="ami-factory", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
@@ -463,25 +473,15 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--share-ous", help="comma-separated OU ARNs")
     start.add_argument("--public", action="store_true", help="make the image public (only if the stack allows it)")
     start.add_argument("--tag", action="append", metavar="KEY=VALUE", help="extra image tag (repeatable)")
-    start.add_argument("--name", help="execution name (default: INSTANCE-UTCTIMESTAMP)")
     start.add_argument("--state-machine-arn")
     start.add_argument("--stack-name", help="find the state machine from this stack's outputs")
-    start.add_argument("--region", help="the stack's Region")
-    start.add_argument("--endpoint-url", help="e.g. http://127.0.0.1:5005 for the local emulator")
-    start.add_argument("--no-follow", dest="follow", action="store_false", help="start and return")
-    start.add_argument("--poll-seconds", type=float, default=5.0)
-    start.add_argument("--prices", help="JSON price overrides (see src/ami_factory/pricing.py)")
+    _starts_and_follows(start)
     again = commands.add_parser(
         "redrive", help="distribute a PARTIAL run's image to the Regions that failed, without touching the instance"
     )
     again.add_argument("execution_arn", help="the PARTIAL run's execution ARN")
     again.add_argument("--dry-run", action="store_true", help="print the request, start nothing")
-    again.add_argument("--name", help="execution name (default: INSTANCE-UTCTIMESTAMP)")
-    again.add_argument("--region", help="the stack's Region")
-    again.add_argument("--endpoint-url", help="e.g. http://127.0.0.1:5005 for the local emulator")
-    again.add_argument("--no-follow", dest="follow", action="store_false", help="start and return")
-    again.add_argument("--poll-seconds", type=float, default=5.0)
-    again.add_argument("--prices", help="JSON price overrides (see src/ami_factory/pricing.py)")
+    _starts_and_follows(again)
     for verb, what in (("approve", "share and publish"), ("reject", "remove")):
         decide = commands.add_parser(verb, help=f"{what} the images of a run that waits for approval")
         decide.add_argument("execution_arn", help="the run's execution ARN (the approval notification names it)")
