@@ -21,7 +21,7 @@ from .ledger import Ledger, RunRecord
 from .observability import MetricUnit, logger, metrics
 from .rules import TAG_PREFIX, execution_arn, tag_value_keeping_advice
 from .settings import load_settings
-from .steps import remove_made
+from .steps import ask_for_template_version, remove_made
 
 RUNNING_STATES = ("running", "pending")
 
@@ -109,11 +109,14 @@ def roll_back_launch_templates(run_id: str, delivered_regions: set[str]) -> tupl
         if version.rolled_back or version.region in delivered_regions:
             continue
         try:
-            if version.version is not None:
-                ec2 = Ec2(version.region)
-                if ec2.launch_template_default_version(version.launch_template_id) == version.version:
+            ec2 = Ec2(version.region)
+            number = version.version
+            if number is None and version.image_id:  # asked for, answer lost: asking again answers it
+                number = ask_for_template_version(ec2, run_id, version)
+            if number is not None:
+                if ec2.launch_template_default_version(version.launch_template_id) == number:
                     ec2.set_launch_template_default(version.launch_template_id, version.previous_default)
-                ec2.delete_launch_template_version(version.launch_template_id, version.version)
+                ec2.delete_launch_template_version(version.launch_template_id, number)
             ledger.template_version_rolled_back(run_id, version)
         except (ClientError, AmiFactoryError) as error:
             what = f"{version.region}:{version.launch_template_id} version {version.version} (launch template)"
@@ -135,6 +138,11 @@ def end_run(run: RunRecord, delivered: dict[str, str]) -> Ending:
     except (ClientError, AmiFactoryError) as error:
         ending.left.append(f"{run.region}:{run.instance_id} (instance): not started again: {refusal_text(error)}")
     not_rolled_back, blocked = roll_back_parameters(run.run_id, set(delivered))
+    try:  # latest's forward-only claim goes back where the run did not deliver, as the parameter did
+        Ledger().give_back_latest(run.run_id, set(delivered))
+    except (ClientError, AmiFactoryError) as error:
+        logger.warning("could not give back the run's claims on latest: %s", refusal_text(error))
+        ending.left.append(f"claims on latest: {refusal_text(error)}")
     templates_left, templates_blocked = roll_back_launch_templates(run.run_id, set(delivered))
     ending.left += not_rolled_back + templates_left
     blocked |= templates_blocked

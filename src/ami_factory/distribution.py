@@ -39,7 +39,7 @@ from .observability import logger
 from .request import LaunchTemplateTarget
 from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX, check_launch_templates, check_share_targets, utc_instant
 from .settings import load_settings
-from .steps import client_token, counted, family_refusal, give_up_after, require_made
+from .steps import ask_for_template_version, client_token, counted, family_refusal, give_up_after, require_made
 
 
 def copy_image(event: CopyImageInput) -> ImageRef:
@@ -278,15 +278,12 @@ def new_template_version(
     ec2 = Ec2(image.region)
     template_id = target.launch_template_id
     recorded = ledger.record_template_version(
-        run_id, TemplateVersion(image.region, template_id, ec2.launch_template_default_version(template_id))
+        run_id,
+        TemplateVersion(
+            image.region, template_id, ec2.launch_template_default_version(template_id), image_id=image.image_id
+        ),
     )
-    number = ec2.create_launch_template_version(
-        template_id,
-        recorded.previous_default,
-        image.image_id,
-        client_token=client_token(run_id, f"launch-template/{image.region}/{template_id}"),
-        description=f"AMI Factory run {run_id}: {image.image_id}"[:255],
-    )
+    number = ask_for_template_version(ec2, run_id, recorded)
     made = replace(recorded, version=number, made_default=target.set_default)
     ledger.template_version_made(run_id, made)
     if target.set_default:

@@ -136,6 +136,7 @@ class TemplateVersion:
     region: str
     launch_template_id: str
     previous_default: int
+    image_id: str = ""  # the version's image: asking again (same ClientToken) answers the same version
     version: int | None = None
     made_default: bool = False
     rolled_back: bool = False
@@ -412,6 +413,7 @@ class Ledger:
                 "region": version.region,
                 "launch_template_id": version.launch_template_id,
                 "previous_default": str(version.previous_default),
+                "image_id": version.image_id,
                 "settled": "false",
             }
         )
@@ -460,18 +462,65 @@ class Ledger:
     def claim_latest(self, family: str, region: str, origin: str, image_id: str, run_id: str) -> str | None:
         """``latest`` of the family in ``region`` moves only forward: to an image whose run (``origin``,
         its start, ISO 8601 UTC to the microsecond) started no earlier than the run of the image it
-        names. None when claimed; else the image that holds it, from a later run."""
-        claimed = self._update_if(
-            f"family#{family}",
-            f"latest#{region}",
-            "SET origin_started = :origin, image_id = :image, run_id = :run",
-            "attribute_not_exists(pk) OR origin_started <= :origin",
-            _encode({":origin": origin, ":image": image_id, ":run": run_id}),
-        )
-        if claimed:
-            return None
-        holder = self._get(f"family#{family}", f"latest#{region}")
-        return f"{holder['image_id']} (run {holder['run_id']}, started {holder['origin_started']})" if holder else "?"
+        names. The holder it replaces is kept with the claim, for the run's ending to give it back in a
+        Region it does not deliver. None when claimed (or this run holds it); else who holds it."""
+        key = (f"family#{family}", f"latest#{region}")
+        self._put_once({"pk": f"run#{run_id}", "sk": f"claim#{region}", "family": family, "settled": "false"})
+        for _ in range(3):  # the holder read, then replaced only if it is still the holder
+            holder = self._get(*key)
+            if holder is not None and holder["run_id"] == run_id:
+                return None
+            if holder is not None and holder["origin_started"] > origin:
+                return f"{holder['image_id']} (run {holder['run_id']}, started {holder['origin_started']})"
+            before = holder or {"origin_started": "", "image_id": "", "run_id": ""}
+            claimed = self._update_if(
+                *key,
+                "SET origin_started = :origin, image_id = :image, run_id = :run, "
+                "previous_origin = :was_origin, previous_image = :was_image, previous_run = :was_run",
+                "attribute_not_exists(pk) OR run_id = :was_run",
+                _encode(
+                    {
+                        ":origin": origin,
+                        ":image": image_id,
+                        ":run": run_id,
+                        ":was_origin": before["origin_started"],
+                        ":was_image": before["image_id"],
+                        ":was_run": before["run_id"],
+                    }
+                ),
+            )
+            if claimed:
+                return None
+        return "an image another run is claiming right now"
+
+    def give_back_latest(self, run_id: str, delivered_regions: set[str]) -> None:
+        """In every Region the run claimed latest and did not deliver, the claim goes back to the holder
+        it replaced (none: the claim is dropped), unless another run has claimed since."""
+        for claim in self._query(f"run#{run_id}", "claim#"):
+            region = claim["sk"].removeprefix("claim#")
+            if region in delivered_regions:
+                self._set(f"run#{run_id}", claim["sk"], {"settled": "true"})
+                continue
+            key = (f"family#{claim['family']}", f"latest#{region}")
+            held = self._get(*key)
+            if held is not None and held["run_id"] == run_id:
+                if held.get("previous_run"):
+                    self._update_if(
+                        *key,
+                        "SET origin_started = :o, image_id = :i, run_id = :r",
+                        "run_id = :me",
+                        _encode(
+                            {
+                                ":o": held["previous_origin"],
+                                ":i": held["previous_image"],
+                                ":r": held["previous_run"],
+                                ":me": run_id,
+                            }
+                        ),
+                    )
+                else:
+                    self._delete_if(*key, run_id)
+            self._set(f"run#{run_id}", claim["sk"], {"settled": "true"})
 
     def family_image_removed(self, image: FamilyImage) -> None:
         self._set(f"family#{image.family}", f"image#{image.region}#{image.image_id}", {"removed": "true"})
@@ -514,17 +563,7 @@ class Ledger:
 
     def release_lock(self, region: str, instance_id: str, run_id: str) -> None:
         """Let the instance go, if this run holds it (a repeat, or another run's lock, changes nothing)."""
-        try:
-            with translated_errors("DeleteItem"):
-                self._db.delete_item(
-                    TableName=self._table,
-                    Key=_encode({"pk": f"instance#{region}#{instance_id}", "sk": "lock"}),
-                    ConditionExpression="run_id = :run",
-                    ExpressionAttributeValues=_encode({":run": run_id}),
-                )
-        except ClientError as error:
-            if error_code(error) != CONDITION_FAILED:
-                raise
+        self._delete_if(f"instance#{region}#{instance_id}", "lock", run_id)
 
     # --- copy slots: one semaphore per destination Region, shared by every run ------------------
 
@@ -731,6 +770,20 @@ class Ledger:
             return False
         return True
 
+    def _delete_if(self, pk: str, sk: str, run_id: str) -> None:
+        """Delete the item if ``run_id`` still holds it."""
+        try:
+            with translated_errors("DeleteItem"):
+                self._db.delete_item(
+                    TableName=self._table,
+                    Key=_encode({"pk": pk, "sk": sk}),
+                    ConditionExpression="run_id = :run",
+                    ExpressionAttributeValues=_encode({":run": run_id}),
+                )
+        except ClientError as error:
+            if error_code(error) != CONDITION_FAILED:
+                raise
+
     def _put_once(self, item: Item) -> bool:
         """Write the item unless it exists; whether this wrote it."""
         try:
@@ -806,6 +859,7 @@ def _template_version(item: Item) -> TemplateVersion:
         region=item["region"],
         launch_template_id=item["launch_template_id"],
         previous_default=int(item["previous_default"]),
+        image_id=item.get("image_id", ""),
         version=int(item["version"]) if item.get("version") else None,
         made_default=item.get("made_default") == "true",
         rolled_back=item.get("rolled_back") == "true",

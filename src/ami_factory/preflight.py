@@ -40,6 +40,7 @@ from .rules import (
     principals_without_key_access,
     retention_tags,
     target_regions,
+    volume_limits_broken,
 )
 from .settings import Settings, load_settings
 from .steps import check_family, hold_instance
@@ -227,6 +228,9 @@ def _require_possible_volume_changes(
             raise InvalidRequestError(f"volumes: {device} would be {kind}, which takes no throughput (gp3 does)")
         if change.iops is not None and kind not in IOPS_TYPES:
             raise InvalidRequestError(f"volumes: {device} would be {kind}, which takes no iops (gp3, io1, io2 do)")
+        size = change.size_gib or volume["Size"]
+        if problem := volume_limits_broken(device, kind, size, change.iops, change.throughput, device == root):
+            raise InvalidRequestError(f"volumes: {problem}")
 
 
 def _require_delivered_image(image_id: str, family: str, region: str) -> FamilyImage:

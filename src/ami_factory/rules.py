@@ -209,6 +209,36 @@ def check_launch_templates(
         )
 
 
+# EBS's limits per volume type (GiB, IOPS per GiB): what CreateImage refuses, after the instance stopped.
+MIN_SIZE_GIB = {"st1": 125, "sc1": 125, "io1": 4, "io2": 4}
+MAX_IOPS_PER_GIB = {"gp3": 500, "io1": 50, "io2": 500}
+GP3_BASELINE_IOPS = 3000
+GP3_THROUGHPUT_PER_IOPS = 0.25  # MiB/s per provisioned IOPS
+
+
+def volume_limits_broken(
+    device: str, kind: str, size: int, iops: int | None, throughput: int | None, is_root: bool
+) -> str | None:
+    """What EBS refuses about a volume of ``kind`` and ``size`` GiB with these settings, or None."""
+    if kind in ("st1", "sc1") and is_root:
+        return f"{device} is the root volume, and {kind} (HDD) cannot be a boot volume"
+    if size < MIN_SIZE_GIB.get(kind, 1):
+        return f"{device} would be {kind} of {size} GiB: {kind} needs at least {MIN_SIZE_GIB[kind]} GiB"
+    if kind == "gp3" and iops is not None and iops < GP3_BASELINE_IOPS:
+        return f"{device}: gp3 gives {GP3_BASELINE_IOPS} IOPS at least; ask for {GP3_BASELINE_IOPS} or more, or leave iops out"
+    if iops is not None and kind in MAX_IOPS_PER_GIB and iops > MAX_IOPS_PER_GIB[kind] * size:
+        return (
+            f"{device}: {iops} IOPS on {size} GiB is more than {kind}'s {MAX_IOPS_PER_GIB[kind]} per GiB: grow it to "
+            f"{-(-iops // MAX_IOPS_PER_GIB[kind])} GiB or ask for fewer IOPS"
+        )
+    if kind == "gp3" and throughput is not None and throughput > (iops or GP3_BASELINE_IOPS) * GP3_THROUGHPUT_PER_IOPS:
+        return (
+            f"{device}: gp3 throughput of {throughput} MiB/s needs at least {int(throughput / GP3_THROUGHPUT_PER_IOPS)} "
+            f"IOPS (0.25 MiB/s per IOPS): raise iops"
+        )
+    return None
+
+
 def utc_instant(text: str) -> str | None:
     """An ISO 8601 time as one fixed-width UTC string (``2026-11-29T07:00:00.123000Z``), which orders as
     time does; None when there is none or it is not a time."""

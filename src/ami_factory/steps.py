@@ -21,7 +21,7 @@ from .errors import (
     RunInProgressError,
     WaitTimeoutError,
 )
-from .ledger import FamilyOwner, Holder, Ledger, Made, Role
+from .ledger import FamilyOwner, Holder, Ledger, Made, Role, TemplateVersion
 from .observability import logger
 from .polling import wait_after
 from .request import VolumeChange
@@ -119,6 +119,18 @@ def create_image_once(
             image = ImageRef(region=region, image_id=found["ImageId"], state=found["State"])
     ledger.record(run_id, Made(region=region, kind="image", resource_id=image.image_id, role=role))
     return image
+
+
+def ask_for_template_version(ec2: Ec2, run_id: str, version: TemplateVersion) -> int:
+    """CreateLaunchTemplateVersion for the run's record: its default, with the image. The same record
+    makes the same call (ClientToken, parameters), so asking again answers the version made."""
+    return ec2.create_launch_template_version(
+        version.launch_template_id,
+        version.previous_default,
+        version.image_id,
+        client_token=client_token(run_id, f"launch-template/{version.region}/{version.launch_template_id}"),
+        description=f"AMI Factory run {run_id}: {version.image_id}"[:255],
+    )
 
 
 def require_made(run_id: str, region: str, resource_id: str, role: Role) -> Made:

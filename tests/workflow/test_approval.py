@@ -37,15 +37,16 @@ def shared(emu: Emulator) -> list[str]:
 
 def test_nothing_is_shared_or_published_until_a_person_approves(emu: Emulator) -> None:
     instance_id = emu.launch_instance(name="web")
+    before: dict[str, int] = {}
+    given = ("ModifyImageAttribute", "ModifySnapshotAttribute", "PutParameter", "CreateLaunchTemplateVersion")
+    emu.world.after_call("Publish", lambda: before.update({op: len(emu.world.sent(op)) for op in given}))
     said = answered_when_asked(emu, "approved", "approve")
-    published_before: list[str] = []
-    emu.world.after_call("Publish", lambda: published_before.extend(shared(emu)))
 
     result = emu.run(sample("request-basic.json", instance_id=instance_id, approval=True), name="approved")
 
     assert result.output["status"] == "SUCCEEDED", result.cause
     assert said.getvalue().startswith("approved arn:aws:states:us-east-1:")
-    assert published_before == [], "no launch permission before the approval"
+    assert before == dict.fromkeys(given, 0), "nothing shared, published or pointed at before the approval"
     (asked,) = [r.params for r in emu.world.sent("Publish") if "awaits approval" in r.params.get("Subject", "")]
     for region in REGIONS:
         (image,) = run_images(emu, region, "approved")
@@ -93,3 +94,15 @@ def test_the_cli_refuses_to_answer_a_run_that_does_not_wait(emu: Emulator) -> No
     assert cli.answer(cli.parser().parse_args(["approve", execution(emu, "plain")]), out) == 1
     assert "execution plain is SUCCEEDED: there is nothing to approve" in out.getvalue()
     assert ACCOUNT_ID in execution(emu, "plain")
+
+
+def test_only_the_regions_that_copied_wait_for_approval(emu: Emulator) -> None:
+    instance_id = emu.launch_instance(name="web")
+    emu.world.refuse("CopyImage", 1, region="ap-southeast-2")
+    answered_when_asked(emu, "some", "approve")
+
+    result = emu.run(sample("request-basic.json", instance_id=instance_id, approval=True), name="some")
+
+    assert result.output["status"] == "PARTIAL" and result.output["failed_regions"] == ["ap-southeast-2"]
+    (asked,) = [r.params for r in emu.world.sent("Publish") if "awaits approval" in r.params.get("Subject", "")]
+    assert "ap-southeast-2" not in asked["Message"] and "eu-west-1: ami-" in asked["Message"]

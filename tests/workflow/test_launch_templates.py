@@ -132,3 +132,22 @@ def test_a_template_that_does_not_exist_is_refused_before_anything_changes(emu: 
     assert result.status == "FAILED" and result.error == "InvalidRequestError", result.cause
     assert f"launch template {missing} does not exist in eu-west-1" in result.cause_message
     assert not emu.world.sent("StopInstances")
+
+
+def test_a_version_whose_answer_was_lost_is_still_taken_back(emu: Emulator) -> None:
+    """CreateLaunchTemplateVersion takes effect, its answer is lost, the retry is refused: the Region
+    fails with the version unrecorded, and the run's ending learns it by asking again (same ClientToken)."""
+    instance_id = emu.launch_instance(name="web")
+    eu = launch_template(emu, "eu-west-1")
+    allowed(emu, ("eu-west-1", eu))
+    emu.world.lose_responses("CreateLaunchTemplateVersion", 1, region="eu-west-1")
+    emu.world.after_call(
+        "CreateLaunchTemplateVersion", lambda: emu.world.refuse("CreateLaunchTemplateVersion", 1, region="eu-west-1")
+    )
+    targets = [{"region": "eu-west-1", "launch_template_id": eu}]
+
+    result = emu.run(sample("request-basic.json", instance_id=instance_id, launch_templates=targets), name="lost")
+
+    assert result.output["status"] == "PARTIAL" and result.output["failed_regions"] == ["eu-west-1"], result.cause
+    assert [v["VersionNumber"] for v in versions(emu, "eu-west-1", eu)] == [1], "the unrecorded version is deleted"
+    assert result.output["left_over"] == []

@@ -201,3 +201,21 @@ def test_a_delivered_images_encryption_is_judged_not_the_instances(make_emulator
     assert result.status == "FAILED" and result.error == "EncryptionKeyError", result.cause
     assert "set encrypt to true" in result.cause_message
     assert len(emu.world.sent("CopyImage")) == copies
+
+
+def test_a_region_that_fails_after_claiming_latest_gives_the_claim_back(emu: Emulator) -> None:
+    """A later run claims latest in a Region and then fails there: its parameter is rolled back, and
+    so is its claim, so an image older than it but newer than what latest names may still move it."""
+    instance_id = emu.launch_instance(name="web")
+    middle = image_in(partial_run(emu, instance_id, "middle"), "us-east-1")
+    emu.world.refuse("PutParameter", 1, region="ap-southeast-2")  # after the later run's claim
+    later = emu.run(sample("request-basic.json", instance_id=instance_id), name="later")
+    assert later.output["failed_regions"] == ["ap-southeast-2"], later.cause
+
+    result = emu.run(
+        {"instance_id": instance_id, "regions": ["ap-southeast-2"], "source_image_id": middle}, name="again"
+    )
+
+    (copy,) = run_images(emu, "ap-southeast-2", "again")
+    assert result.output["regions"][0]["parameter_note"] is None
+    assert latest(emu, "ap-southeast-2") == copy["ImageId"]

@@ -50,11 +50,32 @@ def test_what_ec2_would_refuse_is_refused_before_the_instance_stops(emu: Emulato
             "io2, which takes no throughput",
         ),
         ("iops", {"device_name": "/dev/sdf", "volume_type": "st1", "iops": 500}, "st1, which takes no iops"),
+        ("gp3-iops", {"device_name": "/dev/sdf", "iops": 1000}, "gp3 gives 3000 IOPS at least"),
+        ("gp3-throughput", {"device_name": "/dev/sdf", "throughput": 1000}, "needs at least 4000 IOPS"),
+        ("hdd-small", {"device_name": "/dev/sdf", "volume_type": "st1"}, "st1 needs at least 125 GiB"),
+        ("hdd-root", {"device_name": "/dev/sda1", "volume_type": "sc1", "size_gib": 200}, "cannot be a boot volume"),
+        ("io1-ratio", {"device_name": "/dev/sdf", "volume_type": "io1", "iops": 6000}, "more than io1's 50 per GiB"),
     ]:
         result = emu.run({"instance_id": instance_id, "regions": [], "volumes": [change]}, name=name)
         assert result.status == "FAILED" and result.error == "InvalidRequestError", (name, result.cause)
         assert words in result.cause_message, (name, result.cause_message)
     nothing_was_changed(emu)
+
+
+def test_the_world_refuses_what_ebs_refuses(emu: Emulator) -> None:
+    """The world is held to EBS's own limits too, so a check AMI Factory missed fails here as on AWS."""
+    instance_id = emu.launch_instance(name="web", data_volumes=DATA)
+    ec2 = emu.client("ec2")
+    for ebs in ({"Iops": 1000, "VolumeType": "gp3"}, {"Throughput": 1000, "VolumeType": "gp3"}, {"VolumeType": "st1"}):
+        try:
+            ec2.create_image(
+                InstanceId=instance_id, Name="refused", BlockDeviceMappings=[{"DeviceName": "/dev/sdf", "Ebs": ebs}]
+            )
+        except ec2.exceptions.ClientError as error:
+            assert error.response["Error"]["Code"] == "InvalidParameterValue", ebs
+        else:
+            raise AssertionError(f"EBS refuses {ebs}")
+    assert ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": ["refused"]}])["Images"] == []
 
 
 def test_the_world_refuses_a_shrink_as_ec2_does(emu: Emulator) -> None:

@@ -24,12 +24,35 @@ def refusal(backend: Any, instance_id: str, mappings: list[dict[str, Any]]) -> E
             continue
         if "NoDevice" in mapping and device == instance.root_device_name:
             return EC2ClientError("InvalidBlockDeviceMapping", f"The root device {device} cannot be left out")
-        size = int((mapping.get("Ebs") or {}).get("VolumeSize") or volume.size)
+        ebs = mapping.get("Ebs") or {}
+        size = int(ebs.get("VolumeSize") or volume.size)
         if size < volume.size:
             return EC2ClientError(
                 "InvalidBlockDeviceMapping",
                 f"Volume of size {size}GB is smaller than snapshot of {device}, expect size >= {volume.size}GB",
             )
+        kind = ebs.get("VolumeType") or volume.volume_type
+        iops = int(ebs["Iops"]) if ebs.get("Iops") else None
+        throughput = int(ebs["Throughput"]) if ebs.get("Throughput") else None
+        if problem := ebs_refusal(device, kind, size, iops, throughput, device == instance.root_device_name):
+            return EC2ClientError("InvalidParameterValue", problem)
+    return None
+
+
+def ebs_refusal(device: str, kind: str, size: int, iops: int | None, throughput: int | None, root: bool) -> str | None:
+    """EBS's own limits, as EC2 states them (not AMI Factory's code: the world is AWS)."""
+    if kind in ("st1", "sc1") and root:
+        return f"{kind} volumes cannot be boot volumes ({device})"
+    minimum = {"st1": 125, "sc1": 125, "io1": 4, "io2": 4}.get(kind, 1)
+    if size < minimum:
+        return f"Volume size {size} is below the minimum of {minimum} GiB for {kind}"
+    if kind == "gp3" and iops is not None and iops < 3000:
+        return "gp3 volumes take at least 3000 IOPS"
+    ratio = {"gp3": 500, "io1": 50, "io2": 500}.get(kind)
+    if ratio and iops is not None and iops > ratio * size:
+        return f"Iops to volume size ratio of {iops / size:.1f} is too high; maximum is {ratio}"
+    if kind == "gp3" and throughput is not None and throughput > (iops or 3000) / 4:
+        return f"Throughput ({throughput}) is too high for {iops or 3000} IOPS: at most 0.25 MiB/s per IOPS"
     return None
 
 

@@ -941,6 +941,10 @@ class World:
                         execution_events(cast(Any, response).stepfunction_backend, params["executionArn"]), params
                     )
             if answer is not None:
+                if service == "ec2" and not isinstance(answer, EC2ClientError):  # took effect: as moto's answers
+                    world._run_after_calls(operation)
+                    if world._take(world._lost, operation, response.region):
+                        answer = EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
                 return response.serialized(ActionResult(answer))
             states_before = world._instance_states(response.region, operation, params) if service == "ec2" else {}
             result = original_call_action(response)
