@@ -456,7 +456,13 @@ def publish_states() -> States:
         },
         "ShareImage": task(
             "ShareImage",
-            payload={"image": "$.image", "share": "$.share", "imds_support": "$.imds_support"},
+            payload={
+                "image": "$.image",
+                "share": "$.share",
+                "imds_support": "$.imds_support",
+                "run_id": "$.run_id",
+                "approval": "$.approval",
+            },
             result=ShareImageOutput,
             result_path="$.shared",
             on_error="PublishFailed",
@@ -563,6 +569,7 @@ REGION_ITEM_FIELDS = [
     "imds_support",
     "launch_templates",
     "fast_launch",
+    "approval",
 ]
 
 

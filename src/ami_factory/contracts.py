@@ -226,6 +226,21 @@ class AwaitApprovalInput(Contract):
     task_token: str
 
 
+class DecideApprovalInput(Contract):
+    """An approver's answer, from ``ami_factory_cli approve|reject``."""
+
+    execution_arn: str
+    decision: Literal["approve", "reject"]
+    reason: str = ""
+    approver: str = ""  # for the log and the ledger; who really called is in CloudTrail
+
+
+class ApprovalDecided(Model):
+    run_id: str
+    decision: str
+    answered: bool  # False: the wait had ended already (timed out)
+
+
 class ApprovalRequested(Model):
     waiting: list[str]  # "Region: image id"
     message: str
@@ -323,6 +338,8 @@ class ShareImageInput(Contract):
     image: ImageRef
     share: ShareTargets
     imds_support: Literal["v2.0"] | None = None
+    run_id: str = ""
+    approval: bool = False
 
 
 class ShareImageOutput(Model):

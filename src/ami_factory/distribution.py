@@ -27,6 +27,7 @@ from .contracts import (
 )
 from .errors import (
     AmiFactoryError,
+    ApprovalMissingError,
     CopySlotBusyError,
     EncryptionKeyError,
     InvalidRequestError,
@@ -182,6 +183,11 @@ def share_image(event: ShareImageInput) -> ShareImageOutput:
     # Checked again here, not only in ResolveRequest: the state is data anyone with
     # StartExecution can shape, and sharing is the step that must never overreach.
     check_share_targets(event.share, load_settings())
+    if event.approval and Ledger().decision(event.run_id) != "approved":
+        raise ApprovalMissingError(
+            f"run {event.run_id} needs approval, and none was recorded through the DecideApproval function: "
+            f"nothing is shared (a SendTaskSuccess of its own does not count)"
+        )
     ec2 = Ec2(event.image.region)
     if event.imds_support:  # before anyone else may launch it
         ec2.require_imds_support(event.image.image_id, event.imds_support)

@@ -29,6 +29,10 @@ class ShareTargetNotAllowedError(AmiFactoryError):
     """An account, organization or OU is outside the deploy-time allow-list."""
 
 
+class ApprovalMissingError(AmiFactoryError):
+    """A run that needs approval reached a step that gives its images to someone, without one."""
+
+
 class LaunchTemplateNotAllowedError(AmiFactoryError):
     """A request names a launch template outside the deploy-time allow-list."""
 

@@ -401,6 +401,38 @@ class Ledger:
     def parameter_rolled_back(self, run_id: str, write: ParameterWrite) -> None:
         self._set(f"run#{run_id}", f"parameter#{write.region}#{write.name}", {"rolled_back": "true", "settled": "true"})
 
+    # --- approval --------------------------------------------------------------------------------
+
+    def await_approval(self, run_id: str, token: str) -> None:
+        """The run waits for a decision with ``token`` (a retried wait's new token replaces the old)."""
+        self._update_if(
+            f"run#{run_id}",
+            "approval",
+            "SET task_token = :token, decision = :none",
+            "attribute_not_exists(pk) OR decision = :none",
+            _encode({":token": token, ":none": ""}),
+        )
+
+    def decide(self, run_id: str, decision: str, by: str) -> str | None:
+        """Record the run's one decision (``approved`` or ``rejected``); the wait's token, or None when
+        the run is not waiting (no wait, or decided already)."""
+        waiting = self._get(f"run#{run_id}", "approval")
+        if waiting is None or waiting.get("decision"):
+            return None
+        decided = self._update_if(
+            f"run#{run_id}",
+            "approval",
+            "SET decision = :decision, decided_by = :by, decided_at = :at",
+            "decision = :none AND task_token = :token",
+            _encode({":decision": decision, ":by": by, ":at": _now(), ":none": "", ":token": waiting["task_token"]}),
+        )
+        return str(waiting["task_token"]) if decided else None
+
+    def decision(self, run_id: str) -> str:
+        """``approved``, ``rejected``, or empty (none yet, or the run never asked)."""
+        found = self._get(f"run#{run_id}", "approval")
+        return str(found.get("decision", "")) if found else ""
+
     # --- launch template versions ------------------------------------------------------------
 
     def record_template_version(self, run_id: str, version: TemplateVersion) -> TemplateVersion:

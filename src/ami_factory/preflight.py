@@ -161,7 +161,7 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         clone_overrides=request.clone,
         imds_support=request.imds_support,
         launch_templates=request.launch_templates,
-        approval=request.approval,
+        approval=request.approval or settings.require_approval,
         approval_timeout_seconds=settings.approval_timeout_seconds,
         volumes=request.volumes,
         fast_launch=request.fast_launch,

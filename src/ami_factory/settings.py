@@ -79,6 +79,7 @@ class Settings:
     launch_check_instance_type: str = "t3.micro"
     launch_check_max_wait_seconds: int = 900
     approval_timeout_seconds: int = 72 * 3600
+    require_approval: bool = False  # every run waits for approval, whatever its request says
     price_overrides: str = ""  # JSON: see pricing.Prices
     notification_topic_arn: str = ""
     retention_keep_newest: int = 0  # 0: no count rule
@@ -134,6 +135,7 @@ def load_settings() -> Settings:
         launch_check_instance_type=os.environ.get("LAUNCH_CHECK_INSTANCE_TYPE") or "t3.micro",
         launch_check_max_wait_seconds=_int("LAUNCH_CHECK_MAX_WAIT_SECONDS", 900),
         approval_timeout_seconds=_int("APPROVAL_TIMEOUT_HOURS", 72) * 3600,
+        require_approval=os.environ.get("REQUIRE_APPROVAL", "false").lower() == "true",
         price_overrides=os.environ.get("PRICE_OVERRIDES", ""),
         notification_topic_arn=os.environ.get("NOTIFICATION_TOPIC_ARN", ""),
         retention_keep_newest=_int("RETENTION_KEEP_NEWEST", 0),

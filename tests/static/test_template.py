@@ -47,9 +47,14 @@ def step_functions(machine: dict[str, Any]) -> list[str]:
 
 
 def entry_points(template: dict[str, Any]) -> set[str]:
-    """The functions started from outside the state machine: targets of rules and schedules, and
-    CloudFormation's custom resources."""
-    found = set()
+    """The functions started from outside the state machine: targets of rules and schedules,
+    CloudFormation's custom resources, and the ones people invoke (named in the stack's Outputs)."""
+    found = {
+        output["Value"]["Ref"]
+        for output in template.get("Outputs", {}).values()
+        if isinstance(output.get("Value"), dict)
+        and template["Resources"].get(output["Value"].get("Ref", ""), {}).get("Type") == "AWS::Serverless::Function"
+    }
     for resource in template["Resources"].values():
         properties = resource.get("Properties", {})
         if str(resource["Type"]).startswith("Custom::"):

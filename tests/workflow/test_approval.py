@@ -5,14 +5,16 @@ or unanswered, its images are removed and the instance is as it was."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable
 
 from ami_factory_cli import cli
 from ami_factory_local import Emulator
 from ami_factory_local.emulator import ACCOUNT_ID
-from tests.helpers import all_instances, run_images, sample
+from tests.helpers import all_instances, ledger_items, run_images, sample
 
 REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2")
+DECIDE = "ami-factory-local-DecideApprovalFunction"
 
 
 def execution(emu: Emulator, name: str) -> str:
@@ -24,7 +26,7 @@ def answered_when_asked(emu: Emulator, name: str, *argv: str) -> io.StringIO:
     said = io.StringIO()
 
     def person() -> None:
-        args = cli.parser().parse_args([*argv, execution(emu, name)])
+        args = cli.parser().parse_args([*argv, execution(emu, name), "--function-name", DECIDE])
         assert cli.answer(args, said) == 0, said.getvalue()
 
     emu.world.after_call("Publish", person)
@@ -40,7 +42,7 @@ def test_nothing_is_shared_or_published_until_a_person_approves(emu: Emulator) -
     before: dict[str, int] = {}
     given = ("ModifyImageAttribute", "ModifySnapshotAttribute", "PutParameter", "CreateLaunchTemplateVersion")
     emu.world.after_call("Publish", lambda: before.update({op: len(emu.world.sent(op)) for op in given}))
-    said = answered_when_asked(emu, "approved", "approve")
+    said = answered_when_asked(emu, "approved", "approve", "--approver", "alice")
 
     result = emu.run(sample("request-basic.json", instance_id=instance_id, approval=True), name="approved")
 
@@ -52,8 +54,10 @@ def test_nothing_is_shared_or_published_until_a_person_approves(emu: Emulator) -
         (image,) = run_images(emu, region, "approved")
         assert f"{region}: {image['ImageId']}" in asked["Message"]
         assert image["ImageId"] in shared(emu)
-    assert f"ami_factory_cli approve {execution(emu, 'approved')}" in asked["Message"]
-    assert f"ami_factory_cli reject {execution(emu, 'approved')}" in asked["Message"]
+    assert f"ami_factory_cli approve {execution(emu, 'approved')} --stack-name" in asked["Message"]
+    assert f"ami_factory_cli reject {execution(emu, 'approved')} --stack-name" in asked["Message"]
+    decided = [i for i in ledger_items(emu) if i["sk"] == "approval"]
+    assert [(i["decision"], i["decided_by"]) for i in decided] == [("approved", "alice")]
 
 
 def test_a_rejected_run_removes_its_images_and_leaves_the_instance_running(emu: Emulator) -> None:
@@ -91,8 +95,10 @@ def test_the_cli_refuses_to_answer_a_run_that_does_not_wait(emu: Emulator) -> No
     instance_id = emu.launch_instance(name="web")
     emu.run(sample("request-basic.json", instance_id=instance_id), name="plain")
     out = io.StringIO()
-    assert cli.answer(cli.parser().parse_args(["approve", execution(emu, "plain")]), out) == 1
-    assert "execution plain is SUCCEEDED: there is nothing to approve" in out.getvalue()
+    assert (
+        cli.answer(cli.parser().parse_args(["approve", execution(emu, "plain"), "--function-name", DECIDE]), out) == 1
+    )
+    assert "run plain is not waiting for approval" in out.getvalue()
     assert ACCOUNT_ID in execution(emu, "plain")
 
 
@@ -106,3 +112,42 @@ def test_only_the_regions_that_copied_wait_for_approval(emu: Emulator) -> None:
     assert result.output["status"] == "PARTIAL" and result.output["failed_regions"] == ["ap-southeast-2"]
     (asked,) = [r.params for r in emu.world.sent("Publish") if "awaits approval" in r.params.get("Subject", "")]
     assert "ap-southeast-2" not in asked["Message"] and "eu-west-1: ami-" in asked["Message"]
+
+
+def test_a_task_success_sent_around_the_decide_function_gives_nothing_away(emu: Emulator) -> None:
+    """Whoever reads the history has the wait's token; sending SendTaskSuccess with it moves the
+    execution on, but ShareImage finds no decision in the ledger: nothing is shared or published, and
+    the images are removed."""
+    instance_id = emu.launch_instance(name="web")
+
+    def around() -> None:
+        history = emu.client("stepfunctions").get_execution_history(
+            executionArn=execution(emu, "around"), reverseOrder=True
+        )["events"]
+        (token,) = [
+            json.loads(e["taskScheduledEventDetails"]["parameters"])["Payload"]["task_token"]
+            for e in history
+            if e["type"] == "TaskScheduled" and "AwaitApproval" in e["taskScheduledEventDetails"]["parameters"]
+        ]
+        emu.client("stepfunctions").send_task_success(taskToken=token, output="{}")
+
+    emu.world.after_call("Publish", around)
+
+    result = emu.run(sample("request-basic.json", instance_id=instance_id, approval=True), name="around")
+
+    assert result.status == "FAILED" and result.error == "AllRegionsFailedError", result.cause
+    assert result.cause_message.count("ApprovalMissingError") == len(REGIONS), result.cause_message
+    assert shared(emu) == [] and not emu.world.sent("PutParameter")
+    for region in REGIONS:
+        assert run_images(emu, region, "around") == [], region
+
+
+def test_a_deployment_that_requires_approval_waits_whatever_the_request_says(
+    make_emulator: Callable[..., Emulator],
+) -> None:
+    emu = make_emulator(RequireApproval="true", ApprovalTimeoutHours="1")
+    instance_id = emu.launch_instance(name="web")
+    request = sample("request-basic.json", instance_id=instance_id, approval=False)
+    result = emu.run(request, name="required")
+    assert result.status == "FAILED" and result.error == "WaitTimeoutError", result.cause
+    assert shared(emu) == []

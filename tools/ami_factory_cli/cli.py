@@ -338,44 +338,41 @@ def redistribution_request(described: DescribeExecutionOutputTypeDef) -> dict[st
     }
 
 
-def approval_token(sfn: SFNClient, execution_arn: str) -> str:
-    """The task token of the run's approval wait, from its history (the AwaitApproval task's input).
-    Raises ValueError (what to do instead) when the run is not waiting for approval."""
-    described = sfn.describe_execution(executionArn=execution_arn)
-    if described["status"] != "RUNNING":
-        raise ValueError(f"execution {described['name']} is {described['status']}: there is nothing to approve")
-    scheduled = [
-        json.loads(event["taskScheduledEventDetails"]["parameters"])
-        for page in sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn, reverseOrder=True)
-        for event in page["events"]
-        if event["type"] == "TaskScheduled"
-    ]
-    for parameters in scheduled:
-        if "AwaitApproval" in str(parameters.get("FunctionName", "")):
-            return str(parameters["Payload"]["task_token"])
-    raise ValueError(
-        f"execution {described['name']} is not waiting for approval (yet): its request has no approval, or its "
-        f"images are still being copied; try again when the topic says they wait"
-    )
+def decide_function(session: boto3.session.Session, args: argparse.Namespace) -> str:
+    """The DecideApproval function: given, or from the stack's outputs."""
+    if args.function_name:
+        return str(args.function_name)
+    if not args.stack_name:
+        raise ValueError("name the stack (--stack-name) or the DecideApproval function (--function-name)")
+    cloudformation = session.client("cloudformation", endpoint_url=args.endpoint_url)
+    outputs = cloudformation.describe_stacks(StackName=args.stack_name)["Stacks"][0].get("Outputs", [])
+    found = [o["OutputValue"] for o in outputs if o["OutputKey"] == "DecideApprovalFunctionName"]
+    if not found:
+        raise ValueError(f"stack {args.stack_name} has no DecideApprovalFunctionName output: is it AMI Factory's?")
+    return found[0]
 
 
 def answer(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    """approve: the run shares and publishes its images; reject: they are removed as on a failure."""
+    """approve: the run shares and publishes its images; reject: they are removed as on a failure. The
+    answer goes through the DecideApproval function, which records it where ShareImage looks."""
     session = boto3.session.Session(region_name=args.region or args.execution_arn.split(":")[3])
-    sfn = session.client("stepfunctions", endpoint_url=args.endpoint_url)
+    decision = {
+        "execution_arn": args.execution_arn,
+        "decision": args.command,
+        "reason": getattr(args, "reason", None) or "",
+        "approver": args.approver or "",
+    }
     try:
-        token = approval_token(sfn, args.execution_arn)
+        function = decide_function(session, args)
     except ValueError as error:
         print(f"cannot {args.command}: {error}", file=out)
         return 1
-    try:
-        if args.command == "approve":
-            sfn.send_task_success(taskToken=token, output=json.dumps({"approved": True}))
-        else:
-            reason = args.reason or "rejected with ami_factory_cli reject"
-            sfn.send_task_failure(taskToken=token, error="ApprovalRejectedError", cause=reason[:256])
-    except sfn.exceptions.TaskTimedOut:
-        print(f"cannot {args.command}: the approval wait is over (timed out, or already answered)", file=out)
+    called = session.client("lambda", endpoint_url=args.endpoint_url).invoke(
+        FunctionName=function, Payload=json.dumps(decision)
+    )
+    result = json.loads(called["Payload"].read() or b"{}")
+    if called.get("FunctionError"):
+        print(f"cannot {args.command}: {error_message(json.dumps(result))}", file=out)
         return 1
     print(f"{args.command}d {args.execution_arn}", file=out)
     return 0
@@ -485,6 +482,9 @@ def parser() -> argparse.ArgumentParser:
     for verb, what in (("approve", "share and publish"), ("reject", "remove")):
         decide = commands.add_parser(verb, help=f"{what} the images of a run that waits for approval")
         decide.add_argument("execution_arn", help="the run's execution ARN (the approval notification names it)")
+        decide.add_argument("--stack-name", help="find the DecideApproval function from this stack's outputs")
+        decide.add_argument("--function-name", help="the DecideApproval function (its name or ARN)")
+        decide.add_argument("--approver", help="who answers, for the run's ledger and log (CloudTrail has the caller)")
         decide.add_argument("--region", help="the stack's Region (default: the ARN's)")
         decide.add_argument("--endpoint-url", help="e.g. http://127.0.0.1:5005 for the local emulator")
         if verb == "reject":
