@@ -93,3 +93,21 @@ def test_the_world_refuses_a_shrink_as_ec2_does(emu: Emulator) -> None:
     else:
         raise AssertionError("EC2 refuses a volume smaller than its snapshot")
     assert ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": ["shrunk"]}])["Images"] == []
+
+
+def test_an_image_of_an_instance_with_data_volumes_has_a_snapshot_of_each_and_takes_them_all_away(
+    emu: Emulator,
+) -> None:
+    """Without any volume change too (the world snapshots every volume, as EC2 does): a failed
+    Region's copy goes with every snapshot it has."""
+    instance_id = emu.launch_instance(name="web", data_volumes=DATA)
+    emu.world.refuse("PutParameter", 1, region="eu-west-1")  # the copy exists, then its Region fails
+
+    result = emu.run({"instance_id": instance_id, "regions": ["eu-west-1"]}, name="plain")
+
+    assert result.output["status"] == "PARTIAL", result.cause
+    (image,) = run_images(emu, "us-east-1", "plain")
+    assert sorted(mappings(image)) == ["/dev/sda1", "/dev/sdf", "/dev/sdg"]
+    owned = emu.client("ec2", "eu-west-1").describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    assert [s for s in owned if s.get("Description", "").startswith("Copied for")] == []
+    assert len(emu.world.sent("DeleteSnapshot", "eu-west-1")) == 3, "the root's and both data volumes'"

@@ -980,7 +980,9 @@ class World:
             )
             world._apply_tags(image.ebs_snapshot, specs, "snapshot")
             world._encrypt_like_root(response.ec2_backend, image)
-            if mappings:
+            # An instance with data volumes makes an image with a snapshot of each (moto: the root only).
+            instance = response.ec2_backend.get_instance(image.instance_id)
+            if mappings or len(instance.block_device_mapping) > 1:
                 made = block_devices.created(response.ec2_backend, image.instance_id, image, mappings)
                 world.image_mappings[image.id] = made
                 for snapshot in block_devices.snapshots(response.ec2_backend, made):
