@@ -100,7 +100,8 @@ def roll_back_parameters(run_id: str, delivered_regions: set[str]) -> tuple[list
 def roll_back_launch_templates(run_id: str, delivered_regions: set[str]) -> tuple[list[str], set[str]]:
     """In every Region the run did not deliver, its launch template versions go: the default it
     replaced is put back if its own version is still the default (one made default since is another
-    run's or a person's), then its version is deleted. Only versions EC2 answered the run with. Returns
+    run's or a person's), then its version is deleted. Only versions EC2 answered the run with (one
+    whose answer was lost is asked for again, with the run's ClientToken, and EC2 names it). Returns
     what could not be taken back, and the Regions where a template may still name the run's image."""
     ledger = Ledger()
     left: list[str] = []

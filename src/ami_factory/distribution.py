@@ -220,9 +220,11 @@ def protect_image(event: ProtectImageInput) -> ProtectImageOutput:
 
 
 def publish_parameter(event: PublishParameterInput) -> PublishParameterOutput:
-    """Point the family's ``latest`` in this Region at the run's image: only the family's owner may
-    (the first run to publish binds it; adopt_family takes it over), and the value it replaces is
-    recorded in the run's ledger first."""
+    """The Region's last step, once its image is complete: Windows fast launch if asked; then point
+    the family's ``latest`` and the Region's launch templates at the image. Only the family's owner
+    may (the first run to publish binds it; adopt_family takes it over), only forward (never to an
+    image whose run started before the one it names), and what each replaces is recorded in the run's
+    ledger first."""
     region = event.image.region
     made = require_made(event.run_id, region, event.image.image_id, "image")
     ledger = Ledger()
