@@ -243,6 +243,22 @@ def test_cli_redrives_a_partial_run_to_its_failed_region_only(make_emulator) -> 
     }, "the run's own sharing, and nothing that touches the instance (its mode)"
 
 
+def test_cli_runs_a_sample_request_file_with_the_instance_filled_in(make_emulator) -> None:
+    emu: Emulator = make_emulator()
+    instance_id = emu.launch_instance(name="web")
+    out = io.StringIO()
+    sample_file = str(ROOT / "events" / "request-basic.json")
+    args = ["run", "--request", sample_file, "--instance-id", instance_id, "--name", "from-file"]
+    code = cli.run(
+        cli.parser().parse_args([*args, "--state-machine-arn", emu.state_machine_arn, "--poll-seconds", "0.01"]), out
+    )
+    assert code == 0, out.getvalue()
+    sent = json.loads(
+        emu.client("stepfunctions").describe_execution(executionArn=executions(emu)[0]["executionArn"])["input"]
+    )
+    assert sent == {**json.loads((ROOT / "events" / "request-basic.json").read_text()), "instance_id": instance_id}
+
+
 def test_cli_redrives_only_a_partial_run(make_emulator) -> None:
     emu: Emulator = make_emulator()
     instance_id = emu.launch_instance(name="web")

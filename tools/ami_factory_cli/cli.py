@@ -31,6 +31,12 @@ if TYPE_CHECKING:
 
 
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The request: a file's (``--request``, e.g. a sample from events/) with the instance filled in,
+    else the one the options describe."""
+    if args.request:
+        with open(args.request, encoding="utf-8") as file:
+            loaded: dict[str, Any] = json.load(file)
+        return {**loaded, "instance_id": args.instance_id}
     request: dict[str, Any] = {"instance_id": args.instance_id, "mode": args.mode}
     if args.regions is not None:
         request["regions"] = [region for region in args.regions.split(",") if region]
@@ -449,6 +455,12 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
     start = commands.add_parser("run", help="image an instance and distribute the image")
     start.add_argument("--instance-id", required=True)
+    start.add_argument(
+        "--request",
+        metavar="FILE",
+        help="a request file (e.g. events/request-basic.json) whose instance_id "
+        "--instance-id replaces; the other request options are not used with it",
+    )
     start.add_argument("--regions", help="comma-separated target Regions (default: the stack's DefaultRegions)")
     start.add_argument("--mode", choices=["stop", "no-reboot", "generalize", "generalize-in-place"], default="stop")
     start.add_argument("--cleanup", action="store_true", help="clean temp files and caches through SSM first")
