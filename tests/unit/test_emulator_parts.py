@@ -7,11 +7,14 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
+from moto.core.models import DEFAULT_ACCOUNT_ID
 
 from ami_factory_local import Emulator
 from ami_factory_local.clock import VirtualClock
+from ami_factory_local.emulator import ACCOUNT_ID
 from ami_factory_local.runtime import FunctionCode, InProcessRuntime
 from ami_factory_local.template import Resolver
 from tests.helpers import TEST_PARAMETERS, sample
@@ -318,3 +321,22 @@ def test_a_pausing_function_lets_others_run_without_its_environment(tmp_path: Pa
     assert runtime.invoke_checked("pauser", {"runtime": runtime, "meanwhile": meanwhile}) == "pauser"
     assert seen == [[None, "other"]], "the other function ran meanwhile, with its environment only"
     assert "WHO" not in os.environ and "MINE" not in os.environ
+
+
+def test_a_role_assumed_in_another_account_acts_in_that_account(emu: Emulator) -> None:
+    """What copies owned by other accounts will stand on: credentials from AssumeRole into another
+    account's role reach that account's resources, never the stack's (moto's own multi-account model)."""
+    other = "444455556666"
+    credentials = emu.client("sts").assume_role(
+        RoleArn=f"arn:aws:iam::{other}:role/AmiFactoryTarget", RoleSessionName="ami-factory", ExternalId="run-1"
+    )["Credentials"]
+    session = boto3.session.Session(
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+        region_name="eu-west-1",
+    )
+    assert session.client("sts").get_caller_identity()["Account"] == other
+    session.client("ssm").put_parameter(Name="/ami-factory/web/latest", Value="ami-0123456789abcdef0", Type="String")
+    assert emu.client("ssm", "eu-west-1").get_parameters(Names=["/ami-factory/web/latest"])["Parameters"] == []
+    assert ACCOUNT_ID == DEFAULT_ACCOUNT_ID, "the stack's account is moto's default: nothing pins it"

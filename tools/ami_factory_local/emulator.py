@@ -155,10 +155,11 @@ class Emulator:
             mock.patch.dict(
                 os.environ,
                 # moto's thousands of default AMIs make every Region's first call take seconds; the
-                # emulator registers the one base image it needs instead.
+                # emulator registers the one base image it needs instead. The account is moto's default
+                # (ACCOUNT_ID), not pinned: a caller with credentials from AssumeRole into another
+                # account's role is in that account, as on AWS.
                 {
                     "AWS_DEFAULT_REGION": self.region,
-                    "MOTO_ACCOUNT_ID": ACCOUNT_ID,
                     "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
                 },
             )
