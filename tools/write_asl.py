@@ -821,7 +821,7 @@ def definition() -> State:
         **event_wait(
             wait_state="WaitForApproval",
             function="AwaitApproval",
-            comment="Until `ami_factory_cli approve` (SendTaskSuccess) or `reject` (SendTaskFailure: "
+            comment="Until an approver answers through DecideApproval (`ami_factory_cli approve`, or `reject`: "
             "ApprovalRejectedError); AwaitApproval tells the topic which images wait and how to answer.",
             payload=paths({"images": "$.distribution", "execution_arn": "$$.Execution.Id"}),
             result_path="$.approval_answer",

@@ -1,6 +1,7 @@
 """Approval before anyone gets the images: the run's ``.waitForTaskToken`` wait after Distribute,
-answered by a person (``ami_factory_cli approve|reject EXECUTION``: SendTaskSuccess, or
-SendTaskFailure with ``ApprovalRejectedError``) or ended by the deployment's ApprovalTimeoutHours."""
+answered by an approver through DecideApproval (``ami_factory_cli approve|reject EXECUTION``), which
+records the decision in the run's ledger and then ends the wait (SendTaskSuccess, or SendTaskFailure
+with ``ApprovalRejectedError``), or ended by the deployment's ApprovalTimeoutHours."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def await_approval(event: AwaitApprovalInput) -> ApprovalRequested:
         notifications.put_event(settings.event_bus_name, EVENT_SOURCE, APPROVAL_REQUESTED, detail, [])
     except ThrottledError:
         raise  # the state machine retries the step with backoff
-    except (ClientError, AmiFactoryError) as error:  # the run still waits: the CLI finds it by its history
+    except (ClientError, AmiFactoryError) as error:  # the run still waits; DecideApproval still answers it
         logger.error("could not ask for approval: %s", error)
     return ApprovalRequested(waiting=waiting, message=message)
 

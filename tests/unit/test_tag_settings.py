@@ -87,9 +87,12 @@ def test_distribution_settings_come_from_tags_too() -> None:
             "ami-factory:launch-check": "true",
             "ami-factory:keep-newest": "3",
             "ami-factory:max-age-days": "90",
+            "ami-factory:imds-support": "v2.0",
+            "ami-factory:approval": "true",
         },
         OPEN,
     )
+    assert request.imds_support == "v2.0" and request.approval is True
     assert request.encrypt is True and request.launch_check is True
     assert (request.retention.keep_newest, request.retention.max_age_days) == (3, 90)
     assert request.share.snapshot_permissions is True and request.copy_completion_minutes == 45
@@ -97,6 +100,8 @@ def test_distribution_settings_come_from_tags_too() -> None:
     assert request.protection.cooldown is True
     with pytest.raises(InvalidRequestError, match="tag ami-factory:copy-completion-minutes"):
         request_from_tags(INSTANCE, {"ami-factory:copy-completion-minutes": "20"}, SETTINGS)
+    with pytest.raises(InvalidRequestError, match="tag ami-factory:imds-support"):
+        request_from_tags(INSTANCE, {"ami-factory:imds-support": "v1.0"}, SETTINGS)
 
 
 def test_no_setting_tags_mean_the_defaults() -> None:

@@ -206,3 +206,22 @@ def test_without_rules_every_family_is_kept_and_counted(emu: Emulator) -> None:
         published_in_ledger(emu, family, image_id)
     report = emu.runtime.invoke_checked("ami-factory-local-ApplyRetentionFunction", {"regions": ["us-east-1"]})
     assert report == {"dry_run": False, "decisions": [], "kept": 5}
+
+
+def test_retention_turns_windows_fast_launch_off_before_it_deregisters(make_emulator) -> None:
+    """An expired image whose run turned fast launch on: off first (the world refuses to deregister
+    it otherwise, and on AWS its pre-provisioned snapshots would stay)."""
+    emu = make_emulator(RetentionKeepNewest="1")
+    instance_id = emu.launch_instance(name="win")
+    emu.world.set_platform("us-east-1", instance_id, "windows")
+    request = {"instance_id": instance_id, "regions": [], "fast_launch": [{"region": "us-east-1"}]}
+    old, new = (emu.run(request, name=name) for name in ("old", "new"))
+    assert old.output["status"] == new.output["status"] == "SUCCEEDED", (old.cause, new.cause)
+    expired = old.output["regions"][0]["image_id"]
+    assert expired in emu.world.fast_launch
+
+    report = emu.runtime.invoke_checked("ami-factory-local-ApplyRetentionFunction", {})
+
+    assert set(decisions(report, "deleted")) == {("us-east-1", expired)}, report
+    assert expired not in image_ids(emu, "us-east-1") and expired not in emu.world.fast_launch
+    assert [r.params["ImageId"] for r in emu.world.sent("DisableFastLaunch")] == [expired]
