@@ -37,7 +37,8 @@ _cache: dict[tuple[Service, str], Any] = {}
 _factory: ClientFactory | None = None
 
 
-def _default_factory(service: Service, region: str) -> Any:
+def boto3_client(service: Service, region: str) -> Any:
+    """A new boto3 client, with the retries the settings ask for (the default factory)."""
     settings = load_settings()
     config = Config(
         retries={"mode": settings.sdk_retry_mode, "total_max_attempts": settings.sdk_max_attempts},
@@ -67,7 +68,7 @@ def client(service: Service, region: str) -> Any:
     key = (service, region)
     with _lock:
         if key not in _cache:
-            _cache[key] = (_factory or _default_factory)(service, region)
+            _cache[key] = (_factory or boto3_client)(service, region)
         return _cache[key]
 
 

@@ -148,11 +148,17 @@ def mark_principal(client: Any, role: str, session: str) -> Any:
 
 def translated(template: dict[str, Any], region: str) -> dict[str, Any]:
     """The template as CloudFormation gets it from SAM (what ``sam deploy`` sends)."""
+    # SAM's translation takes a tenth of a second and every emulator asks for it: once per template.
+    return copy.deepcopy(_translated(json.dumps(template, sort_keys=True), region))
+
+
+@functools.lru_cache(maxsize=8)
+def _translated(template_json: str, region: str) -> dict[str, Any]:
     import boto3
     from samtranslator.parser.parser import Parser
     from samtranslator.translator.translator import Translator
 
-    packaged = copy.deepcopy(template)
+    packaged = json.loads(template_json)
     for resource in packaged["Resources"].values():
         for key in ("CodeUri", "ContentUri", "DefinitionUri"):  # as `sam package` rewrites them
             if isinstance(resource.get("Properties", {}).get(key), str):

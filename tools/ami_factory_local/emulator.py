@@ -31,6 +31,8 @@ from moto import mock_aws
 from moto.dynamodb.models import dynamodb_backends
 from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.events.models import events_backends
+from moto.kms import models as kms_models
+from moto.kms import utils as kms_utils
 from moto.stepfunctions.exceptions import InvalidExecutionInput
 from moto.stepfunctions.parser.api import HistoryEventType
 from moto.stepfunctions.parser.asl.eval.event.event_manager import EventManager
@@ -39,8 +41,9 @@ from moto.stepfunctions.parser.asl.utils import json_path
 from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
 from moto.stepfunctions.parser.models import StepFunctionsParserBackend
 
-from ami_factory.clients import use_client_factory
+from ami_factory.clients import boto3_client, use_client_factory
 from ami_factory.errors import error_message
+from ami_factory.settings import load_settings
 
 from .authorization import Authorizer, roles_of, translated
 from .callbacks import event_driven_waits
@@ -56,6 +59,41 @@ from .world import World
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT_ID = "123456789012"
 STACK_NAME = "ami-factory-local"
+
+# Making a boto3 client takes about 15 ms, and a test's emulator used to make some forty (one per
+# service and Region, many more than once): clients are kept for the whole process instead. That is
+# safe because moto's stubber is global (a client made before an emulator started reaches the next
+# one's backends), the caller's identity is per thread (``authorization.acting_as``), and only
+# clients that never retry are shared, so no retry quota or adaptive rate limiter carries over.
+_POOL_LOCK = threading.Lock()
+_FUNCTION_CLIENTS: dict[tuple[str, str], Any] = {}
+_OPERATOR_CLIENTS: dict[tuple[str, str], Any] = {}
+
+
+@functools.cache
+def _shared_signing_key() -> Any:
+    return kms_utils.generate_private_key("RSA_2048")
+
+
+def _signing_key(key_spec: str) -> Any:
+    """moto makes an RSA key pair for every KMS key, symmetric ones too (tens of ms each); a symmetric
+    key never signs or verifies, so they all share one."""
+    if key_spec == "SYMMETRIC_DEFAULT":
+        return _shared_signing_key()
+    return kms_utils.generate_private_key(key_spec)
+
+
+def _pooled_client(service: Any, region: str) -> Any:
+    """The functions' client for ``service`` in ``region``: shared while it cannot retry."""
+    settings = load_settings()
+    if settings.sdk_max_attempts != 1 or settings.sdk_retry_mode == "adaptive":
+        return boto3_client(service, region)
+    with _POOL_LOCK:
+        if (service, region) not in _FUNCTION_CLIENTS:
+            _FUNCTION_CLIENTS[(service, region)] = boto3_client(service, region)
+        return _FUNCTION_CLIENTS[(service, region)]
+
+
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 IAM_USAGE_VARIABLE = "AMI_FACTORY_IAM_USAGE"
 HISTORY_QUOTA = 25_000  # events in a Standard execution's history; Step Functions fails it past that
@@ -167,11 +205,8 @@ class Emulator:
         stack.enter_context(
             mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}})
         )
-        use_client_factory(None)  # clients cached before this emulator started belong to another world
-        # moto's interpreter builds a new JSONPath parser (ply tables) for every path it reads; a
-        # parsed path is immutable, so the emulator parses each one once.
-        parse = json_path.parse  # type: ignore[attr-defined]  # moto imports it there
-        stack.enter_context(mock.patch.object(json_path, "parse", functools.lru_cache(maxsize=4096)(parse)))
+        use_client_factory(_pooled_client)
+        stack.enter_context(mock.patch.object(json_path, "parse", _parse_json_path))
         # ...and parses the whole ASL with ANTLR for every execution (about a second each); executions
         # get a fresh copy of the one parse instead, so none shares state with another.
         stack.enter_context(
@@ -192,6 +227,7 @@ class Emulator:
             )
         )
         stack.enter_context(mock.patch.object(EventManager, "add_event", self._within_quota(EventManager.add_event)))
+        stack.enter_context(mock.patch.object(kms_models, "generate_private_key", _signing_key))
         stack.enter_context(self.clock.installed())
         # StartRun paces a firing's starts (RunStartsPerMinute) in virtual time.
         stack.enter_context(mock.patch("ami_factory.triggers.sleep", self._pause))
@@ -246,8 +282,12 @@ class Emulator:
     def client(self, service: str, region: str | None = None) -> Any:
         """A boto3 client of any service on the emulator, for tests and scripts (the package's own
         clients are typed per service in ``ami_factory.clients``)."""
-        service_name: Any = service
-        return boto3.client(service_name, region_name=region or self.region)
+        key = (service, region or self.region)
+        with _POOL_LOCK:
+            if key not in _OPERATOR_CLIENTS:
+                service_name: Any = service
+                _OPERATOR_CLIENTS[key] = boto3.client(service_name, region_name=key[1])
+            return _OPERATOR_CLIENTS[key]
 
     def launch_instance(
         self,
@@ -790,6 +830,11 @@ def _named_executions(start_execution: Any) -> Any:
         return start_execution(backend, state_machine_arn, name or str(uuid.uuid4()), execution_input, **kwargs)
 
     return start
+
+
+# moto's interpreter builds a new JSONPath parser (ply tables) for every path it reads; a parsed path
+# is immutable, so each one is parsed once in the process.
+_parse_json_path = functools.lru_cache(maxsize=4096)(json_path.parse)  # type: ignore[attr-defined]  # moto imports it there
 
 
 def _parse_once(parse: Any) -> Any:

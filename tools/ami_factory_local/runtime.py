@@ -25,10 +25,15 @@ from unittest import mock
 
 from moto.awslambda.models import LambdaBackend
 from moto.awslambda_simple.models import LambdaSimpleBackend
+from moto.core.models import botocore_stubber
 from moto.events.models import Rule, events_backends
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 
 from .authorization import acting_as, mark_principal
+
+# The interpreter's Lambda clients, kept for the process (see ``InProcessRuntime.installed``).
+_INTERPRETER_CLIENTS_LOCK = threading.Lock()
+_INTERPRETER_CLIENTS: dict[tuple[str, str, str, bool], Any] = {}
 
 
 @dataclass
@@ -222,16 +227,19 @@ class InProcessRuntime:
 
             return invoke
 
-        clients: dict[tuple[str, str], Any] = {}
         make_client = lambda_eval_utils.boto_client_for  # type: ignore[attr-defined]  # moto imports it there
 
         def cached_client(region: str, service: str, state_credentials: Any = None) -> Any:
-            # moto's interpreter builds a new boto3 client for every Lambda task (tens of ms each).
-            key = (region, service)
-            if key not in clients:
-                made = make_client(region=region, service=service, state_credentials=state_credentials)
-                clients[key] = mark_principal(made, runtime.state_machine_role, "states")
-            return clients[key]
+            # moto's interpreter builds a new boto3 client for every Lambda task (tens of ms each); the
+            # interpreter's clients are kept for the process, one per Region, service and role (moto
+            # signs with fixed keys whatever the state's credentials, and points them at its server
+            # when its in-process stubber is off).
+            key = (region, service, runtime.state_machine_role, botocore_stubber.enabled)
+            with _INTERPRETER_CLIENTS_LOCK:
+                if key not in _INTERPRETER_CLIENTS:
+                    made = make_client(region=region, service=service, state_credentials=state_credentials)
+                    _INTERPRETER_CLIENTS[key] = mark_principal(made, runtime.state_machine_role, "states")
+                return _INTERPRETER_CLIENTS[key]
 
         def send_to_targets(rule: Rule, event: dict[str, Any], transform_input: bool = True) -> list[Any]:
             # moto's EventBridge has no Lambda targets; ours run in process, as the real ones run on AWS.
