@@ -223,7 +223,7 @@ def _require_possible_volume_changes(
                 f"volumes: {device} is {volume['Size']} GiB and EC2 cannot shrink a volume below its snapshot: "
                 f"size_gib must be at least {volume['Size']} (or leave size_gib out)"
             )
-        kind = change.volume_type or volume.get("VolumeType", "")
+        kind = change.volume_type or volume["VolumeType"]  # EC2 always says a volume's type
         if change.throughput is not None and kind not in THROUGHPUT_TYPES:
             raise InvalidRequestError(f"volumes: {device} would be {kind}, which takes no throughput (gp3 does)")
         if change.iops is not None and kind not in IOPS_TYPES:

@@ -27,9 +27,11 @@ from ami_factory.rules import (
     parameter_name,
     parse_request,
     principals_without_key_access,
+    request_field,
     retention_tags,
     sanitize_image_name,
     target_regions,
+    volume_limits_broken,
 )
 from ami_factory.settings import load_settings
 from ami_factory.steps import client_token
@@ -387,3 +389,47 @@ def test_lists_that_name_one_thing_per_entry_refuse_a_repeat() -> None:
         with pytest.raises(ValidationError, match=rf"{field} lists \['{repeated}'\] more than once"):
             ImagingRequest.model_validate({**base, field: entries})
         ImagingRequest.model_validate({**base, field: entries[:1]})
+
+
+@pytest.mark.parametrize(
+    "volume, refused",
+    [
+        # HDD never boots, whatever its size; as a data volume it needs 125 GiB.
+        (("st1", 500, None, None, True), "cannot be a boot volume"),
+        (("sc1", 500, None, None, True), "cannot be a boot volume"),
+        (("st1", 500, None, None, False), None),
+        (("st1", 124, None, None, False), "st1 needs at least 125 GiB"),
+        (("sc1", 125, None, None, False), None),
+        (("io2", 3, None, None, False), "io2 needs at least 4 GiB"),
+        (("gp3", 1, None, None, True), None),
+        # gp3: 3,000 IOPS at least, 500 per GiB at most, 0.25 MiB/s of throughput per IOPS.
+        (("gp3", 8, 2999, None, True), "3000 IOPS at least"),
+        (("gp3", 8, 3000, None, True), None),
+        (("gp3", 8, 4000, None, True), None),
+        (("gp3", 8, 4001, None, True), "grow it to 9 GiB"),
+        (("io1", 10, 501, None, False), "more than io1's 50 per GiB: grow it to 11 GiB"),
+        (("gp3", 8, None, 750, True), None),
+        (("gp3", 8, None, 751, True), "needs at least 3004 IOPS"),
+        (("gp3", 20, 4000, 1000, True), None),
+    ],
+)
+def test_ebs_limits_are_refused_at_their_edges_and_say_what_to_change(
+    volume: tuple[str, int, int | None, int | None, bool], refused: str | None
+) -> None:
+    kind, size, iops, throughput, is_root = volume
+    said = volume_limits_broken("/dev/xvdb", kind, size, iops, throughput, is_root)
+    if refused is None:
+        assert said is None
+    else:
+        assert said is not None and refused in said and "/dev/xvdb" in said
+
+
+def test_an_error_about_the_whole_request_names_the_request() -> None:
+    assert request_field(()) == "request"
+    assert request_field(("share", "accounts", 0)) == "share.accounts.0"
+
+
+def test_an_existing_image_needs_regions_named_to_go_to() -> None:
+    settings = replace(SETTINGS, default_regions=("us-east-1",))
+    with pytest.raises(InvalidRequestError, match="name the Regions to distribute it to in regions"):
+        target_regions(request(source_image_id="ami-0123456789abcdef0"), "us-east-1", settings)

@@ -60,3 +60,16 @@ def test_fast_launch_for_a_linux_instance_is_refused_before_anything_changes(emu
     assert result.status == "FAILED" and result.error == "InvalidRequestError", result.cause
     assert "fast_launch is Windows fast launch, and instance" in result.cause_message
     nothing_was_changed(emu)
+
+
+def test_fast_launch_in_a_region_the_run_does_not_copy_to_is_refused_by_name(emu: Emulator) -> None:
+    instance_id = windows_instance(emu)
+    request = {
+        "instance_id": instance_id,
+        "regions": ["eu-west-1"],
+        "fast_launch": [{"region": "eu-west-1"}, {"region": "ap-southeast-2"}],
+    }
+    result = emu.run(request, name="elsewhere")
+    assert result.status == "FAILED" and result.error == "InvalidRequestError", result.cause
+    assert "fast_launch names ['ap-southeast-2'], which this run does not distribute to" in result.cause_message
+    nothing_was_changed(emu)

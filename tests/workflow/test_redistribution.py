@@ -92,6 +92,20 @@ def test_only_an_image_the_ledger_records_for_the_family_is_distributed(emu: Emu
     assert len(emu.world.sent("CopyImage")) == copies, "nothing was copied"
 
 
+def test_a_delivered_image_that_is_gone_is_refused_with_what_to_do(emu: Emulator) -> None:
+    """Deregistered by hand: the ledger still records it, EC2 no longer has it."""
+    instance_id = emu.launch_instance(name="web")
+    source = image_in(partial_run(emu, instance_id), "us-east-1")
+    emu.client("ec2").deregister_image(ImageId=source)
+    copies = len(emu.world.sent("CopyImage"))
+    request = {"instance_id": instance_id, "regions": ["ap-southeast-2"], "source_image_id": source}
+    result = emu.run(request, name="gone")
+    assert result.status == "FAILED" and result.error == "InvalidRequestError", result.cause
+    assert f"image {source} in us-east-1 is gone, not available" in result.cause_message
+    assert "start a new run to image the instance again" in result.cause_message
+    assert len(emu.world.sent("CopyImage")) == copies, "nothing was copied"
+
+
 def test_distributing_refuses_the_stacks_region_and_fields_that_touch_the_instance(emu: Emulator) -> None:
     instance_id = emu.launch_instance(name="web")
     source = image_in(partial_run(emu, instance_id), "us-east-1")

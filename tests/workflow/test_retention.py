@@ -51,6 +51,7 @@ def test_keeps_the_newest_n_deletes_the_rest_with_snapshots_and_a_dry_run_change
     assert untagged in image_ids(emu, "us-east-1"), "an image without AMI Factory's tags is never touched"
     disabled = [r.params["ImageId"] for r in emu.world.sent("DisableImage")]
     assert sorted(disabled) == sorted(image for _, image in expired), "disabled first, then deregistered"
+    assert emu.world.sent("DescribeFastLaunchImages") == [], "fast launch is only looked at where a run turned it on"
     snapshots_after = {
         s["SnapshotId"] for s in emu.client("ec2", "eu-west-1").describe_snapshots(OwnerIds=["self"])["Snapshots"]
     }

@@ -8,7 +8,7 @@ from typing import Any
 from ami_factory_local import Emulator
 from tests.helpers import nothing_was_changed, run_images
 
-DATA = {"/dev/sdf": 100, "/dev/sdg": 50}
+DATA = {"/dev/sdf": 100, "/dev/sdg": 50, "/dev/sdh": 40}
 
 
 def mappings(image: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -21,6 +21,8 @@ def test_volumes_are_left_out_grown_and_retyped_in_every_regions_image(emu: Emul
         {"device_name": "/dev/sdg", "exclude": True},
         {"device_name": "/dev/sdf", "size_gib": 200, "volume_type": "gp3", "iops": 6000, "throughput": 500},
         {"device_name": "/dev/sda1", "size_gib": 30},
+        # At EBS's edges: the size it has (not a shrink), and io1's 50 IOPS per GiB exactly.
+        {"device_name": "/dev/sdh", "size_gib": 40, "volume_type": "io1", "iops": 2000},
     ]
     request = {"instance_id": instance_id, "regions": ["eu-west-1"], "volumes": volumes}
 
@@ -32,10 +34,15 @@ def test_volumes_are_left_out_grown_and_retyped_in_every_regions_image(emu: Emul
     for region in ("us-east-1", "eu-west-1"):
         (image,) = run_images(emu, region, "volumes")
         found = mappings(image)
-        assert sorted(found) == ["/dev/sda1", "/dev/sdf"], region
+        assert sorted(found) == ["/dev/sda1", "/dev/sdf", "/dev/sdh"], region
         assert (found["/dev/sdf"]["VolumeSize"], found["/dev/sdf"]["VolumeType"]) == (200, "gp3")
         assert (found["/dev/sdf"]["Iops"], found["/dev/sdf"]["Throughput"]) == (6000, 500)
         assert found["/dev/sda1"]["VolumeSize"] == 30
+        assert (found["/dev/sdh"]["VolumeSize"], found["/dev/sdh"]["VolumeType"], found["/dev/sdh"]["Iops"]) == (
+            40,
+            "io1",
+            2000,
+        )
 
 
 def test_what_ec2_would_refuse_is_refused_before_the_instance_stops(emu: Emulator) -> None:
@@ -59,6 +66,7 @@ def test_what_ec2_would_refuse_is_refused_before_the_instance_stops(emu: Emulato
         result = emu.run({"instance_id": instance_id, "regions": [], "volumes": [change]}, name=name)
         assert result.status == "FAILED" and result.error == "InvalidRequestError", (name, result.cause)
         assert words in result.cause_message, (name, result.cause_message)
+        assert change["device_name"] in result.cause_message, "the volume is named"
     nothing_was_changed(emu)
 
 
@@ -107,7 +115,7 @@ def test_an_image_of_an_instance_with_data_volumes_has_a_snapshot_of_each_and_ta
 
     assert result.output["status"] == "PARTIAL", result.cause
     (image,) = run_images(emu, "us-east-1", "plain")
-    assert sorted(mappings(image)) == ["/dev/sda1", "/dev/sdf", "/dev/sdg"]
+    assert sorted(mappings(image)) == ["/dev/sda1", "/dev/sdf", "/dev/sdg", "/dev/sdh"]
     owned = emu.client("ec2", "eu-west-1").describe_snapshots(OwnerIds=["self"])["Snapshots"]
     assert [s for s in owned if s.get("Description", "").startswith("Copied for")] == []
-    assert len(emu.world.sent("DeleteSnapshot", "eu-west-1")) == 3, "the root's and both data volumes'"
+    assert len(emu.world.sent("DeleteSnapshot", "eu-west-1")) == 4, "the root's and every data volume's"
