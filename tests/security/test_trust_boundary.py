@@ -147,6 +147,11 @@ def test_steps_refuse_ids_their_run_did_not_make_whatever_the_state_says(emu: Em
     assert all("not recorded in run r's ledger" in error["errorMessage"] for error in refusals)
     assert emu.world.sent("SendCommand") == [] and emu.world.sent("TerminateInstances") == []
     assert emu.world.sent("PutParameter") == [] and len(emu.world.sent("CreateImage")) == 1, "the test's own"
+    # With no clone named, mode generalize has nothing to generalize: never the instance itself.
+    no_clone = invoke_error(emu, "Generalize", {**plan, "clone": None})
+    assert no_clone["errorType"] == "NotMadeByRunError"
+    assert "mode generalize has no clone to generalize" in no_clone["errorMessage"]
+    assert emu.world.sent("SendCommand") == []
 
 
 def ami_event(image_id: str, state: str) -> dict[str, Any]:

@@ -243,8 +243,22 @@ def test_a_flag_that_is_not_true_or_false_is_quoted_up_to_40_characters() -> Non
         request_from_tags(INSTANCE, {"ami-factory:encrypt": "y" * 60}, SETTINGS)
 
 
-def test_a_firing_is_paced_at_the_operators_rate_unless_it_would_outlast_ten_minutes() -> None:
-    assert start_spacing(100, per_minute=60) == 1.0
-    assert start_spacing(1, per_minute=1) == 60.0  # one start never waits: the spacing is unused
-    # 1,000 instances at 60 a minute would take 16.7 minutes: StartRun's timeout is 15.
-    assert start_spacing(1001, per_minute=60) == STARTS_WITHIN_SECONDS / 1000
+@pytest.mark.parametrize(
+    "candidates, per_minute, spacing",
+    [
+        (0, 60, 1.0),
+        (1, 1, 60.0),  # one start never waits: the spacing is unused
+        (2, 1, 60.0),
+        (601, 60, 1.0),  # 600 s at the operator's rate: still within STARTS_WITHIN_SECONDS
+        (602, 60, 600 / 601),  # one more and the firing is spread over 600 s instead
+        (21, 1, 30.0),
+        (100, 60, 1.0),
+        # 1,000 instances at 60 a minute would take 16.7 minutes: StartRun's timeout is 15.
+        (1001, 60, 0.6),
+    ],
+)
+def test_a_firing_is_paced_at_the_operators_rate_unless_that_takes_over_ten_minutes(
+    candidates: int, per_minute: int, spacing: float
+) -> None:
+    assert STARTS_WITHIN_SECONDS == 600
+    assert start_spacing(candidates, per_minute) == pytest.approx(spacing)
