@@ -253,7 +253,7 @@ def utc_instant(text: str) -> str | None:
 
 def execution_arn(state_machine_arn: str, run_id: str) -> str:
     """The ARN of the state machine's execution named ``run_id`` (run ids are execution names)."""
-    return f"{state_machine_arn.replace(':stateMachine:', ':execution:', 1)}:{run_id}"
+    return f"{state_machine_arn.replace(':stateMachine:', ':execution:')}:{run_id}"  # a name has no colon
 
 
 def account_of(arn: str) -> str:

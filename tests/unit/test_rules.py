@@ -22,6 +22,7 @@ from ami_factory.errors import (
 from ami_factory.request import ImagingRequest, RetentionOptions, ShareTargets
 from ami_factory.rules import (
     check_share_targets,
+    execution_arn,
     family_name,
     image_name,
     parameter_name,
@@ -30,7 +31,9 @@ from ami_factory.rules import (
     request_field,
     retention_tags,
     sanitize_image_name,
+    tag_value_keeping_advice,
     target_regions,
+    utc_instant,
     volume_limits_broken,
 )
 from ami_factory.settings import load_settings
@@ -433,3 +436,32 @@ def test_an_existing_image_needs_regions_named_to_go_to() -> None:
     settings = replace(SETTINGS, default_regions=("us-east-1",))
     with pytest.raises(InvalidRequestError, match="name the Regions to distribute it to in regions"):
         target_regions(request(source_image_id="ami-0123456789abcdef0"), "us-east-1", settings)
+
+
+def test_a_runs_execution_arn_is_its_state_machines_with_its_name() -> None:
+    machine = "arn:aws:states:eu-west-1:111122223333:stateMachine:ami-factory-Imaging"
+    assert execution_arn(machine, "web-20261129") == (
+        "arn:aws:states:eu-west-1:111122223333:execution:ami-factory-Imaging:web-20261129"
+    )
+
+
+def test_times_become_one_fixed_width_utc_string_that_orders_as_time_does() -> None:
+    assert utc_instant("2026-11-29T08:00:00+01:00") == "2026-11-29T07:00:00.000000Z"
+    assert utc_instant("2026-11-29T07:00:00.5Z") == "2026-11-29T07:00:00.500000Z"
+    assert utc_instant("2026-11-29T07:00:00") is None, "a time without its zone is not an instant"
+    assert utc_instant("yesterday") is None
+
+
+def test_a_message_fits_a_tag_value_by_shortening_what_it_echoes_then_its_middle_never_its_advice() -> None:
+    fits = "x" * 256
+    assert tag_value_keeping_advice(fits) == fits
+    echoed = "'" + "v" * 100 + "'"
+    message = f"tag ami-factory:regions value {echoed} is not a Region list: " + "a" * 172 + " fix it"
+    shortened = tag_value_keeping_advice(message)
+    assert shortened == f"tag ami-factory:regions value '{'v' * 19}...' is not a Region list: " + "a" * 172 + " fix it"
+    assert len(shortened) == 256, "exactly fits: nothing more is cut"
+    long_advice = "b" * 300 + " fix it"
+    cut = tag_value_keeping_advice(long_advice)
+    assert cut == "b" * 85 + " ... " + ("b" * 300 + " fix it")[-(256 - 85 - 5) :]
+    assert len(cut) == 256 and cut.endswith(" fix it")
+    assert tag_value_keeping_advice("c" * 20, limit=10) == "c" * 3 + " ... " + "c" * 2
