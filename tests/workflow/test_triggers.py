@@ -137,7 +137,8 @@ def test_a_firing_goes_on_past_an_instance_whose_lock_it_lost(make_emulator) -> 
     rival = tag_event(emu, first)  # a tag trigger for the first instance takes its lock mid-firing
     emu.world.after_call("GetItem", lambda: emu.deliver_event(rival))
     (outcome,) = emu.fire_schedule("2026-11-29T03:00:00Z")
-    assert [skipped["instance_id"] for skipped in outcome["skipped"]] == [first]
+    (rival_run,) = [e["name"] for e in executions(emu) if e["name"].startswith(first)]
+    assert outcome["skipped"] == [{"instance_id": first, "reason": "run in flight", "held_by": rival_run}]
     assert outcome["started"] == [f"{second}-schedule-20261129T030000Z"], "the firing went on to the next"
     assert sorted(run.status for run in wait_all(emu)) == ["SUCCEEDED", "SUCCEEDED"]
 
@@ -145,7 +146,9 @@ def test_a_firing_goes_on_past_an_instance_whose_lock_it_lost(make_emulator) -> 
 def test_a_bad_tag_starts_nothing_and_says_what_to_fix_on_the_instance(emu: Emulator) -> None:
     instance_id = launch_tagged(emu, **{"ami-factory:regions": "eu-west-1 mars-east-1"})
     (outcome,) = emu.deliver_event(tag_event(emu, instance_id))
-    assert outcome["rejected"][0]["error"] == "UnknownRegionError"
+    (rejected,) = outcome["rejected"]
+    assert (rejected["instance_id"], rejected["error"]) == (instance_id, "UnknownRegionError")
+    assert "mars-east-1" in rejected["message"]
     assert executions(emu) == []
     assert "mars-east-1" in instance_tags(emu, instance_id)["ami-factory:error"]
 
