@@ -13,7 +13,7 @@ A mutant that only a slower test would catch still counts as survived: the score
 mutmut's own, never more.
 
     python tools/mutation.py run --max-children 2
-    python tools/mutation.py recheck
+    python tools/mutation.py recheck [NAME...]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def survivors() -> list[str]:
 
 def main(arguments: list[str]) -> int:
     if arguments[:1] == ["recheck"]:
-        names = survivors()
+        names = arguments[1:] or survivors()
         if not names:
             print("no surviving mutants to check again")
             return 0

@@ -375,7 +375,9 @@ def start_spacing(candidates: int, per_minute: int) -> float:
     """Seconds between two starts of one firing: the operator's rate, unless the firing is too big to
     start at that rate within ``STARTS_WITHIN_SECONDS`` (then as fast as that takes)."""
     spacing = 60 / per_minute
-    if spacing * (candidates - 1) > STARTS_WITHIN_SECONDS:  # one candidate or none never is
+    # One candidate or none never spreads. At exactly STARTS_WITHIN_SECONDS both answers are the same
+    # spacing, so `>=` here would change nothing (the one mutant of this line no test can kill).
+    if spacing * (candidates - 1) > STARTS_WITHIN_SECONDS:
         logger.warning(
             "%d runs at %d a minute would take over %d s; starting them %.2f s apart instead",
             candidates,

@@ -252,6 +252,7 @@ def test_a_flag_that_is_not_true_or_false_is_quoted_up_to_40_characters() -> Non
         (601, 60, 1.0),  # 600 s at the operator's rate: still within STARTS_WITHIN_SECONDS
         (602, 60, 600 / 601),  # one more and the firing is spread over 600 s instead
         (21, 1, 30.0),
+        (60, 6, 10.0),  # 590 s at the operator's rate
         (100, 60, 1.0),
         # 1,000 instances at 60 a minute would take 16.7 minutes: StartRun's timeout is 15.
         (1001, 60, 0.6),
