@@ -413,7 +413,8 @@ def _start(candidates: list[_Candidate], settings: Settings) -> StartOutcome:
                 region=settings.region,
                 instance_id=candidate.instance_id,
                 name=family_asked_as(request, candidate.tags),
-                run_id=candidate.execution_name,
+                # Read only when an adoption is recorded, which a trigger never makes.
+                run_id=candidate.execution_name,  # pragma: no mutate
             )
             # A trigger never adopts a family (None would read the same: the equivalent mutant is not made).
             check_family(family_name(request, candidate.tags), asking, adopt=False)  # pragma: no mutate

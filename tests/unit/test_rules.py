@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -21,6 +22,7 @@ from ami_factory.errors import (
 )
 from ami_factory.request import ImagingRequest, RetentionOptions, ShareTargets
 from ami_factory.rules import (
+    account_of,
     check_share_targets,
     execution_arn,
     family_name,
@@ -445,16 +447,26 @@ def test_a_runs_execution_arn_is_its_state_machines_with_its_name() -> None:
     )
 
 
-def test_times_become_one_fixed_width_utc_string_that_orders_as_time_does() -> None:
-    assert utc_instant("2026-11-29T08:00:00+01:00") == "2026-11-29T07:00:00.000000Z"
+def test_an_arns_account_is_its_fifth_field() -> None:
+    assert account_of("arn:aws:states:eu-west-1:111122223333:stateMachine:ami-factory-Imaging") == "111122223333"
+
+
+def test_times_become_one_fixed_width_utc_string_that_orders_as_time_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # UTC whatever the machine's own zone
+    time.tzset()
+    try:
+        assert utc_instant("2026-11-29T08:00:00+01:00") == "2026-11-29T07:00:00.000000Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
     assert utc_instant("2026-11-29T07:00:00.5Z") == "2026-11-29T07:00:00.500000Z"
     assert utc_instant("2026-11-29T07:00:00") is None, "a time without its zone is not an instant"
     assert utc_instant("yesterday") is None
 
 
 def test_a_message_fits_a_tag_value_by_shortening_what_it_echoes_then_its_middle_never_its_advice() -> None:
-    fits = "x" * 256
-    assert tag_value_keeping_advice(fits) == fits
+    fits = "'" + "v" * 60 + "' " + "x" * 193  # 256: nothing is shortened, not even what it echoes
+    assert len(fits) == 256 and tag_value_keeping_advice(fits) == fits
     echoed = "'" + "v" * 100 + "'"
     message = f"tag ami-factory:regions value {echoed} is not a Region list: " + "a" * 172 + " fix it"
     shortened = tag_value_keeping_advice(message)
