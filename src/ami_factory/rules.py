@@ -178,7 +178,7 @@ def check_share_targets(share: ShareTargets, settings: Settings) -> None:
 def check_clone_profile(clone: CloneOptions, settings: Settings) -> None:
     """The clone runs as the stack's own profile (SSM only) unless the request names one the operator allowed."""
     profile = clone.instance_profile
-    if profile and profile.rsplit("/", 1)[-1] not in settings.allowed_clone_instance_profiles:
+    if profile and profile.rpartition("/")[2] not in settings.allowed_clone_instance_profiles:
         raise CloneProfileNotAllowedError(
             f"clone.instance_profile {profile} is not in the deployment's AllowedCloneInstanceProfiles "
             f"{list(settings.allowed_clone_instance_profiles)}: drop it (the clone then uses the stack's own profile, "
@@ -191,7 +191,7 @@ def check_launch_templates(
 ) -> None:
     """Each template must be the deployment's to change (AllowedLaunchTemplates, by ARN: its Region and
     id), in a Region the run distributes to."""
-    allowed = {(arn.split(":")[3], arn.rsplit("/", 1)[-1]) for arn in settings.allowed_launch_templates}
+    allowed = {(arn.split(":")[3], arn.rpartition("/")[2]) for arn in settings.allowed_launch_templates}
     outside = sorted(
         f"{t.region}:{t.launch_template_id}" for t in templates if (t.region, t.launch_template_id) not in allowed
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import replace
 from typing import Any
@@ -15,18 +16,24 @@ from pydantic import ValidationError
 from ami_factory.closing import ending_error
 from ami_factory.contracts import ExecutionStatusChange
 from ami_factory.errors import (
+    CloneProfileNotAllowedError,
     InvalidRequestError,
+    LaunchTemplateNotAllowedError,
     PublicSharingBlockedError,
     ShareTargetNotAllowedError,
     UnknownRegionError,
 )
-from ami_factory.request import ImagingRequest, RetentionOptions, ShareTargets
+from ami_factory.request import CloneOptions, ImagingRequest, LaunchTemplateTarget, RetentionOptions, ShareTargets
 from ami_factory.rules import (
+    MAX_REGIONS,
     account_of,
+    check_clone_profile,
+    check_launch_templates,
     check_share_targets,
     execution_arn,
     family_name,
     image_name,
+    known_regions,
     parameter_name,
     parse_request,
     principals_without_key_access,
@@ -95,10 +102,14 @@ def test_malformed_requests_name_the_field_to_fix(fields: dict, mentions: str) -
 
 def test_share_targets_must_be_in_the_allow_lists() -> None:
     check_share_targets(ShareTargets(accounts=["111122223333"]), SETTINGS)
-    with pytest.raises(ShareTargetNotAllowedError, match=r"444455556666.*AllowedShareAccounts"):
+    said = "account(s) ['444455556666'] are not in the deployment's AllowedShareAccounts ['111122223333']"
+    with pytest.raises(ShareTargetNotAllowedError, match=re.escape(said)):
         check_share_targets(ShareTargets(accounts=["111122223333", "444455556666"]), SETTINGS)
     other_ou = "arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-zz99-zzzzzzzz"
-    with pytest.raises(ShareTargetNotAllowedError, match="AllowedShareOUs"):
+    said = f"OU(s) ['{other_ou}'] are not in the deployment's AllowedShareOUs ['{SETTINGS.allowed_organizational_units[0]}']"
+    with pytest.raises(
+        ShareTargetNotAllowedError, match=re.escape(said) + ".*ask the operator to add them to AllowedShareOUs"
+    ):
         check_share_targets(ShareTargets(organizational_units=[other_ou]), SETTINGS)
 
 
@@ -477,3 +488,54 @@ def test_a_message_fits_a_tag_value_by_shortening_what_it_echoes_then_its_middle
     assert cut == "b" * 85 + " ... " + ("b" * 300 + " fix it")[-(256 - 85 - 5) :]
     assert len(cut) == 256 and cut.endswith(" fix it")
     assert tag_value_keeping_advice("c" * 20, limit=10) == "c" * 3 + " ... " + "c" * 2
+
+
+def test_a_clone_profile_is_allowed_by_its_name_whatever_its_path() -> None:
+    settings = replace(SETTINGS, allowed_clone_instance_profiles=("ImageBuilderProfile",))
+    check_clone_profile(CloneOptions(), settings)
+    check_clone_profile(CloneOptions(instance_profile="ImageBuilderProfile"), settings)
+    check_clone_profile(
+        CloneOptions(instance_profile="arn:aws:iam::111122223333:instance-profile/teams/web/ImageBuilderProfile"),
+        settings,
+    )
+    said = "clone.instance_profile AdminProfile is not in the deployment's AllowedCloneInstanceProfiles ['ImageBuilderProfile']"
+    with pytest.raises(CloneProfileNotAllowedError, match=re.escape(said)):
+        check_clone_profile(CloneOptions(instance_profile="AdminProfile"), settings)
+    with pytest.raises(CloneProfileNotAllowedError):
+        check_clone_profile(CloneOptions(instance_profile="ImageBuilderProfile"), SETTINGS)
+
+
+TEMPLATE = "lt-0123456789abcdef0"
+
+
+def test_a_launch_template_must_be_allowed_by_its_arn_and_in_a_region_the_run_copies_to() -> None:
+    settings = replace(
+        SETTINGS, allowed_launch_templates=(f"arn:aws:ec2:eu-west-1:111122223333:launch-template/{TEMPLATE}",)
+    )
+    allowed = LaunchTemplateTarget(region="eu-west-1", launch_template_id=TEMPLATE)
+    check_launch_templates([allowed], ["us-east-1", "eu-west-1"], settings)
+    elsewhere = LaunchTemplateTarget(region="us-east-2", launch_template_id=TEMPLATE)
+    said = f"launch templates ['us-east-2:{TEMPLATE}'] are not in the deployment's AllowedLaunchTemplates"
+    with pytest.raises(LaunchTemplateNotAllowedError, match=re.escape(said)):
+        check_launch_templates([allowed, elsewhere], ["us-east-1", "eu-west-1", "us-east-2"], settings)
+    said = f"launch templates ['eu-west-1:{TEMPLATE}'] are in Regions this run does not distribute to"
+    with pytest.raises(InvalidRequestError, match=re.escape(said)):
+        check_launch_templates([allowed], ["us-east-1"], settings)
+
+
+def test_an_existing_image_goes_only_to_the_regions_named_never_back_home() -> None:
+    image = "ami-0123456789abcdef0"
+    settings = replace(SETTINGS, default_regions=("us-east-1", "eu-west-1"))
+    by_default = target_regions(request(source_image_id=image), "us-east-1", settings)
+    assert [t.name for t in by_default] == ["eu-west-1"], "the defaults' stack Region is left out"
+    said = f"source_image_id {image} is already in us-east-1, the stack's Region: leave us-east-1 out of regions"
+    with pytest.raises(InvalidRequestError, match=re.escape(said)):
+        target_regions(request(source_image_id=image, regions=["us-east-1", "eu-west-1"]), "us-east-1", settings)
+
+
+def test_a_run_reaches_at_most_max_regions_the_stacks_included() -> None:
+    others = sorted(known_regions() - {"us-east-1"})
+    assert len(target_regions(request(regions=others[: MAX_REGIONS - 1]), "us-east-1", SETTINGS)) == MAX_REGIONS
+    said = f"{MAX_REGIONS + 1} Regions (the stack's us-east-1 included): at most {MAX_REGIONS} per run"
+    with pytest.raises(InvalidRequestError, match=re.escape(said)):
+        target_regions(request(regions=others[:MAX_REGIONS]), "us-east-1", SETTINGS)
