@@ -263,8 +263,8 @@ def test_an_instance_on_a_customer_managed_key_is_shared_in_its_region_and_needs
 
 @pytest.mark.parametrize(
     "changes",
-    [{"launch_check": True}, {"regions": ["eu-west-1"], "share": {}}, {"encrypt": True}],
-    ids=["launch check", "copy", "encrypt"],
+    [{"launch_check": True}, {"regions": ["eu-west-1"], "share": {}}, {"encrypt": True}, {"mode": "generalize"}],
+    ids=["launch check", "copy", "encrypt", "clone"],
 )
 def test_a_run_that_would_use_a_key_outside_kms_key_ids_is_refused_before_anything(
     make_emulator, changes: dict[str, Any]
