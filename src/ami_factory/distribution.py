@@ -182,8 +182,10 @@ def _region_key(region: str) -> str:
 def share_image(event: ShareImageInput) -> ShareImageOutput:
     # Checked again here, not only in ResolveRequest: the state is data anyone with
     # StartExecution can shape, and sharing is the step that must never overreach.
-    check_share_targets(event.share, load_settings())
-    if event.approval and Ledger().decision(event.run_id) != "approved":
+    settings = load_settings()
+    check_share_targets(event.share, settings)
+    # The deployment's RequireApproval is held here too, whatever the state's flag says.
+    if (event.approval or settings.require_approval) and Ledger().decision(event.run_id) != "approved":
         raise ApprovalMissingError(
             f"run {event.run_id} needs approval, and none was recorded through the DecideApproval function: "
             f"nothing is shared (a SendTaskSuccess of its own does not count)"

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from ami_factory_cli import cli
 from ami_factory_local import Emulator
 from ami_factory_local.emulator import ACCOUNT_ID
-from tests.helpers import all_instances, ledger_items, run_images, sample
+from tests.helpers import ALLOWED_ACCOUNT, all_instances, ledger_items, run_images, sample
 
 REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2")
 DECIDE = "ami-factory-local-DecideApprovalFunction"
@@ -151,3 +151,24 @@ def test_a_deployment_that_requires_approval_waits_whatever_the_request_says(
     result = emu.run(request, name="required")
     assert result.status == "FAILED" and result.error == "WaitTimeoutError", result.cause
     assert shared(emu) == []
+
+
+def test_a_deployment_that_requires_approval_shares_nothing_whatever_the_state_says(
+    make_emulator: Callable[..., Emulator],
+) -> None:
+    """The state is data whoever starts a run (or invokes a step) shapes: ShareImage holds the
+    deployment's RequireApproval itself, not only the plan's approval flag."""
+    emu = make_emulator(RequireApproval="true")
+    instance_id = emu.launch_instance(name="web")
+    image_id = emu.client("ec2").create_image(InstanceId=instance_id, Name="unapproved")["ImageId"]
+    errored, answer = emu.runtime.invoke(
+        "ami-factory-local-ShareImageFunction",
+        {
+            "image": {"region": "us-east-1", "image_id": image_id},
+            "share": {"accounts": [ALLOWED_ACCOUNT]},
+            "run_id": "shaped",
+            "approval": False,
+        },
+    )
+    assert errored and answer["errorType"] == "ApprovalMissingError", answer
+    assert shared(emu) == [] and emu.world.sent("ModifyImageAttribute") == []
