@@ -144,6 +144,34 @@ def ledger_items(emu: Emulator) -> list[dict[str, str]]:
     ]
 
 
+def emitted(out: str) -> list[dict[str, Any]]:
+    """Every EMF document a handler printed: its metric values by name."""
+    documents = [json.loads(line) for line in out.splitlines() if line.startswith("{") and '"_aws"' in line]
+
+    def value(raw: Any) -> float:
+        return raw[0] if isinstance(raw, list) and len(raw) == 1 else raw
+
+    return [
+        {
+            name: value(document[name])
+            for d in document["_aws"]["CloudWatchMetrics"]
+            for name in (m["Name"] for m in d["Metrics"])
+        }
+        for document in documents
+    ]
+
+
+def units(out: str) -> dict[str, str]:
+    """The unit each metric was declared with, by name."""
+    documents = [json.loads(line) for line in out.splitlines() if line.startswith("{") and '"_aws"' in line]
+    return {
+        metric["Name"]: metric["Unit"]
+        for document in documents
+        for declared in document["_aws"]["CloudWatchMetrics"]
+        for metric in declared["Metrics"]
+    }
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     """Wait (real time, bounded) for another thread, such as a running execution, to get somewhere."""
     deadline = time.monotonic() + timeout

@@ -37,6 +37,7 @@ from .rules import (
     image_tags,
     parameter_name,
     parse_request,
+    platform_of,
     principals_without_key_access,
     retention_tags,
     target_regions,
@@ -68,7 +69,7 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
     if not distributing:
         _require_imageable(request.instance_id, instance)
     state = instance["State"]["Name"]
-    platform: Platform = "windows" if str(instance.get("Platform", "")).lower() == "windows" else "linux"
+    platform = platform_of(instance)
     family = family_name(request, tags_of(instance))
     asking = FamilyOwner(
         account=account_of(event.state_machine_arn),
@@ -119,8 +120,9 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         started=event.execution_started_at,
         distributing=distributing,
     )
-    if Ledger().open_run(record).started != record.started:  # another execution of the name, just now
-        _require_new_run_name(event.run_id, event.execution_started_at)
+    opened = Ledger().open_run(record)
+    if opened.started != record.started:  # another execution of the name, just now
+        raise _run_name_taken(event.run_id, opened.started)
     metrics.add_metric(name="RunsStarted", unit=MetricUnit.Count, value=1)
     return Plan(
         run_id=event.run_id,
@@ -260,10 +262,14 @@ def _require_new_run_name(run_id: str, started: str) -> None:
     the instances it stopped)."""
     earlier = Ledger().run(run_id)
     if earlier is not None and earlier.started != started:
-        raise RunNameTakenError(
-            f"execution name {run_id} was the name of an earlier run (started {earlier.started or 'before'}), whose "
-            f"records AMI Factory keeps: start this run under another name"
-        )
+        raise _run_name_taken(run_id, earlier.started)
+
+
+def _run_name_taken(run_id: str, earlier_started: str) -> RunNameTakenError:
+    return RunNameTakenError(
+        f"execution name {run_id} was the name of an earlier run (started {earlier_started or 'before'}), whose "
+        f"records AMI Factory keeps: start this run under another name"
+    )
 
 
 def _require_public_sharing_possible(regions: list[RegionTarget], volumes: EncryptedVolumes, encrypt: bool) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import boto3
 from pydantic import ValidationError
 
-from .contracts import RegionTarget
+from .contracts import Platform, RegionTarget
 from .errors import (
     CloneProfileNotAllowedError,
     InvalidRequestError,
@@ -260,6 +260,11 @@ def execution_arn(state_machine_arn: str, run_id: str) -> str:
 def account_of(arn: str) -> str:
     """The account field of an ARN (``arn:partition:service:region:ACCOUNT:...``)."""
     return arn.split(":")[4]
+
+
+def platform_of(instance: Mapping[str, Any]) -> Platform:
+    """EC2 describes a Windows instance with Platform ``windows`` and any other with no Platform."""
+    return "windows" if instance.get("Platform") == "windows" else "linux"
 
 
 def family_asked_as(request: ImagingRequest, instance_tags: Mapping[str, str]) -> str:

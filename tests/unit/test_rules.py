@@ -36,6 +36,7 @@ from ami_factory.rules import (
     known_regions,
     parameter_name,
     parse_request,
+    platform_of,
     principals_without_key_access,
     request_field,
     retention_tags,
@@ -281,6 +282,40 @@ def test_org_paths_from_every_statement_count_and_name_the_ou_itself() -> None:
     assert principals_without_key_access({"Statement": [whole_org]}, [], share) == [OU, OTHER_OU]
     # An OU of an allowed organization is allowed with it.
     assert principals_without_key_access({"Statement": [allow("*", org_condition("o-exampleorgid"))]}, [], share) == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        ([], "an array"),
+        (3, "a number"),
+        (1.5, "a number"),
+        (True, "a boolean"),
+        ("i-0123", "a string"),
+        (None, "null"),
+        (("i-0123",), "tuple"),  # not JSON (a direct call): named by its Python type
+    ],
+)
+def test_an_input_that_is_not_an_object_is_named_as_json_names_it(raw: object, kind: str) -> None:
+    with pytest.raises(InvalidRequestError) as raised:
+        parse_request(raw)
+    assert str(raised.value) == (
+        f'the execution input must be a JSON object (an ImagingRequest), not {kind}: {{"instance_id": '
+        f'"i-0123456789abcdef0"}} at least. See events/imaging-request.schema.json for the fields'
+    )
+
+
+@pytest.mark.parametrize(
+    ("instance", "platform"),
+    [
+        ({"Platform": "windows"}, "windows"),
+        ({}, "linux"),
+        ({"Platform": ""}, "linux"),
+        ({"PlatformDetails": "Windows"}, "linux"),
+    ],
+)
+def test_the_platform_is_what_ec2_says_in_platform(instance: dict[str, str], platform: str) -> None:
+    assert platform_of(instance) == platform
 
 
 def test_a_validation_message_names_every_problem_plainly() -> None:

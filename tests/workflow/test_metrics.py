@@ -3,41 +3,10 @@ partial and failed, images per run, how long images took, what the triggers skip
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import pytest
 
 from ami_factory_local import Emulator
-from tests.helpers import sample
-
-
-def emitted(out: str) -> list[dict[str, Any]]:
-    """Every EMF document a handler printed: its metric values by name."""
-    documents = [json.loads(line) for line in out.splitlines() if line.startswith("{") and '"_aws"' in line]
-
-    def value(raw: Any) -> float:
-        return raw[0] if isinstance(raw, list) and len(raw) == 1 else raw
-
-    return [
-        {
-            name: value(document[name])
-            for d in document["_aws"]["CloudWatchMetrics"]
-            for name in (m["Name"] for m in d["Metrics"])
-        }
-        for document in documents
-    ]
-
-
-def units(out: str) -> dict[str, str]:
-    """The unit each metric was declared with, by name."""
-    documents = [json.loads(line) for line in out.splitlines() if line.startswith("{") and '"_aws"' in line]
-    return {
-        metric["Name"]: metric["Unit"]
-        for document in documents
-        for declared in document["_aws"]["CloudWatchMetrics"]
-        for metric in declared["Metrics"]
-    }
+from tests.helpers import emitted, sample, units
 
 
 def test_a_run_reports_its_start_end_images_and_wait_times(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
