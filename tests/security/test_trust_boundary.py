@@ -340,7 +340,7 @@ def test_a_clone_profile_outside_the_allow_list_is_refused_by_request_and_by_ope
     assert refused.status == "FAILED" and refused.error == "CloneProfileNotAllowedError"
     assert "AllowedCloneInstanceProfiles ['BuildProfile']" in refused.cause_message
     untouched(emu, source)
-    # An allowed profile's role must be on the path the functions may pass (the README says so).
+    # An allowed profile's role must be on the path the functions may pass (docs/security-model.md says so).
     build_profile = admin_profile(emu, "BuildProfile", path="/ami-factory-clone/")
     allowed = emu.run({**request, "clone": {"instance_profile": build_profile}}, name="ok")
     assert allowed.status == "SUCCEEDED", allowed.cause
