@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from . import bench, demo
+from . import bench, demo, samples
 from .server import EmulatorServer
 
 
@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         return bench.main(sys.stdout)
     overrides = dict(item.split("=", 1) for item in args.parameter)
-    EmulatorServer(port=args.port, parameters={**demo.DEMO_PARAMETERS, **overrides}).serve_forever()
+    parameters = {**demo.DEMO_PARAMETERS, **samples.PARAMETERS, **overrides}
+    EmulatorServer(port=args.port, parameters=parameters).serve_forever()
     return 0
 
 

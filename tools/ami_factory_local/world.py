@@ -580,6 +580,23 @@ class World:
             )
         return {STATE_CHANGES[operation]: changes}
 
+    @contextmanager
+    def chosen_ids(
+        self, instance: str | None = None, image: str | None = None, launch_template: str | None = None
+    ) -> Iterator[None]:
+        """The next instance, image or launch template made inside takes the id given (moto draws
+        random ones): for a world whose resources must carry the ids written in the samples."""
+        chosen = {
+            "moto.ec2.models.instances.random_instance_id": instance,
+            "moto.ec2.models.amis.random_ami_id": image,
+            "moto.ec2.models.launch_templates.random_launch_template_id": launch_template,
+        }
+        with ExitStack() as stack:
+            for target, wanted in chosen.items():
+                if wanted is not None:
+                    stack.enter_context(mock.patch(target, _once(wanted, mock.patch(target).get_original()[0])))
+            yield
+
     def set_root_device_type(self, region: str, instance_id: str, root_device_type: str) -> None:
         ec2_backends[self.account_id][region].get_instance(instance_id).root_device_type = root_device_type
 
@@ -1208,3 +1225,9 @@ class World:
                 if self.instance_stop_seconds > 0:
                     instance._state.name, instance._state.code = "stopping", 64
                     self._stopping[instance_id] = _Pending(region, stopped_at, "stopped")
+
+
+def _once(first: str, then: Callable[[], str]) -> Callable[[], str]:
+    """``first`` on the first call, ``then()`` after it."""
+    pending = [first]
+    return lambda: pending.pop() if pending else then()
