@@ -17,6 +17,8 @@ from ami_factory.aws import volume_gib
 from ami_factory.errors import error_message
 from ami_factory.pricing import Prices, estimate_images, load_prices, orchestration_cost
 
+from .doctor import doctor
+
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 
 if TYPE_CHECKING:
@@ -509,6 +511,10 @@ def parser() -> argparse.ArgumentParser:
     cost.add_argument("--region", help="the source Region")
     cost.add_argument("--endpoint-url")
     cost.add_argument("--prices", help="JSON price overrides")
+    check = commands.add_parser("doctor", help="check a deployed stack and its account before the first run")
+    check.add_argument("--stack-name", required=True)
+    check.add_argument("--region", help="the stack's Region (default: the session's)")
+    check.add_argument("--endpoint-url")
     return top
 
 
@@ -516,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "approve": answer,
+        "doctor": doctor,
         "estimate": estimate,
         "redrive": redrive,
         "reject": answer,

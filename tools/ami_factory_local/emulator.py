@@ -22,6 +22,7 @@ import uuid
 import zipfile
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -455,6 +456,7 @@ class Emulator:
             for logical_id, schedule in resources_of_type(template, "AWS::Scheduler::Schedule").items()
             if resolver.condition_holds(schedule.get("Condition"))
         }
+        self.world.stack = self._described_stack(template, resolver, "CREATE_COMPLETE")
         return Deployment(
             state_machine_arn=state_machine_arn,
             topic_arns={key[0]: value for key, value in attributes.items() if key[1] == "Ref" and ":sns:" in value},
@@ -622,6 +624,28 @@ class Emulator:
         for logical_id, properties in functions(template).items():
             self._register_function(logical_id, properties, resolver, layer_dirs)
         self._deploy_custom_resources(template, resolver)
+        self.world.stack = self._described_stack(template, resolver, "UPDATE_COMPLETE")
+
+    def _described_stack(self, template: dict[str, Any], resolver: Resolver, status: str) -> dict[str, Any]:
+        """The stack as DescribeStacks answers it: its parameters and the outputs the emulator deploys."""
+        outputs = []
+        for key, output in template.get("Outputs", {}).items():
+            if not resolver.condition_holds(output.get("Condition")):
+                continue
+            try:
+                value = resolver.resolve(output["Value"])
+            except KeyError:  # an output of a resource the emulator does not deploy (a dashboard, an alarm)
+                continue
+            outputs.append({"OutputKey": key, "OutputValue": str(value), "Description": output.get("Description", "")})
+        return {
+            "StackName": STACK_NAME,
+            "StackId": f"arn:aws:cloudformation:{self.region}:{ACCOUNT_ID}:stack/{STACK_NAME}/local",
+            "StackStatus": status,
+            "CreationTime": datetime.now(UTC),
+            "Parameters": [{"ParameterKey": k, "ParameterValue": v} for k, v in sorted(resolver.parameters.items())],
+            "Outputs": outputs,
+            "Tags": {},  # moto's serializer turns a dict into CloudFormation's Key/Value list
+        }
 
     # --- AWS's events about the world -----------------------------------------------------------
 

@@ -372,6 +372,8 @@ class World:
     image_seconds: float = 0.0
     instance_stop_seconds: float = 0.0
     requests: list[Request] = field(default_factory=list)
+    # The deployed stack as CloudFormation describes it (moto knows no stack the emulator deployed).
+    stack: dict[str, Any] | None = None
     _image_outcome: dict[str, str] = field(default_factory=dict)  # region or "*" -> failed / never
     _region_image_seconds: dict[str, float] = field(default_factory=dict)
     _images: dict[str, _Pending] = field(default_factory=dict)
@@ -927,6 +929,12 @@ class World:
             return EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
         return None
 
+    def _describe_stack(self, name: str) -> dict[str, Any] | None:
+        """The deployed stack, by its name or id (None: moto answers, as for any stack it does not know)."""
+        if self.stack is None or name not in (self.stack["StackName"], self.stack["StackId"]):
+            return None
+        return {"Stacks": [self.stack]}
+
     @contextmanager
     def installed(self) -> Iterator[World]:
         world = self
@@ -953,6 +961,8 @@ class World:
                     answer = world._intercept_ssm(response.region, operation, params)
                 elif service == "kms":
                     world._mark_aws_managed_keys(response.region)
+                elif service == "cloudformation" and operation == "DescribeStacks":
+                    answer = world._describe_stack(params.get("StackName", ""))
                 elif service == "stepfunctions" and operation == "GetExecutionHistory":
                     answer = history_page(
                         execution_events(cast(Any, response).stepfunction_backend, params["executionArn"]), params
