@@ -24,7 +24,7 @@ from .aws import StepFunctions
 from .contracts import AwaitCopySlotInput, CopySlot
 from .errors import NotMadeByRunError
 from .ledger import COPY_SLOT_WAIT, Ledger, Wait
-from .observability import MetricUnit, logger, metrics
+from .observability import MetricUnit, logger, metrics, region_gauge
 from .settings import load_settings
 
 # How long a copy waits for its slot: one firing over 100 instances with 20 slots copies in five
@@ -67,7 +67,20 @@ def await_copy_slot(event: AwaitCopySlotInput) -> CopySlot:
 
 def take(region: str, run_id: str, ledger: Ledger | None = None) -> bool:
     """A slot in ``region`` for ``run_id``'s copy, if one is free (True also when it holds one already)."""
-    return (ledger or Ledger()).take_copy_slot(region, run_id, load_settings().copy_slots_per_region)
+    ledger = ledger or Ledger()
+    taken = ledger.take_copy_slot(region, run_id, load_settings().copy_slots_per_region)
+    if taken:
+        report_in_use(region, ledger)
+    return taken
+
+
+def report_in_use(region: str, ledger: Ledger) -> None:
+    """The CopySlotsInUse gauge of ``region`` (the dashboard's): how many slots are held now. A gauge
+    is for people: one that cannot be read is logged, never a step's failure."""
+    try:
+        region_gauge("CopySlotsInUse", region, len(ledger.copy_slot_holders(region)))
+    except Exception:  # the dashboard misses a point; the copy goes on
+        logger.exception("could not read the copy slots in use in %s", region)
 
 
 def sweep(regions: set[str]) -> list[str]:
@@ -93,6 +106,7 @@ def give_back(region: str, run_id: str, ledger: Ledger | None = None) -> None:
     except Exception:  # another run's hand-off must not fail this step: the fallback sweep makes it
         logger.exception("could not hand the copy slot in %s on; the fallback sweep will", region)
         metrics.add_metric(name="CopySlotHandOffsFailed", unit=MetricUnit.Count, value=1)
+    report_in_use(region, ledger)
 
 
 def hand_on(region: str, ledger: Ledger | None = None) -> list[str]:

@@ -12,7 +12,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 if TYPE_CHECKING:
     from aws_lambda_powertools import Tracer
@@ -22,6 +22,14 @@ logger = Logger(service=SERVICE)
 metrics = Metrics(namespace="AMIFactory", service=SERVICE)
 
 
+def region_gauge(name: str, region: str, value: float) -> None:
+    """A level in one Region (copy slots in use), sent at once with the Region as its dimension: the
+    run's metrics share one set of dimensions, and this one needs its own."""
+    with single_metric(name=name, unit=MetricUnit.Count, value=value, namespace="AMIFactory") as metric:
+        metric.add_dimension(name="service", value=SERVICE)
+        metric.add_dimension(name="Region", value=region)
+
+
 @cache
 def tracer() -> Tracer:
     from aws_lambda_powertools import Tracer
@@ -29,4 +37,4 @@ def tracer() -> Tracer:
     return Tracer(service=SERVICE)
 
 
-__all__ = ["MetricUnit", "logger", "metrics", "tracer"]
+__all__ = ["MetricUnit", "logger", "metrics", "region_gauge", "tracer"]

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -439,3 +440,28 @@ def test_triggers_are_wired_to_the_start_function(template: dict[str, Any]) -> N
     assert "<aws.scheduler.scheduled-time>" in schedule["Properties"]["Target"]["Input"]
     start = functions(template)["StartRunFunction"]
     assert start["Environment"]["Variables"]["STATE_MACHINE_ARN"] == {"Ref": "ImagingStateMachine"}
+
+
+def emitted_metric_names() -> set[str]:
+    """Every metric name the functions emit, read from the code (a run's status completes Runs…)."""
+    code = "\n".join(path.read_text() for path in (ROOT / "src" / "ami_factory").glob("*.py"))
+    names = set(re.findall(r'add_metric\(name="(\w+)"', code)) | set(re.findall(r'region_gauge\(\s*"(\w+)"', code))
+    if 'add_metric(name=f"Runs{status.title()}"' in code:
+        names |= {f"Runs{status.title()}" for status in typing.get_args(contracts.RunStatus)}
+    return names
+
+
+def test_the_dashboard_shows_only_metrics_the_functions_emit(template: dict[str, Any]) -> None:
+    body = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    widgets = json.loads(body.replace("${AWS::Region}", "us-east-1"))["widgets"]
+    shown = set()
+    for widget in widgets:
+        for metric in widget["properties"]["metrics"]:
+            if isinstance(metric[0], str):
+                assert metric[0] == "AMIFactory" and metric[2:4] == ["service", "ami-factory"], metric
+                shown.add(metric[1])
+            else:
+                shown |= set(re.findall(r'MetricName="(\w+)"', metric[0]["expression"]))
+    assert shown <= emitted_metric_names(), shown - emitted_metric_names()
+    assert {"RunsStarted", "RunsSucceeded", "RunsPartial", "RunsFailed", "CopySlotsInUse", "RegionsFailed"} <= shown
+    assert "DashboardUrl" in template["Outputs"]

@@ -3,6 +3,8 @@ partial and failed, images per run, how long images took, what the triggers skip
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ami_factory_local import Emulator
@@ -31,3 +33,25 @@ def test_a_failed_run_is_counted(emu: Emulator, capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert {"RunsFailed": 1.0} in emitted(out)
     assert units(out)["RunsFailed"] == "Count"
+
+
+def test_copy_slots_in_use_are_reported_per_region_as_they_are_taken_and_given_back(
+    emu: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="gauged")
+    assert result.output["status"] == "SUCCEEDED", result.cause
+    documents = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"CopySlotsInUse"' in line]
+    levels = [(document["Region"], *document["CopySlotsInUse"]) for document in documents]
+    for region in ("eu-west-1", "ap-southeast-2"):  # the copy's slot taken, then given back when it settled
+        seen = [level for at, level in levels if at == region]
+        assert (seen[0], max(seen), seen[-1]) == (1.0, 1.0, 0.0), levels
+    (declared,) = {json.dumps(d["_aws"]["CloudWatchMetrics"], sort_keys=True) for d in documents}
+    assert json.loads(declared) == [
+        {
+            "Namespace": "AMIFactory",
+            "Dimensions": [["service", "Region"]],
+            "Metrics": [{"Name": "CopySlotsInUse", "Unit": "Count"}],
+        }
+    ]
+    assert emu.authorizer.refusals == [], "every function that takes or gives back a slot may read the slots"

@@ -18,6 +18,7 @@ from ami_factory.errors import error_message
 from ami_factory.pricing import Prices, estimate_images, load_prices, orchestration_cost
 
 from .doctor import doctor
+from .timeline import timeline
 
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 
@@ -511,6 +512,10 @@ def parser() -> argparse.ArgumentParser:
     cost.add_argument("--region", help="the source Region")
     cost.add_argument("--endpoint-url")
     cost.add_argument("--prices", help="JSON price overrides")
+    drawn = commands.add_parser("timeline", help="draw where a run's time went, per Region, from its history")
+    drawn.add_argument("execution_arn")
+    drawn.add_argument("--region", help="default: the execution's")
+    drawn.add_argument("--endpoint-url")
     check = commands.add_parser("doctor", help="check a deployed stack and its account before the first run")
     check.add_argument("--stack-name", required=True)
     check.add_argument("--region", help="the stack's Region (default: the session's)")
@@ -527,5 +532,6 @@ def main(argv: list[str] | None = None) -> int:
         "redrive": redrive,
         "reject": answer,
         "run": run,
+        "timeline": timeline,
     }
     return commands[args.command](args)

@@ -228,6 +228,14 @@ class Emulator:
             )
         )
         stack.enter_context(mock.patch.object(EventManager, "add_event", self._within_quota(EventManager.add_event)))
+        # History events carry the virtual time (a wait of 45 minutes shows as one), as on AWS its real time.
+        stack.enter_context(
+            mock.patch.object(
+                EventManager,
+                "_get_current_timestamp",
+                staticmethod(lambda: datetime.fromtimestamp(self.clock.now(), UTC)),
+            )
+        )
         stack.enter_context(mock.patch.object(kms_models, "generate_private_key", _signing_key))
         stack.enter_context(self.clock.installed())
         # StartRun paces a firing's starts (RunStartsPerMinute) in virtual time.
