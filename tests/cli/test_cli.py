@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ami_factory.pricing import Prices
 from ami_factory_cli import cli
 from ami_factory_local import Emulator, bench
 from tests.helpers import OTHER_ACCOUNT, ROOT, executions, sample
@@ -373,3 +374,18 @@ def test_cli_finds_the_state_machine_from_the_stack_outputs() -> None:
             {"StackName": "ami-factory"},
         )
         assert cli.find_state_machine(sfn=None, stack_name="ami-factory", cloudformation=cloudformation) == arn
+
+
+def test_what_a_run_cost_counts_every_lambda_task_callbacks_included(emu: Emulator) -> None:
+    instance_id = emu.launch_instance(name="web")
+    emu.world.requests.clear()
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="counted")
+    assert result.output["status"] == "SUCCEEDED", result.cause
+    sfn = emu.client("stepfunctions")
+    (execution,) = sfn.list_executions(stateMachineArn=emu.state_machine_arn)["executions"]
+    events = sfn.get_execution_history(executionArn=execution["executionArn"], maxResults=1000)["events"]
+    dollars, transitions, invocations = cli.run_cost(sfn, execution["executionArn"], Prices())
+    # The state machine's Invoke calls, as the world saw them: the image and copy waits' included.
+    assert invocations == len(emu.world.sent("Invoke")) > sum(e["type"] == "TaskSubmitted" for e in events) > 0
+    assert transitions == sum(e["type"].endswith("StateEntered") for e in events)
+    assert dollars > 0

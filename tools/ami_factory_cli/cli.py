@@ -240,6 +240,7 @@ def result_table(summary: dict[str, Any]) -> str:
 
 
 LAMBDA_GB = 0.25  # the template's MemorySize (256 MB), for the run's Lambda GB-seconds
+LAMBDA_ENDS = ("TaskSucceeded", "TaskFailed", "TaskTimedOut", "TaskSubmitted")
 
 
 def run_cost(sfn: SFNClient, execution_arn: str, prices: Prices) -> tuple[float, int, int]:
@@ -249,12 +250,14 @@ def run_cost(sfn: SFNClient, execution_arn: str, prices: Prices) -> tuple[float,
     )
     events = [event for page in pages for event in page["events"]]
     transitions = sum(1 for event in events if event["type"].endswith("StateEntered"))
+    # Every TaskStarted is one Lambda invocation. It runs until its task ends, or, for a task that waits
+    # for a callback (.waitForTaskToken), until it has handed over its token (TaskSubmitted).
     started = {event["id"]: event["timestamp"] for event in events if event["type"] == "TaskStarted"}
-    invocations, seconds = 0, 0.0
+    seconds = 0.0
     for event in events:
-        if event["type"] in ("TaskSucceeded", "TaskFailed") and event.get("previousEventId") in started:
-            invocations += 1
+        if event["type"] in LAMBDA_ENDS and event.get("previousEventId") in started:
             seconds += max((event["timestamp"] - started[event["previousEventId"]]).total_seconds(), 0.001)
+    invocations = len(started)
     return orchestration_cost(transitions, invocations, seconds * LAMBDA_GB, prices), transitions, invocations
 
 
