@@ -67,20 +67,10 @@ def await_copy_slot(event: AwaitCopySlotInput) -> CopySlot:
 
 def take(region: str, run_id: str, ledger: Ledger | None = None) -> bool:
     """A slot in ``region`` for ``run_id``'s copy, if one is free (True also when it holds one already)."""
-    ledger = ledger or Ledger()
-    taken = ledger.take_copy_slot(region, run_id, load_settings().copy_slots_per_region)
-    if taken:
-        report_in_use(region, ledger)
-    return taken
-
-
-def report_in_use(region: str, ledger: Ledger) -> None:
-    """The CopySlotsInUse gauge of ``region`` (the dashboard's): how many slots are held now. A gauge
-    is for people: one that cannot be read is logged, never a step's failure."""
-    try:
-        region_gauge("CopySlotsInUse", region, len(ledger.copy_slot_holders(region)))
-    except Exception:  # the dashboard misses a point; the copy goes on
-        logger.exception("could not read the copy slots in use in %s", region)
+    held = (ledger or Ledger()).take_copy_slot(region, run_id, load_settings().copy_slots_per_region)
+    if held is not None:
+        region_gauge("CopySlotsInUse", region, held)  # the dashboard's: slots in use, as the write says
+    return held is not None
 
 
 def sweep(regions: set[str]) -> list[str]:
@@ -100,13 +90,14 @@ def sweep(regions: set[str]) -> list[str]:
 def give_back(region: str, run_id: str, ledger: Ledger | None = None) -> None:
     """The run's slot in ``region`` back (a run that holds none changes nothing), handed on at once."""
     ledger = ledger or Ledger()
-    ledger.release_copy_slot(region, run_id)
+    left = ledger.release_copy_slot(region, run_id)
+    if left is not None:
+        region_gauge("CopySlotsInUse", region, left)
     try:
         hand_on(region, ledger)
     except Exception:  # another run's hand-off must not fail this step: the fallback sweep makes it
         logger.exception("could not hand the copy slot in %s on; the fallback sweep will", region)
         metrics.add_metric(name="CopySlotHandOffsFailed", unit=MetricUnit.Count, value=1)
-    report_in_use(region, ledger)
 
 
 def hand_on(region: str, ledger: Ledger | None = None) -> list[str]:

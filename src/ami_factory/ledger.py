@@ -599,28 +599,49 @@ class Ledger:
 
     # --- copy slots: one semaphore per destination Region, shared by every run ------------------
 
-    def take_copy_slot(self, region: str, run_id: str, limit: int) -> bool:
-        """A slot for ``run_id``'s copy into ``region``, if fewer than ``limit`` are held (or it holds one
-        already: a retried step takes no second slot). The holders are a string set in one item, so the
-        check and the take are one conditional write."""
-        return self._update_if(
+    def take_copy_slot(self, region: str, run_id: str, limit: int) -> int | None:
+        """A slot in ``region`` for ``run_id``'s copy, if fewer than ``limit`` are held (or it holds one
+        already: a retried step takes no second slot): how many are held now, or None if none was
+        free. The holders are a string set in one item, so the check and the take are one conditional
+        write, and its answer says how many there are."""
+        return self._update_counting(
             f"copy-slots#{region}",
-            "slots",
             "ADD holders :holder",
             "attribute_not_exists(holders) OR contains(holders, :run) OR size(holders) < :limit",
             {":holder": {"SS": [run_id]}, ":run": {"S": run_id}, ":limit": {"N": str(limit)}},
         )
 
-    def release_copy_slot(self, region: str, run_id: str) -> None:
-        """Give the slot back; a run that holds none changes nothing (and writes nothing: an UpdateItem
-        without the condition would create an empty slots item in every Region a run ends in)."""
-        self._update_if(
+    def release_copy_slot(self, region: str, run_id: str) -> int | None:
+        """Give the slot back: how many are held after, or None if the run held none (it changes and
+        writes nothing then: an UpdateItem without the condition would create an empty slots item in
+        every Region a run ends in)."""
+        return self._update_counting(
             f"copy-slots#{region}",
-            "slots",
             "DELETE holders :holder",
             "contains(holders, :run)",
             {":holder": {"SS": [run_id]}, ":run": {"S": run_id}},
         )
+
+    def _update_counting(
+        self, pk: str, update: str, condition: str, values: dict[str, UniversalAttributeValueTypeDef]
+    ) -> int | None:
+        """One conditional UpdateItem of a slots item's holders: how many holders it has after (a set
+        emptied is removed, so none), or None when the condition did not hold."""
+        try:
+            with translated_errors("UpdateItem"):
+                answer = self._db.update_item(
+                    TableName=self._table,
+                    Key=_encode({"pk": pk, "sk": "slots"}),
+                    UpdateExpression=update,
+                    ConditionExpression=condition,
+                    ExpressionAttributeValues=values,
+                    ReturnValues="UPDATED_NEW",
+                )
+        except ClientError as error:
+            if error_code(error) != CONDITION_FAILED:
+                raise
+            return None
+        return len(answer.get("Attributes", {}).get("holders", {}).get("SS", []))
 
     def may_hold_copy_slot(self, run_id: str, region: str) -> None:
         """Note, before the run first asks, that it may come to hold a slot in ``region``: its ending

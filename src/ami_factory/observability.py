@@ -24,7 +24,8 @@ metrics = Metrics(namespace="AMIFactory", service=SERVICE)
 
 def region_gauge(name: str, region: str, value: float) -> None:
     """A level in one Region (copy slots in use), sent at once with the Region as its dimension: the
-    run's metrics share one set of dimensions, and this one needs its own."""
+    run's metrics share one set of dimensions, and this one needs its own. Only printed (embedded
+    metric format), so it cannot fail the step that sends it."""
     with single_metric(name=name, unit=MetricUnit.Count, value=value, namespace="AMIFactory") as metric:
         metric.add_dimension(name="service", value=SERVICE)
         metric.add_dimension(name="Region", value=region)
