@@ -38,6 +38,7 @@ assert on what was *sent* where moto ignores a parameter.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import re
@@ -596,7 +597,9 @@ class World:
         with ExitStack() as stack:
             for target, wanted in chosen.items():
                 if wanted is not None:
-                    stack.enter_context(mock.patch(target, _once(wanted, mock.patch(target).get_original()[0])))
+                    module, _, name = target.rpartition(".")
+                    drawn = getattr(importlib.import_module(module), name)
+                    stack.enter_context(mock.patch(target, _once(wanted, drawn)))
             yield
 
     def set_root_device_type(self, region: str, instance_id: str, root_device_type: str) -> None:
