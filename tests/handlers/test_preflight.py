@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ami_factory.ledger import Ledger, RunRecord
+from ami_factory.ledger import FamilyImage, FamilyOwner, Ledger, RunRecord
 from ami_factory_local import Emulator
 from ami_factory_local.emulator import ACCOUNT_ID
 from tests.helpers import (
@@ -262,12 +262,22 @@ def test_every_field_of_a_full_windows_request_reaches_the_plan(emu: Emulator) -
     }
 
 
+def delivered(emu: Emulator, instance_id: str, family: str = "web", run_id: str = "first") -> str:
+    """An image a run delivered for ``family``, as the run's ending leaves it (an image in EC2, the
+    family owned by the instance, the image recorded as the family's), made without the run."""
+    image_id = str(
+        emu.client("ec2").create_image(InstanceId=instance_id, Name=f"ami-factory-{family}-{run_id}")["ImageId"]
+    )
+    with emu.runtime.environment_of("ami-factory-local-FinalizeFunction"):
+        ledger = Ledger()
+        ledger.claim_family(family, FamilyOwner(ACCOUNT_ID, "us-east-1", instance_id, family, run_id))
+        ledger.record_family_image(FamilyImage(family, "us-east-1", image_id, run_id))
+    return image_id
+
+
 def test_a_redistribution_plans_the_delivered_image_records_it_and_leaves_the_instance_unheld(emu: Emulator) -> None:
     instance_id = emu.launch_instance(name="web")
-    delivered = emu.run(sample("request-basic.json", instance_id=instance_id, regions=[]), name="first")
-    assert delivered.output["status"] == "SUCCEEDED", delivered.cause
-    (image_id,) = [region["image_id"] for region in delivered.output["regions"]]
-    assert lock_of(emu, instance_id) is None, "the first run gave the instance back"
+    image_id = delivered(emu, instance_id)
     request = sample("request-basic.json", instance_id=instance_id, regions=["eu-west-1"], source_image_id=image_id)
     del request["mode"]
 
@@ -283,8 +293,7 @@ def test_a_redistribution_is_not_refused_for_the_instance_it_would_not_image(emu
     """The instance is only read when an image is distributed again: only imaging needs an EBS root and
     an instance that is running or stopped."""
     instance_id = emu.launch_instance(name="web")
-    delivered = emu.run(sample("request-basic.json", instance_id=instance_id, regions=[]), name="first")
-    (image_id,) = [region["image_id"] for region in delivered.output["regions"]]
+    image_id = delivered(emu, instance_id)
     emu.world.set_root_device_type("us-east-1", instance_id, "instance-store")
     emu.world.set_instance_state("us-east-1", instance_id, "shutting-down")
     request = {"instance_id": instance_id, "regions": ["eu-west-1"], "source_image_id": image_id}
@@ -566,8 +575,7 @@ def test_a_family_is_its_owners_unless_adopted(
     emu: Emulator, asking: str, image_name: str, adopt: bool, refusal: str | None
 ) -> None:
     owner, other = emu.launch_instance(name="web"), emu.launch_instance(name="api")
-    delivered = emu.run({"instance_id": owner, "regions": []}, name="first")
-    assert delivered.output["status"] == "SUCCEEDED", delivered.cause
+    delivered(emu, owner)
     emu.world.requests.clear()
     instance_id = owner if asking == "owner" else other
     request = {"instance_id": instance_id, "regions": [], "image_name": image_name, "adopt_family": adopt}

@@ -100,6 +100,14 @@ class InProcessRuntime:
             self._handlers[code.name] = getattr(module, function_name)
         return self._handlers[code.name]
 
+    @contextmanager
+    def environment_of(self, name: str) -> Iterator[None]:
+        """A deployed function's environment (its ledger table, its settings), for a test that seeds
+        what the function's code reads through that code; the calls made inside are the test's own,
+        as the operator's are, not the function's role's."""
+        with self._lock, _environment(self.functions[name]):
+            yield
+
     def crash(self, function: str, times: int) -> None:
         """The next ``times`` invocations of the function whose name ends with ``function`` (e.g.
         ``FinalizeFunction``) die before the handler runs, as a Lambda does that runs out of memory."""
