@@ -89,6 +89,9 @@ class FamilyOwner:
     region: str
     instance_id: str
     name: str  # before normalising: two names that normalise alike are two families, refused
+    # The run that claimed the family: read only where a claim is recorded (claim_family). A FamilyOwner
+    # made only to ask (check_family, from ResolveRequest and the triggers) carries it unread, so a
+    # mutant that empties it there changes nothing (the two survivors of `make mutation` that say so).
     run_id: str
 
     def same_instance(self, other: FamilyOwner) -> bool:
