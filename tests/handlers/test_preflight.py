@@ -627,9 +627,9 @@ def test_a_public_image_must_have_unencrypted_snapshots(make_emulator, encrypted
     )
 
 
-def test_the_deployments_bounds_reach_the_plan(make_emulator) -> None:
+def test_the_deployments_bounds_reach_the_plan(emu: Emulator) -> None:
     """The plan carries the deployment's own bounds, not the template's defaults."""
-    emu = make_emulator(ApprovalTimeoutHours="2", PollIntervalSeconds="30", GeneralizeMaxWaitSeconds="900")
+    emu.reconfigure(ApprovalTimeoutHours="2", PollIntervalSeconds="30", GeneralizeMaxWaitSeconds="900")
     instance_id = emu.launch_instance(name="web")
     plan = resolve(emu, {"instance_id": instance_id, "regions": []})
     assert (plan["approval_timeout_seconds"], plan["poll_seconds"], plan["generalize_max_wait_seconds"]) == (
