@@ -18,7 +18,7 @@ from ami_factory.errors import error_message
 from ami_factory.pricing import Prices, estimate_images, load_prices, orchestration_cost
 
 from .doctor import doctor
-from .timeline import timeline
+from .timeline import history, timeline
 
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 
@@ -245,10 +245,7 @@ LAMBDA_ENDS = ("TaskSucceeded", "TaskFailed", "TaskTimedOut", "TaskSubmitted")
 
 def run_cost(sfn: SFNClient, execution_arn: str, prices: Prices) -> tuple[float, int, int]:
     """What the run itself cost: (dollars, state transitions, Lambda invocations), from its history."""
-    pages = sfn.get_paginator("get_execution_history").paginate(
-        executionArn=execution_arn, PaginationConfig={"PageSize": 1000}
-    )
-    events = [event for page in pages for event in page["events"]]
+    events = history(sfn, execution_arn)
     transitions = sum(1 for event in events if event["type"].endswith("StateEntered"))
     # Every TaskStarted is one Lambda invocation. It runs until its task ends, or, for a task that waits
     # for a callback (.waitForTaskToken), until it has handed over its token (TaskSubmitted).

@@ -19,12 +19,12 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import boto3
 from botocore.exceptions import ClientError
 
-from ami_factory.aws import error_text
+from ami_factory.aws import error_text, tags_of
 from ami_factory.forwarding import rule_name
 from ami_factory.request import ShareTargets
 from ami_factory.rules import principals_without_key_access
@@ -208,9 +208,9 @@ class Doctor:
             for page in pages
             for reservation in page["Reservations"]
             for instance in reservation["Instances"]
-            if _tags(instance).get(key, "").lower() == "true"
+            if tags_of(instance).get(key, "").lower() == "true"
         ]
-        needing = [instance for instance in scheduled if _needs_ssm(_tags(instance))]
+        needing = [instance for instance in scheduled if _needs_ssm(tags_of(instance))]
         for instance in needing:
             instance_id = instance["InstanceId"]
             found = ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": [instance_id]}])
@@ -244,10 +244,6 @@ class Doctor:
     def _account(self) -> str:
         sts = self._session.client("sts", region_name=self.stack.region, endpoint_url=self._endpoint_url)
         return str(sts.get_caller_identity()["Account"])
-
-
-def _tags(instance: Any) -> dict[str, str]:
-    return {tag["Key"]: tag["Value"] for tag in instance.get("Tags", [])}
 
 
 def _needs_ssm(tags: dict[str, str]) -> bool:
