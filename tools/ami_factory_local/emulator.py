@@ -649,7 +649,7 @@ class Emulator:
             "StackName": STACK_NAME,
             "StackId": f"arn:aws:cloudformation:{self.region}:{ACCOUNT_ID}:stack/{STACK_NAME}/local",
             "StackStatus": status,
-            "CreationTime": datetime.now(UTC),
+            "CreationTime": self.world.stack["CreationTime"] if self.world.stack else datetime.now(UTC),
             "Parameters": [{"ParameterKey": k, "ParameterValue": v} for k, v in sorted(resolver.parameters.items())],
             "Outputs": outputs,
             "Tags": {},  # moto's serializer turns a dict into CloudFormation's Key/Value list

@@ -12,8 +12,9 @@ delivered ``ami-0123456789abcdef0`` for the instance's family (``request-redistr
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from ami_factory.rules import KEY_USE_ACTIONS
 
 from .emulator import ACCOUNT_ID, PROJECT_ROOT, Emulator
 
@@ -24,7 +25,6 @@ SHARE_ACCOUNT = "111122223333"
 ORGANIZATION = "arn:aws:organizations::111122223333:organization/o-exampleorgid"
 OU = "arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-ab12-cdef3456"
 KEY_REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2")
-KEY_USER_ACTIONS = ["kms:Decrypt", "kms:DescribeKey", "kms:CreateGrant", "kms:ReEncrypt*", "kms:GenerateDataKey*"]
 
 # The allow-lists hold exactly the samples' targets (DefaultRegions: the demo's).
 PARAMETERS = {
@@ -41,16 +41,9 @@ def sample_requests(root: Path = PROJECT_ROOT) -> list[Path]:
     return sorted((root / "events").glob("request-*.json"))
 
 
-@dataclass
-class SampleWorld:
-    instance_id: str = INSTANCE_ID
-    keys: dict[str, str] = field(default_factory=dict)  # Region -> key ARN
-
-
-def provision(emu: Emulator) -> SampleWorld:
+def provision(emu: Emulator) -> None:
     """Make what the samples name, in a started emulator deployed with ``PARAMETERS``."""
-    world = SampleWorld(keys={region: _shared_key(emu, region) for region in KEY_REGIONS})
-    emu.reconfigure(KmsKeyIds=",".join(world.keys.values()))
+    emu.reconfigure(KmsKeyIds=",".join(_shared_key(emu, region) for region in KEY_REGIONS))
     with emu.world.chosen_ids(instance=INSTANCE_ID):
         emu.launch_instance(name="web", data_volumes={"/dev/sdf": 100, "/dev/sdg": 50})
     emu.world.set_platform(emu.region, INSTANCE_ID, "windows")
@@ -66,7 +59,6 @@ def provision(emu: Emulator) -> SampleWorld:
         delivered = emu.run({"instance_id": INSTANCE_ID, "regions": []}, name=f"{INSTANCE_ID}-delivered")
     if delivered.status != "SUCCEEDED" or (delivered.output or {}).get("status") != "SUCCEEDED":
         raise RuntimeError(f"the run that delivers {DELIVERED_IMAGE_ID} ended {delivered.status}: {delivered.cause}")
-    return world
 
 
 def _shared_key(emu: Emulator, region: str) -> str:
@@ -81,13 +73,13 @@ def _shared_key(emu: Emulator, region: str) -> str:
         {
             "Effect": "Allow",
             "Principal": {"AWS": f"arn:aws:iam::{SHARE_ACCOUNT}:root"},
-            "Action": KEY_USER_ACTIONS,
+            "Action": list(KEY_USE_ACTIONS),
             "Resource": "*",
         },
         {
             "Effect": "Allow",
             "Principal": "*",
-            "Action": KEY_USER_ACTIONS,
+            "Action": list(KEY_USE_ACTIONS),
             "Resource": "*",
             "Condition": {"StringEquals": {"aws:PrincipalOrgID": "o-exampleorgid"}},
         },

@@ -12,7 +12,7 @@ import threading
 from moto.server import ThreadedMotoServer
 
 from .emulator import Emulator
-from .samples import SampleWorld, provision, sample_requests
+from .samples import INSTANCE_ID, provision, sample_requests
 
 
 class EmulatorServer:
@@ -21,7 +21,7 @@ class EmulatorServer:
         self.emulator = Emulator(parameters=parameters)
         self.emulator.world.images_take(image_seconds)
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        self.samples = SampleWorld()
+        self.instance_id = INSTANCE_ID  # the one every sample names
 
     @property
     def endpoint_url(self) -> str:
@@ -32,11 +32,7 @@ class EmulatorServer:
         # talk to them in process, the AWS CLI over HTTP.
         self.emulator.start()
         self._server.start()
-        self.samples = provision(self.emulator)
-
-    @property
-    def instance_id(self) -> str:
-        return self.samples.instance_id
+        provision(self.emulator)
 
     def stop(self) -> None:
         self._server.stop()
