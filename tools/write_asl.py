@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from ami_factory.contracts import (
+    AccountCopyRef,
     CommandRef,
     GeneralizeRef,
     ImageRef,
@@ -462,6 +463,7 @@ def publish_states() -> States:
                 "imds_support": "$.imds_support",
                 "run_id": "$.run_id",
                 "approval": "$.approval",
+                "account_cells": "$.account_cells",
             },
             result=ShareImageOutput,
             result_path="$.shared",
@@ -570,6 +572,7 @@ REGION_ITEM_FIELDS = [
     "launch_templates",
     "fast_launch",
     "approval",
+    "account_cells",
 ]
 
 
@@ -596,6 +599,109 @@ def publish() -> State:
             "States": publish_states(),
         },
         "ResultPath": "$.distribution",
+        "Catch": catch("HandleFailure"),
+        "Next": "DeliverToAccounts",
+    }
+
+
+def account_states() -> States:
+    """One account and Region of copy_to_accounts: copy the Region's image into the account, wait for
+    the copy, publish the account's latest. A failed cell removes its copy and fails alone."""
+    return {
+        "DeliverToAccount": task(
+            "DeliverToAccount",
+            comment="First call: CopyImage in the account (as the role it deployed). Later calls: look at the copy; "
+            "once available, move the account's latest to it.",
+            payload={
+                **{name: f"$.{name}" for name in ACCOUNT_ITEM_FIELDS},
+                "cell": "$.cell",
+                "distribution": "$.distribution",
+                "account_copy": "$.account_copy",
+            },
+            result=AccountCopyRef,
+            result_path="$.account_copy",
+            waits_for=COPY_SLOT_RETRY,
+            on_error="RemoveAccountCopy",
+            next_state="IsAccountCopyPublished",
+        ),
+        "IsAccountCopyPublished": choice(
+            [when("$.account_copy.published", "BooleanEquals", True, "AccountCopyDelivered")],
+            default="WaitForAccountCopy",
+        ),
+        "WaitForAccountCopy": {
+            "Type": "Wait",
+            "SecondsPath": "$.account_copy.wait_seconds",
+            "Next": "DeliverToAccount",
+        },
+        "AccountCopyDelivered": {
+            "Type": "Pass",
+            "Parameters": {
+                "account_id.$": "$.cell.account_id",
+                "region.$": "$.cell.region",
+                "status": "DELIVERED",
+                "image_id.$": "$.account_copy.image_id",
+                "parameter_name.$": "$.parameter_name",
+            },
+            "End": True,
+        },
+        "RemoveAccountCopy": task(
+            "RemoveAccountCopy",
+            comment="The cell failed: its copy goes (as the ledger recorded it); the result says why.",
+            payload={"run_id": "$.run_id", "cell": "$.cell", "error": "$.error"},
+            output_path="$.Payload",
+            on_error="AccountCopyNotRemoved",
+            error_path="$.removal_error",
+            next_state="AccountCopyFailed",
+        ),
+        "AccountCopyFailed": {"Type": "Pass", "End": True},
+        "AccountCopyNotRemoved": {
+            "Type": "Pass",
+            "Comment": "Even the removal failed: the cell's error stands, and its copy may be left in the account.",
+            "Parameters": {
+                "account_id.$": "$.cell.account_id",
+                "region.$": "$.cell.region",
+                "status": "FAILED",
+                "error.$": "$.error",
+            },
+            "End": True,
+        },
+    }
+
+
+ACCOUNT_ITEM_FIELDS = [
+    "run_id",
+    "image_name",
+    "description",
+    "tags",
+    "parameter_name",
+    "poll_seconds",
+    "max_wait_seconds",
+]
+
+
+def deliver_to_accounts() -> State:
+    return {
+        "Type": "Map",
+        "Comment": "copy_to_accounts: one item per account and Region, after the Region is published; a failed "
+        "item fails alone.",
+        "ItemsPath": "$.account_cells",
+        "MaxConcurrency": 20,
+        "ItemSelector": {
+            "account_copy": None,
+            **paths(
+                {
+                    "cell": "$$.Map.Item.Value",
+                    "distribution": "$.distribution",
+                    **{name: f"$.{name}" for name in ACCOUNT_ITEM_FIELDS},
+                }
+            ),
+        },
+        "ItemProcessor": {
+            "ProcessorConfig": {"Mode": "INLINE"},
+            "StartAt": "DeliverToAccount",
+            "States": account_states(),
+        },
+        "ResultPath": "$.accounts",
         "Catch": catch("HandleFailure"),
         "Next": "Finalize",
     }
@@ -833,6 +939,7 @@ def definition() -> State:
             "$.approval_timeout_seconds)",
         ),
         "Publish": publish(),
+        "DeliverToAccounts": deliver_to_accounts(),
         "Finalize": task(
             "Finalize",
             comment="Keep what the run delivered, remove the rest, restore and tag the instance, tell; return the "

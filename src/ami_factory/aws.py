@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import ClientError
 
-from .clients import client
+from .clients import Credentials, client
 from .errors import (
     CopySlotBusyError,
     ImageNotVisibleYetError,
@@ -135,6 +135,10 @@ def tag_specifications(
     return [{"ResourceType": kind, "Tags": tag_list(tags)} for kind in kinds]
 
 
+# The states in which an image will never become available: its wait ends with ImageFailedError.
+FAILED_IMAGE_STATES = frozenset({"failed", "invalid", "error", "deregistered", "disabled"})
+
+
 def snapshots_of(image: ImageTypeDef) -> list[str]:
     return [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if m.get("Ebs", {}).get("SnapshotId")]
 
@@ -154,9 +158,10 @@ def launch_permissions(share: ShareTargets) -> list[LaunchPermissionTypeDef]:
 
 
 class Ec2:
-    def __init__(self, region: str) -> None:
+    def __init__(self, region: str, credentials: Credentials | None = None) -> None:
+        """``credentials``: act as a role assumed in another account (its copies of the images)."""
         self.region = region
-        self._ec2 = client("ec2", region)
+        self._ec2 = client("ec2", region) if credentials is None else client("ec2", region, credentials)
 
     # --- instances ---------------------------------------------------------------------------
 
@@ -425,7 +430,9 @@ class Ec2:
         tags: Mapping[str, str],
         completion_minutes: int | None = None,
         kms_key_id: str | None = None,
+        encrypted: bool = False,
     ) -> str:
+        """``kms_key_id``: encrypted with that key; ``encrypted`` without one: with the account's default EBS key."""
         request: dict[str, Any] = {
             "SourceRegion": source_region,
             "SourceImageId": source_image_id,
@@ -439,8 +446,10 @@ class Ec2:
         }
         if completion_minutes:
             request["SnapshotCopyCompletionDurationMinutes"] = completion_minutes
+        if kms_key_id or encrypted:
+            request["Encrypted"] = True
         if kms_key_id:
-            request.update(Encrypted=True, KmsKeyId=kms_key_id)
+            request["KmsKeyId"] = kms_key_id
         with translated_errors("CopyImage"), _copy_quota_full_is_a_busy_slot(self.region):
             response = self._ec2.copy_image(**request)
         return str(response["ImageId"])
@@ -553,9 +562,9 @@ class Ec2:
 
 
 class Ssm:
-    def __init__(self, region: str) -> None:
+    def __init__(self, region: str, credentials: Credentials | None = None) -> None:
         self.region = region
-        self._ssm = client("ssm", region)
+        self._ssm = client("ssm", region) if credentials is None else client("ssm", region, credentials)
 
     def instance_information(self, instance_id: str) -> InstanceInformationTypeDef | None:
         """The SSM agent's registration for the instance (PingStatus, PlatformType), if it has one."""
@@ -609,6 +618,21 @@ class Ssm:
                 Overwrite=True,
             )
         return int(response["Version"])
+
+
+class Sts:
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self._sts = client("sts", region)
+
+    def assume_role(self, role_arn: str, external_id: str, session_name: str) -> Credentials:
+        """A role in another account, for one step: a Lambda's AssumeRole is role chaining, whose
+        sessions last an hour at most, so every step assumes it again."""
+        with translated_errors("AssumeRole"):
+            answer = self._sts.assume_role(
+                RoleArn=role_arn, ExternalId=external_id, RoleSessionName=session_name[:64], DurationSeconds=900
+            )["Credentials"]
+        return Credentials(answer["AccessKeyId"], answer["SecretAccessKey"], answer["SessionToken"])
 
 
 class Kms:

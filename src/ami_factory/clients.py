@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import boto3
@@ -27,8 +28,9 @@ if TYPE_CHECKING:
     from mypy_boto3_sns import SNSClient
     from mypy_boto3_ssm import SSMClient
     from mypy_boto3_stepfunctions import SFNClient
+    from mypy_boto3_sts import STSClient
 
-Service = Literal["dynamodb", "ec2", "events", "kms", "sns", "ssm", "stepfunctions"]
+Service = Literal["dynamodb", "ec2", "events", "kms", "sns", "ssm", "stepfunctions", "sts"]
 # A factory makes the client for (service, Region); what it returns is typed by ``client`` below.
 ClientFactory = Callable[[Service, str], Any]
 
@@ -37,14 +39,33 @@ _cache: dict[tuple[Service, str], Any] = {}
 _factory: ClientFactory | None = None
 
 
-def boto3_client(service: Service, region: str) -> Any:
-    """A new boto3 client, with the retries the settings ask for (the default factory)."""
+@dataclass(frozen=True)
+class Credentials:
+    """A role's temporary credentials (AssumeRole's answer)."""
+
+    access_key_id: str
+    secret_access_key: str
+    session_token: str
+
+
+def boto3_client(service: Service, region: str, credentials: Credentials | None = None) -> Any:
+    """A new boto3 client, with the retries the settings ask for (the default factory); with
+    ``credentials``, acting as the role they belong to."""
     settings = load_settings()
     config = Config(
         retries={"mode": settings.sdk_retry_mode, "total_max_attempts": settings.sdk_max_attempts},
         user_agent_extra="ami-factory",
     )
-    return boto3.client(service, region_name=region, config=config)
+    if credentials is None:
+        return boto3.client(service, region_name=region, config=config)
+    return boto3.client(
+        service,
+        region_name=region,
+        config=config,
+        aws_access_key_id=credentials.access_key_id,
+        aws_secret_access_key=credentials.secret_access_key,
+        aws_session_token=credentials.session_token,
+    )
 
 
 @overload
@@ -61,10 +82,19 @@ def client(service: Literal["sns"], region: str) -> SNSClient: ...
 def client(service: Literal["ssm"], region: str) -> SSMClient: ...
 @overload
 def client(service: Literal["stepfunctions"], region: str) -> SFNClient: ...
-def client(service: Service, region: str) -> Any:
-    """A cached client for ``service`` in ``region`` (cross-Region calls need their own)."""
+@overload
+def client(service: Literal["sts"], region: str) -> STSClient: ...
+@overload
+def client(service: Literal["ec2"], region: str, credentials: Credentials) -> EC2Client: ...
+@overload
+def client(service: Literal["ssm"], region: str, credentials: Credentials) -> SSMClient: ...
+def client(service: Service, region: str, credentials: Credentials | None = None) -> Any:
+    """A cached client for ``service`` in ``region`` (cross-Region calls need their own); with
+    ``credentials`` (a role assumed in another account), a new one: they expire within the hour."""
     if not region:  # never boto3's default Region: every call says where it goes
         raise ValueError(f"a {service} client needs its Region")
+    if credentials is not None:
+        return boto3_client(service, region, credentials)
     key = (service, region)
     with _lock:
         if key not in _cache:

@@ -14,6 +14,7 @@ from pydantic import ConfigDict, Field
 from .model import Model
 from .pricing import CostEstimate
 from .request import (
+    AccountCopyTarget,
     CloneOptions,
     FastLaunchTarget,
     LaunchTemplateTarget,
@@ -108,6 +109,16 @@ class Plan(Contract):
     approval_timeout_seconds: int = 72 * 3600
     volumes: list[VolumeChange] = Field(default_factory=list)
     fast_launch: list[FastLaunchTarget] = Field(default_factory=list)
+    copy_to_accounts: list[AccountCopyTarget] = Field(default_factory=list)
+    account_cells: list[AccountCell] = Field(default_factory=list)  # copy_to_accounts, one per account and Region
+
+
+class AccountCell(Model):
+    """One account and Region of copy_to_accounts: the account's own copy of the Region's image."""
+
+    account_id: str
+    region: str
+    kms_key_id: str | None = None  # None: the account's default EBS key in the Region
 
 
 class Polled(Contract):
@@ -340,6 +351,7 @@ class ShareImageInput(Contract):
     imds_support: Literal["v2.0"] | None = None
     run_id: str = ""
     approval: bool = False
+    account_cells: list[AccountCell] = Field(default_factory=list)  # those in the image's Region copy it: shared too
 
 
 class ShareImageOutput(Model):
@@ -427,6 +439,51 @@ class RegionResult(Model):
     error: StepError | None = None
 
 
+class AccountCopyRef(Polled):
+    """An account's copy of a Region's image, as far as it got: copied (``image_id``), available, published."""
+
+    account_id: str
+    region: str
+    source_image_id: str
+    image_id: str
+    state: str = "pending"
+    published: bool = False
+
+
+class DeliverToAccountInput(Contract):
+    """One cell of the DeliverToAccounts map, and its copy once the first call made it."""
+
+    run_id: str
+    image_name: str
+    description: str
+    tags: dict[str, str]
+    parameter_name: str
+    poll_seconds: int = 60
+    max_wait_seconds: int
+    cell: AccountCell
+    distribution: list[RegionResult]  # the Publish map's results: the Region's image, if it was delivered
+    account_copy: AccountCopyRef | None = None
+
+
+class AccountCopyResult(Model):
+    """One account and Region in the summary: its own copy, or why it has none."""
+
+    account_id: str
+    region: str
+    status: Literal["DELIVERED", "FAILED"]
+    image_id: str | None = None
+    parameter_name: str | None = None
+    error: StepError | None = None
+
+
+class RemoveAccountCopyInput(Contract):
+    """A cell that failed: its copy (if the run made one) goes, and the error is its result."""
+
+    run_id: str
+    cell: AccountCell
+    error: StepError
+
+
 class RestoreInstanceInput(Contract):
     instance: InstanceRef
     run_id: str
@@ -439,6 +496,7 @@ class FinalizeInput(Plan):
     instance: InstanceRef | None = None  # None: distributing an existing image, the instance untouched
     image: ImageRef
     distribution: list[RegionResult]
+    accounts: list[AccountCopyResult] = Field(default_factory=list)
 
 
 class HandleFailureInput(Plan):
@@ -459,6 +517,7 @@ class Summary(Model):
     instance_state: str | None = None
     regions: list[RegionResult] = Field(default_factory=list)
     failed_regions: list[str] = Field(default_factory=list)
+    accounts: list[AccountCopyResult] = Field(default_factory=list)  # copy_to_accounts, per account and Region
     cleaned_up: list[str] = Field(default_factory=list)
     left_over: list[str] = Field(default_factory=list)  # what could not be removed or done, and why
     cost: CostEstimate | None = None

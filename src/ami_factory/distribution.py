@@ -38,7 +38,15 @@ from .errors import (
 from .ledger import FamilyOwner, Ledger, Made, TemplateVersion
 from .observability import logger
 from .request import LaunchTemplateTarget
-from .rules import ROLE_TAG, RUN_TAG, TAG_PREFIX, check_launch_templates, check_share_targets, utc_instant
+from .rules import (
+    ROLE_TAG,
+    RUN_TAG,
+    TAG_PREFIX,
+    check_copy_accounts,
+    check_launch_templates,
+    check_share_targets,
+    utc_instant,
+)
 from .settings import load_settings
 from .steps import ask_for_template_version, client_token, counted, family_refusal, give_up_after, require_made
 
@@ -193,16 +201,25 @@ def share_image(event: ShareImageInput) -> ShareImageOutput:
     ec2 = Ec2(event.image.region)
     if event.imds_support:  # before anyone else may launch it
         ec2.require_imds_support(event.image.image_id, event.imds_support)
-    ec2.add_launch_permissions(event.image.image_id, event.share)
-    if event.share.snapshot_permissions:
+    # The accounts that copy the image into themselves need it, and its snapshots, shared with them.
+    copying = sorted({cell.account_id for cell in event.account_cells if cell.region == event.image.region})
+    check_copy_accounts(copying, settings, own_account="")
+    recipients = event.share.model_copy(
+        update={"accounts": [*event.share.accounts, *(a for a in copying if a not in event.share.accounts)]}
+    )
+    ec2.add_launch_permissions(event.image.image_id, recipients)
+    if event.share.snapshot_permissions or copying:
         image = ec2.describe_image(event.image.image_id)
         encrypted = any(m.get("Ebs", {}).get("Encrypted") for m in image.get("BlockDeviceMappings", []))
-        if event.share.public and encrypted:
+        if event.share.public and event.share.snapshot_permissions and encrypted:
             raise InvalidRequestError(
                 f"image {event.image.image_id} has encrypted snapshots: they are never made public"
             )
-        ec2.add_snapshot_permissions(snapshots_of(image), event.share.accounts, event.share.public)
-    return ShareImageOutput(shared_with=event.share.describe())
+        readers = recipients.accounts if event.share.snapshot_permissions else copying
+        ec2.add_snapshot_permissions(
+            snapshots_of(image), readers, event.share.public and event.share.snapshot_permissions
+        )
+    return ShareImageOutput(shared_with=recipients.describe())
 
 
 def protect_image(event: ProtectImageInput) -> ProtectImageOutput:

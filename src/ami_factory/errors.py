@@ -126,6 +126,10 @@ class WaitTimeoutError(AmiFactoryError):
     """A bounded wait (instance stopped, image available) ran out of polls."""
 
 
+class RegionNotDeliveredError(AmiFactoryError):
+    """copy_to_accounts: the Region has no image of the run to copy into the account (the Region failed)."""
+
+
 class AllRegionsFailedError(AmiFactoryError):
     """No Region ended with a usable image."""
 

@@ -74,6 +74,16 @@ class Made:
 
 
 @dataclass(frozen=True)
+class AccountCopy:
+    """A copy of the run's image that another account owns (copy_to_accounts), as CopyImage answered."""
+
+    account: str
+    region: str
+    image_id: str
+    removed: bool = False
+
+
+@dataclass(frozen=True)
 class Holder:
     """The run that holds an instance."""
 
@@ -222,6 +232,29 @@ class Ledger:
             "recorded_at": _now(),
         }
         self._put_once(item)
+
+    def record_account_copy(self, run_id: str, copy: AccountCopy) -> AccountCopy:
+        """Record the copy once (kept apart from what the run made here: the stack's own clean-up never
+        acts on another account's images); a retried step gets the first record back."""
+        self._put_once(
+            {
+                "pk": f"run#{run_id}",
+                "sk": f"account-copy#{copy.account}#{copy.region}",
+                "image_id": copy.image_id,
+                "removed": "false",
+                "recorded_at": _now(),
+            }
+        )
+        return self.account_copy(run_id, copy.account, copy.region) or copy
+
+    def account_copy(self, run_id: str, account: str, region: str) -> AccountCopy | None:
+        item = self._get(f"run#{run_id}", f"account-copy#{account}#{region}")
+        if not item:
+            return None
+        return AccountCopy(account, region, item["image_id"], removed=item.get("removed") == "true")
+
+    def account_copy_removed(self, run_id: str, copy: AccountCopy) -> None:
+        self._set(f"run#{run_id}", f"account-copy#{copy.account}#{copy.region}", {"removed": "true"})
 
     def attempt(self, run_id: str, call: str) -> tuple[str, bool]:
         """The run's secret token for ``call`` (e.g. ``create#REGION#NAME``), written before the first

@@ -26,8 +26,10 @@ from .observability import MetricUnit, metrics
 from .request import ImagingRequest, WindowsOptions
 from .rules import (
     MAX_PUBLIC_IMAGES_PER_REGION,
+    account_cells,
     account_of,
     check_clone_profile,
+    check_copy_accounts,
     check_launch_templates,
     check_share_targets,
     execution_arn,
@@ -61,8 +63,12 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
     request = parse_request(event.request)
     check_share_targets(request.share, settings)
     check_clone_profile(request.clone, settings)
+    check_copy_accounts(
+        [target.account_id for target in request.copy_to_accounts], settings, account_of(event.state_machine_arn)
+    )
     regions = target_regions(request, region, settings)
     check_launch_templates(request.launch_templates, [target.name for target in regions], settings)
+    cells = account_cells(request.copy_to_accounts, [target.name for target in regions])
     started_at = datetime.now(UTC).isoformat()
     instance = Ec2(region).describe_instance(request.instance_id)
     distributing = request.source_image_id is not None  # an existing image: the instance is only read
@@ -90,7 +96,10 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
     if request.share.public:
         _require_public_sharing_possible(regions, volumes, request.encrypt)
     _require_listed_source_keys(request, volumes, regions, settings)
-    _require_usable_encryption(request, volumes, regions, settings)
+    # The accounts that copy the image must be able to use its keys too.
+    copying = sorted({cell.account_id for cell in cells} - set(request.share.accounts))
+    recipients = request.share.model_copy(update={"accounts": [*request.share.accounts, *copying]})
+    _require_usable_encryption(request.model_copy(update={"share": recipients}), volumes, regions, settings)
     if request.cleanup:
         _require_ssm(request.instance_id, platform, region, "clean-up")
     if request.mode == "generalize-in-place":
@@ -167,6 +176,8 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         approval_timeout_seconds=settings.approval_timeout_seconds,
         volumes=request.volumes,
         fast_launch=request.fast_launch,
+        copy_to_accounts=request.copy_to_accounts,
+        account_cells=cells,
         source_image_id=source.image_id if source else None,
         source_run_id=source.run_id if source else None,
     )

@@ -30,6 +30,7 @@ SECURITY_GROUP_ID = r"^sg-[0-9a-f]{8}([0-9a-f]{9})?$"
 INSTANCE_TYPE = r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$"
 INSTANCE_PROFILE = r"^(arn:aws[a-z-]*:iam::[0-9]{12}:instance-profile/)?[A-Za-z0-9+=,.@_/-]+$"
 SSM_PARAMETER_NAME = r"^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
+KMS_KEY_ARN = r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key/[A-Za-z0-9-]+|alias/[A-Za-z0-9/_-]+)$"
 RESERVED_TAG_PREFIXES = ("aws:", "ami-factory:")
 # EC2: 50 tags per resource, keys up to 128 characters, values up to 256. AMI Factory puts up to 10
 # of its own on an image (Name, managed, run, family, source-instance, source-region, source-image,
@@ -224,6 +225,37 @@ class LaunchTemplateTarget(BaseModel):
     set_default: bool = Field(False, description="also make the new version the template's default")
 
 
+class AccountCopyTarget(BaseModel):
+    """An account that gets its own copy of the image in each of its Regions (it owns the copy)."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    account_id: AccountId = Field(description="12-digit account id: one of the deployment's AllowedCopyAccounts")
+    regions: list[RegionName] | None = Field(
+        None,
+        max_length=30,
+        description="Regions of the run to copy into in this account; default: every Region of the run",
+    )
+    kms_key_ids: dict[RegionName, Annotated[str, StringConstraints(pattern=KMS_KEY_ARN)]] = Field(
+        default_factory=dict,
+        description="Region -> this account's key ARN in that Region (key or alias) to encrypt its copy with; "
+        "default: the account's default EBS key there",
+    )
+
+    @model_validator(mode="after")
+    def _keys_are_the_accounts(self) -> AccountCopyTarget:
+        for region, arn in self.kms_key_ids.items():
+            key_region, key_account = arn.split(":")[3:5]
+            if (key_region, key_account) != (region, self.account_id):
+                raise ValueError(
+                    f"kms_key_ids[{region}] is a key of account {key_account} in {key_region}: the copy in {region} "
+                    f"is encrypted with a key of account {self.account_id} in {region}"
+                )
+        if self.regions is not None:
+            _once("regions", self.regions)
+        return self
+
+
 class RetentionOptions(BaseModel):
     """How many of this family's images the scheduled clean-up keeps, per Region (overrides the deployment's)."""
 
@@ -348,6 +380,16 @@ class ImagingRequest(BaseModel):
         description="before imaging, clean up through SSM Run Command: temp files and the recycle bin on Windows, "
         "temp files and package caches on Linux (the instance must be running and managed by SSM)",
     )
+    copy_to_accounts: list[AccountCopyTarget] = Field(
+        default_factory=list,
+        max_length=20,
+        description="accounts that get their own copy of the image (in each of their Regions, after it is shared and "
+        "published here): AMI Factory assumes the deployment's CopyAccountRoleName in each (examples/"
+        "target-account-role.yaml), copies the image it shared with the account, encrypted with the account's key, "
+        "tags it and moves the account's own latest parameter; the accounts must be in the deployment's "
+        "AllowedCopyAccounts, and a failing account or Region does not stop the others (the run is then PARTIAL). "
+        "StartExecution only, never a tag",
+    )
     source_image_id: Annotated[str, StringConstraints(pattern=IMAGE_ID)] | None = Field(
         None,
         description="distribute this existing image instead of imaging the instance, which is not touched: an image "
@@ -431,6 +473,12 @@ class ImagingRequest(BaseModel):
     def _each_template_once(cls, templates: list[LaunchTemplateTarget]) -> list[LaunchTemplateTarget]:
         _once("launch_templates", [f"{t.region}:{t.launch_template_id}" for t in templates])
         return templates
+
+    @field_validator("copy_to_accounts")
+    @classmethod
+    def _each_account_once(cls, targets: list[AccountCopyTarget]) -> list[AccountCopyTarget]:
+        _once("copy_to_accounts", [target.account_id for target in targets])
+        return targets
 
     @field_validator("source_image_id")
     @classmethod

@@ -16,7 +16,7 @@ from typing import Any
 import boto3
 from pydantic import ValidationError
 
-from .contracts import Platform, RegionTarget
+from .contracts import AccountCell, Platform, RegionTarget
 from .errors import (
     CloneProfileNotAllowedError,
     InvalidRequestError,
@@ -25,7 +25,14 @@ from .errors import (
     ShareTargetNotAllowedError,
     UnknownRegionError,
 )
-from .request import CloneOptions, ImagingRequest, LaunchTemplateTarget, RetentionOptions, ShareTargets
+from .request import (
+    AccountCopyTarget,
+    CloneOptions,
+    ImagingRequest,
+    LaunchTemplateTarget,
+    RetentionOptions,
+    ShareTargets,
+)
 from .settings import Settings
 
 # What a recipient's account must be allowed on a customer managed key to launch an image encrypted with it.
@@ -173,6 +180,40 @@ def check_share_targets(share: ShareTargets, settings: Settings) -> None:
                 f"{kind} {outside} are not in the deployment's {parameter} {list(allowed)}: remove them from "
                 f"the request, or ask the operator to add them to {parameter}"
             )
+
+
+def check_copy_accounts(accounts: list[str], settings: Settings, own_account: str) -> None:
+    """copy_to_accounts: only the deployment's AllowedCopyAccounts, never the stack's own account."""
+    if own_account in accounts:
+        raise ShareTargetNotAllowedError(
+            f"copy_to_accounts names {own_account}, the stack's own account, which owns the images already: drop it"
+        )
+    outside = _outside(accounts, settings.allowed_copy_accounts)
+    if outside:
+        raise ShareTargetNotAllowedError(
+            f"copy_to_accounts {outside} are not in the deployment's AllowedCopyAccounts "
+            f"{list(settings.allowed_copy_accounts)}: remove them from the request, or ask the operator to add them "
+            f"to AllowedCopyAccounts (each deploys examples/target-account-role.yaml)"
+        )
+
+
+def account_cells(targets: list[AccountCopyTarget], regions: list[str]) -> list[AccountCell]:
+    """Each account and Region of copy_to_accounts (an account's Regions must be the run's)."""
+    cells = []
+    for target in targets:
+        wanted = target.regions if target.regions is not None else regions
+        stray = [region for region in [*wanted, *target.kms_key_ids] if region not in regions]
+        if stray:
+            raise InvalidRequestError(
+                f"copy_to_accounts {target.account_id}: {sorted(set(stray))} are not Regions of this run "
+                f"{regions}: copies are made from the run's own image in each Region, so add them to regions or "
+                f"drop them here"
+            )
+        cells += [
+            AccountCell(account_id=target.account_id, region=region, kms_key_id=target.kms_key_ids.get(region))
+            for region in wanted
+        ]
+    return cells
 
 
 def check_clone_profile(clone: CloneOptions, settings: Settings) -> None:

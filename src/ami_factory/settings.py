@@ -95,6 +95,12 @@ class Settings:
     allowed_trigger_principals: tuple[str, ...] = ()  # TriggerSource=cloudtrail: who may trigger by tag
     copy_slots_per_region: int = 20  # copies all runs may have in flight into one Region (EC2: 25 from one source)
     run_starts_per_minute: int = 60  # how fast a firing over many instances starts their runs
+    allowed_copy_accounts: tuple[str, ...] = ()  # accounts copy_to_accounts may name
+    copy_account_role_name: str = "AmiFactoryCopyTarget"  # the role each of them deploys for the stack
+    copy_account_external_id: str = ""  # what that role's trust policy asks the stack to say
+
+    def copy_account_role_arn(self, account: str) -> str:
+        return f"arn:aws:iam::{account}:role/{self.copy_account_role_name}"
 
     @property
     def launch_check_max_polls(self) -> int:
@@ -149,4 +155,7 @@ def load_settings() -> Settings:
         allowed_launch_templates=_csv("ALLOWED_LAUNCH_TEMPLATES"),
         ssm_documents=_pairs("SSM_DOCUMENTS"),
         allowed_trigger_principals=_csv("ALLOWED_TRIGGER_PRINCIPALS"),
+        allowed_copy_accounts=_csv("ALLOWED_COPY_ACCOUNTS"),
+        copy_account_role_name=os.environ.get("COPY_ACCOUNT_ROLE_NAME") or "AmiFactoryCopyTarget",
+        copy_account_external_id=os.environ.get("COPY_ACCOUNT_EXTERNAL_ID", ""),
     )

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel
 
 from . import copy_slots
-from .aws import Ec2, StepFunctions
+from .aws import FAILED_IMAGE_STATES, Ec2, StepFunctions
 from .contracts import (
     AmiStateChange,
     AwsEvent,
@@ -67,8 +67,6 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import ImageTypeDef
 
 AVAILABLE = "available"
-# The states in which an image will never become available: its wait ends with ImageFailedError.
-FAILED_IMAGE_STATES = frozenset({"failed", "invalid", "error", "deregistered", "disabled"})
 EXPIRY_MARGIN_SECONDS = 3600
 AMI_STATE_CHANGE = "EC2 AMI State Change"
 INSTANCE_STATE_CHANGE = "EC2 Instance State-change Notification"

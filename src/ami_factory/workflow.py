@@ -126,8 +126,11 @@ def finalize(plan: FinalizeInput) -> Summary:
                 max_age_days=plan.retention.max_age_days or 0,
             )
         )
+    failed_cells = [cell for cell in plan.accounts if cell.status == "FAILED"]  # copy_to_accounts
     status: RunStatus = (
-        "SUCCEEDED" if not failed else ("FAILED" if len(failed) == len(plan.distribution) else "PARTIAL")
+        "SUCCEEDED"
+        if not failed and not failed_cells
+        else ("FAILED" if len(failed) == len(plan.distribution) else "PARTIAL")
     )
     if ledger.claim_ending(plan.run_id, FINALIZE) != FINALIZE:
         raise RunEndedError(
@@ -137,7 +140,14 @@ def finalize(plan: FinalizeInput) -> Summary:
     run = _run_of(plan)
     ending = end_run(run, delivered)
     errors = (
-        "; ".join(f"{result.region}: {result.error.Error if result.error else 'failed'}" for result in failed) or None
+        "; ".join(
+            [f"{result.region}: {result.error.Error if result.error else 'failed'}" for result in failed]
+            + [
+                f"{cell.account_id} {cell.region}: {cell.error.Error if cell.error else 'failed'}"
+                for cell in failed_cells
+            ]
+        )
+        or None
     )
     if plan.source_image_id is None:  # distributing an existing image never touches the instance, tags included
         ending.left += tag_result(run, status, delivered.get(plan.source_region), errors, ending.instance_tags)
@@ -158,6 +168,7 @@ def finalize(plan: FinalizeInput) -> Summary:
             instance_state=ending.instance_state,
             regions=plan.distribution,
             failed_regions=[result.region for result in failed],
+            accounts=plan.accounts,
             cleaned_up=ending.removed,
             left_over=ending.left,
             cost=cost,

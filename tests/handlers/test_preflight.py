@@ -134,6 +134,8 @@ def test_the_basic_sample_makes_this_whole_plan_records_the_run_and_holds_the_in
         "approval_timeout_seconds": 259200,
         "volumes": [],
         "fast_launch": [],
+        "copy_to_accounts": [],
+        "account_cells": [],
     }
     record = run_record(emu, "run-7")
     assert (record["instance_id"], record["region"], record["image_name"]) == (
@@ -163,7 +165,11 @@ def test_every_field_of_a_full_windows_request_reaches_the_plan(emu: Emulator) -
     template = emu.client("ec2", "eu-west-1").create_launch_template(
         LaunchTemplateName="web", LaunchTemplateData={"ImageId": "ami-0123456789abcdef0"}
     )["LaunchTemplate"]["LaunchTemplateId"]
-    emu.reconfigure(AllowedLaunchTemplates=f"arn:aws:ec2:eu-west-1:{ACCOUNT_ID}:launch-template/{template}")
+    emu.reconfigure(
+        AllowedLaunchTemplates=f"arn:aws:ec2:eu-west-1:{ACCOUNT_ID}:launch-template/{template}",
+        AllowedCopyAccounts=ALLOWED_ACCOUNT,
+    )
+    account_key = f"arn:aws:kms:eu-west-1:{ALLOWED_ACCOUNT}:key/0123abcd-0000-0000-0000-000000000000"
     request = {
         "instance_id": instance_id,
         "image_name": "Win2022 Base",
@@ -186,6 +192,7 @@ def test_every_field_of_a_full_windows_request_reaches_the_plan(emu: Emulator) -
         "launch_templates": [{"region": "eu-west-1", "launch_template_id": template, "set_default": True}],
         "volumes": [{"device_name": "/dev/sdf", "size_gib": 200, "volume_type": "io2", "iops": 3000}],
         "fast_launch": [{"region": "eu-west-1", "snapshot_count": 5, "max_parallel_launches": 6}],
+        "copy_to_accounts": [{"account_id": ALLOWED_ACCOUNT, "kms_key_ids": {"eu-west-1": account_key}}],
     }
 
     plan = resolve(emu, request, run_id="run-8")
@@ -259,6 +266,13 @@ def test_every_field_of_a_full_windows_request_reaches_the_plan(emu: Emulator) -
             }
         ],
         "fast_launch": [{"region": "eu-west-1", "snapshot_count": 5, "max_parallel_launches": 6}],
+        "copy_to_accounts": [
+            {"account_id": ALLOWED_ACCOUNT, "regions": None, "kms_key_ids": {"eu-west-1": account_key}}
+        ],
+        "account_cells": [
+            {"account_id": ALLOWED_ACCOUNT, "region": "us-east-1", "kms_key_id": None},
+            {"account_id": ALLOWED_ACCOUNT, "region": "eu-west-1", "kms_key_id": account_key},
+        ],
     }
 
 

@@ -333,8 +333,9 @@ def test_every_lambda_task_has_timeout_retry_and_catch(asl: dict[str, Any]) -> N
         retried = {error for retrier in task["Retry"] for error in retrier["ErrorEquals"]}
         transient = {error.__name__ for error in RETRYABLE_ERRORS}
         assert transient <= retried, f"{name} does not retry {sorted(transient - retried)}"
-        # Only a copy waits for something other than a transient fault: a copy slot of its Region.
-        waits = {"CopySlotBusyError"} if name == "CopyImage" else set()
+        # Only a copy waits for something other than a transient fault: a copy slot of its Region (an
+        # account's copy: the account's own copy quota).
+        waits = {"CopySlotBusyError"} if name in ("CopyImage", "DeliverToAccount") else set()
         assert retried - transient <= LAMBDA_SERVICE_ERRORS | waits, (
             f"{name} retries {sorted(retried - transient - LAMBDA_SERVICE_ERRORS - waits)}"
         )
@@ -363,6 +364,7 @@ def test_result_selectors_name_exactly_the_fields_of_the_step_outputs(asl: dict[
         "LaunchedInstance": set(contracts.LaunchedInstance.model_fields),
         "GeneralizeRef": set(contracts.GeneralizeRef.model_fields),
         "ProtectImageOutput": set(contracts.ProtectImageOutput.model_fields),
+        "AccountCopyRef": set(contracts.AccountCopyRef.model_fields),
     }
     checked = 0
     for name, state in _states(asl).items():
@@ -381,10 +383,15 @@ def test_waits_are_bounded(asl: dict[str, Any]) -> None:
     are callbacks that end on AWS's events, bounded by their timeout (the test above)."""
     states = _states(asl)
     waits = {name: state for name, state in states.items() if state["Type"] == "Wait"}
-    assert len(waits) == 4, "two wait loops (the clone online in SSM, the launch check's status checks), each twice"
+    assert len(waits) == 5, (
+        "three wait loops: the clone online in SSM and the launch check's status checks (each twice), an account's "
+        "copy (its events stay on the account's bus)"
+    )
     for name, wait in waits.items():
         check = states[wait["Next"]]
-        assert check["Type"] == "Task" and "max_polls.$" in check["Parameters"]["Payload"], name
+        # The account's copy: its check counts polls against polls_within(max_wait_seconds).
+        bound = "max_wait_seconds.$" if wait["Next"] == "DeliverToAccount" else "max_polls.$"
+        assert check["Type"] == "Task" and bound in check["Parameters"]["Payload"], name
     callbacks = sorted(name for name, state in states.items() if state.get("Resource") == CALLBACK)
     assert callbacks == [
         "WaitForApproval",

@@ -446,18 +446,22 @@ def _kms_for_copy(request: Request, source_region: str) -> list[Call]:
 
 
 def _kms_for_image(request: Request, image_id: str, region: str, operations: tuple[str, ...]) -> list[Call]:
-    """The customer managed keys of the image's snapshots, used by EC2 on the caller's behalf."""
-    backend = ec2_backends[request.account][region]
-    image = backend.amis.get(image_id)
+    """The customer managed keys of the image's snapshots (the caller's image, or one another account
+    shared with it), used by EC2 on the caller's behalf."""
+    owners = [request.account, *(account for account in list(ec2_backends.keys()) if account != request.account)]
+    found = [(owner, ec2_backends[owner][region].amis.get(image_id)) for owner in owners]
+    owner, image = next(((owner, image) for owner, image in found if image is not None), (request.account, None))
     if image is None:
         return []
     snapshot = getattr(image, "ebs_snapshot", None)
     key = getattr(snapshot, "kms_key_id", None) or getattr(getattr(snapshot, "volume", None), "kms_key_id", None)
-    return _kms_calls(request, _key_arn(request.account, region, str(key)), region, operations) if key else []
+    return _kms_calls(request, _key_arn(owner, region, str(key)), region, operations, owner) if key else []
 
 
-def _kms_calls(request: Request, key_arn: str, region: str, operations: tuple[str, ...]) -> list[Call]:
-    if _aws_managed(request.account, region, key_arn):
+def _kms_calls(
+    request: Request, key_arn: str, region: str, operations: tuple[str, ...], owner: str | None = None
+) -> list[Call]:
+    if _aws_managed(owner or request.account, region, key_arn):
         return []  # aws/ebs: EC2's own key, no caller permission asked
     context = {"kms:viaservice": [f"ec2.{region}.amazonaws.com"], "aws:requestedregion": [region]}
     return [
@@ -560,6 +564,11 @@ def _events(request: Request) -> tuple[list[Resource], list[Call]]:
     ], []
 
 
+def _sts(request: Request) -> tuple[list[Resource], list[Call]]:
+    role = request.params.get("RoleArn")
+    return ([Resource(str(role))] if role else []), []
+
+
 def _lambda(request: Request) -> tuple[list[Resource], list[Call]]:
     name = str(request.params.get("FunctionName", ""))
     arn = name if name.startswith("arn:") else f"arn:aws:lambda:{request.region}:{request.account}:function:{name}"
@@ -575,6 +584,7 @@ _BUILDERS: dict[str, Callable[[Request], tuple[list[Resource], list[Call]]]] = {
     "sns": _sns,
     "events": _events,
     "lambda": _lambda,
+    "sts": _sts,
 }
 
 
@@ -584,16 +594,19 @@ _BUILDERS: dict[str, Callable[[Request], tuple[list[Resource], list[Call]]]] = {
 @dataclass
 class Authorizer:
     account: str
-    roles: dict[str, Role] = field(default_factory=dict)  # role name (as deployed) -> role
+    roles: dict[str, Role] = field(default_factory=dict)  # role name (as deployed; ACCOUNT:NAME elsewhere) -> role
+    role_arns: dict[str, str] = field(default_factory=dict)  # the stack's role names -> their ARNs (with paths)
     enforcing: bool = True
     refusals: list[Refusal] = field(default_factory=list)
     used: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (role logical id, action, statement)
     log: Callable[[str], None] = logging.getLogger(__name__).warning
 
     def check(self, principal: tuple[str, str], request: Request) -> Refusal | None:
+        """``principal``: (role name, session); a role of another account is named ``ACCOUNT:NAME``."""
         role_name, session = principal
         role = self.roles.get(role_name)
-        principal_arn = f"arn:aws:sts::{self.account}:assumed-role/{role_name}/{session}"
+        account, _, name = role_name.rpartition(":")
+        principal_arn = f"arn:aws:sts::{account or self.account}:assumed-role/{name}/{session}"
         if role is None:
             decision = Decision(False, request.action, "*")
             refusal = Refusal(role_name, principal_arn, decision)

@@ -6,9 +6,12 @@ image with its real mappings; a copy of such an image has them too."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.models.elastic_block_store import Snapshot
+from moto.ec2.utils import random_snapshot_id
 
 
 def refusal(backend: Any, instance_id: str, mappings: list[dict[str, Any]]) -> EC2ClientError | None:
@@ -91,8 +94,28 @@ def created(backend: Any, instance_id: str, image: Any, mappings: list[dict[str,
     return result
 
 
+def snapshot_copier(backend: Any, source_backend: Any, image: Any) -> Callable[[str], Any]:
+    """Copies one of the source image's snapshots into ``backend`` for the copy ``image`` (moto's
+    copy_snapshot looks only in the caller's own account; a shared image's snapshots are another's)."""
+
+    def copy(snapshot_id: str) -> Any:
+        source = source_backend.snapshots[snapshot_id]
+        snapshot = Snapshot(
+            backend,
+            random_snapshot_id(),
+            volume=source.volume,
+            description=f"Copied for {image.id}",
+            encrypted=source.encrypted,
+            kms_key_id=source.kms_key_id,
+        )
+        backend.snapshots[snapshot.id] = snapshot
+        return snapshot
+
+    return copy
+
+
 def copied(
-    backend: Any, source_region: str, image: Any, source: Any, source_mappings: list[dict[str, Any]]
+    copy_snapshot: Callable[[str], Any], image: Any, source: Any, source_mappings: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """A copy's mappings: the source's, each snapshot copied (the root's is the copy's own)."""
     result = []
@@ -101,9 +124,7 @@ def copied(
         if ebs["SnapshotId"] == source.ebs_snapshot.id:
             ebs["SnapshotId"] = image.ebs_snapshot.id
         else:
-            ebs["SnapshotId"] = backend.copy_snapshot(
-                ebs["SnapshotId"], source_region, f"Copied for {image.id}", None
-            ).id
+            ebs["SnapshotId"] = copy_snapshot(ebs["SnapshotId"]).id
         result.append({**mapping, "Ebs": ebs})
     return result
 

@@ -46,7 +46,7 @@ from ami_factory.clients import boto3_client, use_client_factory
 from ami_factory.errors import error_message
 from ami_factory.settings import load_settings
 
-from .authorization import Authorizer, roles_of, translated
+from .authorization import Authorizer, Role, roles_of, translated
 from .callbacks import event_driven_waits
 from .clock import VirtualClock
 from .cloudformation import CustomResourceAnswers
@@ -404,8 +404,9 @@ class Emulator:
         )["Role"]["Arn"]
         attributes: dict[tuple[str, str], str] = {}
         cfn = translated(template, self.region)  # what `sam deploy` sends: the functions' roles included
+        paths = Resolver(parameters, pseudo, {})  # a role's path names the stack at most
         for logical_id, role in resources_of_type(cfn, "AWS::IAM::Role").items():
-            path = role["Properties"].get("Path", "/")
+            path = paths.resolve(role["Properties"].get("Path", "/"))
             attributes[(logical_id, "Arn")] = f"arn:aws:iam::{ACCOUNT_ID}:role{path}{STACK_NAME}-{logical_id}"
             attributes[(logical_id, "Ref")] = f"{STACK_NAME}-{logical_id}"
         for logical_id in resources_of_type(cfn, "AWS::IAM::ManagedPolicy"):
@@ -473,7 +474,11 @@ class Emulator:
     def _deploy_roles(self, resolver: Resolver) -> None:
         """Every role's policies as SAM deploys them, for the authorizer; who may invoke what."""
         roles = roles_of(self._cfn, resolver.resolve, lambda logical_id: f"{STACK_NAME}-{logical_id}", ACCOUNT_ID)
-        self.authorizer.roles = {role.name: role for role in roles.values()}
+        foreign = {name: role for name, role in self.authorizer.roles.items() if ":" in name}  # other accounts'
+        self.authorizer.roles = {role.name: role for role in roles.values()} | foreign
+        self.authorizer.role_arns = {
+            role.name: resolver.resolve({"Fn::GetAtt": [logical_id, "Arn"]}) for logical_id, role in roles.items()
+        }
         self._function_roles = {
             logical_id: resolver.resolve(function["Properties"]["Role"]).rsplit("/", 1)[-1]
             for logical_id, function in resources_of_type(self._cfn, "AWS::Lambda::Function").items()
@@ -618,6 +623,37 @@ class Emulator:
             role_arn.rsplit("/", 1)[-1], Call("events:PutEvents", (IamResource(bus_arn),))
         )
         return decision.allowed
+
+    def deploy_target_account(self, account: str, **parameters: str) -> str:
+        """Deploy ``examples/target-account-role.yaml`` in ``account`` as its owner would for this stack
+        (the stack's external id, role name and parameter prefix; ``parameters`` override them). The
+        world holds the role's trust policy (moto lets anyone assume anything), the authorizer its
+        policies: calls made with the role's credentials are evaluated as the role's. Returns its ARN."""
+        template = load_template(self.project_root / "examples" / "target-account-role.yaml")
+        stack = parameter_values(load_template(self.project_root / "template.yaml"), self.parameter_overrides)
+        given = {
+            "FactoryAccountId": ACCOUNT_ID,
+            "FactoryStackName": STACK_NAME,
+            "ExternalId": stack["CopyAccountExternalId"],
+            "RoleName": stack["CopyAccountRoleName"],
+            "ParameterPrefix": stack["ParameterPrefix"],
+            **parameters,
+        }
+        pseudo = {
+            "AWS::Region": self.region,
+            "AWS::AccountId": account,
+            "AWS::Partition": "aws",
+            "AWS::StackName": "target",
+        }
+        resolver = Resolver(parameter_values(template, given), pseudo, {}, template.get("Conditions", {}))
+        (role,) = resources_of_type(template, "AWS::IAM::Role").values()
+        properties = resolver.resolve(role["Properties"])
+        arn = f"arn:aws:iam::{account}:role/{properties['RoleName']}"
+        self.world.trust_policies[arn] = properties["AssumeRolePolicyDocument"]
+        policies = {policy["PolicyName"]: policy["PolicyDocument"] for policy in properties["Policies"]}
+        name = f"{account}:{properties['RoleName']}"
+        self.authorizer.roles[name] = Role("CopyTargetRole", name, policies)
+        return arn
 
     def reconfigure(self, **parameters: str) -> None:
         """A stack update that changes only parameters (e.g. KmsKeyIds once the keys exist): every

@@ -41,6 +41,8 @@ MODELLED_CONDITION_KEYS: tuple[str, ...] = (
     "kms:GrantIsForAWSResource",
     "ssm:resourceTag/",
     "lambda:FunctionArn",
+    "sts:ExternalId",
+    "aws:PrincipalArn",
 )
 
 
@@ -253,3 +255,21 @@ def _condition_holds(operator: str, key: str, wanted: list[str], values: list[st
         return if_exists or negated
     matched = any(compare(p, v) for p in wanted for v in values)
     return not matched if negated else matched
+
+
+def trust_allows(trust_policy: Mapping[str, Any], role_arn: str, caller_arn: str, external_id: str | None) -> bool:
+    """Whether a role's trust policy lets ``caller_arn`` (a role's ARN) assume it with ``external_id``:
+    an Allow naming the caller or its account, whose conditions hold (no Deny is modelled)."""
+    caller_account = caller_arn.split(":")[4]
+    context = {"aws:principalarn": [caller_arn]} | ({"sts:externalid": [external_id]} if external_id else {})
+    for statement in statements({"trust": trust_policy}):
+        principals = _listed(statement.document.get("Principal", {}).get("AWS", []))
+        if statement.effect != "Allow" or not any(
+            principal in (caller_arn, caller_account, f"arn:aws:iam::{caller_account}:root") for principal in principals
+        ):
+            continue
+        # A trust policy names no Resource: it is the role's own.
+        own = Statement(statement.policy, statement.index, {**statement.document, "Resource": role_arn})
+        if evaluate([own], Call("sts:AssumeRole", (Resource(role_arn),), context)).allowed:
+            return True
+    return False

@@ -5,7 +5,8 @@ The samples name ``i-0123456789abcdef0`` (and ``ami-0123456789abcdef0``, ``lt-â€
 real. The instance is a Windows server (fast launch and the Windows options need one; every other
 sample images it as well), managed by SSM, with two data volumes (``request-volumes.json``); each
 Region the samples copy to has a customer managed key the share targets may use
-(``request-encrypted.json``); the launch templates exist and are allowed; and an earlier run has
+(``request-encrypted.json``); the launch templates exist and are allowed; the share account has
+deployed the role copies into it need (``request-copy-to-accounts.json``); and an earlier run has
 delivered ``ami-0123456789abcdef0`` for the instance's family (``request-redistribute.json``).
 """
 
@@ -31,6 +32,8 @@ PARAMETERS = {
     "AllowedShareAccounts": SHARE_ACCOUNT,
     "AllowedShareOrganizations": ORGANIZATION,
     "AllowedShareOUs": OU,
+    "AllowedCopyAccounts": SHARE_ACCOUNT,
+    "CopyAccountExternalId": "ami-factory-samples-external-id",
     "AllowedLaunchTemplates": ",".join(
         f"arn:aws:ec2:{region}:{ACCOUNT_ID}:launch-template/{template}" for region, template in LAUNCH_TEMPLATES.items()
     ),
@@ -44,6 +47,7 @@ def sample_requests(root: Path = PROJECT_ROOT) -> list[Path]:
 def provision(emu: Emulator) -> None:
     """Make what the samples name, in a started emulator deployed with ``PARAMETERS``."""
     emu.reconfigure(KmsKeyIds=",".join(_shared_key(emu, region) for region in KEY_REGIONS))
+    emu.deploy_target_account(SHARE_ACCOUNT)
     with emu.world.chosen_ids(instance=INSTANCE_ID):
         emu.launch_instance(name="web", data_volumes={"/dev/sdf": 100, "/dev/sdg": 50})
     emu.world.set_platform(emu.region, INSTANCE_ID, "windows")

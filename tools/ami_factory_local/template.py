@@ -75,11 +75,18 @@ class Resolver:
                 return str(self.resolve(text)).split(delimiter)
             if key == "Fn::Join":
                 delimiter, parts = arg
-                return delimiter.join(str(part) for part in self.resolve(parts))
+                return str(self.resolve(delimiter)).join(str(part) for part in self.resolve(parts))
             if key == "Fn::GetAtt":
                 return self.attributes[(arg[0], arg[1])]
             if key == "Fn::Sub":
-                return re.sub(r"\$\{([^}]+)\}", lambda match: self._sub(match.group(1)), arg)
+                text, variables = (arg, {}) if isinstance(arg, str) else (arg[0], self.resolve(arg[1]))
+                return re.sub(
+                    r"\$\{([^}]+)\}",
+                    lambda match: (
+                        str(variables[match.group(1)]) if match.group(1) in variables else self._sub(match.group(1))
+                    ),
+                    text,
+                )
             if key == "Fn::Equals":
                 left, right = self.resolve(arg)
                 return left == right

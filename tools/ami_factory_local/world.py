@@ -60,12 +60,15 @@ from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.amis import Ami
 from moto.ec2.responses.amis import AmisResponse
+from moto.ec2.utils import random_ami_id
 from moto.events.models import EventPattern, events_backends
 from moto.events.utils import EventMessageType
 from moto.kms.models import kms_backends
 from moto.sns.exceptions import SNSException
 from moto.ssm.exceptions import InvalidDocument, SSMException
 from moto.ssm.models import ssm_backends
+from moto.sts.exceptions import STSClientError
+from moto.sts.models import sts_backends
 
 from ami_factory.commands import GENERALIZE_COMMENT
 
@@ -74,6 +77,7 @@ from .authorization import IAM_ACTIONS, IAM_PREFIX, Authorizer, as_operator, cur
 from .authorization import Request as AuthorizationRequest
 from .clock import VirtualClock
 from .events import EventSchedule
+from .iam import trust_allows
 from .launch_templates import LaunchTemplates
 from .limits import Ec2Limits, copy_quota_refusal
 
@@ -247,6 +251,40 @@ def invalid_permission(operation: str, params: dict[str, Any]) -> str | None:
     return f"group {unknown[0]!r}" if unknown else None
 
 
+def assumed_role(response: BaseResponse) -> Any:
+    """The role session whose credentials signed the request (moto's record of the AssumeRole), if any."""
+    authorization = response.headers.get("Authorization", "")
+    access_key = authorization.split("Credential=", 1)[-1].split("/", 1)[0] if "Credential=" in authorization else ""
+    backend = sts_backends[response.current_account]["aws"]
+    return backend.get_assumed_role_from_access_key(access_key) if access_key else None
+
+
+def shared_copy_refusal(
+    source: Any, account: str, image_mappings: dict[str, list[dict[str, Any]]]
+) -> EC2ClientError | None:
+    """What EC2 answers when ``account`` copies ``source``, an image another account owns: it must be
+    shared with the account (launch permission), and so must the snapshots behind it (create volume
+    permission); an image from AWS Marketplace is never copied across accounts."""
+    if not (source.is_public or {"UserId": account} in source.launch_permissions):
+        return EC2ClientError("InvalidAMIID.NotFound", f"The image id '[{source.id}]' does not exist")
+    if any(code.get("ProductCodeType", "marketplace") == "marketplace" for code in _product_codes(source)):
+        return EC2ClientError("InvalidRequest", "Images from AWS Marketplace cannot be copied to another AWS account.")
+    snapshot_ids = [source.ebs_snapshot.id] + [
+        mapping["Ebs"]["SnapshotId"] for mapping in image_mappings.get(source.id, []) if "Ebs" in mapping
+    ]
+    for snapshot_id in snapshot_ids:
+        snapshot = source.ec2_backend.snapshots.get(snapshot_id)
+        if snapshot is not None and not (
+            account in snapshot.create_volume_permission_userids or "all" in snapshot.create_volume_permission_groups
+        ):
+            return EC2ClientError("InvalidRequest", "You do not have permission to access the storage of this ami")
+    return None
+
+
+def _product_codes(ami: Any) -> list[dict[str, str]]:
+    return [code if isinstance(code, dict) else {"ProductCodeId": str(code)} for code in ami.product_codes]
+
+
 def flatten_event(node: Any, prefix: str = "", result: dict[str, Any] | None = None) -> dict[str, Any]:
     """An event as dotted paths for moto's pattern matcher, arrays of objects included: EventBridge
     matches ``{"items": {"key": [...]}}`` against any element of ``items`` (CloudTrail's request
@@ -364,6 +402,7 @@ class _Pending:
     region: str
     ready_at: float
     final_state: str
+    account: str = ""  # whose resource it is ("": the stack's account)
 
 
 @dataclass
@@ -386,7 +425,7 @@ class World:
     _unprotected_at: dict[str, float] = field(default_factory=dict)  # image -> when a cooldown ends
     _hidden_describes: int = 0
     _hidden: dict[str, int] = field(default_factory=dict)
-    _copy_tokens: dict[tuple[str, str], str] = field(default_factory=dict)
+    _copy_tokens: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (account, Region, token)
     _copy_routes: dict[str, tuple[str, str]] = field(default_factory=dict)  # copy -> (destination, source Region)
     # EC2's token buckets (for the deployed functions' calls) and copy quota.
     limits: Ec2Limits = field(default_factory=Ec2Limits)
@@ -420,6 +459,8 @@ class World:
     # IAM: each call of a function or the state machine is evaluated against its role (the emulator
     # sets the roles from template.yaml); calls of the test or script driving the world are not.
     authorizer: Authorizer | None = None
+    # Roles other accounts deployed for the stack (examples/target-account-role.yaml): ARN -> trust policy.
+    trust_policies: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.events = EventSchedule(self.account_id)
@@ -628,10 +669,16 @@ class World:
         principal = current_principal(response.headers)
         if self.authorizer is None or principal is None:
             return None
+        account = response.current_account
+        if account != self.account_id:  # a function acting with a role it assumed in another account
+            assumed = assumed_role(response)
+            if assumed is None:
+                return None
+            principal = (f"{account}:{assumed.role_arn.rsplit('/', 1)[-1]}", assumed.session_name)
         prefix = IAM_PREFIX.get(service, service)
         action = IAM_ACTIONS.get((prefix, operation), operation)
         refusal = self.authorizer.check(
-            principal, AuthorizationRequest(self.account_id, response.region, prefix, action, params)
+            principal, AuthorizationRequest(account, response.region, prefix, action, params)
         )
         if refusal is None:
             return None
@@ -639,6 +686,23 @@ class World:
         if service == "ec2":
             return response.serialized(ActionResult(EC2ClientError(code, message)))
         return _refused(response, code, message)
+
+    def _assume_role_refusal(self, response: BaseResponse, params: dict[str, Any]) -> STSClientError | None:
+        """STS's AccessDenied when a function assumes a role in another account whose trust policy does
+        not let its role (moto lets anyone assume anything); None: moto answers."""
+        principal = current_principal(response.headers)
+        role_arn = str(params.get("RoleArn", ""))
+        if principal is None or self.authorizer is None or role_arn.split(":")[4:5] == [self.account_id]:
+            return None
+        caller = self.authorizer.role_arns.get(principal[0], f"arn:aws:iam::{self.account_id}:role/{principal[0]}")
+        trust = self.trust_policies.get(role_arn)
+        if trust is not None and trust_allows(trust, role_arn, caller, params.get("ExternalId")):
+            return None
+        return STSClientError(
+            "AccessDenied",
+            f"User: arn:aws:sts::{self.account_id}:assumed-role/{principal[0]}/{principal[1]} is not authorized to "
+            f"perform: sts:AssumeRole on resource: {role_arn}",
+        )
 
     def _refusal(self, operation: str, region: str) -> str | None:
         """The error code of the first matching refusal, using up one of its calls."""
@@ -674,7 +738,7 @@ class World:
         now = self.clock.now()
         for image_id, pending in list(self._images.items()):
             if pending.region == region and now >= pending.ready_at:
-                ami = ec2_backends[self.account_id][pending.region].amis.get(image_id)
+                ami = ec2_backends[pending.account or self.account_id][pending.region].amis.get(image_id)
                 if ami is not None:
                     ami.state = pending.final_state
                 del self._images[image_id]
@@ -708,10 +772,12 @@ class World:
         ready_at = math.inf if outcome == "never" else self.clock.now() + seconds
         self.image_lifetimes[ami.id] = (self.clock.now(), ready_at)
         final_state = "failed" if outcome == "failed" else "available"
+        account = ami.ec2_backend.account_id
         if ready_at > self.clock.now() or final_state != "available":
             ami.state = "pending"
-            self._images[ami.id] = _Pending(region, ready_at, final_state)
-        if ready_at != math.inf:
+            self._images[ami.id] = _Pending(region, ready_at, final_state, account)
+        # Another account's images tell that account's bus, where nothing of the stack's listens.
+        if ready_at != math.inf and account == self.account_id:
             self.events.image_state_changed(region, ami.id, final_state, ready_at)
         if self._hidden_describes:
             self._hidden[ami.id] = self._hidden_describes
@@ -757,7 +823,9 @@ class World:
             return throttled
         if code := self._refusal(operation, response.region):
             return EC2ClientError(code, f"You are not authorized to perform this operation ({operation}).")
-        if operation == "CopyImage" and (refused := self._copy_quota(response.region, params)):
+        if operation == "CopyImage" and (
+            refused := self._copy_quota(response.current_account, response.region, params)
+        ):
             return refused
         if operation in STATE_CHANGES and (refused := self._incorrect_state(response.region, operation, params)):
             return refused
@@ -901,16 +969,19 @@ class World:
             ]
         }
 
-    def _copy_quota(self, destination: str, params: dict[str, Any]) -> EC2ClientError | None:
-        """EC2's concurrent-copy quota; a retry with a ClientToken EC2 already took starts no copy."""
-        if (destination, str(params.get("ClientToken") or "")) in self._copy_tokens:
+    def _copy_quota(self, account: str, destination: str, params: dict[str, Any]) -> EC2ClientError | None:
+        """EC2's concurrent-copy quota (per account); a retry with a ClientToken EC2 already took starts no copy."""
+        if (account, destination, str(params.get("ClientToken") or "")) in self._copy_tokens:
             return None
-        return copy_quota_refusal(destination, str(params.get("SourceRegion", "")), self.copies_in_flight(destination))
+        return copy_quota_refusal(
+            destination, str(params.get("SourceRegion", "")), self.copies_in_flight(destination, account)
+        )
 
-    def copies_in_flight(self, destination: str) -> list[str]:
-        """The source Regions of the copies into ``destination`` that EC2 counts against its quota at the
-        caller's time: not finished yet, and not deregistered (which cancels a copy)."""
-        now, amis = self.clock.now(), ec2_backends[self.account_id][destination].amis
+    def copies_in_flight(self, destination: str, account: str | None = None) -> list[str]:
+        """The source Regions of the copies into ``destination`` (of ``account``, default the stack's) that
+        EC2 counts against its quota at the caller's time: not finished yet, and not deregistered (which
+        cancels a copy)."""
+        now, amis = self.clock.now(), ec2_backends[account or self.account_id][destination].amis
         return [
             source
             for image_id, (into, source) in self._copy_routes.items()
@@ -923,7 +994,7 @@ class World:
             self._after_stop(region, params)
         if operation in ("CreateTags", "DeleteTags"):
             self._emit_tag_changes(region, params)
-        if operation == "DeregisterImage":
+        if operation == "DeregisterImage" and params["ImageId"] in ec2_backends[self.account_id][region].deleted_amis:
             self.events.image_state_changed(region, params["ImageId"], "deregistered", self.clock.now())
         if operation == "TerminateInstances":
             for instance_id in params.get("InstanceIds", []):
@@ -964,6 +1035,8 @@ class World:
                     answer = world._intercept_ssm(response.region, operation, params)
                 elif service == "kms":
                     world._mark_aws_managed_keys(response.region)
+                elif service == "sts" and operation == "AssumeRole":
+                    answer = world._assume_role_refusal(response, params)
                 elif service == "cloudformation" and operation == "DescribeStacks":
                     answer = world._describe_stack(params.get("StackName", ""))
                 elif service == "stepfunctions" and operation == "GetExecutionHistory":
@@ -1024,27 +1097,43 @@ class World:
 
         def copy_image(response: AmisResponse) -> ActionResult:
             token = response._get_param("ClientToken")
+            account = response.current_account
             with world._lock:
-                if token and (response.region, token) in world._copy_tokens:
-                    return ActionResult({"ImageId": world._copy_tokens[(response.region, token)]})
+                if token and (account, response.region, token) in world._copy_tokens:
+                    return ActionResult({"ImageId": world._copy_tokens[(account, response.region, token)]})
             name = response._get_param("Name")
             response.error_on_dryrun()
             world._refuse_duplicate_name(response, name)
-            image = response.ec2_backend.copy_image(
-                response._get_param("SourceImageId"),
-                response._get_param("SourceRegion"),
-                name,
-                response._get_param("Description"),
-            )
+            source_region, source_id = response._get_param("SourceRegion"), response._get_param("SourceImageId")
+            owner = world.account_id if source_id not in ec2_backends[account][source_region].amis else account
+            source = ec2_backends[owner][source_region].amis.get(source_id)
+            if owner != account:  # an image another account shared: moto looks only in the caller's own
+                if source is None:
+                    raise EC2ClientError("InvalidAMIID.NotFound", f"The image id '[{source_id}]' does not exist")
+                if refused := shared_copy_refusal(source, account, world.image_mappings):
+                    raise refused
+                image = Ami(
+                    response.ec2_backend,
+                    random_ami_id(),
+                    source_ami=source,
+                    name=name,
+                    description=response._get_param("Description"),
+                )
+                response.ec2_backend.amis[image.id] = image
+            else:
+                image = response.ec2_backend.copy_image(
+                    source_id, source_region, name, response._get_param("Description")
+                )
             specs = response._get_param("TagSpecifications", [])
             world._apply_tags(image, specs, "image")
             world._apply_tags(image.ebs_snapshot, specs, "snapshot")
-            source_region, source_id = response._get_param("SourceRegion"), response._get_param("SourceImageId")
             copied_snapshots = [image.ebs_snapshot]
             if source_id in world.image_mappings:
-                source = ec2_backends[world.account_id][source_region].amis[source_id]
                 made = block_devices.copied(
-                    response.ec2_backend, source_region, image, source, world.image_mappings[source_id]
+                    block_devices.snapshot_copier(response.ec2_backend, ec2_backends[owner][source_region], image),
+                    image,
+                    source,
+                    world.image_mappings[source_id],
                 )
                 world.image_mappings[image.id] = made
                 copied_snapshots = block_devices.snapshots(response.ec2_backend, made)
@@ -1057,9 +1146,9 @@ class World:
                     snapshot.kms_key_id = response._get_param("KmsKeyId")
             with world._lock:
                 if token:
-                    world._copy_tokens[(response.region, token)] = image.id
+                    world._copy_tokens[(account, response.region, token)] = image.id
                 world._new_image(response.region, image)
-                world._copy_routes[image.id] = (response.region, response._get_param("SourceRegion"))
+                world._copy_routes[image.id] = (response.region, source_region)
             return ActionResult({"ImageId": image.id})
 
         with ExitStack() as stack:

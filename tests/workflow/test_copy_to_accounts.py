@@ -1,0 +1,191 @@
+"""copy_to_accounts: each account gets its own copy of each Region's image (it owns the copy),
+encrypted with its key, tagged, with its own latest parameter; through the role it deployed
+(examples/target-account-role.yaml, evaluated by the emulator's IAM) and only within
+AllowedCopyAccounts; a failing account or Region does not stop the others."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moto.ec2.models import ec2_backends
+from moto.ssm.models import ssm_backends
+
+from ami_factory_local import Emulator
+from ami_factory_local.emulator import ACCOUNT_ID
+from tests.helpers import invoke, invoke_error, ledger_items
+
+TARGET = "111122223333"
+OTHER = "444455556666"
+EXTERNAL_ID = "ami-factory-0123456789abcdef"
+REGIONS = ["eu-west-1"]
+
+
+def allow_copies(emu: Emulator, *accounts: str) -> None:
+    emu.reconfigure(AllowedCopyAccounts=",".join(accounts), CopyAccountExternalId=EXTERNAL_ID)
+
+
+def account_copies(emu: Emulator) -> list[dict[str, str]]:
+    return [item for item in ledger_items(emu) if item["sk"].startswith("account-copy#")]
+
+
+def request(instance_id: str, *targets: dict[str, Any], **more: Any) -> dict[str, Any]:
+    return {"instance_id": instance_id, "regions": REGIONS, "copy_to_accounts": list(targets), **more}
+
+
+def account_key(account: str, region: str) -> str:
+    """A customer managed key the account made for its copies."""
+    from moto.kms.models import kms_backends
+
+    return str(
+        kms_backends[account][region].create_key(None, "ENCRYPT_DECRYPT", "SYMMETRIC_DEFAULT", "copies", None).arn
+    )
+
+
+def test_each_account_and_region_gets_its_own_copy_encrypted_tagged_and_published(emu: Emulator) -> None:
+    allow_copies(emu, TARGET)
+    key = account_key(TARGET, "eu-west-1")
+    emu.deploy_target_account(TARGET, KmsKeyArns=key)
+    instance_id = emu.launch_instance(name="web")
+
+    result = emu.run(request(instance_id, {"account_id": TARGET, "kms_key_ids": {"eu-west-1": key}}), name="acct")
+
+    assert result.output["status"] == "SUCCEEDED", result.cause
+    cells = {(cell["account_id"], cell["region"]): cell for cell in result.output["accounts"]}
+    assert set(cells) == {(TARGET, "us-east-1"), (TARGET, "eu-west-1")}
+    own = {region["region"]: region["image_id"] for region in result.output["regions"]}
+    for (account, region), cell in cells.items():
+        assert cell["status"] == "DELIVERED"
+        copy = ec2_backends[account][region].amis[cell["image_id"]]
+        assert copy.owner_id == TARGET and cell["image_id"] != own[region]  # the account's own image
+        assert copy.get_tags()  # tagged as the factory's, which is what the role may remove
+        tags = {tag["key"]: tag["value"] for tag in copy.get_tags()}
+        assert tags["ami-factory:managed"] == "true" and tags["ami-factory:run"] == "acct"
+        assert copy.ebs_snapshot.encrypted
+        assert copy.ebs_snapshot.kms_key_id == (key if region == "eu-west-1" else None)  # else the account's default
+        parameter = ssm_backends[account][region].get_parameter(cell["parameter_name"])
+        assert parameter.value == cell["image_id"]
+    # The copy was made by the account's role, as the template grants it, and by nobody else.
+    assert not emu.authorizer.refusals
+    used = {action for role, action, _ in emu.authorizer.used if role == "CopyTargetRole"}
+    assert {"ec2:CopyImage", "ec2:CreateTags", "ec2:DescribeImages", "ssm:PutParameter", "kms:CreateGrant"} <= used
+    # The source images were shared with the account (it copies what it may launch and read).
+    for region, image_id in own.items():
+        assert {"UserId": TARGET} in ec2_backends[ACCOUNT_ID][region].amis[image_id].launch_permissions
+
+
+def test_a_failing_account_does_not_stop_the_others_and_the_run_is_partial(emu: Emulator) -> None:
+    allow_copies(emu, TARGET, OTHER)
+    emu.deploy_target_account(TARGET)
+    emu.deploy_target_account(OTHER, ExternalId="someone-elses-external-id")  # its role does not trust this stack
+    instance_id = emu.launch_instance(name="web")
+
+    result = emu.run(request(instance_id, {"account_id": TARGET}, {"account_id": OTHER, "regions": ["eu-west-1"]}))
+
+    assert result.output["status"] == "PARTIAL", result.cause
+    by_cell = {(cell["account_id"], cell["region"]): cell for cell in result.output["accounts"]}
+    assert by_cell[(TARGET, "us-east-1")]["status"] == by_cell[(TARGET, "eu-west-1")]["status"] == "DELIVERED"
+    failed = by_cell[(OTHER, "eu-west-1")]
+    assert failed["status"] == "FAILED"
+    assert "not authorized to perform: sts:AssumeRole" in failed["error"]["Cause"]
+    assert not ec2_backends[OTHER]["eu-west-1"].amis  # nothing was made there
+    assert result.output["failed_regions"] == []  # the stack's own images are all delivered
+    assert f"{OTHER} eu-west-1" in result.output["cause"]
+
+
+def test_a_copy_that_fails_in_the_account_is_removed_and_reported(emu: Emulator) -> None:
+    allow_copies(emu, TARGET)
+    emu.deploy_target_account(TARGET)
+    instance_id = emu.launch_instance(name="web")
+    # Sharing starts once every image of the stack's own is made: what is made in eu-west-1 after
+    # that (the account's copy) ends failed.
+    emu.world.after_call("ModifyImageAttribute", lambda: emu.world.images_fail("eu-west-1"))
+
+    result = emu.run(request(instance_id, {"account_id": TARGET}), name="fails")
+
+    assert result.output["status"] == "PARTIAL", result.cause
+    by_region = {cell["region"]: cell for cell in result.output["accounts"]}
+    assert by_region["us-east-1"]["status"] == "DELIVERED"
+    failed = by_region["eu-west-1"]
+    assert failed["status"] == "FAILED" and failed["error"]["Error"] == "ImageFailedError"
+    (record,) = [item for item in account_copies(emu) if item["sk"].endswith("eu-west-1")]
+    assert record["removed"] == "true"
+    assert record["image_id"] not in ec2_backends[TARGET]["eu-west-1"].amis  # deregistered by the account's role
+    assert [region["status"] for region in result.output["regions"]] == ["AVAILABLE", "AVAILABLE"]
+
+
+def test_copies_only_into_allowed_accounts_never_the_stacks_own(emu: Emulator) -> None:
+    instance_id = emu.launch_instance(name="web")
+    allow_copies(emu, TARGET)
+
+    outside = emu.run(request(instance_id, {"account_id": OTHER}))
+    own = emu.run(request(instance_id, {"account_id": ACCOUNT_ID}))
+    stray = emu.run(request(instance_id, {"account_id": TARGET, "regions": ["ap-southeast-2"]}))
+
+    assert outside.status == own.status == stray.status == "FAILED"
+    assert f"copy_to_accounts ['{OTHER}'] are not in the deployment's AllowedCopyAccounts" in outside.cause_message
+    assert "the stack's own account" in own.cause_message
+    assert "['ap-southeast-2'] are not Regions of this run" in stray.cause_message
+    assert not account_copies(emu)
+
+
+def test_a_key_must_be_the_accounts_own_in_its_region(emu: Emulator) -> None:
+    instance_id = emu.launch_instance(name="web")
+    allow_copies(emu, TARGET)
+    wrong = f"arn:aws:kms:eu-west-1:{OTHER}:key/0123abcd-0000-0000-0000-000000000000"
+
+    result = emu.run(request(instance_id, {"account_id": TARGET, "kms_key_ids": {"eu-west-1": wrong}}))
+
+    assert result.status == "FAILED"
+    assert f"kms_key_ids[eu-west-1] is a key of account {OTHER} in eu-west-1" in result.cause_message
+
+
+def test_without_the_external_id_no_account_is_asked(emu: Emulator) -> None:
+    """The template's rule refuses such a deployment; the functions refuse it too."""
+    emu.reconfigure(AllowedCopyAccounts=TARGET)
+    emu.deploy_target_account(TARGET, ExternalId="ami-factory-0123456789abcdef")
+    instance_id = emu.launch_instance(name="web")
+
+    result = emu.run(request(instance_id, {"account_id": TARGET, "regions": ["eu-west-1"]}))
+
+    assert result.output["status"] == "PARTIAL", result.cause
+    (cell,) = result.output["accounts"]
+    assert cell["error"]["Error"] == "DeploymentError"
+    assert "needs the deployment's CopyAccountExternalId" in cell["error"]["Cause"]
+    assert not emu.world.sent("AssumeRole")
+
+
+def test_a_forged_cell_for_an_account_outside_the_allow_list_assumes_nothing(emu: Emulator) -> None:
+    """The state is data anyone with StartExecution (or lambda:InvokeFunction) can shape: the function
+    checks the allow-list again before it asks any account for anything."""
+    allow_copies(emu, TARGET)
+    emu.deploy_target_account(OTHER)  # even a role that would let the stack in
+    cell = {"account_id": OTHER, "region": "us-east-1", "kms_key_id": None}
+    delivered = [{"region": "us-east-1", "status": "AVAILABLE", "image_id": "ami-0123456789abcdef0"}]
+    forged = {
+        "run_id": "forged",
+        "image_name": "x",
+        "description": "x",
+        "tags": {},
+        "parameter_name": "/ami-factory/x/latest",
+        "max_wait_seconds": 3600,
+        "cell": cell,
+        "distribution": delivered,
+    }
+
+    error = invoke_error(emu, "DeliverToAccount", forged)
+    # Nothing recorded for the run: nothing to remove, and no account is asked.
+    removal = invoke(
+        emu, "RemoveAccountCopy", {"run_id": "forged", "cell": cell, "error": {"Error": "x", "Cause": "x"}}
+    )
+
+    assert error["errorType"] == "ShareTargetNotAllowedError"
+    assert f"copy_to_accounts ['{OTHER}'] are not in the deployment's AllowedCopyAccounts" in error["errorMessage"]
+    assert removal == {
+        "account_id": OTHER,
+        "region": "us-east-1",
+        "status": "FAILED",
+        "image_id": None,
+        "parameter_name": None,
+        "error": {"Error": "x", "Cause": "x"},
+    }
+    assert not emu.world.sent("AssumeRole")
