@@ -12,7 +12,7 @@ from moto.ssm.models import ssm_backends
 
 from ami_factory_local import Emulator
 from ami_factory_local.emulator import ACCOUNT_ID
-from tests.helpers import invoke, invoke_error, ledger_items
+from tests.helpers import create_keys, invoke, invoke_error, ledger_items
 
 TARGET = "111122223333"
 OTHER = "444455556666"
@@ -111,6 +111,53 @@ def test_a_copy_that_fails_in_the_account_is_removed_and_reported(emu: Emulator)
     assert record["removed"] == "true"
     assert record["image_id"] not in ec2_backends[TARGET]["eu-west-1"].amis  # deregistered by the account's role
     assert [region["status"] for region in result.output["regions"]] == ["AVAILABLE", "AVAILABLE"]
+
+
+def test_an_encrypted_image_is_copied_with_the_stacks_keys_listed_in_the_accounts_role(emu: Emulator) -> None:
+    """The account reads the shared snapshots with the stack's keys (their policies let it, and its
+    role's FactoryKmsKeyArns lets it ask EC2 to); without them listed, IAM refuses the copy there."""
+    users = [f"arn:aws:iam::{account}:root" for account in (TARGET, OTHER)]
+    keys = create_keys(emu, users, regions=["us-east-1", "eu-west-1"])
+    allow_copies(emu, TARGET, OTHER)
+    emu.deploy_target_account(TARGET, FactoryKmsKeyArns=",".join(keys.values()))
+    emu.deploy_target_account(OTHER)  # lists none of the stack's keys
+    instance_id = emu.launch_instance(name="web")
+
+    result = emu.run(
+        request(
+            instance_id,
+            {"account_id": TARGET, "regions": ["eu-west-1"]},
+            {"account_id": OTHER, "regions": ["eu-west-1"]},
+            encrypt=True,
+        )
+    )
+
+    assert result.output["status"] == "PARTIAL", result.cause
+    by_account = {cell["account_id"]: cell for cell in result.output["accounts"]}
+    assert by_account[TARGET]["status"] == "DELIVERED"
+    used = {(action, statement) for role, action, statement in emu.authorizer.used if role == "CopyTargetRole"}
+    assert {action for action, statement in used if "(ReadTheFactorysSnapshots)" in statement} == {
+        "kms:Decrypt",
+        "kms:DescribeKey",
+        "kms:ReEncryptFrom",
+    }
+    assert {action for action, statement in used if "(FactoryKeyGrantsOnlyForEc2)" in statement} == {"kms:CreateGrant"}
+    refused = by_account[OTHER]
+    assert refused["status"] == "FAILED"
+    assert f"arn:aws:sts::{OTHER}:assumed-role/AmiFactoryCopyTarget/" in refused["error"]["Cause"]
+    assert f"kms:CreateGrant on resource: {keys['eu-west-1']}" in refused["error"]["Cause"]
+
+
+def test_a_key_the_accounts_may_not_use_is_refused_before_the_run_starts(emu: Emulator) -> None:
+    keys = create_keys(emu, [], regions=["us-east-1", "eu-west-1"])  # only the stack's account may use them
+    allow_copies(emu, TARGET)
+    instance_id = emu.launch_instance(name="web")
+
+    result = emu.run(request(instance_id, {"account_id": TARGET}, encrypt=True))
+
+    assert result.status == "FAILED"
+    assert f"does not let ['{TARGET}'] use it" in result.cause_message
+    assert keys  # made, and never used: the run stopped before anything was copied
 
 
 def test_copies_only_into_allowed_accounts_never_the_stacks_own(emu: Emulator) -> None:
