@@ -197,6 +197,11 @@ def check_copy_accounts(accounts: list[str], settings: Settings, own_account: st
         )
 
 
+# Each account and Region is a cell of a Map whose checks write to the run's history: at most this
+# many keep the worst run inside Step Functions' 25,000 events (tests/workflow/test_history_budget.py).
+MAX_ACCOUNT_CELLS = 30
+
+
 def account_cells(targets: list[AccountCopyTarget], regions: list[str]) -> list[AccountCell]:
     """Each account and Region of copy_to_accounts (an account's Regions must be the run's)."""
     cells = []
@@ -213,6 +218,12 @@ def account_cells(targets: list[AccountCopyTarget], regions: list[str]) -> list[
             AccountCell(account_id=target.account_id, region=region, kms_key_id=target.kms_key_ids.get(region))
             for region in wanted
         ]
+    if len(cells) > MAX_ACCOUNT_CELLS:
+        raise InvalidRequestError(
+            f"copy_to_accounts asks for {len(cells)} copies (accounts times Regions): at most {MAX_ACCOUNT_CELLS} in "
+            f"one run, whose history must stay within Step Functions' quota; name fewer Regions per account, or "
+            f"split the accounts over runs"
+        )
     return cells
 
 

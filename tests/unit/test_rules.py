@@ -574,3 +574,24 @@ def test_a_run_reaches_at_most_max_regions_the_stacks_included() -> None:
     said = f"{MAX_REGIONS + 1} Regions (the stack's us-east-1 included): at most {MAX_REGIONS} per run"
     with pytest.raises(InvalidRequestError, match=re.escape(said)):
         target_regions(request(regions=others[:MAX_REGIONS]), "us-east-1", SETTINGS)
+
+
+def test_copies_into_accounts_are_cells_of_the_runs_regions_and_bounded() -> None:
+    from ami_factory.request import AccountCopyTarget
+    from ami_factory.rules import MAX_ACCOUNT_CELLS, account_cells
+
+    key = "arn:aws:kms:eu-west-1:111122223333:key/0123abcd"
+    targets = [
+        AccountCopyTarget(account_id="111122223333", kms_key_ids={"eu-west-1": key}),
+        AccountCopyTarget(account_id="444455556666", regions=["eu-west-1"]),
+    ]
+    cells = account_cells(targets, ["us-east-1", "eu-west-1"])
+    assert [(cell.account_id, cell.region, cell.kms_key_id) for cell in cells] == [
+        ("111122223333", "us-east-1", None),
+        ("111122223333", "eu-west-1", key),
+        ("444455556666", "eu-west-1", None),
+    ]
+    many = [AccountCopyTarget(account_id=f"{n:012d}") for n in range(MAX_ACCOUNT_CELLS // 2 + 1)]
+    with pytest.raises(InvalidRequestError, match=f"asks for {MAX_ACCOUNT_CELLS + 2} copies .* at most 30"):
+        account_cells(many, ["us-east-1", "eu-west-1"])
+    assert len(account_cells(many[:-1], ["us-east-1", "eu-west-1"])) == MAX_ACCOUNT_CELLS

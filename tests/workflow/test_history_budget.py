@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ami_factory.account_copies import ACCOUNT_POLL_SECONDS
 from ami_factory.polling import LONGEST_WAIT_SECONDS, polls_within, wait_after, waited
-from ami_factory.rules import MAX_REGIONS
+from ami_factory.rules import MAX_ACCOUNT_CELLS, MAX_REGIONS
 from ami_factory_local import Emulator
 from ami_factory_local.template import load_template
 from tests.helpers import ALLOWED_ACCOUNT, ROOT, create_keys, key_arn
@@ -26,9 +27,13 @@ FIXED_EVENTS_PER_REGION = 46  # a Region's two items: copy and launch check; the
 EVENTS_PER_SLOT_WAIT = 3  # a copy's attempt while EC2's own copy quota is full: scheduled, started, failed
 EVENTS_PER_EVENT_WAIT = 6  # entered, scheduled, started, submitted, succeeded, exited: however long AWS takes
 RETRY_MARGIN = 1_000  # what the worst case leaves for retries (3 events each) and what the model misses
+# copy_to_accounts: the Map's own events, and per cell (account and Region) its iteration's 2, the
+# copy call and its Choice (7), the Pass that ends it (2); then each look at the copy is a check.
+EVENTS_FOR_ACCOUNTS = 4
+EVENTS_PER_CELL = 11
 
 
-def history_bound(checks: int, regions: int, slot_waits: int = 0) -> int:
+def history_bound(checks: int, regions: int, slot_waits: int = 0, cells: int = 0, cell_checks: int = 0) -> int:
     # The seed, the image, a copy slot and a copy in each Region (the source's when encrypting), the
     # clean-up command, the stop or generalizing (a run has one of them), and the approval.
     event_waits = 2 + 2 * regions + 2 + 1
@@ -38,6 +43,9 @@ def history_bound(checks: int, regions: int, slot_waits: int = 0) -> int:
         + EVENTS_PER_EVENT_WAIT * event_waits
         + EVENTS_PER_CHECK * checks
         + EVENTS_PER_SLOT_WAIT * slot_waits
+        + EVENTS_FOR_ACCOUNTS
+        + EVENTS_PER_CELL * cells
+        + EVENTS_PER_CHECK * cell_checks
     )
 
 
@@ -56,7 +64,9 @@ def bounds() -> dict[str, tuple[int, int]]:
 
 
 def worst_case() -> tuple[int, int]:
-    """(events, poll interval) of the worst run the template allows, with MAX_REGIONS Regions."""
+    """(events, poll interval) of the worst run the template allows, with MAX_REGIONS Regions and
+    MAX_ACCOUNT_CELLS copies into other accounts, each waiting as long as it may (and first for EC2's
+    copy quota in its account)."""
     limits = bounds()
     low, high = limits["PollIntervalSeconds"]
     return max(
@@ -69,7 +79,9 @@ def worst_case() -> tuple[int, int]:
                     MAX_REGIONS,
                 ),
                 MAX_REGIONS,
-                MAX_REGIONS * COPY_SLOT_RETRY["MaxAttempts"],  # every copy waits as long as it may for EC2
+                (MAX_REGIONS + MAX_ACCOUNT_CELLS) * COPY_SLOT_RETRY["MaxAttempts"],  # every copy waits for EC2
+                MAX_ACCOUNT_CELLS,
+                MAX_ACCOUNT_CELLS * polls_within(limits["MaxWaitSeconds"][1], max(poll, ACCOUNT_POLL_SECONDS)),
             ),
             poll,
         )
@@ -129,3 +141,26 @@ def test_the_model_holds_a_real_run_with_every_kind_of_wait(make_emulator) -> No
     )
     bound = history_bound(checks, len(regions))
     assert len(result.history) <= bound <= len(result.history) + 10, (len(result.history), checks, bound)
+
+
+def test_the_model_holds_a_run_that_copies_into_accounts(make_emulator) -> None:
+    """Two accounts' copies of two Regions' images, each looked at a few times: the cells' part of the
+    model is an upper bound of the real history, and a tight one."""
+    emu: Emulator = make_emulator(AllowedCopyAccounts="111122223333,444455556666", CopyAccountExternalId="x" * 16)
+    for account in ("111122223333", "444455556666"):
+        emu.deploy_target_account(account)
+    emu.world.images_take(900)
+    instance_id = emu.launch_instance(name="web")
+    regions = ["us-east-1", "eu-west-1"]
+    accounts = [{"account_id": "111122223333"}, {"account_id": "444455556666"}]
+    result = emu.run({"instance_id": instance_id, "regions": regions[1:], "copy_to_accounts": accounts})
+    assert result.output["status"] == "SUCCEEDED", result.cause
+    plain = emu.run({"instance_id": instance_id, "regions": regions[1:]}, name="plain")
+    entered = [
+        event["stateEnteredEventDetails"]["name"] for event in result.history if event["type"] == "TaskStateEntered"
+    ]
+    cells, cell_checks = 4, entered.count("DeliverToAccount") - 4
+    assert cell_checks >= 4  # each copy takes 15 minutes: at least one look after the copy call
+    added = len(result.history) - len(plain.history)
+    bound = history_bound(0, 0, cells=cells, cell_checks=cell_checks) - history_bound(0, 0)
+    assert added <= bound <= added + 6, (added, bound)
