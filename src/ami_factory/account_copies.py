@@ -107,27 +107,33 @@ def deliver_to_account(event: DeliverToAccountInput) -> AccountCopyRef:
     ssm.put_image_parameter(
         event.parameter_name, copied.image_id, f"AMI Factory: {event.image_name} (run {event.run_id})"
     )
+    Ledger().account_copy_delivered(event.run_id, AccountCopy(cell.account_id, cell.region, copied.image_id))
     return copied.model_copy(update={"polls": polls, "state": state, "published": True})
 
 
 def remove_account_copy(event: RemoveAccountCopyInput) -> AccountCopyResult:
     """A failed cell: its copy goes (what the ledger recorded from CopyImage's answer, nothing else);
     what could not be removed is said in the result, and the other cells go on."""
-    cell, ledger = event.cell, Ledger()
-    copy = ledger.account_copy(event.run_id, cell.account_id, cell.region)
-    error = event.error
-    if copy is not None and not copy.removed:
-        try:
-            ec2, _ = _in_account(cell, event.run_id)
-            try:
-                snapshots = snapshots_of(ec2.describe_image(copy.image_id))
-            except ImageNotVisibleYetError:  # not listed yet, or gone: DeleteAssociatedSnapshots has the rest
-                snapshots = []
-            ec2.delete_snapshots(ec2.deregister_image(copy.image_id, snapshots))
-            ledger.account_copy_removed(event.run_id, copy)
-        except (ClientError, AmiFactoryError) as failure:
-            text = error_text(failure) if isinstance(failure, ClientError) else str(failure)
-            logger.warning("could not remove the account's copy", extra={"image": copy.image_id, "error": text})
-            cause = f"{error.Cause or ''} (its copy {copy.image_id} is left in the account: {text})".strip()
-            error = error.model_copy(update={"Cause": cause})
+    cell, error = event.cell, event.error
+    copy = Ledger().account_copy(event.run_id, cell.account_id, cell.region)
+    if copy is not None and not copy.removed and (left := remove_copy(event.run_id, copy)):
+        error = error.model_copy(update={"Cause": f"{error.Cause or ''} ({left})".strip()})
     return AccountCopyResult(account_id=cell.account_id, region=cell.region, status="FAILED", error=error)
+
+
+def remove_copy(run_id: str, copy: AccountCopy) -> str | None:
+    """Deregister the run's copy in its account (and its snapshots), as the account's role; None when
+    it is gone, else what was left and why (a failed cell's result, a run's ending)."""
+    try:
+        ec2, _ = _in_account(AccountCell(account_id=copy.account, region=copy.region), run_id)
+        try:
+            snapshots = snapshots_of(ec2.describe_image(copy.image_id))
+        except ImageNotVisibleYetError:  # not listed yet, or gone: DeleteAssociatedSnapshots has the rest
+            snapshots = []
+        ec2.delete_snapshots(ec2.deregister_image(copy.image_id, snapshots))
+        Ledger().account_copy_removed(run_id, copy)
+    except (ClientError, AmiFactoryError) as failure:
+        text = error_text(failure) if isinstance(failure, ClientError) else str(failure)
+        logger.warning("could not remove the account's copy", extra={"image": copy.image_id, "error": text})
+        return f"its copy {copy.image_id} is left in account {copy.account} ({copy.region}): {text}"
+    return None

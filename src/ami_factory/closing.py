@@ -14,6 +14,7 @@ from typing import Any, cast
 from botocore.exceptions import ClientError
 
 from . import copy_slots
+from .account_copies import remove_copy
 from .aws import Ec2, Notifications, Ssm, StepFunctions, refusal_text, tags_of
 from .contracts import EndedRuns, ExecutionStatusChange, ExecutionStatusChangeEvent, RegionResult, RunStatus, Summary
 from .errors import RETRYABLE_ERRORS, AmiFactoryError, InstanceStateConflictError, ThrottledError
@@ -164,6 +165,13 @@ def end_run(run: RunRecord, delivered: dict[str, str]) -> Ending:
         and delivered.get(made.region) != made.resource_id
     ]
     ledger = Ledger()
+    # copy_to_accounts: a copy not delivered yet (the run ended mid-copy) goes; a delivered one is the account's.
+    for copy in ledger.account_copies(run.run_id):
+        if not copy.removed and not copy.delivered:
+            if left := remove_copy(run.run_id, copy):
+                ending.left.append(left)
+            else:
+                ending.removed.append(f"{copy.region}:{copy.image_id} (copy in account {copy.account})")
     try:
         ledger.release_lock(run.region, run.instance_id, run.run_id)
     except (ClientError, AmiFactoryError) as error:  # a stale lock is taken over by the next run

@@ -81,6 +81,7 @@ class AccountCopy:
     region: str
     image_id: str
     removed: bool = False
+    delivered: bool = False  # available, and the account's latest moved to it: the account's from then on
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,11 @@ class Ledger:
                 "pk": f"run#{run_id}",
                 "sk": f"account-copy#{copy.account}#{copy.region}",
                 "image_id": copy.image_id,
+                "account": copy.account,
+                "region": copy.region,
                 "removed": "false",
+                "delivered": "false",
+                "settled": "false",  # until delivered or removed: what a run's ending (and the sweep) acts on
                 "recorded_at": _now(),
             }
         )
@@ -249,12 +254,18 @@ class Ledger:
 
     def account_copy(self, run_id: str, account: str, region: str) -> AccountCopy | None:
         item = self._get(f"run#{run_id}", f"account-copy#{account}#{region}")
-        if not item:
-            return None
-        return AccountCopy(account, region, item["image_id"], removed=item.get("removed") == "true")
+        return _account_copy(item) if item else None
+
+    def account_copies(self, run_id: str) -> list[AccountCopy]:
+        return [_account_copy(item) for item in self._query(f"run#{run_id}", "account-copy#")]
 
     def account_copy_removed(self, run_id: str, copy: AccountCopy) -> None:
-        self._set(f"run#{run_id}", f"account-copy#{copy.account}#{copy.region}", {"removed": "true"})
+        key = f"account-copy#{copy.account}#{copy.region}"
+        self._set(f"run#{run_id}", key, {"removed": "true", "settled": "true"})
+
+    def account_copy_delivered(self, run_id: str, copy: AccountCopy) -> None:
+        key = f"account-copy#{copy.account}#{copy.region}"
+        self._set(f"run#{run_id}", key, {"delivered": "true", "settled": "true"})
 
     def attempt(self, run_id: str, call: str) -> tuple[str, bool]:
         """The run's secret token for ``call`` (e.g. ``create#REGION#NAME``), written before the first
@@ -1001,3 +1012,14 @@ def _wait(item: Item) -> Wait:
 
 def _stop(item: Item) -> Stop:
     return Stop(region=item["region"], instance_id=item["instance_id"], original_state=item["original_state"])
+
+
+def _account_copy(item: Item) -> AccountCopy:
+    _, account, region = item["sk"].split("#", 2)
+    return AccountCopy(
+        account,
+        region,
+        item["image_id"],
+        removed=item.get("removed") == "true",
+        delivered=item.get("delivered") == "true",
+    )

@@ -10,6 +10,7 @@ from typing import Any
 from moto.ec2.models import ec2_backends
 from moto.ssm.models import ssm_backends
 
+from ami_factory.rules import execution_arn
 from ami_factory_local import Emulator
 from ami_factory_local.emulator import ACCOUNT_ID
 from tests.helpers import create_keys, invoke, invoke_error, ledger_items
@@ -236,3 +237,26 @@ def test_a_forged_cell_for_an_account_outside_the_allow_list_assumes_nothing(emu
         "error": {"Error": "x", "Cause": "x"},
     }
     assert not emu.world.sent("AssumeRole")
+
+
+def test_a_run_stopped_mid_copy_leaves_no_copy_in_the_account(emu: Emulator) -> None:
+    """The janitor ends a run from its ledger: the account's copy, recorded from CopyImage's answer
+    and not delivered, is removed by the account's role, like the run's own images."""
+    allow_copies(emu, TARGET)
+    emu.deploy_target_account(TARGET)
+    emu.world.images_take(900)
+    instance_id = emu.launch_instance(name="web")
+
+    def stop() -> None:
+        emu.client("stepfunctions").stop_execution(executionArn=execution_arn(emu.state_machine_arn, "stopped"))
+
+    # The stack's own copy to eu-west-1 is the first CopyImage; the account's is the second.
+    emu.world.after_call("CopyImage", lambda: emu.world.after_call("CopyImage", stop))
+
+    result = emu.run(request(instance_id, {"account_id": TARGET, "regions": ["eu-west-1"]}), name="stopped")
+
+    assert result.status in ("ABORTED", "FAILED")  # moto's interpreter may fail a Map it stops
+    (record,) = account_copies(emu)
+    assert record["removed"] == "true" and record["settled"] == "true"
+    assert record["image_id"] not in ec2_backends[TARGET]["eu-west-1"].amis
+    assert not ssm_backends[TARGET]["eu-west-1"].get_parameters_by_path("/", recursive=True)[0]  # latest never moved

@@ -565,8 +565,8 @@ def _events(request: Request) -> tuple[list[Resource], list[Call]]:
 
 
 def _sts(request: Request) -> tuple[list[Resource], list[Call]]:
-    role = request.params.get("RoleArn")
-    return ([Resource(str(role))] if role else []), []
+    role = str(request.params.get("RoleArn", ""))
+    return ([Resource(role, {"aws:resourceaccount": [role.split(":")[4]]})] if role.count(":") >= 5 else []), []
 
 
 def _lambda(request: Request) -> tuple[list[Resource], list[Call]]:

@@ -43,6 +43,7 @@ MODELLED_CONDITION_KEYS: tuple[str, ...] = (
     "lambda:FunctionArn",
     "sts:ExternalId",
     "aws:PrincipalArn",
+    "aws:ResourceAccount",
 )
 
 
