@@ -389,3 +389,30 @@ def test_what_a_run_cost_counts_every_lambda_task_callbacks_included(emu: Emulat
     assert invocations == len(emu.world.sent("Invoke")) > sum(e["type"] == "TaskSubmitted" for e in events) > 0
     assert transitions == sum(e["type"].endswith("StateEntered") for e in events)
     assert dollars > 0
+
+
+def test_cli_redrives_copies_into_accounts_only_where_the_regions_failed(make_emulator) -> None:
+    """A failed Region's account copies come with it; an account whose Regions all got their image
+    is left out; a run where only account copies failed is not a redistribution."""
+    emu: Emulator = make_emulator(AllowedCopyAccounts="111122223333,444455556666", CopyAccountExternalId="x" * 16)
+    for account in ("111122223333", "444455556666"):
+        emu.deploy_target_account(account)
+    instance_id = emu.launch_instance(name="web")
+    emu.world.refuse("CopyImage", 1, region="ap-southeast-2")
+    accounts = [
+        {"account_id": "111122223333"},
+        {"account_id": "444455556666", "regions": ["eu-west-1"]},
+    ]
+    partial = emu.run(sample("request-basic.json", instance_id=instance_id, copy_to_accounts=accounts), name="p")
+    assert partial.output["status"] == "PARTIAL", partial.cause
+    described = emu.client("stepfunctions").describe_execution(executionArn=partial.execution_arn)
+
+    request = cli.redistribution_request(described)
+
+    assert request["regions"] == ["ap-southeast-2"]
+    assert request["copy_to_accounts"] == [
+        {"account_id": "111122223333", "regions": ["ap-southeast-2"], "kms_key_ids": {}}
+    ]
+    only_accounts = {**described, "output": json.dumps({**partial.output, "failed_regions": []})}
+    with pytest.raises(ValueError, match="only its copies into accounts failed"):
+        cli.redistribution_request(only_accounts)

@@ -337,13 +337,28 @@ def redistribution_request(described: DescribeExecutionOutputTypeDef) -> dict[st
             f"(ami_factory_cli run) for the Regions {summary['failed_regions']}"
         )
     failed = summary["failed_regions"]
+    if not failed:  # only copies into accounts failed: their Regions have the image, which is not copied again
+        cells = [f"{c['account_id']} {c['region']}" for c in summary.get("accounts", []) if c["status"] == "FAILED"]
+        raise ValueError(
+            f"execution {name} delivered its image in every Region; only its copies into accounts failed ({cells}): "
+            f"redrive distributes to failed Regions. Start a run with copy_to_accounts for those accounts"
+        )
     templates = [t for t in request.get("launch_templates", []) if t.get("region") in failed]
     request.pop("launch_templates", None)  # only the failed Regions' templates: the others have their version
+    # Copies into accounts in the failed Regions only (the others got theirs, or failed on their own).
+    accounts = [
+        {**target, "regions": [r for r in target.get("regions") or failed if r in failed]}
+        for target in request.pop("copy_to_accounts", [])
+    ]
+    accounts = [target for target in accounts if target["regions"]]
+    for target in accounts:
+        target["kms_key_ids"] = {r: key for r, key in target.get("kms_key_ids", {}).items() if r in failed}
     return {
         **request,
         "source_image_id": source,
         "regions": failed,
         **({"launch_templates": templates} if templates else {}),
+        **({"copy_to_accounts": accounts} if accounts else {}),
     }
 
 
