@@ -24,6 +24,7 @@ from ami_factory.contracts import (
     GeneralizeRef,
     ImageRef,
     InstanceRef,
+    KeptDelivered,
     LaunchedInstance,
     ProtectImageOutput,
     PublishParameterOutput,
@@ -600,7 +601,7 @@ def publish() -> State:
         },
         "ResultPath": "$.distribution",
         "Catch": catch("HandleFailure"),
-        "Next": "DeliverToAccounts",
+        "Next": "CopiesIntoAccounts",
     }
 
 
@@ -641,6 +642,7 @@ def account_states() -> States:
                 "status": "DELIVERED",
                 "image_id.$": "$.account_copy.image_id",
                 "parameter_name.$": "$.parameter_name",
+                "parameter_note.$": "$.account_copy.note",
             },
             "End": True,
         },
@@ -702,7 +704,8 @@ def deliver_to_accounts() -> State:
             "States": account_states(),
         },
         "ResultPath": "$.accounts",
-        "Catch": catch("HandleFailure"),
+        # The cells catch their own failures; the map's own (a limit) leaves what the Regions delivered.
+        "Catch": catch("Finalize", "$.accounts_error"),
         "Next": "Finalize",
     }
 
@@ -939,6 +942,20 @@ def definition() -> State:
             "$.approval_timeout_seconds)",
         ),
         "Publish": publish(),
+        "CopiesIntoAccounts": choice(
+            [when("$.account_cells[0]", "IsPresent", True, "KeepDelivered")],
+            default="Finalize",
+            comment="copy_to_accounts: what the Regions delivered is kept first, then the accounts copy it.",
+        ),
+        "KeepDelivered": task(
+            "KeepDelivered",
+            comment="Record what the Regions delivered as kept: copies into accounts may take hours, and a stop "
+            "then must not undo what every Region published.",
+            result=KeptDelivered,
+            result_path="$.kept",
+            on_error="HandleFailure",
+            next_state="DeliverToAccounts",
+        ),
         "DeliverToAccounts": deliver_to_accounts(),
         "Finalize": task(
             "Finalize",

@@ -15,6 +15,9 @@ cell looks every ACCOUNT_POLL_SECONDS at least, backing off as the other wait lo
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 from botocore.exceptions import ClientError
 
 from .aws import FAILED_IMAGE_STATES, Ec2, Ssm, Sts, error_text, snapshots_of
@@ -24,7 +27,9 @@ from .errors import (
     DeploymentError,
     ImageFailedError,
     ImageNotVisibleYetError,
+    NotMadeByRunError,
     RegionNotDeliveredError,
+    RunEndedError,
     WaitTimeoutError,
 )
 from .ledger import AccountCopy, Ledger
@@ -47,8 +52,10 @@ def _in_account(cell: AccountCell, run_id: str) -> tuple[Ec2, Ssm]:
             "copy_to_accounts needs the deployment's CopyAccountExternalId (the ExternalId of the accounts' "
             "target-account-role stacks): redeploy with it set"
         )
+    # A role session's name takes fewer characters than an execution's.
+    session = re.sub(r"[^\w+=,.@-]", "-", f"ami-factory-{run_id}")
     credentials = Sts(settings.region).assume_role(
-        settings.copy_account_role_arn(cell.account_id), settings.copy_account_external_id, f"ami-factory-{run_id}"
+        settings.copy_account_role_arn(cell.account_id), settings.copy_account_external_id, session
     )
     return Ec2(cell.region, credentials), Ssm(cell.region, credentials)
 
@@ -56,17 +63,16 @@ def _in_account(cell: AccountCell, run_id: str) -> tuple[Ec2, Ssm]:
 def deliver_to_account(event: DeliverToAccountInput) -> AccountCopyRef:
     """One look at the cell: copy (the first call), then wait until the copy is available, then publish."""
     cell, poll_seconds = event.cell, max(event.poll_seconds, ACCOUNT_POLL_SECONDS)
-    source = next(
-        (r.image_id for r in event.distribution if r.region == cell.region and r.status == "AVAILABLE" and r.image_id),
-        None,
-    )
-    if source is None:
-        raise RegionNotDeliveredError(
-            f"{cell.region} has no image of this run to copy into account {cell.account_id}: the Region failed "
-            f"(see its error in the summary)"
+    source = _delivered_source(event)
+    ledger = Ledger()
+    recorded = ledger.account_copy(event.run_id, cell.account_id, cell.region)
+    copied = event.account_copy
+    if copied is not None and (recorded is None or recorded.image_id != copied.image_id or recorded.removed):
+        raise NotMadeByRunError(
+            f"image {copied.image_id} is not the copy run {event.run_id} made in account {cell.account_id} "
+            f"({cell.region}), as its ledger records it: nothing is looked at or published"
         )
     ec2, ssm = _in_account(cell, event.run_id)
-    copied = event.account_copy
     if copied is None:
         image_id = ec2.copy_image(
             cell.region,
@@ -78,7 +84,7 @@ def deliver_to_account(event: DeliverToAccountInput) -> AccountCopyRef:
             kms_key_id=cell.kms_key_id,
             encrypted=True,
         )
-        recorded = Ledger().record_account_copy(event.run_id, AccountCopy(cell.account_id, cell.region, image_id))
+        recorded = ledger.record_account_copy(event.run_id, AccountCopy(cell.account_id, cell.region, image_id))
         return AccountCopyRef(
             account_id=cell.account_id,
             region=cell.region,
@@ -104,36 +110,100 @@ def deliver_to_account(event: DeliverToAccountInput) -> AccountCopyRef:
         return copied.model_copy(
             update={"polls": polls, "wait_seconds": wait_after(polls, poll_seconds), "state": state}
         )
+    copy = AccountCopy(cell.account_id, cell.region, copied.image_id)
+    region = next(result for result in event.distribution if result.region == cell.region)
+    if region.parameter_note:  # the stack's latest kept a newer image: the account's keeps its own too
+        ledger.account_copy_delivered(event.run_id, copy)
+        return copied.model_copy(
+            update={
+                "polls": polls,
+                "state": state,
+                "published": True,
+                "note": f"latest not moved: {region.parameter_note}",
+            }
+        )
+    ledger.account_copy_publishing(event.run_id, copy)  # a removal after this looks at the parameter first
     ssm.put_image_parameter(
         event.parameter_name, copied.image_id, f"AMI Factory: {event.image_name} (run {event.run_id})"
     )
-    Ledger().account_copy_delivered(event.run_id, AccountCopy(cell.account_id, cell.region, copied.image_id))
+    ledger.account_copy_delivered(event.run_id, copy)
     return copied.model_copy(update={"polls": polls, "state": state, "published": True})
+
+
+def _delivered_source(event: DeliverToAccountInput) -> str:
+    """The image the run delivered in the cell's Region, as its ledger records it (KeepDelivered): the
+    state says which, the ledger says whether; and the cell and its latest must be the run's own."""
+    cell = event.cell
+    run = Ledger().run(event.run_id)
+    if run is None or run.ended or not run.finalizing:
+        raise RunEndedError(
+            f"run {event.run_id} is not delivering (it has ended, or never kept its images): no account is asked"
+        )
+    if f"{cell.account_id}/{cell.region}" not in run.account_cells or event.parameter_name != run.parameter_name:
+        raise NotMadeByRunError(
+            f"run {event.run_id} never asked for a copy in account {cell.account_id} ({cell.region}) published as "
+            f"{event.parameter_name}: ResolveRequest recorded {list(run.account_cells)}, {run.parameter_name}"
+        )
+    source = dict(run.delivered).get(cell.region)
+    if source is None:
+        raise RegionNotDeliveredError(
+            f"{cell.region} has no image of this run to copy into account {cell.account_id}: the Region failed "
+            f"(see its error in the summary)"
+        )
+    return source
 
 
 def remove_account_copy(event: RemoveAccountCopyInput) -> AccountCopyResult:
     """A failed cell: its copy goes (what the ledger recorded from CopyImage's answer, nothing else);
-    what could not be removed is said in the result, and the other cells go on."""
+    what could not be removed is said in the result, and the other cells go on. A copy the account's
+    latest already names (the cell failed after moving it) is delivered, and stays."""
     cell, error = event.cell, event.error
     copy = Ledger().account_copy(event.run_id, cell.account_id, cell.region)
-    if copy is not None and not copy.removed and (left := remove_copy(event.run_id, copy)):
-        error = error.model_copy(update={"Cause": f"{error.Cause or ''} ({left})".strip()})
-    return AccountCopyResult(account_id=cell.account_id, region=cell.region, status="FAILED", error=error)
+    failed = AccountCopyResult(account_id=cell.account_id, region=cell.region, status="FAILED", error=error)
+    if copy is None or copy.removed:
+        return failed
+    removal = remove_copy(event.run_id, copy)
+    if removal.delivered:
+        run = Ledger().run(event.run_id)
+        return AccountCopyResult(
+            account_id=cell.account_id,
+            region=cell.region,
+            status="DELIVERED",
+            image_id=copy.image_id,
+            parameter_name=run.parameter_name if run else None,
+        )
+    if removal.left:
+        failed.error = error.model_copy(update={"Cause": f"{error.Cause or ''} ({removal.left})".strip()})
+    return failed
 
 
-def remove_copy(run_id: str, copy: AccountCopy) -> str | None:
-    """Deregister the run's copy in its account (and its snapshots), as the account's role; None when
-    it is gone, else what was left and why (a failed cell's result, a run's ending)."""
+@dataclass(frozen=True)
+class CopyRemoval:
+    left: str | None = None  # why the copy is still there
+    delivered: bool = False  # it is the account's after all: its latest names it
+
+
+def remove_copy(run_id: str, copy: AccountCopy) -> CopyRemoval:
+    """Deregister the run's copy in its account (and its snapshots), as the account's role, unless it
+    is delivered: the ledger says so, or (a move of latest under way when the step failed) the
+    account's latest names it."""
+    if copy.delivered:
+        return CopyRemoval(delivered=True)
+    ledger = Ledger()
     try:
-        ec2, _ = _in_account(AccountCell(account_id=copy.account, region=copy.region), run_id)
+        ec2, ssm = _in_account(AccountCell(account_id=copy.account, region=copy.region), run_id)
+        run = ledger.run(run_id)
+        if copy.publishing and run is not None and ssm.parameter_value(run.parameter_name) == copy.image_id:
+            ledger.account_copy_delivered(run_id, copy)
+            return CopyRemoval(delivered=True)
         try:
             snapshots = snapshots_of(ec2.describe_image(copy.image_id))
         except ImageNotVisibleYetError:  # not listed yet, or gone: DeleteAssociatedSnapshots has the rest
             snapshots = []
         ec2.delete_snapshots(ec2.deregister_image(copy.image_id, snapshots))
-        Ledger().account_copy_removed(run_id, copy)
+        ledger.account_copy_removed(run_id, copy)
     except (ClientError, AmiFactoryError) as failure:
         text = error_text(failure) if isinstance(failure, ClientError) else str(failure)
         logger.warning("could not remove the account's copy", extra={"image": copy.image_id, "error": text})
-        return f"its copy {copy.image_id} is left in account {copy.account} ({copy.region}): {text}"
-    return None
+        return CopyRemoval(left=f"its copy {copy.image_id} is left in account {copy.account} ({copy.region}): {text}")
+    return CopyRemoval()

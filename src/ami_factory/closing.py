@@ -168,9 +168,10 @@ def end_run(run: RunRecord, delivered: dict[str, str]) -> Ending:
     # copy_to_accounts: a copy not delivered yet (the run ended mid-copy) goes; a delivered one is the account's.
     for copy in ledger.account_copies(run.run_id):
         if not copy.removed and not copy.delivered:
-            if left := remove_copy(run.run_id, copy):
-                ending.left.append(left)
-            else:
+            gone = remove_copy(run.run_id, copy)
+            if gone.left:
+                ending.left.append(gone.left)
+            elif not gone.delivered:
                 ending.removed.append(f"{copy.region}:{copy.image_id} (copy in account {copy.account})")
     try:
         ledger.release_lock(run.region, run.instance_id, run.run_id)

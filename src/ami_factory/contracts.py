@@ -448,6 +448,7 @@ class AccountCopyRef(Polled):
     image_id: str
     state: str = "pending"
     published: bool = False
+    note: str | None = None  # why the account's latest was not moved
 
 
 class DeliverToAccountInput(Contract):
@@ -473,6 +474,7 @@ class AccountCopyResult(Model):
     status: Literal["DELIVERED", "FAILED"]
     image_id: str | None = None
     parameter_name: str | None = None
+    parameter_note: str | None = None  # why the account's latest was not moved to the copy
     error: StepError | None = None
 
 
@@ -497,6 +499,14 @@ class FinalizeInput(Plan):
     image: ImageRef
     distribution: list[RegionResult]
     accounts: list[AccountCopyResult] = Field(default_factory=list)
+    accounts_error: StepError | None = None  # the DeliverToAccounts map itself failed (its cells catch their own)
+
+
+class KeptDelivered(Model):
+    """What KeepDelivered recorded as kept, before copies into accounts."""
+
+    status: RunStatus
+    regions: list[str]
 
 
 class HandleFailureInput(Plan):

@@ -82,6 +82,7 @@ class AccountCopy:
     image_id: str
     removed: bool = False
     delivered: bool = False  # available, and the account's latest moved to it: the account's from then on
+    publishing: bool = False  # the account's latest is being moved to it: a removal looks at latest first
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,9 @@ class RunRecord:
     delivered: tuple[tuple[str, str], ...] = ()  # (Region, image) Finalize kept; set before it removes anything
     finalizing: bool = False
     status: str = ""  # what Finalize found: SUCCEEDED, PARTIAL or FAILED
+    # copy_to_accounts, as ResolveRequest resolved it: each ACCOUNT/REGION, and the latest they publish.
+    account_cells: tuple[str, ...] = ()
+    parameter_name: str = ""
 
 
 Item = dict[str, str]
@@ -263,6 +267,9 @@ class Ledger:
         key = f"account-copy#{copy.account}#{copy.region}"
         self._set(f"run#{run_id}", key, {"removed": "true", "settled": "true"})
 
+    def account_copy_publishing(self, run_id: str, copy: AccountCopy) -> None:
+        self._set(f"run#{run_id}", f"account-copy#{copy.account}#{copy.region}", {"publishing": "true"})
+
     def account_copy_delivered(self, run_id: str, copy: AccountCopy) -> None:
         key = f"account-copy#{copy.account}#{copy.region}"
         self._set(f"run#{run_id}", key, {"delivered": "true", "settled": "true"})
@@ -292,6 +299,8 @@ class Ledger:
                 "ended": "false",
                 "finalizing": "false",
                 "delivered": "",
+                "account_cells": ",".join(record.account_cells),
+                "parameter_name": record.parameter_name,
                 "settled": "false",
                 "recorded_at": _now(),
             }
@@ -315,6 +324,8 @@ class Ledger:
             delivered=tuple(
                 cast("tuple[str, str]", tuple(pair.split(":", 1))) for pair in item["delivered"].split(",") if pair
             ),
+            account_cells=tuple(cell for cell in item.get("account_cells", "").split(",") if cell),
+            parameter_name=item.get("parameter_name", ""),
         )
 
     def claim_ending(self, run_id: str, by: str) -> str:
@@ -1022,4 +1033,5 @@ def _account_copy(item: Item) -> AccountCopy:
         item["image_id"],
         removed=item.get("removed") == "true",
         delivered=item.get("delivered") == "true",
+        publishing=item.get("publishing") == "true",
     )

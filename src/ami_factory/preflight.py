@@ -128,6 +128,8 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         image_name=name,
         started=event.execution_started_at,
         distributing=distributing,
+        account_cells=tuple(f"{cell.account_id}/{cell.region}" for cell in cells),
+        parameter_name=parameter_name(settings.parameter_prefix, family) if cells else "",
     )
     opened = Ledger().open_run(record)
     if opened.started != record.started:  # another execution of the name, just now

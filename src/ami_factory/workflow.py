@@ -15,6 +15,7 @@ from .contracts import (
     HandleFailureInput,
     ImageRef,
     InstanceRef,
+    KeptDelivered,
     Plan,
     RestoreInstanceInput,
     RunStatus,
@@ -104,16 +105,14 @@ def _run_of(plan: Plan) -> RunRecord:
     )
 
 
-def finalize(plan: FinalizeInput) -> Summary:
-    """Keep what the run delivered (every AVAILABLE Region's image); remove the rest (scaffolding, the
-    encrypt capture, failed Regions' images, a launch check that was not terminated) and roll back
-    the failed Regions' parameters; put the instance back; tag it; tell. Each duty on its own."""
+def keep_delivered(plan: FinalizeInput) -> RunStatus:
+    """What the run delivered in its Regions is kept from here, however the run ends: recorded as the
+    family's, and as Finalize's (a janitor ending the run later keeps it too). Run before copies into
+    other accounts, which may take hours: a stop then must not undo what every Region published.
+    Returns the run's status: the Regions', made PARTIAL by a copy into an account that failed."""
     failed = [result for result in plan.distribution if result.status == "FAILED"]
-    delivered = {
-        result.region: result.image_id
-        for result in plan.distribution
-        if result.status == "AVAILABLE" and result.image_id
-    }
+    failed_cells = [cell for cell in plan.accounts if cell.status == "FAILED"]  # copy_to_accounts
+    delivered = delivered_images(plan)
     ledger = Ledger()
     for region, image_id in delivered.items():  # what retention will judge, with the request's own rules
         ledger.record_family_image(
@@ -126,10 +125,9 @@ def finalize(plan: FinalizeInput) -> Summary:
                 max_age_days=plan.retention.max_age_days or 0,
             )
         )
-    failed_cells = [cell for cell in plan.accounts if cell.status == "FAILED"]  # copy_to_accounts
     status: RunStatus = (
         "SUCCEEDED"
-        if not failed and not failed_cells
+        if not failed and not failed_cells and plan.accounts_error is None
         else ("FAILED" if len(failed) == len(plan.distribution) else "PARTIAL")
     )
     if ledger.claim_ending(plan.run_id, FINALIZE) != FINALIZE:
@@ -137,6 +135,33 @@ def finalize(plan: FinalizeInput) -> Summary:
             f"run {plan.run_id}'s execution has ended and the janitor has ended the run; Finalize does nothing"
         )
     ledger.finalizing(plan.run_id, delivered, status)  # from here a janitor completes this, keeping the same
+    return status
+
+
+def delivered_images(plan: FinalizeInput) -> dict[str, str]:
+    """Region -> the image the run delivered there."""
+    return {
+        result.region: result.image_id
+        for result in plan.distribution
+        if result.status == "AVAILABLE" and result.image_id
+    }
+
+
+def kept_delivered(plan: FinalizeInput) -> KeptDelivered:
+    """The KeepDelivered step (before copies into accounts)."""
+    return KeptDelivered(status=keep_delivered(plan), regions=sorted(delivered_images(plan)))
+
+
+def finalize(plan: FinalizeInput) -> Summary:
+    """Keep what the run delivered (every AVAILABLE Region's image); remove the rest (scaffolding, the
+    encrypt capture, failed Regions' images, a launch check that was not terminated, a copy into an
+    account not delivered) and roll back the failed Regions' parameters; put the instance back; tag
+    it; tell. Each duty on its own."""
+    failed = [result for result in plan.distribution if result.status == "FAILED"]
+    failed_cells = [cell for cell in plan.accounts if cell.status == "FAILED"]
+    delivered = delivered_images(plan)
+    status = keep_delivered(plan)
+    ledger = Ledger()
     run = _run_of(plan)
     ending = end_run(run, delivered)
     errors = (
@@ -146,6 +171,7 @@ def finalize(plan: FinalizeInput) -> Summary:
                 f"{cell.account_id} {cell.region}: {cell.error.Error if cell.error else 'failed'}"
                 for cell in failed_cells
             ]
+            + ([f"copies into accounts: {plan.accounts_error.Error}"] if plan.accounts_error else [])
         )
         or None
     )

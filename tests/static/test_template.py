@@ -365,6 +365,7 @@ def test_result_selectors_name_exactly_the_fields_of_the_step_outputs(asl: dict[
         "GeneralizeRef": set(contracts.GeneralizeRef.model_fields),
         "ProtectImageOutput": set(contracts.ProtectImageOutput.model_fields),
         "AccountCopyRef": set(contracts.AccountCopyRef.model_fields),
+        "KeptDelivered": set(contracts.KeptDelivered.model_fields),
     }
     checked = 0
     for name, state in _states(asl).items():

@@ -340,3 +340,12 @@ def test_a_role_assumed_in_another_account_acts_in_that_account(emu: Emulator) -
     session.client("ssm").put_parameter(Name="/ami-factory/web/latest", Value="ami-0123456789abcdef0", Type="String")
     assert emu.client("ssm", "eu-west-1").get_parameters(Names=["/ami-factory/web/latest"])["Parameters"] == []
     assert ACCOUNT_ID == DEFAULT_ACCOUNT_ID, "the stack's account is moto's default: nothing pins it"
+
+
+def test_the_resolver_refuses_a_join_delimiter_cloudformation_refuses() -> None:
+    from ami_factory_local.template import Resolver
+
+    resolver = Resolver({"Name": "x"}, {}, {})
+    assert resolver.resolve({"Fn::Join": [",", ["a", {"Ref": "Name"}]]}) == "a,x"
+    with pytest.raises(ValueError, match="delimiter must be a literal string"):
+        resolver.resolve({"Fn::Join": [{"Fn::Sub": ":${Name}"}, ["a", "b"]]})

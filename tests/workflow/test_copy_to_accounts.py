@@ -13,7 +13,7 @@ from moto.ssm.models import ssm_backends
 from ami_factory.rules import execution_arn
 from ami_factory_local import Emulator
 from ami_factory_local.emulator import ACCOUNT_ID
-from tests.helpers import create_keys, invoke, invoke_error, ledger_items
+from tests.helpers import create_keys, invoke, invoke_error, ledger_items, run_images
 
 TARGET = "111122223333"
 OTHER = "444455556666"
@@ -226,14 +226,15 @@ def test_a_forged_cell_for_an_account_outside_the_allow_list_assumes_nothing(emu
         emu, "RemoveAccountCopy", {"run_id": "forged", "cell": cell, "error": {"Error": "x", "Cause": "x"}}
     )
 
-    assert error["errorType"] == "ShareTargetNotAllowedError"
-    assert f"copy_to_accounts ['{OTHER}'] are not in the deployment's AllowedCopyAccounts" in error["errorMessage"]
+    assert error["errorType"] == "RunEndedError"
+    assert "run forged is not delivering" in error["errorMessage"]
     assert removal == {
         "account_id": OTHER,
         "region": "us-east-1",
         "status": "FAILED",
         "image_id": None,
         "parameter_name": None,
+        "parameter_note": None,
         "error": {"Error": "x", "Cause": "x"},
     }
     assert not emu.world.sent("AssumeRole")
@@ -241,7 +242,7 @@ def test_a_forged_cell_for_an_account_outside_the_allow_list_assumes_nothing(emu
 
 def test_a_run_stopped_mid_copy_leaves_no_copy_in_the_account(emu: Emulator) -> None:
     """The janitor ends a run from its ledger: the account's copy, recorded from CopyImage's answer
-    and not delivered, is removed by the account's role, like the run's own images."""
+    and not delivered, is removed by the account's role; what the Regions delivered stays."""
     allow_copies(emu, TARGET)
     emu.deploy_target_account(TARGET)
     emu.world.images_take(900)
@@ -260,3 +261,101 @@ def test_a_run_stopped_mid_copy_leaves_no_copy_in_the_account(emu: Emulator) -> 
     assert record["removed"] == "true" and record["settled"] == "true"
     assert record["image_id"] not in ec2_backends[TARGET]["eu-west-1"].amis
     assert not ssm_backends[TARGET]["eu-west-1"].get_parameters_by_path("/", recursive=True)[0]  # latest never moved
+    # What every Region delivered and published before the copies began is kept (KeepDelivered).
+    for region in ("us-east-1", "eu-west-1"):
+        (image,) = run_images(emu, region, "stopped")
+        parameter = emu.client("ssm", region).get_parameter(Name="/ami-factory/web/latest")["Parameter"]
+        assert parameter["Value"] == image["ImageId"], region
+
+
+def test_a_delivered_copy_is_never_removed_by_a_forged_removal(emu: Emulator) -> None:
+    allow_copies(emu, TARGET)
+    emu.deploy_target_account(TARGET)
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(request(instance_id, {"account_id": TARGET, "regions": ["eu-west-1"]}), name="done")
+    (cell,) = result.output["accounts"]
+    assert cell["status"] == "DELIVERED", result.cause
+
+    removal = invoke(
+        emu,
+        "RemoveAccountCopy",
+        {"run_id": "done", "cell": {"account_id": TARGET, "region": "eu-west-1"}, "error": {"Error": "x"}},
+    )
+
+    assert removal["status"] == "DELIVERED" and removal["image_id"] == cell["image_id"]
+    assert cell["image_id"] in ec2_backends[TARGET]["eu-west-1"].amis
+
+
+def test_forged_looks_and_names_during_a_run_publish_nothing(emu: Emulator) -> None:
+    """While a cell waits for its copy, a caller of DeliverToAccount names another image of the account,
+    or another parameter: the run's ledger says neither is the run's, and the account's latest stays."""
+    allow_copies(emu, TARGET)
+    emu.deploy_target_account(TARGET)
+    emu.world.images_take(900)
+    instance_id = emu.launch_instance(name="web")
+    foreign = ec2_backends[TARGET]["eu-west-1"].register_image(name="theirs")
+    answers: list[dict[str, Any]] = []
+
+    def forge() -> None:
+        (record,) = account_copies(emu)
+        cell = {"account_id": TARGET, "region": "eu-west-1"}
+        base = {
+            "run_id": "live",
+            "image_name": "x",
+            "description": "x",
+            "tags": {},
+            "parameter_name": "/ami-factory/web/latest",
+            "max_wait_seconds": 3600,
+            "cell": cell,
+            "distribution": [],
+        }
+        looked = {**base, "account_copy": {**cell, "source_image_id": "x", "image_id": foreign.id, "polls": 1}}
+        answers.append(invoke_error(emu, "DeliverToAccount", looked))
+        renamed = {**base, "parameter_name": "/ami-factory/other-family/latest"}
+        renamed["account_copy"] = {**cell, "source_image_id": "x", "image_id": record["image_id"], "polls": 1}
+        answers.append(invoke_error(emu, "DeliverToAccount", renamed))
+
+    # The stack's own copy to eu-west-1 is the first CopyImage; the account's is the second; the cell's
+    # first look at it (its ledger record written) is the next DescribeImages.
+    emu.world.after_call(
+        "CopyImage", lambda: emu.world.after_call("CopyImage", lambda: emu.world.after_call("DescribeImages", forge))
+    )
+    result = emu.run(request(instance_id, {"account_id": TARGET, "regions": ["eu-west-1"]}), name="live")
+
+    assert result.output["status"] == "SUCCEEDED", result.cause
+    assert [answer["errorType"] for answer in answers] == ["NotMadeByRunError", "NotMadeByRunError"]
+    assert f"image {foreign.id} is not the copy run live made" in answers[0]["errorMessage"]
+    assert "published as /ami-factory/other-family/latest" in answers[1]["errorMessage"]
+    names = [p.name for p in ssm_backends[TARGET]["eu-west-1"].get_parameters_by_path("/", recursive=True)[0]]
+    assert names == ["/ami-factory/web/latest"]  # only the run's own, moved by the run itself
+
+
+def test_an_execution_name_sts_would_refuse_as_a_session_name_still_copies(emu: Emulator) -> None:
+    allow_copies(emu, TARGET)
+    emu.deploy_target_account(TARGET)
+    instance_id = emu.launch_instance(name="web")
+
+    result = emu.run(request(instance_id, {"account_id": TARGET, "regions": ["eu-west-1"]}), name="web(1)")
+
+    assert result.output["status"] == "SUCCEEDED", result.cause
+    (assume,) = {request.params["RoleSessionName"] for request in emu.world.sent("AssumeRole")}
+    assert assume == "ami-factory-web-1-"
+
+
+def test_an_older_image_distributed_again_never_moves_the_accounts_latest_back(emu: Emulator) -> None:
+    allow_copies(emu, TARGET)
+    emu.deploy_target_account(TARGET)
+    instance_id = emu.launch_instance(name="web")
+    to_target = {"account_id": TARGET, "regions": ["eu-west-1"]}
+    older = emu.run(request(instance_id, to_target), name="older")
+    newer = emu.run(request(instance_id, to_target), name="newer")
+    (newest_copy,) = [cell["image_id"] for cell in newer.output["accounts"]]
+    (source,) = [r["image_id"] for r in older.output["regions"] if r["region"] == "us-east-1"]
+
+    again = emu.run(request(instance_id, to_target, source_image_id=source), name="older-again")
+
+    assert again.output["status"] == "SUCCEEDED", again.cause
+    (cell,) = again.output["accounts"]
+    assert cell["status"] == "DELIVERED" and cell["parameter_note"].startswith("latest not moved")
+    latest = ssm_backends[TARGET]["eu-west-1"].get_parameter("/ami-factory/web/latest")
+    assert latest.value == newest_copy

@@ -21,15 +21,16 @@ HISTORY_QUOTA = 25_000
 EVENTS_PER_CHECK = (
     9  # the Wait's entered/exited, the check task's 5 (entered, scheduled, started, succeeded, exited), the Choice's 2
 )
-FIXED_EVENTS = 66  # what every run writes once: resolve, clean-up, prepare, seed, clone, generalize, image,
-# the approval choice, the two Maps' own, finalize
+FIXED_EVENTS = 68  # what every run writes once: resolve, clean-up, prepare, seed, clone, generalize, image,
+# the approval choice, the two Maps' own, the copies-into-accounts choice, finalize
 FIXED_EVENTS_PER_REGION = 46  # a Region's two items: copy and launch check; then share, protect, publish
 EVENTS_PER_SLOT_WAIT = 3  # a copy's attempt while EC2's own copy quota is full: scheduled, started, failed
 EVENTS_PER_EVENT_WAIT = 6  # entered, scheduled, started, submitted, succeeded, exited: however long AWS takes
 RETRY_MARGIN = 1_000  # what the worst case leaves for retries (3 events each) and what the model misses
-# copy_to_accounts: the Map's own events, and per cell (account and Region) its iteration's 2, the
-# copy call and its Choice (7), the Pass that ends it (2); then each look at the copy is a check.
-EVENTS_FOR_ACCOUNTS = 4
+# copy_to_accounts: KeepDelivered (5) and the Map's own (4), and per cell (account and Region) its
+# iteration's 2, the copy call and its Choice (7), the Pass that ends it (2); then each look at the
+# copy is a check.
+EVENTS_FOR_ACCOUNTS = 9
 EVENTS_PER_CELL = 11
 
 
@@ -43,7 +44,7 @@ def history_bound(checks: int, regions: int, slot_waits: int = 0, cells: int = 0
         + EVENTS_PER_EVENT_WAIT * event_waits
         + EVENTS_PER_CHECK * checks
         + EVENTS_PER_SLOT_WAIT * slot_waits
-        + EVENTS_FOR_ACCOUNTS
+        + (EVENTS_FOR_ACCOUNTS if cells else 0)
         + EVENTS_PER_CELL * cells
         + EVENTS_PER_CHECK * cell_checks
     )

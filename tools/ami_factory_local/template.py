@@ -75,7 +75,9 @@ class Resolver:
                 return str(self.resolve(text)).split(delimiter)
             if key == "Fn::Join":
                 delimiter, parts = arg
-                return str(self.resolve(delimiter)).join(str(part) for part in self.resolve(parts))
+                if not isinstance(delimiter, str):  # CloudFormation takes no function there
+                    raise ValueError(f"Fn::Join's delimiter must be a literal string, not {delimiter!r}")
+                return delimiter.join(str(part) for part in self.resolve(parts))
             if key == "Fn::GetAtt":
                 return self.attributes[(arg[0], arg[1])]
             if key == "Fn::Sub":

@@ -692,6 +692,13 @@ class World:
         not let its role (moto lets anyone assume anything); None: moto answers."""
         principal = current_principal(response.headers)
         role_arn = str(params.get("RoleArn", ""))
+        session = str(params.get("RoleSessionName", ""))
+        if not re.fullmatch(r"[\w+=,.@-]{2,64}", session):  # moto takes any name
+            return STSClientError(
+                "ValidationError",
+                f"1 validation error detected: Value '{session}' at 'roleSessionName' failed to satisfy constraint: "
+                f"Member must satisfy regular expression pattern: [\\w+=,.@-]*",
+            )
         if principal is None or self.authorizer is None or role_arn.split(":")[4:5] == [self.account_id]:
             return None
         caller = self.authorizer.role_arns.get(principal[0], f"arn:aws:iam::{self.account_id}:role/{principal[0]}")
