@@ -359,3 +359,31 @@ def test_an_older_image_distributed_again_never_moves_the_accounts_latest_back(e
     assert cell["status"] == "DELIVERED" and cell["parameter_note"].startswith("latest not moved")
     latest = ssm_backends[TARGET]["eu-west-1"].get_parameter("/ami-factory/web/latest")
     assert latest.value == newest_copy
+
+
+def test_a_cell_that_fails_after_moving_the_accounts_latest_keeps_its_copy(emu: Emulator) -> None:
+    """The account's latest names the copy, but the step fails before it records that: the removal
+    reads the parameter first, and the copy is delivered, not removed from under latest."""
+    allow_copies(emu, TARGET)
+    emu.deploy_target_account(TARGET)
+    instance_id = emu.launch_instance(name="web")
+
+    def answer_lost() -> None:
+        raise RuntimeError("the answer to PutParameter is lost")
+
+    # The stack's own copy, then the account's; the account's PutParameter is the next one.
+    emu.world.after_call(
+        "CopyImage",
+        lambda: emu.world.after_call("CopyImage", lambda: emu.world.after_call("PutParameter", answer_lost)),
+    )
+    result = emu.run(request(instance_id, {"account_id": TARGET, "regions": ["eu-west-1"]}), name="lost")
+
+    assert result.output["status"] == "SUCCEEDED", result.cause
+    (cell,) = result.output["accounts"]
+    assert cell["status"] == "DELIVERED"
+    assert cell["image_id"] in ec2_backends[TARGET]["eu-west-1"].amis
+    assert ssm_backends[TARGET]["eu-west-1"].get_parameter("/ami-factory/web/latest").value == cell["image_id"]
+    (record,) = account_copies(emu)
+    assert record["delivered"] == "true" and record["publishing"] == "true"
+    used = {action for role, action, _ in emu.authorizer.used if role == "CopyTargetRole"}
+    assert "ssm:GetParameter" in used
