@@ -416,3 +416,26 @@ def test_cli_redrives_copies_into_accounts_only_where_the_regions_failed(make_em
     only_accounts = {**described, "output": json.dumps({**partial.output, "failed_regions": []})}
     with pytest.raises(ValueError, match="only its copies into accounts failed"):
         cli.redistribution_request(only_accounts)
+
+
+def test_the_result_lists_each_accounts_own_copy_after_the_regions() -> None:
+    summary = {
+        "regions": [{"region": "eu-west-1", "image_id": "ami-1", "status": "AVAILABLE", "parameter_name": "/p"}],
+        "accounts": [
+            {
+                "account_id": "111122223333",
+                "region": "eu-west-1",
+                "status": "DELIVERED",
+                "image_id": "ami-2",
+                "parameter_name": "/p",
+            },
+            {"account_id": "444455556666", "region": "eu-west-1", "status": "FAILED", "error": {"Error": "X"}},
+        ],
+    }
+
+    lines = cli.result_table(summary).splitlines()
+
+    assert lines[-4].split() == ["Account", "Region", "AMI", "id", "(the", "account's)", "State", "Parameter"]
+    assert lines[-2].split() == ["111122223333", "eu-west-1", "ami-2", "delivered", "/p"]
+    assert lines[-1].split() == ["444455556666", "eu-west-1", "-", "FAILED", "(X)", "-"]
+    assert "Account" not in cli.result_table({"regions": summary["regions"]})

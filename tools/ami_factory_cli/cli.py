@@ -236,6 +236,24 @@ def result_table(summary: dict[str, Any]) -> str:
             )
             for region in summary.get("regions", [])
         ]
+    ) + (f"\n\n{account_table(summary['accounts'])}" if summary.get("accounts") else "")
+
+
+def account_table(accounts: list[dict[str, Any]]) -> str:
+    """copy_to_accounts: each account's own copy, per Region."""
+    header = ("Account", "Region", "AMI id (the account's)", "State", "Parameter")
+    return table(
+        [header]
+        + [
+            (
+                cell["account_id"],
+                cell["region"],
+                cell.get("image_id") or "-",
+                "delivered" if cell["status"] == "DELIVERED" else f"FAILED ({(cell.get('error') or {}).get('Error')})",
+                "-" if cell.get("parameter_note") else cell.get("parameter_name") or "-",
+            )
+            for cell in accounts
+        ]
     )
 
 
