@@ -943,7 +943,7 @@ def definition() -> State:
         ),
         "Publish": publish(),
         "CopiesIntoAccounts": choice(
-            [when("$.account_cells[0]", "IsPresent", True, "KeepDelivered")],
+            [when("$.copies_into_accounts", "BooleanEquals", True, "KeepDelivered")],
             default="Finalize",
             comment="copy_to_accounts: what the Regions delivered is kept first, then the accounts copy it.",
         ),

@@ -111,6 +111,7 @@ class Plan(Contract):
     fast_launch: list[FastLaunchTarget] = Field(default_factory=list)
     copy_to_accounts: list[AccountCopyTarget] = Field(default_factory=list)
     account_cells: list[AccountCell] = Field(default_factory=list)  # copy_to_accounts, one per account and Region
+    copies_into_accounts: bool = False  # whether there are account_cells (what the state machine's Choice reads)
 
 
 class AccountCell(Model):

@@ -180,6 +180,7 @@ def resolve_request(event: ResolveRequestInput) -> Plan:
         fast_launch=request.fast_launch,
         copy_to_accounts=request.copy_to_accounts,
         account_cells=cells,
+        copies_into_accounts=bool(cells),
         source_image_id=source.image_id if source else None,
         source_run_id=source.run_id if source else None,
     )

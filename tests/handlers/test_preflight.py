@@ -136,6 +136,7 @@ def test_the_basic_sample_makes_this_whole_plan_records_the_run_and_holds_the_in
         "fast_launch": [],
         "copy_to_accounts": [],
         "account_cells": [],
+        "copies_into_accounts": False,
     }
     record = run_record(emu, "run-7")
     assert (record["instance_id"], record["region"], record["image_name"]) == (
@@ -273,6 +274,7 @@ def test_every_field_of_a_full_windows_request_reaches_the_plan(emu: Emulator) -
             {"account_id": ALLOWED_ACCOUNT, "region": "us-east-1", "kms_key_id": None},
             {"account_id": ALLOWED_ACCOUNT, "region": "eu-west-1", "kms_key_id": account_key},
         ],
+        "copies_into_accounts": True,
     }
 
 
