@@ -172,3 +172,21 @@ def test_a_deployment_that_requires_approval_shares_nothing_whatever_the_state_s
     )
     assert errored and answer["errorType"] == "ApprovalMissingError", answer
     assert shared(emu) == [] and emu.world.sent("ModifyImageAttribute") == []
+
+
+def test_a_run_whose_every_region_failed_asks_nobody_and_ends_failed(emu: Emulator) -> None:
+    """No image to approve: the approval's wait ends at once (its own SendTaskSuccess), nobody is asked."""
+    instance_id = emu.launch_instance(name="web")
+    for region in REGIONS:
+        emu.world.status_checks_fail(region)
+
+    result = emu.run(
+        sample("request-basic.json", instance_id=instance_id, approval=True, launch_check=True), name="none"
+    )
+
+    assert result.status == "FAILED" and result.error == "AllRegionsFailedError", result.cause
+    assert not [r for r in emu.world.sent("Publish") if "awaits approval" in r.params.get("Subject", "")]
+    used = {action for role, action, _ in emu.authorizer.used if role == "AwaitApprovalFunctionRole"}
+    assert "states:SendTaskSuccess" in used
+    for region in REGIONS:
+        assert run_images(emu, region, "none") == []
