@@ -308,3 +308,59 @@ def test_a_run_that_ends_while_its_copy_queues_leaves_no_wait_to_hand_a_slot_to(
     assert error["errorType"] == "NotMadeByRunError" and "ended while its copy queued" in error["errorMessage"]
     assert [item for item in ledger_items(emu) if item["pk"] == "wait"] == []
     assert holders(emu, "eu-west-1") == ""
+
+
+def queue_once_the_run_holds(emu: Emulator, region: str, run_id: str, waiter: str) -> list[str]:
+    """Another run's copy queues for ``region``'s one slot as soon as ``run_id`` holds it (looked at
+    after each Lambda invocation); returns the waiter's answers."""
+    answers: list[str] = []
+
+    def maybe_queue() -> None:
+        if answers:
+            return
+        if holders(emu, region) != run_id:
+            emu.world.after_call("Invoke", maybe_queue)
+            return
+        open_run(emu, waiter)
+        payload = {"run_id": waiter, "region": region, "task_token": f"token-{waiter}"}
+        answers.append(json.dumps(invoke(emu, "AwaitCopySlot", payload)))
+
+    emu.world.after_call("Invoke", maybe_queue)
+    return answers
+
+
+def test_a_run_that_ends_holding_a_slot_hands_it_to_the_copy_that_waits(make_emulator) -> None:
+    """The run's copy never starts (throttled past its retries): its ending gives the slot back and
+    hands it to the other run's waiting copy at once (Finalize's SendTaskSuccess), not at a sweep."""
+    emu: Emulator = make_emulator(CopySlotsPerRegion="1")
+    emu.world.throttle("CopyImage", times=50, region="eu-west-1")
+    answers = queue_once_the_run_holds(emu, "eu-west-1", "holder", "waiter")
+    instance_id = emu.launch_instance(name="web")
+
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="holder")
+
+    assert result.output["status"] == "PARTIAL" and result.output["failed_regions"] == ["eu-west-1"]
+    assert json.loads(answers[0])["waiting"] is True
+    handed = [request.params["taskToken"] for request in emu.world.sent("SendTaskSuccess")]
+    assert "token-waiter" in handed
+    assert holders(emu, "eu-west-1") == "waiter"
+    used = {action for role, action, _ in emu.authorizer.used if role == "FinalizeFunctionRole"}
+    assert "states:SendTaskSuccess" in used
+
+
+def test_a_copy_ec2_refuses_for_good_hands_its_slot_to_the_copy_that_waits(make_emulator) -> None:
+    """The CopyImage step gives back the slot EC2's refusal leaves unused and hands it on itself
+    (ending the waiter's wait and dropping its record), before its Region fails."""
+    emu: Emulator = make_emulator(CopySlotsPerRegion="1")
+    emu.world.refuse("CopyImage", times=1, region="eu-west-1", code="UnauthorizedOperation")
+    answers = queue_once_the_run_holds(emu, "eu-west-1", "refused", "waiter")
+    instance_id = emu.launch_instance(name="web")
+
+    result = emu.run(sample("request-basic.json", instance_id=instance_id), name="refused")
+
+    assert result.output["status"] == "PARTIAL" and result.output["failed_regions"] == ["eu-west-1"]
+    assert json.loads(answers[0])["waiting"] is True
+    assert holders(emu, "eu-west-1") == "waiter"
+    assert not [item for item in ledger_items(emu) if item["pk"] == "wait" and "waiter" in item["sk"]]
+    used = {action for role, action, _ in emu.authorizer.used if role == "CopyImageFunctionRole"}
+    assert {"states:SendTaskSuccess", "dynamodb:DeleteItem"} <= used

@@ -220,3 +220,24 @@ def test_a_retried_wait_looks_first_even_on_what_its_step_just_set_in_motion(emu
     assert result.output["status"] == "SUCCEEDED", result.cause
     (imaged_after,) = imaged_at
     assert imaged_after < 60, f"CreateImage {imaged_after:.0f} s in: the retried wait looked and found it stopped"
+
+
+def test_a_retried_image_wait_that_finds_the_image_failed_fails_the_run_at_once(emu: Emulator) -> None:
+    """The image's wait is throttled before it records its token, and the image fails meanwhile (its
+    event finds no wait): the retry looks, finds it failed, and ends its own task with the failure
+    (WatchImage's SendTaskFailure), so the run is undone now, not at the fallback sweep's firing."""
+    emu.world.images_fail("us-east-1")
+    emu.world.events.lose(AMI_STATE_CHANGE, times=1)
+    emu.world.after_call(
+        "CreateImage", lambda: emu.world.refuse("PutItem", times=1, code="ThrottlingException", region="us-east-1")
+    )
+    instance_id = emu.launch_instance(name="web")
+
+    result = emu.run(sample("request-basic.json", instance_id=instance_id, regions=[]), name="failed-image")
+
+    assert result.status == "FAILED" and result.error == "ImageFailedError", result.cause
+    failures = emu.world.sent("SendTaskFailure")
+    assert [request.params["error"] for request in failures] == ["ImageFailedError"]
+    used = {action for role, action, _ in emu.authorizer.used if role == "WatchImageFunctionRole"}
+    assert "states:SendTaskFailure" in used
+    assert instance(emu, instance_id)["State"]["Name"] == "running"
