@@ -616,7 +616,6 @@ def account_states() -> States:
             payload={
                 **{name: f"$.{name}" for name in ACCOUNT_ITEM_FIELDS},
                 "cell": "$.cell",
-                "distribution": "$.distribution",
                 "account_copy": "$.account_copy",
             },
             result=AccountCopyRef,
@@ -693,7 +692,6 @@ def deliver_to_accounts() -> State:
             **paths(
                 {
                     "cell": "$$.Map.Item.Value",
-                    "distribution": "$.distribution",
                     **{name: f"$.{name}" for name in ACCOUNT_ITEM_FIELDS},
                 }
             ),

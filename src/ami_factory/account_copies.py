@@ -111,17 +111,14 @@ def deliver_to_account(event: DeliverToAccountInput) -> AccountCopyRef:
             update={"polls": polls, "wait_seconds": wait_after(polls, poll_seconds), "state": state}
         )
     copy = AccountCopy(cell.account_id, cell.region, copied.image_id)
-    region = next(result for result in event.distribution if result.region == cell.region)
-    if region.parameter_note:  # the stack's latest kept a newer image: the account's keeps its own too
+    moved = any(
+        (write.region, write.name) == (cell.region, event.parameter_name) and not write.rolled_back
+        for write in ledger.parameter_writes(event.run_id)
+    )
+    if not moved:  # the stack's latest kept a newer image (forward only): the account's keeps its own too
         ledger.account_copy_delivered(event.run_id, copy)
-        return copied.model_copy(
-            update={
-                "polls": polls,
-                "state": state,
-                "published": True,
-                "note": f"latest not moved: {region.parameter_note}",
-            }
-        )
+        note = f"latest not moved: this run did not move {event.parameter_name} in {cell.region} either"
+        return copied.model_copy(update={"polls": polls, "state": state, "published": True, "note": note})
     ledger.account_copy_publishing(event.run_id, copy)  # a removal after this looks at the parameter first
     ssm.put_image_parameter(
         event.parameter_name, copied.image_id, f"AMI Factory: {event.image_name} (run {event.run_id})"

@@ -463,8 +463,7 @@ class DeliverToAccountInput(Contract):
     poll_seconds: int = 60
     max_wait_seconds: int
     cell: AccountCell
-    distribution: list[RegionResult]  # the Publish map's results: the Region's image, if it was delivered
-    account_copy: AccountCopyRef | None = None
+    account_copy: AccountCopyRef | None = None  # the source, and whether latest moved, are the ledger's to say
 
 
 class AccountCopyResult(Model):
