@@ -396,3 +396,18 @@ def test_a_firing_starts_its_runs_no_faster_than_the_start_rate(make_emulator, m
     assert pauses == [3.0, 3.0, 3.0]
     stops = sorted(request.at for request in emu.world.sent("StopInstances"))
     assert [round(later - earlier) for earlier, later in itertools.pairwise(stops)] == [3, 3, 3]
+
+
+def test_a_tag_cannot_ask_for_copies_into_other_accounts(make_emulator) -> None:
+    """copy_to_accounts is a StartExecution field only: a tag naming it is an unknown setting, even
+    when the account is allowed and has deployed its role; nothing is started or copied."""
+    emu: Emulator = make_emulator(AllowedCopyAccounts="111122223333", CopyAccountExternalId="x" * 16)
+    emu.deploy_target_account("111122223333")
+    instance_id = launch_tagged(emu, **{"ami-factory:copy-to-accounts": "111122223333"})
+
+    (outcome,) = emu.deliver_event(tag_event(emu, instance_id))
+
+    (rejected,) = outcome["rejected"]
+    assert rejected["error"] == "InvalidRequestError" and "ami-factory:copy-to-accounts" in rejected["message"]
+    assert executions(emu) == []
+    assert emu.world.sent("AssumeRole") == [] and emu.world.sent("CopyImage") == []
