@@ -35,7 +35,7 @@ from .errors import (
 from .ledger import AccountCopy, Ledger
 from .observability import logger
 from .polling import polls_within, wait_after
-from .rules import check_copy_accounts
+from .rules import RUN_TAG, check_copy_accounts
 from .settings import load_settings
 from .steps import client_token
 
@@ -52,12 +52,21 @@ def _in_account(cell: AccountCell, run_id: str) -> tuple[Ec2, Ssm]:
             "copy_to_accounts needs the deployment's CopyAccountExternalId (the ExternalId of the accounts' "
             "target-account-role stacks): redeploy with it set"
         )
-    # A role session's name takes fewer characters than an execution's.
+    # A role session's name takes fewer characters than an execution's. The session is tagged with the
+    # run: the account's role removes only copies whose run tag is its session's (the IAM fence).
     session = re.sub(r"[^\w+=,.@-]", "-", f"ami-factory-{run_id}")
     credentials = Sts(settings.region).assume_role(
-        settings.copy_account_role_arn(cell.account_id), settings.copy_account_external_id, session
+        settings.copy_account_role_arn(cell.account_id),
+        settings.copy_account_external_id,
+        session,
+        tags={RUN_TAG: session_run_tag(run_id)},
     )
     return Ec2(cell.region, credentials), Ssm(cell.region, credentials)
+
+
+def session_run_tag(run_id: str) -> str:
+    """The run's id as a session tag may hold it (and so as the account's copy is tagged)."""
+    return re.sub(r"[^\w .:/=+@-]", "-", run_id)
 
 
 def deliver_to_account(event: DeliverToAccountInput) -> AccountCopyRef:
@@ -80,7 +89,7 @@ def deliver_to_account(event: DeliverToAccountInput) -> AccountCopyRef:
             event.image_name,
             event.description,
             client_token(event.run_id, f"account/{cell.account_id}/{cell.region}"),
-            event.tags,
+            {**event.tags, RUN_TAG: session_run_tag(event.run_id)},
             kms_key_id=cell.kms_key_id,
             encrypted=True,
         )

@@ -625,12 +625,18 @@ class Sts:
         self.region = region
         self._sts = client("sts", region)
 
-    def assume_role(self, role_arn: str, external_id: str, session_name: str) -> Credentials:
+    def assume_role(
+        self, role_arn: str, external_id: str, session_name: str, tags: Mapping[str, str] | None = None
+    ) -> Credentials:
         """A role in another account, for one step: a Lambda's AssumeRole is role chaining, whose
-        sessions last an hour at most, so every step assumes it again."""
+        sessions last an hour at most, so every step assumes it again. ``tags``: session tags."""
         with translated_errors("AssumeRole"):
             answer = self._sts.assume_role(
-                RoleArn=role_arn, ExternalId=external_id, RoleSessionName=session_name[:64], DurationSeconds=900
+                RoleArn=role_arn,
+                ExternalId=external_id,
+                RoleSessionName=session_name[:64],
+                DurationSeconds=900,
+                Tags=[{"Key": key, "Value": value} for key, value in (tags or {}).items()],
             )["Credentials"]
         return Credentials(answer["AccessKeyId"], answer["SecretAccessKey"], answer["SessionToken"])
 

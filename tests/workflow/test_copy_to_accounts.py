@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import boto3
+from botocore.exceptions import ClientError
 from moto.ec2.models import ec2_backends
 from moto.ssm.models import ssm_backends
 
 from ami_factory.rules import execution_arn
 from ami_factory_local import Emulator
+from ami_factory_local.authorization import acting_as
 from ami_factory_local.emulator import ACCOUNT_ID
 from tests.helpers import create_keys, invoke, invoke_error, ledger_items, run_images
 
@@ -387,3 +390,41 @@ def test_a_cell_that_fails_after_moving_the_accounts_latest_keeps_its_copy(emu: 
     assert record["delivered"] == "true" and record["publishing"] == "true"
     used = {action for role, action, _ in emu.authorizer.used if role == "CopyTargetRole"}
     assert "ssm:GetParameter" in used
+
+
+def test_the_accounts_role_removes_only_copies_of_the_run_its_session_names(emu: Emulator) -> None:
+    """Below the ledger, IAM fences removal too: the session is tagged with its run, and the role may
+    deregister only a copy tagged with that run (a tag the factory set at CopyImage, as the ledger
+    records the copy)."""
+    allow_copies(emu, TARGET)
+    role_arn = emu.deploy_target_account(TARGET)
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run(request(instance_id, {"account_id": TARGET, "regions": ["eu-west-1"]}), name="kept")
+    (cell,) = result.output["accounts"]
+
+    def deregister_as_run(run: str) -> str:
+        with acting_as(
+            "ami-factory-local-RemoveAccountCopyFunctionRole", "ami-factory-local-RemoveAccountCopyFunction"
+        ):
+            answer = boto3.client("sts", region_name="us-east-1").assume_role(
+                RoleArn=role_arn,
+                RoleSessionName=f"ami-factory-{run}",
+                ExternalId=EXTERNAL_ID,
+                Tags=[{"Key": "ami-factory:run", "Value": run}],
+            )["Credentials"]
+            ec2 = boto3.client(
+                "ec2",
+                region_name="eu-west-1",
+                aws_access_key_id=answer["AccessKeyId"],
+                aws_secret_access_key=answer["SecretAccessKey"],
+                aws_session_token=answer["SessionToken"],
+            )
+            try:
+                ec2.deregister_image(ImageId=cell["image_id"])
+            except ClientError as refused:
+                return str(refused.response["Error"]["Code"])
+            return "deregistered"
+
+    assert deregister_as_run("another-run") == "UnauthorizedOperation"
+    assert cell["image_id"] in ec2_backends[TARGET]["eu-west-1"].amis
+    assert deregister_as_run("kept") == "deregistered"

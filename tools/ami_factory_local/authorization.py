@@ -241,6 +241,7 @@ class Request:
     prefix: str  # IAM service prefix
     operation: str
     params: Mapping[str, Any]
+    principal_tags: Mapping[str, str] = field(default_factory=dict)  # the session's tags (AssumeRole's Tags)
 
     @property
     def action(self) -> str:
@@ -291,7 +292,9 @@ def calls_for(request: Request) -> list[Call]:
 
 def _request_context(request: Request, action: str) -> dict[str, list[str]]:
     """The keys every call of the request carries: its Region (and EC2's own name for it)."""
-    context = {"aws:requestedregion": [request.region]}
+    context = {"aws:requestedregion": [request.region]} | {
+        f"aws:principaltag/{key}".lower(): [value] for key, value in request.principal_tags.items()
+    }
     return context | {"ec2:region": [request.region]} if action.startswith("ec2:") else context
 
 
@@ -566,7 +569,19 @@ def _events(request: Request) -> tuple[list[Resource], list[Call]]:
 
 def _sts(request: Request) -> tuple[list[Resource], list[Call]]:
     role = str(request.params.get("RoleArn", ""))
-    return ([Resource(role, {"aws:resourceaccount": [role.split(":")[4]]})] if role.count(":") >= 5 else []), []
+    if role.count(":") < 5:
+        return [], []
+    resource = Resource(role, {"aws:resourceaccount": [role.split(":")[4]]})
+    # Session tags need TagSession too, of the caller's policy as of the role's trust policy.
+    return [resource], ([Call("sts:TagSession", (resource,))] if session_tags(request.params) else [])
+
+
+def session_tags(params: Mapping[str, Any]) -> dict[str, str]:
+    """AssumeRole's Tags, as moto parses the query (a list of Key/Value, or member-numbered keys)."""
+    listed = params.get("Tags") or []
+    if isinstance(listed, dict):
+        listed = list(listed.values())
+    return {str(tag.get("Key", "")): str(tag.get("Value", "")) for tag in listed if isinstance(tag, dict)}
 
 
 def _lambda(request: Request) -> tuple[list[Resource], list[Call]]:

@@ -220,7 +220,7 @@ def _conditions_hold(
     if unmodelled:
         return False, unmodelled
     return all(
-        _condition_holds(operator, key, _listed(wanted), context.get(key.lower()))
+        _condition_holds(operator, key, _substituted(_listed(wanted), context), context.get(key.lower()))
         for operator, keys in block.items()
         for key, wanted in keys.items()
     ), []
@@ -234,6 +234,30 @@ def _parse_operator(operator: str) -> tuple[str, str, bool] | None:
     if qualifier not in ("", "ForAllValues", "ForAnyValue") or base not in OPERATORS:
         return None
     return qualifier, base, if_exists
+
+
+POLICY_VARIABLE = re.compile(r"\$\{([^}]+)\}")
+
+
+def _substituted(wanted: list[str], context: Context) -> list[str]:
+    """Policy variables (``${aws:PrincipalTag/KEY}``) replaced by the request's value; a value whose
+    variable the request lacks matches nothing (IAM's rule)."""
+    result = []
+    for value in wanted:
+        missing = False
+
+        def replace(match: re.Match[str]) -> str:
+            nonlocal missing
+            found = context.get(match.group(1).lower())
+            if not found:
+                missing = True
+                return ""
+            return found[0]
+
+        replaced = POLICY_VARIABLE.sub(replace, value)
+        if not missing:
+            result.append(replaced)
+    return result
 
 
 def _condition_holds(operator: str, key: str, wanted: list[str], values: list[str] | None) -> bool:
@@ -258,9 +282,16 @@ def _condition_holds(operator: str, key: str, wanted: list[str], values: list[st
     return not matched if negated else matched
 
 
-def trust_allows(trust_policy: Mapping[str, Any], role_arn: str, caller_arn: str, external_id: str | None) -> bool:
-    """Whether a role's trust policy lets ``caller_arn`` (a role's ARN) assume it with ``external_id``:
-    an Allow naming the caller or its account, whose conditions hold (no Deny is modelled)."""
+def trust_allows(
+    trust_policy: Mapping[str, Any],
+    role_arn: str,
+    caller_arn: str,
+    external_id: str | None,
+    action: str = "sts:AssumeRole",
+) -> bool:
+    """Whether a role's trust policy lets ``caller_arn`` (a role's ARN) ``action`` (AssumeRole, or the
+    TagSession a session's tags need) with ``external_id``: an Allow naming the caller or its account,
+    whose conditions hold (no Deny is modelled)."""
     caller_account = caller_arn.split(":")[4]
     context = {"aws:principalarn": [caller_arn]} | ({"sts:externalid": [external_id]} if external_id else {})
     for statement in statements({"trust": trust_policy}):
@@ -271,6 +302,6 @@ def trust_allows(trust_policy: Mapping[str, Any], role_arn: str, caller_arn: str
             continue
         # A trust policy names no Resource: it is the role's own.
         own = Statement(statement.policy, statement.index, {**statement.document, "Resource": role_arn})
-        if evaluate([own], Call("sts:AssumeRole", (Resource(role_arn),), context)).allowed:
+        if evaluate([own], Call(action, (Resource(role_arn),), context)).allowed:
             return True
     return False

@@ -73,7 +73,15 @@ from moto.sts.models import sts_backends
 from ami_factory.commands import GENERALIZE_COMMENT
 
 from . import block_devices
-from .authorization import IAM_ACTIONS, IAM_PREFIX, Authorizer, as_operator, current_principal, refusal_error
+from .authorization import (
+    IAM_ACTIONS,
+    IAM_PREFIX,
+    Authorizer,
+    as_operator,
+    current_principal,
+    refusal_error,
+    session_tags,
+)
 from .authorization import Request as AuthorizationRequest
 from .clock import VirtualClock
 from .events import EventSchedule
@@ -461,6 +469,8 @@ class World:
     authorizer: Authorizer | None = None
     # Roles other accounts deployed for the stack (examples/target-account-role.yaml): ARN -> trust policy.
     trust_policies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The tags of each session assumed into them: (role ARN, session name) -> tags (moto keeps none).
+    session_tags: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.events = EventSchedule(self.account_id)
@@ -670,15 +680,17 @@ class World:
         if self.authorizer is None or principal is None:
             return None
         account = response.current_account
+        tags: dict[str, str] = {}
         if account != self.account_id:  # a function acting with a role it assumed in another account
             assumed = assumed_role(response)
             if assumed is None:
                 return None
             principal = (f"{account}:{assumed.role_arn.rsplit('/', 1)[-1]}", assumed.session_name)
+            tags = self.session_tags.get((assumed.role_arn, assumed.session_name), {})
         prefix = IAM_PREFIX.get(service, service)
         action = IAM_ACTIONS.get((prefix, operation), operation)
         refusal = self.authorizer.check(
-            principal, AuthorizationRequest(account, response.region, prefix, action, params)
+            principal, AuthorizationRequest(account, response.region, prefix, action, params, principal_tags=tags)
         )
         if refusal is None:
             return None
@@ -703,7 +715,12 @@ class World:
             return None
         caller = self.authorizer.role_arns.get(principal[0], f"arn:aws:iam::{self.account_id}:role/{principal[0]}")
         trust = self.trust_policies.get(role_arn)
-        if trust is not None and trust_allows(trust, role_arn, caller, params.get("ExternalId")):
+        tags = session_tags(params)
+        actions = ["sts:AssumeRole", *(["sts:TagSession"] if tags else [])]
+        if trust is not None and all(
+            trust_allows(trust, role_arn, caller, params.get("ExternalId"), action) for action in actions
+        ):
+            self.session_tags[(role_arn, session)] = tags
             return None
         return STSClientError(
             "AccessDenied",
