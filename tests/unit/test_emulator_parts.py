@@ -114,6 +114,8 @@ def test_the_world_honours_copy_client_tokens_and_refuses_duplicate_names() -> N
         }
         first, again = ec2.copy_image(**copy)["ImageId"], ec2.copy_image(**copy)["ImageId"]
         assert first == again
+        with pytest.raises(ClientError, match="IdempotentParameterMismatch"):  # the token names one request
+            ec2.copy_image(**{**copy, "Name": "another-copy"})
         (image,) = ec2.describe_images(Owners=["self"])["Images"]
         assert image["Tags"] == [{"Key": "k", "Value": "v"}]
 

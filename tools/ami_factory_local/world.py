@@ -434,6 +434,7 @@ class World:
     _hidden_describes: int = 0
     _hidden: dict[str, int] = field(default_factory=dict)
     _copy_tokens: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (account, Region, token)
+    _copy_asked: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # copy -> (source, its Region, name)
     _copy_routes: dict[str, tuple[str, str]] = field(default_factory=dict)  # copy -> (destination, source Region)
     # EC2's token buckets (for the deployed functions' calls) and copy quota.
     limits: Ec2Limits = field(default_factory=Ec2Limits)
@@ -1122,10 +1123,17 @@ class World:
         def copy_image(response: AmisResponse) -> ActionResult:
             token = response._get_param("ClientToken")
             account = response.current_account
+            name = response._get_param("Name")
+            asked = (response._get_param("SourceImageId"), response._get_param("SourceRegion"), name)
             with world._lock:
                 if token and (account, response.region, token) in world._copy_tokens:
-                    return ActionResult({"ImageId": world._copy_tokens[(account, response.region, token)]})
-            name = response._get_param("Name")
+                    earlier = world._copy_tokens[(account, response.region, token)]
+                    if world._copy_asked.get(earlier, asked) != asked:  # EC2: the token names one request
+                        raise EC2ClientError(
+                            "IdempotentParameterMismatch",
+                            f"The client token {token} was used before with other parameters: use a new token",
+                        )
+                    return ActionResult({"ImageId": earlier})
             response.error_on_dryrun()
             world._refuse_duplicate_name(response, name)
             source_region, source_id = response._get_param("SourceRegion"), response._get_param("SourceImageId")
@@ -1171,6 +1179,7 @@ class World:
             with world._lock:
                 if token:
                     world._copy_tokens[(account, response.region, token)] = image.id
+                    world._copy_asked[image.id] = asked
                 world._new_image(response.region, image)
                 world._copy_routes[image.id] = (response.region, source_region)
             return ActionResult({"ImageId": image.id})
