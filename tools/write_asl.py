@@ -464,7 +464,6 @@ def publish_states() -> States:
                 "imds_support": "$.imds_support",
                 "run_id": "$.run_id",
                 "approval": "$.approval",
-                "account_cells": "$.account_cells",
             },
             result=ShareImageOutput,
             result_path="$.shared",
@@ -573,7 +572,6 @@ REGION_ITEM_FIELDS = [
     "launch_templates",
     "fast_launch",
     "approval",
-    "account_cells",
 ]
 
 

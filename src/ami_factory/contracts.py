@@ -352,7 +352,6 @@ class ShareImageInput(Contract):
     imds_support: Literal["v2.0"] | None = None
     run_id: str = ""
     approval: bool = False
-    account_cells: list[AccountCell] = Field(default_factory=list)  # those in the image's Region copy it: shared too
 
 
 class ShareImageOutput(Model):

@@ -201,8 +201,11 @@ def share_image(event: ShareImageInput) -> ShareImageOutput:
     ec2 = Ec2(event.image.region)
     if event.imds_support:  # before anyone else may launch it
         ec2.require_imds_support(event.image.image_id, event.imds_support)
-    # The accounts that copy the image into themselves need it, and its snapshots, shared with them.
-    copying = sorted({cell.account_id for cell in event.account_cells if cell.region == event.image.region})
+    # The accounts that copy the image into themselves need it, and its snapshots, shared with them:
+    # the cells ResolveRequest recorded for the run (the ledger's, not the state's), in this Region.
+    run = Ledger().run(event.run_id) if event.run_id else None
+    cells = [cell.split("/", 1) for cell in (run.account_cells if run else ())]
+    copying = sorted({account for account, region in cells if region == event.image.region})
     check_copy_accounts(copying, settings, own_account="")
     recipients = event.share.model_copy(
         update={"accounts": [*event.share.accounts, *(a for a in copying if a not in event.share.accounts)]}

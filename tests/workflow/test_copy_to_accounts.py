@@ -153,7 +153,7 @@ def test_an_encrypted_image_is_copied_with_the_stacks_keys_listed_in_the_account
 
 
 def test_a_key_the_accounts_may_not_use_is_refused_before_the_run_starts(emu: Emulator) -> None:
-    keys = create_keys(emu, [], regions=["us-east-1", "eu-west-1"])  # only the stack's account may use them
+    create_keys(emu, [], regions=["us-east-1", "eu-west-1"])  # only the stack's account may use them
     allow_copies(emu, TARGET)
     instance_id = emu.launch_instance(name="web")
 
@@ -161,7 +161,7 @@ def test_a_key_the_accounts_may_not_use_is_refused_before_the_run_starts(emu: Em
 
     assert result.status == "FAILED"
     assert f"does not let ['{TARGET}'] use it" in result.cause_message
-    assert keys  # made, and never used: the run stopped before anything was copied
+    assert emu.world.sent("CopyImage") == [] and emu.world.sent("StopInstances") == []
 
 
 def test_copies_only_into_allowed_accounts_never_the_stacks_own(emu: Emulator) -> None:
@@ -428,3 +428,23 @@ def test_the_accounts_role_removes_only_copies_of_the_run_its_session_names(emu:
     assert deregister_as_run("another-run") == "UnauthorizedOperation"
     assert cell["image_id"] in ec2_backends[TARGET]["eu-west-1"].amis
     assert deregister_as_run("kept") == "deregistered"
+
+
+def test_a_forged_share_step_shares_with_no_copy_account_the_run_did_not_ask_for(emu: Emulator) -> None:
+    """ShareImage shares with the copy accounts ResolveRequest recorded for the run, whatever its input
+    says: a run without copy_to_accounts, invoked again with a cell, shares with nobody more."""
+    allow_copies(emu, TARGET)
+    instance_id = emu.launch_instance(name="web")
+    result = emu.run({"instance_id": instance_id, "regions": []}, name="plain")
+    (image,) = result.output["regions"]
+    forged = {
+        "run_id": "plain",
+        "image": {"region": "us-east-1", "image_id": image["image_id"]},
+        "share": {},
+        "account_cells": [{"account_id": TARGET, "region": "us-east-1"}],
+    }
+
+    shared = invoke(emu, "ShareImage", forged)
+
+    assert shared == {"shared_with": []}
+    assert {"UserId": TARGET} not in ec2_backends[ACCOUNT_ID]["us-east-1"].amis[image["image_id"]].launch_permissions
