@@ -1,4 +1,11 @@
-"""The shape every Lambda handler has: parse the step's input, call the domain, return its model."""
+"""The shape every Lambda handler has: parse the step's input, call the domain, return its model.
+
+A handler is made when Lambda imports its module, in the Init phase, and makes there what every call
+needs: the Tracer (it patches botocore), the step's input model, and the clients of the services the
+step calls, in the function's Region. Lambda runs Init on a full vCPU; a 256 MB function's calls get
+256/1769 of one, so each millisecond of this left to the first call would cost it about seven
+(docs/benchmarks.md, "Cold start").
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,9 @@ from typing import Any, TypeVar
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
+from .clients import Service, client
 from .observability import logger, metrics, tracer
+from .settings import load_settings
 
 In = TypeVar("In", bound=BaseModel)
 Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
@@ -32,8 +41,9 @@ def correlation_keys(model: BaseModel) -> dict[str, str]:
     return keys
 
 
-def lambda_handler(run: Callable[[dict[str, Any]], BaseModel]) -> Handler:
-    """A Lambda handler around ``run``: Powertools logging and tracing, JSON in, JSON out."""
+def lambda_handler(run: Callable[[dict[str, Any]], BaseModel], clients: tuple[Service, ...] = ()) -> Handler:
+    """A Lambda handler around ``run``: Powertools logging and tracing, JSON in, JSON out; the clients
+    of ``clients`` (the services ``run`` calls) made now, in the function's Region."""
 
     def traced(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         try:
@@ -45,23 +55,22 @@ def lambda_handler(run: Callable[[dict[str, Any]], BaseModel]) -> Handler:
         logger.info("done", extra={"result": result})
         return result
 
-    wrapped: list[Handler] = []  # traced by the Tracer made at the first call, then kept
-
-    @logger.inject_lambda_context(clear_state=True)
-    def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-        if not wrapped:
-            wrapped.append(tracer().capture_lambda_handler(traced))
-        return wrapped[0](event, context)
-
+    region = load_settings().region
+    for service in clients:  # loading a service's model is most of a client's making: EC2's, 140 ms
+        client(service, region)
+    handler: Handler = logger.inject_lambda_context(clear_state=True)(tracer().capture_lambda_handler(traced))
+    handler.clients = clients  # type: ignore[attr-defined]  # the emulator holds each call to them
     return handler
 
 
-def lambda_step(model: type[In], step: Callable[[In], BaseModel]) -> Handler:
-    """A workflow step: the input parsed into the step's contract, with correlation keys in every log line."""
+def lambda_step(model: type[In], step: Callable[[In], BaseModel], clients: tuple[Service, ...] = ()) -> Handler:
+    """A workflow step: the input parsed into the step's contract (its validator built now), with
+    correlation keys in every log line."""
 
     def run(event: dict[str, Any]) -> BaseModel:
         parsed = model.model_validate(event)  # what Powertools' parse does for a dict, without importing it
         logger.append_keys(**correlation_keys(parsed))
         return step(parsed)
 
-    return lambda_handler(run)
+    model.model_rebuild()  # the models build their validators at first use (ami_factory.model): this is it
+    return lambda_handler(run, clients)

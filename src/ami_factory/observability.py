@@ -2,9 +2,8 @@
 so each line is JSON with the function's context and the run's correlation keys, and metrics go out
 as CloudWatch embedded metric format in the same log stream (namespace ``AMIFactory``).
 
-The Tracer is made at a handler's first call, not at import: making it imports the X-Ray SDK and
-patches botocore, about a fifth of a cold start's import time, which the first call pays instead
-(``make bench`` measures the import)."""
+The Tracer is made once, when the first handler is made (``ami_factory.handler``, in Lambda's Init):
+making it imports the X-Ray SDK and patches botocore, which every traced call needs."""
 
 from __future__ import annotations
 

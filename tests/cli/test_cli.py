@@ -308,9 +308,15 @@ def test_bench_reports_counts_per_run() -> None:
     report = out.getvalue()
     *sections, imports = report.split("\n== ")[1:]
     assert len(sections) == len(chosen) == 5
-    assert imports.startswith("handler import time (median of 1), against import boto3: ")
+    assert imports.startswith("handler Init (median of 1): the import, the Tracer, the step's model and clients; ")
     timed = re.findall(r"^   (\w+) +\d+ ms +\d+\.\d\dx$", imports, re.MULTILINE)
     assert sorted(timed) == sorted(path.parent.name for path in (ROOT / "functions").glob("*/app.py"))
+    parts = re.findall(r"^     (.+?) +(\d+) ms$", imports, re.MULTILINE)
+    assert [name for name, _ in parts] == [name for name, _ in bench.INIT_PARTS]
+    beyond = sum(int(ms) for _, ms in parts[1:])
+    left_to_a_call = re.search(r"the (\d+) ms beyond boto3 would take about (\d+) ms$", imports, re.MULTILINE)
+    assert abs(int(left_to_a_call.group(1)) - beyond) <= len(parts), "the parts beyond boto3, summed"
+    assert int(left_to_a_call.group(2)) > 6 * int(left_to_a_call.group(1)), "a 256 MB call has a seventh of a vCPU"
     assert "(PARTIAL)" in sections[3]
     # The target scenario: each operation against the fewest the job needs.
     ratio = float(re.search(r"EC2 calls: \d+, minimum 20 \((\d\.\d\d)x\)", sections[1]).group(1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import pytest
 from ami_factory import contracts
 from ami_factory.copy_slots import COPY_SLOT_MAX_WAIT_SECONDS
 from ami_factory.errors import RETRYABLE_ERRORS, all_error_names
-from ami_factory_local.emulator import render_definition
+from ami_factory_local.emulator import IAM_PREFIX, render_definition
 from ami_factory_local.template import Resolver, functions, load_template, resources_of_type
 from write_asl import asl_text
 
@@ -172,6 +173,32 @@ def function_statements(template: dict[str, Any]) -> list[tuple[str, dict[str, A
         for policy in function_policies(template, properties)
         for statement in statements(policy)
     ]
+
+
+def clients_made_at_init(app: Path) -> set[str]:
+    """The services a handler module makes clients for at Init (its ``clients=`` argument)."""
+    (call,) = [node for node in ast.walk(ast.parse(app.read_text())) if isinstance(node, ast.Call) and node.keywords]
+    (clients,) = [keyword.value for keyword in call.keywords if keyword.arg == "clients"]
+    return set(ast.literal_eval(clients))
+
+
+def test_a_handler_makes_clients_only_for_services_its_role_may_call(template: dict[str, Any]) -> None:
+    """Init makes what the step calls (the emulator fails a run whose function calls a service it made
+    no client for); this holds the other side: nothing its role could never call."""
+    for name, properties in functions(template).items():
+        prefixes = {
+            str(action).split(":")[0]
+            for policy in function_policies(template, properties)
+            for statement in statements(policy)
+            for action in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
+        }
+        if "sts" in prefixes:  # acting as the copy accounts' role (examples/target-account-role.yaml)
+            prefixes |= {"ec2", "ssm"}
+        made = {
+            IAM_PREFIX.get(service, service)
+            for service in clients_made_at_init(ROOT / properties["CodeUri"] / "app.py")
+        }
+        assert made <= prefixes, f"{name} makes clients its role may not call: {sorted(made - prefixes)}"
 
 
 def test_the_three_ways_a_run_ends_share_one_policy(template: dict[str, Any]) -> None:

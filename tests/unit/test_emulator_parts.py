@@ -351,3 +351,30 @@ def test_the_resolver_refuses_a_join_delimiter_cloudformation_refuses() -> None:
     assert resolver.resolve({"Fn::Join": [",", ["a", {"Ref": "Name"}]]}) == "a,x"
     with pytest.raises(ValueError, match="delimiter must be a literal string"):
         resolver.resolve({"Fn::Join": [{"Fn::Sub": ":${Name}"}, ["a", "b"]]})
+
+
+@pytest.mark.parametrize("clients", [("dynamodb", "sns"), ("dynamodb",)])
+def test_a_function_calling_a_service_its_init_made_no_client_for_fails_the_emulator(
+    tmp_path: Path, clients: tuple[str, ...]
+) -> None:
+    """Every call a function makes is to a service whose client its handler made at Init: one made in
+    the call costs a 256 MB function about seven times as much (ami_factory.handler)."""
+    (tmp_path / "notify.py").write_text(
+        "from ami_factory.clients import client\n"
+        "from ami_factory.contracts import EndedRuns\n"
+        "from ami_factory.handler import lambda_handler\n"
+        "def run(event):\n"
+        "    client('sns', 'us-east-1').list_topics()\n"
+        "    return EndedRuns()\n"
+        f"handler = lambda_handler(run, clients={clients!r})\n"
+    )
+    emu = Emulator()
+    emu.start()
+    janitor = emu.runtime.functions["ami-factory-local-EndRunFunction"]
+    emu.runtime.register(FunctionCode("notify", "arn:notify", tmp_path, "notify.handler", {}, [], role=janitor.role))
+    emu.runtime.invoke("notify", {})
+    if "sns" in clients:
+        emu.stop()
+    else:
+        with pytest.raises(AssertionError, match=r"notify calls \['sns'\] without making the client at Init"):
+            emu.stop()

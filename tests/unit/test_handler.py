@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from ami_factory.contracts import CheckCloneInput, CopyImageInput, WatchImageInput, WatchInstanceInput
-from ami_factory.handler import correlation_keys
+from typing import Any
+
+import pytest
+
+from ami_factory.clients import use_client_factory
+from ami_factory.contracts import CheckCloneInput, Contract, CopyImageInput, WatchImageInput, WatchInstanceInput
+from ami_factory.handler import correlation_keys, lambda_step
+from ami_factory.observability import tracer
+from ami_factory_local.runtime import LambdaContext
 
 
 def test_correlation_keys_follow_the_steps_inputs() -> None:
@@ -34,3 +41,32 @@ def test_correlation_keys_follow_the_steps_inputs() -> None:
         {"clone": {"instance_id": "i-0fedcba9876543210", "region": "us-east-1", "state": "pending"}, "max_polls": 3}
     )
     assert correlation_keys(clone) == {"clone": "i-0fedcba9876543210", "region": "us-east-1"}
+
+
+class Probe(Contract):
+    value: int
+
+
+def test_a_step_handler_makes_at_init_what_its_calls_need(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Making the handler (Lambda's Init, on a full vCPU) makes the Tracer, the step's input model and
+    its clients in the function's Region; the call (a 256 MB function's seventh of a vCPU) makes none."""
+    made: list[tuple[str, str]] = []
+
+    def factory(service: str, region: str) -> Any:
+        made.append((service, region))
+        return object()
+
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    tracer.cache_clear()
+    use_client_factory(factory)
+    try:
+        handler = lambda_step(Probe, lambda probe: Probe(value=probe.value + 1), clients=("dynamodb", "ec2"))
+        assert made == [("dynamodb", "eu-west-1"), ("ec2", "eu-west-1")]
+        assert Probe.__pydantic_complete__, "the input model's validator is built"
+        assert tracer.cache_info().currsize == 1, "the Tracer is made (and botocore patched, in Lambda)"
+        assert handler({"value": 1}, LambdaContext("probe", "arn:aws:lambda:eu-west-1:1:function:probe", 256)) == {
+            "value": 2
+        }
+        assert len(made) == 2, "the call made no client"
+    finally:
+        use_client_factory(None)

@@ -614,11 +614,13 @@ class Authorizer:
     enforcing: bool = True
     refusals: list[Refusal] = field(default_factory=list)
     used: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (role logical id, action, statement)
+    called: dict[str, set[str]] = field(default_factory=dict)  # session (a function's name) -> IAM prefixes it called
     log: Callable[[str], None] = logging.getLogger(__name__).warning
 
     def check(self, principal: tuple[str, str], request: Request) -> Refusal | None:
         """``principal``: (role name, session); a role of another account is named ``ACCOUNT:NAME``."""
         role_name, session = principal
+        self.called.setdefault(session, set()).add(request.prefix)
         role = self.roles.get(role_name)
         account, _, name = role_name.rpartition(":")
         principal_arn = f"arn:aws:sts::{account or self.account}:assumed-role/{name}/{session}"

@@ -2,9 +2,10 @@
 
 Per run: EC2 API calls by operation, Step Functions state transitions (what Standard workflows
 bill), Lambda invocations, and virtual elapsed time against the images' own time (how long EC2
-itself took to make and copy them): the gap is what polling adds. Then each handler's import time
-(what a cold start pays before the first line of the step runs) against ``import boto3`` alone,
-measured in fresh interpreters in the same run.
+itself took to make and copy them): the gap is what polling adds. Then each handler's Init (what
+a cold start pays before the first line of the step runs: the import, the Tracer, the step's model
+and clients) against ``import boto3`` alone, measured in fresh interpreters in the same run, and
+where one handler's Init goes.
 """
 
 from __future__ import annotations
@@ -24,11 +25,25 @@ from ami_factory.rules import execution_arn
 from ami_factory.triggers import start_spacing
 
 from .emulator import Emulator
-from .template import load_template, parameter_values
+from .template import functions, load_template, parameter_values
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = "111122223333"
 IMPORT_SAMPLES = 7
+# What Lambda's Init phase has in a function's environment (the Tracer patches botocore only in Lambda).
+LAMBDA_ENVIRONMENT = {"AWS_LAMBDA_FUNCTION_NAME": "bench", "AWS_REGION": "us-east-1"}
+ONE_VCPU_MB = 1769  # Lambda: a function with 1,769 MB has the equivalent of one vCPU, a smaller one its share
+# CopyImage's Init, part by part, each timed after the one before (the last, the handler, is what is left).
+INIT_PARTS = (
+    ("boto3", "import boto3"),
+    ("Powertools and the Tracer (X-Ray, botocore patched)", "from ami_factory.observability import tracer; tracer()"),
+    ("the package's modules with pydantic", "import ami_factory.contracts, ami_factory.distribution"),
+    (
+        "its clients (dynamodb, ec2, stepfunctions)",
+        "from ami_factory.clients import client; [client(s, 'us-east-1') for s in ('dynamodb', 'ec2', 'stepfunctions')]",
+    ),
+    ("the handler and its input model", "import app"),
+)
 # The emulator runs handlers in-process, so Lambda's billed duration is assumed: each invocation a
 # second at the template's 256 MB (most take a fraction of that; StartRun's pacing is not counted).
 ASSUMED_INVOCATION_GB_SECONDS = 1.0 * 0.25
@@ -225,30 +240,51 @@ def ec2_calls(out: TextIO, calls: Counter[str], minimum: dict[str, int] | None =
         print(f"     {operation:<24}{count:>5}{against}", file=out)
 
 
+def _fresh_interpreter(script: str, cwd: Path) -> list[float]:
+    """The seconds a fresh interpreter printed, one per line, from ``script`` run in a Lambda's Init
+    environment (interpreter start not counted)."""
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "", **LAMBDA_ENVIRONMENT}
+    ran = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env, check=True, capture_output=True, text=True)
+    return [float(line) for line in ran.stdout.split()]
+
+
 def import_seconds(module: str, cwd: Path, samples: int) -> float:
-    """The median time a fresh interpreter takes to import ``module`` (interpreter start not counted)."""
+    """The median time a fresh interpreter takes to import ``module``."""
     timing = f"import time; start = time.perf_counter(); import {module}; print(time.perf_counter() - start)"
-    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "", "AWS_DEFAULT_REGION": "us-east-1"}
-    taken = [
-        float(
-            subprocess.run(
-                [sys.executable, "-c", timing], cwd=cwd, env=env, check=True, capture_output=True, text=True
-            ).stdout
-        )
-        for _ in range(samples)
-    ]
-    return statistics.median(taken)
+    return statistics.median(_fresh_interpreter(timing, cwd)[0] for _ in range(samples))
+
+
+def init_parts(cwd: Path, samples: int) -> list[float]:
+    """The median seconds of each of INIT_PARTS, each timed after the one before."""
+    lines = ["import time", "mark = time.perf_counter()"]
+    for _, statement in INIT_PARTS:
+        lines += [statement, "now = time.perf_counter(); print(now - mark); mark = now"]
+    runs = [_fresh_interpreter("\n".join(lines), cwd) for _ in range(samples)]
+    return [statistics.median(run[part] for run in runs) for part in range(len(INIT_PARTS))]
 
 
 def cold_starts(out: TextIO, samples: int = IMPORT_SAMPLES) -> None:
     baseline = import_seconds("boto3", ROOT, samples)
     print(
-        f"\n== handler import time (median of {samples}), against import boto3: {baseline * 1000:.0f} ms",
+        f"\n== handler Init (median of {samples}): the import, the Tracer, the step's model and clients; "
+        f"against import boto3: {baseline * 1000:.0f} ms",
         file=out,
     )
     for function in sorted(path.parent for path in (ROOT / "functions").glob("*/app.py")):
         seconds = import_seconds("app", function, samples)
         print(f"   {function.name:<22}{seconds * 1000:>6.0f} ms  {seconds / baseline:4.2f}x", file=out)
+    parts = init_parts(ROOT / "functions" / "copy_image", samples)
+    print("   copy_image's Init, part by part:", file=out)
+    for (name, _), seconds in zip(INIT_PARTS, parts, strict=True):
+        print(f"     {name:<52}{seconds * 1000:>6.0f} ms", file=out)
+    memory = int(functions(load_template(ROOT / "template.yaml"))["CopyImageFunction"]["MemorySize"])
+    beyond_boto3 = sum(parts[1:])
+    print(
+        f"   Init runs on a full vCPU; a call of a {memory} MB function on {memory / ONE_VCPU_MB:.3f} of one: "
+        f"left to the first call, the {beyond_boto3 * 1000:.0f} ms beyond boto3 would take about "
+        f"{beyond_boto3 * ONE_VCPU_MB / memory * 1000:.0f} ms",
+        file=out,
+    )
 
 
 def main(

@@ -97,6 +97,7 @@ def _pooled_client(service: Any, region: str) -> Any:
 
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 IAM_USAGE_VARIABLE = "AMI_FACTORY_IAM_USAGE"
+IAM_PREFIX = {"stepfunctions": "states"}  # a boto3 service whose IAM prefix is another name
 HISTORY_QUOTA = 25_000  # events in a Standard execution's history; Step Functions fails it past that
 ENDING_EVENTS = {
     HistoryEventType.ExecutionFailed,
@@ -263,6 +264,21 @@ class Emulator:
                 self._stack = None
                 self._record_iam_usage()
         use_client_factory(None)
+        self._check_clients_made_at_init()
+
+    def _check_clients_made_at_init(self) -> None:
+        """Every service a function called is one its handler made a client for at Init: a client made
+        in a call costs that call, on a 256 MB function's seventh of a vCPU, about seven times what it
+        costs at Init (ami_factory.handler)."""
+        cold = []
+        for name, services in self.runtime.clients_made_at_init().items():
+            without_client = self.authorizer.called.get(name, set()) - {IAM_PREFIX.get(s, s) for s in services}
+            if without_client:
+                cold.append(f"{name} calls {sorted(without_client)}")
+        if cold:
+            raise AssertionError(
+                f"{'; '.join(cold)} without making the client at Init: add them to its handler's clients"
+            )
 
     def _record_iam_usage(self) -> None:
         """With AMI_FACTORY_IAM_USAGE=DIR (``make iam-report``), what each role was granted and used, one

@@ -100,6 +100,10 @@ class InProcessRuntime:
             self._handlers[code.name] = getattr(module, function_name)
         return self._handlers[code.name]
 
+    def clients_made_at_init(self) -> dict[str, tuple[str, ...]]:
+        """Each loaded function's handler's ``clients``: the services whose clients it made at Init."""
+        return {name: tuple(getattr(handler, "clients", ())) for name, handler in self._handlers.items()}
+
     @contextmanager
     def environment_of(self, name: str) -> Iterator[None]:
         """A deployed function's environment (its ledger table, its settings), for a test that seeds
