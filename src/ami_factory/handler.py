@@ -2,9 +2,10 @@
 
 A handler is made when Lambda imports its module, in the Init phase, and makes there what every call
 needs: the Tracer (it patches botocore), the step's input model, and the clients of the services the
-step calls, in the function's Region. Lambda runs Init on a full vCPU; a 256 MB function's calls get
-256/1769 of one, so each millisecond of this left to the first call would cost it about seven
-(docs/benchmarks.md, "Cold start").
+step calls, in the function's Region. On-demand Lambda runs Init on a full vCPU; a call runs on the
+function's share of one (1,769 MB earn one vCPU-second per second, so 256 MB earn 0.145), so each
+millisecond of this left to the first call could cost it up to about seven (docs/benchmarks.md,
+"Cold start").
 """
 
 from __future__ import annotations

@@ -358,7 +358,7 @@ def test_a_function_calling_a_service_its_init_made_no_client_for_fails_the_emul
     tmp_path: Path, clients: tuple[str, ...]
 ) -> None:
     """Every call a function makes is to a service whose client its handler made at Init: one made in
-    the call costs a 256 MB function about seven times as much (ami_factory.handler)."""
+    the call costs a 256 MB function up to about seven times as much (ami_factory.handler)."""
     (tmp_path / "notify.py").write_text(
         "from ami_factory.clients import client\n"
         "from ami_factory.contracts import EndedRuns\n"

@@ -49,7 +49,7 @@ class Probe(Contract):
 
 def test_a_step_handler_makes_at_init_what_its_calls_need(monkeypatch: pytest.MonkeyPatch) -> None:
     """Making the handler (Lambda's Init, on a full vCPU) makes the Tracer, the step's input model and
-    its clients in the function's Region; the call (a 256 MB function's seventh of a vCPU) makes none."""
+    its clients in the function's Region; the call (on a 256 MB function's share of a vCPU) makes none."""
     made: list[tuple[str, str]] = []
 
     def factory(service: str, region: str) -> Any:

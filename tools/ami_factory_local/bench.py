@@ -281,7 +281,7 @@ def cold_starts(out: TextIO, samples: int = IMPORT_SAMPLES) -> None:
     beyond_boto3 = sum(parts[1:])
     print(
         f"   Init runs on a full vCPU; a call of a {memory} MB function on {memory / ONE_VCPU_MB:.3f} of one: "
-        f"left to the first call, the {beyond_boto3 * 1000:.0f} ms beyond boto3 would take about "
+        f"left to the first call, the {beyond_boto3 * 1000:.0f} ms beyond boto3 would take up to about "
         f"{beyond_boto3 * ONE_VCPU_MB / memory * 1000:.0f} ms",
         file=out,
     )

@@ -268,8 +268,8 @@ class Emulator:
 
     def _check_clients_made_at_init(self) -> None:
         """Every service a function called is one its handler made a client for at Init: a client made
-        in a call costs that call, on a 256 MB function's seventh of a vCPU, about seven times what it
-        costs at Init (ami_factory.handler)."""
+        in a call costs that call, on a 256 MB function's share of a vCPU, up to about seven times what
+        it costs at Init (ami_factory.handler)."""
         cold = []
         for name, services in self.runtime.clients_made_at_init().items():
             without_client = self.authorizer.called.get(name, set()) - {IAM_PREFIX.get(s, s) for s in services}
