@@ -1,11 +1,12 @@
 """The shape every Lambda handler has: parse the step's input, call the domain, return its model.
 
-A handler is made when Lambda imports its module, in the Init phase, and makes there what every call
-needs: the Tracer (it patches botocore), the step's input model, and the clients of the services the
-step calls, in the function's Region. On-demand Lambda runs Init on a full vCPU; a call runs on the
-function's share of one (1,769 MB earn one vCPU-second per second, so 256 MB earn 0.145), so each
-millisecond of this left to the first call could cost it up to about seven (docs/benchmarks.md,
-"Cold start").
+A handler is made when Lambda imports its module, in the Init phase, and makes there what its calls
+need: the Tracer (it patches botocore), the models its calls parse, and the clients of the services
+its step calls, in the function's Region (a client in another Region, or with another account's
+credentials, is made in the call, from the service model Init loaded). On-demand Lambda runs Init
+on a full vCPU; a call runs on the function's share of one (1,769 MB earn one vCPU-second per
+second, so 256 MB earn 0.145), so work a call needs anyway, left to the first call, could cost it up
+to about seven times as long (docs/benchmarks.md, "Cold start").
 """
 
 from __future__ import annotations
@@ -42,9 +43,14 @@ def correlation_keys(model: BaseModel) -> dict[str, str]:
     return keys
 
 
-def lambda_handler(run: Callable[[dict[str, Any]], BaseModel], clients: tuple[Service, ...] = ()) -> Handler:
-    """A Lambda handler around ``run``: Powertools logging and tracing, JSON in, JSON out; the clients
-    of ``clients`` (the services ``run`` calls) made now, in the function's Region."""
+def lambda_handler(
+    run: Callable[[dict[str, Any]], BaseModel],
+    clients: tuple[Service, ...] = (),
+    models: tuple[type[BaseModel], ...] = (),
+) -> Handler:
+    """A Lambda handler around ``run``: Powertools logging and tracing, JSON in, JSON out. Made now:
+    the validators of ``models`` (what ``run`` parses) and the clients of ``clients`` (the services
+    ``run`` calls), in the function's Region."""
 
     def traced(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         try:
@@ -56,10 +62,13 @@ def lambda_handler(run: Callable[[dict[str, Any]], BaseModel], clients: tuple[Se
         logger.info("done", extra={"result": result})
         return result
 
+    traced_handler = tracer().capture_lambda_handler(traced)
+    for model in models:  # the package's models build their validators at first use (ami_factory.model)
+        model.model_rebuild()
     region = load_settings().region
     for service in clients:  # loading a service's model is most of a client's making: EC2's, 140 ms
         client(service, region)
-    handler: Handler = logger.inject_lambda_context(clear_state=True)(tracer().capture_lambda_handler(traced))
+    handler: Handler = logger.inject_lambda_context(clear_state=True)(traced_handler)
     handler.clients = clients  # type: ignore[attr-defined]  # the emulator holds each call to them
     return handler
 
@@ -73,5 +82,4 @@ def lambda_step(model: type[In], step: Callable[[In], BaseModel], clients: tuple
         logger.append_keys(**correlation_keys(parsed))
         return step(parsed)
 
-    model.model_rebuild()  # the models build their validators at first use (ami_factory.model): this is it
-    return lambda_handler(run, clients)
+    return lambda_handler(run, clients, models=(model,))

@@ -1,4 +1,5 @@
-"""Deploy-time settings, read from the function environment when asked (never at import time).
+"""Deploy-time settings, read from the function environment when asked: by a step when it runs, and
+by a handler when it is made (its Region, for the clients it makes at Init), never by a module.
 
 Each value comes from a template parameter (see ``template.yaml``); the names of the environment
 variables are the contract between the two.

@@ -18,7 +18,8 @@ import pytest
 from ami_factory import contracts
 from ami_factory.copy_slots import COPY_SLOT_MAX_WAIT_SECONDS
 from ami_factory.errors import RETRYABLE_ERRORS, all_error_names
-from ami_factory_local.emulator import IAM_PREFIX, render_definition
+from ami_factory_local.authorization import IAM_PREFIX
+from ami_factory_local.emulator import render_definition
 from ami_factory_local.template import Resolver, functions, load_template, resources_of_type
 from write_asl import asl_text
 

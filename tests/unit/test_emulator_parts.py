@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import Counter
@@ -368,13 +369,13 @@ def test_a_function_calling_a_service_its_init_made_no_client_for_fails_the_emul
         "    return EndedRuns()\n"
         f"handler = lambda_handler(run, clients={clients!r})\n"
     )
-    emu = Emulator()
-    emu.start()
-    janitor = emu.runtime.functions["ami-factory-local-EndRunFunction"]
-    emu.runtime.register(FunctionCode("notify", "arn:notify", tmp_path, "notify.handler", {}, [], role=janitor.role))
-    emu.runtime.invoke("notify", {})
-    if "sns" in clients:
-        emu.stop()
-    else:
-        with pytest.raises(AssertionError, match=r"notify calls \['sns'\] without making the client at Init"):
-            emu.stop()
+    with contextlib.ExitStack() as checked:
+        if "sns" not in clients:
+            checked.enter_context(
+                pytest.raises(AssertionError, match=r"notify calls \['sns'\] without making the client at Init")
+            )
+        with Emulator() as emu:
+            janitor = emu.runtime.functions["ami-factory-local-EndRunFunction"]
+            notify = FunctionCode("notify", "arn:notify", tmp_path, "notify.handler", {}, [], role=janitor.role)
+            emu.runtime.register(notify)
+            emu.runtime.invoke("notify", {})

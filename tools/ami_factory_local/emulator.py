@@ -46,7 +46,7 @@ from ami_factory.clients import boto3_client, use_client_factory
 from ami_factory.errors import error_message
 from ami_factory.settings import load_settings
 
-from .authorization import Authorizer, Role, roles_of, translated
+from .authorization import IAM_PREFIX, Authorizer, Role, roles_of, translated
 from .callbacks import event_driven_waits
 from .clock import VirtualClock
 from .cloudformation import CustomResourceAnswers
@@ -97,7 +97,6 @@ def _pooled_client(service: Any, region: str) -> Any:
 
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 IAM_USAGE_VARIABLE = "AMI_FACTORY_IAM_USAGE"
-IAM_PREFIX = {"stepfunctions": "states"}  # a boto3 service whose IAM prefix is another name
 HISTORY_QUOTA = 25_000  # events in a Standard execution's history; Step Functions fails it past that
 ENDING_EVENTS = {
     HistoryEventType.ExecutionFailed,
@@ -186,8 +185,10 @@ class Emulator:
         self.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, failed: type[BaseException] | None, *_: object) -> None:
         self.stop()
+        if failed is None:  # after a failure, its own error is the one to read
+            self._check_clients_made_at_init()
 
     def start(self) -> None:
         stack = ExitStack()
@@ -264,12 +265,12 @@ class Emulator:
                 self._stack = None
                 self._record_iam_usage()
         use_client_factory(None)
-        self._check_clients_made_at_init()
 
     def _check_clients_made_at_init(self) -> None:
-        """Every service a function called is one its handler made a client for at Init: a client made
-        in a call costs that call, on a 256 MB function's share of a vCPU, up to about seven times what
-        it costs at Init (ami_factory.handler)."""
+        """Every service a function called is one its handler loaded at Init (``clients=``): a service's
+        model is most of a client's making, and made in a call it costs a 256 MB function up to about
+        seven times what it costs at Init (ami_factory.handler). Calls made with another account's
+        credentials are that account's session's, not the function's, and are not held here."""
         cold = []
         for name, services in self.runtime.clients_made_at_init().items():
             without_client = self.authorizer.called.get(name, set()) - {IAM_PREFIX.get(s, s) for s in services}
