@@ -379,3 +379,16 @@ def test_a_function_calling_a_service_its_init_made_no_client_for_fails_the_emul
             notify = FunctionCode("notify", "arn:notify", tmp_path, "notify.handler", {}, [], role=janitor.role)
             emu.runtime.register(notify)
             emu.runtime.invoke("notify", {})
+
+
+def test_a_refused_call_is_answered_with_its_services_own_code(emu: Emulator) -> None:
+    """World.refuse without a code answers as the service answers a call IAM does not allow: EC2's
+    UnauthorizedOperation, SSM's AccessDeniedException (EC2's code is no error of SSM's)."""
+    emu.world.refuse("DescribeImages", 1, region="us-east-1")
+    emu.world.refuse("PutParameter", 1, region="us-east-1")
+    with pytest.raises(ClientError) as ec2_refusal:
+        emu.client("ec2").describe_images(Owners=["self"])
+    with pytest.raises(ClientError) as ssm_refusal:
+        emu.client("ssm").put_parameter(Name="/refused", Value="x", Type="String")
+    assert ec2_refusal.value.response["Error"]["Code"] == "UnauthorizedOperation"
+    assert ssm_refusal.value.response["Error"]["Code"] == "AccessDeniedException"

@@ -702,14 +702,20 @@ def encoded(refusal: Refusal) -> str:
     return base64.urlsafe_b64encode(json.dumps(detail).encode()).decode()
 
 
+def access_denied_code(service: str) -> str:
+    """The error code ``service`` answers a call IAM does not allow with (JSON services say
+    AccessDeniedException; EC2, SNS and STS, which speak the query protocol, each their own)."""
+    return {"ec2": "UnauthorizedOperation", "sns": "AuthorizationError", "sts": "AccessDenied"}.get(
+        service, "AccessDeniedException"
+    )
+
+
 def refusal_error(service: str, refusal: Refusal) -> tuple[str, str]:
     """(code, message) as the service refuses a call IAM does not allow."""
     if service == "ec2":
         return (
-            "UnauthorizedOperation",
+            access_denied_code(service),
             f"You are not authorized to perform this operation. {refusal.message}. "
             f"Encoded authorization failure message: {encoded(refusal)}",
         )
-    if service == "sns":
-        return "AuthorizationError", refusal.message
-    return "AccessDeniedException", refusal.message
+    return access_denied_code(service), refusal.message

@@ -77,6 +77,7 @@ from .authorization import (
     IAM_ACTIONS,
     IAM_PREFIX,
     Authorizer,
+    access_denied_code,
     as_operator,
     current_principal,
     refusal_error,
@@ -428,7 +429,7 @@ class World:
     _stopping: dict[str, _Pending] = field(default_factory=dict)
     _throttles: list[_Throttle] = field(default_factory=list)
     _lost: list[_Throttle] = field(default_factory=list)
-    _refusals: list[tuple[_Throttle, str]] = field(default_factory=list)  # (calls, error code)
+    _refusals: list[tuple[_Throttle, str | None]] = field(default_factory=list)  # (calls, code; None: access denied)
     _after_calls: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
     _unprotected_at: dict[str, float] = field(default_factory=dict)  # image -> when a cooldown ends
     _hidden_describes: int = 0
@@ -508,11 +509,10 @@ class World:
         with self._lock:
             self._lost.append(_Throttle(operation, region, times))
 
-    def refuse(
-        self, operation: str, times: int, code: str = "UnauthorizedOperation", region: str | None = None
-    ) -> None:
+    def refuse(self, operation: str, times: int, code: str | None = None, region: str | None = None) -> None:
         """The next ``times`` calls of ``operation`` (any service; in ``region``, or in each Region) fail
-        with ``code``, changing nothing: a permission missing in one Region, a service saying no."""
+        with ``code``, changing nothing: a permission missing in one Region (by default, the code the
+        service answers a call IAM does not allow with), a service saying no."""
         with self._lock:
             self._refusals.append((_Throttle(operation, region, times), code))
 
@@ -729,12 +729,12 @@ class World:
             f"perform: sts:AssumeRole on resource: {role_arn}",
         )
 
-    def _refusal(self, operation: str, region: str) -> str | None:
+    def _refusal(self, service: str, operation: str, region: str) -> str | None:
         """The error code of the first matching refusal, using up one of its calls."""
         with self._lock:
             for rule, code in self._refusals:
                 if self._take([rule], operation, region):
-                    return code
+                    return code or access_denied_code(service)
         return None
 
     def _run_after_calls(self, operation: str) -> None:
@@ -812,7 +812,7 @@ class World:
     ) -> dict[str, Any] | SSMException | None:
         """Answers moto cannot give: managed instances, and invocations that take time or fail."""
         self._tick(region)
-        if code := self._refusal(operation, region):
+        if code := self._refusal("ssm", operation, region):
             return SSMException(code, f"User is not authorized to perform: ssm:{operation}")
         if operation == "SendCommand" and (refused := refused_command(self.account_id, region, params)):
             return refused
@@ -846,7 +846,7 @@ class World:
             throttled := self.limits.admit(response.region, operation, params, self.clock.now())
         ):
             return throttled
-        if code := self._refusal(operation, response.region):
+        if code := self._refusal("ec2", operation, response.region):
             return EC2ClientError(code, f"You are not authorized to perform this operation ({operation}).")
         if operation == "CopyImage" and (
             refused := self._copy_quota(response.current_account, response.region, params)
@@ -1052,7 +1052,7 @@ class World:
                 if refused := world._unauthorized(response, service, operation, params):
                     return refused
                 answer: Any = None
-                if service not in ("ec2", "ssm") and (code := world._refusal(operation, response.region)):
+                if service not in ("ec2", "ssm") and (code := world._refusal(service, operation, response.region)):
                     return _refused(response, code, f"{operation} refused ({code})")
                 if service == "ec2":
                     answer = world._intercept(response, operation, params)
