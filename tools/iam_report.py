@@ -3,6 +3,8 @@
 ``make iam-report`` runs the suite with every emulator recording, per role, the statements of its
 policies and which of them allowed a call (``AMI_FACTORY_IAM_USAGE``), then prints this report. A
 grant no path used is listed with its justification, or as UNUSED: remove it, or justify it here.
+The same holds for what a handler makes at Init: a service in its ``clients=`` that no path called
+is listed as UNCALLED (the emulator already fails a call to a service not listed).
 
     python tools/iam_report.py USAGE_DIR [--strict]
 """
@@ -13,6 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 # Grants no handler call can use, and why they stay. Keys: (role logical id or "*", action).
 JUSTIFIED: dict[tuple[str, str], str] = {
@@ -31,17 +34,32 @@ def justification(role: str, action: str) -> str | None:
     return None
 
 
+def records(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for path in sorted(folder.glob("usage-*.jsonl")) for line in path.read_text().splitlines()]
+
+
 def load(folder: Path) -> dict[str, dict[str, set[tuple[str, str]]]]:
     """Per role: granted (statement, action) pairs and used (statement, action) pairs, over every emulator."""
     roles: dict[str, dict[str, set[tuple[str, str]]]] = {}
-    for path in sorted(folder.glob("usage-*.jsonl")):
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            role = roles.setdefault(record["role"], {"granted": set(), "used": set()})
-            for grant in record["granted"]:
-                role["granted"] |= {(grant["statement"], action) for action in grant["actions"]}
-            role["used"] |= {(statement, action) for action, statement in record["used"]}
+    for record in records(folder):
+        if "role" not in record:
+            continue
+        role = roles.setdefault(record["role"], {"granted": set(), "used": set()})
+        for grant in record["granted"]:
+            role["granted"] |= {(grant["statement"], action) for action in grant["actions"]}
+        role["used"] |= {(statement, action) for action, statement in record["used"]}
     return roles
+
+
+def uncalled_clients(folder: Path) -> dict[str, list[str]]:
+    """Per function: the services its handler loads at Init (``clients=``) that no call of any test used."""
+    made: dict[str, set[str]] = {}
+    called: dict[str, set[str]] = {}
+    for record in records(folder):
+        if "function" in record:
+            made.setdefault(record["function"], set()).update(record["made_at_init"])
+            called.setdefault(record["function"], set()).update(record["called"])
+    return {function: sorted(made[function] - called[function]) for function in sorted(made)}
 
 
 def covers(grant: str, action: str) -> bool:
@@ -81,7 +99,11 @@ def main() -> int:
         for why, grants in kept.items():
             print(f"    kept    {', '.join(sorted(set(grants)))}: {why}")
     print(f"{unjustified} grant(s) no test path used and nothing justifies")
-    return 1 if args.strict and unjustified else 0
+    uncalled = {function: services for function, services in uncalled_clients(args.usage).items() if services}
+    for function, services in uncalled.items():
+        print(f"UNCALLED  {function} makes clients at Init for {', '.join(services)}, which no test path called")
+    print(f"{len(uncalled)} function(s) with clients no test path called")
+    return 1 if args.strict and (unjustified or uncalled) else 0
 
 
 if __name__ == "__main__":

@@ -117,6 +117,51 @@ def test_a_copy_that_fails_in_the_account_is_removed_and_reported(emu: Emulator)
     assert [region["status"] for region in result.output["regions"]] == ["AVAILABLE", "AVAILABLE"]
 
 
+def test_a_copy_its_cell_could_not_remove_is_removed_by_the_runs_ending(emu: Emulator) -> None:
+    """The cell's removal is refused once (the cell reports its copy left): Finalize, ending the run,
+    removes the undelivered copy the ledger recorded, as the account's role, and leaves nothing behind."""
+    allow_copies(emu, TARGET)
+    emu.deploy_target_account(TARGET)
+    instance_id = emu.launch_instance(name="web")
+    emu.world.after_call("ModifyImageAttribute", lambda: emu.world.images_fail("eu-west-1"))
+    emu.world.refuse("DeregisterImage", 1, region="eu-west-1")
+
+    result = emu.run(request(instance_id, {"account_id": TARGET}), name="twice")
+
+    assert result.output["status"] == "PARTIAL", result.cause
+    assert emu.world.calls("ec2")["DeregisterImage"] == 2, "the cell's removal, refused; then the ending's"
+    (failed,) = [cell for cell in result.output["accounts"] if cell["region"] == "eu-west-1"]
+    assert failed["status"] == "FAILED" and failed["error"]["Error"] == "ImageFailedError"
+    (record,) = [item for item in account_copies(emu) if item["sk"].endswith("eu-west-1")]
+    assert record["removed"] == "true"
+    assert record["image_id"] not in ec2_backends[TARGET]["eu-west-1"].amis
+    assert f"eu-west-1:{record['image_id']} (copy in account {TARGET})" in result.output["cleaned_up"]
+    assert result.output["left_over"] == []
+
+
+def test_a_run_that_fails_before_its_copies_into_accounts_puts_latest_back(emu: Emulator) -> None:
+    """KeepDelivered fails for good after Publish moved latest: HandleFailure undoes the run as any
+    failed run is undone (latest back on the previous image in every Region, the run's images gone)
+    and no account was asked for anything."""
+    allow_copies(emu, TARGET)
+    emu.deploy_target_account(TARGET)
+    instance_id = emu.launch_instance(name="web")
+    before = emu.run({"instance_id": instance_id, "regions": REGIONS}, name="before")
+    assert before.output["status"] == "SUCCEEDED", before.cause
+    previous = {region["region"]: region["image_id"] for region in before.output["regions"]}
+    emu.runtime.crash("KeepDeliveredFunction", times=10)
+
+    result = emu.run(request(instance_id, {"account_id": TARGET}), name="undone")
+
+    assert result.status == "FAILED", result.output
+    for region, image_id in previous.items():
+        parameter = ssm_backends[ACCOUNT_ID][region].get_parameter("/ami-factory/web/latest")
+        assert parameter.value == image_id, f"latest in {region} is the previous image again"
+    for region in previous:
+        assert run_images(emu, region, "undone") == [], f"the run's image in {region} is gone"
+    assert account_copies(emu) == [], "no account was asked for a copy"
+
+
 def test_an_encrypted_image_is_copied_with_the_stacks_keys_listed_in_the_accounts_role(emu: Emulator) -> None:
     """The account reads the shared snapshots with the stack's keys (their policies let it, and its
     role's FactoryKmsKeyArns lets it ask EC2 to); without them listed, IAM refuses the copy there."""

@@ -270,7 +270,8 @@ class Emulator:
         """Every service a function called is one its handler loaded at Init (``clients=``): a service's
         model is most of a client's making, and made in a call it costs a 256 MB function up to about
         seven times what it costs at Init (ami_factory.handler). Calls made with another account's
-        credentials are that account's session's, not the function's, and are not held here."""
+        credentials count as the function's. ``make iam-report`` holds the other side: a service in
+        ``clients=`` that no test path called."""
         cold = []
         for name, services in self.runtime.clients_made_at_init().items():
             without_client = self.authorizer.called.get(name, set()) - {IAM_PREFIX.get(s, s) for s in services}
@@ -282,12 +283,21 @@ class Emulator:
             )
 
     def _record_iam_usage(self) -> None:
-        """With AMI_FACTORY_IAM_USAGE=DIR (``make iam-report``), what each role was granted and used, one
-        file per process (test workers run side by side)."""
+        """With AMI_FACTORY_IAM_USAGE=DIR (``make iam-report``), what each role was granted and used, and
+        what services each function loaded at Init and called, one file per process (test workers run
+        side by side)."""
         folder = os.environ.get(IAM_USAGE_VARIABLE)
         if folder:
+            clients = [
+                {
+                    "function": name,
+                    "made_at_init": sorted(IAM_PREFIX.get(s, s) for s in services),
+                    "called": sorted(self.authorizer.called.get(name, set())),
+                }
+                for name, services in self.runtime.clients_made_at_init().items()
+            ]
             with open(Path(folder) / f"usage-{os.getpid()}.jsonl", "a", encoding="utf-8") as usage:
-                usage.writelines(json.dumps(role) + "\n" for role in self.authorizer.usage())
+                usage.writelines(json.dumps(record) + "\n" for record in [*self.authorizer.usage(), *clients])
 
     def _finish_runs(self, timeout: float = 60.0) -> None:
         if self.deployment is None:

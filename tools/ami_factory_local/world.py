@@ -41,6 +41,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import re
 import threading
 import uuid
@@ -689,6 +690,10 @@ class World:
             principal = (f"{account}:{assumed.role_arn.rsplit('/', 1)[-1]}", assumed.session_name)
             tags = self.session_tags.get((assumed.role_arn, assumed.session_name), {})
         prefix = IAM_PREFIX.get(service, service)
+        if account != self.account_id and (function := os.environ.get("AWS_LAMBDA_FUNCTION_NAME")):
+            # The session is the account's; the call is still the function's (invocations run one at
+            # a time, in their function's environment), and Init loaded the service for it.
+            self.authorizer.called.setdefault(function, set()).add(prefix)
         action = IAM_ACTIONS.get((prefix, operation), operation)
         refusal = self.authorizer.check(
             principal, AuthorizationRequest(account, response.region, prefix, action, params, principal_tags=tags)
