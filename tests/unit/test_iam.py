@@ -223,13 +223,21 @@ def test_every_condition_key_the_template_uses_is_modelled() -> None:
     assert "aws:RequestTag/" in MODELLED_CONDITION_KEYS
 
 
-def test_the_iam_report_lists_grants_no_path_used_and_keeps_the_justified(tmp_path: Any, capsys: Any) -> None:
+def iam_report_of(tmp_path: Any, capsys: Any, records: list[dict[str, Any]]) -> tuple[int, str]:
+    """``tools/iam_report.py --strict`` over one usage file of ``records``: its exit code and report."""
     import json
     import sys
     from unittest import mock
 
     import iam_report
 
+    (tmp_path / "usage-1.jsonl").write_text("\n".join(json.dumps(record) for record in records))
+    with mock.patch.object(sys, "argv", ["iam_report", str(tmp_path), "--strict"]):
+        code = iam_report.main()
+    return code, capsys.readouterr().out
+
+
+def test_the_iam_report_lists_grants_no_path_used_and_keeps_the_justified(tmp_path: Any, capsys: Any) -> None:
     granted = [
         {"statement": "P statement 0", "actions": ["ec2:DescribeImages", "ec2:DeregisterImage"], "resources": ["*"]},
         {"statement": "AWSLambdaBasicExecutionRole statement 0", "actions": ["logs:PutLogEvents"], "resources": ["*"]},
@@ -238,10 +246,8 @@ def test_the_iam_report_lists_grants_no_path_used_and_keeps_the_justified(tmp_pa
         {"role": "FnRole", "granted": granted, "used": []},
         {"role": "FnRole", "granted": granted, "used": [["ec2:DescribeImages", "P statement 0"]]},
     ]
-    (tmp_path / "usage-1.jsonl").write_text("\n".join(json.dumps(r) for r in records))
-    with mock.patch.object(sys, "argv", ["iam_report", str(tmp_path), "--strict"]):
-        assert iam_report.main() == 1
-    printed = capsys.readouterr().out
+    code, printed = iam_report_of(tmp_path, capsys, records)
+    assert code == 1
     assert "UNUSED  ec2:DeregisterImage (P statement 0)" in printed
     assert "UNUSED  ec2:DescribeImages" not in printed and "used    ec2:DescribeImages" in printed
     assert "kept    logs:PutLogEvents" in printed and "1 grant(s)" in printed
@@ -250,21 +256,13 @@ def test_the_iam_report_lists_grants_no_path_used_and_keeps_the_justified(tmp_pa
 def test_the_iam_report_lists_clients_init_makes_that_no_path_called(tmp_path: Any, capsys: Any) -> None:
     """A service in a handler's clients= is called in one test and not another: used. One no test
     called is UNCALLED, and --strict fails on it."""
-    import json
-    import sys
-    from unittest import mock
-
-    import iam_report
-
     records = [
         {"role": "FnRole", "granted": [], "used": []},
         {"function": "fn", "made_at_init": ["dynamodb", "ec2", "sts"], "called": ["dynamodb"]},
         {"function": "fn", "made_at_init": ["dynamodb", "ec2", "sts"], "called": ["ec2"]},
         {"function": "other", "made_at_init": ["ssm"], "called": ["ssm"]},
     ]
-    (tmp_path / "usage-1.jsonl").write_text("\n".join(json.dumps(r) for r in records))
-    with mock.patch.object(sys, "argv", ["iam_report", str(tmp_path), "--strict"]):
-        assert iam_report.main() == 1
-    printed = capsys.readouterr().out
+    code, printed = iam_report_of(tmp_path, capsys, records)
+    assert code == 1
     assert "UNCALLED  fn makes clients at Init for sts, which no test path called" in printed
     assert "other" not in printed and "1 function(s)" in printed

@@ -46,7 +46,7 @@ from ami_factory.clients import boto3_client, use_client_factory
 from ami_factory.errors import error_message
 from ami_factory.settings import load_settings
 
-from .authorization import IAM_PREFIX, Authorizer, Role, roles_of, translated
+from .authorization import Authorizer, Role, roles_of, translated
 from .callbacks import event_driven_waits
 from .clock import VirtualClock
 from .cloudformation import CustomResourceAnswers
@@ -274,7 +274,7 @@ class Emulator:
         ``clients=`` that no test path called."""
         cold = []
         for name, services in self.runtime.clients_made_at_init().items():
-            without_client = self.authorizer.called.get(name, set()) - {IAM_PREFIX.get(s, s) for s in services}
+            without_client = self.authorizer.called.get(name, set()) - services
             if without_client:
                 cold.append(f"{name} calls {sorted(without_client)}")
         if cold:
@@ -291,7 +291,7 @@ class Emulator:
             clients = [
                 {
                     "function": name,
-                    "made_at_init": sorted(IAM_PREFIX.get(s, s) for s in services),
+                    "made_at_init": sorted(services),
                     "called": sorted(self.authorizer.called.get(name, set())),
                 }
                 for name, services in self.runtime.clients_made_at_init().items()

@@ -29,7 +29,7 @@ from moto.core.models import botocore_stubber
 from moto.events.models import Rule, events_backends
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 
-from .authorization import acting_as, mark_principal
+from .authorization import IAM_PREFIX, acting_as, mark_principal
 
 # The interpreter's Lambda clients, kept for the process (see ``InProcessRuntime.installed``).
 _INTERPRETER_CLIENTS_LOCK = threading.Lock()
@@ -100,9 +100,13 @@ class InProcessRuntime:
             self._handlers[code.name] = getattr(module, function_name)
         return self._handlers[code.name]
 
-    def clients_made_at_init(self) -> dict[str, tuple[str, ...]]:
-        """Each loaded function's handler's ``clients``: the services whose clients it made at Init."""
-        return {name: tuple(getattr(handler, "clients", ())) for name, handler in self._handlers.items()}
+    def clients_made_at_init(self) -> dict[str, set[str]]:
+        """Each loaded function's handler's ``clients``, the services whose clients it made at Init, by
+        their IAM prefixes (what the authorizer records calls by)."""
+        return {
+            name: {IAM_PREFIX.get(service, service) for service in getattr(handler, "clients", ())}
+            for name, handler in self._handlers.items()
+        }
 
     @contextmanager
     def environment_of(self, name: str) -> Iterator[None]:
